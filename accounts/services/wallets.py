@@ -1,0 +1,215 @@
+"""Wallet services: users, accounts, the ledger and equity snapshots.
+
+Locking rule for this module: every function that changes an Account's cached balances takes
+the account row lock first (`account_lock`) inside a transaction, and every cash movement is
+one LedgerEntry written in that same transaction (L2, C1). Functions whose docstring says
+"caller holds the lock" must be called with an Account returned by `account_lock`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from accounts.models import Account, EquitySnapshot, LedgerEntry, Position, User, normalize_email
+from core import errors
+from core.db import create_or_get
+from core.money import ZERO, cash, pct
+
+
+# --- Users --------------------------------------------------------------------------------
+def user_get_or_create(*, email: str) -> tuple[User, bool]:
+    """One user per normalized email, race-safe (the unique index decides; the loser of a
+    concurrent insert returns the winner's row). Idempotent."""
+    normalized = normalize_email(email)
+
+    def get() -> User | None:
+        return User.objects.filter(email=normalized).first()
+
+    existing = get()
+    if existing is not None:
+        return existing, False
+    return create_or_get(lambda: User.objects.create_user(email=normalized), get)
+
+
+# --- Accounts -----------------------------------------------------------------------------
+def account_lock(*, account_id: Any) -> Account:
+    """SELECT … FOR UPDATE the account row. Must run inside transaction.atomic(); when several
+    accounts are involved, lock them in primary-key order (C2)."""
+    return Account.objects.select_for_update().get(pk=account_id)
+
+
+@transaction.atomic
+def account_open(
+    *,
+    owner: User,
+    tenant: Any | None,
+    external_id: str | None,
+    stage: str | None,
+    starting_balance: Decimal,
+    rules: dict[str, Any] | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Account:
+    """Create a wallet funded by an INITIAL_DEPOSIT ledger entry, with its first equity
+    snapshot. Raises IntegrityError if (tenant, external_id) or the owner's personal account
+    already exists — callers decide what a duplicate means."""
+    now = timezone.now()
+    account = Account.objects.create(
+        owner=owner,
+        tenant=tenant,
+        external_id=external_id,
+        stage=stage,
+        starting_balance=starting_balance,
+        high_water_mark=starting_balance,
+        rules=rules or {},
+        metadata=metadata or {},
+        created_at=now,
+    )
+    ledger_post(account=account, kind=LedgerEntry.Kind.INITIAL_DEPOSIT, amount=starting_balance)
+    equity_snapshot_record(account=account, positions_value=ZERO, at=now)
+    return account
+
+
+def ledger_post(
+    *,
+    account: Account,
+    kind: str,
+    amount: Decimal,
+    order_id: Any = None,
+    fill_id: Any = None,
+    memo: str = "",
+) -> LedgerEntry:
+    """Append one signed cash movement and update the cached cash in the same transaction.
+    Caller holds the lock. Refuses to take available cash below zero (L3); the DB CHECK
+    constraints are the backstop."""
+    amount = cash(amount)
+    new_cash = account.cash + amount
+    if new_cash < account.reserved_cash:
+        raise errors.ValidationFailed(
+            "cash movement would leave negative available cash",
+            details={"amount": [str(amount)], "available": [str(account.available_cash)]},
+        )
+    entry = LedgerEntry.objects.create(
+        account=account,
+        epoch=account.epoch,
+        kind=kind,
+        amount=amount,
+        balance_after=new_cash,
+        order_id=order_id,
+        fill_id=fill_id,
+        memo=memo,
+    )
+    account.cash = new_cash
+    Account.objects.filter(pk=account.pk).update(cash=new_cash, updated_at=timezone.now())
+    return entry
+
+
+def equity_snapshot_record(
+    *, account: Account, positions_value: Decimal, at: dt.datetime | None = None
+) -> EquitySnapshot:
+    """Measure equity now and fold it into the epoch's high-water mark and max drawdown.
+    Caller holds the lock (or has just created the account)."""
+    at = at or timezone.now()
+    equity = account.cash + positions_value
+    hwm = max(account.high_water_mark, equity)
+    drawdown = hwm - equity
+    updates: dict[str, Any] = {}
+    if hwm != account.high_water_mark:
+        updates["high_water_mark"] = hwm
+    if drawdown > account.max_drawdown:
+        updates["max_drawdown"] = drawdown
+        updates["max_drawdown_pct"] = pct(drawdown, hwm)
+    if updates:
+        for field, value in updates.items():
+            setattr(account, field, value)
+        Account.objects.filter(pk=account.pk).update(**updates)
+    return EquitySnapshot.objects.create(
+        account=account,
+        epoch=account.epoch,
+        at=at,
+        equity=equity,
+        cash=account.cash,
+        positions_value=positions_value,
+    )
+
+
+@transaction.atomic
+def account_update(
+    *,
+    account: Account,
+    rules: dict[str, Any] | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Account:
+    """Replace rules and/or metadata whole. Locks the account; closed accounts refuse."""
+    locked = account_lock(account_id=account.pk)
+    if locked.is_closed:
+        raise errors.AccountClosed()
+    fields = ["updated_at"]
+    if rules is not None:
+        locked.rules = rules
+        fields.append("rules")
+    if metadata is not None:
+        locked.metadata = metadata
+        fields.append("metadata")
+    locked.save(update_fields=fields)
+    return locked
+
+
+def account_close_wallet(*, account: Account, equity: Decimal) -> Account:
+    """Freeze the wallet: status closed, closed_at, equity at close. Caller holds the lock and
+    has cancelled open orders (no reservations may remain)."""
+    if account.reserved_cash != ZERO:
+        raise AssertionError("close with live reservations: cancel orders first")
+    account.status = Account.Status.CLOSED
+    account.closed_at = timezone.now()
+    account.closed_equity = cash(equity)
+    account.save(update_fields=["status", "closed_at", "closed_equity", "updated_at"])
+    return account
+
+
+def account_reset_wallet(*, account: Account) -> Account:
+    """Start a new epoch: positions of the old epoch are closed as `closed_by_reset` (no cash
+    effect), cash returns to the starting balance through a RESET ledger entry, and the
+    epoch's HWM, drawdown, P&L, fees and trading days restart. Earlier fills and ledger
+    entries stay, tagged with their epoch. Caller holds the lock and has cancelled orders."""
+    if account.reserved_cash != ZERO:
+        raise AssertionError("reset with live reservations: cancel orders first")
+    now = timezone.now()
+    Position.objects.filter(
+        account=account, epoch=account.epoch, status=Position.Status.OPEN
+    ).update(status=Position.Status.CLOSED_BY_RESET, reserved_size=ZERO, updated_at=now)
+    account.epoch += 1
+    account.realized_pnl = ZERO
+    account.fees_paid = ZERO
+    account.high_water_mark = account.starting_balance
+    account.max_drawdown = ZERO
+    account.max_drawdown_pct = ZERO
+    account.trading_days = 0
+    account.last_trading_day = None
+    account.last_reset_at = now
+    account.save(
+        update_fields=[
+            "epoch",
+            "realized_pnl",
+            "fees_paid",
+            "high_water_mark",
+            "max_drawdown",
+            "max_drawdown_pct",
+            "trading_days",
+            "last_trading_day",
+            "last_reset_at",
+            "updated_at",
+        ]
+    )
+    ledger_post(
+        account=account,
+        kind=LedgerEntry.Kind.RESET,
+        amount=account.starting_balance - account.cash,
+        memo=f"reset to epoch {account.epoch}",
+    )
+    equity_snapshot_record(account=account, positions_value=ZERO, at=now)
+    return account

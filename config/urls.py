@@ -1,0 +1,13 @@
+from django.contrib import admin
+from django.urls import include, path
+
+from core import exceptions
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("v1/partner/", include("partners.urls")),
+    path("", include("accounts.urls")),
+]
+
+handler404 = exceptions.handler404
+handler500 = exceptions.handler500

@@ -1,0 +1,64 @@
+"""Database helpers: race-safe create-or-get and bounded retries on lock conflicts."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
+from django.db import IntegrityError, OperationalError, transaction
+
+T = TypeVar("T")
+P = ParamSpec("P")
+
+logger = logging.getLogger("polysim.db")
+
+# SQLSTATEs Postgres asks clients to retry (serialization_failure, deadlock_detected).
+RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
+
+
+def create_or_get(create: Callable[[], T], get: Callable[[], T | None]) -> tuple[T, bool]:
+    """Insert inside a savepoint; if a unique constraint says someone else won the race,
+    return theirs. On Postgres READ COMMITTED the losing INSERT waits for the winner's commit,
+    so `get()` then sees the committed row. Re-raises when the conflict was something else."""
+    try:
+        with transaction.atomic():
+            return create(), True
+    except IntegrityError:
+        existing = get()
+        if existing is None:
+            raise
+        return existing, False
+
+
+def _is_retryable(exc: BaseException) -> bool:
+    cause = exc.__cause__
+    sqlstate = getattr(cause, "sqlstate", None) or getattr(
+        getattr(cause, "diag", None), "sqlstate", None
+    )
+    return sqlstate in RETRYABLE_SQLSTATES
+
+
+def retry_on_conflict(attempts: int = 5) -> Callable[[Callable[P, T]], Callable[P, T]]:
+    """Re-run a whole transaction on deadlock/serialization failure (C2), with jittered
+    backoff. Must wrap the outermost atomic block: retrying inside one is meaningless."""
+
+    def decorator(func: Callable[P, T]) -> Callable[P, T]:
+        @functools.wraps(func)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+            for attempt in range(1, attempts + 1):
+                try:
+                    return func(*args, **kwargs)
+                except OperationalError as exc:
+                    if attempt == attempts or not _is_retryable(exc):
+                        raise
+                    logger.warning("retrying %s after %s (attempt %d)", func.__name__, exc, attempt)
+                    time.sleep(random.uniform(0, 0.01 * 2**attempt))
+            raise AssertionError("unreachable")
+
+        return wrapper
+
+    return decorator

@@ -1,0 +1,1 @@
+"""Events, markets, tokens and feed health arrive with the market-data issue (#3)."""

@@ -1,0 +1,614 @@
+"""The partner API, /v1/partner/* (contract: shared/spec/partner-api.md).
+
+Every view derives from PartnerApiView, which applies the contract's order of checks: key
+present → key valid → tenant enabled → rate limit → scope → object; wraps POST and PATCH in
+Idempotency-Key handling; and stamps the rate-limit headers on every response, errors
+included. Views only translate HTTP ↔ services/selectors; they never build error bodies.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from django.utils.dateparse import parse_datetime
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    inline_serializer,
+)
+from rest_framework import serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.models import Account
+from core import errors
+from core.api import CleanTextField, JSONObjectField, MoneyField, PriceField, StrictInputSerializer
+from core.money import STARTING_BALANCE_MAX, STARTING_BALANCE_PLACES, ZERO
+from core.pagination import encode_cursor, keyset_page, parse_limit
+from partners import keys, selectors, services
+from partners.idempotency import idempotent_call
+from partners.models import Scope, TenantUser
+from partners.ratelimit import rate_limit_check
+from trading.models import Fill
+from trading.selectors import account_state
+from trading.services import account_close, account_reset
+
+
+def _raw_key(request: Request) -> str | None:
+    key = request.headers.get("X-API-Key")
+    if key:
+        return key.strip()
+    auth = request.headers.get("Authorization", "")
+    scheme, _, value = auth.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return None
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+class IsoDateTimeField(serializers.DateTimeField):
+    def to_representation(self, value: dt.datetime | None) -> str | None:  # type: ignore[override]
+        return _iso(value)
+
+
+# Shared error responses for the schema: every operation can answer with the envelope.
+ERROR_BODY = inline_serializer(
+    "Error",
+    fields={
+        "error": serializers.CharField(help_text="Stable UPPER_SNAKE code; branch on this."),
+        "message": serializers.CharField(),
+        "details": serializers.DictField(required=False),
+    },
+)
+COMMON_ERRORS = {
+    401: OpenApiResponse(ERROR_BODY, description="MISSING_API_KEY or INVALID_API_KEY"),
+    403: OpenApiResponse(ERROR_BODY, description="INSUFFICIENT_PERMISSION"),
+    404: OpenApiResponse(ERROR_BODY, description="NOT_FOUND (also: other tenant's object)"),
+    429: OpenApiResponse(ERROR_BODY, description="RATE_LIMIT_EXCEEDED (Retry-After)"),
+}
+WRITE_ERRORS = {
+    **COMMON_ERRORS,
+    400: OpenApiResponse(ERROR_BODY, description="MALFORMED_JSON"),
+    409: OpenApiResponse(ERROR_BODY, description="conflict (see code)"),
+    422: OpenApiResponse(ERROR_BODY, description="VALIDATION_FAILED or another 422 code"),
+}
+IDEMPOTENCY_HEADER = OpenApiParameter(
+    "Idempotency-Key",
+    str,
+    OpenApiParameter.HEADER,
+    required=False,
+    description="Same key + same body replays the stored response; different body → 422 "
+    "IDEMPOTENCY_KEY_REUSED; while the first is running → 409 IDEMPOTENCY_KEY_IN_USE.",
+)
+PAGE_PARAMS = [
+    OpenApiParameter("limit", int, description="1–500, default 100"),
+    OpenApiParameter("cursor", str, description="Opaque next_cursor from the previous page"),
+]
+
+
+class PartnerApiView(APIView):
+    """Base of every partner endpoint; see the module docstring for what it guarantees."""
+
+    #: method → scope required; methods not listed are answered 405 by DRF.
+    scopes: ClassVar[dict[str, str]] = {}
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        super().initial(request, *args, **kwargs)
+        caller = keys.authenticate(_raw_key(request))
+        self.caller = caller
+        self.tenant = caller.tenant
+        limit = rate_limit_check(
+            tenant_id=caller.tenant.pk,
+            key_prefix=caller.api_key.prefix,
+            per_second=caller.tenant.rate_limit_per_second,
+            per_minute=caller.tenant.rate_limit_per_minute,
+        )
+        self._rate_headers = limit.headers()
+        if not limit.allowed:
+            raise errors.RateLimitExceeded(headers={"Retry-After": str(limit.retry_after or 1)})
+        method = (request.method or "").upper()
+        required = self.scopes.get(method)
+        if required is not None and required not in caller.scopes:
+            raise errors.InsufficientPermission(
+                f"this key lacks the {required} scope", details={"required_scope": required}
+            )
+        if method in ("POST", "PATCH") and hasattr(self, method.lower()):
+            handler = getattr(self, method.lower())
+            setattr(self, method.lower(), functools.partial(self._idempotent, handler))
+
+    def _idempotent(
+        self, handler: Callable[..., Response], request: Request, *args: Any, **kwargs: Any
+    ) -> Response:
+        return idempotent_call(
+            tenant=self.tenant,
+            key=request.headers.get("Idempotency-Key"),
+            method=request.method or "",
+            path=request.path,
+            body=request._request.body,
+            call=lambda: handler(request, *args, **kwargs),
+        )
+
+    def finalize_response(self, request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:
+        response = super().finalize_response(request, response, *args, **kwargs)
+        for name, value in getattr(self, "_rate_headers", {}).items():
+            response[name] = value
+        return response
+
+
+# --- Output shapes --------------------------------------------------------------------------
+class MappingOutput(serializers.Serializer):
+    user_id = serializers.IntegerField(source="user.id")
+    tenant_user_id = serializers.UUIDField(source="id")
+    external_id = serializers.CharField()
+    email = serializers.CharField(source="user.email")
+    metadata = serializers.JSONField()
+    created_at = IsoDateTimeField()
+
+
+class AccountSummaryOutput(serializers.Serializer):
+    account_id = serializers.UUIDField(source="id")
+    external_id = serializers.CharField()
+    stage = serializers.CharField()
+    status = serializers.CharField()
+
+
+class PositionOutput(serializers.Serializer):
+    token_id = serializers.CharField(source="position.token_id")
+    market_id = serializers.CharField(source="position.market_id")
+    market_question = serializers.CharField(source="position.market_question")
+    outcome = serializers.CharField(source="position.outcome")
+    size = PriceField(source="position.size")
+    avg_price = PriceField(source="position.avg_price")
+    cost_basis = MoneyField(source="position.cost_basis")
+    mark_price = PriceField(source="mark.price")
+    mark_source = serializers.CharField(source="mark.source")
+    market_value = MoneyField()
+    unrealized_pnl = MoneyField()
+    max_loss_at_resolution = MoneyField()
+    price_as_of = IsoDateTimeField(source="mark.as_of")
+
+
+class AccountEnvelopeOutput(serializers.Serializer):
+    """The account-state envelope (partner-api.md §4)."""
+
+    account_id = serializers.UUIDField(source="account.id")
+    user_id = serializers.IntegerField(source="account.owner_id")
+    external_id = serializers.CharField(source="account.external_id")
+    stage = serializers.CharField(source="account.stage")
+    status = serializers.CharField(source="account.status")
+    epoch = serializers.IntegerField(source="account.epoch")
+    rules = serializers.JSONField(source="account.rules")
+    metadata = serializers.JSONField(source="account.metadata")
+    starting_balance = MoneyField(source="account.starting_balance")
+    balance = MoneyField()
+    available_balance = MoneyField()
+    reserved_balance = MoneyField()
+    positions_value = MoneyField()
+    equity = MoneyField()
+    realized_pnl = MoneyField()
+    unrealized_pnl = MoneyField()
+    fees_paid = MoneyField()
+    high_water_mark = MoneyField()
+    drawdown = MoneyField()
+    drawdown_pct = MoneyField()
+    max_drawdown = MoneyField()
+    max_drawdown_pct = MoneyField()
+    day_start_equity = MoneyField()
+    day_start_at = IsoDateTimeField()
+    daily_pnl = MoneyField()
+    trading_days = serializers.IntegerField()
+    open_orders_count = serializers.IntegerField()
+    positions = PositionOutput(many=True)
+    created_at = IsoDateTimeField(source="account.created_at")
+    updated_at = IsoDateTimeField(source="account.updated_at")
+    closed_at = IsoDateTimeField(source="account.closed_at")
+    last_reset_at = IsoDateTimeField(source="account.last_reset_at")
+    as_of = IsoDateTimeField()
+    prices_as_of = IsoDateTimeField()
+
+
+class TradeOutput(serializers.Serializer):
+    trade_id = serializers.UUIDField(source="id")
+    kind = serializers.CharField()
+    order_id = serializers.UUIDField(allow_null=True)
+    account_id = serializers.UUIDField()
+    epoch = serializers.IntegerField()
+    market_id = serializers.CharField()
+    token_id = serializers.CharField()
+    market_question = serializers.CharField()
+    outcome = serializers.CharField()
+    side = serializers.CharField()
+    price = PriceField()
+    size = PriceField()
+    notional = MoneyField()
+    fee = MoneyField()
+    fee_rate_bps = PriceField(allow_null=True)
+    liquidity = serializers.CharField(allow_null=True)
+    realized_pnl = MoneyField()
+    price_source = serializers.CharField()
+    book_as_of = IsoDateTimeField(allow_null=True)
+    filled_at = IsoDateTimeField()
+
+
+def _page_serializer(name: str, item: type[serializers.Serializer]) -> serializers.Serializer:
+    return inline_serializer(
+        name,
+        fields={
+            "data": item(many=True),
+            "next_cursor": serializers.CharField(allow_null=True),
+            "has_more": serializers.BooleanField(),
+        },
+    )
+
+
+def envelope(account: Account) -> dict[str, Any]:
+    return AccountEnvelopeOutput(account_state(account=account)).data
+
+
+def _mapping_body(mapping: TenantUser, *, created: bool) -> dict[str, Any]:
+    body = dict(MappingOutput(mapping).data)
+    body["created"] = created
+    return body
+
+
+# --- Users ----------------------------------------------------------------------------------
+class UserListCreateApi(PartnerApiView):
+    scopes = {"GET": Scope.ACCOUNTS_READ, "POST": Scope.USERS_WRITE}
+
+    class InputSerializer(StrictInputSerializer):
+        external_id = CleanTextField(min_length=1, max_length=255, trim_whitespace=False)
+        email = CleanTextField(min_length=3, max_length=320)
+        metadata = JSONObjectField(required=False)
+
+        def validate_email(self, value: str) -> str:
+            value = value.strip().lower()
+            serializers.EmailField().run_validation(value)
+            return value
+
+        def validate_external_id(self, value: str) -> str:
+            if not value.strip():
+                raise serializers.ValidationError("Must not be blank.")
+            return value
+
+    @extend_schema(
+        operation_id="users_list",
+        parameters=[OpenApiParameter("external_id", str), *PAGE_PARAMS],
+        responses={200: _page_serializer("UserPage", MappingOutput), **COMMON_ERRORS},
+    )
+    def get(self, request: Request) -> Response:
+        page = keyset_page(
+            selectors.mapping_list(
+                tenant=self.tenant, external_id=request.query_params.get("external_id")
+            ),
+            scope=f"users:{self.tenant.pk}",
+            fields=("created_at", "id"),
+            cursor=request.query_params.get("cursor"),
+            limit=parse_limit(request.query_params.get("limit")),
+        )
+        data = [_mapping_body(m, created=False) for m in page.items]
+        for item in data:
+            item.pop("created")
+        return Response({"data": data, "next_cursor": page.next_cursor, "has_more": page.has_more})
+
+    @extend_schema(
+        operation_id="users_register",
+        request=InputSerializer,
+        parameters=[IDEMPOTENCY_HEADER],
+        responses={
+            201: inline_serializer(
+                "UserRegistered",
+                fields={**MappingOutput().fields, "created": serializers.BooleanField()},
+            ),
+            200: OpenApiResponse(
+                description="Replay of the same external_id: same body, created=false"
+            ),
+            **WRITE_ERRORS,
+        },
+        description="Register or resolve a trader. 409 EXTERNAL_ID_CONFLICT (same external_id, "
+        "different email) or EMAIL_ALREADY_MAPPED (email mapped under another external_id).",
+    )
+    def post(self, request: Request) -> Response:
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        mapping, created = services.trader_register(tenant=self.tenant, **data.validated_data)
+        return Response(
+            _mapping_body(mapping, created=created),
+            status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
+        )
+
+
+class UserDetailApi(PartnerApiView):
+    scopes = {"GET": Scope.ACCOUNTS_READ}
+
+    @extend_schema(
+        operation_id="users_get",
+        responses={
+            200: inline_serializer(
+                "UserDetail",
+                fields={**MappingOutput().fields, "accounts": AccountSummaryOutput(many=True)},
+            ),
+            **COMMON_ERRORS,
+        },
+    )
+    def get(self, request: Request, user_id: str) -> Response:
+        mapping = selectors.mapping_get(tenant=self.tenant, user_id=user_id)
+        body = dict(MappingOutput(mapping).data)
+        body["accounts"] = AccountSummaryOutput(
+            selectors.accounts_of_mapping(mapping=mapping), many=True
+        ).data
+        return Response(body)
+
+
+class UserLoginLinkApi(PartnerApiView):
+    scopes = {"POST": Scope.USERS_WRITE}
+
+    class InputSerializer(StrictInputSerializer):
+        redirect_url = CleanTextField(required=False, allow_blank=True, max_length=2048)
+
+    @extend_schema(
+        operation_id="users_login_link",
+        request=InputSerializer,
+        parameters=[IDEMPOTENCY_HEADER],
+        responses={
+            202: inline_serializer("Accepted", fields={"status": serializers.CharField()}),
+            **WRITE_ERRORS,
+        },
+        description="Email the trader a one-time sign-in link (15 minutes, single use). The "
+        "link is never in the response. 422 REDIRECT_NOT_ALLOWED, 429 LOGIN_LINK_THROTTLED.",
+    )
+    def post(self, request: Request, user_id: str) -> Response:
+        # The user must be resolved before the body is judged, so a foreign id is 404 whatever
+        # the body says.
+        selectors.mapping_get(tenant=self.tenant, user_id=user_id)
+        data = self.InputSerializer(data=request.data if request.body else {})
+        data.is_valid(raise_exception=True)
+        services.partner_login_link_send(
+            tenant=self.tenant,
+            user_id=user_id,
+            redirect_url=data.validated_data.get("redirect_url") or None,
+        )
+        return Response({"status": "accepted"}, status=status.HTTP_202_ACCEPTED)
+
+
+# --- Accounts -------------------------------------------------------------------------------
+class AccountListCreateApi(PartnerApiView):
+    scopes = {"GET": Scope.ACCOUNTS_READ, "POST": Scope.ACCOUNTS_WRITE}
+
+    class InputSerializer(StrictInputSerializer):
+        user_id = serializers.IntegerField(min_value=1)
+        external_id = CleanTextField(min_length=1, max_length=255, trim_whitespace=False)
+        stage = serializers.ChoiceField(choices=Account.Stage.choices)
+        starting_balance = MoneyField(
+            max_places=STARTING_BALANCE_PLACES, gt=ZERO, max_value=STARTING_BALANCE_MAX
+        )
+        rules = JSONObjectField(required=False)
+        metadata = JSONObjectField(required=False)
+
+        def validate_external_id(self, value: str) -> str:
+            if not value.strip():
+                raise serializers.ValidationError("Must not be blank.")
+            return value
+
+    @extend_schema(
+        operation_id="accounts_list",
+        parameters=[
+            OpenApiParameter("user_id", int),
+            OpenApiParameter("stage", str, enum=list(Account.Stage.values)),
+            OpenApiParameter("status", str, enum=list(Account.Status.values)),
+            OpenApiParameter("external_id", str),
+            *PAGE_PARAMS,
+        ],
+        responses={200: _page_serializer("AccountPage", AccountSummaryOutput), **COMMON_ERRORS},
+    )
+    def get(self, request: Request) -> Response:
+        params = request.query_params
+        for name, choices in (("stage", Account.Stage.values), ("status", Account.Status.values)):
+            if params.get(name) and params[name] not in choices:
+                raise errors.ValidationFailed(details={name: [f"One of: {', '.join(choices)}."]})
+        page = keyset_page(
+            selectors.account_list_for_tenant(
+                tenant=self.tenant,
+                user_id=params.get("user_id"),
+                stage=params.get("stage"),
+                status=params.get("status"),
+                external_id=params.get("external_id"),
+            ),
+            scope=f"accounts:{self.tenant.pk}",
+            fields=("created_at", "id"),
+            cursor=params.get("cursor"),
+            limit=parse_limit(params.get("limit")),
+        )
+        data = [
+            {
+                **AccountSummaryOutput(a).data,
+                "user_id": a.owner_id,
+                "created_at": _iso(a.created_at),
+            }
+            for a in page.items
+        ]
+        return Response({"data": data, "next_cursor": page.next_cursor, "has_more": page.has_more})
+
+    @extend_schema(
+        operation_id="accounts_create",
+        request=InputSerializer,
+        parameters=[IDEMPOTENCY_HEADER],
+        responses={
+            201: AccountEnvelopeOutput,
+            200: OpenApiResponse(
+                AccountEnvelopeOutput, description="Replay of the same external_id"
+            ),
+            **WRITE_ERRORS,
+        },
+    )
+    def post(self, request: Request) -> Response:
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        account, created = services.partner_account_open(tenant=self.tenant, **data.validated_data)
+        return Response(
+            envelope(account), status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
+        )
+
+
+class AccountDetailApi(PartnerApiView):
+    scopes = {"GET": Scope.ACCOUNTS_READ, "PATCH": Scope.ACCOUNTS_WRITE}
+
+    class PatchSerializer(serializers.Serializer):
+        rules = JSONObjectField(required=False)
+        metadata = JSONObjectField(required=False)
+
+    @extend_schema(
+        operation_id="accounts_get", responses={200: AccountEnvelopeOutput, **COMMON_ERRORS}
+    )
+    def get(self, request: Request, account_id: str) -> Response:
+        account = selectors.account_get_for_tenant(tenant=self.tenant, account_id=account_id)
+        return Response(envelope(account))
+
+    @extend_schema(
+        operation_id="accounts_patch",
+        request=PatchSerializer,
+        parameters=[IDEMPOTENCY_HEADER],
+        responses={200: AccountEnvelopeOutput, **WRITE_ERRORS},
+        description="Replace rules and/or metadata. Any other field: 422 FIELD_NOT_PATCHABLE. "
+        "Closed account: 409 ACCOUNT_CLOSED.",
+    )
+    def patch(self, request: Request, account_id: str) -> Response:
+        account = selectors.account_get_for_tenant(tenant=self.tenant, account_id=account_id)
+        body = request.data
+        if not isinstance(body, dict):
+            raise errors.ValidationFailed(
+                details={"non_field_errors": ["The body must be a JSON object."]}
+            )
+        services.patch_fields_check(changes=body)
+        if not body:
+            raise errors.ValidationFailed(
+                details={"non_field_errors": ["Send rules and/or metadata."]}
+            )
+        data = self.PatchSerializer(data=body)
+        data.is_valid(raise_exception=True)
+        account = services.partner_account_patch(account=account, changes=dict(data.validated_data))
+        return Response(envelope(account))
+
+
+class AccountTradesApi(PartnerApiView):
+    scopes = {"GET": Scope.ACCOUNTS_READ}
+
+    @extend_schema(
+        operation_id="accounts_trades",
+        parameters=[
+            *PAGE_PARAMS,
+            OpenApiParameter("since", dt.datetime, description="ISO-8601; fills at or after"),
+            OpenApiParameter("epoch", int),
+        ],
+        responses={200: _page_serializer("TradePage", TradeOutput), **COMMON_ERRORS},
+        description="Filled trades and settlements, ascending and append-only. next_cursor is "
+        "always returned, pointing just after the last item: store it and poll with it.",
+    )
+    def get(self, request: Request, account_id: str) -> Response:
+        account = selectors.account_get_for_tenant(tenant=self.tenant, account_id=account_id)
+        params = request.query_params
+        qs = Fill.objects.filter(account=account)
+        if params.get("since"):
+            since = parse_datetime(params["since"].replace(" ", "+"))
+            if since is None or since.tzinfo is None:
+                raise errors.ValidationFailed(
+                    details={"since": ["ISO-8601 with a timezone, e.g. 2026-01-31T00:00:00Z."]}
+                )
+            qs = qs.filter(filled_at__gte=since)
+        if params.get("epoch") not in (None, ""):
+            try:
+                qs = qs.filter(epoch=int(params["epoch"]))
+            except ValueError:
+                raise errors.ValidationFailed(details={"epoch": ["An integer."]}) from None
+        scope = f"trades:{account.pk}"
+        page = keyset_page(
+            qs,
+            scope=scope,
+            fields=("seq",),
+            cursor=params.get("cursor"),
+            limit=parse_limit(params.get("limit")),
+            always_cursor=True,
+        )
+        next_cursor = page.next_cursor or encode_cursor(scope, [0])
+        return Response(
+            {
+                "data": TradeOutput(page.items, many=True).data,
+                "next_cursor": next_cursor,
+                "has_more": page.has_more,
+            }
+        )
+
+
+class AccountCloseApi(PartnerApiView):
+    scopes = {"POST": Scope.ACCOUNTS_WRITE}
+
+    @extend_schema(
+        operation_id="accounts_close",
+        request=None,
+        parameters=[IDEMPOTENCY_HEADER],
+        responses={200: AccountEnvelopeOutput, **WRITE_ERRORS},
+        description="Cancel open orders and freeze the account. Closing again returns 200.",
+    )
+    def post(self, request: Request, account_id: str) -> Response:
+        account = selectors.account_get_for_tenant(tenant=self.tenant, account_id=account_id)
+        return Response(envelope(account_close(account=account)))
+
+
+class AccountResetApi(PartnerApiView):
+    scopes = {"POST": Scope.ACCOUNTS_WRITE}
+
+    @extend_schema(
+        operation_id="accounts_reset",
+        request=None,
+        parameters=[IDEMPOTENCY_HEADER],
+        responses={200: AccountEnvelopeOutput, **WRITE_ERRORS},
+        description="New epoch at the starting balance. Closed account: 409 ACCOUNT_CLOSED.",
+    )
+    def post(self, request: Request, account_id: str) -> Response:
+        account = selectors.account_get_for_tenant(tenant=self.tenant, account_id=account_id)
+        return Response(envelope(account_reset(account=account)))
+
+
+class WhoamiApi(PartnerApiView):
+    scopes = {"GET": Scope.ACCOUNTS_READ}
+
+    @extend_schema(
+        operation_id="whoami",
+        responses={
+            200: inline_serializer(
+                "Whoami",
+                fields={
+                    "tenant": serializers.DictField(),
+                    "api_key": serializers.DictField(),
+                    "rate_limits": serializers.DictField(),
+                },
+            ),
+            **COMMON_ERRORS,
+        },
+    )
+    def get(self, request: Request) -> Response:
+        key = self.caller.api_key
+        return Response(
+            {
+                "tenant": {"slug": self.tenant.slug, "name": self.tenant.name},
+                "api_key": {
+                    "prefix": f"pk_{key.prefix}",
+                    "name": key.name,
+                    "scopes": sorted(key.scopes),
+                    "created_at": _iso(key.created_at),
+                },
+                "rate_limits": {
+                    "per_second": self.tenant.rate_limit_per_second,
+                    "per_minute": self.tenant.rate_limit_per_minute,
+                },
+            }
+        )

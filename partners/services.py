@@ -1,0 +1,292 @@
+"""Partner-side business operations. Views, admin actions and management commands call
+these; nothing else writes partners' models."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+from urllib.parse import urlsplit
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from accounts.models import Account, normalize_email
+from accounts.services import login_link_request
+from accounts.services.wallets import account_open, account_update, user_get_or_create
+from core import errors
+from core.db import create_or_get
+from partners import keys
+from partners.models import ALL_SCOPES, ApiKey, Tenant, TenantUser
+from partners.selectors import mapping_get
+
+
+# --- Tenants ------------------------------------------------------------------------------
+def tenant_create(
+    *,
+    slug: str,
+    name: str,
+    enabled: bool = True,
+    rate_limit_per_second: int | None = None,
+    rate_limit_per_minute: int | None = None,
+) -> Tenant:
+    """Create a tenant. Raises ValidationFailed if the slug is taken."""
+    if Tenant.objects.filter(slug=slug).exists():
+        raise errors.ValidationFailed(
+            f"tenant {slug!r} already exists", details={"slug": ["taken"]}
+        )
+    tenant = Tenant(slug=slug, name=name, enabled=enabled)
+    if rate_limit_per_second is not None:
+        tenant.rate_limit_per_second = rate_limit_per_second
+    if rate_limit_per_minute is not None:
+        tenant.rate_limit_per_minute = rate_limit_per_minute
+    tenant.full_clean()
+    tenant.save()
+    return tenant
+
+
+def tenant_set_enabled(*, tenant: Tenant, enabled: bool) -> Tenant:
+    """Enable or disable a tenant. A disabled tenant's keys get 404 on the whole surface
+    within API_KEY_CACHE_SECONDS."""
+    Tenant.objects.filter(pk=tenant.pk).update(enabled=enabled, updated_at=timezone.now())
+    tenant.refresh_from_db()
+    keys.key_cache.clear()
+    return tenant
+
+
+def normalize_origin(origin: str) -> str:
+    """'HTTPS://Firm.Example/' → 'https://firm.example'. Raises ValidationFailed for anything
+    that is not a bare http(s) origin; plain http only for localhost."""
+    parts = urlsplit(origin.strip())
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    bad = (
+        scheme not in ("http", "https")
+        or not host
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+        or parts.username
+        or parts.password
+    )
+    if not bad and scheme == "http" and host not in ("localhost", "127.0.0.1", "[::1]", "::1"):
+        bad = True
+    if bad:
+        raise errors.ValidationFailed(
+            "an allowlisted origin is scheme://host[:port]; https unless localhost",
+            details={"origin": [origin]},
+        )
+    port = f":{parts.port}" if parts.port else ""
+    host_text = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{host_text}{port}"
+
+
+@transaction.atomic
+def tenant_allow_redirect(*, tenant: Tenant, origin: str) -> Tenant:
+    """Add an origin to the tenant's login-link redirect allowlist (idempotent).
+    Locks the tenant row so concurrent additions do not lose each other."""
+    normalized = normalize_origin(origin)
+    locked = Tenant.objects.select_for_update().get(pk=tenant.pk)
+    allowlist = list(locked.redirect_allowlist or [])
+    if normalized not in allowlist:
+        allowlist.append(normalized)
+        locked.redirect_allowlist = allowlist
+        locked.save(update_fields=["redirect_allowlist", "updated_at"])
+    # This process stops serving the cached tenant now and again once the change is visible;
+    # other processes follow within API_KEY_CACHE_SECONDS.
+    keys.key_cache.clear()
+    transaction.on_commit(keys.key_cache.clear)
+    return locked
+
+
+# --- API keys -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class IssuedKey:
+    api_key: ApiKey
+    raw_key: str  # shown once, never stored
+
+
+def apikey_create(*, tenant: Tenant, name: str = "", scopes: list[str] | None = None) -> IssuedKey:
+    """Mint a key for a tenant. The raw key is returned once; only its hash is stored."""
+    chosen = list(dict.fromkeys(scopes)) if scopes else list(ALL_SCOPES)
+    unknown = [s for s in chosen if s not in ALL_SCOPES]
+    if unknown:
+        raise errors.ValidationFailed(
+            f"unknown scopes: {', '.join(unknown)}", details={"scopes": unknown}
+        )
+    for _ in range(5):  # prefix collisions are ~1 in 2.8e12; retry anyway rather than 500
+        prefix, raw = keys.generate_key()
+        if not ApiKey.objects.filter(prefix=prefix).exists():
+            break
+    api_key = ApiKey.objects.create(
+        tenant=tenant, name=name, prefix=prefix, secret_hash=keys.hash_key(raw), scopes=chosen
+    )
+    return IssuedKey(api_key=api_key, raw_key=raw)
+
+
+def apikey_revoke(*, api_key: ApiKey) -> ApiKey:
+    """Revoke a key (idempotent). Every process stops accepting it within
+    API_KEY_CACHE_SECONDS (< 5 s)."""
+    if api_key.revoked_at is None:
+        ApiKey.objects.filter(pk=api_key.pk, revoked_at__isnull=True).update(
+            revoked_at=timezone.now()
+        )
+        api_key.refresh_from_db()
+    keys.key_cache.clear()
+    return api_key
+
+
+@transaction.atomic
+def apikey_rotate(*, api_key: ApiKey) -> IssuedKey:
+    """Issue a replacement key with the same tenant, name and scopes. The old key stays valid
+    so the partner can deploy the new one, then revoke the old (two keys during rotation)."""
+    return apikey_create(
+        tenant=api_key.tenant, name=f"{api_key.name} (rotated)".strip(), scopes=list(api_key.scopes)
+    )
+
+
+# --- Traders and accounts -----------------------------------------------------------------
+def _mapping_replay(mapping: TenantUser, email: str) -> tuple[TenantUser, bool]:
+    if mapping.user.email != email:
+        raise errors.ExternalIdConflict(
+            "external_id is already registered with a different email",
+            details={"external_id": [mapping.external_id]},
+        )
+    return mapping, False
+
+
+@transaction.atomic
+def trader_register(
+    *, tenant: Tenant, external_id: str, email: str, metadata: dict[str, Any] | None = None
+) -> tuple[TenantUser, bool]:
+    """Register or resolve a trader: (tenant, external_id) → one native user per email.
+
+    Idempotent on external_id: a replay with the same email returns the existing mapping
+    (created=False) and never changes stored metadata; a different email is
+    EXTERNAL_ID_CONFLICT; an email already mapped here under another external_id is
+    EMAIL_ALREADY_MAPPED. An email that belongs to a user from elsewhere (retail or another
+    tenant) is linked without revealing it. Race-safe without locks: the unique indexes on
+    user.email, (tenant, external_id) and (tenant, user) decide, and losers re-read."""
+    email = normalize_email(email)
+
+    def get_mapping() -> TenantUser | None:
+        return (
+            TenantUser.objects.select_related("user")
+            .filter(tenant=tenant, external_id=external_id)
+            .first()
+        )
+
+    existing = get_mapping()
+    if existing is not None:
+        return _mapping_replay(existing, email)
+    user, _ = user_get_or_create(email=email)
+    if TenantUser.objects.filter(tenant=tenant, user=user).exists():
+        raise errors.EmailAlreadyMapped()
+    try:
+        mapping, created = create_or_get(
+            lambda: TenantUser.objects.create(
+                tenant=tenant, user=user, external_id=external_id, metadata=metadata or {}
+            ),
+            get_mapping,
+        )
+    except IntegrityError:
+        # Not our external_id: the (tenant, user) pair was taken concurrently under another one.
+        raise errors.EmailAlreadyMapped() from None
+    if not created:
+        return _mapping_replay(mapping, email)
+    return mapping, True
+
+
+def _account_replay(
+    account: Account, *, user_id: int, stage: str, starting_balance: Decimal
+) -> tuple[Account, bool]:
+    differs = [
+        name
+        for name, same in (
+            ("user_id", account.owner_id == user_id),
+            ("stage", account.stage == stage),
+            ("starting_balance", account.starting_balance == starting_balance),
+        )
+        if not same
+    ]
+    if differs:
+        raise errors.ExternalIdConflict(
+            "an account with this external_id exists with different values",
+            details={field: ["differs from the existing account"] for field in differs},
+        )
+    return account, False
+
+
+@transaction.atomic
+def partner_account_open(
+    *,
+    tenant: Tenant,
+    user_id: Any,
+    external_id: str,
+    stage: str,
+    starting_balance: Decimal,
+    rules: dict[str, Any] | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> tuple[Account, bool]:
+    """Provision a tenant account for a mapped trader, funded by an INITIAL_DEPOSIT.
+
+    Idempotent on (tenant, external_id): a replay with the same user, stage and starting
+    balance returns the existing account (created=False); any difference is
+    EXTERNAL_ID_CONFLICT. A user not mapped in this tenant is NOT_FOUND. Race-safe through
+    the unique (tenant, external_id) index."""
+    mapping = mapping_get(tenant=tenant, user_id=user_id)
+
+    def get_account() -> Account | None:
+        return Account.objects.filter(tenant=tenant, external_id=external_id).first()
+
+    existing = get_account()
+    if existing is None:
+        account, created = create_or_get(
+            lambda: account_open(
+                owner=mapping.user,
+                tenant=tenant,
+                external_id=external_id,
+                stage=stage,
+                starting_balance=starting_balance,
+                rules=rules,
+                metadata=metadata,
+            ),
+            get_account,
+        )
+        if created:
+            return account, True
+        existing = account
+    return _account_replay(
+        existing, user_id=mapping.user_id, stage=stage, starting_balance=starting_balance
+    )
+
+
+def partner_login_link_send(
+    *, tenant: Tenant, user_id: Any, redirect_url: str | None = None
+) -> None:
+    """Queue a one-time login link email for a trader mapped in this tenant. The link never
+    appears in a response; the outbox row commits with the token (see accounts.services)."""
+    mapping = mapping_get(tenant=tenant, user_id=user_id)
+    login_link_request(user=mapping.user, tenant=tenant, redirect_url=redirect_url)
+
+
+PATCHABLE_ACCOUNT_FIELDS = frozenset({"rules", "metadata"})
+
+
+def patch_fields_check(*, changes: dict[str, Any]) -> None:
+    """Any field but rules/metadata is FIELD_NOT_PATCHABLE, naming it (checked before the
+    values themselves, so `{"stage": ...}` always says why it is refused)."""
+    refused = sorted(set(changes) - PATCHABLE_ACCOUNT_FIELDS)
+    if refused:
+        raise errors.FieldNotPatchable(
+            f"not patchable: {', '.join(refused)}; only rules and metadata can be changed",
+            details={field: ["This field cannot be changed."] for field in refused},
+        )
+
+
+def partner_account_patch(*, account: Account, changes: dict[str, Any]) -> Account:
+    """Replace rules and/or metadata (each whole). A closed account is ACCOUNT_CLOSED."""
+    patch_fields_check(changes=changes)
+    return account_update(
+        account=account, rules=changes.get("rules"), metadata=changes.get("metadata")
+    )
