@@ -180,6 +180,11 @@ def trader_register(
     if existing is not None:
         return _mapping_replay(existing, email)
     user, _ = user_get_or_create(email=email)
+    # Read again: an identical registration may have committed while we waited on the user
+    # row's unique index, and that is a replay, not an email conflict.
+    existing = get_mapping()
+    if existing is not None:
+        return _mapping_replay(existing, email)
     if TenantUser.objects.filter(tenant=tenant, user=user).exists():
         raise errors.EmailAlreadyMapped()
     try:

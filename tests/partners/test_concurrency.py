@@ -1,0 +1,220 @@
+"""Concurrency proofs on real PostgreSQL with real threads and processes (reliability.md C1,
+I1, T8, T10). These run against committed data (transaction=True), never inside a wrapping
+test transaction that would hide races."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+from django.db import connection
+
+from accounts.models import Account, LedgerEntry, User
+from partners.models import TenantUser
+from partners.services import apikey_revoke
+from tests.factories import TenantFactory, make_partner_client
+
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_concurrently(n: int, fn):
+    """Run fn(i) in n threads released together; return results in index order."""
+    barrier = threading.Barrier(n)
+    results: list = [None] * n
+    errors: list = []
+
+    def worker(i):
+        try:
+            barrier.wait()
+            results[i] = fn(i)
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    return results
+
+
+def test_sixteen_identical_registrations_make_one_user_and_one_mapping():
+    tenant = TenantFactory(slug="acme")
+    clients = [make_partner_client(tenant) for _ in range(16)]
+    body = {"external_id": "same", "email": "race@example.com", "metadata": {"n": 1}}
+
+    responses = run_concurrently(
+        16, lambda i: clients[i].post("/v1/partner/users", body, format="json")
+    )
+    statuses = Counter(r.status_code for r in responses)
+    assert statuses == {201: 1, 200: 15}, [r.content for r in responses if r.status_code >= 300]
+    assert User.objects.filter(email="race@example.com").count() == 1
+    assert TenantUser.objects.count() == 1
+    assert len({r.json()["tenant_user_id"] for r in responses}) == 1
+
+
+def test_concurrent_registrations_of_one_email_in_many_tenants_share_one_user():
+    tenants = [TenantFactory(slug=f"t{i}") for i in range(8)]
+    clients = [make_partner_client(t) for t in tenants]
+    responses = run_concurrently(
+        8,
+        lambda i: clients[i].post(
+            "/v1/partner/users", {"external_id": "x", "email": "shared@example.com"}, format="json"
+        ),
+    )
+    assert [r.status_code for r in responses] == [201] * 8
+    assert User.objects.count() == 1
+    assert TenantUser.objects.count() == 8
+
+
+def test_concurrent_account_creation_with_one_external_id_makes_one_account():
+    tenant = TenantFactory(slug="acme")
+    clients = [make_partner_client(tenant) for _ in range(12)]
+    user_id = (
+        clients[0]
+        .post("/v1/partner/users", {"external_id": "t", "email": "t@example.com"}, format="json")
+        .json()["user_id"]
+    )
+    body = {"user_id": user_id, "external_id": "acc", "stage": "funded", "starting_balance": "5000"}
+
+    responses = run_concurrently(
+        12, lambda i: clients[i].post("/v1/partner/accounts", body, format="json")
+    )
+    assert Counter(r.status_code for r in responses) == {201: 1, 200: 11}
+    assert Account.objects.count() == 1
+    assert LedgerEntry.objects.count() == 1
+    assert len({r.json()["account_id"] for r in responses}) == 1
+
+
+def test_concurrent_idempotent_posts_apply_once():
+    tenant = TenantFactory(slug="acme")
+    clients = [make_partner_client(tenant) for _ in range(10)]
+    user_id = (
+        clients[0]
+        .post("/v1/partner/users", {"external_id": "t", "email": "t@example.com"}, format="json")
+        .json()["user_id"]
+    )
+    account_id = (
+        clients[0]
+        .post(
+            "/v1/partner/accounts",
+            {"user_id": user_id, "external_id": "a", "stage": "demo", "starting_balance": "100"},
+            format="json",
+        )
+        .json()["account_id"]
+    )
+
+    responses = run_concurrently(
+        10,
+        lambda i: clients[i].post(
+            f"/v1/partner/accounts/{account_id}/reset", HTTP_IDEMPOTENCY_KEY="reset-once"
+        ),
+    )
+    # Each request either ran (once), replayed the stored result, or saw the first in flight.
+    statuses = Counter(r.status_code for r in responses)
+    assert set(statuses) <= {200, 409} and statuses[200] >= 1
+    for r in responses:
+        if r.status_code == 409:
+            assert r.json()["error"] == "IDEMPOTENCY_KEY_IN_USE"
+    assert Account.objects.get(pk=account_id).epoch == 1
+    assert LedgerEntry.objects.filter(kind="RESET").count() == 1
+
+
+@pytest.mark.redis
+def test_hundred_concurrent_requests_against_five_per_second(settings, redis_url):
+    settings.REDIS_URL = redis_url
+    tenant = TenantFactory(slug="acme", rate_limit_per_second=5, rate_limit_per_minute=1000)
+    clients = [make_partner_client(tenant) for _ in range(4)]
+    admitted: list[float] = []
+    lock = threading.Lock()
+
+    def call(i):
+        time.sleep((i % 20) * 0.1)  # spread 100 calls over ~2 s
+        response = clients[i % 4].get("/v1/partner/whoami")
+        if response.status_code == 200:
+            with lock:
+                admitted.append(time.monotonic())
+        else:
+            assert response.status_code == 429
+            assert response.json()["error"] == "RATE_LIMIT_EXCEEDED"
+            assert int(response["Retry-After"]) >= 1
+        return response.status_code
+
+    statuses = run_concurrently(100, call)
+    admitted.sort()
+    assert 5 <= len(admitted) <= 15
+    for i, start in enumerate(admitted):
+        in_window = [t for t in admitted[i:] if t - start < 1.0]
+        # The limiter's clock is Redis TIME; allow 20 ms of skew between it and ours.
+        in_strict_window = [t for t in admitted[i:] if t - start < 0.98]
+        assert len(in_strict_window) <= 5, (len(in_window), admitted)
+    assert statuses.count(429) == 100 - len(admitted)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_revoked_key_stops_working_within_five_seconds_across_processes():
+    tenant = TenantFactory(slug="acme")
+    client = make_partner_client(tenant)
+    port = _free_port()
+    db = connection.settings_dict
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "REDIS_URL": "",
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+    }
+    server = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "config.wsgi:application", "--workers", "2",
+         "--bind", f"127.0.0.1:{port}", "--log-level", "warning"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        base = f"http://127.0.0.1:{port}/v1/partner/whoami"
+        headers = {"X-API-Key": client.raw_key}
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx.get(base, headers=headers, timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "gunicorn did not start"
+            time.sleep(0.1)
+        # Warm both workers' key caches with many calls over several connections.
+        for _ in range(40):
+            assert httpx.get(base, headers=headers, timeout=2).status_code == 200
+
+        apikey_revoke(api_key=client.api_key)
+        revoked_at = time.monotonic()
+        consecutive_401 = 0
+        while consecutive_401 < 20:
+            status = httpx.get(base, headers=headers, timeout=2).status_code
+            elapsed = time.monotonic() - revoked_at
+            if status == 401:
+                consecutive_401 += 1
+            else:
+                consecutive_401 = 0
+                assert elapsed < 5.0, f"revoked key still accepted after {elapsed:.2f}s"
+            time.sleep(0.02)
+        assert time.monotonic() - revoked_at < 6.0
+    finally:
+        server.terminate()
+        server.wait(10)
