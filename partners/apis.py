@@ -266,6 +266,9 @@ class UserListCreateApi(PartnerApiView):
     scopes = {"GET": Scope.ACCOUNTS_READ, "POST": Scope.USERS_WRITE}
 
     class InputSerializer(StrictInputSerializer):
+        class Meta:
+            ref_name = "UserRegisterRequest"
+
         external_id = CleanTextField(min_length=1, max_length=255, trim_whitespace=False)
         email = CleanTextField(min_length=3, max_length=320)
         metadata = JSONObjectField(required=False)
@@ -353,6 +356,9 @@ class UserLoginLinkApi(PartnerApiView):
     scopes = {"POST": Scope.USERS_WRITE}
 
     class InputSerializer(StrictInputSerializer):
+        class Meta:
+            ref_name = "LoginLinkRequest"
+
         redirect_url = CleanTextField(required=False, allow_blank=True, max_length=2048)
 
     @extend_schema(
@@ -385,6 +391,9 @@ class AccountListCreateApi(PartnerApiView):
     scopes = {"GET": Scope.ACCOUNTS_READ, "POST": Scope.ACCOUNTS_WRITE}
 
     class InputSerializer(StrictInputSerializer):
+        class Meta:
+            ref_name = "AccountCreateRequest"
+
         user_id = serializers.IntegerField(min_value=1)
         external_id = CleanTextField(min_length=1, max_length=255, trim_whitespace=False)
         stage = serializers.ChoiceField(choices=Account.Stage.choices)
@@ -463,6 +472,9 @@ class AccountDetailApi(PartnerApiView):
     scopes = {"GET": Scope.ACCOUNTS_READ, "PATCH": Scope.ACCOUNTS_WRITE}
 
     class PatchSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "AccountPatchRequest"
+
         rules = JSONObjectField(required=False)
         metadata = JSONObjectField(required=False)
 
