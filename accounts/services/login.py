@@ -1,0 +1,284 @@
+"""Login links: validate where a link may land, issue it (throttled, through the email outbox)
+and consume it exactly once.
+
+Secrecy model: a LoginToken row stores only a random salt and SHA-256 of the raw token. The raw
+token is recomputed when the email is rendered as HMAC(SECRET_KEY-derived key, "id:salt"), so
+neither the token table, the outbox, the task queue nor a session ever holds a usable link. A
+database dump alone cannot sign anyone in; rotating SECRET_KEY voids every outstanding link,
+which is acceptable for links that live 15 minutes.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import math
+import secrets
+import unicodedata
+from functools import partial
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+from django.utils.crypto import salted_hmac
+from django.utils.http import url_has_allowed_host_and_scheme
+
+from accounts.models import EmailOutbox, LoginToken, User
+from core import errors
+from partners.models import Tenant
+
+LOGIN_LINK_KEY_LABEL = "polysim-login-link"
+LOGIN_LINK_EMAIL_KIND = "login_link"
+THROTTLE_WINDOW = dt.timedelta(hours=1)
+# Where a trader lands when neither the partner nor the tenant says otherwise.
+FALLBACK_LANDING_URL = "/app/"
+# LoginToken.redirect_url's column width; a longer URL could not be stored anyway.
+MAX_REDIRECT_LENGTH = 2048
+# The raw token is 43 url-safe characters; anything much longer is not ours and is not hashed.
+MAX_RAW_TOKEN_LENGTH = 128
+_LOCAL_HOSTNAMES = frozenset({"localhost", "127.0.0.1", "::1"})  # urlsplit().hostname form
+_DEFAULT_PORTS = {"https": ":443", "http": ":80"}
+
+
+# --- Redirect targets ---------------------------------------------------------------------
+def _canonical_origin(origin: str) -> str:
+    """normalize_origin() plus dropping an explicit default port, so "https://a.example:443"
+    and "https://a.example" compare equal. Raises ValidationFailed like normalize_origin."""
+    # Imported here: partners.services imports this package at module level.
+    from partners.services import normalize_origin
+
+    normalized = normalize_origin(origin)
+    scheme = normalized.split(":", 1)[0]
+    default_port = _DEFAULT_PORTS[scheme]
+    if normalized.endswith(default_port):
+        normalized = normalized[: -len(default_port)]
+    return normalized
+
+
+def _allowlisted_origins(tenant: Tenant | None) -> set[str]:
+    origins: set[str] = set()
+    for entry in (tenant.redirect_allowlist or []) if tenant is not None else []:
+        try:
+            origins.add(_canonical_origin(str(entry)))
+        except (errors.ValidationFailed, ValueError):
+            continue  # a hand-edited bad entry must not widen or break the allowlist
+    return origins
+
+
+def _has_unsafe_characters(url: str) -> bool:
+    # Browsers silently drop tabs/newlines inside URLs and treat "\" as "/", which turns
+    # "/\t/evil.com" or "/\evil.com" into "//evil.com"; refuse them all rather than reason
+    # about each browser's normalisation.
+    return any(ch == "\\" or ch.isspace() or unicodedata.category(ch)[0] == "C" for ch in url)
+
+
+def _is_safe_own_path(url: str) -> bool:
+    """A path on our own UI: exactly one leading "/" and nothing a browser could read as
+    another host."""
+    return (
+        url.startswith("/")
+        and not url.startswith("//")
+        and url_has_allowed_host_and_scheme(url, allowed_hosts=set(), require_https=True)
+    )
+
+
+def _allowlisted_absolute(url: str, tenant: Tenant | None) -> bool:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a malformed or out-of-range port
+    except ValueError:
+        return False
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname:
+        return False
+    if parts.username is not None or parts.password is not None:
+        return False  # "https://firm.example@evil.com" reads as firm.example to a human
+    try:
+        origin = _canonical_origin(f"{scheme}://{parts.netloc}")
+    except (errors.ValidationFailed, ValueError):
+        return False  # includes plain http to anything but localhost
+    if origin not in _allowlisted_origins(tenant):
+        return False
+    is_local = parts.hostname.lower() in _LOCAL_HOSTNAMES
+    # Our own origin check above decides the host (case-insensitively, ports canonicalised);
+    # Django's check is the second opinion on scheme and on parser quirks that could make a
+    # browser see a different host than urlsplit did.
+    return url_has_allowed_host_and_scheme(
+        url, allowed_hosts={parts.netloc}, require_https=not is_local
+    )
+
+
+def _is_acceptable(url: str, tenant: Tenant | None) -> bool:
+    if len(url) > MAX_REDIRECT_LENGTH or _has_unsafe_characters(url):
+        return False
+    if url.startswith("/"):
+        return _is_safe_own_path(url)
+    return _allowlisted_absolute(url, tenant)
+
+
+def login_redirect_validate(*, tenant: Tenant | None, redirect_url: str | None) -> str:
+    """Return the URL a login link should land on.
+
+    None or blank → the tenant's default landing page ("/app/" without a tenant). Otherwise
+    either a path on our own UI (one leading "/") or an absolute http(s) URL whose origin is
+    on the tenant's redirect_allowlist, https unless the host is localhost/127.0.0.1/[::1].
+    Raises RedirectNotAllowed (422) for anything else. Pure function: no writes, no locks.
+    """
+    if redirect_url is None or not redirect_url.strip():
+        if tenant is not None and tenant.default_landing_url:
+            return tenant.default_landing_url
+        return FALLBACK_LANDING_URL
+    if _is_acceptable(redirect_url, tenant):
+        return redirect_url
+    raise errors.RedirectNotAllowed(
+        "redirect_url must be a path on the trader UI or an https URL on this tenant's "
+        "redirect allowlist.",
+        details={"redirect_url": ["not allowed"]},
+    )
+
+
+def login_redirect_resolve(*, token: LoginToken) -> str:
+    """Where to send a trader who just consumed `token`: its stored redirect_url re-checked
+    against the tenant's current allowlist (an origin removed since issue no longer
+    qualifies), else the tenant's default landing page if that passes, else "/app/"."""
+    tenant = token.tenant
+    default = tenant.default_landing_url if tenant is not None else ""
+    for candidate in (token.redirect_url, default):
+        if candidate and _is_acceptable(candidate, tenant):
+            return candidate
+    return FALLBACK_LANDING_URL
+
+
+# --- Token material -----------------------------------------------------------------------
+def login_token_hash(raw_token: str) -> str:
+    """SHA-256 hex of a raw token: the only form that is ever stored or kept in a session."""
+    return hashlib.sha256(raw_token.encode()).hexdigest()
+
+
+def _raw_token(token: LoginToken) -> str:
+    # salted_hmac derives its key from SECRET_KEY and the label, so this key is useless for
+    # anything but login links (and other HMACs of SECRET_KEY cannot forge a link).
+    digest = salted_hmac(
+        LOGIN_LINK_KEY_LABEL, f"{token.pk}:{token.salt}", algorithm="sha256"
+    ).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def login_link_url(*, token: LoginToken) -> str:
+    """The emailed link for `token`. Recomputed on demand; never store or log the result."""
+    return f"{settings.PUBLIC_BASE_URL}/login/t/{_raw_token(token)}"
+
+
+# --- Issue --------------------------------------------------------------------------------
+def _enqueue_outbox_send(outbox_id: int) -> None:
+    from accounts.tasks import email_outbox_send  # tasks import this module
+
+    email_outbox_send.delay(outbox_id)
+
+
+def login_link_request(
+    *, user: User, tenant: Tenant | None, redirect_url: str | None
+) -> LoginToken:
+    """Issue a login link for `user` on behalf of `tenant` and queue its email.
+
+    Validates redirect_url first (RedirectNotAllowed, nothing written). Then, in one
+    transaction holding the user row lock (SELECT ... FOR UPDATE, so concurrent requests for
+    the same user are serialised and the count below is exact): if LOGIN_LINKS_PER_HOUR
+    tokens for (user, tenant) were created in the last hour, raises LoginLinkThrottled with
+    Retry-After (seconds until the oldest counted token leaves the window). Otherwise writes
+    the LoginToken and an EmailOutbox row; the send task is enqueued on commit and the outbox
+    sweeper re-enqueues it if that enqueue is lost.
+
+    Not idempotent: every successful call issues a new link and counts against the throttle.
+    Older unused links stay valid until they expire.
+    """
+    destination = login_redirect_validate(tenant=tenant, redirect_url=redirect_url)
+    limit = int(settings.LOGIN_LINKS_PER_HOUR)
+    with transaction.atomic():
+        User.objects.select_for_update().only("pk").get(pk=user.pk)
+        now = timezone.now()
+        recent = list(
+            LoginToken.objects.filter(
+                user=user, tenant=tenant, created_at__gt=now - THROTTLE_WINDOW
+            )
+            .order_by("created_at")
+            .values_list("created_at", flat=True)
+        )
+        if len(recent) >= limit:
+            # The next slot opens when enough of the oldest have aged out to leave limit - 1.
+            frees_at = recent[len(recent) - limit] + THROTTLE_WINDOW
+            retry_after = max(1, math.ceil((frees_at - now).total_seconds()))
+            raise errors.LoginLinkThrottled(
+                details={"limit": limit, "window_seconds": int(THROTTLE_WINDOW.total_seconds())},
+                headers={"Retry-After": str(retry_after)},
+            )
+        token = LoginToken.objects.create(
+            user=user,
+            tenant=tenant,
+            salt=secrets.token_hex(16),
+            # The real hash needs the row id; until then a random value nobody holds a
+            # preimage for keeps the unique column filled without being consumable.
+            token_hash=secrets.token_hex(32),
+            redirect_url=destination,
+            created_at=now,
+            expires_at=now + dt.timedelta(seconds=int(settings.LOGIN_LINK_TTL_SECONDS)),
+        )
+        token.token_hash = login_token_hash(_raw_token(token))
+        token.save(update_fields=["token_hash"])
+        outbox = EmailOutbox.objects.create(
+            kind=LOGIN_LINK_EMAIL_KIND,
+            to_email=user.email,
+            payload={"login_token_id": token.pk},
+        )
+        # robust: the row is committed either way; a broker outage must not turn an accepted
+        # request into an error (and a partner retry into a second link). The sweeper sends it.
+        transaction.on_commit(partial(_enqueue_outbox_send, outbox.pk), robust=True)
+    return token
+
+
+# --- Consume ------------------------------------------------------------------------------
+def login_token_get_pending(*, token_hash: str) -> LoginToken | None:
+    """The unused, unexpired token of an active user with this hash (user and tenant joined),
+    or None. A read for the confirmation page: consumes nothing, locks nothing."""
+    return (
+        LoginToken.objects.select_related("user", "tenant")
+        .filter(
+            token_hash=token_hash,
+            used_at__isnull=True,
+            expires_at__gt=timezone.now(),
+            user__is_active=True,
+        )
+        .first()
+    )
+
+
+def login_token_consume_hash(*, token_hash: str) -> LoginToken | None:
+    """Mark the token with this hash used and return it (user and tenant joined), or None if
+    it is unknown, expired or already used, or its user is inactive.
+
+    Exactly once under concurrency: one conditional UPDATE (used_at IS NULL AND not expired)
+    on a single row; the database's row lock makes every concurrent caller but one see the
+    row already used and change nothing. Not idempotent by design: a second call returns None.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        changed = LoginToken.objects.filter(
+            token_hash=token_hash, used_at__isnull=True, expires_at__gt=now
+        ).update(used_at=now)
+        if changed != 1:
+            return None
+        token = LoginToken.objects.select_related("user", "tenant").get(token_hash=token_hash)
+    # Checked after the UPDATE (not in its WHERE) so the UPDATE stays a single-table statement
+    # whose condition Postgres re-checks on the locked row; the token is burned either way.
+    if not token.user.is_active:
+        return None
+    return token
+
+
+def login_token_consume(*, raw_token: str) -> LoginToken | None:
+    """login_token_consume_hash() for a raw token from a link. Same locking and guarantees."""
+    if not raw_token or len(raw_token) > MAX_RAW_TOKEN_LENGTH:
+        return None
+    return login_token_consume_hash(token_hash=login_token_hash(raw_token))
