@@ -1,0 +1,212 @@
+"""Idempotency-Key for partner POST and PATCH (partner-api.md §3, reliability.md I1).
+
+Same key + same request → the first 2xx status and body are replayed; same key + different
+request → 422 IDEMPOTENCY_KEY_REUSED; same key while the first request is still running →
+409 IDEMPOTENCY_KEY_IN_USE. Keys are scoped per tenant and kept IDEMPOTENCY_TTL_HOURS.
+
+The record is written in the same database transaction as the effect, so both commit or
+neither does. Errors are not recorded: an error means the transaction rolled back, nothing was
+written, and a retry with the same key is safe and executes anew.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+from rest_framework.response import Response
+from rest_framework.utils.encoders import JSONEncoder as DrfJSONEncoder
+
+from core import errors
+from partners.models import IdempotencyRecord, Tenant
+
+KEY_MAX_LENGTH = 255
+REPLAYED_HEADER = "Idempotent-Replayed"
+PURGE_BATCH_SIZE = 5000
+
+
+def idempotent_call(
+    *,
+    tenant: Tenant,
+    key: str | None,
+    method: str,
+    path: str,
+    body: bytes,
+    call: Callable[[], Response],
+) -> Response:
+    """Run `call` at most once per (tenant, Idempotency-Key) and replay its result.
+
+    `call` must do its writes on the default database connection: it runs inside this
+    function's `transaction.atomic()`, and the IdempotencyRecord is inserted in that same
+    transaction, so the effect and the record commit together or not at all.
+
+    Locking: a non-blocking lock per (tenant, key) is held for the whole transaction:
+    `pg_try_advisory_xact_lock` on PostgreSQL, a process-local registry elsewhere (SQLite, the
+    embedded single-process mode). A second request with the same key never waits; it gets
+    IdempotencyKeyInUse (409) while the first runs.
+
+    Idempotency: with `key` None this is just `call()`. A stored, unexpired record with the same
+    fingerprint (method, path, canonical body) is replayed with `Idempotent-Replayed: true` and
+    `call` is not run; a different fingerprint raises IdempotencyKeyReused (422). Only 2xx
+    responses are stored; if `call` raises, the exception propagates, the transaction rolls back
+    and nothing is stored.
+
+    Raises ValidationFailed for a key that is not 1-255 printable ASCII characters without
+    spaces.
+    """
+    if key is None:
+        return call()
+    _validate_key(key)
+    fingerprint = request_fingerprint(method=method, path=path, body=body)
+    lock_id = _lock_id(tenant.pk, key)
+    with _local_key_lock(lock_id), transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [lock_id])
+                (acquired,) = cursor.fetchone()
+            if not acquired:
+                raise errors.IdempotencyKeyInUse()
+
+        now = timezone.now()
+        record = IdempotencyRecord.objects.filter(tenant=tenant, key=key).first()
+        if record is not None and record.expires_at <= now:
+            record.delete()
+            record = None
+        if record is not None:
+            if record.fingerprint != fingerprint:
+                raise errors.IdempotencyKeyReused()
+            return Response(
+                json.loads(record.response_body),
+                status=record.response_status,
+                headers={REPLAYED_HEADER: "true"},
+            )
+
+        response = call()
+        if 200 <= response.status_code < 300:
+            IdempotencyRecord.objects.create(
+                tenant=tenant,
+                key=key,
+                fingerprint=fingerprint,
+                method=method.upper(),
+                path=path[:500],
+                response_status=response.status_code,
+                response_body=_render(response.data),
+                created_at=now,
+                expires_at=now + dt.timedelta(hours=int(settings.IDEMPOTENCY_TTL_HOURS)),
+            )
+        return response
+
+
+def idempotency_purge() -> int:
+    """Delete expired IdempotencyRecords; return how many were deleted.
+
+    Locking: none needed. It deletes in batches so no single statement holds many row locks;
+    a request racing on an expired key deletes and replaces that record itself, so whichever
+    delete comes first is harmless. Idempotent: a second run deletes nothing new.
+    """
+    deleted = 0
+    while True:
+        now = timezone.now()
+        ids = list(
+            IdempotencyRecord.objects.filter(expires_at__lte=now).values_list("pk", flat=True)[
+                :PURGE_BATCH_SIZE
+            ]
+        )
+        if not ids:
+            return deleted
+        count, _ = IdempotencyRecord.objects.filter(pk__in=ids, expires_at__lte=now).delete()
+        deleted += count
+
+
+def request_fingerprint(*, method: str, path: str, body: bytes) -> str:
+    """SHA-256 hex of method, path and body. A JSON body is canonicalised first (sorted keys,
+    no insignificant whitespace, numbers kept as written) so a client's serializer cannot turn
+    a retry into a "different" request; any other body is hashed as raw bytes."""
+    digest = hashlib.sha256()
+    digest.update(method.upper().encode())
+    digest.update(b"\x00")
+    digest.update(path.encode())
+    digest.update(b"\x00")
+    digest.update(_canonical_body(body))
+    return digest.hexdigest()
+
+
+# --- internals ------------------------------------------------------------------------------
+
+
+def _validate_key(key: str) -> None:
+    if not 1 <= len(key) <= KEY_MAX_LENGTH or not all("!" <= c <= "~" for c in key):
+        raise errors.ValidationFailed(
+            "Invalid Idempotency-Key header.",
+            details={
+                "Idempotency-Key": [
+                    f"Must be 1-{KEY_MAX_LENGTH} printable ASCII characters without spaces."
+                ]
+            },
+        )
+
+
+def _lock_id(tenant_id: int, key: str) -> int:
+    """A signed 64-bit id for pg_try_advisory_xact_lock(bigint)."""
+    digest = hashlib.sha256(f"{tenant_id}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def _canonical_body(body: bytes) -> bytes:
+    try:
+        # Decimal keeps "1.10" and "1.1000000000000000001" apart; floats would merge them.
+        parsed = json.loads(body, parse_float=Decimal)
+        return _canonical_json(parsed).encode()
+    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return bytes(body)
+
+
+def _canonical_json(value: Any) -> str:
+    if isinstance(value, dict):
+        items = sorted(value.items())
+        return "{" + ",".join(f"{_canonical_json(k)}:{_canonical_json(v)}" for k, v in items) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(_canonical_json(v) for v in value) + "]"
+    if isinstance(value, Decimal):
+        return str(value)
+    return json.dumps(value, ensure_ascii=False)  # str, int, bool, None, NaN/Infinity
+
+
+def _render(data: Any) -> str:
+    """The response body as JSON text, produced by DRF's encoder exactly as the API renders it
+    (Decimals, UUIDs and datetimes included). Stored as text, not as a JSON object, because
+    PostgreSQL's jsonb reorders object keys: replays must be byte-identical to the original."""
+    return json.dumps(data, cls=DrfJSONEncoder, ensure_ascii=False, allow_nan=False)
+
+
+# Process-local key locks for databases without advisory locks. Taken before the transaction
+# begins and released after it ends: SQLite serialises write transactions (BEGIN IMMEDIATE),
+# so taking it inside would make a concurrent duplicate wait for the database instead of
+# failing fast with 409.
+_local_locks: set[int] = set()
+_local_locks_guard = threading.Lock()
+
+
+@contextmanager
+def _local_key_lock(lock_id: int) -> Iterator[None]:
+    if connection.vendor == "postgresql":
+        yield
+        return
+    with _local_locks_guard:
+        if lock_id in _local_locks:
+            raise errors.IdempotencyKeyInUse()
+        _local_locks.add(lock_id)
+    try:
+        yield
+    finally:
+        with _local_locks_guard:
+            _local_locks.discard(lock_id)
