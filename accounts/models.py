@@ -16,11 +16,7 @@ from django.db.models import F, Q
 from django.db.models.functions import Lower
 from django.utils import timezone
 
-from core.money import MONEY_DIGITS, PRICE_DIGITS, SIZE_DIGITS
-
-MONEY = {"max_digits": MONEY_DIGITS, "decimal_places": 6}
-SIZE = {"max_digits": SIZE_DIGITS, "decimal_places": 6}
-PRICE = {"max_digits": PRICE_DIGITS, "decimal_places": 6}
+from core.fields import money_field, price_field, size_field
 
 
 def normalize_email(email: str) -> str:
@@ -59,7 +55,7 @@ class User(AbstractBaseUser, PermissionsMixin):
 
     USERNAME_FIELD = "email"
     EMAIL_FIELD = "email"
-    REQUIRED_FIELDS: list[str] = []
+    REQUIRED_FIELDS = []  # noqa: RUF012 (typed on AbstractBaseUser)
 
     class Meta:
         constraints = [
@@ -146,14 +142,14 @@ class Account(models.Model):
     rules = models.JSONField(default=dict, blank=True)
     metadata = models.JSONField(default=dict, blank=True)
 
-    starting_balance = models.DecimalField(**MONEY)
-    cash = models.DecimalField(**MONEY, default=Decimal("0"))
-    reserved_cash = models.DecimalField(**MONEY, default=Decimal("0"))
+    starting_balance = money_field()
+    cash = money_field(default=Decimal("0"))
+    reserved_cash = money_field(default=Decimal("0"))
     # Current-epoch aggregates, maintained with the ledger under the row lock.
-    realized_pnl = models.DecimalField(**MONEY, default=Decimal("0"))
-    fees_paid = models.DecimalField(**MONEY, default=Decimal("0"))
-    high_water_mark = models.DecimalField(**MONEY, default=Decimal("0"))
-    max_drawdown = models.DecimalField(**MONEY, default=Decimal("0"))
+    realized_pnl = money_field(default=Decimal("0"))
+    fees_paid = money_field(default=Decimal("0"))
+    high_water_mark = money_field(default=Decimal("0"))
+    max_drawdown = money_field(default=Decimal("0"))
     max_drawdown_pct = models.DecimalField(max_digits=12, decimal_places=4, default=Decimal("0"))
     trading_days = models.PositiveIntegerField(default=0)
     last_trading_day = models.DateField(null=True, blank=True)
@@ -164,7 +160,7 @@ class Account(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
     closed_at = models.DateTimeField(null=True, blank=True)
-    closed_equity = models.DecimalField(**MONEY, null=True, blank=True)
+    closed_equity = money_field(null=True, blank=True)
     last_reset_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
@@ -223,8 +219,8 @@ class LedgerEntry(models.Model):
     account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="ledger")
     epoch = models.PositiveIntegerField()
     kind = models.CharField(max_length=20, choices=Kind.choices)
-    amount = models.DecimalField(**MONEY)
-    balance_after = models.DecimalField(**MONEY)
+    amount = money_field()
+    balance_after = money_field()
     order_id = models.UUIDField(null=True, blank=True)
     fill_id = models.UUIDField(null=True, blank=True)
     memo = models.CharField(max_length=255, blank=True, default="")
@@ -256,12 +252,12 @@ class Position(models.Model):
     market_question = models.TextField(blank=True, default="")
     outcome = models.CharField(max_length=100, blank=True, default="")
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.OPEN)
-    size = models.DecimalField(**SIZE, default=Decimal("0"))
-    reserved_size = models.DecimalField(**SIZE, default=Decimal("0"))
-    avg_price = models.DecimalField(**PRICE, default=Decimal("0"))
-    cost_basis = models.DecimalField(**MONEY, default=Decimal("0"))
-    realized_pnl = models.DecimalField(**MONEY, default=Decimal("0"))
-    last_mark = models.DecimalField(**PRICE, null=True, blank=True)
+    size = size_field(default=Decimal("0"))
+    reserved_size = size_field(default=Decimal("0"))
+    avg_price = price_field(default=Decimal("0"))
+    cost_basis = money_field(default=Decimal("0"))
+    realized_pnl = money_field(default=Decimal("0"))
+    last_mark = price_field(null=True, blank=True)
     last_mark_at = models.DateTimeField(null=True, blank=True)
     opened_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
@@ -291,9 +287,9 @@ class EquitySnapshot(models.Model):
     account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="equity_snapshots")
     epoch = models.PositiveIntegerField()
     at = models.DateTimeField(default=timezone.now)
-    equity = models.DecimalField(**MONEY)
-    cash = models.DecimalField(**MONEY)
-    positions_value = models.DecimalField(**MONEY, default=Decimal("0"))
+    equity = money_field()
+    cash = money_field()
+    positions_value = money_field(default=Decimal("0"))
 
     class Meta:
         indexes = [models.Index(fields=["account", "epoch", "at"], name="equity_account_epoch_at")]

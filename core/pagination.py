@@ -52,7 +52,7 @@ def decode_cursor(scope: str, cursor: str) -> list[Any]:
 
 
 def parse_limit(raw: str | None) -> int:
-    if raw in (None, ""):
+    if not raw:
         return DEFAULT_LIMIT
     try:
         limit = int(raw)

@@ -7,13 +7,16 @@ from typing import Any
 from core.errors import PARTNER_ERROR_CODES
 
 
-def postprocess(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict[str, Any]:
+def postprocess(
+    result: dict[str, Any], generator: Any, request: Any, public: bool
+) -> dict[str, Any]:
     # Routes accept an optional trailing slash; document the canonical form without it.
     result["paths"] = {
         (path.rstrip("/") if path != "/" else path): item for path, item in result["paths"].items()
     }
     rows = "\n".join(
-        f"| `{error.code}` | {error.status} | {error.default_message} |" for error in PARTNER_ERROR_CODES
+        f"| `{error.code}` | {error.status} | {error.default_message} |"
+        for error in PARTNER_ERROR_CODES
     )
     result["info"]["description"] += (
         "\n\n## Error codes\n\n| code | HTTP | meaning |\n|---|---|---|\n" + rows

@@ -29,7 +29,9 @@ class UserFactory(factory.django.DjangoModelFactory):
     email = factory.Sequence(lambda n: f"trader{n}@example.com")
 
 
-def make_partner_client(tenant: Tenant, scopes: list[str] | None = None, name: str = "test") -> APIClient:
+def make_partner_client(
+    tenant: Tenant, scopes: list[str] | None = None, name: str = "test"
+) -> APIClient:
     """An APIClient sending a fresh key of `tenant` in X-API-Key; `.raw_key` and `.api_key`
     are attached for tests that need them."""
     from partners.services import apikey_create

@@ -10,7 +10,7 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
-from accounts.models import MONEY, PRICE, SIZE
+from core.fields import money_field, price_field, size_field
 
 
 class Side(models.TextChoices):
@@ -44,21 +44,21 @@ class Order(models.Model):
     side = models.CharField(max_length=4, choices=Side.choices)
     type = models.CharField(max_length=8, choices=Type.choices)
     time_in_force = models.CharField(max_length=3, choices=TimeInForce.choices)
-    price = models.DecimalField(**PRICE)
-    size = models.DecimalField(**SIZE, null=True, blank=True)
-    amount = models.DecimalField(**MONEY, null=True, blank=True)
+    price = price_field()
+    size = size_field(null=True, blank=True)
+    amount = money_field(null=True, blank=True)
     expiration = models.DateTimeField(null=True, blank=True)
     post_only = models.BooleanField(default=False)
     client_order_id = models.CharField(max_length=128, null=True, blank=True)
     status = models.CharField(max_length=10, choices=Status.choices)
     reason = models.CharField(max_length=32, blank=True, default="")
-    filled_size = models.DecimalField(**SIZE, default=Decimal("0"))
-    filled_notional = models.DecimalField(**MONEY, default=Decimal("0"))
-    fees_paid = models.DecimalField(**MONEY, default=Decimal("0"))
-    reserved_cash = models.DecimalField(**MONEY, default=Decimal("0"))
-    reserved_shares = models.DecimalField(**SIZE, default=Decimal("0"))
+    filled_size = size_field(default=Decimal("0"))
+    filled_notional = money_field(default=Decimal("0"))
+    fees_paid = money_field(default=Decimal("0"))
+    reserved_cash = money_field(default=Decimal("0"))
+    reserved_shares = size_field(default=Decimal("0"))
     # Queue-position model for maker fills at exactly the limit price (trading-engine.md §4).
-    queue_ahead = models.DecimalField(**SIZE, default=Decimal("0"))
+    queue_ahead = size_field(default=Decimal("0"))
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -121,19 +121,19 @@ class Fill(models.Model):
     market_question = models.TextField(blank=True, default="")
     outcome = models.CharField(max_length=100, blank=True, default="")
     side = models.CharField(max_length=4, choices=Side.choices)
-    price = models.DecimalField(**PRICE)
-    size = models.DecimalField(**SIZE)
-    notional = models.DecimalField(**MONEY)
-    fee = models.DecimalField(**MONEY, default=Decimal("0"))
+    price = price_field()
+    size = size_field()
+    notional = money_field()
+    fee = money_field(default=Decimal("0"))
     fee_rate_bps = models.DecimalField(max_digits=10, decimal_places=4, null=True, blank=True)
     liquidity = models.CharField(max_length=5, choices=Liquidity.choices, null=True, blank=True)
-    realized_pnl = models.DecimalField(**MONEY, default=Decimal("0"))
+    realized_pnl = money_field(default=Decimal("0"))
     price_source = models.CharField(max_length=32, blank=True, default="")
     book_as_of = models.DateTimeField(null=True, blank=True)
     book_hash = models.CharField(max_length=64, blank=True, default="")
     levels = models.JSONField(default=list, blank=True)
-    vwap = models.DecimalField(**PRICE, null=True, blank=True)
-    mid_gap = models.DecimalField(**PRICE, null=True, blank=True)
+    vwap = price_field(null=True, blank=True)
+    mid_gap = price_field(null=True, blank=True)
     trigger_key = models.CharField(max_length=200, unique=True)
     filled_at = models.DateTimeField(default=timezone.now)
 

@@ -29,7 +29,10 @@ def _as_openapi_path(regex: str) -> str:
 def test_every_partner_route_is_documented(schema):
     documented = set(schema["paths"])
     for pattern in partner_urls.urlpatterns:
-        if not hasattr(pattern.callback, "view_class") or "openapi" in pattern.pattern.regex.pattern:
+        if (
+            not hasattr(pattern.callback, "view_class")
+            or "openapi" in pattern.pattern.regex.pattern
+        ):
             continue
         view = pattern.callback.view_class
         if view.__module__ != "partners.apis":
