@@ -55,7 +55,7 @@ class User(AbstractBaseUser, PermissionsMixin):
 
     USERNAME_FIELD = "email"
     EMAIL_FIELD = "email"
-    REQUIRED_FIELDS = []  # noqa: RUF012 (typed on AbstractBaseUser)
+    REQUIRED_FIELDS = []
 
     class Meta:
         constraints = [

@@ -76,7 +76,10 @@ def normalize_origin(origin: str) -> str:
             "an allowlisted origin is scheme://host[:port]; https unless localhost",
             details={"origin": [origin]},
         )
-    port = f":{parts.port}" if parts.port else ""
+    # An explicit default port names the same origin: "https://a.example:443" == "https://a.example".
+    port = (
+        f":{parts.port}" if parts.port and parts.port != {"https": 443, "http": 80}[scheme] else ""
+    )
     host_text = f"[{host}]" if ":" in host else host
     return f"{scheme}://{host_text}{port}"
 

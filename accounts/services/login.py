@@ -39,22 +39,16 @@ MAX_REDIRECT_LENGTH = 2048
 # The raw token is 43 url-safe characters; anything much longer is not ours and is not hashed.
 MAX_RAW_TOKEN_LENGTH = 128
 _LOCAL_HOSTNAMES = frozenset({"localhost", "127.0.0.1", "::1"})  # urlsplit().hostname form
-_DEFAULT_PORTS = {"https": ":443", "http": ":80"}
 
 
 # --- Redirect targets ---------------------------------------------------------------------
 def _canonical_origin(origin: str) -> str:
-    """normalize_origin() plus dropping an explicit default port, so "https://a.example:443"
-    and "https://a.example" compare equal. Raises ValidationFailed like normalize_origin."""
+    """The origin as partners.services.normalize_origin writes it (lowercase, no default
+    port). Raises ValidationFailed for anything that is not an http(s) origin."""
     # Imported here: partners.services imports this package at module level.
     from partners.services import normalize_origin
 
-    normalized = normalize_origin(origin)
-    scheme = normalized.split(":", 1)[0]
-    default_port = _DEFAULT_PORTS[scheme]
-    if normalized.endswith(default_port):
-        normalized = normalized[: -len(default_port)]
-    return normalized
+    return normalize_origin(origin)
 
 
 def _allowlisted_origins(tenant: Tenant | None) -> set[str]:
@@ -208,7 +202,11 @@ def login_link_request(
         )
         if len(recent) >= limit:
             # The next slot opens when enough of the oldest have aged out to leave limit - 1.
-            frees_at = recent[len(recent) - limit] + THROTTLE_WINDOW
+            frees_at = (
+                recent[len(recent) - limit] + THROTTLE_WINDOW
+                if limit > 0
+                else now + THROTTLE_WINDOW  # links switched off by configuration
+            )
             retry_after = max(1, math.ceil((frees_at - now).total_seconds()))
             raise errors.LoginLinkThrottled(
                 details={"limit": limit, "window_seconds": int(THROTTLE_WINDOW.total_seconds())},
