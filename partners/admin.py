@@ -124,7 +124,23 @@ class TenantForm(forms.ModelForm):
         return cleaned
 
 
-class ApiKeyInline(ReadOnlyAdminMixin, admin.TabularInline):
+class ApiKeyColumnsMixin:
+    """The columns every API key listing shows; never the secret or its hash."""
+
+    @admin.display(description="key", ordering="prefix")
+    def key(self, obj: ApiKey) -> str:
+        return masked_key(obj)
+
+    @admin.display(description="scopes")
+    def scopes_(self, obj: ApiKey) -> str:
+        return scope_list(obj)
+
+    @admin.display(boolean=True)
+    def active(self, obj: ApiKey) -> bool:
+        return obj.is_active
+
+
+class ApiKeyInline(ApiKeyColumnsMixin, ReadOnlyAdminMixin, admin.TabularInline):
     model = ApiKey
     fields = ("key", "name", "scopes_", "created_at", "last_used_at", "revoked_at", "active")
     readonly_fields = fields
@@ -136,18 +152,6 @@ class ApiKeyInline(ReadOnlyAdminMixin, admin.TabularInline):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[ApiKey]:
         return super().get_queryset(request).select_related("tenant")
-
-    @admin.display(description="key")
-    def key(self, obj: ApiKey) -> str:
-        return masked_key(obj)
-
-    @admin.display(description="scopes")
-    def scopes_(self, obj: ApiKey) -> str:
-        return scope_list(obj)
-
-    @admin.display(boolean=True)
-    def active(self, obj: ApiKey) -> bool:
-        return obj.is_active
 
 
 @admin.register(Tenant)
@@ -277,7 +281,7 @@ _ISSUED_ATTR = "_polysim_issued_keys"
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin):
+class ApiKeyAdmin(ApiKeyColumnsMixin, admin.ModelAdmin):
     """Add = apikey_create (full key shown once); existing keys are view-only; revoke and
     rotate are actions. Keys are never deleted (revoked keys are the audit trail)."""
 
@@ -338,18 +342,6 @@ class ApiKeyAdmin(admin.ModelAdmin):
         if term.startswith("pk_"):
             term = term[3:].split("_", 1)[0]
         return super().get_search_results(request, queryset, term)
-
-    @admin.display(description="key", ordering="prefix")
-    def key(self, obj: ApiKey) -> str:
-        return masked_key(obj)
-
-    @admin.display(description="scopes")
-    def scopes_(self, obj: ApiKey) -> str:
-        return scope_list(obj)
-
-    @admin.display(boolean=True)
-    def active(self, obj: ApiKey) -> bool:
-        return obj.is_active
 
     # --- add = apikey_create
     def save_model(
