@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
+import json
 import logging
 import random
 import time
+import uuid
 from collections.abc import Callable
-from typing import ParamSpec, TypeVar
+from decimal import Decimal
+from typing import Any, ParamSpec, TypeVar
 
-from django.db import IntegrityError, OperationalError, transaction
+from django.db import IntegrityError, OperationalError, connection, transaction
+from django.utils.dateparse import parse_datetime
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -18,6 +23,7 @@ logger = logging.getLogger("polysim.db")
 
 # SQLSTATEs Postgres asks clients to retry (serialization_failure, deadlock_detected).
 RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
+_SIX_PLACES = Decimal("0.000001")
 
 
 def create_or_get(create: Callable[[], T], get: Callable[[], T | None]) -> tuple[T, bool]:
@@ -62,3 +68,45 @@ def retry_on_conflict(attempts: int = 5) -> Callable[[Callable[P, T]], Callable[
         return wrapper
 
     return decorator
+
+
+# --- Raw row values → Python, the same on PostgreSQL and SQLite -------------------------------
+# Hot read paths use fixed SQL instead of the ORM (building a query costs more than running
+# it). These turn driver values into what the ORM would have returned.
+def db_decimal(value: Any) -> Decimal | None:
+    """NUMERIC → Decimal. SQLite hands back int/float for decimal columns; those are converted
+    through their shortest repr and quantized to the 6 places every money column has, which
+    is what Django's own SQLite converter does."""
+    if value is None or isinstance(value, Decimal):
+        return value
+    if isinstance(value, float):
+        return Decimal(repr(value)).quantize(_SIX_PLACES)
+    return Decimal(value)
+
+
+def db_datetime(value: Any) -> dt.datetime | None:
+    """timestamptz (aware) or SQLite's naive-UTC text → aware UTC datetime."""
+    if value is None or (isinstance(value, dt.datetime) and value.tzinfo is not None):
+        return value
+    if isinstance(value, str):
+        parsed = parse_datetime(value)
+        if parsed is None:
+            raise ValueError(f"not a datetime: {value!r}")
+        value = parsed
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value
+
+
+def db_json(value: Any) -> Any:
+    """jsonb/JSON text → Python (Django registers no jsonb loader, so both are text)."""
+    return json.loads(value) if isinstance(value, (str, bytes)) else value
+
+
+def db_uuid(value: Any) -> uuid.UUID | None:
+    if value is None or isinstance(value, uuid.UUID):
+        return value
+    return uuid.UUID(str(value))
+
+
+def db_param_uuid(value: uuid.UUID) -> Any:
+    """A UUID as this connection's driver wants it (native uuid, or hex text on SQLite)."""
+    return value if connection.vendor == "postgresql" else value.hex

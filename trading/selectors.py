@@ -1,5 +1,11 @@
 """Reads that combine wallets, orders and prices: marks, equity, the account-state envelope.
 
+The envelope is the hottest partner read (rule engines poll it), so it is loaded with two fixed
+SQL statements — the account row with its open-order count and day-start equity as
+subqueries, then its open positions only when it has any — instead of five ORM queries and
+model instances: building those queries cost more than running them (docs/benchmarks.md).
+All the arithmetic lives in `_compute`, one place for every caller.
+
 Marks (partner-api.md §4): the outcome's midpoint, or the last trade when the spread is wider
 than 0.10, from the live price bus — wired in by the market-data and engine issues (#3, #4).
 Until then a position is marked at its last known mark, or at cost when it never had one, and
@@ -9,14 +15,18 @@ Until then a position is marked at its last known mark, or at cost when it never
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from dataclasses import dataclass
 from decimal import Decimal
+from functools import cache
 from typing import Any
 
+from django.db import connection
 from django.utils import timezone
 
 from accounts.models import Account, EquitySnapshot, Position
 from core.clock import day_boundary
+from core.db import db_datetime, db_decimal, db_json, db_param_uuid, db_uuid
 from core.money import ZERO, cash, pct
 from trading.models import Order
 
@@ -29,8 +39,21 @@ class Mark:
 
 
 @dataclass(frozen=True)
+class PositionRow:
+    token_id: str
+    market_id: str
+    market_question: str
+    outcome: str
+    size: Decimal
+    avg_price: Decimal
+    cost_basis: Decimal
+    last_mark: Decimal | None
+    last_mark_at: dt.datetime | None
+
+
+@dataclass(frozen=True)
 class MarkedPosition:
-    position: Position
+    position: PositionRow
     mark: Mark
 
     @property
@@ -48,84 +71,225 @@ class MarkedPosition:
         return self.market_value
 
 
-def position_mark(position: Position) -> Mark:
+@dataclass(frozen=True)
+class AccountRow:
+    """The account columns the envelope shows, plus what the subqueries found."""
+
+    id: uuid.UUID
+    owner_id: int
+    external_id: str | None
+    stage: str | None
+    status: str
+    epoch: int
+    rules: dict[str, Any]
+    metadata: dict[str, Any]
+    starting_balance: Decimal
+    cash: Decimal
+    reserved_cash: Decimal
+    realized_pnl: Decimal
+    fees_paid: Decimal
+    high_water_mark: Decimal
+    max_drawdown: Decimal
+    max_drawdown_pct: Decimal
+    trading_days: int
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    closed_at: dt.datetime | None
+    last_reset_at: dt.datetime | None
+    open_orders_count: int
+    equity_at_boundary: Decimal | None
+    first_equity: Decimal | None
+    first_equity_at: dt.datetime | None
+    has_positions: bool
+
+
+def position_mark(position: PositionRow) -> Mark:
     if position.last_mark is not None:
         return Mark(position.last_mark, "last_known", position.last_mark_at)
     return Mark(position.avg_price, "cost", None)
 
 
+@cache
+def _sql() -> tuple[str, str]:
+    account = Account._meta.db_table
+    order = Order._meta.db_table
+    snapshot = EquitySnapshot._meta.db_table
+    position = Position._meta.db_table
+    first = (
+        f"FROM {snapshot} s WHERE s.account_id = a.id AND s.epoch = a.epoch "
+        "ORDER BY s.at, s.id LIMIT 1"
+    )
+    # Only model table names are interpolated; every value is a bound parameter.
+    account_sql = f"""
+        SELECT a.id, a.owner_id, a.external_id, a.stage, a.status, a.epoch, a.rules, a.metadata,
+               a.starting_balance, a.cash, a.reserved_cash, a.realized_pnl, a.fees_paid,
+               a.high_water_mark, a.max_drawdown, a.max_drawdown_pct, a.trading_days,
+               a.created_at, a.updated_at, a.closed_at, a.last_reset_at,
+               (SELECT COUNT(*) FROM {order} o
+                 WHERE o.account_id = a.id AND o.status = %s),
+               (SELECT s.equity FROM {snapshot} s
+                 WHERE s.account_id = a.id AND s.epoch = a.epoch AND s.at <= %s
+                 ORDER BY s.at DESC, s.id DESC LIMIT 1),
+               (SELECT s.equity {first}),
+               (SELECT s.at {first}),
+               EXISTS (SELECT 1 FROM {position} p
+                        WHERE p.account_id = a.id AND p.epoch = a.epoch
+                          AND p.status = %s AND p.size > 0)
+          FROM {account} a
+         WHERE a.id = %s AND {{tenant_condition}}
+    """
+    positions_sql = f"""
+        SELECT token_id, market_id, market_question, outcome, size, avg_price, cost_basis,
+               last_mark, last_mark_at
+          FROM {position}
+         WHERE account_id = %s AND epoch = %s AND status = %s AND size > 0
+         ORDER BY opened_at, id
+    """
+    return account_sql, positions_sql
+
+
+def _load_positions(account_id: uuid.UUID, epoch: int) -> list[MarkedPosition]:
+    with connection.cursor() as cursor:
+        cursor.execute(_sql()[1], [db_param_uuid(account_id), epoch, Position.Status.OPEN])
+        rows = cursor.fetchall()
+    marked = []
+    for token, market, question, outcome, size, avg, cost, mark, mark_at in rows:
+        row = PositionRow(
+            token_id=token,
+            market_id=market,
+            market_question=question,
+            outcome=outcome,
+            size=db_decimal(size) or ZERO,
+            avg_price=db_decimal(avg) or ZERO,
+            cost_basis=db_decimal(cost) or ZERO,
+            last_mark=db_decimal(mark),
+            last_mark_at=db_datetime(mark_at),
+        )
+        marked.append(MarkedPosition(row, position_mark(row)))
+    return marked
+
+
 def open_positions(*, account: Account) -> list[MarkedPosition]:
-    positions = Position.objects.filter(
-        account=account, epoch=account.epoch, status=Position.Status.OPEN, size__gt=0
-    ).order_by("opened_at", "id")
-    return [MarkedPosition(p, position_mark(p)) for p in positions]
+    return _load_positions(account.pk, account.epoch)
 
 
 def account_equity(*, account: Account) -> Decimal:
     return account.cash + sum((p.market_value for p in open_positions(account=account)), ZERO)
 
 
-def _day_start(account: Account, now: dt.datetime) -> tuple[Decimal, dt.datetime]:
-    tenant = account.tenant
-    tz_name = tenant.day_boundary_tz if tenant else "UTC"
-    local_time = tenant.day_boundary_time if tenant else dt.time(0, 0)
-    boundary = day_boundary(now, tz_name, local_time)
-    before = (
-        EquitySnapshot.objects.filter(account=account, epoch=account.epoch, at__lte=boundary)
-        .order_by("-at", "-id")
-        .values_list("equity", flat=True)
-        .first()
-    )
-    if before is not None:
-        return before, boundary
-    # The epoch began after the boundary: the day started with the epoch's opening equity.
-    first = (
-        EquitySnapshot.objects.filter(account=account, epoch=account.epoch)
-        .order_by("at", "id")
-        .values_list("equity", "at")
-        .first()
-    )
-    if first is not None:
-        return first[0], first[1]
-    return account.starting_balance, account.last_reset_at or account.created_at
+def _boundary_of(tenant: Any, now: dt.datetime) -> dt.datetime:
+    if tenant is None:
+        return day_boundary(now, "UTC", dt.time(0, 0))
+    return day_boundary(now, tenant.day_boundary_tz, tenant.day_boundary_time)
 
 
-def account_state(*, account: Account) -> dict[str, Any]:
-    """Everything the partner envelope shows, computed from the ledger-backed cached balances,
-    marked positions and equity snapshots. Decimals stay Decimals; the API formats them."""
+def _load_account(account_id: Any, tenant: Any, boundary: dt.datetime) -> AccountRow | None:
+    try:
+        key = account_id if isinstance(account_id, uuid.UUID) else uuid.UUID(str(account_id))
+    except (ValueError, TypeError, AttributeError):
+        return None
+    if tenant is None:
+        condition, scope = "a.tenant_id IS NULL", []
+    else:
+        condition, scope = "a.tenant_id = %s", [tenant.pk]
+    sql = _sql()[0].replace("{tenant_condition}", condition)
+    params = [
+        Order.Status.LIVE,
+        connection.ops.adapt_datetimefield_value(boundary),  # SQLite compares text
+        Position.Status.OPEN,
+        db_param_uuid(key),
+        *scope,
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    (
+        id_, owner_id, external_id, stage, status, epoch, rules, metadata, starting, cash_,
+        reserved, realized, fees, hwm, max_dd, max_dd_pct, trading_days, created_at,
+        updated_at, closed_at, last_reset_at, open_orders, at_boundary, first_equity,
+        first_at, has_positions,
+    ) = row  # fmt: skip
+    return AccountRow(
+        id=db_uuid(id_),  # type: ignore[arg-type]
+        owner_id=owner_id,
+        external_id=external_id,
+        stage=stage,
+        status=status,
+        epoch=epoch,
+        rules=db_json(rules),
+        metadata=db_json(metadata),
+        starting_balance=db_decimal(starting),  # type: ignore[arg-type]
+        cash=db_decimal(cash_),  # type: ignore[arg-type]
+        reserved_cash=db_decimal(reserved),  # type: ignore[arg-type]
+        realized_pnl=db_decimal(realized),  # type: ignore[arg-type]
+        fees_paid=db_decimal(fees),  # type: ignore[arg-type]
+        high_water_mark=db_decimal(hwm),  # type: ignore[arg-type]
+        max_drawdown=db_decimal(max_dd),  # type: ignore[arg-type]
+        max_drawdown_pct=db_decimal(max_dd_pct),  # type: ignore[arg-type]
+        trading_days=trading_days,
+        created_at=db_datetime(created_at),  # type: ignore[arg-type]
+        updated_at=db_datetime(updated_at),  # type: ignore[arg-type]
+        closed_at=db_datetime(closed_at),
+        last_reset_at=db_datetime(last_reset_at),
+        open_orders_count=int(open_orders),
+        equity_at_boundary=db_decimal(at_boundary),
+        first_equity=db_decimal(first_equity),
+        first_equity_at=db_datetime(first_at),
+        has_positions=bool(has_positions),
+    )
+
+
+def account_state(*, account_id: Any, tenant: Any) -> dict[str, Any] | None:
+    """Everything the envelope shows, or None when no such account exists in this scope
+    (`tenant` None = personal accounts). A malformed id is simply not found. Two statements
+    at most (one when the account holds no positions); reads committed data, takes no lock."""
     now = timezone.now()
-    marked = open_positions(account=account)
+    boundary = _boundary_of(tenant, now)
+    row = _load_account(account_id, tenant, boundary)
+    if row is None:
+        return None
+    marked = _load_positions(row.id, row.epoch) if row.has_positions else []
+    return _compute(row, marked, now=now, boundary=boundary)
+
+
+def _compute(
+    row: AccountRow, marked: list[MarkedPosition], *, now: dt.datetime, boundary: dt.datetime
+) -> dict[str, Any]:
     positions_value = sum((m.market_value for m in marked), ZERO)
     cost = sum((m.position.cost_basis for m in marked), ZERO)
-    equity = account.cash + positions_value
-    hwm = max(account.high_water_mark, equity)
+    equity = row.cash + positions_value
+    hwm = max(row.high_water_mark, equity)
     drawdown = hwm - equity
-    max_drawdown = max(account.max_drawdown, drawdown)
-    max_drawdown_pct = max(account.max_drawdown_pct, pct(drawdown, hwm))
-    day_start_equity, day_start_at = _day_start(account, now)
-    prices_as_of = min((m.mark.as_of for m in marked if m.mark.as_of), default=None)
-    open_orders = Order.objects.filter(account=account, status=Order.Status.LIVE).count()
+    if row.equity_at_boundary is not None:
+        day_start_equity, day_start_at = row.equity_at_boundary, boundary
+    elif row.first_equity is not None:
+        # The epoch began after the boundary: the day started with the epoch's opening equity.
+        day_start_equity, day_start_at = row.first_equity, row.first_equity_at
+    else:
+        day_start_equity, day_start_at = row.starting_balance, row.last_reset_at or row.created_at
     return {
-        "account": account,
-        "balance": account.cash,
-        "available_balance": account.available_cash,
-        "reserved_balance": account.reserved_cash,
+        "account": row,
+        "balance": row.cash,
+        "available_balance": row.cash - row.reserved_cash,
+        "reserved_balance": row.reserved_cash,
         "positions_value": positions_value,
         "equity": equity,
-        "realized_pnl": account.realized_pnl,
+        "realized_pnl": row.realized_pnl,
         "unrealized_pnl": positions_value - cost,
-        "fees_paid": account.fees_paid,
+        "fees_paid": row.fees_paid,
         "high_water_mark": hwm,
         "drawdown": drawdown,
         "drawdown_pct": pct(drawdown, hwm),
-        "max_drawdown": max_drawdown,
-        "max_drawdown_pct": max_drawdown_pct,
+        "max_drawdown": max(row.max_drawdown, drawdown),
+        "max_drawdown_pct": max(row.max_drawdown_pct, pct(drawdown, hwm)),
         "day_start_equity": day_start_equity,
         "day_start_at": day_start_at,
         "daily_pnl": equity - day_start_equity,
-        "trading_days": account.trading_days,
-        "open_orders_count": open_orders,
+        "trading_days": row.trading_days,
+        "open_orders_count": row.open_orders_count,
         "positions": marked,
         "as_of": now,
-        "prices_as_of": prices_as_of,
+        "prices_as_of": min((m.mark.as_of for m in marked if m.mark.as_of), default=None),
     }

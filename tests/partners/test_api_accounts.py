@@ -11,6 +11,7 @@ import time_machine
 from django.utils import timezone
 
 from accounts.models import Account, EquitySnapshot, LedgerEntry, Position
+from partners import keys
 from tests.partners.test_api_auth import assert_error
 from trading.models import Fill, Order
 
@@ -198,6 +199,7 @@ def test_day_start_equity_uses_the_tenant_boundary(partner, trader, tenant):
     tenant.day_boundary_tz = "America/New_York"
     tenant.day_boundary_time = dt.time(17, 0)
     tenant.save()
+    keys.key_cache.clear()  # other processes pick tenant edits up within API_KEY_CACHE_SECONDS
     with time_machine.travel(dt.datetime(2026, 3, 2, 20, 0, tzinfo=dt.UTC), tick=False):
         account_id = open_account(partner, trader["user_id"], balance="1000").json()["account_id"]
     account = Account.objects.get(pk=account_id)
