@@ -262,6 +262,7 @@ def _compute(
     equity = row.cash + positions_value
     hwm = max(row.high_water_mark, equity)
     drawdown = hwm - equity
+    day_start_at: dt.datetime | None
     if row.equity_at_boundary is not None:
         day_start_equity, day_start_at = row.equity_at_boundary, boundary
     elif row.first_equity is not None:
