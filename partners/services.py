@@ -8,12 +8,12 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
 
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import Account, normalize_email
 from accounts.services import login_link_request
-from accounts.services.wallets import account_open, account_update, user_get_or_create
+from accounts.services.wallets import account_open, account_update, user_ensure
 from core import errors
 from core.db import create_or_get
 from partners import keys
@@ -168,8 +168,9 @@ def trader_register(
     (created=False) and never changes stored metadata; a different email is
     EXTERNAL_ID_CONFLICT; an email already mapped here under another external_id is
     EMAIL_ALREADY_MAPPED. An email that belongs to a user from elsewhere (retail or another
-    tenant) is linked without revealing it. Race-safe without locks: the unique indexes on
-    user.email, (tenant, external_id) and (tenant, user) decide, and losers re-read."""
+    tenant) is linked without revealing it: new and existing emails run the same statements.
+    Race-safe without locks or savepoints: the unique indexes on user.email,
+    (tenant, external_id) and (tenant, user) decide, and every insert is read back."""
     email = normalize_email(email)
 
     def get_mapping() -> TenantUser | None:
@@ -182,25 +183,18 @@ def trader_register(
     existing = get_mapping()
     if existing is not None:
         return _mapping_replay(existing, email)
-    user, _ = user_get_or_create(email=email)
-    # Read again: an identical registration may have committed while we waited on the user
-    # row's unique index, and that is a replay, not an email conflict.
-    existing = get_mapping()
-    if existing is not None:
-        return _mapping_replay(existing, email)
-    if TenantUser.objects.filter(tenant=tenant, user=user).exists():
+    user = user_ensure(email=email)
+    # ON CONFLICT DO NOTHING, then read back: if an identical registration committed first
+    # (we waited on its unique index), its row is a replay; if our row was refused only by
+    # (tenant, user), the email is mapped here under another external_id.
+    candidate = TenantUser(
+        tenant=tenant, user=user, external_id=external_id, metadata=metadata or {}
+    )
+    TenantUser.objects.bulk_create([candidate], ignore_conflicts=True)
+    mapping = get_mapping()
+    if mapping is None:
         raise errors.EmailAlreadyMapped()
-    try:
-        mapping, created = create_or_get(
-            lambda: TenantUser.objects.create(
-                tenant=tenant, user=user, external_id=external_id, metadata=metadata or {}
-            ),
-            get_mapping,
-        )
-    except IntegrityError:
-        # Not our external_id: the (tenant, user) pair was taken concurrently under another one.
-        raise errors.EmailAlreadyMapped() from None
-    if not created:
+    if mapping.pk != candidate.pk:
         return _mapping_replay(mapping, email)
     return mapping, True
 

@@ -17,23 +17,23 @@ from django.utils import timezone
 
 from accounts.models import Account, EquitySnapshot, LedgerEntry, Position, User, normalize_email
 from core import errors
-from core.db import create_or_get
 from core.money import ZERO, cash, pct
 
 
 # --- Users --------------------------------------------------------------------------------
-def user_get_or_create(*, email: str) -> tuple[User, bool]:
-    """One user per normalized email, race-safe (the unique index decides; the loser of a
-    concurrent insert returns the winner's row). Idempotent."""
+def user_ensure(*, email: str) -> User:
+    """The one user of a normalized email, created if needed. Race-safe and idempotent:
+    INSERT … ON CONFLICT DO NOTHING, then read back, so a concurrent insert of the same email
+    waits for the other transaction and yields its row — no savepoint, and the same two
+    statements whether or not the email existed (callers must not leak which)."""
     normalized = normalize_email(email)
-
-    def get() -> User | None:
-        return User.objects.filter(email=normalized).first()
-
-    existing = get()
-    if existing is not None:
-        return existing, False
-    return create_or_get(lambda: User.objects.create_user(email=normalized), get)
+    candidate = User(email=normalized)
+    candidate.set_unusable_password()
+    User.objects.bulk_create([candidate], ignore_conflicts=True)
+    user = User.objects.filter(email=normalized).first()
+    if user is None:  # the insert was refused by something other than the email's uniqueness
+        raise AssertionError(f"could not create a user for {normalized!r}")
+    return user
 
 
 # --- Accounts -----------------------------------------------------------------------------

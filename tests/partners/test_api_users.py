@@ -232,3 +232,29 @@ def test_login_link_for_foreign_user_is_404_before_body_validation(partner, othe
     )
     assert_error(response, 404, "NOT_FOUND")
     assert len(mail.outbox) == 0
+
+
+def test_new_and_existing_emails_run_the_same_statements(partner, other_partner):
+    """No enumeration signal in the work done either: registering an email nobody has and
+    one that already belongs to a user elsewhere sends the same SQL, statement for statement
+    (so timing cannot tell them apart beyond noise)."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    import re
+
+    UserFactory(email="known@example.com")
+    partner.get("/v1/partner/whoami")  # key cached, last use recorded: not part of the shape
+
+    def shape(external_id, email):
+        with CaptureQueriesContext(connection) as ctx:
+            assert register(partner, external_id=external_id, email=email).status_code == 201
+        return [
+            re.sub(r'"s\d+_x\d+"', "SP", q["sql"].split(" WHERE")[0].split(" VALUES")[0])
+            for q in ctx.captured_queries
+        ]
+
+    fresh = shape("n-1", "nobody@example.com")
+    known = shape("n-2", "known@example.com")
+    assert fresh == known
+    assert len(fresh) <= 9
