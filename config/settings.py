@@ -20,14 +20,15 @@ if (BASE_DIR / ".env").is_file():  # local convenience only; never committed
     environ.Env.read_env(BASE_DIR / ".env")
 
 DEBUG = env.bool("DEBUG", default=False)
+# Embedded = the self-contained setup of `make demo`/`make test` (SQLite file, no services).
+# It is the default only when no DATABASE_URL is given: any real deployment sets one, and
+# then DEBUG=0 without a SECRET_KEY refuses to start.
+EMBEDDED = env.bool("POLYSIM_EMBEDDED", default=not env.str("DATABASE_URL", default=""))
 SECRET_KEY = env.str("SECRET_KEY", default="")
 if not SECRET_KEY:
-    if not DEBUG and not env.bool("POLYSIM_EMBEDDED", default=True):
+    if not DEBUG and not EMBEDDED:
         raise ImproperlyConfigured("SECRET_KEY is required when DEBUG=0")
-    # Embedded/dev fallback. Production sets POLYSIM_EMBEDDED=0 and a real SECRET_KEY.
-    SECRET_KEY = "polysim-insecure-dev-key-change-me-in-production-0123456789"
-if not DEBUG and not env.bool("POLYSIM_EMBEDDED", default=True) and "insecure" in SECRET_KEY:
-    raise ImproperlyConfigured("SECRET_KEY must be set to a real secret when DEBUG=0")
+    SECRET_KEY = "polysim-insecure-embedded-key-never-use-in-production"
 
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
@@ -161,19 +162,10 @@ USE_I18N = False
 USE_TZ = True
 STATIC_URL = "/static/"
 STATIC_ROOT = env.str("STATIC_ROOT", default=str(VAR_DIR / "static"))
-# Compressed, cache-busting names in production (after collectstatic); plain finders in
-# embedded mode so `make demo` needs no collectstatic step.
-WHITENOISE_USE_FINDERS = env.bool("POLYSIM_EMBEDDED", default=True)
-if WHITENOISE_USE_FINDERS:
-    Path(STATIC_ROOT).mkdir(parents=True, exist_ok=True)
-STORAGES = {
-    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
-    "staticfiles": {
-        "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
-        if env.bool("POLYSIM_EMBEDDED", default=True)
-        else "whitenoise.storage.CompressedManifestStaticFilesStorage"
-    },
-}
+# WhiteNoise serves static files in every mode (no separate static server needed); with
+# finders on, `make demo` works without a collectstatic step.
+WHITENOISE_USE_FINDERS = True
+Path(STATIC_ROOT).mkdir(parents=True, exist_ok=True)
 
 # --- DRF, OpenAPI -------------------------------------------------------------------------
 REST_FRAMEWORK = {

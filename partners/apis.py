@@ -317,10 +317,17 @@ def envelope(account_id: Any, tenant: Any) -> dict[str, Any]:
     return envelope_body(state)
 
 
-def _mapping_body(mapping: TenantUser, *, created: bool) -> dict[str, Any]:
-    body = dict(MappingOutput(mapping).data)
-    body["created"] = created
-    return body
+def mapping_body(mapping: TenantUser) -> dict[str, Any]:
+    """A mapping as MappingOutput documents it, built directly (registration is a hot write;
+    a test keeps the two shapes identical)."""
+    return {
+        "user_id": mapping.user_id,
+        "tenant_user_id": str(mapping.pk),
+        "external_id": mapping.external_id,
+        "email": mapping.user.email,
+        "metadata": mapping.metadata,
+        "created_at": _iso(mapping.created_at),
+    }
 
 
 # --- Users ----------------------------------------------------------------------------------
@@ -360,9 +367,7 @@ class UserListCreateApi(PartnerApiView):
             cursor=request.query_params.get("cursor"),
             limit=parse_limit(request.query_params.get("limit")),
         )
-        data = [_mapping_body(m, created=False) for m in page.items]
-        for item in data:
-            item.pop("created")
+        data = [mapping_body(m) for m in page.items]
         return Response({"data": data, "next_cursor": page.next_cursor, "has_more": page.has_more})
 
     @extend_schema(
@@ -387,7 +392,7 @@ class UserListCreateApi(PartnerApiView):
         data.is_valid(raise_exception=True)
         mapping, created = services.trader_register(tenant=self.tenant, **data.validated_data)
         return Response(
-            _mapping_body(mapping, created=created),
+            {**mapping_body(mapping), "created": created},
             status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
         )
 
@@ -407,7 +412,7 @@ class UserDetailApi(PartnerApiView):
     )
     def get(self, request: Request, user_id: str) -> Response:
         mapping = selectors.mapping_get(tenant=self.tenant, user_id=user_id)
-        body = dict(MappingOutput(mapping).data)
+        body = mapping_body(mapping)
         body["accounts"] = AccountSummaryOutput(
             selectors.accounts_of_mapping(mapping=mapping), many=True
         ).data

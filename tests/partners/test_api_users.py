@@ -238,10 +238,10 @@ def test_new_and_existing_emails_run_the_same_statements(partner, other_partner)
     """No enumeration signal in the work done either: registering an email nobody has and
     one that already belongs to a user elsewhere sends the same SQL, statement for statement
     (so timing cannot tell them apart beyond noise)."""
+    import re
+
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
-
-    import re
 
     UserFactory(email="known@example.com")
     partner.get("/v1/partner/whoami")  # key cached, last use recorded: not part of the shape

@@ -174,3 +174,11 @@ def test_body_has_exactly_the_documented_fields(world):
     assert set(body["positions"][0]) == set(PositionOutput().fields)
     assert body["positions"][0]["market_value"] == "61.50"
     assert body["equity"] == "5061.50"
+
+
+def test_mapping_body_has_exactly_the_documented_fields(world):
+    from partners.apis import MappingOutput, mapping_body
+    from partners.models import TenantUser
+
+    mapping = TenantUser.objects.select_related("user").get()
+    assert mapping_body(mapping) == dict(MappingOutput(mapping).data)
