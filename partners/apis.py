@@ -13,6 +13,7 @@ import functools
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from drf_spectacular.utils import (
     OpenApiParameter,
@@ -35,7 +36,13 @@ from partners.idempotency import idempotent_call
 from partners.models import Scope, TenantUser
 from partners.ratelimit import rate_limit_check
 from trading.models import Fill
-from trading.selectors import MarkedPosition, account_state
+from trading.selectors import (
+    EQUITY_INTERVALS,
+    EQUITY_MAX_POINTS,
+    MarkedPosition,
+    account_state,
+    equity_series,
+)
 from trading.services import account_close, account_reset
 
 
@@ -598,12 +605,8 @@ class AccountTradesApi(PartnerApiView):
         account = selectors.account_get_for_tenant(tenant=self.tenant, account_id=account_id)
         params = request.query_params
         qs = Fill.objects.filter(account=account)
-        if params.get("since"):
-            since = parse_datetime(params["since"].replace(" ", "+"))
-            if since is None or since.tzinfo is None:
-                raise errors.ValidationFailed(
-                    details={"since": ["ISO-8601 with a timezone, e.g. 2026-01-31T00:00:00Z."]}
-                )
+        since = _query_datetime(params, "since")
+        if since is not None:
             qs = qs.filter(filled_at__gte=since)
         if params.get("epoch") not in (None, ""):
             try:
@@ -625,6 +628,99 @@ class AccountTradesApi(PartnerApiView):
                 "data": TradeOutput(page.items, many=True).data,
                 "next_cursor": next_cursor,
                 "has_more": page.has_more,
+            }
+        )
+
+
+def _query_datetime(params: Any, name: str) -> dt.datetime | None:
+    raw = params.get(name)
+    if raw in (None, ""):
+        return None
+    value = parse_datetime(raw.replace(" ", "+"))
+    if value is None or value.tzinfo is None:
+        raise errors.ValidationFailed(
+            details={name: ["ISO-8601 with a timezone, e.g. 2026-01-31T00:00:00Z."]}
+        )
+    return value
+
+
+class AccountEquityApi(PartnerApiView):
+    scopes = {"GET": Scope.ACCOUNTS_READ}
+
+    @extend_schema(
+        operation_id="accounts_equity",
+        parameters=[
+            OpenApiParameter(
+                "from", dt.datetime, description="default: 1440 intervals before `to`"
+            ),
+            OpenApiParameter("to", dt.datetime, description="default: now (exclusive)"),
+            OpenApiParameter(
+                "interval", str, enum=list(EQUITY_INTERVALS), description="default 1h"
+            ),
+            OpenApiParameter("epoch", int, description="default: the current epoch"),
+        ],
+        responses={
+            200: inline_serializer(
+                "EquitySeries",
+                fields={
+                    "account_id": serializers.UUIDField(),
+                    "epoch": serializers.IntegerField(),
+                    "interval": serializers.CharField(),
+                    "from": serializers.DateTimeField(),
+                    "to": serializers.DateTimeField(),
+                    "points": inline_serializer(
+                        "EquityPoint",
+                        fields={
+                            "t": serializers.DateTimeField(),
+                            "open": MoneyField(),
+                            "high": MoneyField(),
+                            "low": MoneyField(),
+                            "close": MoneyField(),
+                        },
+                        many=True,
+                    ),
+                },
+            ),
+            **COMMON_ERRORS,
+        },
+        description="Equity per interval (open/high/low/close of the snapshots taken at "
+        f"every fill and each minute with positions). At most {EQUITY_MAX_POINTS} intervals.",
+    )
+    def get(self, request: Request, account_id: str) -> Response:
+        account = selectors.account_get_for_tenant(tenant=self.tenant, account_id=account_id)
+        params = request.query_params
+        interval = params.get("interval") or "1h"
+        if interval not in EQUITY_INTERVALS:
+            raise errors.ValidationFailed(
+                details={"interval": [f"One of: {', '.join(EQUITY_INTERVALS)}."]}
+            )
+        step = EQUITY_INTERVALS[interval]
+        end = _query_datetime(params, "to") or timezone.now()
+        start = _query_datetime(params, "from") or end - dt.timedelta(seconds=step * 1440)
+        if start >= end:
+            raise errors.ValidationFailed(details={"from": ["Must be before `to`."]})
+        if (end - start).total_seconds() / step > EQUITY_MAX_POINTS:
+            raise errors.ValidationFailed(
+                details={"from": [f"At most {EQUITY_MAX_POINTS} intervals; use a wider interval."]}
+            )
+        epoch = account.epoch
+        if params.get("epoch") not in (None, ""):
+            try:
+                epoch = int(params["epoch"])
+            except ValueError:
+                raise errors.ValidationFailed(details={"epoch": ["An integer."]}) from None
+        points = equity_series(account=account, epoch=epoch, start=start, end=end, interval_s=step)
+        return Response(
+            {
+                "account_id": str(account.pk),
+                "epoch": epoch,
+                "interval": interval,
+                "from": _iso(start),
+                "to": _iso(end),
+                "points": [
+                    {"t": _iso(p["t"]), **{k: wire(p[k]) for k in ("open", "high", "low", "close")}}
+                    for p in points
+                ],
             }
         )
 

@@ -30,6 +30,11 @@ urlpatterns = [
         name="partner-account-trades",
     ),
     re_path(
+        rf"^accounts/{ID.format(name='account_id')}/equity/?$",
+        apis.AccountEquityApi.as_view(),
+        name="partner-account-equity",
+    ),
+    re_path(
         rf"^accounts/{ID.format(name='account_id')}/close/?$",
         apis.AccountCloseApi.as_view(),
         name="partner-account-close",

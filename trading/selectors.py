@@ -294,3 +294,41 @@ def _compute(
         "as_of": now,
         "prices_as_of": min((m.mark.as_of for m in marked if m.mark.as_of), default=None),
     }
+
+
+EQUITY_INTERVALS = {"1m": 60, "1h": 3600, "1d": 86400}
+EQUITY_MAX_POINTS = 5000
+
+
+def equity_series(
+    *, account: Account, epoch: int, start: dt.datetime, end: dt.datetime, interval_s: int
+) -> list[dict[str, Any]]:
+    """Equity per interval (open/high/low/close of the snapshots in it) for one epoch, from
+    the snapshots taken at open/reset, at every fill and each minute while positions are held.
+    Buckets are aligned to the Unix epoch (UTC); intervals without a snapshot are omitted."""
+    rows = (
+        EquitySnapshot.objects.filter(account=account, epoch=epoch, at__gte=start, at__lt=end)
+        .order_by("at", "id")
+        .values_list("at", "equity")
+    )
+    points: list[dict[str, Any]] = []
+    current: int | None = None
+    for at, equity in rows.iterator(chunk_size=2000):
+        bucket = int(at.timestamp()) // interval_s * interval_s
+        if bucket != current:
+            current = bucket
+            points.append(
+                {
+                    "t": dt.datetime.fromtimestamp(bucket, dt.UTC),
+                    "open": equity,
+                    "high": equity,
+                    "low": equity,
+                    "close": equity,
+                }
+            )
+        else:
+            point = points[-1]
+            point["high"] = max(point["high"], equity)
+            point["low"] = min(point["low"], equity)
+            point["close"] = equity
+    return points

@@ -383,3 +383,48 @@ def test_trades_cursor_of_another_account_is_400(partner, trader):
 def test_unknown_and_malformed_account_ids_are_404(partner):
     for account_id in (uuid.uuid4(), "nope", "1", "%20"):
         assert_error(partner.get(f"/v1/partner/accounts/{account_id}"), 404, "NOT_FOUND")
+
+
+def test_equity_series_buckets_snapshots_by_interval(partner, trader):
+    with time_machine.travel(dt.datetime(2026, 4, 1, 9, 0, 30, tzinfo=dt.UTC), tick=False):
+        account_id = open_account(partner, trader["user_id"], balance="1000").json()["account_id"]
+    account = Account.objects.get(pk=account_id)
+    for minute, equity in [(1, "1010"), (1, "990"), (1, "1005"), (3, "1020"), (70, "980")]:
+        EquitySnapshot.objects.create(
+            account=account, epoch=0, equity=Decimal(equity), cash=Decimal("1000"),
+            at=dt.datetime(2026, 4, 1, 9, 0, 40, tzinfo=dt.UTC) + dt.timedelta(minutes=minute),
+        )  # fmt: skip
+    url = f"/v1/partner/accounts/{account_id}/equity"
+    window = "from=2026-04-01T09:00:00Z&to=2026-04-01T11:00:00Z"
+    minutes = partner.get(f"{url}?{window}&interval=1m").json()
+    assert minutes["interval"] == "1m" and minutes["epoch"] == 0
+    assert [p["t"] for p in minutes["points"]] == [
+        "2026-04-01T09:00:00Z", "2026-04-01T09:01:00Z", "2026-04-01T09:03:00Z",
+        "2026-04-01T10:10:00Z",
+    ]  # fmt: skip
+    assert minutes["points"][1] == {
+        "t": "2026-04-01T09:01:00Z", "open": "1010.00", "high": "1010.00", "low": "990.00",
+        "close": "1005.00",
+    }  # fmt: skip
+    hours = partner.get(f"{url}?{window}&interval=1h").json()["points"]
+    assert [(p["t"], p["open"], p["high"], p["low"], p["close"]) for p in hours] == [
+        ("2026-04-01T09:00:00Z", "1000.00", "1020.00", "990.00", "1020.00"),
+        ("2026-04-01T10:00:00Z", "980.00", "980.00", "980.00", "980.00"),
+    ]
+
+
+def test_equity_series_rejects_bad_ranges(partner, trader):
+    account_id = open_account(partner, trader["user_id"]).json()["account_id"]
+    url = f"/v1/partner/accounts/{account_id}/equity"
+    for query, field in [
+        ("interval=5m", "interval"),
+        ("from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z", "from"),
+        ("from=2020-01-01T00:00:00Z&to=2026-01-01T00:00:00Z&interval=1m", "from"),
+        ("to=tomorrow", "to"),
+        ("epoch=last", "epoch"),
+    ]:
+        response = partner.get(f"{url}?{query}")
+        assert_error(response, 422, "VALIDATION_FAILED")
+        assert field in response.json()["details"], query
+    default = partner.get(url).json()
+    assert default["interval"] == "1h" and len(default["points"]) == 1
