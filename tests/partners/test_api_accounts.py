@@ -428,3 +428,25 @@ def test_equity_series_rejects_bad_ranges(partner, trader):
         assert field in response.json()["details"], query
     default = partner.get(url).json()
     assert default["interval"] == "1h" and len(default["points"]) == 1
+
+
+def test_idempotency_key_replays_and_refuses_reuse_through_the_api(partner, trader):
+    body = {"user_id": trader["user_id"], "external_id": "idem", "stage": "demo",
+            "starting_balance": "100"}  # fmt: skip
+    first = partner.post("/v1/partner/accounts", body, format="json", HTTP_IDEMPOTENCY_KEY="k-1")
+    replay = partner.post("/v1/partner/accounts", body, format="json", HTTP_IDEMPOTENCY_KEY="k-1")
+    assert first.status_code == replay.status_code == 201
+    assert replay.content == first.content
+    assert replay["Idempotent-Replayed"] == "true"
+    assert Account.objects.count() == 1
+    reset_url = f"/v1/partner/accounts/{first.json()['account_id']}/reset"
+    assert partner.post(reset_url, HTTP_IDEMPOTENCY_KEY="r-1").json()["epoch"] == 1
+    assert partner.post(reset_url, HTTP_IDEMPOTENCY_KEY="r-1").json()["epoch"] == 1  # once
+    assert partner.post(reset_url, HTTP_IDEMPOTENCY_KEY="r-2").json()["epoch"] == 2
+    changed = {**body, "stage": "funded"}
+    reused = partner.post(
+        "/v1/partner/accounts", changed, format="json", HTTP_IDEMPOTENCY_KEY="k-1"
+    )
+    assert_error(reused, 422, "IDEMPOTENCY_KEY_REUSED")
+    bad = partner.post("/v1/partner/accounts", body, format="json", HTTP_IDEMPOTENCY_KEY="a b")
+    assert_error(bad, 422, "VALIDATION_FAILED")
