@@ -1,0 +1,26 @@
+"""Market discovery on a schedule (Celery beat entry `marketdata-discover`, every 10 minutes).
+
+The task is idempotent (discovery upserts on Polymarket's ids), so a duplicate or overlapping
+run only costs API calls. Gamma being unreachable fails the task; the next beat retries.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import shared_task
+
+from marketdata.clients import ClobClient, GammaClient
+from marketdata.services import discover
+
+# Markets per scheduled run (open markets come first; Gamma's keyset pages hold 100).
+DISCOVERY_LIMIT = 2000
+
+
+@shared_task(name="marketdata.tasks.discover_markets")
+def discover_markets(
+    limit: int | None = DISCOVERY_LIMIT, include_closed: bool = False
+) -> dict[str, Any]:
+    with GammaClient() as gamma, ClobClient() as clob:
+        result = discover(gamma=gamma, clob=clob, limit=limit, include_closed=include_closed)
+    return result.as_dict()
