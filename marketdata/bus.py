@@ -1,0 +1,681 @@
+"""The price bus: the latest top of book per token for readers, and a stream of updates per
+shard for the matcher (ARCHITECTURE.md, "Price bus").
+
+Two implementations of one `PriceBus` protocol with the same semantics:
+
+* `RedisBus` (production). The latest top of each token is one key `md:book:<token_id>`
+  holding its JSON, so N tokens are read with ONE `MGET`. Updates go to one Redis Stream per
+  shard, `md:updates:<shard>`, trimmed with `MAXLEN ~`. One stream entry carries the tops of
+  one `publish()` call for that shard (field `tops`: one BookTop JSON per line), so a batch
+  of any size costs one pipeline round trip: one `MSET` plus one `XADD` per shard it
+  touches (not atomic: a reader may see a new latest top a moment before its stream
+  entry). The matcher reads with consumer groups: `read` (XREADGROUP `>`), `ack` (XACK),
+  `read_pending` (its own unacknowledged entries after a restart) and `claim_stale`
+  (XAUTOCLAIM of another consumer's entries after `min_idle_ms`): at-least-once, so fills
+  must be idempotent.
+* `InProcessBus` (embedded demo, tests): a thread-safe dict plus a bounded deque per shard
+  with the same consumer-group bookkeeping. Tops are stored as the same JSON bytes, so a
+  reader can never see a publisher's later mutation, exactly as with Redis.
+
+Prices and sizes are the exchange's exact decimal strings everywhere on the bus; the
+`*_value()` methods give Decimals for trading math. Never float.
+
+Sharding: `shard_of(token_id, n)` = CRC-32 of the token id mod n: stable across processes
+and machines (Python's `hash()` of a str is randomised per process).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import zlib
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, fields, replace
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol, runtime_checkable
+
+import orjson
+
+if TYPE_CHECKING:
+    import redis
+
+    from marketdata.book import OrderBook
+
+BOOK_KEY: Final = "md:book:"  # + token_id
+STREAM_KEY: Final = "md:updates:"  # + shard number
+DEFAULT_MAXLEN: Final = 100_000  # stream entries (batches) kept per shard, approximately
+DEFAULT_DEPTH: Final = 10
+
+
+def shard_of(token_id: str, n_shards: int) -> int:
+    """The shard that owns a token: CRC-32 of its id mod n (stable across processes)."""
+    if n_shards <= 1:
+        return 0
+    return zlib.crc32(token_id.encode()) % n_shards
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+# (best_bid, best_ask) -> (mid, spread) as strings: the same few pairs recur all day, and the
+# Decimal arithmetic plus formatting costs more than the lookup. Bounded by clearing.
+_MID_SPREAD: dict[tuple[str, str], tuple[str, str]] = {}
+_MID_SPREAD_MAX: Final = 50_000
+
+
+def _fmt(value: Decimal) -> str:
+    text = format(value, "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text or "0"
+
+
+def mid_spread(best_bid: str, best_ask: str) -> tuple[str, str]:
+    key = (best_bid, best_ask)
+    cached = _MID_SPREAD.get(key)
+    if cached is None:
+        bid, ask = Decimal(best_bid), Decimal(best_ask)
+        cached = (_fmt((bid + ask) / 2), _fmt(ask - bid))
+        if len(_MID_SPREAD) >= _MID_SPREAD_MAX:
+            _MID_SPREAD.clear()
+        _MID_SPREAD[key] = cached
+    return cached
+
+
+def _dec(text: str | None) -> Decimal | None:
+    return Decimal(text) if text else None
+
+
+@dataclass(frozen=True, slots=True)
+class BookTop:
+    """What readers need of one token's book, as published on the bus.
+
+    `bids`/`asks`: the top levels best-first (bids high to low, asks low to high) as
+    [price, size] exact strings. `mid`/`spread` are exact decimal strings (None unless both
+    sides have a level; a crossed book inside a trade burst gives a negative spread).
+    `fresh` is False while the feed knows the book may be wrong (no snapshot yet, hash
+    mismatch waiting for a resync, lost subscription): stale books take no taker orders
+    and trigger no maker fills (trading-engine.md §8). `timestamp_ms` is the exchange's,
+    `published_at` ours (epoch ms).
+    """
+
+    token_id: str
+    market: str
+    best_bid: str | None
+    best_ask: str | None
+    mid: str | None
+    spread: str | None
+    last_trade_price: str | None
+    last_trade_side: str | None
+    tick_size: str | None
+    timestamp_ms: int | None
+    hash: str
+    fresh: bool
+    bids: list[list[str]]
+    asks: list[list[str]]
+    published_at: int
+
+    @classmethod
+    def from_book(
+        cls,
+        book: OrderBook,
+        *,
+        fresh: bool = True,
+        last_trade_side: str | None = None,
+        depth: int = DEFAULT_DEPTH,
+        published_at: int | None = None,
+    ) -> BookTop:
+        bids, asks = book.top_levels("BUY", depth), book.top_levels("SELL", depth)
+        best_bid = bids[0][0] if bids else None
+        best_ask = asks[0][0] if asks else None
+        mid = spread = None
+        if best_bid is not None and best_ask is not None:
+            mid, spread = mid_spread(best_bid, best_ask)
+        ts = book.timestamp
+        return cls(
+            book.asset_id,
+            book.market,
+            best_bid,
+            best_ask,
+            mid,
+            spread,
+            book.last_trade_price or None,
+            last_trade_side,
+            book.tick_size,
+            int(ts) if ts.isascii() and ts.isdigit() else None,
+            book.hash,
+            fresh,
+            bids,
+            asks,
+            now_ms() if published_at is None else published_at,
+        )
+
+    # --- JSON --------------------------------------------------------------------------------
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BookTop:
+        values: dict[str, Any] = {name: data.get(name) for name in _FIELD_NAMES}
+        return cls(**values)
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> BookTop:
+        return cls.from_dict(orjson.loads(data))
+
+    def with_fresh(self, fresh: bool, *, published_at: int | None = None) -> BookTop:
+        return replace(
+            self, fresh=fresh, published_at=now_ms() if published_at is None else published_at
+        )
+
+    # --- Decimal views (for trading math) ----------------------------------------------------
+
+    def best_bid_value(self) -> Decimal | None:
+        return _dec(self.best_bid)
+
+    def best_ask_value(self) -> Decimal | None:
+        return _dec(self.best_ask)
+
+    def mid_value(self) -> Decimal | None:
+        return _dec(self.mid)
+
+    def spread_value(self) -> Decimal | None:
+        return _dec(self.spread)
+
+    def last_trade_price_value(self) -> Decimal | None:
+        return _dec(self.last_trade_price)
+
+    def tick_size_value(self) -> Decimal | None:
+        return _dec(self.tick_size)
+
+    def levels_value(self, side: str) -> list[tuple[Decimal, Decimal]]:
+        """(price, size) best-first for "BUY" (bids) or "SELL" (asks)."""
+        if side not in ("BUY", "SELL"):
+            raise ValueError(f"side must be BUY or SELL, not {side!r}")
+        rows = self.bids if side == "BUY" else self.asks
+        return [(Decimal(p), Decimal(s)) for p, s in rows]
+
+
+_FIELD_NAMES: Final = tuple(f.name for f in fields(BookTop))
+
+# A token's top as published: (token_id, the BookTop's JSON).
+EncodedTop = tuple[str, bytes]
+
+
+def encode_top(
+    book: OrderBook,
+    *,
+    fresh: bool = True,
+    last_trade_side: str | None = None,
+    depth: int = DEFAULT_DEPTH,
+    published_at: int | None = None,
+) -> bytes:
+    """`orjson.dumps(BookTop.from_book(...))`, byte for byte, without building the BookTop:
+    the feed's hot path (the levels' JSON is cached per book side until that side changes).
+    """
+    bids = book.top_levels_json("BUY", depth)
+    asks = book.top_levels_json("SELL", depth)
+    best_bid, best_ask = book.best_bid_str(), book.best_ask_str()
+    mid = spread = None
+    if best_bid is not None and best_ask is not None:
+        mid, spread = mid_spread(best_bid, best_ask)
+    ts = book.timestamp
+    head = orjson.dumps(
+        {
+            "token_id": book.asset_id,
+            "market": book.market,
+            "best_bid": best_bid,
+            "best_ask": best_ask,
+            "mid": mid,
+            "spread": spread,
+            "last_trade_price": book.last_trade_price or None,
+            "last_trade_side": last_trade_side,
+            "tick_size": book.tick_size,
+            "timestamp_ms": int(ts) if ts.isascii() and ts.isdigit() else None,
+            "hash": book.hash,
+            "fresh": fresh,
+        }
+    )
+    return b'%b,"bids":%b,"asks":%b,"published_at":%d}' % (
+        head[:-1],
+        bids,
+        asks,
+        now_ms() if published_at is None else published_at,
+    )
+
+
+class BusMessage(NamedTuple):
+    """One stream entry: the tops of one publish() for one shard, in publish order."""
+
+    id: str
+    tops: list[BookTop]
+
+
+def _decode_tops(blob: bytes) -> list[BookTop]:
+    """A stream entry's `tops` field: one BookTop JSON per line (JSON never contains a raw
+    newline, orjson escapes it inside strings)."""
+    return [BookTop.from_json(line) for line in blob.split(b"\n") if line]
+
+
+def _by_shard(
+    items: Sequence[EncodedTop], n_shards: int
+) -> tuple[dict[str, bytes], dict[int, list[bytes]]]:
+    """Latest JSON by token (a later top of the same token wins), and all of them by shard."""
+    latest: dict[str, bytes] = {}
+    by_shard: dict[int, list[bytes]] = {}
+    for token_id, blob in items:
+        latest[token_id] = blob
+        shard = shard_of(token_id, n_shards)
+        blobs = by_shard.get(shard)
+        if blobs is None:
+            by_shard[shard] = [blob]
+        else:
+            blobs.append(blob)
+    return latest, by_shard
+
+
+@runtime_checkable
+class PriceBus(Protocol):
+    n_shards: int
+
+    def publish(self, tops: Sequence[BookTop]) -> None:
+        """Store each top as its token's latest and append them to their shards' streams,
+        in ONE round trip for the whole batch."""
+
+    def publish_json(self, items: Sequence[EncodedTop]) -> None:
+        """`publish` for tops already encoded (`encode_top`, `BookKeeper.drain_tops_json`)."""
+
+    def latest(self, token_id: str) -> BookTop | None: ...
+
+    def latest_many(self, token_ids: Iterable[str]) -> dict[str, BookTop]:
+        """The latest top of each token that has one, in ONE round trip."""
+
+    def mark_stale(self, token_ids: Iterable[str]) -> list[BookTop]:
+        """Republish the latest tops of these tokens with fresh=False (and stream them so
+        the matcher stops). Meant for the feed that owns the tokens (their only writer)."""
+
+    def shard_of(self, token_id: str) -> int: ...
+
+    def ensure_group(self, shard: int, group: str, *, start_id: str = "0") -> None: ...
+
+    def read(
+        self, shard: int, group: str, consumer: str, count: int = 100, block_ms: int | None = None
+    ) -> list[BusMessage]:
+        """New entries for this group (XREADGROUP `>`); they stay pending until acked.
+        block_ms None: return at once; 0: wait forever (as Redis)."""
+
+    def read_pending(
+        self, shard: int, group: str, consumer: str, count: int = 100
+    ) -> list[BusMessage]:
+        """This consumer's delivered-but-unacked entries (after a restart)."""
+
+    def claim_stale(
+        self, shard: int, group: str, consumer: str, min_idle_ms: int, count: int = 100
+    ) -> list[BusMessage]:
+        """Take over entries pending on any consumer for at least min_idle_ms (XAUTOCLAIM);
+        entries trimmed from the stream meanwhile are dropped from the pending list."""
+
+    def ack(self, shard: int, group: str, ids: Sequence[str]) -> int: ...
+
+    def pending_count(self, shard: int, group: str) -> int: ...
+
+    def stream_length(self, shard: int) -> int: ...
+
+
+# --- in process -------------------------------------------------------------------------------
+
+
+class _Group:
+    __slots__ = ("last_seq", "pending")
+
+    def __init__(self, last_seq: int) -> None:
+        self.last_seq = last_seq
+        # seq -> [consumer, last delivery (monotonic ms), delivery count]
+        self.pending: dict[int, list[Any]] = {}
+
+
+class _Stream:
+    __slots__ = ("entries", "first_seq", "groups", "next_seq")
+
+    def __init__(self, maxlen: int) -> None:
+        self.entries: deque[bytes] = deque(maxlen=maxlen)
+        self.first_seq = 1  # seq of entries[0]
+        self.next_seq = 1
+        self.groups: dict[str, _Group] = {}
+
+    def get(self, seq: int) -> bytes | None:
+        i = seq - self.first_seq
+        return self.entries[i] if 0 <= i < len(self.entries) else None
+
+    def append(self, blob: bytes) -> None:
+        if len(self.entries) == self.entries.maxlen:
+            self.first_seq += 1
+        self.entries.append(blob)
+        self.next_seq += 1
+
+
+def _mono_ms() -> int:
+    return time.monotonic_ns() // 1_000_000
+
+
+def _entry_id(seq: int) -> str:
+    return f"{seq}-0"
+
+
+def _entry_seq(entry_id: str) -> int:
+    return int(entry_id.split("-", 1)[0])
+
+
+class InProcessBus:
+    """The bus inside one process (embedded demo, tests): same semantics as RedisBus."""
+
+    def __init__(self, *, n_shards: int = 1, maxlen: int = DEFAULT_MAXLEN) -> None:
+        if n_shards < 1:
+            raise ValueError("n_shards must be >= 1")
+        self.n_shards = n_shards
+        self.maxlen = maxlen
+        self._latest: dict[str, bytes] = {}
+        self._streams = [_Stream(maxlen) for _ in range(n_shards)]
+        self._cond = threading.Condition()
+
+    def shard_of(self, token_id: str) -> int:
+        return shard_of(token_id, self.n_shards)
+
+    def publish(self, tops: Sequence[BookTop]) -> None:
+        self.publish_json([(t.token_id, orjson.dumps(t)) for t in tops])
+
+    def publish_json(self, items: Sequence[EncodedTop]) -> None:
+        if not items:
+            return
+        latest, by_shard = _by_shard(items, self.n_shards)
+        with self._cond:
+            self._latest.update(latest)
+            for shard, blobs in by_shard.items():
+                self._streams[shard].append(b"\n".join(blobs))
+            self._cond.notify_all()
+
+    def latest(self, token_id: str) -> BookTop | None:
+        blob = self._latest.get(token_id)
+        return BookTop.from_json(blob) if blob is not None else None
+
+    def latest_many(self, token_ids: Iterable[str]) -> dict[str, BookTop]:
+        with self._cond:
+            blobs = [(t, self._latest.get(t)) for t in token_ids]
+        return {t: BookTop.from_json(b) for t, b in blobs if b is not None}
+
+    def mark_stale(self, token_ids: Iterable[str]) -> list[BookTop]:
+        now = now_ms()
+        stale = [
+            t.with_fresh(False, published_at=now) for t in self.latest_many(token_ids).values()
+        ]
+        self.publish(stale)
+        return stale
+
+    def ensure_group(self, shard: int, group: str, *, start_id: str = "0") -> None:
+        with self._cond:
+            stream = self._streams[shard]
+            if group not in stream.groups:
+                last = stream.next_seq - 1 if start_id == "$" else _entry_seq(start_id)
+                stream.groups[group] = _Group(last)
+
+    def _group(self, shard: int, group: str) -> tuple[_Stream, _Group]:
+        stream = self._streams[shard]
+        grp = stream.groups.get(group)
+        if grp is None:
+            raise LookupError(f"NOGROUP no consumer group {group!r} on shard {shard}")
+        return stream, grp
+
+    def read(
+        self, shard: int, group: str, consumer: str, count: int = 100, block_ms: int | None = None
+    ) -> list[BusMessage]:
+        deadline = None if not block_ms else time.monotonic() + block_ms / 1000
+        with self._cond:
+            stream, grp = self._group(shard, group)
+            while grp.last_seq >= stream.next_seq - 1 and block_ms is not None:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            out: list[BusMessage] = []
+            now = _mono_ms()
+            seq = max(grp.last_seq + 1, stream.first_seq)
+            while seq < stream.next_seq and len(out) < count:
+                blob = stream.get(seq)
+                if blob is not None:
+                    grp.pending[seq] = [consumer, now, 1]
+                    out.append(BusMessage(_entry_id(seq), _decode_tops(blob)))
+                grp.last_seq = seq
+                seq += 1
+            return out
+
+    def read_pending(
+        self, shard: int, group: str, consumer: str, count: int = 100
+    ) -> list[BusMessage]:
+        with self._cond:
+            stream, grp = self._group(shard, group)
+            out: list[BusMessage] = []
+            now = _mono_ms()
+            for seq in sorted(grp.pending):
+                if len(out) >= count:
+                    break
+                info = grp.pending[seq]
+                if info[0] != consumer:
+                    continue
+                blob = stream.get(seq)
+                info[1], info[2] = now, info[2] + 1
+                # Redis returns a trimmed entry as (id, nil): we return it without tops so the
+                # consumer can ack it.
+                out.append(BusMessage(_entry_id(seq), _decode_tops(blob) if blob else []))
+            return out
+
+    def claim_stale(
+        self, shard: int, group: str, consumer: str, min_idle_ms: int, count: int = 100
+    ) -> list[BusMessage]:
+        with self._cond:
+            stream, grp = self._group(shard, group)
+            out: list[BusMessage] = []
+            now = _mono_ms()
+            for seq in sorted(grp.pending):
+                if len(out) >= count:
+                    break
+                info = grp.pending[seq]
+                if now - info[1] < min_idle_ms:
+                    continue
+                blob = stream.get(seq)
+                if blob is None:  # trimmed away: XAUTOCLAIM drops it from the pending list
+                    del grp.pending[seq]
+                    continue
+                grp.pending[seq] = [consumer, now, info[2] + 1]
+                out.append(BusMessage(_entry_id(seq), _decode_tops(blob)))
+            return out
+
+    def ack(self, shard: int, group: str, ids: Sequence[str]) -> int:
+        with self._cond:
+            _, grp = self._group(shard, group)
+            return sum(grp.pending.pop(_entry_seq(i), None) is not None for i in ids)
+
+    def pending_count(self, shard: int, group: str) -> int:
+        with self._cond:
+            return len(self._group(shard, group)[1].pending)
+
+    def stream_length(self, shard: int) -> int:
+        with self._cond:
+            return len(self._streams[shard].entries)
+
+
+# --- Redis ------------------------------------------------------------------------------------
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class RedisBus:
+    """The bus on Redis (see the module docstring for the key layout)."""
+
+    def __init__(
+        self, client: redis.Redis, *, n_shards: int = 1, maxlen: int = DEFAULT_MAXLEN
+    ) -> None:
+        if n_shards < 1:
+            raise ValueError("n_shards must be >= 1")
+        self.client = client
+        self.n_shards = n_shards
+        self.maxlen = maxlen
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> RedisBus:
+        import redis
+
+        # Raw bytes in and out: orjson parses bytes directly.
+        return cls(redis.Redis.from_url(url, decode_responses=False), **kwargs)
+
+    def shard_of(self, token_id: str) -> int:
+        return shard_of(token_id, self.n_shards)
+
+    @staticmethod
+    def book_key(token_id: str) -> str:
+        return BOOK_KEY + token_id
+
+    @staticmethod
+    def stream_key(shard: int) -> str:
+        return f"{STREAM_KEY}{shard}"
+
+    def publish(self, tops: Sequence[BookTop]) -> None:
+        self.publish_json([(t.token_id, orjson.dumps(t)) for t in tops])
+
+    def publish_json(self, items: Sequence[EncodedTop]) -> None:
+        if not items:
+            return
+        latest, by_shard = _by_shard(items, self.n_shards)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.mset({BOOK_KEY + token_id: blob for token_id, blob in latest.items()})
+        for shard, blobs in by_shard.items():
+            pipe.xadd(
+                f"{STREAM_KEY}{shard}",
+                {"tops": b"\n".join(blobs)},
+                maxlen=self.maxlen,
+                approximate=True,
+            )
+        pipe.execute()
+
+    def latest(self, token_id: str) -> BookTop | None:
+        blob = self.client.get(BOOK_KEY + token_id)
+        return BookTop.from_json(blob) if blob is not None else None  # type: ignore[arg-type]
+
+    def latest_many(self, token_ids: Iterable[str]) -> dict[str, BookTop]:
+        ids = list(dict.fromkeys(token_ids))
+        if not ids:
+            return {}
+        blobs = self.client.mget([BOOK_KEY + t for t in ids])
+        return {
+            t: BookTop.from_json(b)
+            for t, b in zip(ids, blobs, strict=True)  # type: ignore[arg-type]
+            if b is not None
+        }
+
+    def mark_stale(self, token_ids: Iterable[str]) -> list[BookTop]:
+        now = now_ms()
+        stale = [
+            t.with_fresh(False, published_at=now) for t in self.latest_many(token_ids).values()
+        ]
+        self.publish(stale)
+        return stale
+
+    def ensure_group(self, shard: int, group: str, *, start_id: str = "0") -> None:
+        import redis
+
+        try:
+            self.client.xgroup_create(self.stream_key(shard), group, id=start_id, mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    @staticmethod
+    def _messages(entries: Any) -> list[BusMessage]:
+        out = []
+        for entry_id, data in entries or ():
+            blob = data.get(b"tops") if data else None
+            out.append(BusMessage(_text(entry_id), _decode_tops(blob) if blob else []))
+        return out
+
+    def read(
+        self, shard: int, group: str, consumer: str, count: int = 100, block_ms: int | None = None
+    ) -> list[BusMessage]:
+        reply: Any = self.client.xreadgroup(
+            group, consumer, {self.stream_key(shard): ">"}, count=count, block=block_ms
+        )
+        if not reply:
+            return []
+        # RESP2: [[stream, entries]]; RESP3: {stream: [entries]}
+        entries = next(iter(reply.values()))[0] if isinstance(reply, dict) else reply[0][1]
+        return self._messages(entries)
+
+    def read_pending(
+        self, shard: int, group: str, consumer: str, count: int = 100
+    ) -> list[BusMessage]:
+        reply: Any = self.client.xreadgroup(
+            group, consumer, {self.stream_key(shard): "0"}, count=count
+        )
+        if not reply:
+            return []
+        entries = next(iter(reply.values()))[0] if isinstance(reply, dict) else reply[0][1]
+        return self._messages(entries)
+
+    def claim_stale(
+        self, shard: int, group: str, consumer: str, min_idle_ms: int, count: int = 100
+    ) -> list[BusMessage]:
+        reply: Any = self.client.xautoclaim(
+            self.stream_key(shard), group, consumer, min_idle_ms, start_id="0-0", count=count
+        )
+        return self._messages(reply[1])
+
+    def ack(self, shard: int, group: str, ids: Sequence[str]) -> int:
+        if not ids:
+            return 0
+        return int(self.client.xack(self.stream_key(shard), group, *ids))  # type: ignore[arg-type]
+
+    def pending_count(self, shard: int, group: str) -> int:
+        info: Any = self.client.xpending(self.stream_key(shard), group)
+        return int(info["pending"])
+
+    def stream_length(self, shard: int) -> int:
+        return int(self.client.xlen(self.stream_key(shard)))  # type: ignore[arg-type]
+
+
+# --- the process-wide bus ---------------------------------------------------------------------
+
+_bus_lock = threading.Lock()
+_in_process: InProcessBus | None = None
+_redis_buses: dict[tuple[str, int], RedisBus] = {}
+
+
+def get_bus() -> PriceBus:
+    """RedisBus when settings.REDIS_URL is set, else the process's InProcessBus.
+
+    `PRICE_BUS_SHARDS` (default 1) must be the same for the feed and the matchers.
+    """
+    from django.conf import settings
+
+    url = getattr(settings, "REDIS_URL", "") or ""
+    n_shards = int(getattr(settings, "PRICE_BUS_SHARDS", 1) or 1)
+    global _in_process
+    with _bus_lock:
+        if url:
+            bus = _redis_buses.get((url, n_shards))
+            if bus is None:
+                bus = _redis_buses[(url, n_shards)] = RedisBus.from_url(url, n_shards=n_shards)
+            return bus
+        if _in_process is None or _in_process.n_shards != n_shards:
+            _in_process = InProcessBus(n_shards=n_shards)
+        return _in_process
+
+
+def reset_bus() -> None:
+    """Forget the process-wide buses (tests)."""
+    global _in_process
+    with _bus_lock:
+        _in_process = None
+        _redis_buses.clear()

@@ -1,0 +1,281 @@
+"""The price bus contract, run against both implementations (Redis tests need a server)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from marketdata.book import book_from_levels
+from marketdata.bus import (
+    BookTop,
+    InProcessBus,
+    PriceBus,
+    RedisBus,
+    encode_top,
+    get_bus,
+    reset_bus,
+    shard_of,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+TOKENS = [f"{n:077d}" for n in range(1, 41)]  # long decimal ids, like Polymarket's
+
+
+def make_top(token_id: str, bid: str = "0.48", ask: str = "0.52", **changes) -> BookTop:
+    book = book_from_levels(
+        market="0x" + "ab" * 32,
+        asset_id=token_id,
+        bids=[(bid, "100.5"), ("0.001", "220045")],
+        asks=[(ask, "0.01"), ("0.999", "1000")],
+        tick_size="0.001",
+    )
+    book.timestamp, book.hash, book.last_trade_price = "1790658827000", "78b396c8", "0.301"
+    top = BookTop.from_book(book, last_trade_side="SELL", published_at=1_800_000_000_000)
+    return top if not changes else BookTop.from_dict({**orjson.loads(top.to_json()), **changes})
+
+
+@pytest.fixture(params=["inprocess", pytest.param("redis", marks=pytest.mark.redis)])
+def bus(request) -> Iterator[PriceBus]:
+    if request.param == "inprocess":
+        yield InProcessBus(n_shards=4)
+    else:
+        url = request.getfixturevalue("redis_url")
+        redis_bus = RedisBus.from_url(url, n_shards=4)
+        yield redis_bus
+        redis_bus.client.close()
+
+
+def command_calls(bus: PriceBus) -> dict[str, int]:
+    """Server-side command counters (INFO commandstats), to count what a call sent."""
+    assert isinstance(bus, RedisBus)
+    stats = bus.client.info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+
+
+def commands_sent(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    sent = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    return {k: v for k, v in sent.items() if v and k != "info"}
+
+
+# --- BookTop ----------------------------------------------------------------------------------
+
+
+def test_book_top_round_trips_exact_decimal_strings():
+    top = make_top(TOKENS[0], bid="0.480", ask="0.52")
+    assert (top.best_bid, top.best_ask, top.mid, top.spread) == ("0.480", "0.52", "0.5", "0.04")
+    assert top.bids == [["0.480", "100.5"], ["0.001", "220045"]]  # best first
+    assert top.asks == [["0.52", "0.01"], ["0.999", "1000"]]
+    raw = top.to_json()
+    assert b'"best_bid":"0.480"' in raw and b"0.48," not in raw  # strings, never floats
+    assert BookTop.from_json(raw) == top
+    assert top.mid_value() is not None and str(top.mid_value()) == "0.5"
+    assert top.levels_value("SELL")[0][1] == top.levels_value("SELL")[0][1].__class__("0.01")
+
+
+def test_encode_top_is_byte_identical_to_dumping_the_dataclass():
+    book = book_from_levels(
+        market="0xm", asset_id=TOKENS[0], bids=[("0.1", "5"), ("0.2", "6")], asks=[("0.3", "1")]
+    )
+    book.timestamp = "1790658827000"
+    for depth in (1, 10):
+        assert encode_top(book, depth=depth, published_at=7) == orjson.dumps(
+            BookTop.from_book(book, depth=depth, published_at=7)
+        )
+    empty = book_from_levels(market="0xm", asset_id=TOKENS[1], bids=[], asks=[])
+    top = BookTop.from_json(encode_top(empty, fresh=False, published_at=1))
+    assert (top.mid, top.timestamp_ms, top.fresh, top.bids) == (None, None, False, [])
+
+
+# --- latest -----------------------------------------------------------------------------------
+
+
+def test_publish_then_latest_and_latest_many(bus):
+    tops = [make_top(t) for t in TOKENS[:10]]
+    bus.publish(tops)
+    assert bus.latest(TOKENS[3]) == tops[3]
+    assert bus.latest("unknown") is None
+    many = bus.latest_many([*TOKENS[:10], "unknown"])
+    assert many == {t.token_id: t for t in tops}
+    assert bus.latest_many([]) == {}
+
+
+def test_a_later_publish_replaces_the_latest(bus):
+    bus.publish([make_top(TOKENS[0], bid="0.4")])
+    bus.publish([make_top(TOKENS[0], bid="0.45"), make_top(TOKENS[0], bid="0.47")])
+    latest = bus.latest(TOKENS[0])
+    assert latest is not None and latest.best_bid == "0.47"
+
+
+@pytest.mark.redis
+def test_redis_latest_many_is_one_mget(redis_url):
+    bus = RedisBus.from_url(redis_url, n_shards=4)
+    bus.publish([make_top(t) for t in TOKENS])
+    before = command_calls(bus)
+    assert len(bus.latest_many(TOKENS)) == len(TOKENS)
+    assert commands_sent(before, command_calls(bus)) == {"mget": 1}
+
+
+@pytest.mark.redis
+def test_redis_publish_is_one_pipeline_of_one_mset_and_one_xadd_per_shard(redis_url):
+    bus = RedisBus.from_url(redis_url, n_shards=4)
+    tops = [make_top(t) for t in TOKENS]
+    shards = {bus.shard_of(t) for t in TOKENS}
+    assert len(shards) > 1
+    before = command_calls(bus)
+    bus.publish(tops)
+    assert commands_sent(before, command_calls(bus)) == {"mset": 1, "xadd": len(shards)}
+    assert bus.client.get("md:book:" + TOKENS[0]) == tops[0].to_json()  # one key per token
+    assert {k.decode() for k in bus.client.keys("md:updates:*")} == {
+        f"md:updates:{s}" for s in shards
+    }
+
+
+# --- stream -----------------------------------------------------------------------------------
+
+
+def test_updates_go_to_the_tokens_shard_in_publish_order(bus):
+    batches = [[make_top(t, bid=f"0.{40 + i}") for t in TOKENS[:12]] for i in range(3)]
+    for batch in batches:
+        bus.publish(batch)
+    seen: dict[str, list[str]] = {}
+    for shard in range(bus.n_shards):
+        bus.ensure_group(shard, "matcher")
+        messages = bus.read(shard, "matcher", "m1", count=100)
+        assert len(messages) == len({bus.shard_of(t) for t in TOKENS[:12]} & {shard}) * 3
+        for message in messages:
+            for top in message.tops:
+                assert bus.shard_of(top.token_id) == shard
+                seen.setdefault(top.token_id, []).append(top.best_bid or "")
+    assert set(seen) == set(TOKENS[:12])
+    assert all(bids == ["0.40", "0.41", "0.42"] for bids in seen.values())
+
+
+def test_consumer_group_is_at_least_once(bus):
+    token = TOKENS[0]
+    shard = bus.shard_of(token)
+    bus.ensure_group(shard, "matcher")
+    bus.ensure_group(shard, "matcher")  # idempotent
+    bus.publish([make_top(token, bid="0.41")])
+    bus.publish([make_top(token, bid="0.42")])
+
+    first = bus.read(shard, "matcher", "m1", count=1)
+    assert [m.tops[0].best_bid for m in first] == ["0.41"]
+    assert bus.pending_count(shard, "matcher") == 1
+    # m1 dies before acking. After a restart it sees its own pending entry again...
+    again = bus.read_pending(shard, "matcher", "m1")
+    assert [m.id for m in again] == [first[0].id]
+    # ...or another consumer takes it over once it is idle long enough.
+    assert bus.claim_stale(shard, "matcher", "m2", min_idle_ms=60_000) == []
+    claimed = bus.claim_stale(shard, "matcher", "m2", min_idle_ms=0)
+    assert [m.id for m in claimed] == [first[0].id]
+    assert claimed[0].tops == first[0].tops
+    assert bus.read_pending(shard, "matcher", "m1") == []  # it is m2's now
+
+    assert bus.ack(shard, "matcher", [first[0].id]) == 1
+    assert bus.ack(shard, "matcher", [first[0].id]) == 0
+    second = bus.read(shard, "matcher", "m2")
+    assert [m.tops[0].best_bid for m in second] == ["0.42"]
+    bus.ack(shard, "matcher", [m.id for m in second])
+    assert bus.pending_count(shard, "matcher") == 0
+    assert bus.read(shard, "matcher", "m2") == []
+
+
+def test_group_created_at_the_end_sees_only_new_updates(bus):
+    token = TOKENS[0]
+    shard = bus.shard_of(token)
+    bus.publish([make_top(token, bid="0.41")])
+    bus.ensure_group(shard, "late", start_id="$")
+    assert bus.read(shard, "late", "c") == []
+    bus.publish([make_top(token, bid="0.42")])
+    assert [m.tops[0].best_bid for m in bus.read(shard, "late", "c")] == ["0.42"]
+
+
+def test_read_blocks_until_an_update_arrives(bus):
+    token = TOKENS[0]
+    shard = bus.shard_of(token)
+    bus.ensure_group(shard, "matcher", start_id="$")
+    assert bus.read(shard, "matcher", "m1", block_ms=50) == []
+    timer = threading.Timer(0.1, lambda: bus.publish([make_top(token)]))
+    timer.start()
+    started = time.monotonic()
+    messages = bus.read(shard, "matcher", "m1", block_ms=5_000)
+    timer.join()
+    assert [m.tops[0].token_id for m in messages] == [token]
+    assert time.monotonic() - started < 4
+
+
+def test_mark_stale_republishes_with_fresh_false(bus):
+    token = TOKENS[0]
+    shard = bus.shard_of(token)
+    bus.ensure_group(shard, "matcher", start_id="$")
+    bus.publish([make_top(token)])
+    stale = bus.mark_stale([token, "never-published"])
+    assert [t.token_id for t in stale] == [token]
+    latest = bus.latest(token)
+    assert latest is not None and latest.fresh is False and latest.best_bid == "0.48"
+    updates = [top for m in bus.read(shard, "matcher", "m1") for top in m.tops]
+    assert [t.fresh for t in updates] == [True, False]
+
+
+def test_stream_is_trimmed(bus):
+    bus.maxlen = 5  # type: ignore[attr-defined]
+    if isinstance(bus, InProcessBus):  # the deque's bound is set at construction
+        bus = InProcessBus(n_shards=4, maxlen=5)
+    token = TOKENS[0]
+    for i in range(200):
+        bus.publish([make_top(token, bid=f"0.{100 + i}")])
+    # Redis trims approximately (whole macro nodes), the deque exactly: both stay bounded.
+    assert 5 <= bus.stream_length(bus.shard_of(token)) < 200
+
+
+# --- sharding and the process-wide bus -------------------------------------------------------
+
+
+def test_shard_of_is_stable_across_processes():
+    ids = TOKENS[:20]
+    mine = [shard_of(t, 8) for t in ids]
+    code = (
+        "import sys, json; from marketdata.bus import shard_of; "
+        f"print(json.dumps([shard_of(t, 8) for t in {ids!r}]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONHASHSEED": "12345", "PATH": "/usr/bin:/bin"},
+    ).stdout
+    assert orjson.loads(out) == mine
+    assert mine == [zlib.crc32(t.encode()) % 8 for t in ids]
+    assert len(set(mine)) > 1
+    assert shard_of(TOKENS[0], 1) == 0
+
+
+def test_get_bus_is_in_process_without_redis(settings):
+    reset_bus()
+    settings.REDIS_URL = ""
+    bus = get_bus()
+    assert isinstance(bus, InProcessBus)
+    assert get_bus() is bus
+    reset_bus()
+
+
+@pytest.mark.redis
+def test_get_bus_is_redis_with_a_url(settings, redis_url):
+    reset_bus()
+    settings.REDIS_URL = redis_url
+    bus = get_bus()
+    assert isinstance(bus, RedisBus)
+    assert get_bus() is bus
+    bus.publish([make_top(TOKENS[0])])
+    assert bus.latest(TOKENS[0]) == make_top(TOKENS[0])
+    reset_bus()
