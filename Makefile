@@ -33,6 +33,7 @@ lint: install
 
 bench: install
 	$(BIN)/python bench/partner_api.py
+	$(BIN)/python bench/feed.py
 
 # Regenerate the locked, hashed dependency set from pyproject.toml.
 lock: install

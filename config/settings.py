@@ -20,10 +20,12 @@ if (BASE_DIR / ".env").is_file():  # local convenience only; never committed
     environ.Env.read_env(BASE_DIR / ".env")
 
 DEBUG = env.bool("DEBUG", default=False)
-# Embedded = the self-contained setup of `make demo`/`make test` (SQLite file, no services).
-# It is the default only when no DATABASE_URL is given: any real deployment sets one, and
-# then DEBUG=0 without a SECRET_KEY refuses to start.
-EMBEDDED = env.bool("POLYSIM_EMBEDDED", default=not env.str("DATABASE_URL", default=""))
+# Embedded = the self-contained setup of `make demo`/`make test` (SQLite, no services). It
+# is the default only on SQLite: a deployment on PostgreSQL with DEBUG=0 and no SECRET_KEY
+# refuses to start.
+EMBEDDED = env.bool(
+    "POLYSIM_EMBEDDED", default=env.str("DATABASE_URL", default="sqlite:").startswith("sqlite:")
+)
 SECRET_KEY = env.str("SECRET_KEY", default="")
 if not SECRET_KEY:
     if not DEBUG and not EMBEDDED:
@@ -122,6 +124,7 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
 CELERY_BEAT_SCHEDULE = {
     "outbox-sweep": {"task": "accounts.tasks.outbox_sweep", "schedule": 60.0},
     "idempotency-purge": {"task": "partners.tasks.idempotency_purge", "schedule": 3600.0},
+    "marketdata-discover": {"task": "marketdata.tasks.discover_markets", "schedule": 600.0},
 }
 
 # --- Email --------------------------------------------------------------------------------
@@ -218,6 +221,24 @@ RATE_LIMIT_DEFAULT_PER_MINUTE = env.int("RATE_LIMIT_DEFAULT_PER_MINUTE", default
 API_KEY_CACHE_SECONDS = env.float("API_KEY_CACHE_SECONDS", default=2.0)
 if API_KEY_CACHE_SECONDS >= 5:
     raise ImproperlyConfigured("API_KEY_CACHE_SECONDS must be < 5 (revocation promise)")
+
+# --- Polymarket (market data) -----------------------------------------------------------------
+# Point all three at `manage.py marketdata fakepoly` to run offline.
+POLYMARKET_GAMMA_URL = env.str("POLYMARKET_GAMMA_URL", default="https://gamma-api.polymarket.com")
+POLYMARKET_CLOB_URL = env.str("POLYMARKET_CLOB_URL", default="https://clob.polymarket.com")
+POLYMARKET_WS_URL = env.str(
+    "POLYMARKET_WS_URL", default="wss://ws-subscriptions-clob.polymarket.com/ws/market"
+)
+# The ingester (manage.py marketdata stream): text PING interval, tokens per websocket
+# connection, how many of the most active open markets to stream besides held tokens.
+MARKETDATA_WS_PING_SECONDS = env.float("MARKETDATA_WS_PING_SECONDS", default=10.0)
+MARKETDATA_WS_MAX_TOKENS = env.int("MARKETDATA_WS_MAX_TOKENS", default=400)
+MARKETDATA_TOP_MARKETS = env.int("MARKETDATA_TOP_MARKETS", default=50)
+# Functions returning token ids the feed must stream (the trading app's live orders and
+# positions); a setting, so that marketdata imports nothing of ours.
+MARKETDATA_TOKEN_SOURCES = ["trading.selectors.feed_tokens_wanted"]
+# Streams of book updates on the price bus (md:updates:<i>); feed and matchers must agree.
+PRICE_BUS_SHARDS = env.int("PRICE_BUS_SHARDS", default=1)
 
 LOGGING = {
     "version": 1,

@@ -332,3 +332,14 @@ def equity_series(
             point["low"] = min(point["low"], equity)
             point["close"] = equity
     return points
+
+
+def feed_tokens_wanted() -> set[str]:
+    """Tokens the price feed must stream for trading: every token with a live order or an
+    open position (wired into the ingester through MARKETDATA_TOKEN_SOURCES, so marketdata
+    never imports trading)."""
+    live = Order.objects.filter(status=Order.Status.LIVE).values_list("token_id", flat=True)
+    held = Position.objects.filter(status=Position.Status.OPEN, size__gt=0).values_list(
+        "token_id", flat=True
+    )
+    return set(live) | set(held)

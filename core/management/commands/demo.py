@@ -11,6 +11,8 @@ and stopped after it: add them to `Command.background_components`.
 
 from __future__ import annotations
 
+import asyncio
+import os
 import secrets
 import signal
 import sys
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Protocol
 
+import httpx
 from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -85,6 +88,75 @@ class ThreadComponent:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(self.join_timeout)
+
+
+class MarketDataComponent:
+    """The price feed of the demo: real Polymarket when it can be reached (or when
+    POLYMARKET_* are set explicitly), otherwise the fake Polymarket serving our synthetic demo
+    dataset with its labelled price walk; then one discovery pass and a websocket ingester
+    publishing to the in-process price bus the web process reads."""
+
+    name = "market data"
+    ENV_VARS = ("POLYMARKET_GAMMA_URL", "POLYMARKET_CLOB_URL", "POLYMARKET_WS_URL")
+
+    def __init__(self, *, discover_limit: int = 200) -> None:
+        self.discover_limit = discover_limit
+        self.fake: Any = None
+        self.source = ""
+        self._ingester: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        from marketdata.clients import ClobClient, GammaClient
+        from marketdata.fakepoly import DEMO_DATA_DIR, FakePolymarket
+        from marketdata.services import discover
+
+        explicit = any(os.environ.get(name) for name in self.ENV_VARS)
+        if explicit or _reachable(f"{settings.POLYMARKET_CLOB_URL}/time"):
+            self.source = f"Polymarket at {settings.POLYMARKET_CLOB_URL} (live)"
+        else:
+            self.fake = FakePolymarket(DEMO_DATA_DIR, walk=True).start_in_thread()
+            settings.POLYMARKET_GAMMA_URL = self.fake.gamma_url
+            settings.POLYMARKET_CLOB_URL = self.fake.clob_url
+            settings.POLYMARKET_WS_URL = self.fake.ws_url
+            self.source = (
+                f"fake Polymarket on {self.fake.base_url}: SYNTHETIC price walk over the "
+                "demo dataset (Polymarket itself is not reachable)"
+            )
+        with GammaClient() as gamma, ClobClient() as clob:
+            result = discover(
+                gamma=gamma, clob=clob, limit=self.discover_limit, include_closed=False
+            )
+        self.source += f"; {result.as_dict().get('markets_seen', 0)} markets discovered"
+        self._thread = threading.Thread(target=self._run, name="demo-feed", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        from marketdata.bus import get_bus
+        from marketdata.clients import ClobClient
+        from marketdata.ingest import Ingester, config_from_settings
+
+        self._loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self._loop)
+        self._ingester = Ingester(config=config_from_settings(), clob=ClobClient(), bus=get_bus())
+        self._loop.run_until_complete(self._ingester.run())
+
+    def stop(self) -> None:
+        if self._loop is not None and self._ingester is not None:
+            self._loop.call_soon_threadsafe(self._ingester.stop)
+        if self._thread is not None:
+            self._thread.join(10)
+        if self.fake is not None:
+            self.fake.stop()
+
+
+def _reachable(url: str, timeout: float = 2.0) -> bool:
+    try:
+        httpx.get(url, timeout=timeout)
+    except httpx.HTTPError:
+        return False
+    return True
 
 
 # --- Seed ---------------------------------------------------------------------------------------
@@ -204,6 +276,7 @@ def base_url_for(addr: str, port: int) -> str:
 
 
 class Command(BaseCommand):
+    no_feed = False
     help = (
         "Seed a demo tenant (key, trader, $10,000 challenge account, login link, operator "
         "login), print how to use it, then serve the site with its static files. "
@@ -219,6 +292,9 @@ class Command(BaseCommand):
             "--no-serve", action="store_true", help="seed and print only (tests, scripting)"
         )
         parser.add_argument(
+            "--no-feed", action="store_true", help="serve without the market-data feed"
+        )
+        parser.add_argument(
             "--admin-password",
             default=None,
             help="password for admin@demo.polysim.local (default: a new random one each run)",
@@ -226,6 +302,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         self._require_migrated()
+        self.no_feed = bool(options["no_feed"])
         addr, port = options["addr"], options["port"]
         base_url = base_url_for(addr, port)
         if base_url != settings.PUBLIC_BASE_URL:
@@ -283,9 +360,11 @@ class Command(BaseCommand):
 
     # --- serving
     def background_components(self) -> list[BackgroundComponent]:
-        """Started before the web server, stopped after it (reverse order). The market-data
-        feed and the matcher join this list when they land."""
-        return []
+        """Started before the web server, stopped after it (reverse order). The matcher
+        joins this list with the trading engine (#4)."""
+        if self.no_feed:
+            return []
+        return [MarketDataComponent()]
 
     def serve(self, addr: str, port: int) -> None:
         previous_sigterm = None
@@ -297,7 +376,8 @@ class Command(BaseCommand):
             for component in self.background_components():
                 component.start()
                 started.append(component)
-                self.stdout.write(f"started {component.name}")
+                detail = getattr(component, "source", "")
+                self.stdout.write(f"started {component.name}" + (f": {detail}" if detail else ""))
             ipv6 = ":" in addr
             # staticfiles' runserver with insecure_serving: the admin's CSS/JS are served
             # straight from the apps even with DEBUG=0 (no collectstatic needed for the demo).

@@ -1,0 +1,310 @@
+"""The websocket ingester end to end: the real websocket and REST clients against the fake
+Polymarket on loopback, publishing to the in-process price bus."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+
+from marketdata.bus import InProcessBus
+from marketdata.clients import ClobClient
+from marketdata.fakepoly import FakePolymarket
+from marketdata.ingest import IngestConfig, Ingester, TokenInfo, backoff_delay
+
+SEQUENCE = "fixtures/polymarket/ws/nt_ws_sequence_book_pricechange_trade_2026-09.jsonl"
+TOKEN_A = "76670567130917723816490572615540605537878462672464291990940067659127658071111"
+CONDITION = "0x285746de0e4f751fd4dc8f9dc2cecd0101ba9ad0096a43145ed9643b09514f01"
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "") -> float:
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"timed out waiting for {what or predicate}")
+        time.sleep(0.01)
+    return time.monotonic() - start
+
+
+@pytest.fixture
+def sequence(shared_dir):
+    lines = (shared_dir / SEQUENCE).read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+@pytest.fixture
+def fake(shared_dir):
+    server = FakePolymarket(shared_dir / "fixtures" / "polymarket").start_in_thread()
+    yield server
+    server.stop()
+
+
+class RunningIngester:
+    """An Ingester on its own event loop in a background thread."""
+
+    def __init__(self, fake: FakePolymarket, tokens: list[str], ping: float = 0.3) -> None:
+        self.bus = InProcessBus()
+        infos = {t: TokenInfo(t, CONDITION, "5", False, None) for t in tokens}
+        self.ingester = Ingester(
+            config=IngestConfig(
+                ws_url=fake.ws_url,
+                ping_seconds=ping,
+                backoff_base=0.05,
+                backoff_cap=0.5,
+                refresh_seconds=3600,
+                health_seconds=3600,
+            ),
+            clob=ClobClient(fake.clob_url),
+            bus=self.bus,
+            token_source=lambda: infos,
+        )
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_until_complete(self.ingester.run())
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.ingester.stop)
+        self.thread.join(30)
+        assert not self.thread.is_alive()
+
+    def top(self, token: str = TOKEN_A):
+        return self.bus.latest(token)
+
+    def fresh(self, token: str = TOKEN_A) -> bool:
+        top = self.top(token)
+        return top is not None and top.fresh
+
+    def follow(self) -> None:
+        """Start reading the bus stream (every publication, in order, as the matcher will)."""
+        self.bus.ensure_group(0, "test", start_id="$")
+        self._seen: list = []
+        self._pos = 0
+
+    def _drain(self, token: str) -> None:
+        for message in self.bus.read(0, "test", "t", count=10_000):
+            self._seen += [top for top in message.tops if top.token_id == token]
+            self.bus.ack(0, "test", [message.id])
+
+    def wait_published(self, predicate, timeout: float = 10.0, what: str = "", token=TOKEN_A):
+        """The next top of `token` published after the previous match that satisfies
+        `predicate` (nothing read is ever skipped)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._drain(token)
+            while self._pos < len(self._seen):
+                top = self._seen[self._pos]
+                self._pos += 1
+                if predicate(top):
+                    return top
+            time.sleep(0.01)
+        raise AssertionError(f"timed out waiting for a published top: {what}")
+
+
+@pytest.fixture
+def running(fake, django_db_blocker):
+    started: list[RunningIngester] = []
+
+    def start(tokens: list[str], ping: float = 0.3) -> RunningIngester:
+        runner = RunningIngester(fake, tokens, ping)
+        started.append(runner)
+        return runner
+
+    # Health reports write FeedHealth rows from the ingester's threads.
+    with django_db_blocker.unblock():
+        yield start
+        for runner in started:
+            runner.stop()
+
+
+def test_golden_replay_through_the_real_websocket_rebuilds_the_final_book(fake, running, sequence):
+    runner = running([TOKEN_A])
+    wait_for(runner.fresh, what="first snapshot")
+    fake.replay(sequence)
+    final = sequence[-1]
+    wait_for(lambda: runner.top().hash == final["hash"], what="final hash on the bus")
+    book = runner.ingester.keeper.book(TOKEN_A)
+    wire = book.to_wire()
+    assert wire["bids"] == final["bids"] and wire["asks"] == final["asks"]
+    assert book.compute_hash() == final["hash"]
+    top = runner.top()
+    assert top.fresh and top.best_bid == final["bids"][-1]["price"]
+    assert top.best_ask == final["asks"][-1]["price"]
+    assert runner.ingester.keeper.stats.total_rejected() == 0
+
+
+def test_dropped_connection_goes_stale_at_once_then_resnapshots_and_is_fresh_again(fake, running):
+    runner = running([TOKEN_A], ping=0.5)
+    wait_for(runner.fresh, what="first snapshot")
+    runner.follow()
+    rest_calls_before = sum(1 for method, path in fake.requests if path.startswith("/clob/books"))
+    dropped_at_ms = time.time() * 1000
+    assert fake.drop_connections() >= 1
+    stale = runner.wait_published(lambda top: not top.fresh, timeout=5, what="stale")
+    assert stale.published_at - dropped_at_ms < 500  # within one heartbeat interval
+    fresh = runner.wait_published(lambda top: top.fresh, timeout=10, what="fresh again")
+    assert fresh.published_at >= stale.published_at
+    assert runner.ingester.health.reconnects >= 1
+    rest_calls = sum(1 for method, path in fake.requests if path.startswith("/clob/books"))
+    assert rest_calls > rest_calls_before  # a REST snapshot after the reconnect
+    # The resynced book is the server's current one, hash included.
+    assert fresh.hash == runner.ingester.keeper.book(TOKEN_A).compute_hash()
+
+
+def test_silent_connection_is_presumed_dead_and_replaced(fake, running):
+    runner = running([TOKEN_A], ping=0.3)
+    wait_for(runner.fresh, what="first snapshot")
+    runner.follow()
+    paused_at_ms = time.time() * 1000
+    fake.pause()  # the server stops answering, PONGs included, without closing
+    try:
+        stale = runner.wait_published(lambda top: not top.fresh, timeout=5, what="stale")
+        # Presumed dead after 1.5 heartbeats of silence (a PING is due within one).
+        assert stale.published_at - paused_at_ms < (0.3 + 0.45) * 1000 + 500
+    finally:
+        fake.resume()
+    runner.wait_published(lambda top: top.fresh, timeout=10, what="fresh on a new connection")
+    assert runner.ingester.health.reconnects >= 1
+
+
+def test_bad_frames_are_counted_and_never_applied(fake, running, sequence):
+    runner = running([TOKEN_A])
+    wait_for(runner.fresh, what="first snapshot")
+    before = runner.top().hash
+    stats = runner.ingester.keeper.stats
+    for text in [
+        "{not json",
+        '{"event_type": "no_such_event", "asset_id": "x"}',
+        json.dumps(
+            {"event_type": "price_change", "asset_id": TOKEN_A, "market": CONDITION,
+             "changes": [{"price": "0.5", "side": "BUY", "size": "10"}], "timestamp": "1"}
+        ),  # the legacy shape
+        json.dumps(
+            {"event_type": "price_change", "market": CONDITION, "timestamp": "99999999999999",
+             "price_changes": [{"asset_id": TOKEN_A, "price": "0.5", "side": "BUY",
+                                "size": "-3", "hash": "x"}]}
+        ),  # negative size
+        json.dumps(
+            {"event_type": "price_change", "market": CONDITION, "timestamp": "99999999999999",
+             "price_changes": [{"asset_id": TOKEN_A, "price": "0.5", "side": "BUY",
+                                "size": "abc"}]}
+        ),  # non-numeric size
+    ]:  # fmt: skip
+        fake.send_raw(text)
+    wait_for(lambda: stats.total_rejected() >= 5, what="rejections counted")
+    time.sleep(0.2)
+    assert runner.top().hash == before and runner.fresh()
+    assert {k: stats.rejected.get(k) for k in ("malformed_json", "unknown_event_type",
+            "legacy_price_change", "bad_size")} == {
+        "malformed_json": 1, "unknown_event_type": 1, "legacy_price_change": 1, "bad_size": 2,
+    }  # fmt: skip
+
+
+def test_hash_mismatch_holds_the_token_and_resyncs_it_from_rest(fake, running):
+    runner = running([TOKEN_A])
+    wait_for(runner.fresh, what="first snapshot")
+    book = runner.ingester.keeper.book(TOKEN_A)
+    best_bid = book.best_bid_str()
+    resyncs = runner.ingester.health.resyncs
+    now_ms = str(int(time.time() * 1000))
+    # A delta whose claimed hash cannot match: the ingester must not trust the book.
+    fake.send_raw(
+        json.dumps(
+            {"event_type": "price_change", "market": CONDITION, "timestamp": now_ms,
+             "price_changes": [{"asset_id": TOKEN_A, "price": best_bid, "side": "BUY",
+                                "size": "1", "hash": "0" * 40, "best_bid": best_bid,
+                                "best_ask": book.best_ask_str()}]}
+        )
+    )  # fmt: skip
+    wait_for(lambda: runner.ingester.health.resyncs > resyncs, timeout=10, what="REST resync")
+    wait_for(runner.fresh, what="fresh after resync")
+    assert runner.top().hash == runner.ingester.keeper.book(TOKEN_A).compute_hash()
+
+
+def test_backoff_is_capped_exponential_with_full_jitter():
+    import random
+
+    rng = random.Random(7)
+    delays = [backoff_delay(n, base=0.5, cap=30, rng=rng) for n in range(12) for _ in range(50)]
+    assert all(0 <= d <= 30 for d in delays)
+    first = [backoff_delay(0, base=0.5, cap=30, rng=rng) for _ in range(200)]
+    late = [backoff_delay(10, base=0.5, cap=30, rng=rng) for _ in range(200)]
+    assert max(first) <= 0.5 and max(late) > 20  # grows to the cap
+    assert len({round(d, 6) for d in late}) > 150  # jittered, not lockstep
+
+
+@pytest.mark.django_db
+def test_wanted_tokens_are_held_ordered_active_and_watched_split_by_shard(settings):
+    from decimal import Decimal
+
+    from marketdata import watchlist
+    from marketdata.bus import shard_of
+    from marketdata.ingest import wanted_tokens
+    from marketdata.models import Market, Token
+    from tests.factories import AccountFactory
+    from trading.models import Order
+
+    def market(cid, volume, **extra):
+        m = Market.objects.create(
+            condition_id=cid, question=f"Q {cid}?", volume_24hr=Decimal(volume),
+            min_order_size=Decimal("5"), tick_size=Decimal("0.01"), **extra,
+        )  # fmt: skip
+        for index, outcome in enumerate(("Yes", "No")):
+            Token.objects.create(
+                market=m, token_id=f"{cid}-{outcome}", outcome=outcome, index=index
+            )
+        return m
+
+    market("hot", "900")
+    market("warm", "500")
+    market("cold", "1")
+    market("shut", "999", closed=True, status=Market.Status.CLOSED)
+    market("held", "0")
+    market("seen", "0")
+    account = AccountFactory()
+    Order.objects.create(
+        account=account, epoch=0, token_id="held-Yes", market_id="held", side="BUY", type="limit",
+        time_in_force="GTC", price=Decimal("0.5"), size=Decimal("10"), status="live",
+    )  # fmt: skip
+    watchlist.clear_local()
+    watchlist.watch(["seen-No"])
+    settings.MARKETDATA_TOP_MARKETS = 2
+    everything = set(wanted_tokens(shard=0, shards=1))
+    assert everything == {"hot-Yes", "hot-No", "warm-Yes", "warm-No", "held-Yes", "seen-No"}
+    info = wanted_tokens(shard=0, shards=1)["hot-Yes"]
+    assert (info.market, info.min_order_size, info.tick_size) == ("hot", "5", "0.01")
+    halves = [set(wanted_tokens(shard=i, shards=2)) for i in range(2)]
+    assert halves[0] | halves[1] == everything and not halves[0] & halves[1]
+    assert all(shard_of(t, 2) == i for i, half in enumerate(halves) for t in half)
+    watchlist.clear_local()
+
+
+@pytest.mark.postgres  # the ingester writes from its own thread while the test reads
+@pytest.mark.django_db(transaction=True)
+def test_market_resolved_on_the_websocket_is_applied_once(fake, running):
+    from marketdata.models import Market, MarketResolution, Token
+
+    market = Market.objects.create(condition_id=CONDITION, question="Will it?")
+    Token.objects.create(market=market, token_id=TOKEN_A, outcome="Yes", index=0)
+    Token.objects.create(market=market, token_id="B-token", outcome="No", index=1)
+    runner = running([TOKEN_A])
+    wait_for(runner.fresh, what="first snapshot")
+    event = {"event_type": "market_resolved", "id": "1", "market": CONDITION,
+             "assets_ids": [TOKEN_A, "B-token"], "winning_asset_id": TOKEN_A,
+             "winning_outcome": "Yes", "timestamp": "1790658900000"}  # fmt: skip
+    fake.send_raw(json.dumps(event))
+    fake.send_raw(json.dumps(event))  # a duplicate report changes nothing
+    wait_for(lambda: MarketResolution.objects.filter(market=market).exists(), what="resolution")
+    time.sleep(0.3)
+    resolution = MarketResolution.objects.get(market=market)
+    assert resolution.state == "resolved" and resolution.source == "ws"
+    assert resolution.winning_token.token_id == TOKEN_A
+    market.refresh_from_db()
+    assert market.status == "resolved"
