@@ -7,6 +7,7 @@ marketdata.services.market_resolve_manually, never through a form here.
 
 from __future__ import annotations
 
+import threading
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -17,7 +18,11 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from marketdata import states
+from marketdata.bus import get_bus
 from marketdata.models import Event, FeedHealth, Market, MarketResolution, Token
+
+# The current changelist page's live tops, per request thread (ModelAdmin is shared).
+_page = threading.local()
 
 STATUS_COLOURS = {
     states.OPEN: "#1b7f3b",
@@ -102,6 +107,7 @@ class MarketAdmin(ViewOnlyMixin, admin.ModelAdmin):
         "closed",
         "end_date",
         "volume",
+        "book",
         "freshness",
     )
     list_filter = (
@@ -116,6 +122,10 @@ class MarketAdmin(ViewOnlyMixin, admin.ModelAdmin):
     search_fields = ("question", "slug", "=condition_id", "=gamma_id", "=tokens__token_id")
     list_select_related = ("event",)
     ordering = ("-volume",)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Market]:
+        return super().get_queryset(request).prefetch_related("tokens")
+
     inlines = (TokenInline,)
     fieldsets = (
         (None, {"fields": ("question", "status", "status_changed_at", "event", "category")}),
@@ -185,6 +195,37 @@ class MarketAdmin(ViewOnlyMixin, admin.ModelAdmin):
     @admin.display(description="Gamma data", ordering="synced_at")
     def freshness(self, obj: Market) -> str:
         return age(obj.synced_at, stale_after=MARKET_STALE_AFTER)
+
+    def get_changelist_instance(self, request: HttpRequest) -> Any:
+        """Read the live books of the whole page from the price bus in one round trip."""
+        changelist = super().get_changelist_instance(request)
+        tokens = {
+            market.pk: [t.token_id for t in market.tokens.all()]
+            for market in changelist.result_list
+        }
+        ids = [token for group in tokens.values() for token in group]
+        try:
+            tops = get_bus().latest_many(ids) if ids else {}
+        except Exception:  # the bus (Redis) being down must not take the admin with it
+            tops = None
+        _page.tops = tops
+        _page.tokens = tokens
+        return changelist
+
+    @admin.display(description="book (live)")
+    def book(self, obj: Market) -> str:
+        tops = getattr(_page, "tops", None)
+        if tops is None:
+            return "bus unavailable"
+        cells = []
+        for token_id in getattr(_page, "tokens", {}).get(obj.pk, []):
+            top = tops.get(token_id)
+            if top is None:
+                cells.append("no book")
+            else:
+                state = "fresh" if top.fresh else "STALE"
+                cells.append(f"{top.best_bid or '–'}/{top.best_ask or '–'} {state}")
+        return " · ".join(cells) or "no tokens"
 
 
 @admin.register(MarketResolution)
