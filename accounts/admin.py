@@ -25,7 +25,14 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html
 
-from accounts.models import Account, EmailOutbox, LedgerEntry, User, normalize_email
+from accounts.models import (
+    Account,
+    EmailOutbox,
+    LedgerEntry,
+    TraderApiKey,
+    User,
+    normalize_email,
+)
 from core.errors import DomainError
 
 LEDGER_INLINE_LIMIT = 50
@@ -351,3 +358,29 @@ class EmailOutboxAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     @admin.display(description="last error")
     def error(self, obj: EmailOutbox) -> str:
         return obj.last_error[:120]
+
+
+@admin.register(TraderApiKey)
+class TraderApiKeyAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """View-only: keys are minted by `manage.py traderkey create` (the secret is shown once,
+    never here) and revoked by the action below, which calls the service."""
+
+    list_display = ("masked", "user", "name", "created_at", "last_used_at", "revoked_at")
+    list_filter = (("revoked_at", admin.EmptyFieldListFilter),)
+    list_select_related = ("user",)
+    search_fields = ("prefix", "user__email", "name")
+    ordering = ("-created_at",)
+    exclude = ("secret_hash",)
+    actions = ("revoke_keys",)
+
+    @admin.display(description="key", ordering="prefix")
+    def masked(self, obj: TraderApiKey) -> str:
+        return f"tk_{obj.prefix}_…"
+
+    @admin.action(description="Revoke selected keys")
+    def revoke_keys(self, request: HttpRequest, queryset: QuerySet[TraderApiKey]) -> None:
+        from accounts.services import trader_key_revoke
+
+        run_service_action(
+            self, request, queryset, call=lambda k: trader_key_revoke(key=k), done="Revoked"
+        )

@@ -296,3 +296,28 @@ class EquitySnapshot(models.Model):
 
     def __str__(self) -> str:
         return f"{self.equity} at {self.at:%Y-%m-%d %H:%M} ({self.account_id})"
+
+
+class TraderApiKey(models.Model):
+    """A trader's personal API key for the native trader API: `tk_<prefix>_<secret>`. As with
+    partner keys the prefix is public and indexed and only SHA-256 of the whole key is stored
+    (a fast hash is right for a 256-bit random secret). A key acts as its user on the
+    user's own accounts only."""
+
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="trader_api_keys")
+    name = models.CharField(max_length=100, blank=True, default="")
+    prefix = models.CharField(max_length=16, unique=True)
+    secret_hash = models.CharField(max_length=64)
+    created_at = models.DateTimeField(default=timezone.now)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "trader API key"
+
+    def __str__(self) -> str:
+        return f"tk_{self.prefix}_… ({self.user_id})"
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None

@@ -6,6 +6,7 @@ from core import exceptions
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("v1/partner/", include("partners.urls")),
+    path("v1/", include("trading.urls")),  # after /v1/partner/, which must win
     path("", include("accounts.urls")),
 ]
 

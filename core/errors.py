@@ -99,3 +99,81 @@ PARTNER_ERROR_CODES: tuple[type[DomainError], ...] = (
     ServiceUnavailable,
     InternalError,
 )
+
+# --- Trader API (issue #4): auth and account access ------------------------------------------
+MissingCredentials = _error(
+    "MISSING_CREDENTIALS",
+    401,
+    "Sign in, or send a trader API key as `Authorization: Bearer tk_...` or in X-API-Key.",
+)
+CsrfFailed = _error(
+    "CSRF_FAILED", 403, "CSRF check failed: send the csrftoken cookie's value in X-CSRFToken."
+)
+TenantDisabled = _error(
+    "TENANT_DISABLED", 403, "The firm that manages this account has suspended trading on it."
+)
+# Same code as the engine's order rejection (trading-engine.md §2); on a read of the book it is
+# a 503 with Retry-After: the subscription has just been requested.
+BookNotReady = _error(
+    "MARKET_NOT_READY", 503, "No order book for this token yet; retry in a moment."
+)
+
+
+# --- Trading engine (trading-engine.md §2): Polymarket-style order rejection codes -------------
+# 400: the order itself is malformed for this market; 422: the order is well formed but the
+# account, market or book state refuses it now; 503: try again once the feed has resynced.
+InvalidOrderMinTickSize = _error(
+    "INVALID_ORDER_MIN_TICK_SIZE",
+    400,
+    "The price is not a multiple of the tick size or is outside [tick, 1 - tick].",
+)
+InvalidOrderMinSize = _error(
+    "INVALID_ORDER_MIN_SIZE", 400, "The size is below the market's minimum order size."
+)
+InvalidOrderDuplicated = _error(
+    "INVALID_ORDER_DUPLICATED",
+    422,
+    "This client_order_id was already used for a different order.",
+)
+InvalidOrderNotEnoughBalance = _error(
+    "INVALID_ORDER_NOT_ENOUGH_BALANCE", 422, "Not enough available cash for this order."
+)
+InsufficientPosition = _error(
+    "INSUFFICIENT_POSITION", 422, "Not enough available shares to sell (no naked shorts)."
+)
+InvalidOrderExpiration = _error(
+    "INVALID_ORDER_EXPIRATION", 400, "A GTD expiration must be at least 60 seconds from now."
+)
+InvalidPostOnlyOrderType = _error(
+    "INVALID_POST_ONLY_ORDER_TYPE", 400, "Post-only orders must be GTC or GTD limit orders."
+)
+InvalidPostOnlyOrder = _error(
+    "INVALID_POST_ONLY_ORDER", 422, "The post-only order would cross the book."
+)
+FokOrderNotFilledError = _error(
+    "FOK_ORDER_NOT_FILLED_ERROR", 422, "The FOK order could not be filled in full now."
+)
+MarketClosed = _error(
+    "MARKET_CLOSED", 422, "The market is closed, resolved or not accepting orders."
+)
+MarketNotReady = _error("MARKET_NOT_READY", 422, "There is no order book for this token yet.")
+StaleBook = _error(
+    "STALE_BOOK", 503, "The order book is stale or being resynced; taker orders are paused."
+)
+
+ENGINE_ERROR_CODES: tuple[type[DomainError], ...] = (
+    InvalidOrderMinTickSize,
+    InvalidOrderMinSize,
+    InvalidOrderDuplicated,
+    InvalidOrderNotEnoughBalance,
+    InsufficientPosition,
+    InvalidOrderExpiration,
+    InvalidPostOnlyOrderType,
+    InvalidPostOnlyOrder,
+    FokOrderNotFilledError,
+    MarketClosed,
+    MarketNotReady,
+    StaleBook,
+    AccountClosed,
+    ValidationFailed,
+)

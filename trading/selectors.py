@@ -183,7 +183,9 @@ def _boundary_of(tenant: Any, now: dt.datetime) -> dt.datetime:
     return day_boundary(now, tenant.day_boundary_tz, tenant.day_boundary_time)
 
 
-def _load_account(account_id: Any, tenant: Any, boundary: dt.datetime) -> AccountRow | None:
+def _load_account(
+    account_id: Any, tenant: Any, boundary: dt.datetime, owner_id: int | None = None
+) -> AccountRow | None:
     try:
         key = account_id if isinstance(account_id, uuid.UUID) else uuid.UUID(str(account_id))
     except (ValueError, TypeError, AttributeError):
@@ -192,6 +194,8 @@ def _load_account(account_id: Any, tenant: Any, boundary: dt.datetime) -> Accoun
         condition, scope = "a.tenant_id IS NULL", []
     else:
         condition, scope = "a.tenant_id = %s", [tenant.pk]
+    if owner_id is not None:
+        condition, scope = f"{condition} AND a.owner_id = %s", [*scope, owner_id]
     sql = _sql()[0].replace("{tenant_condition}", condition)
     params = [
         Order.Status.LIVE,
@@ -241,13 +245,17 @@ def _load_account(account_id: Any, tenant: Any, boundary: dt.datetime) -> Accoun
     )
 
 
-def account_state(*, account_id: Any, tenant: Any) -> dict[str, Any] | None:
+def account_state(
+    *, account_id: Any, tenant: Any, owner_id: int | None = None
+) -> dict[str, Any] | None:
     """Everything the envelope shows, or None when no such account exists in this scope
-    (`tenant` None = personal accounts). A malformed id is simply not found. Two statements
-    at most (one when the account holds no positions); reads committed data, takes no lock."""
+    (`tenant` None = personal accounts; `owner_id`, when given, additionally requires that
+    user to own it — the trader API's scope). A malformed id is simply not found. Two
+    statements at most (one when the account holds no positions); reads committed data, takes
+    no lock."""
     now = timezone.now()
     boundary = _boundary_of(tenant, now)
-    row = _load_account(account_id, tenant, boundary)
+    row = _load_account(account_id, tenant, boundary, owner_id)
     if row is None:
         return None
     marked = _load_positions(row.id, row.epoch) if row.has_positions else []

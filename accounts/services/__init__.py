@@ -11,6 +11,11 @@ from accounts.services.login import (
     login_token_get_pending,
     login_token_hash,
 )
+from accounts.services.trader_keys import (
+    trader_key_authenticate,
+    trader_key_create,
+    trader_key_revoke,
+)
 
 __all__ = [
     "login_link_request",
@@ -21,4 +26,7 @@ __all__ = [
     "login_token_consume_hash",
     "login_token_get_pending",
     "login_token_hash",
+    "trader_key_authenticate",
+    "trader_key_create",
+    "trader_key_revoke",
 ]

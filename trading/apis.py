@@ -1,0 +1,787 @@
+"""The native trader API, /v1/* (issue #4): what bots call and what the web UI uses.
+
+Every view derives from TraderApiView, which applies, in order: credentials (a personal trader
+API key `tk_…` in `Authorization: Bearer` or `X-API-Key`, else the Django session — with CSRF
+enforced on unsafe methods, since a browser sends the session cookie on its own) → the per-user
+rate limit → the view. Errors are the partner API's envelope (core.errors / core.exceptions).
+A trader only ever reaches their own accounts (trading.permissions): another user's account is
+the same NOT_FOUND as a missing one. Views only translate HTTP ↔ selectors; they never build
+error bodies.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from django.conf import settings
+from django.db.models import F, Q, QuerySet
+from django.utils import timezone
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    inline_serializer,
+)
+from rest_framework import serializers
+from rest_framework.authentication import CSRFCheck
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.models import Account, User
+from accounts.services.trader_keys import trader_key_authenticate
+from core import errors
+from core.api import MoneyField, PriceField
+from core.money import wire
+from core.pagination import encode_cursor, keyset_page, parse_limit
+from marketdata import states as market_states
+from marketdata.bus import BookTop, get_bus
+from marketdata.clients import ClobClient, PolymarketError
+from marketdata.models import Market, Token
+from marketdata.watchlist import watch
+from partners.apis import (
+    ERROR_BODY,
+    AccountEnvelopeOutput,
+    IsoDateTimeField,
+    TradeOutput,
+    envelope_body,
+)
+from partners.ratelimit import rate_limit_check
+from trading.models import Fill
+from trading.permissions import account_for_trader
+from trading.selectors import account_equity, account_state
+
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+# Polymarket's /prices-history windows ("1m" is one month, "max" everything).
+PRICE_HISTORY_INTERVALS = ("1m", "1w", "1d", "6h", "1h", "max")
+PRICE_HISTORY_DEFAULT_INTERVAL = "1d"
+PRICE_HISTORY_MAX_FIDELITY = 10_080  # minutes (one week)
+# A trader waits on this call: one quick retry, then SERVICE_UNAVAILABLE.
+UPSTREAM_TIMEOUT_S = 5.0
+UPSTREAM_RETRIES = 1
+MARKET_SORTS = ("volume", "ending_soon")
+MARKET_STATUSES = (*(s.value for s in Market.Status), "all")
+
+# The codes this API can answer with (the schema lists them; clients branch on them).
+TRADER_ERROR_CODES: tuple[type[errors.DomainError], ...] = (
+    errors.MissingCredentials,
+    errors.InvalidApiKey,
+    errors.CsrfFailed,
+    errors.NotFound,
+    errors.MethodNotAllowed,
+    errors.MalformedJson,
+    errors.ValidationFailed,
+    errors.InvalidCursor,
+    errors.AccountClosed,
+    errors.TenantDisabled,
+    errors.BookNotReady,
+    errors.RateLimitExceeded,
+    errors.ServiceUnavailable,
+    errors.InternalError,
+)
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def _iso_ms(value: int | None) -> str | None:
+    return None if value is None else _iso(dt.datetime.fromtimestamp(value / 1000, dt.UTC))
+
+
+def _presented_key(request: Request) -> str | None:
+    """The credential the caller sent, if any: X-API-Key wins over Authorization: Bearer (as on
+    the partner API). Anything presented is checked as a trader key; no fallback to the
+    session once a key was sent, so a bad key is always an error."""
+    key = request.headers.get("X-API-Key", "").strip()
+    if key:
+        return key
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return None
+
+
+def _enforce_csrf(request: Request) -> None:
+    """Django's CSRF check, as DRF's SessionAuthentication runs it: views under DRF are
+    csrf_exempt, so a session-authenticated unsafe request is checked here."""
+    check = CSRFCheck(lambda _request: None)  # type: ignore[arg-type,return-value]
+    django_request = request._request
+    check.process_request(django_request)
+    reason = check.process_view(django_request, None, (), {})  # type: ignore[arg-type]
+    if reason:
+        raise errors.CsrfFailed(details={"reason": str(reason)})
+
+
+# --- Schema pieces --------------------------------------------------------------------------
+COMMON_ERRORS = {
+    401: OpenApiResponse(ERROR_BODY, description="MISSING_CREDENTIALS or INVALID_API_KEY"),
+    403: OpenApiResponse(ERROR_BODY, description="CSRF_FAILED (session callers, unsafe methods)"),
+    429: OpenApiResponse(ERROR_BODY, description="RATE_LIMIT_EXCEEDED (Retry-After)"),
+}
+NOT_FOUND = {404: OpenApiResponse(ERROR_BODY, description="NOT_FOUND (also: not yours)")}
+PAGE_PARAMS = [
+    OpenApiParameter("limit", int, description="1–500, default 100"),
+    OpenApiParameter("cursor", str, description="Opaque next_cursor from the previous page"),
+]
+
+
+class TraderApiView(APIView):
+    """Base of every trader endpoint; see the module docstring for what it guarantees. After
+    `initial`, `self.user` (also `request.user`) is the caller and `self.credential` says how
+    they authenticated (`key:<prefix>` or `session`)."""
+
+    user: User
+    credential: str
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        # Read before DRF's own (empty) authentication overwrites it with None.
+        session_user = getattr(request._request, "user", None)
+        super().initial(request, *args, **kwargs)
+        raw_key = _presented_key(request)
+        if raw_key is not None:
+            key = trader_key_authenticate(raw_key)
+            user, credential = key.user, f"key:{key.prefix}"
+        else:
+            if session_user is None or not session_user.is_authenticated:
+                raise errors.MissingCredentials()
+            if (request.method or "").upper() not in _SAFE_METHODS:
+                _enforce_csrf(request)
+            user, credential = session_user, "session"
+        self.user, self.credential = user, credential
+        request.user = user
+        # The partner limiter in its own id space: negative "tenant" ids are users (the user
+        # bucket counts all their credentials; the key bucket one key or the session).
+        limit = rate_limit_check(
+            tenant_id=-int(user.pk),
+            key_prefix=credential,
+            per_second=int(settings.RATE_LIMIT_DEFAULT_PER_SECOND),
+            per_minute=int(settings.RATE_LIMIT_DEFAULT_PER_MINUTE),
+        )
+        self._rate_headers = limit.headers()
+        if not limit.allowed:
+            raise errors.RateLimitExceeded(headers={"Retry-After": str(limit.retry_after or 1)})
+
+    def finalize_response(self, request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:
+        response = super().finalize_response(request, response, *args, **kwargs)
+        for name, value in getattr(self, "_rate_headers", {}).items():
+            response[name] = value
+        return response
+
+
+# --- Output shapes (documentation; bodies are built by the *_body functions below) -----------
+class TokenQuoteOutput(serializers.Serializer):
+    token_id = serializers.CharField()
+    outcome = serializers.CharField()
+    index = serializers.IntegerField()
+    best_bid = PriceField(allow_null=True)
+    best_ask = PriceField(allow_null=True)
+    mid = PriceField(allow_null=True)
+    spread = PriceField(allow_null=True)
+    last_trade_price = PriceField(allow_null=True)
+    tick_size = PriceField(allow_null=True, help_text="Live tick from the book, if any")
+    fresh = serializers.BooleanField(help_text="False without a live, healthy book")
+    price_as_of = IsoDateTimeField(allow_null=True)
+
+
+class EventRefOutput(serializers.Serializer):
+    slug = serializers.CharField()
+    title = serializers.CharField()
+
+
+class MarketOutput(serializers.Serializer):
+    condition_id = serializers.CharField()
+    question = serializers.CharField()
+    slug = serializers.CharField()
+    category = serializers.CharField()
+    group_item_title = serializers.CharField()
+    event = EventRefOutput(allow_null=True)
+    status = serializers.ChoiceField(choices=Market.Status.choices)
+    accepting_orders = serializers.BooleanField()
+    end_date = IsoDateTimeField(allow_null=True)
+    volume = MoneyField()
+    volume_24hr = MoneyField()
+    liquidity = MoneyField()
+    tick_size = PriceField(allow_null=True)
+    min_order_size = PriceField(allow_null=True)
+    neg_risk = serializers.BooleanField()
+    tokens = TokenQuoteOutput(many=True)
+
+
+class FeesOutput(serializers.Serializer):
+    enabled = serializers.BooleanField()
+    type = serializers.CharField()
+    rate = PriceField(allow_null=True)
+    exponent = PriceField(allow_null=True)
+    taker_only = serializers.BooleanField()
+
+
+class ResolutionOutput(serializers.Serializer):
+    state = serializers.CharField()
+    winning_token_id = serializers.CharField(allow_null=True)
+    winning_outcome = serializers.CharField()
+    payouts = serializers.DictField(child=PriceField())
+    detected_at = IsoDateTimeField()
+
+
+class MarketDetailOutput(MarketOutput):
+    question_id = serializers.CharField()
+    neg_risk_market_id = serializers.CharField()
+    closed = serializers.BooleanField()
+    closed_time = IsoDateTimeField(allow_null=True)
+    uma_resolution_status = serializers.CharField()
+    fees = FeesOutput()
+    resolution = ResolutionOutput(allow_null=True)
+
+
+class BookLevelOutput(serializers.Serializer):
+    price = PriceField()
+    size = PriceField()
+
+
+class BookOutput(serializers.Serializer):
+    token_id = serializers.CharField()
+    condition_id = serializers.CharField()
+    outcome = serializers.CharField()
+    market_status = serializers.CharField()
+    bids = BookLevelOutput(many=True, help_text="Best (highest) first")
+    asks = BookLevelOutput(many=True, help_text="Best (lowest) first")
+    best_bid = PriceField(allow_null=True)
+    best_ask = PriceField(allow_null=True)
+    mid = PriceField(allow_null=True)
+    spread = PriceField(allow_null=True)
+    last_trade_price = PriceField(allow_null=True)
+    last_trade_side = serializers.CharField(allow_null=True)
+    tick_size = PriceField(allow_null=True)
+    timestamp = IsoDateTimeField(allow_null=True, help_text="The exchange's book time")
+    timestamp_ms = serializers.IntegerField(allow_null=True)
+    hash = serializers.CharField()
+    fresh = serializers.BooleanField()
+    published_at = IsoDateTimeField()
+
+
+class TraderAccountOutput(serializers.Serializer):
+    account_id = serializers.UUIDField()
+    kind = serializers.ChoiceField(choices=["personal", "tenant"])
+    managed_by = serializers.CharField(allow_null=True, help_text="The firm's name, if any")
+    external_id = serializers.CharField(allow_null=True)
+    stage = serializers.CharField(allow_null=True)
+    status = serializers.CharField()
+    trading_enabled = serializers.BooleanField(
+        help_text="False when the account is closed or its firm suspended trading"
+    )
+    epoch = serializers.IntegerField()
+    starting_balance = MoneyField()
+    balance = MoneyField()
+    available_balance = MoneyField()
+    equity = MoneyField()
+    created_at = IsoDateTimeField()
+
+
+# --- Bodies -----------------------------------------------------------------------------------
+def _quote_body(token: Token, top: BookTop | None) -> dict[str, Any]:
+    if top is None:
+        return {
+            "token_id": token.token_id,
+            "outcome": token.outcome,
+            "index": token.index,
+            "best_bid": None,
+            "best_ask": None,
+            "mid": None,
+            "spread": None,
+            "last_trade_price": None,
+            "tick_size": None,
+            "fresh": False,
+            "price_as_of": None,
+        }
+    return {
+        "token_id": token.token_id,
+        "outcome": token.outcome,
+        "index": token.index,
+        "best_bid": top.best_bid,
+        "best_ask": top.best_ask,
+        "mid": top.mid,
+        "spread": top.spread,
+        "last_trade_price": top.last_trade_price,
+        "tick_size": top.tick_size,
+        "fresh": top.fresh,
+        "price_as_of": _iso_ms(top.timestamp_ms or top.published_at),
+    }
+
+
+def _tokens_of(market: Market) -> list[Token]:
+    return sorted(market.tokens.all(), key=lambda t: t.index)
+
+
+def market_body(market: Market, tops: dict[str, BookTop]) -> dict[str, Any]:
+    """A market as MarketOutput documents it, with its tokens' live quotes from `tops`."""
+    event = market.event
+    return {
+        "condition_id": market.condition_id,
+        "question": market.question,
+        "slug": market.slug,
+        "category": market.category,
+        "group_item_title": market.group_item_title,
+        "event": {"slug": event.slug, "title": event.title} if event is not None else None,
+        "status": market.status,
+        "accepting_orders": market.accepting_orders,
+        "end_date": _iso(market.end_date),
+        "volume": wire(market.volume),
+        "volume_24hr": wire(market.volume_24hr),
+        "liquidity": wire(market.liquidity),
+        "tick_size": wire(market.tick_size, min_places=0),
+        "min_order_size": wire(market.min_order_size, min_places=0),
+        "neg_risk": market.neg_risk,
+        "tokens": [_quote_body(t, tops.get(t.token_id)) for t in _tokens_of(market)],
+    }
+
+
+def market_detail_body(market: Market, tops: dict[str, BookTop]) -> dict[str, Any]:
+    resolution = getattr(market, "resolution", None)
+    body = market_body(market, tops)
+    body.update(
+        question_id=market.question_id,
+        neg_risk_market_id=market.neg_risk_market_id,
+        closed=market.closed,
+        closed_time=_iso(market.closed_time),
+        uma_resolution_status=market.uma_resolution_status,
+        fees={
+            "enabled": market.fees_enabled,
+            "type": market.fee_type,
+            "rate": wire(market.fee_rate, min_places=0),
+            "exponent": wire(market.fee_exponent, min_places=0),
+            "taker_only": market.fee_taker_only,
+        },
+        resolution=None
+        if resolution is None
+        else {
+            "state": resolution.state,
+            "winning_token_id": resolution.winning_token.token_id
+            if resolution.winning_token_id
+            else None,
+            "winning_outcome": resolution.winning_outcome,
+            "payouts": dict(resolution.payouts or {}),
+            "detected_at": _iso(resolution.detected_at),
+        },
+    )
+    return body
+
+
+def book_body(token: Token, top: BookTop) -> dict[str, Any]:
+    return {
+        "token_id": token.token_id,
+        "condition_id": top.market or token.market.condition_id,
+        "outcome": token.outcome,
+        "market_status": token.market.status,
+        "bids": [{"price": p, "size": s} for p, s in top.bids],
+        "asks": [{"price": p, "size": s} for p, s in top.asks],
+        "best_bid": top.best_bid,
+        "best_ask": top.best_ask,
+        "mid": top.mid,
+        "spread": top.spread,
+        "last_trade_price": top.last_trade_price,
+        "last_trade_side": top.last_trade_side,
+        "tick_size": top.tick_size,
+        "timestamp": _iso_ms(top.timestamp_ms),
+        "timestamp_ms": top.timestamp_ms,
+        "hash": top.hash,
+        "fresh": top.fresh,
+        "published_at": _iso_ms(top.published_at),
+    }
+
+
+def trader_account_body(account: Account) -> dict[str, Any]:
+    tenant = account.tenant
+    tradable = not account.is_closed and (tenant is None or tenant.enabled)
+    return {
+        "account_id": str(account.pk),
+        "kind": "personal" if tenant is None else "tenant",
+        "managed_by": tenant.name if tenant is not None else None,
+        "external_id": account.external_id,
+        "stage": account.stage,
+        "status": account.status,
+        "trading_enabled": tradable,
+        "epoch": account.epoch,
+        "starting_balance": wire(account.starting_balance),
+        "balance": wire(account.cash),
+        "available_balance": wire(account.available_cash),
+        "equity": wire(account_equity(account=account)),
+        "created_at": _iso(account.created_at),
+    }
+
+
+def _live_tops(markets: Iterable[Market]) -> dict[str, BookTop]:
+    """The latest tops of every token of `markets`: ONE bus round trip."""
+    token_ids = [t.token_id for m in markets for t in m.tokens.all()]
+    return get_bus().latest_many(token_ids) if token_ids else {}
+
+
+def _page_serializer(name: str, item: type[serializers.Serializer]) -> serializers.Serializer:
+    return inline_serializer(
+        name,
+        fields={
+            "data": item(many=True),
+            "next_cursor": serializers.CharField(allow_null=True),
+            "has_more": serializers.BooleanField(),
+        },
+    )
+
+
+def _choice(params: Any, name: str, allowed: Iterable[str], default: str) -> str:
+    value = params.get(name) or default
+    allowed = tuple(allowed)
+    if value not in allowed:
+        raise errors.ValidationFailed(details={name: [f"One of: {', '.join(allowed)}."]})
+    return str(value)
+
+
+def _int_param(params: Any, name: str, *, low: int, high: int) -> int | None:
+    raw = params.get(name)
+    if raw in (None, ""):
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise errors.ValidationFailed(details={name: [f"An integer from {low} to {high}."]})
+    return value
+
+
+def _required(params: Any, name: str) -> str:
+    value = (params.get(name) or "").strip()
+    if not value:
+        raise errors.ValidationFailed(details={name: ["This parameter is required."]})
+    return str(value)
+
+
+def _token_or_404(token_id: str) -> Token:
+    token = Token.objects.select_related("market").filter(token_id=token_id).first()
+    if token is None:
+        raise errors.NotFound()
+    return token
+
+
+# --- Markets ----------------------------------------------------------------------------------
+def market_search(
+    *, q: str, category: str, status: str, sort: str
+) -> tuple[QuerySet[Market], tuple[str, ...]]:
+    """The filtered market queryset and its keyset fields (ascending, last one unique)."""
+    qs = Market.objects.select_related("event").prefetch_related("tokens")
+    if q:
+        qs = qs.filter(Q(question__icontains=q) | Q(slug__icontains=q))
+    if category:
+        qs = qs.filter(category__iexact=category)
+    if status != "all":
+        qs = qs.filter(status=status)
+    if sort == "ending_soon":
+        qs = qs.filter(end_date__isnull=False, end_date__gt=timezone.now())
+        return qs, ("end_date", "id")
+    # Biggest first through an ascending keyset on −volume (keyset_page only walks upwards).
+    return qs.annotate(neg_volume=-F("volume")), ("neg_volume", "id")
+
+
+class MarketListApi(TraderApiView):
+    @extend_schema(
+        operation_id="markets_list",
+        parameters=[
+            OpenApiParameter("q", str, description="Search in the question and slug"),
+            OpenApiParameter("category", str, description="Exact category (case-insensitive)"),
+            OpenApiParameter("status", str, enum=list(MARKET_STATUSES), description="default open"),
+            OpenApiParameter(
+                "sort",
+                str,
+                enum=list(MARKET_SORTS),
+                description="volume (default, biggest first) or ending_soon (future end dates, "
+                "soonest first)",
+            ),
+            *PAGE_PARAMS,
+        ],
+        responses={200: _page_serializer("MarketPage", MarketOutput), **COMMON_ERRORS},
+        description="Markets with their outcome tokens and live best bid/ask/mid from the price "
+        "feed (`fresh` false when there is no healthy live book).",
+    )
+    def get(self, request: Request) -> Response:
+        params = request.query_params
+        q = (params.get("q") or "").strip()[:200]
+        category = (params.get("category") or "").strip()[:64]
+        status = _choice(params, "status", MARKET_STATUSES, market_states.OPEN)
+        sort = _choice(params, "sort", MARKET_SORTS, "volume")
+        qs, fields = market_search(q=q, category=category, status=status, sort=sort)
+        # The cursor is bound to this exact query: another filter's cursor is INVALID_CURSOR.
+        query_key = json.dumps([sort, status, category.lower(), q], separators=(",", ":"))
+        scope = "markets:" + hashlib.sha256(query_key.encode()).hexdigest()[:16]
+        page = keyset_page(
+            qs,
+            scope=scope,
+            fields=fields,
+            cursor=params.get("cursor"),
+            limit=parse_limit(params.get("limit")),
+        )
+        tops = _live_tops(page.items)
+        return Response(
+            {
+                "data": [market_body(m, tops) for m in page.items],
+                "next_cursor": page.next_cursor,
+                "has_more": page.has_more,
+            }
+        )
+
+
+class MarketDetailApi(TraderApiView):
+    @extend_schema(
+        operation_id="markets_get",
+        responses={200: MarketDetailOutput, **COMMON_ERRORS, **NOT_FOUND},
+        description="One market: trading rules (tick size, minimum size, fees), lifecycle "
+        "status, resolution if any, and live quotes. Opening an open market asks the feed to "
+        "stream its books.",
+    )
+    def get(self, request: Request, condition_id: str) -> Response:
+        market = (
+            Market.objects.select_related("event", "resolution__winning_token")
+            .prefetch_related("tokens")
+            .filter(condition_id=condition_id)
+            .first()
+        )
+        if market is None:
+            raise errors.NotFound()
+        if market.is_tradable:
+            watch(t.token_id for t in market.tokens.all())
+        return Response(market_detail_body(market, _live_tops([market])))
+
+
+class BookApi(TraderApiView):
+    @extend_schema(
+        operation_id="book_get",
+        parameters=[OpenApiParameter("token_id", str, required=True)],
+        responses={
+            200: BookOutput,
+            **COMMON_ERRORS,
+            **NOT_FOUND,
+            503: OpenApiResponse(
+                ERROR_BODY,
+                description="MARKET_NOT_READY: no book yet; the feed was asked to stream it "
+                "(Retry-After)",
+            ),
+        },
+        description="The token's live top of book from the price feed: top levels, best "
+        "bid/ask, mid, spread, last trade, tick size, the exchange timestamp and book hash. "
+        "`fresh` false means the feed knows the book may be wrong (orders would be refused).",
+    )
+    def get(self, request: Request) -> Response:
+        token = _token_or_404(_required(request.query_params, "token_id"))
+        if token.market.is_tradable:
+            watch([token.token_id])  # a book a trader opens becomes live
+        top = get_bus().latest(token.token_id)
+        if top is None:
+            raise errors.BookNotReady(
+                details={"token_id": token.token_id, "market_status": token.market.status},
+                headers={"Retry-After": "1"},
+            )
+        return Response(book_body(token, top))
+
+
+class PricesHistoryApi(TraderApiView):
+    @extend_schema(
+        operation_id="prices_history",
+        parameters=[
+            OpenApiParameter("token_id", str, required=True),
+            OpenApiParameter(
+                "interval",
+                str,
+                enum=list(PRICE_HISTORY_INTERVALS),
+                description=f"Window ending now (1m = one month); default "
+                f"{PRICE_HISTORY_DEFAULT_INTERVAL}. Ignored when start_ts is given.",
+            ),
+            OpenApiParameter("fidelity", int, description="Resolution in minutes"),
+            OpenApiParameter("start_ts", int, description="Unix seconds"),
+            OpenApiParameter("end_ts", int, description="Unix seconds"),
+        ],
+        responses={
+            200: inline_serializer(
+                "PricesHistory",
+                fields={
+                    "token_id": serializers.CharField(),
+                    "interval": serializers.CharField(allow_null=True),
+                    "fidelity": serializers.IntegerField(allow_null=True),
+                    "history": inline_serializer(
+                        "PricePoint",
+                        fields={"t": serializers.IntegerField(), "p": PriceField()},
+                        many=True,
+                    ),
+                },
+            ),
+            **COMMON_ERRORS,
+            **NOT_FOUND,
+            503: OpenApiResponse(ERROR_BODY, description="SERVICE_UNAVAILABLE: upstream error"),
+        },
+        description="Price history of one outcome token, proxied from Polymarket's CLOB.",
+    )
+    def get(self, request: Request) -> Response:
+        params = request.query_params
+        token = _token_or_404(_required(params, "token_id"))
+        fidelity = _int_param(params, "fidelity", low=1, high=PRICE_HISTORY_MAX_FIDELITY)
+        start_ts = _int_param(params, "start_ts", low=0, high=2**40)
+        end_ts = _int_param(params, "end_ts", low=0, high=2**40)
+        interval: str | None = None
+        if start_ts is None:
+            interval = _choice(
+                params, "interval", PRICE_HISTORY_INTERVALS, PRICE_HISTORY_DEFAULT_INTERVAL
+            )
+        try:
+            with ClobClient(timeout=UPSTREAM_TIMEOUT_S, retries=UPSTREAM_RETRIES) as clob:
+                points = clob.prices_history(
+                    token.token_id,
+                    interval=interval,
+                    start_ts=start_ts,
+                    end_ts=end_ts,
+                    fidelity=fidelity,
+                )
+        except PolymarketError as exc:
+            raise errors.ServiceUnavailable(
+                "Price history is unavailable right now; retry later.",
+                details={"upstream_status": exc.status},
+            ) from exc
+        return Response(
+            {
+                "token_id": token.token_id,
+                "interval": interval,
+                "fidelity": fidelity,
+                "history": [{"t": t, "p": wire(p, min_places=0)} for t, p in points],
+            }
+        )
+
+
+# --- Accounts ---------------------------------------------------------------------------------
+class AccountListApi(TraderApiView):
+    @extend_schema(
+        operation_id="accounts_list",
+        responses={
+            200: inline_serializer(
+                "TraderAccountList", fields={"data": TraderAccountOutput(many=True)}
+            ),
+            **COMMON_ERRORS,
+        },
+        description="The caller's accounts: the personal one and those firms opened for them, "
+        "oldest first.",
+    )
+    def get(self, request: Request) -> Response:
+        accounts = (
+            Account.objects.filter(owner=self.user)
+            .select_related("tenant")
+            .order_by("created_at", "id")
+        )
+        return Response({"data": [trader_account_body(a) for a in accounts]})
+
+
+class AccountDetailApi(TraderApiView):
+    @extend_schema(
+        operation_id="accounts_get",
+        responses={200: AccountEnvelopeOutput, **COMMON_ERRORS, **NOT_FOUND},
+        description="The account-state envelope, the same shape as the partner API's.",
+    )
+    def get(self, request: Request, account_id: str) -> Response:
+        account = account_for_trader(user=self.user, account_id=account_id)
+        state = account_state(account_id=account.pk, tenant=account.tenant, owner_id=self.user.pk)
+        if state is None:  # gone between the two reads
+            raise errors.NotFound()
+        return Response(envelope_body(state))
+
+
+class TradeListApi(TraderApiView):
+    @extend_schema(
+        operation_id="trades_list",
+        parameters=[
+            OpenApiParameter("account_id", str, required=True),
+            OpenApiParameter("epoch", int),
+            *PAGE_PARAMS,
+        ],
+        responses={
+            200: _page_serializer("TraderTradePage", TradeOutput),
+            **COMMON_ERRORS,
+            **NOT_FOUND,
+        },
+        description="The account's fills and settlements, ascending and append-only (as the "
+        "partner trades feed). next_cursor is always returned: store it and poll with it.",
+    )
+    def get(self, request: Request) -> Response:
+        params = request.query_params
+        account = account_for_trader(user=self.user, account_id=_required(params, "account_id"))
+        qs = Fill.objects.filter(account=account)
+        epoch = _int_param(params, "epoch", low=0, high=2**31)
+        if epoch is not None:
+            qs = qs.filter(epoch=epoch)
+        scope = f"trades:{account.pk}"
+        page = keyset_page(
+            qs,
+            scope=scope,
+            fields=("seq",),
+            cursor=params.get("cursor"),
+            limit=parse_limit(params.get("limit")),
+            always_cursor=True,
+        )
+        return Response(
+            {
+                "data": TradeOutput(page.items, many=True).data,
+                "next_cursor": page.next_cursor or encode_cursor(scope, [0]),
+                "has_more": page.has_more,
+            }
+        )
+
+
+# --- OpenAPI ----------------------------------------------------------------------------------
+def schema_postprocess(
+    result: dict[str, Any], generator: Any, request: Any, public: bool
+) -> dict[str, Any]:
+    """Canonical paths (no optional trailing slash) and the trader error-code catalogue."""
+    result["paths"] = {
+        (path.rstrip("/") if path != "/" else path): item for path, item in result["paths"].items()
+    }
+    rows = "\n".join(
+        f"| `{error.code}` | {error.status} | {error.default_message} |"
+        for error in TRADER_ERROR_CODES
+    )
+    result["info"]["description"] += (
+        "\n\n## Error codes\n\n| code | HTTP | meaning |\n|---|---|---|\n" + rows
+    )
+    result["info"]["x-error-codes"] = [
+        {"code": e.code, "status": e.status} for e in TRADER_ERROR_CODES
+    ]
+    return result
+
+
+SCHEMA_SETTINGS: dict[str, Any] = {
+    "TITLE": "polysim Trader API",
+    "DESCRIPTION": (
+        "The native API for traders and their bots (the web UI uses it too): markets and live "
+        "books, price history, your accounts and fills. Authenticate with a personal trader "
+        "API key (`Authorization: Bearer tk_...` or `X-API-Key: tk_...`) or a signed-in "
+        "session (then send the CSRF token in `X-CSRFToken` on POST/DELETE). You only ever "
+        "see your own accounts. Money and prices are decimal strings. Every error is "
+        '`{"error": CODE, "message": ..., "details"?: {...}}`; the code is echoed in '
+        "`X-Error-Code`."
+    ),
+    "SCHEMA_PATH_PREFIX": r"/v1",
+    "APPEND_COMPONENTS": {
+        "securitySchemes": {
+            "TraderKeyBearer": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "A personal trader API key, tk_...",
+            },
+            "TraderKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            "Session": {"type": "apiKey", "in": "cookie", "name": "sessionid"},
+        }
+    },
+    "SECURITY": [{"TraderKeyBearer": []}, {"TraderKeyHeader": []}, {"Session": []}],
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "trading.apis.schema_postprocess",
+    ],
+}
