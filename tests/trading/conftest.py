@@ -1,0 +1,102 @@
+"""Engine test fixtures: markets and tokens as rows, books PUBLISHED on the real price bus
+(the interface the feed uses), funded accounts through the wallet services."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from marketdata.book import OrderBook
+from marketdata.bus import BookTop, get_bus, reset_bus
+from marketdata.models import Market, Token
+from trading.depletion import reset_depletion
+
+_ids = itertools.count(1)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_engine_state() -> Iterator[None]:
+    reset_bus()
+    reset_depletion()
+    yield
+    reset_bus()
+    reset_depletion()
+
+
+def make_market(**overrides: Any) -> tuple[Market, Token, Token]:
+    n = next(_ids)
+    fields: dict[str, Any] = {
+        "condition_id": f"0xcond{n:04d}",
+        "question": f"Will test market {n} resolve Yes?",
+        "tick_size": Decimal("0.01"),
+        "min_order_size": Decimal("5"),
+        "accepting_orders": True,
+        "closed": False,
+    }
+    fields.update(overrides)
+    market = Market.objects.create(**fields)
+    yes = Token.objects.create(market=market, token_id=f"{n}0001", outcome="Yes", index=0)
+    no = Token.objects.create(market=market, token_id=f"{n}0002", outcome="No", index=1)
+    return market, yes, no
+
+
+def publish_book(
+    token_id: str,
+    *,
+    bids: list[tuple[str, str]] = (),  # type: ignore[assignment]
+    asks: list[tuple[str, str]] = (),  # type: ignore[assignment]
+    market: str = "0xcond",
+    tick_size: str = "0.01",
+    timestamp: str = "1786604072222",
+    hash: str = "testhash",
+    fresh: bool = True,
+) -> BookTop:
+    """Build a real OrderBook from a snapshot and publish its top on the process bus."""
+    book = OrderBook.from_snapshot(
+        {
+            "market": market,
+            "asset_id": token_id,
+            "timestamp": timestamp,
+            "hash": hash,
+            "bids": [{"price": p, "size": s} for p, s in bids],
+            "asks": [{"price": p, "size": s} for p, s in asks],
+            "tick_size": tick_size,
+        }
+    )
+    top = BookTop.from_book(book, fresh=fresh)
+    get_bus().publish([top])
+    return top
+
+
+def publish_snapshot(msg: dict[str, Any], *, token_id: str | None = None) -> BookTop:
+    """Publish a recorded snapshot (optionally re-keyed to one of our tokens)."""
+    msg = dict(msg)
+    if token_id is not None:
+        msg["asset_id"] = token_id
+    top = BookTop.from_book(OrderBook.from_snapshot(msg))
+    get_bus().publish([top])
+    return top
+
+
+def open_account(balance: str = "1000", tenant: Any = None) -> Any:
+    from accounts.services.wallets import account_open
+    from tests.factories import UserFactory
+
+    return account_open(
+        owner=UserFactory(),
+        tenant=tenant,
+        external_id=None if tenant is None else f"ext-{next(_ids)}",
+        stage=None if tenant is None else "challenge",
+        starting_balance=Decimal(balance),
+    )
+
+
+def audit_clean(account: Any = None) -> None:
+    from trading.audit import ledger_audit
+
+    violations = ledger_audit(account_id=None if account is None else account.pk)
+    assert violations == [], [str(v) for v in violations]

@@ -1,0 +1,178 @@
+"""Depletion memory: what simulated taker orders took from each level of the real book
+(trading-engine.md §3, docs/fill-model.md "Depletion").
+
+One record per (token, book side, price): `published|taken` — the level size the feed showed
+when simulated orders took from it, and how much they took in total. A walk sees
+`available = published − taken` while the feed still shows that same size; as soon as the
+feed publishes a different size for the level (it traded, was cancelled, refilled...) the
+record no longer matches and the level is whole again.
+
+Taking is optimistic and atomic: `read` returns the records (with their raw values) for the
+levels a walk may touch; `commit` writes the new records only if every record it touches is
+still exactly what was read (compare-and-set over all of them at once), else nothing and
+False — the caller re-reads and walks again. So two orders inside one book update can never
+both take the same shares, whichever accounts (and therefore row locks) they belong to.
+
+Backends: Redis (a Lua script, keys `dep:<token>:<side>:<price>`, 1 h TTL) when
+settings.REDIS_URL is set; otherwise a process-local dict behind a lock (embedded demo and
+tests; one process only).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Final, Protocol
+
+from core.money import ZERO
+
+KEY_PREFIX: Final = "dep:"
+TTL_SECONDS: Final = 3600
+
+_CAS_LUA: Final = """
+local n = #KEYS
+for i = 1, n do
+  local cur = redis.call('GET', KEYS[i])
+  if cur == false then cur = '' end
+  if cur ~= ARGV[2 * i - 1] then return 0 end
+end
+local ttl = tonumber(ARGV[2 * n + 1])
+for i = 1, n do
+  redis.call('SET', KEYS[i], ARGV[2 * i], 'EX', ttl)
+end
+return 1
+"""
+
+
+def norm(value: Decimal | str) -> str:
+    """One spelling per value ("0.50" and "0.5" are the same level)."""
+    d = Decimal(value)
+    text = format(d.normalize(), "f") if d else "0"
+    return text
+
+
+def level_key(token_id: str, book_side: str, price: Decimal | str) -> str:
+    return f"{KEY_PREFIX}{token_id}:{book_side}:{norm(price)}"
+
+
+@dataclass(frozen=True)
+class LevelMemory:
+    raw: str  # the stored value as read ("" when none): the compare-and-set token
+    taken: Decimal  # what is taken from the level at its currently published size
+
+
+def _parse(raw: str, published: Decimal) -> Decimal:
+    if not raw:
+        return ZERO
+    seen, _, taken = raw.partition("|")
+    if Decimal(seen) != published:
+        return ZERO  # the feed changed the level since: the memory resets
+    return Decimal(taken)
+
+
+@dataclass(frozen=True)
+class Take:
+    key: str
+    raw: str  # value read
+    published: Decimal
+    taken_before: Decimal
+    size: Decimal
+
+    def new_value(self) -> str:
+        return f"{norm(self.published)}|{norm(self.taken_before + self.size)}"
+
+
+class DepletionStore(Protocol):
+    def read(self, keys: list[str]) -> list[str]:
+        """The raw records of these keys ("" where none), in ONE round trip."""
+
+    def commit(self, takes: list[Take]) -> bool:
+        """Compare-and-set all takes atomically; False (and nothing written) on any change."""
+
+    def clear(self) -> None: ...
+
+
+def memories(store: DepletionStore, keys: list[str], published: list[Decimal]) -> list[LevelMemory]:
+    raws = store.read(keys)
+    return [LevelMemory(raw, _parse(raw, size)) for raw, size in zip(raws, published, strict=True)]
+
+
+class InProcessDepletion:
+    def __init__(self) -> None:
+        self._data: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def read(self, keys: list[str]) -> list[str]:
+        with self._lock:
+            return [self._data.get(k, "") for k in keys]
+
+    def commit(self, takes: list[Take]) -> bool:
+        with self._lock:
+            if any(self._data.get(t.key, "") != t.raw for t in takes):
+                return False
+            for t in takes:
+                self._data[t.key] = t.new_value()
+            return True
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+
+
+class RedisDepletion:
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self._cas = client.register_script(_CAS_LUA)
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisDepletion:
+        import redis
+
+        return cls(redis.Redis.from_url(url, decode_responses=True))
+
+    def read(self, keys: list[str]) -> list[str]:
+        if not keys:
+            return []
+        return [v or "" for v in self.client.mget(keys)]
+
+    def commit(self, takes: list[Take]) -> bool:
+        if not takes:
+            return True
+        args: list[str] = []
+        for t in takes:
+            args += [t.raw, t.new_value()]
+        args.append(str(TTL_SECONDS))
+        return bool(self._cas(keys=[t.key for t in takes], args=args))
+
+    def clear(self) -> None:
+        keys = list(self.client.scan_iter(match=f"{KEY_PREFIX}*"))
+        if keys:
+            self.client.delete(*keys)
+
+
+_in_process = InProcessDepletion()
+_redis: dict[str, RedisDepletion] = {}
+_redis_lock = threading.Lock()
+
+
+def get_depletion_store() -> DepletionStore:
+    """Redis when settings.REDIS_URL is set (shared by every web and worker process), else
+    this process's in-memory store."""
+    from django.conf import settings
+
+    url = getattr(settings, "REDIS_URL", "") or ""
+    if not url:
+        return _in_process
+    with _redis_lock:
+        store = _redis.get(url)
+        if store is None:
+            store = _redis[url] = RedisDepletion.from_url(url)
+        return store
+
+
+def reset_depletion() -> None:
+    """Forget the in-process memory and Redis clients (tests)."""
+    _in_process.clear()
+    with _redis_lock:
+        _redis.clear()

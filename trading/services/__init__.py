@@ -1,0 +1,25 @@
+"""Trading services: order placement with taker fills at entry (orders), cancels and expiry
+(cancel), account close/reset (lifecycle). Import from here; the submodules are layout."""
+
+from trading.services.cancel import (
+    order_cancel,
+    order_cancel_all,
+    order_cancel_market,
+    orders_expire,
+    release_orders,
+)
+from trading.services.lifecycle import account_close, account_reset
+from trading.services.orders import PlacedOrder, order_place, order_request
+
+__all__ = [
+    "PlacedOrder",
+    "account_close",
+    "account_reset",
+    "order_cancel",
+    "order_cancel_all",
+    "order_cancel_market",
+    "order_place",
+    "order_request",
+    "orders_expire",
+    "release_orders",
+]

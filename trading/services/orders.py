@@ -1,0 +1,676 @@
+"""Order placement: validation, the taker walk at entry, and the money that moves
+(trading-engine.md §2, §3, §5; docs/fill-model.md is the prose version of this file).
+
+Path of one order:
+  1. Shape checks (no DB, no lock): VALIDATION_FAILED, INVALID_POST_ONLY_ORDER_TYPE,
+     INVALID_ORDER_EXPIRATION.
+  2. Token, account, client_order_id replay, ACCOUNT_CLOSED, MARKET_CLOSED.
+  3. ONE read of the token's top from the price bus: MARKET_NOT_READY, then the tick and
+     min-size rules against the live tick, then STALE_BOOK for orders that would take.
+  4. One transaction under the account row lock (retried on deadlock/serialization):
+     the replay and closed checks again, the balance/position check, the walk with
+     depletion, then Order, Fills, LedgerEntries, Position, cached balances, equity snapshot.
+
+Rejections 1–3 never reached the engine: nothing is stored. Rejections decided in step 4
+against the locked account and the book — INVALID_ORDER_NOT_ENOUGH_BALANCE,
+INSUFFICIENT_POSITION, INVALID_POST_ONLY_ORDER, FOK_ORDER_NOT_FILLED_ERROR — are stored as an
+Order with status `rejected` and `reason` = the code (committed, then the error is raised), so
+a retry with the same client_order_id raises the same error again instead of trading.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass, field
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Any
+
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from accounts.models import Account, LedgerEntry, Position
+from accounts.services.wallets import account_lock, equity_snapshot_record, ledger_post
+from core import errors
+from core.clock import trading_day
+from core.db import retry_on_conflict
+from core.money import CASH_QUANTUM, SHARE_QUANTUM, ZERO, cash, to_decimal
+from marketdata import states as market_states
+from marketdata.bus import BookTop, get_bus
+from marketdata.models import Market, Token
+from trading import states
+from trading.depletion import Take, get_depletion_store, level_key, memories
+from trading.fillmodel import (
+    ONE,
+    Walk,
+    buy_reservation,
+    crosses,
+    walk_book,
+)
+from trading.models import Fill, Order, Side
+from trading.selectors import open_positions
+
+GTD_MIN_LEAD = dt.timedelta(seconds=60)  # Polymarket's security threshold
+MARKET_BUY_DEFAULT_WORST = Decimal("0.99")
+DEPLETION_ATTEMPTS = 16
+PRICE_Q = Decimal("0.000001")
+
+# Codes stored as `rejected` orders, to re-raise on a replay of the same client_order_id.
+STORED_REJECTIONS: dict[str, type[errors.DomainError]] = {
+    cls.code: cls
+    for cls in (
+        errors.InvalidOrderNotEnoughBalance,
+        errors.InsufficientPosition,
+        errors.InvalidPostOnlyOrder,
+        errors.FokOrderNotFilledError,
+    )
+}
+
+
+@dataclass(frozen=True)
+class PlacedOrder:
+    order: Order
+    fills: list[Fill]
+    created: bool
+
+
+@dataclass(frozen=True)
+class OrderRequest:
+    """An order after shape checks and defaults (price may still be None until the tick is
+    known: market orders default their worst price from it)."""
+
+    token_id: str
+    side: str
+    type: str
+    time_in_force: str
+    price: Decimal | None
+    price_given: bool
+    size: Decimal | None
+    amount: Decimal | None
+    expiration: dt.datetime | None
+    post_only: bool
+    client_order_id: str | None
+
+    @property
+    def is_buy(self) -> bool:
+        return self.side == Side.BUY
+
+    @property
+    def is_taker_only(self) -> bool:
+        return self.time_in_force in (Order.TimeInForce.FOK, Order.TimeInForce.FAK)
+
+
+@dataclass
+class _Outcome:
+    placed: PlacedOrder | None = None
+    error: errors.DomainError | None = None
+
+
+@dataclass
+class _Applied:
+    fills: list[Fill] = field(default_factory=list)
+    realized: Decimal = ZERO
+    fees: Decimal = ZERO
+
+
+# --- 1. shape ---------------------------------------------------------------------------------
+def _invalid(field_name: str, message: str) -> errors.DomainError:
+    return errors.ValidationFailed(details={field_name: [message]})
+
+
+def _decimal(value: Any, field_name: str) -> Decimal | None:
+    if value is None or value == "":
+        return None
+    try:
+        return to_decimal(value)
+    except (TypeError, ValueError) as exc:
+        raise _invalid(field_name, "must be a decimal number (as a string)") from exc
+
+
+def _expiration(value: Any, now: dt.datetime) -> dt.datetime | None:
+    if value is None or value in (0, "0", ""):
+        return None
+    if isinstance(value, dt.datetime):
+        return value
+    try:
+        seconds = int(str(value))
+    except ValueError as exc:
+        raise _invalid("expiration", "must be unix seconds") from exc
+    return dt.datetime.fromtimestamp(seconds, dt.UTC)
+
+
+def order_request(
+    *,
+    token_id: Any,
+    side: Any,
+    type: Any,
+    price: Any = None,
+    size: Any = None,
+    amount: Any = None,
+    time_in_force: Any = None,
+    expiration: Any = None,
+    post_only: Any = False,
+    client_order_id: Any = None,
+    now: dt.datetime | None = None,
+) -> OrderRequest:
+    """Shape checks and defaults, no I/O. Raises VALIDATION_FAILED,
+    INVALID_POST_ONLY_ORDER_TYPE or INVALID_ORDER_EXPIRATION."""
+    now = now or timezone.now()
+    if not isinstance(token_id, str) or not token_id:
+        raise _invalid("token_id", "required")
+    if side not in Side.values:
+        raise _invalid("side", "must be BUY or SELL")
+    if type not in Order.Type.values:
+        raise _invalid("type", "must be limit or market")
+    tif = time_in_force or (
+        Order.TimeInForce.GTC if type == Order.Type.LIMIT else Order.TimeInForce.FOK
+    )
+    if tif not in Order.TimeInForce.values:
+        raise _invalid("time_in_force", "must be GTC, GTD, FOK or FAK")
+    if type == Order.Type.MARKET and tif not in (Order.TimeInForce.FOK, Order.TimeInForce.FAK):
+        raise _invalid("time_in_force", "market orders are FOK or FAK")
+    if not isinstance(post_only, bool):
+        raise _invalid("post_only", "must be a boolean")
+    if client_order_id is not None and (
+        not isinstance(client_order_id, str) or not 0 < len(client_order_id) <= 128
+    ):
+        raise _invalid("client_order_id", "1 to 128 characters")
+    price_d = _decimal(price, "price")
+    size_d = _decimal(size, "size")
+    amount_d = _decimal(amount, "amount")
+    market_buy = type == Order.Type.MARKET and side == Side.BUY
+    if market_buy:
+        if amount_d is None or size_d is not None:
+            raise _invalid("amount", "a market BUY spends `amount` (cash) and has no size")
+        if amount_d <= 0 or amount_d != amount_d.quantize(CASH_QUANTUM):
+            raise _invalid("amount", "must be > 0 with at most 6 decimals")
+    else:
+        if size_d is None or amount_d is not None:
+            raise _invalid("size", "required (shares); `amount` is only for market BUYs")
+        if size_d <= 0 or size_d != size_d.quantize(SHARE_QUANTUM):
+            raise _invalid("size", "must be > 0 with at most 2 decimals")
+    if type == Order.Type.LIMIT and price_d is None:
+        raise _invalid("price", "required for limit orders")
+    exp = _expiration(expiration, now)
+    if post_only and (type != Order.Type.LIMIT or tif not in ("GTC", "GTD")):
+        raise errors.InvalidPostOnlyOrderType()
+    if tif == Order.TimeInForce.GTD:
+        if exp is None or exp < now + GTD_MIN_LEAD:
+            raise errors.InvalidOrderExpiration()
+    elif exp is not None:
+        raise _invalid("expiration", "only GTD orders carry an expiration")
+    return OrderRequest(
+        token_id=token_id,
+        side=side,
+        type=type,
+        time_in_force=tif,
+        price=price_d,
+        price_given=price_d is not None,
+        size=size_d,
+        amount=amount_d,
+        expiration=exp,
+        post_only=post_only,
+        client_order_id=client_order_id,
+    )
+
+
+def _same_content(order: Order, req: OrderRequest) -> bool:
+    def eq(a: Decimal | None, b: Decimal | None) -> bool:
+        return (a is None and b is None) or (a is not None and b is not None and a == b)
+
+    return (
+        order.token_id == req.token_id
+        and order.side == req.side
+        and order.type == req.type
+        and order.time_in_force == req.time_in_force
+        and order.post_only == req.post_only
+        and eq(order.size, req.size)
+        and eq(order.amount, req.amount)
+        and order.expiration == req.expiration
+        and (not req.price_given or eq(order.price, req.price))
+    )
+
+
+def _replay(existing: Order, req: OrderRequest) -> PlacedOrder:
+    """Same client_order_id: same content returns the first result (or its error again)."""
+    if not _same_content(existing, req):
+        raise errors.InvalidOrderDuplicated()
+    if existing.status == Order.Status.REJECTED:
+        raise STORED_REJECTIONS.get(existing.reason, errors.ValidationFailed)()
+    return PlacedOrder(existing, list(existing.fills.order_by("seq")), created=False)
+
+
+# --- 2/3. market and book -----------------------------------------------------------------------
+def _fee_params(market: Market) -> tuple[Decimal, Decimal]:
+    if not market.fees_enabled or not market.fee_rate:
+        return ZERO, ONE
+    return market.fee_rate, market.fee_exponent if market.fee_exponent is not None else ONE
+
+
+def _tick(top: BookTop, market: Market) -> Decimal:
+    tick = top.tick_size_value() or market.tick_size
+    return tick if tick else Decimal("0.01")
+
+
+def _with_price(req: OrderRequest, tick: Decimal) -> OrderRequest:
+    """Apply the tick rules (and the market orders' default worst price)."""
+    price = req.price
+    if price is None:  # market order: worst acceptable price
+        price = min(MARKET_BUY_DEFAULT_WORST, ONE - tick) if req.is_buy else tick
+    if not (tick <= price <= ONE - tick) or price % tick != 0:
+        raise errors.InvalidOrderMinTickSize(
+            details={"price": [str(price)], "tick_size": [str(tick)]}
+        )
+    return OrderRequest(**{**req.__dict__, "price": price})
+
+
+def _book_levels(top: BookTop, req: OrderRequest) -> list[tuple[Decimal, Decimal]]:
+    """The opposite side best-first, only the levels inside the order's limit."""
+    assert req.price is not None
+    rows = top.asks if req.is_buy else top.bids
+    out: list[tuple[Decimal, Decimal]] = []
+    for p, s in rows:
+        price = Decimal(p)
+        if not crosses(req.side, price, req.price):
+            break
+        out.append((price, Decimal(s)))
+    return out
+
+
+# --- public -----------------------------------------------------------------------------------
+def order_place(
+    *,
+    account_id: Any,
+    token_id: str,
+    side: str,
+    type: str,
+    price: Any = None,
+    size: Any = None,
+    amount: Any = None,
+    time_in_force: str | None = None,
+    expiration: Any = None,
+    post_only: bool = False,
+    client_order_id: str | None = None,
+) -> PlacedOrder:
+    """Place an order: validate, fill what crosses as taker at entry, rest or cancel the rest.
+
+    Locking: reads the book (ONE bus read) before taking the account row lock; everything
+    that moves money happens in one transaction under that lock (retried on deadlock or
+    serialization failure). Depletion is taken with a compare-and-set outside the DB.
+    Idempotency: with `client_order_id`, a retry with the same content returns the first
+    order (created=False) — or raises the same error if it was stored as rejected —, and
+    different content raises INVALID_ORDER_DUPLICATED. Without it every call is a new order.
+    Raises the engine's DomainErrors (core.errors.ENGINE_ERROR_CODES) and NOT_FOUND.
+    """
+    now = timezone.now()
+    req = order_request(
+        token_id=token_id,
+        side=side,
+        type=type,
+        price=price,
+        size=size,
+        amount=amount,
+        time_in_force=time_in_force,
+        expiration=expiration,
+        post_only=post_only,
+        client_order_id=client_order_id,
+        now=now,
+    )
+    token = Token.objects.select_related("market").filter(token_id=req.token_id).first()
+    if token is None:
+        raise _invalid("token_id", "unknown token")
+    market = token.market
+    try:
+        account = Account.objects.filter(pk=uuid.UUID(str(account_id))).first()
+    except ValueError:
+        account = None
+    if account is None:
+        raise errors.NotFound("No such account.")
+    if req.client_order_id is not None:
+        existing = Order.objects.filter(
+            account=account, client_order_id=req.client_order_id
+        ).first()
+        if existing is not None:
+            return _replay(existing, req)
+    if account.is_closed:
+        raise errors.AccountClosed()
+    if market.closed or market.status != market_states.OPEN or not market.accepting_orders:
+        raise errors.MarketClosed()
+    top = get_bus().latest(req.token_id)
+    if top is None:
+        raise errors.MarketNotReady()
+    req = _with_price(req, _tick(top, market))
+    if market.min_order_size and req.size is not None and req.size < market.min_order_size:
+        raise errors.InvalidOrderMinSize(
+            details={"size": [str(req.size)], "min_order_size": [str(market.min_order_size)]}
+        )
+    takes_liquidity = req.type == Order.Type.MARKET or (
+        not req.post_only and bool(_book_levels(top, req))
+    )
+    if not top.fresh and takes_liquidity:
+        raise errors.StaleBook()
+    outcome = _place_locked(account_id=account.pk, req=req, market=market, token=token, top=top)
+    if outcome.error is not None:
+        raise outcome.error
+    assert outcome.placed is not None
+    return outcome.placed
+
+
+# --- 4. under the lock ------------------------------------------------------------------------
+def _new_order(account: Account, req: OrderRequest, market: Market, now: dt.datetime) -> Order:
+    assert req.price is not None
+    return Order(
+        account=account,
+        epoch=account.epoch,
+        token_id=req.token_id,
+        market_id=market.condition_id,
+        side=req.side,
+        type=req.type,
+        time_in_force=req.time_in_force,
+        price=req.price,
+        size=req.size,
+        amount=req.amount,
+        expiration=req.expiration,
+        post_only=req.post_only,
+        client_order_id=req.client_order_id,
+        status=Order.Status.LIVE,
+        created_at=now,
+    )
+
+
+def _reject(order: Order, error: errors.DomainError) -> _Outcome:
+    order.status = Order.Status.REJECTED
+    order.reason = error.code
+    order.save()
+    return _Outcome(error=error)
+
+
+@retry_on_conflict()
+@transaction.atomic
+def _place_locked(
+    *, account_id: Any, req: OrderRequest, market: Market, token: Token, top: BookTop
+) -> _Outcome:
+    account = account_lock(account_id=account_id)
+    if req.client_order_id is not None:
+        existing = Order.objects.filter(
+            account=account, client_order_id=req.client_order_id
+        ).first()
+        if existing is not None:  # a concurrent twin committed while we waited for the lock
+            try:
+                return _Outcome(placed=_replay(existing, req))
+            except errors.DomainError as exc:
+                return _Outcome(error=exc)
+    if account.is_closed:
+        return _Outcome(error=errors.AccountClosed())
+    assert req.price is not None
+    now = timezone.now()
+    order = _new_order(account, req, market, now)
+    rate, exponent = _fee_params(market)
+
+    position = (
+        Position.objects.select_for_update()
+        .filter(account=account, token_id=req.token_id, epoch=account.epoch)
+        .first()
+    )
+    if req.is_buy:
+        need = req.amount if req.amount is not None else None
+        if need is None:
+            assert req.size is not None
+            need = buy_reservation(price=req.price, size=req.size, rate=rate, exponent=exponent)
+        if account.available_cash < need:
+            return _reject(order, errors.InvalidOrderNotEnoughBalance())
+    else:
+        assert req.size is not None
+        held = ZERO
+        if position is not None and position.status == Position.Status.OPEN:
+            held = position.size - position.reserved_size
+        if held < req.size:
+            return _reject(order, errors.InsufficientPosition())
+
+    crossing = _book_levels(top, req)
+    book_side = "asks" if req.is_buy else "bids"
+    walk = Walk()
+    if req.post_only or not top.fresh:
+        # A maker-only order (or a non-marketable one on a stale book, already filtered
+        # before the lock): refuse only if it would cross what is left of the book.
+        if crossing:
+            keys = [level_key(req.token_id, book_side, p) for p, _ in crossing]
+            mems = memories(get_depletion_store(), keys, [s for _, s in crossing])
+            if any(s - m.taken > 0 for (_, s), m in zip(crossing, mems, strict=True)):
+                return _reject(order, errors.InvalidPostOnlyOrder())
+    elif crossing:
+        walk_or_error = _walk_with_depletion(req, crossing, book_side, rate, exponent)
+        if isinstance(walk_or_error, errors.DomainError):
+            return _reject(order, walk_or_error)
+        walk = walk_or_error
+    elif req.time_in_force == Order.TimeInForce.FOK:
+        return _reject(order, errors.FokOrderNotFilledError())
+
+    order.save(force_insert=True)
+    applied = _apply_fills(account, order, market, token, position, walk, top, rate, now)
+    _finish_order(account, order, walk, rate, exponent)
+
+    updates: dict[str, Any] = {"reserved_cash": account.reserved_cash, "updated_at": now}
+    if applied.fills:
+        account.realized_pnl += applied.realized
+        account.fees_paid += applied.fees
+        account.last_fill_seq += len(applied.fills)
+        updates.update(
+            realized_pnl=account.realized_pnl,
+            fees_paid=account.fees_paid,
+            last_fill_seq=account.last_fill_seq,
+        )
+        day = _trading_day(account, now)
+        if account.last_trading_day != day:
+            account.trading_days += 1
+            account.last_trading_day = day
+            updates.update(trading_days=account.trading_days, last_trading_day=day)
+    Account.objects.filter(pk=account.pk).update(**updates)
+    if applied.fills:
+        positions_value = sum((m.market_value for m in open_positions(account=account)), ZERO)
+        equity_snapshot_record(account=account, positions_value=positions_value, at=now)
+    return _Outcome(placed=PlacedOrder(order, applied.fills, created=True))
+
+
+def _trading_day(account: Account, now: dt.datetime) -> dt.date:
+    if account.tenant_id is None:
+        return trading_day(now, "UTC", dt.time(0, 0))
+    tenant = account.tenant
+    assert tenant is not None
+    return trading_day(now, tenant.day_boundary_tz, tenant.day_boundary_time)
+
+
+def _walk_with_depletion(
+    req: OrderRequest,
+    crossing: list[tuple[Decimal, Decimal]],
+    book_side: str,
+    rate: Decimal,
+    exponent: Decimal,
+) -> Walk | errors.DomainError:
+    """Walk what depletion leaves of the crossing levels and take it atomically
+    (compare-and-set; re-walk if another order took from a level meanwhile)."""
+    assert req.price is not None
+    store = get_depletion_store()
+    keys = [level_key(req.token_id, book_side, p) for p, _ in crossing]
+    for _ in range(DEPLETION_ATTEMPTS):
+        mems = memories(store, keys, [s for _, s in crossing])
+        levels = [(p, s, s - m.taken) for (p, s), m in zip(crossing, mems, strict=True)]
+        walk = walk_book(
+            side=req.side,
+            levels=levels,
+            limit=req.price,
+            size=req.size if req.amount is None else None,
+            amount=req.amount,
+            rate=rate,
+            exponent=exponent,
+        )
+        if req.time_in_force == Order.TimeInForce.FOK and not walk.complete:
+            return errors.FokOrderNotFilledError()
+        index = {p: i for i, (p, _) in enumerate(crossing)}
+        takes = []
+        for t in walk.takes:
+            i = index[t.price]
+            takes.append(Take(keys[i], mems[i].raw, t.published, mems[i].taken, t.size))
+        if store.commit(takes):
+            return walk
+    raise errors.ServiceUnavailable("The book is too busy; retry.")
+
+
+def _apply_fills(
+    account: Account,
+    order: Order,
+    market: Market,
+    token: Token,
+    position: Position | None,
+    walk: Walk,
+    top: BookTop,
+    rate: Decimal,
+    now: dt.datetime,
+) -> _Applied:
+    """Fills, ledger entries and the position for a walk's takes. Caller holds the lock."""
+    applied = _Applied()
+    if not walk.takes:
+        return applied
+    if position is None:
+        position = Position.objects.create(
+            account=account,
+            epoch=account.epoch,
+            token_id=order.token_id,
+            market_id=market.condition_id,
+            market_question=market.question,
+            outcome=token.outcome,
+            opened_at=now,
+        )
+    vwap = walk.vwap
+    assert vwap is not None
+    vwap_q = vwap.quantize(PRICE_Q, rounding=ROUND_HALF_EVEN)
+    mid = top.mid_value()
+    mid_gap = None
+    if mid is not None:
+        gap = vwap - mid if order.side == Side.BUY else mid - vwap
+        mid_gap = gap.quantize(PRICE_Q, rounding=ROUND_HALF_EVEN)
+    levels_json = [[str(t.price), str(t.size)] for t in walk.takes]
+    book_as_of = (
+        dt.datetime.fromtimestamp(top.timestamp_ms / 1000, dt.UTC)
+        if top.timestamp_ms is not None
+        else None
+    )
+    for n, take in enumerate(walk.takes, start=1):
+        notional = take.notional
+        if order.side == Side.BUY:
+            position.size += take.size
+            position.cost_basis += notional
+            position.avg_price = (position.cost_basis / position.size).quantize(PRICE_Q)
+            realized = -take.fee  # the BUY fee is a realized cost; avg price excludes fees
+        else:
+            released = (
+                position.cost_basis
+                if take.size == position.size
+                else cash(position.cost_basis * take.size / position.size)
+            )
+            realized = notional - released - take.fee
+            position.size -= take.size
+            position.cost_basis -= released
+            if position.size == 0:
+                position.avg_price = ZERO
+                position.cost_basis = ZERO
+        position.realized_pnl += realized
+        fill = Fill(
+            account=account,
+            seq=account.last_fill_seq + n,
+            epoch=account.epoch,
+            kind=Fill.Kind.FILL,
+            order=order,
+            token_id=order.token_id,
+            market_id=market.condition_id,
+            market_question=market.question,
+            outcome=token.outcome,
+            side=order.side,
+            price=take.price,
+            size=take.size,
+            notional=notional,
+            fee=take.fee,
+            fee_rate_bps=rate * 10000,
+            liquidity=Fill.Liquidity.TAKER,
+            realized_pnl=realized,
+            price_source="book",
+            book_as_of=book_as_of,
+            book_hash=top.hash,
+            levels=levels_json,
+            vwap=vwap_q,
+            mid_gap=mid_gap,
+            trigger_key=f"taker:{order.pk}:{n}",
+            filled_at=now,
+        )
+        sign = -1 if order.side == Side.BUY else 1
+        ledger_post(
+            account=account,
+            kind=LedgerEntry.Kind.TRADE,
+            amount=sign * notional,
+            order_id=order.pk,
+            fill_id=fill.pk,
+            memo=f"{order.side} {take.size} @ {take.price}",
+        )
+        if take.fee:
+            ledger_post(
+                account=account,
+                kind=LedgerEntry.Kind.FEE,
+                amount=-take.fee,
+                order_id=order.pk,
+                fill_id=fill.pk,
+                memo="taker fee",
+            )
+        applied.fills.append(fill)
+        applied.realized += realized
+        applied.fees += take.fee
+    Fill.objects.bulk_create(applied.fills)
+    position.save()
+    order.filled_size = walk.filled
+    order.filled_notional = walk.notional
+    order.fees_paid = walk.fees
+    return applied
+
+
+def _finish_order(
+    account: Account, order: Order, walk: Walk, rate: Decimal, exponent: Decimal
+) -> None:
+    """Final status at entry, and the remainder's reservation if it rests."""
+    if order.amount is not None:
+        done = walk.complete
+        remaining = ZERO
+    else:
+        assert order.size is not None
+        remaining = order.size - walk.filled
+        done = remaining == 0
+    if done:
+        target, reason = states.MATCHED, ""
+    elif order.time_in_force in (Order.TimeInForce.FAK, Order.TimeInForce.FOK):
+        target, reason = states.CANCELED, "FAK_REMAINDER"
+    else:  # GTC/GTD: the remainder rests at the limit price, its reservation kept
+        target, reason = states.LIVE, ""
+        if order.side == Side.BUY:
+            order.reserved_cash = buy_reservation(
+                price=order.price, size=remaining, rate=rate, exponent=exponent
+            )
+            account.reserved_cash += order.reserved_cash
+        else:
+            order.reserved_shares = remaining
+            Position.objects.filter(
+                account=account, token_id=order.token_id, epoch=order.epoch
+            ).update(reserved_size=F("reserved_size") + remaining)
+    states.ensure_transition(order.status, target)
+    order.status = target
+    order.reason = reason
+    order.save(
+        update_fields=[
+            "status",
+            "reason",
+            "filled_size",
+            "filled_notional",
+            "fees_paid",
+            "reserved_cash",
+            "reserved_shares",
+            "updated_at",
+        ]
+    )
