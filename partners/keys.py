@@ -1,4 +1,5 @@
-"""API key format, hashing and authentication.
+"""Partner API keys (`pk_`): authentication. Format, hashing and the per-process cache live
+in core.apikeys, shared with trader keys.
 
 Key: `pk_<8 lowercase alnum prefix>_<43-char urlsafe secret>` (256 bits of entropy). The prefix
 is public and indexed; the database holds SHA-256 of the whole key. Lookups are cached per
@@ -8,45 +9,22 @@ working anywhere (partner-api.md §2) while sparing the database one query per r
 
 from __future__ import annotations
 
-import hashlib
 import hmac
-import secrets
-import string
-import threading
-import time
 from dataclasses import dataclass
 
-from django.conf import settings
 from django.utils import timezone
 
 from core import errors
+from core.apikeys import PREFIX_LEN, KeyFormat, TtlCache, hash_key
 from partners.models import ApiKey, Tenant
 
 KEY_PREFIX = "pk_"
-PREFIX_LEN = 8
-_PREFIX_ALPHABET = string.ascii_lowercase + string.digits
 LAST_USED_WRITE_INTERVAL_S = 60
+_FORMAT = KeyFormat(KEY_PREFIX)
 
-
-def generate_key() -> tuple[str, str]:
-    """Return (prefix, full_key)."""
-    prefix = "".join(secrets.choice(_PREFIX_ALPHABET) for _ in range(PREFIX_LEN))
-    return prefix, f"{KEY_PREFIX}{prefix}_{secrets.token_urlsafe(32)}"
-
-
-def hash_key(raw_key: str) -> str:
-    return hashlib.sha256(raw_key.encode()).hexdigest()
-
-
-def parse_prefix(raw_key: str) -> str | None:
-    if not raw_key.startswith(KEY_PREFIX) or len(raw_key) < len(KEY_PREFIX) + PREFIX_LEN + 2:
-        return None
-    prefix = raw_key[len(KEY_PREFIX) : len(KEY_PREFIX) + PREFIX_LEN]
-    if raw_key[len(KEY_PREFIX) + PREFIX_LEN] != "_":
-        return None
-    if any(c not in _PREFIX_ALPHABET for c in prefix):
-        return None
-    return prefix
+generate_key = _FORMAT.generate
+parse_prefix = _FORMAT.parse_prefix
+__all__ = ["PREFIX_LEN", "Caller", "authenticate", "generate_key", "hash_key", "key_cache"]
 
 
 @dataclass(frozen=True)
@@ -61,35 +39,7 @@ class Caller:
         return frozenset(self.api_key.scopes)
 
 
-class _KeyCache:
-    """prefix → (loaded_at, ApiKey-with-tenant or None). Tiny TTL; per process."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._entries: dict[str, tuple[float, ApiKey | None]] = {}
-
-    def get(self, prefix: str) -> tuple[bool, ApiKey | None]:
-        ttl = float(settings.API_KEY_CACHE_SECONDS)
-        if ttl <= 0:
-            return False, None
-        with self._lock:
-            entry = self._entries.get(prefix)
-        if entry is None or time.monotonic() - entry[0] > ttl:
-            return False, None
-        return True, entry[1]
-
-    def put(self, prefix: str, key: ApiKey | None) -> None:
-        with self._lock:
-            if len(self._entries) > 10_000:
-                self._entries.clear()
-            self._entries[prefix] = (time.monotonic(), key)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-
-
-key_cache = _KeyCache()
+key_cache: TtlCache[ApiKey] = TtlCache()
 
 
 def _load(prefix: str) -> ApiKey | None:

@@ -9,47 +9,23 @@ revoked key keeps working anywhere as for partner keys.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
-import secrets
-import string
-import threading
-import time
 
-from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from accounts.models import TraderApiKey, User
 from core import errors
+from core.apikeys import PREFIX_LEN, KeyFormat, TtlCache, hash_key
 
 KEY_PREFIX = "tk_"
-PREFIX_LEN = 8
-_PREFIX_ALPHABET = string.ascii_lowercase + string.digits
 LAST_USED_WRITE_INTERVAL_S = 60
 _CREATE_ATTEMPTS = 5
+_FORMAT = KeyFormat(KEY_PREFIX)
 
-
-def generate_key() -> tuple[str, str]:
-    """Return (prefix, full_key)."""
-    prefix = "".join(secrets.choice(_PREFIX_ALPHABET) for _ in range(PREFIX_LEN))
-    return prefix, f"{KEY_PREFIX}{prefix}_{secrets.token_urlsafe(32)}"
-
-
-def hash_key(raw_key: str) -> str:
-    return hashlib.sha256(raw_key.encode()).hexdigest()
-
-
-def parse_prefix(raw_key: str) -> str | None:
-    """The public prefix of a `tk_` key, or None when the text is not shaped like one."""
-    if not raw_key.startswith(KEY_PREFIX) or len(raw_key) < len(KEY_PREFIX) + PREFIX_LEN + 2:
-        return None
-    prefix = raw_key[len(KEY_PREFIX) : len(KEY_PREFIX) + PREFIX_LEN]
-    if raw_key[len(KEY_PREFIX) + PREFIX_LEN] != "_":
-        return None
-    if any(c not in _PREFIX_ALPHABET for c in prefix):
-        return None
-    return prefix
+generate_key = _FORMAT.generate
+parse_prefix = _FORMAT.parse_prefix
+__all__ = ["PREFIX_LEN", "hash_key", "key_cache", "trader_key_authenticate", "trader_key_create"]
 
 
 def looks_like_trader_key(raw_key: str) -> bool:
@@ -87,39 +63,7 @@ def trader_key_revoke(*, key: TraderApiKey) -> TraderApiKey:
 
 
 # --- Authentication -------------------------------------------------------------------------
-class _KeyCache:
-    """prefix → (loaded_at, key-with-user or None). Tiny TTL; per process."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._entries: dict[str, tuple[float, TraderApiKey | None]] = {}
-
-    def get(self, prefix: str) -> tuple[bool, TraderApiKey | None]:
-        ttl = float(settings.API_KEY_CACHE_SECONDS)
-        if ttl <= 0:
-            return False, None
-        with self._lock:
-            entry = self._entries.get(prefix)
-        if entry is None or time.monotonic() - entry[0] > ttl:
-            return False, None
-        return True, entry[1]
-
-    def put(self, prefix: str, key: TraderApiKey | None) -> None:
-        with self._lock:
-            if len(self._entries) > 10_000:
-                self._entries.clear()
-            self._entries[prefix] = (time.monotonic(), key)
-
-    def forget(self, prefix: str) -> None:
-        with self._lock:
-            self._entries.pop(prefix, None)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-
-
-key_cache = _KeyCache()
+key_cache: TtlCache[TraderApiKey] = TtlCache()
 
 
 def _load(prefix: str) -> TraderApiKey | None:
