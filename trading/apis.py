@@ -5,8 +5,8 @@ API key `tk_…` in `Authorization: Bearer` or `X-API-Key`, else the Django sess
 enforced on unsafe methods, since a browser sends the session cookie on its own) → the per-user
 rate limit → the view. Errors are the partner API's envelope (core.errors / core.exceptions).
 A trader only ever reaches their own accounts (trading.permissions): another user's account is
-the same NOT_FOUND as a missing one. Views only translate HTTP ↔ selectors; they never build
-error bodies.
+the same NOT_FOUND as a missing one. Views only translate HTTP ↔ selectors and services; they
+never build error bodies.
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import uuid
 from collections.abc import Iterable
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
@@ -35,7 +37,7 @@ from rest_framework.views import APIView
 from accounts.models import Account, User
 from accounts.services.trader_keys import trader_key_authenticate
 from core import errors
-from core.api import MoneyField, PriceField
+from core.api import CleanTextField, MoneyField, PriceField, StrictInputSerializer
 from core.money import wire
 from core.pagination import encode_cursor, keyset_page, parse_limit
 from marketdata import states as market_states
@@ -51,9 +53,11 @@ from partners.apis import (
     envelope_body,
 )
 from partners.ratelimit import rate_limit_check
-from trading.models import Fill
-from trading.permissions import account_for_trader
+from trading import states as order_states
+from trading.models import Fill, Order, Side
+from trading.permissions import account_for_trader, ensure_account_tradable
 from trading.selectors import account_equity, account_state
+from trading.services import order_cancel, order_cancel_account, order_cancel_market, order_place
 
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 # Polymarket's /prices-history windows ("1m" is one month, "max" everything).
@@ -66,6 +70,7 @@ UPSTREAM_RETRIES = 1
 MARKET_SORTS = ("volume", "ending_soon")
 MARKET_STATUSES = (*(s.value for s in Market.Status), "all")
 
+_LISTED_ABOVE = (errors.AccountClosed, errors.ValidationFailed)
 # The codes this API can answer with (the schema lists them; clients branch on them).
 TRADER_ERROR_CODES: tuple[type[errors.DomainError], ...] = (
     errors.MissingCredentials,
@@ -79,6 +84,11 @@ TRADER_ERROR_CODES: tuple[type[errors.DomainError], ...] = (
     errors.AccountClosed,
     errors.TenantDisabled,
     errors.BookNotReady,
+    # The order engine's codes (trading-engine.md §2; ACCOUNT_CLOSED and VALIDATION_FAILED
+    # are above). MARKET_NOT_READY is listed twice on purpose: 503 on a book read, 422 on an
+    # order.
+    *(e for e in errors.ENGINE_ERROR_CODES if e not in _LISTED_ABOVE),
+    order_states.IllegalTransition,
     errors.RateLimitExceeded,
     errors.ServiceUnavailable,
     errors.InternalError,
@@ -735,6 +745,293 @@ class TradeListApi(TraderApiView):
         )
 
 
+# --- Orders -----------------------------------------------------------------------------------
+ORDER_STATUSES = tuple(Order.Status.values)
+# Bounds that only keep Decimal arithmetic finite; every business rule on price, size and
+# amount (tick, minimum size, decimals, > 0) is the engine's, so its codes reach the client.
+ORDER_PRICE_MAX = Decimal("1000")
+ORDER_QUANTITY_MAX = Decimal("1000000000000")
+ORDER_FILTER_MAX_LENGTH = 100
+
+IDEMPOTENCY_NOT_SUPPORTED = OpenApiParameter(
+    "Idempotency-Key",
+    str,
+    OpenApiParameter.HEADER,
+    required=False,
+    description="Not supported on POST /v1/orders (refused with VALIDATION_FAILED so a retry "
+    "is never silently unsafe): send `client_order_id` instead.",
+)
+ENGINE_ERRORS = {
+    400: OpenApiResponse(
+        ERROR_BODY,
+        description="INVALID_ORDER_MIN_TICK_SIZE, INVALID_ORDER_MIN_SIZE, "
+        "INVALID_ORDER_EXPIRATION, INVALID_POST_ONLY_ORDER_TYPE, MALFORMED_JSON",
+    ),
+    403: OpenApiResponse(ERROR_BODY, description="CSRF_FAILED, TENANT_DISABLED"),
+    409: OpenApiResponse(ERROR_BODY, description="ACCOUNT_CLOSED"),
+    422: OpenApiResponse(
+        ERROR_BODY,
+        description="VALIDATION_FAILED, INVALID_ORDER_DUPLICATED, "
+        "INVALID_ORDER_NOT_ENOUGH_BALANCE, INSUFFICIENT_POSITION, INVALID_POST_ONLY_ORDER, "
+        "FOK_ORDER_NOT_FILLED_ERROR, MARKET_CLOSED, MARKET_NOT_READY",
+    ),
+    503: OpenApiResponse(ERROR_BODY, description="STALE_BOOK (taker orders paused)"),
+}
+
+
+class OrderOutput(serializers.Serializer):
+    id = serializers.UUIDField()
+    account_id = serializers.UUIDField()
+    token_id = serializers.CharField()
+    market_id = serializers.CharField(help_text="The market's condition id")
+    side = serializers.ChoiceField(choices=Side.values)
+    type = serializers.ChoiceField(choices=Order.Type.values)
+    time_in_force = serializers.ChoiceField(choices=Order.TimeInForce.values)
+    post_only = serializers.BooleanField()
+    price = PriceField(help_text="Limit price; for market orders the worst acceptable price")
+    size = PriceField(allow_null=True, help_text="Shares (limit orders and market SELLs)")
+    amount = MoneyField(allow_null=True, help_text="Cash to spend (market BUYs)")
+    status = serializers.ChoiceField(choices=Order.Status.values)
+    reason = serializers.CharField(help_text="Why it left `live` (e.g. USER, EXPIRED), or ''")
+    filled_size = PriceField()
+    filled_notional = MoneyField()
+    fees_paid = MoneyField()
+    reserved_cash = MoneyField(help_text="Cash held for the resting remainder (BUY)")
+    reserved_shares = PriceField(help_text="Shares held for the resting remainder (SELL)")
+    client_order_id = serializers.CharField(allow_null=True)
+    expiration = serializers.IntegerField(allow_null=True, help_text="GTD: unix seconds")
+    created_at = IsoDateTimeField()
+    updated_at = IsoDateTimeField()
+
+
+class OrderDetailOutput(OrderOutput):
+    fills = TradeOutput(many=True, help_text="Its fills, as GET /v1/trades lists them")
+
+
+def order_body(order: Order) -> dict[str, Any]:
+    """An order as OrderOutput documents it."""
+    return {
+        "id": str(order.pk),
+        "account_id": str(order.account_id),
+        "token_id": order.token_id,
+        "market_id": order.market_id,
+        "side": order.side,
+        "type": order.type,
+        "time_in_force": order.time_in_force,
+        "post_only": order.post_only,
+        "price": wire(order.price, min_places=0),
+        "size": wire(order.size, min_places=0),
+        "amount": wire(order.amount),
+        "status": order.status,
+        "reason": order.reason,
+        "filled_size": wire(order.filled_size, min_places=0),
+        "filled_notional": wire(order.filled_notional),
+        "fees_paid": wire(order.fees_paid),
+        "reserved_cash": wire(order.reserved_cash),
+        "reserved_shares": wire(order.reserved_shares, min_places=0),
+        "client_order_id": order.client_order_id,
+        "expiration": int(order.expiration.timestamp()) if order.expiration else None,
+        "created_at": _iso(order.created_at),
+        "updated_at": _iso(order.updated_at),
+    }
+
+
+def order_detail_body(order: Order, fills: Iterable[Fill] | None = None) -> dict[str, Any]:
+    """OrderDetailOutput: the order and its fills (read from the database unless given)."""
+    if fills is None:
+        fills = order.fills.order_by("seq")
+    return {**order_body(order), "fills": TradeOutput(list(fills), many=True).data}
+
+
+def _order_for_trader(*, user: User, order_id: str) -> Order:
+    """The order if its account belongs to `user`; NotFound otherwise (malformed, missing or
+    someone else's: indistinguishable, as for accounts)."""
+    try:
+        key = uuid.UUID(str(order_id))
+    except ValueError:
+        raise errors.NotFound() from None
+    order = Order.objects.filter(pk=key, account__owner=user).first()
+    if order is None:
+        raise errors.NotFound()
+    return order
+
+
+def _filter_param(params: Any, name: str) -> str:
+    value = (params.get(name) or "").strip()
+    if len(value) > ORDER_FILTER_MAX_LENGTH:
+        raise errors.ValidationFailed(
+            details={name: [f"At most {ORDER_FILTER_MAX_LENGTH} characters."]}
+        )
+    return str(value)
+
+
+class OrderListApi(TraderApiView):
+    class InputSerializer(StrictInputSerializer):
+        account_id = serializers.CharField(max_length=64)
+        token_id = CleanTextField(max_length=100)
+        side = serializers.ChoiceField(choices=Side.values)
+        type = serializers.ChoiceField(choices=Order.Type.values)
+        price = PriceField(required=False, allow_null=True, max_value=ORDER_PRICE_MAX)
+        size = PriceField(required=False, allow_null=True, max_value=ORDER_QUANTITY_MAX)
+        amount = MoneyField(required=False, allow_null=True, max_value=ORDER_QUANTITY_MAX)
+        time_in_force = serializers.ChoiceField(
+            choices=Order.TimeInForce.values, required=False, allow_null=True
+        )
+        expiration = serializers.IntegerField(
+            required=False, allow_null=True, min_value=0, max_value=2**40
+        )
+        post_only = serializers.BooleanField(required=False, default=False)
+        client_order_id = CleanTextField(
+            required=False, allow_null=True, min_length=1, max_length=128
+        )
+
+    @extend_schema(
+        operation_id="orders_place",
+        request=InputSerializer,
+        parameters=[IDEMPOTENCY_NOT_SUPPORTED],
+        responses={
+            201: OrderDetailOutput,
+            200: OpenApiResponse(
+                OrderDetailOutput,
+                description="Replay: the same client_order_id with the same content returns "
+                "the existing order",
+            ),
+            **COMMON_ERRORS,
+            **NOT_FOUND,
+            **ENGINE_ERRORS,
+        },
+        description="Place an order on one of your accounts. What crosses the live book fills "
+        "at once as taker (the fills are in the response); a GTC/GTD remainder rests with its "
+        "cash or shares reserved. Prices and sizes are decimal strings. Retries are safe with "
+        "`client_order_id`: the same id and content returns the first order (200), or its "
+        "rejection again; the same id with different content is INVALID_ORDER_DUPLICATED.",
+    )
+    def post(self, request: Request) -> Response:
+        if request.headers.get("Idempotency-Key"):
+            raise errors.ValidationFailed(
+                details={
+                    "Idempotency-Key": [
+                        "Not supported on the trader API; send client_order_id to make order "
+                        "retries safe."
+                    ]
+                }
+            )
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        values = dict(data.validated_data)
+        account = account_for_trader(user=self.user, account_id=values.pop("account_id"))
+        ensure_account_tradable(account)
+        # Not wrapped in a transaction here: the engine commits rejections it stores on purpose.
+        placed = order_place(account_id=account.pk, **values)
+        return Response(
+            order_detail_body(placed.order, placed.fills),
+            status=201 if placed.created else 200,
+        )
+
+    @extend_schema(
+        operation_id="orders_list",
+        parameters=[
+            OpenApiParameter("account_id", str, required=True),
+            OpenApiParameter("status", str, enum=list(ORDER_STATUSES), description="default all"),
+            OpenApiParameter("market", str, description="A market's condition id"),
+            OpenApiParameter("token_id", str),
+            *PAGE_PARAMS,
+        ],
+        responses={
+            200: _page_serializer("OrderPage", OrderOutput),
+            **COMMON_ERRORS,
+            **NOT_FOUND,
+        },
+        description="The account's orders, oldest first (keyset on creation time).",
+    )
+    def get(self, request: Request) -> Response:
+        params = request.query_params
+        account = account_for_trader(user=self.user, account_id=_required(params, "account_id"))
+        status = _choice(params, "status", (*ORDER_STATUSES, "all"), "all")
+        market = _filter_param(params, "market")
+        token_id = _filter_param(params, "token_id")
+        qs = Order.objects.filter(account=account)
+        if status != "all":
+            qs = qs.filter(status=status)
+        if market:
+            qs = qs.filter(market_id=market)
+        if token_id:
+            qs = qs.filter(token_id=token_id)
+        # The cursor is bound to this account and these filters.
+        query_key = json.dumps([str(account.pk), status, market, token_id], separators=(",", ":"))
+        scope = "orders:" + hashlib.sha256(query_key.encode()).hexdigest()[:16]
+        page = keyset_page(
+            qs,
+            scope=scope,
+            fields=("created_at", "id"),
+            cursor=params.get("cursor"),
+            limit=parse_limit(params.get("limit")),
+        )
+        return Response(
+            {
+                "data": [order_body(o) for o in page.items],
+                "next_cursor": page.next_cursor,
+                "has_more": page.has_more,
+            }
+        )
+
+    @extend_schema(
+        operation_id="orders_cancel_many",
+        parameters=[
+            OpenApiParameter("account_id", str, required=True),
+            OpenApiParameter("market", str, description="Only this market's orders (condition id)"),
+        ],
+        responses={
+            200: inline_serializer(
+                "OrdersCanceled", fields={"canceled": serializers.IntegerField()}
+            ),
+            **COMMON_ERRORS,
+            **NOT_FOUND,
+        },
+        description="Cancel the account's live orders (of one market with `market`), releasing "
+        'their reservations. Idempotent: nothing left to cancel is `{"canceled": 0}`.',
+    )
+    def delete(self, request: Request) -> Response:
+        params = request.query_params
+        account = account_for_trader(user=self.user, account_id=_required(params, "account_id"))
+        market = _filter_param(params, "market")
+        if market:
+            canceled = order_cancel_market(account_id=account.pk, market_id=market, reason="USER")
+        else:
+            canceled = order_cancel_account(account_id=account.pk)
+        return Response({"canceled": canceled})
+
+
+class OrderDetailApi(TraderApiView):
+    @extend_schema(
+        operation_id="orders_get",
+        responses={200: OrderDetailOutput, **COMMON_ERRORS, **NOT_FOUND},
+        description="One of your orders with its fills.",
+    )
+    def get(self, request: Request, order_id: str) -> Response:
+        return Response(order_detail_body(_order_for_trader(user=self.user, order_id=order_id)))
+
+    @extend_schema(
+        operation_id="orders_cancel",
+        responses={
+            200: OrderDetailOutput,
+            **COMMON_ERRORS,
+            **NOT_FOUND,
+            409: OpenApiResponse(
+                ERROR_BODY, description="ILLEGAL_TRANSITION: the order is already finished"
+            ),
+        },
+        description="Cancel a live order and release its reservation. Cancelling a canceled "
+        "order returns it unchanged; a matched, expired or rejected one is ILLEGAL_TRANSITION. "
+        "Allowed on a frozen (firm-suspended) account: cancelling only reduces exposure.",
+    )
+    def delete(self, request: Request, order_id: str) -> Response:
+        order = _order_for_trader(user=self.user, order_id=order_id)
+        order = order_cancel(account_id=order.account_id, order_id=order.pk, reason="USER")
+        order.refresh_from_db()  # the cancel writes through a queryset update (updated_at)
+        return Response(order_detail_body(order))
+
+
 # --- OpenAPI ----------------------------------------------------------------------------------
 def schema_postprocess(
     result: dict[str, Any], generator: Any, request: Any, public: bool
@@ -760,14 +1057,22 @@ SCHEMA_SETTINGS: dict[str, Any] = {
     "TITLE": "polysim Trader API",
     "DESCRIPTION": (
         "The native API for traders and their bots (the web UI uses it too): markets and live "
-        "books, price history, your accounts and fills. Authenticate with a personal trader "
-        "API key (`Authorization: Bearer tk_...` or `X-API-Key: tk_...`) or a signed-in "
+        "books, price history, your accounts, orders and fills. Authenticate with a personal "
+        "trader API key (`Authorization: Bearer tk_...` or `X-API-Key: tk_...`) or a signed-in "
         "session (then send the CSRF token in `X-CSRFToken` on POST/DELETE). You only ever "
         "see your own accounts. Money and prices are decimal strings. Every error is "
         '`{"error": CODE, "message": ..., "details"?: {...}}`; the code is echoed in '
         "`X-Error-Code`."
     ),
     "SCHEMA_PATH_PREFIX": r"/v1",
+    # Stable component names for the choice sets that share a field name.
+    "ENUM_NAME_OVERRIDES": {
+        "MarketStatusEnum": Market.Status.choices,
+        "OrderStatusEnum": Order.Status.values,
+        "OrderSideEnum": Side.values,
+        "OrderTypeEnum": Order.Type.values,
+        "TimeInForceEnum": Order.TimeInForce.values,
+    },
     "APPEND_COMPONENTS": {
         "securitySchemes": {
             "TraderKeyBearer": {

@@ -1,8 +1,6 @@
 """/v1/* routes of the native trader API (included after /v1/partner/, which wins). Ids are
 matched loosely ([^/]+) so a malformed id reaches the view and gets the same NOT_FOUND as a
-missing or foreign one; a trailing slash is tolerated.
-
-The order endpoints (/v1/orders...) are wired in with the order engine."""
+missing or foreign one; a trailing slash is tolerated."""
 
 from types import SimpleNamespace
 
@@ -29,6 +27,12 @@ api_patterns: list[URLPattern | URLResolver] = [
         name="trader-account",
     ),
     re_path(r"^trades/?$", apis.TradeListApi.as_view(), name="trader-trades"),
+    re_path(r"^orders/?$", apis.OrderListApi.as_view(), name="trader-orders"),
+    re_path(
+        rf"^orders/{ID.format(name='order_id')}/?$",
+        apis.OrderDetailApi.as_view(),
+        name="trader-order",
+    ),
 ]
 
 # What the OpenAPI generator walks: the trader surface only, at its real prefix (the partner

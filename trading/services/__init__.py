@@ -3,6 +3,7 @@
 
 from trading.services.cancel import (
     order_cancel,
+    order_cancel_account,
     order_cancel_all,
     order_cancel_market,
     orders_expire,
@@ -16,6 +17,7 @@ __all__ = [
     "account_close",
     "account_reset",
     "order_cancel",
+    "order_cancel_account",
     "order_cancel_all",
     "order_cancel_market",
     "order_place",

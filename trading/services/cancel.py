@@ -95,6 +95,14 @@ def order_cancel_market(*, account_id: Any, market_id: str, reason: str = "USER"
 
 @retry_on_conflict()
 @transaction.atomic
+def order_cancel_account(*, account_id: Any, reason: str = "USER") -> int:
+    """Cancel every live order of the account. Takes the account row lock (order_cancel_all
+    expects its caller to hold it). Idempotent: a second run cancels nothing and returns 0."""
+    return order_cancel_all(account=account_lock(account_id=account_id), reason=reason)
+
+
+@retry_on_conflict()
+@transaction.atomic
 def _expire_account(*, account_id: Any, now: dt.datetime) -> int:
     account = account_lock(account_id=account_id)
     orders = _live(
