@@ -125,6 +125,7 @@ CELERY_BEAT_SCHEDULE = {
     "outbox-sweep": {"task": "accounts.tasks.outbox_sweep", "schedule": 60.0},
     "idempotency-purge": {"task": "partners.tasks.idempotency_purge", "schedule": 3600.0},
     "marketdata-discover": {"task": "marketdata.tasks.discover_markets", "schedule": 600.0},
+    "orders-expire": {"task": "trading.tasks.orders_expire", "schedule": 15.0},
 }
 
 # --- Email --------------------------------------------------------------------------------
@@ -239,6 +240,9 @@ MARKETDATA_TOP_MARKETS = env.int("MARKETDATA_TOP_MARKETS", default=50)
 MARKETDATA_TOKEN_SOURCES = ["trading.selectors.feed_tokens_wanted"]
 # Streams of book updates on the price bus (md:updates:<i>); feed and matchers must agree.
 PRICE_BUS_SHARDS = env.int("PRICE_BUS_SHARDS", default=1)
+# A top is live only while its shard's feed heartbeat (md:heartbeat:<i>, beaten every second)
+# is younger than this; older, its books take no taker orders (STALE_BOOK) even if `fresh`.
+PRICE_BUS_HEARTBEAT_STALE_SECONDS = env.float("PRICE_BUS_HEARTBEAT_STALE_SECONDS", default=5.0)
 
 LOGGING = {
     "version": 1,

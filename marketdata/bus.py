@@ -22,6 +22,24 @@ Prices and sizes are the exchange's exact decimal strings everywhere on the bus;
 
 Sharding: `shard_of(token_id, n)` = CRC-32 of the token id mod n: stable across processes
 and machines (Python's `hash()` of a str is randomised per process).
+
+Liveness (trading-engine.md §8): a top's `fresh` flag is only as good as the feed process that
+maintains it: a feed that dies or hangs without closing its sockets never publishes its books
+stale. So each feed also calls `heartbeat(shard)` every second, and a top is *live* only when
+it is fresh AND its shard's heartbeat is younger than `heartbeat_stale_ms`
+(PRICE_BUS_HEARTBEAT_STALE_SECONDS, default 5 s). Readers that act on a book (the engine's
+STALE_BOOK rule) use `latest_live()`: the top and its shard's heartbeat in ONE round trip.
+
+* Redis: `md:heartbeat:<shard>` holds the epoch ms of the last beat, taken from the Redis
+  server's clock (`TIME` inside a small script), and `latest_live()` reads the current
+  server `TIME` in the same pipeline as its `MGET`. The age is therefore measured on one
+  clock, the Redis server's: skew between feed, web and matcher hosts does not matter. Only a
+  step of the Redis host's own clock does: forward, books read stale until the next beat (at
+  most a second); backward by S, a heartbeat "from the future" counts as just written, so a
+  feed that died right then is noticed up to S late.
+* In process: a dict of the same ms timestamps on the process's wall clock.
+
+A heartbeat newer than the reading clock (negative age) counts as age 0 (see above).
 """
 
 from __future__ import annotations
@@ -44,6 +62,8 @@ if TYPE_CHECKING:
 
 BOOK_KEY: Final = "md:book:"  # + token_id
 STREAM_KEY: Final = "md:updates:"  # + shard number
+HEARTBEAT_KEY: Final = "md:heartbeat:"  # + shard number -> epoch ms of the feed's last beat
+DEFAULT_HEARTBEAT_STALE_MS: Final = 5_000
 DEFAULT_MAXLEN: Final = 100_000  # stream entries (batches) kept per shard, approximately
 DEFAULT_DEPTH: Final = 10
 
@@ -247,6 +267,19 @@ def encode_top(
     )
 
 
+class LiveTop(NamedTuple):
+    """A token's latest top and whether it may be acted on now: `live` is True only when
+    the top exists, is `fresh`, and its shard's feed heartbeat is young enough."""
+
+    top: BookTop | None
+    live: bool
+
+
+def heartbeat_is_young(beat_ms: int | None, now: int, stale_ms: int) -> bool:
+    """A heartbeat counts while younger than stale_ms; a missing one never does."""
+    return beat_ms is not None and now - beat_ms < stale_ms
+
+
 class BusMessage(NamedTuple):
     """One stream entry: the tops of one publish() for one shard, in publish order."""
 
@@ -296,6 +329,21 @@ class PriceBus(Protocol):
     def mark_stale(self, token_ids: Iterable[str]) -> list[BookTop]:
         """Republish the latest tops of these tokens with fresh=False (and stream them so
         the matcher stops). Meant for the feed that owns the tokens (their only writer)."""
+
+    heartbeat_stale_ms: int
+
+    def heartbeat(self, shard: int, *, at_ms: int | None = None) -> None:
+        """The feed of `shard` is alive and maintains its tokens' `fresh` flags. Called by
+        the feed every second; `at_ms` (tests, tools) backdates the beat."""
+
+    def heartbeat_age_ms(self, shard: int) -> int | None:
+        """Milliseconds since the shard's last heartbeat (None: never beat)."""
+
+    def live(self, top_or_token: BookTop | str) -> bool:
+        """Whether a top (or a token's latest top) is fresh with a young shard heartbeat."""
+
+    def latest_live(self, token_id: str) -> LiveTop:
+        """The latest top and its liveness, in ONE round trip (the engine's only read)."""
 
     def shard_of(self, token_id: str) -> int: ...
 
@@ -372,12 +420,20 @@ def _entry_seq(entry_id: str) -> int:
 class InProcessBus:
     """The bus inside one process (embedded demo, tests): same semantics as RedisBus."""
 
-    def __init__(self, *, n_shards: int = 1, maxlen: int = DEFAULT_MAXLEN) -> None:
+    def __init__(
+        self,
+        *,
+        n_shards: int = 1,
+        maxlen: int = DEFAULT_MAXLEN,
+        heartbeat_stale_ms: int = DEFAULT_HEARTBEAT_STALE_MS,
+    ) -> None:
         if n_shards < 1:
             raise ValueError("n_shards must be >= 1")
         self.n_shards = n_shards
         self.maxlen = maxlen
+        self.heartbeat_stale_ms = heartbeat_stale_ms
         self._latest: dict[str, bytes] = {}
+        self._heartbeats: dict[int, int] = {}  # shard -> epoch ms of its last beat
         self._streams = [_Stream(maxlen) for _ in range(n_shards)]
         self._cond = threading.Condition()
 
@@ -413,6 +469,29 @@ class InProcessBus:
         ]
         self.publish(stale)
         return stale
+
+    def heartbeat(self, shard: int, *, at_ms: int | None = None) -> None:
+        self._heartbeats[shard] = now_ms() if at_ms is None else at_ms
+
+    def heartbeat_age_ms(self, shard: int) -> int | None:
+        beat = self._heartbeats.get(shard)
+        return None if beat is None else max(0, now_ms() - beat)
+
+    def _beating(self, token_id: str) -> bool:
+        beat = self._heartbeats.get(self.shard_of(token_id))
+        return heartbeat_is_young(beat, now_ms(), self.heartbeat_stale_ms)
+
+    def live(self, top_or_token: BookTop | str) -> bool:
+        if isinstance(top_or_token, str):
+            return self.latest_live(top_or_token).live
+        return top_or_token.fresh and self._beating(top_or_token.token_id)
+
+    def latest_live(self, token_id: str) -> LiveTop:
+        blob = self._latest.get(token_id)
+        if blob is None:
+            return LiveTop(None, False)
+        top = BookTop.from_json(blob)
+        return LiveTop(top, top.fresh and self._beating(token_id))
 
     def ensure_group(self, shard: int, group: str, *, start_id: str = "0") -> None:
         with self._cond:
@@ -513,17 +592,44 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+# Stamp a shard's heartbeat with the Redis server's clock (one round trip; EVALSHA after the
+# first call). Scripts may call TIME before writing since Redis 5 (effects replication).
+_HEARTBEAT_LUA: Final = """
+local t = redis.call('TIME')
+local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('SET', KEYS[1], ms)
+return ms
+"""
+
+
+def _time_ms(reply: Any) -> int:
+    """A `TIME` reply ([seconds, microseconds]) as epoch ms."""
+    seconds, micros = reply
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+def _int_or_none(value: bytes | str | None) -> int | None:
+    return None if value is None else int(value)
+
+
 class RedisBus:
     """The bus on Redis (see the module docstring for the key layout)."""
 
     def __init__(
-        self, client: redis.Redis, *, n_shards: int = 1, maxlen: int = DEFAULT_MAXLEN
+        self,
+        client: redis.Redis,
+        *,
+        n_shards: int = 1,
+        maxlen: int = DEFAULT_MAXLEN,
+        heartbeat_stale_ms: int = DEFAULT_HEARTBEAT_STALE_MS,
     ) -> None:
         if n_shards < 1:
             raise ValueError("n_shards must be >= 1")
         self.client = client
         self.n_shards = n_shards
         self.maxlen = maxlen
+        self.heartbeat_stale_ms = heartbeat_stale_ms
+        self._heartbeat_script = client.register_script(_HEARTBEAT_LUA)
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> RedisBus:
@@ -542,6 +648,10 @@ class RedisBus:
     @staticmethod
     def stream_key(shard: int) -> str:
         return f"{STREAM_KEY}{shard}"
+
+    @staticmethod
+    def heartbeat_key(shard: int) -> str:
+        return f"{HEARTBEAT_KEY}{shard}"
 
     def publish(self, tops: Sequence[BookTop]) -> None:
         self.publish_json([(t.token_id, orjson.dumps(t)) for t in tops])
@@ -583,6 +693,40 @@ class RedisBus:
         ]
         self.publish(stale)
         return stale
+
+    def heartbeat(self, shard: int, *, at_ms: int | None = None) -> None:
+        if at_ms is None:
+            self._heartbeat_script(keys=[self.heartbeat_key(shard)])
+        else:
+            self.client.set(self.heartbeat_key(shard), at_ms)
+
+    def heartbeat_age_ms(self, shard: int) -> int | None:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.get(self.heartbeat_key(shard))
+        pipe.time()
+        beat, now = pipe.execute()
+        return None if beat is None else max(0, _time_ms(now) - int(beat))
+
+    def live(self, top_or_token: BookTop | str) -> bool:
+        if isinstance(top_or_token, str):
+            return self.latest_live(top_or_token).live
+        if not top_or_token.fresh:
+            return False
+        age = self.heartbeat_age_ms(self.shard_of(top_or_token.token_id))
+        return age is not None and age < self.heartbeat_stale_ms
+
+    def latest_live(self, token_id: str) -> LiveTop:
+        """ONE round trip: a pipeline of `MGET md:book:<token> md:heartbeat:<shard>` and
+        `TIME` (the server clock the heartbeat was stamped with)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.mget([BOOK_KEY + token_id, self.heartbeat_key(self.shard_of(token_id))])
+        pipe.time()
+        (blob, beat), now = pipe.execute()
+        if blob is None:
+            return LiveTop(None, False)
+        top = BookTop.from_json(blob)
+        young = heartbeat_is_young(_int_or_none(beat), _time_ms(now), self.heartbeat_stale_ms)
+        return LiveTop(top, top.fresh and young)
 
     def ensure_group(self, shard: int, group: str, *, start_id: str = "0") -> None:
         import redis
@@ -656,21 +800,30 @@ def get_bus() -> PriceBus:
     """RedisBus when settings.REDIS_URL is set, else the process's InProcessBus.
 
     `PRICE_BUS_SHARDS` (default 1) must be the same for the feed and the matchers.
+    `PRICE_BUS_HEARTBEAT_STALE_SECONDS` (default 5) is re-read on every call.
     """
     from django.conf import settings
 
     url = getattr(settings, "REDIS_URL", "") or ""
     n_shards = int(getattr(settings, "PRICE_BUS_SHARDS", 1) or 1)
+    stale_seconds = getattr(settings, "PRICE_BUS_HEARTBEAT_STALE_SECONDS", None)
+    stale_ms = (
+        DEFAULT_HEARTBEAT_STALE_MS if stale_seconds is None else int(float(stale_seconds) * 1000)
+    )
     global _in_process
+    bus: InProcessBus | RedisBus
     with _bus_lock:
         if url:
-            bus = _redis_buses.get((url, n_shards))
-            if bus is None:
-                bus = _redis_buses[(url, n_shards)] = RedisBus.from_url(url, n_shards=n_shards)
-            return bus
-        if _in_process is None or _in_process.n_shards != n_shards:
-            _in_process = InProcessBus(n_shards=n_shards)
-        return _in_process
+            found = _redis_buses.get((url, n_shards))
+            if found is None:
+                found = _redis_buses[(url, n_shards)] = RedisBus.from_url(url, n_shards=n_shards)
+            bus = found
+        else:
+            if _in_process is None or _in_process.n_shards != n_shards:
+                _in_process = InProcessBus(n_shards=n_shards)
+            bus = _in_process
+        bus.heartbeat_stale_ms = stale_ms
+        return bus
 
 
 def reset_bus() -> None:

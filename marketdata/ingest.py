@@ -16,6 +16,18 @@ there are more than MARKETDATA_WS_MAX_TOKENS. Per connection:
   REST resnapshot; the token is published stale until it is in sync again;
 * `market_resolved` is applied to the market's lifecycle (once, however many sources).
 
+Heartbeat: while `run()` is running, the ingester calls `bus.heartbeat(shard)` every
+`heartbeat_seconds` (1 s) from a task on its own event loop, and stops the moment it is
+stopped. The heartbeat means "the feed process for this shard is alive and maintains its
+tokens' `fresh` flags"; it does NOT mean "the shard has live connections": a lost or silent
+connection already publishes its tokens stale (above), so the ingester keeps beating with
+zero connections. What only the heartbeat covers is the process itself dying or hanging
+without closing its sockets (kill -9, OOM, a wedged event loop, a partitioned host): its last
+tops would otherwise stay `fresh: true` forever. Because the beat runs on the same loop that
+publishes, a blocked loop stops both, and readers (`PriceBus.latest_live`) treat every
+token of the shard as stale once the beat is older than PRICE_BUS_HEARTBEAT_STALE_SECONDS.
+The embedded demo runs one ingester for all tokens (`shards=1`): it beats every bus shard.
+
 Which tokens: the union of the sources named in MARKETDATA_TOKEN_SOURCES (dotted paths to
 functions returning token ids; the trading app contributes tokens with live orders or open
 positions, so marketdata imports nothing of ours), the MARKETDATA_TOP_MARKETS most active
@@ -124,6 +136,7 @@ class IngestConfig:
     refresh_seconds: float = 30.0
     resync_min_interval: float = 2.0
     health_seconds: float = 5.0
+    heartbeat_seconds: float = 1.0
 
     @property
     def dead_after(self) -> float:
@@ -181,6 +194,7 @@ class Ingester:
         tasks = [
             asyncio.create_task(self._refresh_loop(), name="feed-refresh"),
             asyncio.create_task(self._health_loop(), name="feed-health"),
+            asyncio.create_task(self._heartbeat_loop(), name="feed-heartbeat"),
         ]
         try:
             await self._stop.wait()
@@ -194,10 +208,20 @@ class Ingester:
                     await task
             # A last health record, but shutdown must not hang on a busy database.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._report_health(), 5)
+                async with asyncio.timeout(5):
+                    await self._report_health()
 
     def stop(self) -> None:
         self._stop.set()
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep until `seconds` pass or stop() is called, whichever is first. Uses
+        asyncio.timeout, not asyncio.wait_for: on Python 3.11 wait_for can swallow a
+        cancellation that arrives as the inner wait completes, and a task cancelled then
+        (shutdown, or a connection replaced when the token set changes) would never end."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._stop.wait()
 
     # --- which tokens ---------------------------------------------------------------------
     async def _refresh_loop(self) -> None:
@@ -207,8 +231,7 @@ class Ingester:
                 await self.set_tokens(wanted)
             except Exception:
                 logger.exception("feed shard %d: could not refresh its token set", self.shard)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self.config.refresh_seconds)
+            await self._sleep(self.config.refresh_seconds)
 
     async def set_tokens(self, wanted: dict[str, TokenInfo]) -> None:
         """Track exactly `wanted`; connections whose token set changes are replaced (a fresh
@@ -267,8 +290,7 @@ class Ingester:
             delay = backoff_delay(
                 attempt, base=self.config.backoff_base, cap=self.config.backoff_cap, rng=self.rng
             )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), delay)
+            await self._sleep(delay)
 
     async def _session(self, conn: _Connection) -> bool:
         """One websocket session; returns True if it got as far as fresh books (so the next
@@ -305,7 +327,8 @@ class Ingester:
                         next_ping = now + self.config.ping_seconds
                     wait = max(0.01, min(next_ping, last_frame + self.config.dead_after) - now)
                     try:
-                        raw = await asyncio.wait_for(ws.recv(), wait)
+                        async with asyncio.timeout(wait):
+                            raw = await ws.recv()
                     except TimeoutError:
                         continue
                     last_frame = time.monotonic()
@@ -372,11 +395,28 @@ class Ingester:
                 self.health.resyncs += 1
         self._publish()
 
+    # --- heartbeat ------------------------------------------------------------------------
+    @property
+    def heartbeat_shards(self) -> list[int]:
+        """The bus shards whose tokens this ingester owns: its own, or all of them when it
+        streams every token (shards=1, the embedded demo)."""
+        return list(range(self.bus.n_shards)) if self.shards == 1 else [self.shard]
+
+    async def _heartbeat_loop(self) -> None:
+        """Beat at once, then every heartbeat_seconds until stopped (see the module
+        docstring). Runs on the ingester's loop on purpose: a wedged loop must stop it."""
+        while not self._stop.is_set():
+            try:
+                for shard in self.heartbeat_shards:
+                    self.bus.heartbeat(shard)
+            except Exception:
+                logger.exception("feed shard %d: could not publish its heartbeat", self.shard)
+            await self._sleep(self.config.heartbeat_seconds)
+
     # --- health ---------------------------------------------------------------------------
     async def _health_loop(self) -> None:
         while not self._stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self.config.health_seconds)
+            await self._sleep(self.config.health_seconds)
             await self._report_health()
 
     async def _report_health(self) -> None:

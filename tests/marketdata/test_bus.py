@@ -17,10 +17,12 @@ from marketdata.book import book_from_levels
 from marketdata.bus import (
     BookTop,
     InProcessBus,
+    LiveTop,
     PriceBus,
     RedisBus,
     encode_top,
     get_bus,
+    now_ms,
     reset_bus,
     shard_of,
 )
@@ -234,6 +236,100 @@ def test_stream_is_trimmed(bus):
         bus.publish([make_top(token, bid=f"0.{100 + i}")])
     # Redis trims approximately (whole macro nodes), the deque exactly: both stay bounded.
     assert 5 <= bus.stream_length(bus.shard_of(token)) < 200
+
+
+# --- heartbeat and liveness ------------------------------------------------------------------
+
+
+def test_a_fresh_top_is_live_only_while_its_shard_heartbeat_is_young(bus):
+    token = TOKENS[0]
+    shard = bus.shard_of(token)
+    other = next(t for t in TOKENS if bus.shard_of(t) != shard)
+    bus.publish([make_top(token), make_top(other)])
+    top = bus.latest(token)
+    assert top is not None and top.fresh
+    # No heartbeat yet: fresh, but nobody vouches for it.
+    assert bus.heartbeat_age_ms(shard) is None
+    assert bus.latest_live(token) == LiveTop(top, False)
+    assert not bus.live(top) and not bus.live(token)
+
+    bus.heartbeat(shard)
+    age = bus.heartbeat_age_ms(shard)
+    assert age is not None and 0 <= age < 1_000
+    assert bus.latest_live(token) == LiveTop(top, True)
+    assert bus.live(top) and bus.live(token)
+    # Only the token's own shard counts.
+    assert not bus.live(other) and bus.latest_live(other).live is False
+
+    # A feed that stopped beating 10 s ago: its fresh tops are not live.
+    bus.heartbeat(shard, at_ms=now_ms() - 10_000)
+    age = bus.heartbeat_age_ms(shard)
+    assert age is not None and 9_000 < age < 12_000
+    assert bus.latest_live(token) == LiveTop(top, False)
+    assert not bus.live(top)
+
+    # A young heartbeat does not make a stale top live.
+    bus.heartbeat(shard)
+    bus.mark_stale([token])
+    stale = bus.latest_live(token)
+    assert stale.top is not None and not stale.top.fresh and not stale.live
+    assert bus.latest_live("unknown") == LiveTop(None, False) and not bus.live("unknown")
+
+
+def test_heartbeat_goes_stale_after_the_threshold(bus):
+    token = TOKENS[0]
+    shard = bus.shard_of(token)
+    bus.publish([make_top(token)])
+    bus.heartbeat_stale_ms = 300
+    bus.heartbeat(shard)
+    assert bus.latest_live(token).live
+    time.sleep(0.4)
+    assert not bus.latest_live(token).live
+    bus.heartbeat(shard)
+    assert bus.latest_live(token).live
+
+
+@pytest.mark.redis
+def test_redis_latest_live_is_one_round_trip_on_the_server_clock(redis_url, monkeypatch):
+    import redis
+
+    bus = RedisBus.from_url(redis_url, n_shards=4)
+    token = TOKENS[0]
+    shard = bus.shard_of(token)
+    bus.publish([make_top(token)])
+    bus.heartbeat(shard)  # loads the script
+    seconds, micros = bus.client.time()
+    stamped = int(bus.client.get(f"md:heartbeat:{shard}"))
+    assert abs(seconds * 1000 + micros // 1000 - stamped) < 1_000  # the server's clock, in ms
+
+    before = command_calls(bus)
+    bus.heartbeat(shard)  # one script call (the server counts what runs inside it too)
+    assert commands_sent(before, command_calls(bus)) == {"evalsha": 1, "time": 1, "set": 1}
+
+    round_trips: list[int] = []
+    real_execute = redis.client.Pipeline.execute
+
+    def counting_execute(self, *args, **kwargs):
+        round_trips.append(len(self.command_stack))
+        return real_execute(self, *args, **kwargs)
+
+    monkeypatch.setattr(redis.client.Pipeline, "execute", counting_execute)
+    before = command_calls(bus)
+    reading = bus.latest_live(token)
+    assert reading.live and reading.top == make_top(token)
+    assert commands_sent(before, command_calls(bus)) == {"mget": 1, "time": 1}
+    assert round_trips == [2]  # ONE pipeline: MGET book + heartbeat, TIME
+
+
+def test_get_bus_reads_the_heartbeat_threshold_from_settings(settings):
+    reset_bus()
+    settings.REDIS_URL = ""
+    settings.PRICE_BUS_HEARTBEAT_STALE_SECONDS = 0.25
+    bus = get_bus()
+    assert bus.heartbeat_stale_ms == 250
+    settings.PRICE_BUS_HEARTBEAT_STALE_SECONDS = 5
+    assert get_bus() is bus and bus.heartbeat_stale_ms == 5_000
+    reset_bus()
 
 
 # --- sharding and the process-wide bus -------------------------------------------------------

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
-from marketdata.bus import InProcessBus
+from marketdata.bus import InProcessBus, now_ms
 from marketdata.clients import ClobClient
 from marketdata.fakepoly import FakePolymarket
 from marketdata.ingest import IngestConfig, Ingester, TokenInfo, backoff_delay
@@ -46,7 +46,9 @@ def fake(shared_dir):
 class RunningIngester:
     """An Ingester on its own event loop in a background thread."""
 
-    def __init__(self, fake: FakePolymarket, tokens: list[str], ping: float = 0.3) -> None:
+    def __init__(
+        self, fake: FakePolymarket, tokens: list[str], ping: float = 0.3, heartbeat: float = 0.1
+    ) -> None:
         self.bus = InProcessBus()
         infos = {t: TokenInfo(t, CONDITION, "5", False, None) for t in tokens}
         self.ingester = Ingester(
@@ -57,6 +59,7 @@ class RunningIngester:
                 backoff_cap=0.5,
                 refresh_seconds=3600,
                 health_seconds=3600,
+                heartbeat_seconds=heartbeat,
             ),
             clob=ClobClient(fake.clob_url),
             bus=self.bus,
@@ -81,6 +84,11 @@ class RunningIngester:
     def fresh(self, token: str = TOKEN_A) -> bool:
         top = self.top(token)
         return top is not None and top.fresh
+
+    def beat_at(self, shard: int = 0) -> int | None:
+        """Epoch ms of the shard's last heartbeat (to within a millisecond)."""
+        age = self.bus.heartbeat_age_ms(shard)
+        return None if age is None else now_ms() - age
 
     def follow(self) -> None:
         """Start reading the bus stream (every publication, in order, as the matcher will)."""
@@ -112,8 +120,8 @@ class RunningIngester:
 def running(fake, django_db_blocker):
     started: list[RunningIngester] = []
 
-    def start(tokens: list[str], ping: float = 0.3) -> RunningIngester:
-        runner = RunningIngester(fake, tokens, ping)
+    def start(tokens: list[str], ping: float = 0.3, heartbeat: float = 0.1) -> RunningIngester:
+        runner = RunningIngester(fake, tokens, ping, heartbeat)
         started.append(runner)
         return runner
 
@@ -172,6 +180,44 @@ def test_silent_connection_is_presumed_dead_and_replaced(fake, running):
         fake.resume()
     runner.wait_published(lambda top: top.fresh, timeout=10, what="fresh on a new connection")
     assert runner.ingester.health.reconnects >= 1
+
+
+def test_heartbeat_advances_while_running_and_stops_with_the_ingester(running):
+    runner = running([TOKEN_A], heartbeat=0.1)
+    wait_for(runner.fresh, what="first snapshot")
+    assert runner.bus.live(TOKEN_A)
+    first = runner.beat_at()
+    assert first is not None
+    wait_for(lambda: (runner.beat_at() or 0) >= first + 200, timeout=5, what="new beats")
+    runner.stop()
+    last = runner.beat_at()
+    assert last is not None
+    time.sleep(0.5)  # five intervals
+    assert abs((runner.beat_at() or 0) - last) <= 2  # no beat after stop() (ms rounding)
+    runner.bus.heartbeat_stale_ms = 300
+    assert not runner.bus.live(TOKEN_A)
+
+
+def test_a_hung_feed_loop_makes_its_fresh_books_not_live(running):
+    # The feed process wedges without closing its sockets: nothing republishes its books
+    # stale, the last top keeps saying fresh, and only the missing heartbeat tells.
+    runner = running([TOKEN_A], ping=5, heartbeat=0.1)
+    runner.bus.heartbeat_stale_ms = 400
+    wait_for(runner.fresh, what="first snapshot")
+    wait_for(lambda: runner.bus.live(TOKEN_A), what="live")
+    runner.loop.call_soon_threadsafe(time.sleep, 1.5)  # wedge the ingester's event loop
+    wait_for(lambda: not runner.bus.live(TOKEN_A), timeout=1.2, what="not live")
+    assert runner.fresh()  # the flag alone would still trade on it
+    wait_for(lambda: runner.bus.live(TOKEN_A), timeout=5, what="live again")
+
+
+def test_an_ingester_streaming_every_token_beats_every_bus_shard():
+    bus = InProcessBus(n_shards=3)
+    config = IngestConfig(ws_url="ws://unused")
+    every = Ingester(config=config, clob=ClobClient("http://unused"), bus=bus)
+    assert every.heartbeat_shards == [0, 1, 2]  # the embedded demo: shards=1
+    one = Ingester(config=config, clob=ClobClient("http://unused"), bus=bus, shard=2, shards=3)
+    assert one.heartbeat_shards == [2]
 
 
 def test_bad_frames_are_counted_and_never_applied(fake, running, sequence):

@@ -1,5 +1,9 @@
 """Engine test fixtures: markets and tokens as rows, books PUBLISHED on the real price bus
-(the interface the feed uses), funded accounts through the wallet services."""
+(the interface the feed uses), funded accounts through the wallet services.
+
+Like the real feed, the fixtures keep every shard's heartbeat beating: each test starts with
+a fresh heartbeat on all shards and every published book beats its shard again, so a book
+is live unless a test makes it stale (`mark_stale`) or its feed dead (`feed_dead`)."""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from typing import Any
 import pytest
 
 from marketdata.book import OrderBook
-from marketdata.bus import BookTop, get_bus, reset_bus
+from marketdata.bus import BookTop, get_bus, now_ms, reset_bus
 from marketdata.models import Market, Token
 from trading.depletion import reset_depletion
 
@@ -19,12 +23,28 @@ _ids = itertools.count(1)
 
 
 @pytest.fixture(autouse=True)
-def _fresh_engine_state() -> Iterator[None]:
+def _fresh_engine_state(_fresh_process_state: None) -> Iterator[None]:
+    # After the suite's own state fixture: it points settings.REDIS_URL at nothing, so the
+    # heartbeat below lands on the in-process bus the engine will read.
     reset_bus()
     reset_depletion()
+    feed_alive()
     yield
     reset_bus()
     reset_depletion()
+
+
+def feed_alive() -> None:
+    """Every shard's feed heartbeat, now (what the running ingesters do every second)."""
+    bus = get_bus()
+    for shard in range(bus.n_shards):
+        bus.heartbeat(shard)
+
+
+def feed_dead(token_id: str, *, seconds_ago: float = 3600) -> None:
+    """The feed of this token's shard last beat `seconds_ago`: it died or hung."""
+    bus = get_bus()
+    bus.heartbeat(bus.shard_of(token_id), at_ms=now_ms() - int(seconds_ago * 1000))
 
 
 def make_market(**overrides: Any) -> tuple[Market, Token, Token]:
@@ -68,7 +88,9 @@ def publish_book(
         }
     )
     top = BookTop.from_book(book, fresh=fresh)
-    get_bus().publish([top])
+    bus = get_bus()
+    bus.publish([top])
+    bus.heartbeat(bus.shard_of(token_id))
     return top
 
 
@@ -78,7 +100,9 @@ def publish_snapshot(msg: dict[str, Any], *, token_id: str | None = None) -> Boo
     if token_id is not None:
         msg["asset_id"] = token_id
     top = BookTop.from_book(OrderBook.from_snapshot(msg))
-    get_bus().publish([top])
+    bus = get_bus()
+    bus.publish([top])
+    bus.heartbeat(bus.shard_of(top.token_id))
     return top
 
 

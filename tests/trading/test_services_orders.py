@@ -14,7 +14,14 @@ from django.utils import timezone
 from accounts.models import Account, LedgerEntry, Position
 from core import errors
 from marketdata.bus import get_bus
-from tests.trading.conftest import audit_clean, make_market, open_account, publish_book
+from tests.trading.conftest import (
+    audit_clean,
+    feed_alive,
+    feed_dead,
+    make_market,
+    open_account,
+    publish_book,
+)
 from trading.models import Fill, Order
 from trading.services import (
     account_close,
@@ -141,6 +148,58 @@ def test_stale_book_refuses_taker_orders_only(world):
     resting = place(account, yes, price="0.40", size="10")  # rests, takes nothing
     assert resting.order.status == "live" and resting.fills == []
     assert Fill.objects.count() == 0
+
+
+def test_fresh_book_of_a_dead_feed_is_stale(world):
+    # The feed died without closing its sockets: its last top still says fresh...
+    _market, yes, account = world
+    feed_dead(yes.token_id, seconds_ago=10)
+    top = get_bus().latest(yes.token_id)
+    assert top is not None and top.fresh
+    with pytest.raises(errors.StaleBook):
+        place(account, yes, type="market", amount="10")
+    with pytest.raises(errors.StaleBook):
+        place(account, yes, price="0.60", size="10")  # marketable limit
+    resting = place(account, yes, price="0.40", size="10")  # rests, takes nothing
+    assert resting.order.status == "live" and resting.fills == []
+    with pytest.raises(errors.InvalidPostOnlyOrder):  # would cross the (unwalked) book
+        place(account, yes, price="0.50", size="10", post_only=True)
+    assert Fill.objects.count() == 0
+    feed_alive()  # ...until it beats again
+    assert place(account, yes, type="market", amount="10").fills
+
+
+def test_heartbeat_older_than_the_setting_is_stale(world, settings):
+    _market, yes, account = world
+    settings.PRICE_BUS_HEARTBEAT_STALE_SECONDS = 2
+    beat = timezone.now()  # world published the book and beat its shard just now
+    with time_machine.travel(beat + dt.timedelta(seconds=1.5), tick=False):
+        assert place(account, yes, type="market", amount="5").fills
+    later = time_machine.travel(beat + dt.timedelta(seconds=2.5), tick=False)
+    with later, pytest.raises(errors.StaleBook):
+        place(account, yes, type="market", amount="5")
+    settings.PRICE_BUS_HEARTBEAT_STALE_SECONDS = 5
+    with time_machine.travel(beat + dt.timedelta(seconds=2.5), tick=False):
+        assert place(account, yes, type="market", amount="5").fills
+    assert Fill.objects.count() == 2
+    audit_clean()
+
+
+def test_order_place_reads_the_bus_once(world, monkeypatch):
+    _market, yes, account = world
+    bus = get_bus()
+    calls = []
+    real = bus.latest_live
+
+    def counting(token_id):
+        calls.append(token_id)
+        return real(token_id)
+
+    monkeypatch.setattr(bus, "latest_live", counting)
+    monkeypatch.setattr(bus, "latest", lambda _t: pytest.fail("a second bus read"))
+    monkeypatch.setattr(bus, "live", lambda _t: pytest.fail("a second bus read"))
+    place(account, yes, type="market", amount="10")
+    assert calls == [yes.token_id]
 
 
 def test_account_closed(world):

@@ -5,8 +5,11 @@ Path of one order:
   1. Shape checks (no DB, no lock): VALIDATION_FAILED, INVALID_POST_ONLY_ORDER_TYPE,
      INVALID_ORDER_EXPIRATION.
   2. Token, account, client_order_id replay, ACCOUNT_CLOSED, MARKET_CLOSED.
-  3. ONE read of the token's top from the price bus: MARKET_NOT_READY, then the tick and
-     min-size rules against the live tick, then STALE_BOOK for orders that would take.
+  3. ONE read of the token's top from the price bus (`latest_live`: the top and its shard's
+     feed heartbeat in one round trip): MARKET_NOT_READY, then the tick and min-size rules
+     against the live tick, then STALE_BOOK for orders that would take unless the book is
+     live (the top is `fresh` AND its feed's heartbeat is younger than
+     PRICE_BUS_HEARTBEAT_STALE_SECONDS: a dead or hung feed leaves `fresh` tops behind).
   4. One transaction under the account row lock (retried on deadlock/serialization):
      the replay and closed checks again, the balance/position check, the walk with
      depletion, then Order, Fills, LedgerEntries, Position, cached balances, equity snapshot.
@@ -337,7 +340,7 @@ def order_place(
         raise errors.AccountClosed()
     if market.closed or market.status != market_states.OPEN or not market.accepting_orders:
         raise errors.MarketClosed()
-    top = get_bus().latest(req.token_id)
+    top, live = get_bus().latest_live(req.token_id)
     if top is None:
         raise errors.MarketNotReady()
     req = _with_price(req, _tick(top, market))
@@ -348,9 +351,11 @@ def order_place(
     takes_liquidity = req.type == Order.Type.MARKET or (
         not req.post_only and bool(_book_levels(top, req))
     )
-    if not top.fresh and takes_liquidity:
+    if not live and takes_liquidity:
         raise errors.StaleBook()
-    outcome = _place_locked(account_id=account.pk, req=req, market=market, token=token, top=top)
+    outcome = _place_locked(
+        account_id=account.pk, req=req, market=market, token=token, top=top, live=live
+    )
     if outcome.error is not None:
         raise outcome.error
     assert outcome.placed is not None
@@ -389,7 +394,13 @@ def _reject(order: Order, error: errors.DomainError) -> _Outcome:
 @retry_on_conflict()
 @transaction.atomic
 def _place_locked(
-    *, account_id: Any, req: OrderRequest, market: Market, token: Token, top: BookTop
+    *,
+    account_id: Any,
+    req: OrderRequest,
+    market: Market,
+    token: Token,
+    top: BookTop,
+    live: bool,
 ) -> _Outcome:
     account = account_lock(account_id=account_id)
     if req.client_order_id is not None:
@@ -431,7 +442,7 @@ def _place_locked(
     crossing = _book_levels(top, req)
     book_side = "asks" if req.is_buy else "bids"
     walk = Walk()
-    if req.post_only or not top.fresh:
+    if req.post_only or not live:
         # A maker-only order (or a non-marketable one on a stale book, already filtered
         # before the lock): refuse only if it would cross what is left of the book.
         if crossing:
