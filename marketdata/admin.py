@@ -18,7 +18,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from marketdata import states
-from marketdata.bus import get_bus
+from marketdata.bus import get_bus, latest_many_live
 from marketdata.models import Event, FeedHealth, Market, MarketResolution, Token
 
 # The current changelist page's live tops, per request thread (ModelAdmin is shared).
@@ -205,7 +205,7 @@ class MarketAdmin(ViewOnlyMixin, admin.ModelAdmin):
         }
         ids = [token for group in tokens.values() for token in group]
         try:
-            tops = get_bus().latest_many(ids) if ids else {}
+            tops = latest_many_live(get_bus(), ids) if ids else {}
         except Exception:  # the bus (Redis) being down must not take the admin with it
             tops = None
         _page.tops = tops

@@ -832,3 +832,20 @@ def reset_bus() -> None:
     with _bus_lock:
         _in_process = None
         _redis_buses.clear()
+
+
+def latest_many_live(bus: PriceBus, token_ids: Iterable[str]) -> dict[str, BookTop]:
+    """`latest_many`, with each top's `fresh` narrowed to "live" (fresh AND its shard's feed
+    heartbeat is young), for displays that must not show a dead feed's books as healthy: one
+    `latest_many` plus one heartbeat read per distinct shard."""
+    tops = bus.latest_many(token_ids)
+    young = {}
+    for shard in {bus.shard_of(token_id) for token_id in tops}:
+        age = bus.heartbeat_age_ms(shard)
+        young[shard] = age is not None and age < bus.heartbeat_stale_ms
+    return {
+        token_id: top
+        if (not top.fresh or young[bus.shard_of(token_id)])
+        else top.with_fresh(False, published_at=top.published_at)
+        for token_id, top in tops.items()
+    }

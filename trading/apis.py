@@ -41,7 +41,7 @@ from core.api import CleanTextField, MoneyField, PriceField, StrictInputSerializ
 from core.money import wire
 from core.pagination import encode_cursor, keyset_page, parse_limit
 from marketdata import states as market_states
-from marketdata.bus import BookTop, get_bus
+from marketdata.bus import BookTop, get_bus, latest_many_live
 from marketdata.clients import ClobClient, PolymarketError
 from marketdata.models import Market, Token
 from marketdata.watchlist import watch
@@ -427,9 +427,10 @@ def trader_account_body(account: Account) -> dict[str, Any]:
 
 
 def _live_tops(markets: Iterable[Market]) -> dict[str, BookTop]:
-    """The latest tops of every token of `markets`: ONE bus round trip."""
+    """The latest tops of every token of `markets` (ONE round trip for the tops, one heartbeat
+    read per shard), `fresh` meaning live: a dead feed's books do not show as healthy."""
     token_ids = [t.token_id for m in markets for t in m.tokens.all()]
-    return get_bus().latest_many(token_ids) if token_ids else {}
+    return latest_many_live(get_bus(), token_ids) if token_ids else {}
 
 
 def _page_serializer(name: str, item: type[serializers.Serializer]) -> serializers.Serializer:
@@ -588,7 +589,9 @@ class BookApi(TraderApiView):
         token = _token_or_404(_required(request.query_params, "token_id"))
         if token.market.is_tradable:
             watch([token.token_id])  # a book a trader opens becomes live
-        top = get_bus().latest(token.token_id)
+        top, live = get_bus().latest_live(token.token_id)
+        if top is not None and top.fresh and not live:
+            top = top.with_fresh(False, published_at=top.published_at)  # the feed stopped beating
         if top is None:
             raise errors.BookNotReady(
                 details={"token_id": token.token_id, "market_status": token.market.status},

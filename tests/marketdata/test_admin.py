@@ -34,12 +34,16 @@ def test_market_list_shows_live_book_state_from_the_bus(operator):
     market = Market.objects.create(condition_id="0xc", question="Will it rain?", volume=Decimal(5))
     Token.objects.create(market=market, token_id="yes-1", outcome="Yes", index=0)
     Token.objects.create(market=market, token_id="no-1", outcome="No", index=1)
-    get_bus().publish(
+    bus = get_bus()
+    bus.publish(
         [top("yes-1", "0.45", "0.47", fresh=True), top("no-1", "0.53", "0.55", fresh=False)]
     )
+    bus.heartbeat(0)  # the feed process is alive
     page = operator.get("/admin/marketdata/market/").content.decode()
     assert "0.45/0.47 fresh" in page
     assert "0.53/0.55 STALE" in page
+    bus.heartbeat(0, at_ms=int(time.time() * 1000) - 60_000)  # ... and then it died
+    assert "0.45/0.47 STALE" in operator.get("/admin/marketdata/market/").content.decode()
     reset_bus()
     assert "no book" in operator.get("/admin/marketdata/market/").content.decode()
 

@@ -18,6 +18,7 @@ from marketdata.bus import BookTop, get_bus, now_ms, reset_bus
 from marketdata.fakepoly import DEMO_DATA_DIR, FakePolymarket
 from marketdata.models import Event, Market, MarketResolution, Token
 from tests.factories import UserFactory
+from tests.trading.conftest import feed_alive, feed_dead
 from trading.apis import MarketOutput, market_body
 
 pytestmark = pytest.mark.django_db
@@ -27,6 +28,7 @@ pytestmark = pytest.mark.django_db
 def _fresh_state():
     key_cache.clear()
     reset_bus()
+    feed_alive()  # a running feed beats every shard; tests of a dead feed age it on purpose
     watchlist.clear_local()
     yield
     reset_bus()
@@ -331,3 +333,13 @@ def test_prices_history_validates_its_parameters(client):
     for query in ("interval=2y", "fidelity=0", "fidelity=x"):
         response = client.get(f"/v1/prices-history?token_id=1001&{query}")
         assert response.status_code == 422, query
+
+
+def test_a_dead_feeds_books_are_not_shown_as_fresh(client):
+    market = make_market(1, "Will it rain?")
+    get_bus().publish([top("1001", "0.45", "0.47")])
+    assert client.get("/v1/book?token_id=1001").json()["fresh"] is True
+    feed_dead("1001", seconds_ago=60)
+    assert client.get("/v1/book?token_id=1001").json()["fresh"] is False
+    listed = client.get(f"/v1/markets/{market.condition_id}").json()
+    assert [t["fresh"] for t in listed["tokens"]] == [False, False]
