@@ -3,6 +3,7 @@ never touch floats, bounded JSON objects."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from decimal import Decimal
 from typing import Any
@@ -11,6 +12,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from core.errors import DomainError
 from core.money import to_decimal, wire
 
 
@@ -126,3 +128,43 @@ class CleanTextField(serializers.CharField):
         if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
             raise serializers.ValidationError("Must not contain control characters.")
         return value
+
+
+def iso_utc(value: dt.datetime | None) -> str | None:
+    """A timestamp on the wire: ISO-8601 in UTC with `Z`."""
+    if value is None:
+        return None
+    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+class RateLimitHeadersMixin:
+    """Stamps the X-RateLimit-* headers computed during `initial()` (self._rate_headers) on
+    every response of the view, errors included."""
+
+    _rate_headers: dict[str, str]
+
+    def finalize_response(self, request: Any, response: Any, *args: Any, **kwargs: Any) -> Any:
+        response = super().finalize_response(request, response, *args, **kwargs)  # type: ignore[misc]
+        for name, value in getattr(self, "_rate_headers", {}).items():
+            response[name] = value
+        return response
+
+
+def schema_postprocess_for(codes: tuple[type[DomainError], ...]) -> Any:
+    """A drf-spectacular postprocessing hook: canonical paths (routes accept an optional
+    trailing slash; the documented form has none) and the API's error-code catalogue,
+    generated from core.errors so the two can never drift."""
+
+    def postprocess(result: dict[str, Any], generator: Any, request: Any, public: bool) -> Any:
+        result["paths"] = {
+            (path.rstrip("/") if path != "/" else path): item
+            for path, item in result["paths"].items()
+        }
+        rows = "\n".join(f"| `{e.code}` | {e.status} | {e.default_message} |" for e in codes)
+        result["info"]["description"] += (
+            "\n\n## Error codes\n\n| code | HTTP | meaning |\n|---|---|---|\n" + rows
+        )
+        result["info"]["x-error-codes"] = [{"code": e.code, "status": e.status} for e in codes]
+        return result
+
+    return postprocess

@@ -28,7 +28,15 @@ from rest_framework.views import APIView
 
 from accounts.models import Account
 from core import errors
-from core.api import CleanTextField, JSONObjectField, MoneyField, PriceField, StrictInputSerializer
+from core.api import (
+    CleanTextField,
+    JSONObjectField,
+    MoneyField,
+    PriceField,
+    RateLimitHeadersMixin,
+    StrictInputSerializer,
+    iso_utc,
+)
 from core.money import STARTING_BALANCE_MAX, STARTING_BALANCE_PLACES, ZERO, wire
 from core.pagination import encode_cursor, keyset_page, parse_limit
 from partners import keys, selectors, services
@@ -57,10 +65,7 @@ def _raw_key(request: Request) -> str | None:
     return None
 
 
-def _iso(value: dt.datetime | None) -> str | None:
-    if value is None:
-        return None
-    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+_iso = iso_utc
 
 
 class IsoDateTimeField(serializers.DateTimeField):
@@ -103,7 +108,7 @@ PAGE_PARAMS = [
 ]
 
 
-class PartnerApiView(APIView):
+class PartnerApiView(RateLimitHeadersMixin, APIView):
     """Base of every partner endpoint; see the module docstring for what it guarantees."""
 
     #: method → scope required; methods not listed are answered 405 by DRF.
@@ -144,12 +149,6 @@ class PartnerApiView(APIView):
             body=request._request.body,
             call=lambda: handler(request, *args, **kwargs),
         )
-
-    def finalize_response(self, request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:
-        response = super().finalize_response(request, response, *args, **kwargs)
-        for name, value in getattr(self, "_rate_headers", {}).items():
-            response[name] = value
-        return response
 
 
 # --- Output shapes --------------------------------------------------------------------------

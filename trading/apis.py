@@ -37,7 +37,15 @@ from rest_framework.views import APIView
 from accounts.models import Account, User
 from accounts.services.trader_keys import trader_key_authenticate
 from core import errors
-from core.api import CleanTextField, MoneyField, PriceField, StrictInputSerializer
+from core.api import (
+    CleanTextField,
+    MoneyField,
+    PriceField,
+    RateLimitHeadersMixin,
+    StrictInputSerializer,
+    iso_utc,
+    schema_postprocess_for,
+)
 from core.money import wire
 from core.pagination import encode_cursor, keyset_page, parse_limit
 from marketdata import states as market_states
@@ -95,10 +103,7 @@ TRADER_ERROR_CODES: tuple[type[errors.DomainError], ...] = (
 )
 
 
-def _iso(value: dt.datetime | None) -> str | None:
-    if value is None:
-        return None
-    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+_iso = iso_utc
 
 
 def _iso_ms(value: int | None) -> str | None:
@@ -142,7 +147,7 @@ PAGE_PARAMS = [
 ]
 
 
-class TraderApiView(APIView):
+class TraderApiView(RateLimitHeadersMixin, APIView):
     """Base of every trader endpoint; see the module docstring for what it guarantees. After
     `initial`, `self.user` (also `request.user`) is the caller and `self.credential` says how
     they authenticated (`key:<prefix>` or `session`)."""
@@ -177,12 +182,6 @@ class TraderApiView(APIView):
         self._rate_headers = limit.headers()
         if not limit.allowed:
             raise errors.RateLimitExceeded(headers={"Retry-After": str(limit.retry_after or 1)})
-
-    def finalize_response(self, request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:
-        response = super().finalize_response(request, response, *args, **kwargs)
-        for name, value in getattr(self, "_rate_headers", {}).items():
-            response[name] = value
-        return response
 
 
 # --- Output shapes (documentation; bodies are built by the *_body functions below) -----------
@@ -1036,24 +1035,7 @@ class OrderDetailApi(TraderApiView):
 
 
 # --- OpenAPI ----------------------------------------------------------------------------------
-def schema_postprocess(
-    result: dict[str, Any], generator: Any, request: Any, public: bool
-) -> dict[str, Any]:
-    """Canonical paths (no optional trailing slash) and the trader error-code catalogue."""
-    result["paths"] = {
-        (path.rstrip("/") if path != "/" else path): item for path, item in result["paths"].items()
-    }
-    rows = "\n".join(
-        f"| `{error.code}` | {error.status} | {error.default_message} |"
-        for error in TRADER_ERROR_CODES
-    )
-    result["info"]["description"] += (
-        "\n\n## Error codes\n\n| code | HTTP | meaning |\n|---|---|---|\n" + rows
-    )
-    result["info"]["x-error-codes"] = [
-        {"code": e.code, "status": e.status} for e in TRADER_ERROR_CODES
-    ]
-    return result
+schema_postprocess = schema_postprocess_for(TRADER_ERROR_CODES)
 
 
 SCHEMA_SETTINGS: dict[str, Any] = {
