@@ -38,18 +38,18 @@ from core.api import (
     iso_utc,
 )
 from core.money import STARTING_BALANCE_MAX, STARTING_BALANCE_PLACES, ZERO, wire
-from core.pagination import encode_cursor, keyset_page, parse_limit
+from core.pagination import keyset_page, parse_limit
 from partners import keys, selectors, services
 from partners.idempotency import idempotent_call
 from partners.models import Scope, TenantUser
 from partners.ratelimit import rate_limit_check
-from trading.models import Fill
 from trading.selectors import (
     EQUITY_INTERVALS,
     EQUITY_MAX_POINTS,
     MarkedPosition,
     account_state,
     equity_series,
+    fill_feed_page,
 )
 from trading.services import account_close, account_reset
 
@@ -603,29 +603,23 @@ class AccountTradesApi(PartnerApiView):
     def get(self, request: Request, account_id: str) -> Response:
         account = selectors.account_get_for_tenant(tenant=self.tenant, account_id=account_id)
         params = request.query_params
-        qs = Fill.objects.filter(account=account)
-        since = _query_datetime(params, "since")
-        if since is not None:
-            qs = qs.filter(filled_at__gte=since)
+        epoch = None
         if params.get("epoch") not in (None, ""):
             try:
-                qs = qs.filter(epoch=int(params["epoch"]))
+                epoch = int(params["epoch"])
             except ValueError:
                 raise errors.ValidationFailed(details={"epoch": ["An integer."]}) from None
-        scope = f"trades:{account.pk}"
-        page = keyset_page(
-            qs,
-            scope=scope,
-            fields=("seq",),
+        page = fill_feed_page(
+            account=account,
             cursor=params.get("cursor"),
             limit=parse_limit(params.get("limit")),
-            always_cursor=True,
+            since=_query_datetime(params, "since"),
+            epoch=epoch,
         )
-        next_cursor = page.next_cursor or encode_cursor(scope, [0])
         return Response(
             {
-                "data": TradeOutput(page.items, many=True).data,
-                "next_cursor": next_cursor,
+                "data": TradeOutput(page.fills, many=True).data,
+                "next_cursor": page.next_cursor,
                 "has_more": page.has_more,
             }
         )

@@ -47,7 +47,7 @@ from core.api import (
     schema_postprocess_for,
 )
 from core.money import wire
-from core.pagination import encode_cursor, keyset_page, parse_limit
+from core.pagination import keyset_page, parse_limit
 from marketdata import states as market_states
 from marketdata.bus import BookTop, get_bus, latest_many_live
 from marketdata.clients import ClobClient, PolymarketError
@@ -64,7 +64,7 @@ from partners.ratelimit import rate_limit_check
 from trading import states as order_states
 from trading.models import Fill, Order, Side
 from trading.permissions import account_for_trader, ensure_account_tradable
-from trading.selectors import account_equity, account_state
+from trading.selectors import account_equity, account_state, fill_feed_page
 from trading.services import order_cancel, order_cancel_account, order_cancel_market, order_place
 
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
@@ -725,23 +725,16 @@ class TradeListApi(TraderApiView):
     def get(self, request: Request) -> Response:
         params = request.query_params
         account = account_for_trader(user=self.user, account_id=_required(params, "account_id"))
-        qs = Fill.objects.filter(account=account)
-        epoch = _int_param(params, "epoch", low=0, high=2**31)
-        if epoch is not None:
-            qs = qs.filter(epoch=epoch)
-        scope = f"trades:{account.pk}"
-        page = keyset_page(
-            qs,
-            scope=scope,
-            fields=("seq",),
+        page = fill_feed_page(
+            account=account,
             cursor=params.get("cursor"),
             limit=parse_limit(params.get("limit")),
-            always_cursor=True,
+            epoch=_int_param(params, "epoch", low=0, high=2**31),
         )
         return Response(
             {
-                "data": TradeOutput(page.items, many=True).data,
-                "next_cursor": page.next_cursor or encode_cursor(scope, [0]),
+                "data": TradeOutput(page.fills, many=True).data,
+                "next_cursor": page.next_cursor,
                 "has_more": page.has_more,
             }
         )

@@ -351,3 +351,41 @@ def feed_tokens_wanted() -> set[str]:
         "token_id", flat=True
     )
     return set(live) | set(held)
+
+
+@dataclass(frozen=True)
+class FeedPage:
+    fills: list[Any]
+    next_cursor: str
+    has_more: bool
+
+
+def fill_feed_page(
+    *,
+    account: Account,
+    cursor: str | None,
+    limit: int,
+    since: dt.datetime | None = None,
+    epoch: int | None = None,
+) -> FeedPage:
+    """One page of an account's fills and settlements, ascending by the per-account `seq`
+    (assigned under the account lock, so commit order). Append-only: `next_cursor` is always
+    returned, pointing just after the last item (or at the start), so a poller that stores it
+    never misses or repeats an item. The cursor is bound to this account."""
+    from core.pagination import encode_cursor, keyset_page
+    from trading.models import Fill
+
+    qs = Fill.objects.filter(account=account)
+    if since is not None:
+        qs = qs.filter(filled_at__gte=since)
+    if epoch is not None:
+        qs = qs.filter(epoch=epoch)
+    scope = f"trades:{account.pk}"
+    page = keyset_page(
+        qs, scope=scope, fields=("seq",), cursor=cursor, limit=limit, always_cursor=True
+    )
+    return FeedPage(
+        fills=page.items,
+        next_cursor=page.next_cursor or encode_cursor(scope, [0]),
+        has_more=page.has_more,
+    )
