@@ -7,9 +7,10 @@ model instances: building those queries cost more than running them (docs/benchm
 All the arithmetic lives in `_compute`, one place for every caller.
 
 Marks (partner-api.md §4): the outcome's midpoint, or the last trade when the spread is wider
-than 0.10, from the live price bus — wired in by the market-data and engine issues (#3, #4).
-Until then a position is marked at its last known mark, or at cost when it never had one, and
-`mark_source` says so; a mark is never silently zero.
+than 0.10, from the live price bus; when the book is not live (stale, or its feed stopped
+beating), its last price flagged `last_known` with its age; a position never priced by a
+book is marked at cost (`cost`). `mark_source` always says which; a mark is never silently
+zero.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from accounts.models import Account, EquitySnapshot, Position
 from core.clock import day_boundary
 from core.db import db_datetime, db_decimal, db_json, db_param_uuid, db_uuid
 from core.money import ZERO, cash, pct
+from marketdata.bus import BookTop, get_bus, latest_many_live
 from trading.models import Order
 
 
@@ -103,7 +105,32 @@ class AccountRow:
     has_positions: bool
 
 
-def position_mark(position: PositionRow) -> Mark:
+MARK_MAX_SPREAD = Decimal("0.10")
+
+
+def book_mark(top: BookTop) -> tuple[Decimal, str] | None:
+    """How Polymarket itself displays a price: the midpoint, or the last trade when the
+    spread is wider than 0.10 (or a side is empty). None when the book offers neither."""
+    bid, ask = top.best_bid, top.best_ask
+    if bid is not None and ask is not None:
+        mid = (Decimal(bid) + Decimal(ask)) / 2
+        if Decimal(ask) - Decimal(bid) <= MARK_MAX_SPREAD:
+            return mid, "mid"
+    if top.last_trade_price:
+        return Decimal(top.last_trade_price), "last_trade"
+    return None
+
+
+def position_mark(position: PositionRow, top: BookTop | None = None) -> Mark:
+    """The live mark from the token's book on the price bus (`top.fresh` already means live:
+    fresh and its feed beating); a book that is not live gives its last price flagged
+    `last_known` with its age; then the position's stored mark; then cost. Never zero by
+    default."""
+    if top is not None:
+        priced = book_mark(top)
+        if priced is not None:
+            as_of = dt.datetime.fromtimestamp((top.timestamp_ms or top.published_at) / 1000, dt.UTC)
+            return Mark(priced[0], priced[1] if top.fresh else "last_known", as_of)
     if position.last_mark is not None:
         return Mark(position.last_mark, "last_known", position.last_mark_at)
     return Mark(position.avg_price, "cost", None)
@@ -152,6 +179,8 @@ def _load_positions(account_id: uuid.UUID, epoch: int) -> list[MarkedPosition]:
     with connection.cursor() as cursor:
         cursor.execute(_sql()[1], [db_param_uuid(account_id), epoch, Position.Status.OPEN])
         rows = cursor.fetchall()
+    # One bus read for all of them: the live books of the positions' tokens.
+    tops = latest_many_live(get_bus(), [r[0] for r in rows]) if rows else {}
     marked = []
     for token, market, question, outcome, size, avg, cost, mark, mark_at in rows:
         row = PositionRow(
@@ -165,7 +194,7 @@ def _load_positions(account_id: uuid.UUID, epoch: int) -> list[MarkedPosition]:
             last_mark=db_decimal(mark),
             last_mark_at=db_datetime(mark_at),
         )
-        marked.append(MarkedPosition(row, position_mark(row)))
+        marked.append(MarkedPosition(row, position_mark(row, tops.get(token))))
     return marked
 
 
