@@ -14,3 +14,19 @@ def orders_expire() -> int:
     releasing their reservations. Idempotent: the service re-checks each order under its
     account's row lock, so a second (or concurrent) run expires nothing twice."""
     return services.orders_expire()
+
+
+@shared_task(name="trading.tasks.settle_market")
+def settle_market(resolution_id: int) -> int:
+    """Enqueued when marketdata records a resolution (the `resolution_recorded` signal, after
+    its commit): settle that market's open positions. Idempotent (unique trigger key per
+    settled position); returns how many positions this run settled."""
+    return services.market_settle(resolution_id=resolution_id).positions
+
+
+@shared_task(name="trading.tasks.settle_pending")
+def settle_pending() -> int:
+    """Every 30 s (CELERY_BEAT_SCHEDULE): settle every resolved/void resolution not yet
+    consumed — the backstop if the signal's task was lost. Safe to run twice or
+    concurrently: nothing is paid twice. Returns how many positions were settled."""
+    return services.markets_settle_pending()

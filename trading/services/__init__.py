@@ -1,5 +1,6 @@
 """Trading services: order placement with taker fills at entry (orders), cancels and expiry
-(cancel), account close/reset (lifecycle). Import from here; the submodules are layout."""
+(cancel), account close/reset (lifecycle), settlement at resolution (settlement). Import from
+here; the submodules are layout."""
 
 from trading.services.cancel import (
     order_cancel,
@@ -11,11 +12,15 @@ from trading.services.cancel import (
 )
 from trading.services.lifecycle import account_close, account_reset
 from trading.services.orders import PlacedOrder, order_place, order_request
+from trading.services.settlement import SettlementResult, market_settle, markets_settle_pending
 
 __all__ = [
     "PlacedOrder",
+    "SettlementResult",
     "account_close",
     "account_reset",
+    "market_settle",
+    "markets_settle_pending",
     "order_cancel",
     "order_cancel_account",
     "order_cancel_all",
