@@ -30,3 +30,11 @@ def settle_pending() -> int:
     consumed — the backstop if the signal's task was lost. Safe to run twice or
     concurrently: nothing is paid twice. Returns how many positions were settled."""
     return services.markets_settle_pending()
+
+
+@shared_task(name="trading.tasks.equity_snapshots")
+def equity_snapshots() -> int:
+    """Every 60 s (CELERY_BEAT_SCHEDULE): snapshot the equity of every active account holding
+    positions at current marks (HWM, drawdown and day-start equity between fills). Safe to
+    run twice: it only adds measurements. Returns how many accounts were measured."""
+    return services.equity_snapshots_take()

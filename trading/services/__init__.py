@@ -13,12 +13,15 @@ from trading.services.cancel import (
 from trading.services.lifecycle import account_close, account_reset
 from trading.services.orders import PlacedOrder, order_place, order_request
 from trading.services.settlement import SettlementResult, market_settle, markets_settle_pending
+from trading.services.snapshots import account_equity_measure, equity_snapshots_take
 
 __all__ = [
     "PlacedOrder",
     "SettlementResult",
     "account_close",
+    "account_equity_measure",
     "account_reset",
+    "equity_snapshots_take",
     "market_settle",
     "markets_settle_pending",
     "order_cancel",
