@@ -442,3 +442,26 @@ def test_trading_days_count_tenant_days(world, tenant):
         place(account, yes, price="0.50", size="10")
     a = fresh(account)
     assert a.trading_days == 2 and a.last_trading_day == dt.date(2026, 5, 6)
+
+
+def test_fill_times_never_go_backwards_along_the_feed(world):
+    """The trades feed pages by seq; a fill written by a host whose clock is behind the one
+    that wrote the previous fill must not appear earlier in time than it."""
+    import datetime as dt
+    import itertools
+
+    from django.utils import timezone
+
+    from trading.models import Fill
+
+    _, yes, account = world
+    first = place(account, yes, type="market", amount="5").fills
+    ahead = timezone.now() + dt.timedelta(minutes=5)  # the previous writer's clock ran ahead
+    Fill.objects.filter(pk=first[-1].pk).update(filled_at=ahead)
+    later = place(account, yes, type="market", amount="5").fills
+    assert later and all(f.filled_at >= ahead for f in later)
+    seqs = list(
+        Fill.objects.filter(account=account).order_by("seq").values_list("seq", "filled_at")
+    )
+    assert [s for s, _ in seqs] == list(range(1, len(seqs) + 1))
+    assert all(a[1] <= b[1] for a, b in itertools.pairwise(seqs))

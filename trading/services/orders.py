@@ -53,6 +53,7 @@ from trading.fillmodel import (
 )
 from trading.models import Fill, Order, Side
 from trading.selectors import open_positions
+from trading.services.fills import fills_append
 
 GTD_MIN_LEAD = dt.timedelta(seconds=60)  # Polymarket's security threshold
 MARKET_BUY_DEFAULT_WORST = Decimal("0.99")
@@ -466,7 +467,6 @@ def _place_locked(
     if applied.fills:
         account.realized_pnl += applied.realized
         account.fees_paid += applied.fees
-        account.last_fill_seq += len(applied.fills)
         updates.update(
             realized_pnl=account.realized_pnl,
             fees_paid=account.fees_paid,
@@ -589,7 +589,7 @@ def _apply_fills(
         position.realized_pnl += realized
         fill = Fill(
             account=account,
-            seq=account.last_fill_seq + n,
+            seq=0,  # numbered by fills_append
             epoch=account.epoch,
             kind=Fill.Kind.FILL,
             order=order,
@@ -635,7 +635,7 @@ def _apply_fills(
         applied.fills.append(fill)
         applied.realized += realized
         applied.fees += take.fee
-    Fill.objects.bulk_create(applied.fills)
+    fills_append(account=account, fills=applied.fills)
     position.save()
     order.filled_size = walk.filled
     order.filled_notional = walk.notional

@@ -42,6 +42,7 @@ from trading import states
 from trading.models import Fill, Order, Side
 from trading.selectors import open_positions
 from trading.services.cancel import release_orders
+from trading.services.fills import fills_append
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +107,7 @@ def _settle_account(
             realized = payout - position.cost_basis
             fill = Fill(
                 account=account,
-                seq=account.last_fill_seq + len(fills) + 1,
+                seq=0,  # numbered by fills_append
                 epoch=position.epoch,
                 kind=Fill.Kind.SETTLEMENT,
                 order=None,
@@ -153,9 +154,8 @@ def _settle_account(
             ]
         )
     if fills:
-        Fill.objects.bulk_create(fills)
+        fills_append(account=account, fills=fills)
         account.realized_pnl += realized_total
-        account.last_fill_seq += len(fills)
         Account.objects.filter(pk=account.pk).update(
             realized_pnl=account.realized_pnl,
             last_fill_seq=account.last_fill_seq,
