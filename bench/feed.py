@@ -50,10 +50,8 @@ import itertools
 import os
 import platform
 import random
-import re
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 import tracemalloc
@@ -69,6 +67,7 @@ if str(ROOT) not in sys.path:
 
 import orjson  # noqa: E402
 
+from bench.common import DOCS, code_version, write_docs_section  # noqa: E402
 from marketdata.book import OrderBook  # noqa: E402
 from marketdata.bus import RedisBus  # noqa: E402
 from marketdata.messages import BookKeeper, FeedStats, normalise, parse_frame  # noqa: E402
@@ -77,15 +76,7 @@ SEQUENCE = (
     ROOT.parent
     / "shared/fixtures/polymarket/ws/nt_ws_sequence_book_pricechange_trade_2026-09.jsonl"
 )
-DOCS = ROOT / "docs" / "benchmarks.md"
 SECTION_TITLE = "## Market data feed (issue #3)"
-DOCS_HEADER = """# Benchmarks
-
-Every figure below was produced by a script in `bench/` on the machine it names, in one run,
-and is reported next to a baseline measured in that same run (team rule: benchmarks report
-only what was measured, on this machine, as ratios against a same-run baseline). Do not edit
-the figures by hand: re-run the script, which rewrites its own section.
-"""
 
 GOAL_RATE = 50_000  # entries/s
 GOAL_RATIO = 0.40  # of the floor
@@ -545,14 +536,7 @@ interval per token) move the full path towards the `apply` row.
 
 
 def write_docs(section: str) -> None:
-    text = DOCS.read_text() if DOCS.exists() else DOCS_HEADER
-    pattern = re.compile(rf"^{re.escape(SECTION_TITLE)}\n.*?(?=^## |\Z)", re.S | re.M)
-    body = section.strip() + "\n"
-    if pattern.search(text):
-        text = pattern.sub(lambda _m: body + "\n", text, count=1).rstrip() + "\n"
-    else:
-        text = text.rstrip() + "\n\n" + body
-    DOCS.write_text(text)
+    write_docs_section(SECTION_TITLE, section)
 
 
 def machine_info(bus: RedisBus) -> dict[str, str]:
@@ -579,25 +563,6 @@ def machine_info(bus: RedisBus) -> dict[str, str]:
         "loadavg": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
         "code": code_version(),
     }
-
-
-def code_version() -> str:
-    """The commit measured and whether the tree had local changes (read-only git)."""
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-    except OSError:
-        return "unknown"
-    if not head:
-        return "unknown"
-    return f"commit {head}" + (" with uncommitted changes" if dirty else "")
 
 
 # --- main -------------------------------------------------------------------------------------

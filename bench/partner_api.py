@@ -60,17 +60,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.common import DOCS, code_version, write_docs_section  # noqa: E402
+
 DB_NAME = "polysim_bench"
 REDIS_DB = 9
-DOCS = ROOT / "docs" / "benchmarks.md"
 SECTION_TITLE = "## Partner API (issue #2)"
-DOCS_HEADER = """# Benchmarks
-
-Every figure below was produced by a script in `bench/` on the machine it names, in one run,
-and is reported next to a baseline measured in that same run (team rule: benchmarks report
-only what was measured, on this machine, as ratios against a same-run baseline). Do not edit
-the figures by hand: re-run the script, which rewrites its own section.
-"""
 
 # Throughput goal: the envelope at >= 50 % of the bare view; latency goal: p99 < 50 ms at the
 # open-loop rate (200 requests/s by default).
@@ -665,26 +659,6 @@ def machine_info(pg_base: str, redis_url: str) -> dict[str, str]:
     }
 
 
-def code_version() -> str:
-    """The commit the run measured, and whether the working tree had local changes (read-only
-    git commands)."""
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-    except OSError:
-        return "unknown"
-    if not head:
-        return "unknown"
-    return f"commit {head}" + (" with uncommitted changes" if dirty else "")
-
-
 # --- Reporting --------------------------------------------------------------------------------
 @dataclass
 class Report:
@@ -886,15 +860,7 @@ Cores used by other processes during the open-loop phases: {foreign_open}.
 
 
 def write_docs(section: str) -> None:
-    DOCS.parent.mkdir(parents=True, exist_ok=True)
-    text = DOCS.read_text() if DOCS.exists() else DOCS_HEADER
-    pattern = re.compile(rf"^{re.escape(SECTION_TITLE)}\n.*?(?=^## |\Z)", re.S | re.M)
-    body = section.strip() + "\n"
-    if pattern.search(text):
-        text = pattern.sub(lambda _m: body + "\n", text, count=1).rstrip() + "\n"
-    else:
-        text = text.rstrip() + "\n\n" + body
-    DOCS.write_text(text)
+    write_docs_section(SECTION_TITLE, section)
 
 
 def print_report(report: Report) -> None:
