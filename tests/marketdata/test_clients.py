@@ -5,34 +5,17 @@ from __future__ import annotations
 
 import json
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 
 from marketdata.clients import ClobClient, GammaClient, PolymarketError
-from marketdata.fakepoly import FakePolymarket
 
-FX = Path("fixtures/polymarket")
 EMPTY_ASK_TOKEN = "72610532355343625199299853218161700546393390326785971247545541945337255643692"
 DK_TOKEN = "98022490269692409998126496127597032490334070080325855126491859374983463996227"
 BTC_UP = "104239898038807136052399800151408521467737075933964991162589336683346093173875"
 KATANA_CID = "0x8ccc3f4951ff02c1d34b87988752b4444ad17228732780a6cf22afefe8478bb6"
 BTC_CID = "0x78443f961b9a65869dcb39359de9960165c7e5cbad0904eac7f29cd77872a63b"
 SPORTS_CID = "0x202abb9a80673068ec5ce9294d60e31eeaf3ab5c82fb21fb0c9142e5d0cab385"
-
-
-@pytest.fixture
-def fixtures_dir(shared_dir) -> Path:
-    return shared_dir / FX
-
-
-@pytest.fixture
-def fake(fixtures_dir):
-    server = FakePolymarket(fixtures_dir).start_in_thread()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

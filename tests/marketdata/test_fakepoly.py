@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 from decimal import Decimal
-from pathlib import Path
 
 import httpx
 import pytest
@@ -18,7 +17,6 @@ from marketdata import resolution as rs
 from marketdata.clients import ClobClient, GammaClient
 from marketdata.fakepoly import DEMO_DATA_DIR, FakePolymarket, book_hash
 
-FX = Path("fixtures/polymarket")
 SEQUENCE = "ws/nt_ws_sequence_book_pricechange_trade_2026-09.jsonl"
 SEQ_TOKEN = "76670567130917723816490572615540605537878462672464291990940067659127658071111"
 DK_TOKEN = "98022490269692409998126496127597032490334070080325855126491859374983463996227"
@@ -26,20 +24,6 @@ CEASEFIRE_CID = "0xd57eed0d44f5b8ca54925d8d6ff440b146b3e6e071da18136ee3ee572d344
 BTC_CID = "0x78443f961b9a65869dcb39359de9960165c7e5cbad0904eac7f29cd77872a63b"
 BTC_UP = "104239898038807136052399800151408521467737075933964991162589336683346093173875"
 BTC_DOWN = "71183960810705820955071415844881728181970340514894896943812046065452395013351"
-
-
-@pytest.fixture
-def fixtures_dir(shared_dir) -> Path:
-    return shared_dir / FX
-
-
-@pytest.fixture
-def fake(fixtures_dir):
-    server = FakePolymarket(fixtures_dir).start_in_thread()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

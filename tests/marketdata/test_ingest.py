@@ -36,13 +36,6 @@ def sequence(shared_dir):
     return [json.loads(line) for line in lines if line.strip()]
 
 
-@pytest.fixture
-def fake(shared_dir):
-    server = FakePolymarket(shared_dir / "fixtures" / "polymarket").start_in_thread()
-    yield server
-    server.stop()
-
-
 class RunningIngester:
     """An Ingester on its own event loop in a background thread."""
 
