@@ -74,16 +74,19 @@ def shared_dir() -> Path:
 @pytest.fixture(autouse=True)
 def _fresh_process_state(settings) -> Iterator[None]:
     """Caches that live for a process must not leak between tests."""
+    from accounts.services import trader_keys
     from partners import keys
     from partners.ratelimit import rate_limit_reset_local
 
     keys.key_cache.clear()
+    trader_keys.key_cache.clear()
     rate_limit_reset_local()
     settings.REDIS_URL = ""  # tests that want Redis opt in with the `redis_url` fixture
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
     settings.CELERY_TASK_ALWAYS_EAGER = True
     yield
     keys.key_cache.clear()
+    trader_keys.key_cache.clear()
 
 
 @pytest.fixture

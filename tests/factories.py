@@ -61,3 +61,22 @@ class AccountFactory(factory.django.DjangoModelFactory):
     stage = None
     starting_balance = Decimal("10000.00")
     cash = factory.LazyAttribute(lambda o: o.starting_balance)
+
+
+def trader_client(user: User) -> APIClient:
+    """An APIClient sending a fresh personal trader key (tk_) of `user` as a Bearer token."""
+    from accounts.services import trader_key_create
+
+    _, raw = trader_key_create(user=user, name="test")
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
+    return client
+
+
+def personal_account(user: User, balance: str = "1000"):
+    """The user's personal wallet, funded through the ledger like any account."""
+    from accounts.services.wallets import account_open
+
+    return account_open(
+        owner=user, tenant=None, external_id=None, stage=None, starting_balance=Decimal(balance)
+    )

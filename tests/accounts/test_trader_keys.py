@@ -12,17 +12,10 @@ from rest_framework.test import APIClient
 
 from accounts.models import TraderApiKey
 from accounts.services import trader_key_create, trader_key_revoke
-from accounts.services.trader_keys import key_cache, parse_prefix
+from accounts.services.trader_keys import parse_prefix
 from tests.factories import AccountFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def _fresh_trader_keys():
-    key_cache.clear()
-    yield
-    key_cache.clear()
 
 
 @pytest.fixture

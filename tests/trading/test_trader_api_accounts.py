@@ -8,41 +8,20 @@ from decimal import Decimal
 
 import pytest
 from django.utils import timezone
-from rest_framework.test import APIClient
 
 from accounts.models import Account, User
-from accounts.services import trader_key_create
-from accounts.services.trader_keys import key_cache
 from accounts.services.wallets import account_open
 from core import errors
 from partners.apis import AccountEnvelopeOutput
 from partners.services import tenant_set_enabled
 from tests.factories import TenantFactory, UserFactory
+from tests.factories import personal_account as personal
+from tests.factories import trader_client as client_for
 from trading.models import Fill
 from trading.permissions import account_for_trader, ensure_account_tradable
 from trading.services import account_close
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def _fresh_trader_keys():
-    key_cache.clear()
-    yield
-    key_cache.clear()
-
-
-def client_for(user: User) -> APIClient:
-    _, raw = trader_key_create(user=user, name="test")
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
-    return client
-
-
-def personal(user: User, balance: str = "1000") -> Account:
-    return account_open(
-        owner=user, tenant=None, external_id=None, stage=None, starting_balance=Decimal(balance)
-    )
 
 
 def managed(user: User, tenant, external_id: str = "acc-1") -> Account:

@@ -12,18 +12,10 @@ from rest_framework.response import Response
 from rest_framework.test import APIClient
 
 from accounts.services import trader_key_create, trader_key_revoke
-from accounts.services.trader_keys import key_cache
 from tests.factories import AccountFactory, UserFactory, make_partner_client
 from trading.apis import TraderApiView
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def _fresh_trader_keys():
-    key_cache.clear()
-    yield
-    key_cache.clear()
 
 
 def assert_error(response, status: int, code: str) -> dict:

@@ -13,16 +13,15 @@ import time_machine
 from django.middleware.csrf import _get_new_csrf_string
 from django.test import Client
 from django.utils import timezone
-from rest_framework.test import APIClient
 
-from accounts.models import Account, User
-from accounts.services import trader_key_create
-from accounts.services.trader_keys import key_cache
+from accounts.models import Account
 from accounts.services.wallets import account_open
 from marketdata.bus import get_bus
 from partners.apis import TradeOutput
 from partners.services import tenant_set_enabled
 from tests.factories import UserFactory
+from tests.factories import personal_account as personal
+from tests.factories import trader_client as client_for
 from tests.trading.conftest import audit_clean, make_market, publish_book
 from trading import tasks
 from trading.apis import OrderDetailOutput, OrderOutput
@@ -33,26 +32,6 @@ pytestmark = pytest.mark.django_db
 
 ASKS = [("0.50", "100"), ("0.52", "200"), ("0.55", "300")]
 BIDS = [("0.48", "100"), ("0.45", "200")]
-
-
-@pytest.fixture(autouse=True)
-def _fresh_trader_keys():
-    key_cache.clear()
-    yield
-    key_cache.clear()
-
-
-def client_for(user: User) -> APIClient:
-    _, raw = trader_key_create(user=user, name="test")
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
-    return client
-
-
-def personal(user: User, balance: str = "1000") -> Account:
-    return account_open(
-        owner=user, tenant=None, external_id=None, stage=None, starting_balance=Decimal(balance)
-    )
 
 
 def assert_error(response, status: int, code: str) -> dict:
