@@ -51,6 +51,7 @@ INSTALLED_APPS = [
     "accounts",
     "trading",
     "partners",
+    "web",
 ]
 
 MIDDLEWARE = [

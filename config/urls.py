@@ -8,6 +8,7 @@ urlpatterns = [
     path("v1/partner/", include("partners.urls")),
     path("v1/", include("trading.urls")),  # after /v1/partner/, which must win
     path("", include("accounts.urls")),
+    path("", include("web.urls")),
 ]
 
 handler404 = exceptions.handler404
