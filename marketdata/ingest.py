@@ -14,7 +14,9 @@ there are more than MARKETDATA_WS_MAX_TOKENS. Per connection:
   capped exponential backoff with full jitter (no two ingesters reconnect in lockstep);
 * a book-hash mismatch (found by the BookKeeper) holds that token's deltas and triggers a
   REST resnapshot; the token is published stale until it is in sync again;
-* `market_resolved` is applied to the market's lifecycle (once, however many sources).
+* `market_resolved` is applied to the market's lifecycle (once, however many sources);
+* `new_market` enqueues the discovery of that market (`discover_new_markets`), off the
+  loop, so a new market is listed without waiting for the scheduled discovery.
 
 Heartbeat: while `run()` is running, the ingester calls `bus.heartbeat(shard)` every
 `heartbeat_seconds` (1 s) from a task on its own event loop, and stops the moment it is
@@ -43,7 +45,7 @@ import logging
 import random
 import signal
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +61,7 @@ from marketdata.bus import PriceBus, get_bus, shard_of
 from marketdata.clients import ClobClient, PolymarketError
 from marketdata.messages import BookKeeper, FeedStats, parse_events
 from marketdata.models import Market, Token
+from marketdata.tasks import discover_new_markets
 
 logger = logging.getLogger("polysim.feed")
 
@@ -124,6 +127,7 @@ class ShardHealth:
     messages: int = 0
     resyncs: int = 0
     reconnects: int = 0
+    new_markets: int = 0  # `new_market` announcements handed to discovery
 
 
 @dataclass
@@ -186,6 +190,7 @@ class Ingester:
         self.tokens: dict[str, TokenInfo] = {}
         self._connections: list[_Connection] = []
         self._stop = asyncio.Event()
+        self._background: set[asyncio.Task[None]] = set()  # fire-and-forget work, kept alive
 
     # --- lifecycle ------------------------------------------------------------------------
     async def run(self) -> None:
@@ -206,10 +211,13 @@ class Ingester:
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            # A last health record, but shutdown must not hang on a busy database.
+            # A last health record and any announced-market discovery still running, but
+            # shutdown must not hang on a busy database or a slow Gamma.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(5):
                     await self._report_health()
+                    if self._background:
+                        await asyncio.wait(set(self._background))
 
     def stop(self) -> None:
         self._stop.set()
@@ -325,11 +333,18 @@ class Ingester:
                     if now >= next_ping:
                         await ws.send("PING")
                         next_ping = now + self.config.ping_seconds
-                    wait = max(0.01, min(next_ping, last_frame + self.config.dead_after) - now)
+                    wake = min(next_ping, last_frame + self.config.dead_after)
+                    # A deferred in-burst mismatch expires even if no frame ever comes.
+                    deadline = self.keeper.next_deadline()
+                    if deadline is not None:
+                        wake = min(wake, deadline)
                     try:
-                        async with asyncio.timeout(wait):
+                        async with asyncio.timeout(max(0.01, wake - now)):
                             raw = await ws.recv()
                     except TimeoutError:
+                        if deadline is not None and time.monotonic() >= deadline:
+                            self._publish()  # expires it: held, published stale
+                            await self._resync_if_needed(conn)
                         continue
                     last_frame = time.monotonic()
                     await self._on_frame(raw)
@@ -341,12 +356,23 @@ class Ingester:
         self.health.messages += 1
         self.health.last_message_at = time.time()
         text = raw if isinstance(raw, str) else raw.decode("utf-8", "replace")
-        if "market_resolved" in text:
+        if "market_resolved" in text or "new_market" in text:
+            announced: list[str] = []
             for event in parse_events(text, self.keeper.stats):
                 if event["event_type"] == "market_resolved":
                     await sync_to_async(_apply_resolution, thread_sensitive=False)(dict(event))
+                elif event["event_type"] == "new_market" and event["market"]:
+                    announced.append(event["market"])
+            if announced:
+                self.health.new_markets += len(announced)
+                self._spawn(sync_to_async(_enqueue_discovery, thread_sensitive=False)(announced))
         self.keeper.feed(raw)
         self._publish()
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _publish(self) -> None:
         tops = self.keeper.drain_tops_json()
@@ -462,6 +488,15 @@ def _health_write(**kwargs: Any) -> None:
 
 def _apply_resolution(event: dict[str, Any]) -> None:
     _db_call(_apply_resolution_now, event)
+
+
+def _enqueue_discovery(condition_ids: list[str]) -> None:
+    """Hand announced markets to the worker (with a broker: one Redis push; embedded: the
+    discovery runs here, in a pool thread, never on the feed loop)."""
+    try:
+        _db_call(discover_new_markets.delay, condition_ids)
+    except Exception:
+        logger.exception("could not discover announced market(s) %s", condition_ids)
 
 
 def _apply_resolution_now(event: dict[str, Any]) -> None:

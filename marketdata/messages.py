@@ -535,6 +535,10 @@ class BookKeeper:
       therefore deferred, not an error, as long as the burst's timestamp does not change;
       the burst's last entry (or the `book` that follows) proves the book again. A mismatch
       on an uncrossed book, or a second one after the timestamp moved on, is a real one.
+      While a mismatch is deferred the book is unproven: it is published not fresh (no taker
+      or maker fill may use a crossed, unverified book), and if nothing proves it within
+      `burst_grace_ms` (the burst's last entry never came) it is a real mismatch: held and
+      resynced like any other.
       The exchange moves its last trade price at the trade, before the `last_trade_price`
       event reaches us: when the hash matches only with last_trade_price = the entry's own
       price or the new best bid/ask, that price is adopted (a SHA-1 match proves it).
@@ -548,12 +552,16 @@ class BookKeeper:
         stats: FeedStats | None = None,
         verify: VerifyMode = "flush",
         verify_interval_ms: int = 0,
+        burst_grace_ms: int = 1000,
     ) -> None:
         if verify not in ("entry", "flush", "off"):
             raise ValueError(f"verify must be entry, flush or off, not {verify!r}")
         self.stats = stats if stats is not None else FeedStats()
         self.verify: VerifyMode = verify
         self.verify_interval_s = verify_interval_ms / 1000
+        self.burst_grace_s = burst_grace_ms / 1000
+        # token -> monotonic deadline of its deferred (in-burst) mismatch; see the docstring
+        self._bursts: dict[str, float] = {}
         self._meta: dict[str, _TokenMeta] = {}
         self._books: dict[str, OrderBook] = {}  # every token that ever had a valid snapshot
         self._live: dict[str, OrderBook] = {}  # the in-sync ones: deltas are applied to these
@@ -594,6 +602,7 @@ class BookKeeper:
         self._books.pop(token_id, None)
         self._live.pop(token_id, None)
         self._claims.pop(token_id, None)
+        self._bursts.pop(token_id, None)
         self._dirty.discard(token_id)
 
     def tracked(self) -> set[str]:
@@ -629,6 +638,7 @@ class BookKeeper:
     def _hold(self, token_id: str, meta: _TokenMeta, reason: str) -> None:
         meta.resync_reason = reason
         meta.burst_ts = None
+        self._bursts.pop(token_id, None)
         self._live.pop(token_id, None)
         self._claims.pop(token_id, None)
         self._dirty.add(token_id)  # publish it as not fresh
@@ -827,6 +837,7 @@ class BookKeeper:
         meta.min_order_size, meta.neg_risk = book.min_order_size, book.neg_risk
         meta.resync_reason = None
         meta.burst_ts = None
+        self._bursts.pop(asset_id, None)
         self._live[asset_id] = book
         self._dirty.add(asset_id)
         if self.verify != "off" and book.hash:
@@ -864,14 +875,35 @@ class BookKeeper:
 
     def verify_pending(self, *, force: bool = False) -> None:
         """Check the pending (flush-mode) hash claims whose token was not checked within
-        `verify_interval_ms` (all of them with force=True)."""
-        if not self._claims:
-            return
-        due = 0.0 if force else time.monotonic() - self.verify_interval_s
-        meta = self._meta
-        for asset_id in list(self._claims):
-            if force or meta[asset_id].verified_at <= due:
-                self._verify_claim(asset_id)
+        `verify_interval_ms` (all of them with force=True); then hold the tokens whose
+        in-burst mismatch nothing proved within `burst_grace_ms`."""
+        if self._claims:
+            due = 0.0 if force else time.monotonic() - self.verify_interval_s
+            meta = self._meta
+            for asset_id in list(self._claims):
+                if force or meta[asset_id].verified_at <= due:
+                    self._verify_claim(asset_id)
+        if self._bursts:
+            self._expire_bursts()
+
+    def next_deadline(self) -> float | None:
+        """The monotonic time by which `verify_pending` must run again (a deferred mismatch
+        expires then), or None: the feed loop wakes for it even when no frame arrives."""
+        return min(self._bursts.values(), default=None)
+
+    def _expire_bursts(self) -> None:
+        now = time.monotonic()
+        for asset_id, deadline in list(self._bursts.items()):
+            if deadline > now:
+                continue
+            meta = self._meta[asset_id]
+            self.stats.hash_mismatched += 1
+            self.stats.reject(
+                "hash_mismatch",
+                f"{asset_id[:16]}… ts={meta.burst_ts}: trade-burst mismatch not proven "
+                f"within {self.burst_grace_s * 1000:.0f} ms",
+            )
+            self._hold(asset_id, meta, "hash mismatch")
 
     def _verify_claim(self, asset_id: str, extra: tuple[str, ...] = ()) -> None:
         price = self._claims.pop(asset_id, None)
@@ -911,10 +943,14 @@ class BookKeeper:
         if result != "mismatch":
             stats.hash_matched += 1
             meta.burst_ts = None
+            if self._bursts.pop(asset_id, None) is not None:
+                self._dirty.add(asset_id)  # proven again: publish it fresh
         elif book.is_crossed() and meta.burst_ts in (None, ts):
             result = "deferred"
             stats.hash_deferred += 1
             meta.burst_ts = ts
+            self._bursts.setdefault(asset_id, time.monotonic() + self.burst_grace_s)
+            self._dirty.add(asset_id)  # publish it not fresh while unproven
         else:
             stats.hash_mismatched += 1
             stats.reject("hash_mismatch", f"{asset_id[:16]}… ts={ts} expected {expected}")
@@ -932,7 +968,7 @@ class BookKeeper:
         last = self._meta[token_id].last_trade
         return BookTop.from_book(
             book,
-            fresh=token_id in self._live,
+            fresh=token_id in self._live and token_id not in self._bursts,
             last_trade_side=last.side if last else None,
             depth=depth,
         )
@@ -948,7 +984,7 @@ class BookKeeper:
         """`drain_tops`, already encoded for `PriceBus.publish_json` (the feed's hot path)."""
         self.verify_pending()
         dirty, self._dirty = self._dirty, set()
-        books, live, meta = self._books, self._live, self._meta
+        books, live, meta, bursts = self._books, self._live, self._meta, self._bursts
         published_at = now_ms()
         out: list[EncodedTop] = []
         for token_id in dirty:
@@ -957,7 +993,7 @@ class BookKeeper:
                 last = meta[token_id].last_trade
                 blob = encode_top(
                     book,
-                    fresh=token_id in live,
+                    fresh=token_id in live and token_id not in bursts,
                     last_trade_side=last.side if last else None,
                     depth=depth,
                     published_at=published_at,

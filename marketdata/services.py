@@ -10,7 +10,7 @@ MarketResolution (unique on market), later reports are logged no-ops.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -497,6 +497,34 @@ def discover(
             logger.warning("discovery: CLOB lookup for market %s failed: %s", label, exc)
             result.errors.append(f"{label}: CLOB {exc}")
     logger.info("discovery: %s", result.as_dict())
+    return result
+
+
+def discover_by_condition_ids(
+    *, gamma: GammaClient, clob: ClobClient, condition_ids: Iterable[str]
+) -> DiscoveryResult:
+    """Discovery of named markets (e.g. announced by the websocket's `new_market`): the same
+    upserts and verdicts as `discover`, for just these condition ids, open or closed.
+
+    Idempotent, one short transaction per market, no transaction across an HTTP call. Ids
+    Gamma does not know (yet) are reported in `errors`; Gamma unreachable raises.
+    """
+    result = DiscoveryResult()
+    wanted = [cid for cid in dict.fromkeys(condition_ids) if cid]
+    events: dict[str, Event] = {}
+    found = gamma.markets_by_condition_ids(wanted)
+    result.markets_seen = len(found)
+    for data in found:
+        label = str(data.get("conditionId") or data.get("id") or "?")
+        try:
+            market = _discover_market(data, events=events, result=result)
+            _fill_from_clob(market, clob=clob, result=result)
+        except (PolymarketError, ValueError, IntegrityError) as exc:
+            logger.warning("discovery skipped market %s: %s", label, exc)
+            result.errors.append(f"{label}: {exc}")
+    missing = set(wanted) - {str(d.get("conditionId")) for d in found}
+    result.errors.extend(f"{cid}: not on Gamma yet" for cid in sorted(missing))
+    logger.info("discovery of %d named market(s): %s", len(wanted), result.as_dict())
     return result
 
 

@@ -1,4 +1,5 @@
-"""Market discovery on a schedule (Celery beat entry `marketdata-discover`, every 10 minutes).
+"""Market discovery on a schedule (Celery beat entry `marketdata-discover`, every 10 minutes),
+and of single markets the websocket announces (`new_market`, enqueued by the ingester).
 
 The task is idempotent (discovery upserts on Polymarket's ids), so a duplicate or overlapping
 run only costs API calls. Gamma being unreachable fails the task; the next beat retries.
@@ -11,7 +12,7 @@ from typing import Any
 from celery import shared_task
 
 from marketdata.clients import ClobClient, GammaClient
-from marketdata.services import discover
+from marketdata.services import discover, discover_by_condition_ids
 
 # Markets per scheduled run (open markets come first; Gamma's keyset pages hold 100).
 DISCOVERY_LIMIT = 2000
@@ -23,4 +24,13 @@ def discover_markets(
 ) -> dict[str, Any]:
     with GammaClient() as gamma, ClobClient() as clob:
         result = discover(gamma=gamma, clob=clob, limit=limit, include_closed=include_closed)
+    return result.as_dict()
+
+
+@shared_task(name="marketdata.tasks.discover_new_markets")
+def discover_new_markets(condition_ids: list[str]) -> dict[str, Any]:
+    """Markets the websocket announced with `new_market`: upsert them now rather than at the
+    next scheduled run, so they can be listed and traded as soon as Gamma has them."""
+    with GammaClient() as gamma, ClobClient() as clob:
+        result = discover_by_condition_ids(gamma=gamma, clob=clob, condition_ids=condition_ids)
     return result.as_dict()

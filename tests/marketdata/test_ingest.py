@@ -130,7 +130,12 @@ def test_golden_replay_through_the_real_websocket_rebuilds_the_final_book(fake, 
     wait_for(runner.fresh, what="first snapshot")
     fake.replay(sequence)
     final = sequence[-1]
-    wait_for(lambda: runner.top().hash == final["hash"], what="final hash on the bus")
+    # The burst's first messages already claim the final hash, on a crossed book that is
+    # published not fresh until proven: wait for the proven one.
+    wait_for(
+        lambda: (top := runner.top()).hash == final["hash"] and top.fresh,
+        what="final hash on the bus, fresh",
+    )
     book = runner.ingester.keeper.book(TOKEN_A)
     wire = book.to_wire()
     assert wire["bids"] == final["bids"] and wire["asks"] == final["asks"]
@@ -347,3 +352,54 @@ def test_market_resolved_on_the_websocket_is_applied_once(fake, running):
     assert resolution.winning_token.token_id == TOKEN_A
     market.refresh_from_db()
     assert market.status == "resolved"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_new_market_on_the_websocket_is_discovered_without_waiting_for_the_schedule(
+    fake, running, fixtures_dir, settings
+):
+    from marketdata.fakepoly import FixtureSet
+    from marketdata.models import Market
+
+    # The discovery task runs eagerly here (no broker) with the clients' default URLs.
+    settings.POLYMARKET_GAMMA_URL, settings.POLYMARKET_CLOB_URL = fake.gamma_url, fake.clob_url
+
+    # A market the fake Gamma knows but our database does not (yet).
+    gamma = FixtureSet.load(fixtures_dir).gamma_markets
+    condition_id = next(cid for cid, m in gamma.items() if not m.get("closed"))
+    assert not Market.objects.filter(condition_id=condition_id).exists()
+    runner = running([TOKEN_A])
+    wait_for(runner.fresh, what="first snapshot")
+    fake.send_raw(
+        json.dumps(
+            {"event_type": "new_market", "id": "1", "market": condition_id,
+             "question": gamma[condition_id].get("question"), "assets_ids": [],
+             "outcomes": ["Yes", "No"], "timestamp": str(now_ms())}
+        )
+    )  # fmt: skip
+    wait_for(
+        lambda: Market.objects.filter(condition_id=condition_id).exists(),
+        what="announced market discovered",
+    )
+    market = Market.objects.get(condition_id=condition_id)
+    assert market.question == gamma[condition_id]["question"]
+    assert market.tokens.count() == 2
+    assert runner.ingester.health.new_markets == 1
+    assert runner.fresh()  # the announcement never disturbed the books
+
+
+@pytest.mark.django_db
+def test_discover_markets_by_condition_id_reports_ids_gamma_does_not_know(fake, fixtures_dir):
+    from marketdata.clients import GammaClient
+    from marketdata.fakepoly import FixtureSet
+    from marketdata.models import Market
+    from marketdata.services import discover_by_condition_ids
+
+    known = next(iter(FixtureSet.load(fixtures_dir).gamma_markets))
+    with GammaClient(fake.gamma_url) as gamma, ClobClient(fake.clob_url) as clob:
+        result = discover_by_condition_ids(
+            gamma=gamma, clob=clob, condition_ids=[known, "0xnope", known]
+        )
+    assert result.markets_created == 1 and result.markets_seen == 1
+    assert result.errors == ["0xnope: not on Gamma yet"]
+    assert list(Market.objects.values_list("condition_id", flat=True)) == [known]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import time
 from decimal import Decimal
 from pathlib import Path
 
@@ -579,3 +580,51 @@ def test_untracked_snapshot_and_rest_install_are_refused(shared_dir):
     keeper.track(msg["asset_id"], neg_risk=True)
     assert keeper.install_snapshot(msg) is True
     assert isinstance(keeper.book(msg["asset_id"]), OrderBook)
+
+
+def _up_to_the_burst(shared_dir, **keeper_options):
+    """A keeper fed the recording up to the trade burst's first message only (frame 47): its
+    claim is a deferred mismatch on a crossed book, and the burst's rest never comes."""
+    raw = frames(shared_dir)
+    keeper = keeper_for(TOKEN_A, **keeper_options)
+    for frame in raw[:48]:
+        keeper.feed(frame)
+    return keeper
+
+
+def test_a_deferred_burst_mismatch_is_published_not_fresh_while_unproven(shared_dir):
+    keeper = _up_to_the_burst(shared_dir, burst_grace_ms=60_000)
+    tops = {t.token_id: t for t in keeper.drain_tops()}
+    assert keeper.last_hash_result[TOKEN_A] == "deferred"
+    assert keeper.book(TOKEN_A).is_crossed()
+    # Crossed and unverified: nobody may fill against it, yet it is not a resync either.
+    assert tops[TOKEN_A].fresh is False
+    assert not keeper.needs_resync(TOKEN_A)
+    assert keeper.next_deadline() is not None
+
+
+def test_a_burst_proven_by_its_next_message_is_fresh_again(shared_dir):
+    raw = frames(shared_dir)
+    keeper = _up_to_the_burst(shared_dir, burst_grace_ms=60_000)
+    keeper.drain_tops()
+    for frame in raw[48:50]:  # the rest of the burst
+        keeper.feed(frame)
+    tops = {t.token_id: t for t in keeper.drain_tops()}
+    assert keeper.last_hash_result[TOKEN_A] == "inferred"
+    assert tops[TOKEN_A].fresh is True and keeper.next_deadline() is None
+    assert keeper.stats.hash_mismatched == 0
+
+
+def test_a_burst_never_proven_within_the_grace_is_a_real_mismatch(shared_dir, monkeypatch):
+    keeper = _up_to_the_burst(shared_dir, burst_grace_ms=500)
+    keeper.drain_tops()  # deferred now, deadline in 0.5 s
+    deadline = keeper.next_deadline()
+    assert deadline is not None
+    real_monotonic = time.monotonic
+    monkeypatch.setattr(time, "monotonic", lambda: max(real_monotonic(), deadline + 0.001))
+    tops = {t.token_id: t for t in keeper.drain_tops()}
+    assert tops[TOKEN_A].fresh is False
+    assert keeper.needs_resync(TOKEN_A)  # held until a snapshot: the ingester fetches one
+    assert keeper.resync_reason(TOKEN_A) == "hash mismatch"
+    assert keeper.stats.hash_mismatched == 1 and keeper.stats.rejected == {"hash_mismatch": 1}
+    assert keeper.next_deadline() is None
