@@ -628,3 +628,14 @@ def test_a_burst_never_proven_within_the_grace_is_a_real_mismatch(shared_dir, mo
     assert keeper.resync_reason(TOKEN_A) == "hash mismatch"
     assert keeper.stats.hash_mismatched == 1 and keeper.stats.rejected == {"hash_mismatch": 1}
     assert keeper.next_deadline() is None
+
+
+def test_a_2024_book_whose_hash_no_known_recipe_reproduces_is_held_not_trusted(shared_dir):
+    path = shared_dir / "fixtures/polymarket/ws/nt_ws_book_2024-10.json"
+    msg = orjson.loads(path.read_bytes())
+    keeper = keeper_for(msg["asset_id"])
+    keeper.feed(path.read_bytes())
+    tops = {t.token_id: t for t in keeper.drain_tops()}
+    assert keeper.book(msg["asset_id"]) is not None  # loaded, kept for the admin to inspect
+    assert keeper.needs_resync(msg["asset_id"]) and tops[msg["asset_id"]].fresh is False
+    assert keeper.stats.rejected == {"hash_mismatch": 1}
