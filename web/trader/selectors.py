@@ -216,7 +216,7 @@ def leaderboard(*, viewer_id: int | None = None, now: dt.datetime | None = None)
     snapshots = EquitySnapshot.objects.filter(
         account_id=OuterRef("pk"), epoch=OuterRef("epoch")
     ).order_by("-at", "-id")
-    money: DecimalField[Decimal] = DecimalField(max_digits=20, decimal_places=6)
+    money: DecimalField[Decimal, Decimal] = DecimalField(max_digits=20, decimal_places=6)
     rows = (
         Account.objects.filter(tenant__isnull=True, status=Account.Status.ACTIVE)
         .annotate(
