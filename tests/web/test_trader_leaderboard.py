@@ -29,6 +29,13 @@ pytestmark = pytest.mark.django_db
 NOW = dt.datetime(2030, 2, 20, 12, 0, tzinfo=dt.UTC)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_ranking_cache():
+    selectors.leaderboard_cache_clear()
+    yield
+    selectors.leaderboard_cache_clear()
+
+
 def utc(month: int, day: int, hour: int = 12) -> dt.datetime:
     return dt.datetime(2030, month, day, hour, 0, tzinfo=dt.UTC)
 
@@ -159,3 +166,12 @@ def test_seasons_are_calendar_months_in_utc():
     plus_two = dt.timezone(dt.timedelta(hours=2))
     start, _ = selectors.season_bounds(dt.datetime(2030, 3, 1, 0, 30, tzinfo=plus_two))
     assert start == dt.datetime(2030, 2, 1, tzinfo=dt.UTC)
+
+
+def test_live_pages_reuse_the_ranking_for_a_short_while(season, django_assert_num_queries):
+    with time_machine.travel(NOW, tick=False):
+        with django_assert_num_queries(1):
+            selectors.leaderboard()
+        with django_assert_num_queries(0):
+            again = selectors.leaderboard(viewer_id=season["bo"].owner_id)
+    assert again.me is not None and again.me.rank == 4
