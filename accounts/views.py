@@ -1,5 +1,6 @@
-"""Trader-facing pages: the login-link landing and confirmation, sign-out and the signed-in
-landing page. Server-rendered; no JavaScript.
+"""Trader-facing pages: retail sign-in (ask for a link by email), the login-link landing and
+confirmation, sign-out, and /app/ (the partner flow's default landing, now the portfolio).
+Server-rendered; no JavaScript.
 
 Link flow (reliability.md T9): GET/HEAD /login/t/<token> only parks the token's hash in the
 session and redirects, so mail scanners that prefetch links burn nothing and the token leaves
@@ -10,32 +11,36 @@ page with the same status, 410 Gone, so nothing reveals which it was.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
-from decimal import ROUND_HALF_EVEN, Decimal
 from functools import wraps
 
+from django.conf import settings
 from django.contrib.auth import login, logout
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
-from accounts.models import Account
+from accounts.forms import LoginLinkForm
 from accounts.services import (
     login_redirect_resolve,
     login_token_consume_hash,
     login_token_get_pending,
     login_token_hash,
 )
+from accounts.services.login import login_link_request_retail
+from accounts.services.wallets import personal_account_ensure
+from core import errors
 
 SESSION_TOKEN_KEY = "login_link_token_hash"
 LINK_DEAD_STATUS = 410
 AUTH_BACKEND = "django.contrib.auth.backends.ModelBackend"
 # What our tokens look like (43 url-safe base64 characters); other input is not worth hashing.
 _TOKEN_SHAPE = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
-_CENTS = Decimal("0.01")
 
 View = Callable[..., HttpResponse]
 
@@ -99,14 +104,77 @@ def login_confirm(request: HttpRequest) -> HttpResponse:
         # login() keeps the session id when the same user is already signed in; a
         # sign-in must always get a fresh one.
         request.session.cycle_key()
+    if token.tenant_id is None:
+        # A retail link: the first confirmed sign-in opens the personal account.
+        personal_account_ensure(user=token.user)
     login(request, token.user, backend=AUTH_BACKEND)
     return HttpResponseRedirect(login_redirect_resolve(token=token))
 
 
-@require_safe
+def client_ip(request: HttpRequest) -> str:
+    """The client's address: the socket peer, or with CLIENT_IP_PROXY_COUNT = n trusted
+    proxies, the n-th X-Forwarded-For entry from the right (the one our first proxy saw;
+    entries further left are whatever the client chose to send)."""
+    hops = int(settings.CLIENT_IP_PROXY_COUNT)
+    if hops > 0:
+        forwarded = [
+            part.strip()
+            for part in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")
+            if part.strip()
+        ]
+        if len(forwarded) >= hops:
+            return forwarded[-hops][:64]
+    return str(request.META.get("REMOTE_ADDR") or "unknown")[:64]
+
+
+def _minutes(seconds: str | None) -> int:
+    try:
+        return max(1, math.ceil(int(seconds or "60") / 60))
+    except ValueError:
+        return 60
+
+
+@require_http_methods(["GET", "HEAD", "POST"])
 @private_page
 def login_page(request: HttpRequest) -> HttpResponse:
-    return render(request, "accounts/login.html")
+    """GET: the email form. POST: ask for a link; every accepted request answers with the
+    same redirect to "check your inbox", whether or not the email was known."""
+    if request.method != "POST":
+        return render(request, "accounts/login.html", {"form": LoginLinkForm()})
+    form = LoginLinkForm(request.POST)
+    if not form.is_valid():
+        return render(request, "accounts/login.html", {"form": form}, status=400)
+    try:
+        login_link_request_retail(email=form.cleaned_data["email"], client_ip=client_ip(request))
+    except (errors.RateLimitExceeded, errors.LoginLinkThrottled) as exc:
+        retry_after = exc.headers.get("Retry-After")
+        if isinstance(exc, errors.LoginLinkThrottled):
+            message = "Too many sign-in links were sent to this address in the last hour."
+        else:
+            message = "Too many sign-in requests came from your network in the last hour."
+        response = render(
+            request,
+            "accounts/login.html",
+            {
+                "form": form,
+                "throttle_message": f"{message} Try again in {_minutes(retry_after)} minutes.",
+            },
+            status=429,
+        )
+        if retry_after:
+            response["Retry-After"] = retry_after
+        return response
+    return HttpResponseRedirect(reverse("accounts:login-sent"))
+
+
+@require_safe
+@private_page
+def login_sent(request: HttpRequest) -> HttpResponse:
+    return render(
+        request,
+        "accounts/login_sent.html",
+        {"valid_minutes": max(1, int(settings.LOGIN_LINK_TTL_SECONDS) // 60)},
+    )
 
 
 @require_POST
@@ -116,27 +184,12 @@ def logout_view(request: HttpRequest) -> HttpResponse:
     return redirect("accounts:login")
 
 
-def _account_row(account: Account) -> dict[str, str]:
-    tenant = account.tenant
-    return {
-        "name": account.external_id or "Personal",
-        "managed_by": f"Managed by {tenant.name}" if tenant is not None else "Personal",
-        "stage": account.get_stage_display() if account.stage else "—",
-        "status": account.get_status_display(),
-        "status_class": account.status,
-        "cash": f"{account.cash.quantize(_CENTS, rounding=ROUND_HALF_EVEN):,}",
-    }
-
-
 @require_safe
 @login_required
 @private_page
 def app_home(request: HttpRequest) -> HttpResponse:
-    """The signed-in landing page: who you are and the accounts you hold."""
-    accounts = sorted(
-        Account.objects.filter(owner_id=request.user.pk).select_related("tenant"),
-        key=lambda a: (a.tenant is not None, a.tenant.name if a.tenant else "", a.created_at),
-    )
-    return render(
-        request, "accounts/app_home.html", {"accounts": [_account_row(a) for a in accounts]}
-    )
+    """The partner flow's default landing page: the portfolio (query string kept, so
+    "/app/?account=<id>" opens that account)."""
+    target = reverse("web:portfolio")
+    query = request.META.get("QUERY_STRING", "")
+    return HttpResponseRedirect(f"{target}?{query}" if query else target)

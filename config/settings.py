@@ -7,6 +7,7 @@ and emails written to files, so `make demo` needs nothing but Python.
 
 from __future__ import annotations
 
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 import environ
@@ -217,6 +218,20 @@ SPECTACULAR_SETTINGS = {
 # --- polysim --------------------------------------------------------------------------------
 LOGIN_LINK_TTL_SECONDS = env.int("LOGIN_LINK_TTL_SECONDS", default=15 * 60)
 LOGIN_LINKS_PER_HOUR = env.int("LOGIN_LINKS_PER_HOUR", default=5)
+# Retail sign-in (/login/): links a single client IP may request per hour (any emails), and
+# how many reverse proxies append to X-Forwarded-For in front of the app (0: use the socket
+# peer address; the client is then the Nth entry from the right).
+LOGIN_REQUESTS_PER_IP_PER_HOUR = env.int("LOGIN_REQUESTS_PER_IP_PER_HOUR", default=20)
+CLIENT_IP_PROXY_COUNT = env.int("CLIENT_IP_PROXY_COUNT", default=0)
+# Starting balance (USDC) of the personal account a retail trader gets at first sign-in.
+try:
+    PERSONAL_ACCOUNT_DEFAULT_BALANCE = Decimal(
+        env.str("PERSONAL_ACCOUNT_DEFAULT_BALANCE", default="1000")
+    )
+except InvalidOperation as exc:
+    raise ImproperlyConfigured("PERSONAL_ACCOUNT_DEFAULT_BALANCE must be a decimal") from exc
+if not PERSONAL_ACCOUNT_DEFAULT_BALANCE.is_finite() or PERSONAL_ACCOUNT_DEFAULT_BALANCE <= 0:
+    raise ImproperlyConfigured("PERSONAL_ACCOUNT_DEFAULT_BALANCE must be > 0")
 IDEMPOTENCY_TTL_HOURS = env.int("IDEMPOTENCY_TTL_HOURS", default=48)
 RATE_LIMIT_DEFAULT_PER_SECOND = env.int("RATE_LIMIT_DEFAULT_PER_SECOND", default=50)
 RATE_LIMIT_DEFAULT_PER_MINUTE = env.int("RATE_LIMIT_DEFAULT_PER_MINUTE", default=3000)

@@ -13,12 +13,16 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
+import logging
 import math
 import secrets
+import threading
+import time
 import unicodedata
 from functools import partial
 from urllib.parse import urlsplit
 
+import redis
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
@@ -26,14 +30,19 @@ from django.utils.crypto import salted_hmac
 from django.utils.http import url_has_allowed_host_and_scheme
 
 from accounts.models import EmailOutbox, LoginToken, User
+from accounts.services.wallets import user_ensure
 from core import errors
 from partners.models import Tenant
+
+logger = logging.getLogger("polysim.login")
 
 LOGIN_LINK_KEY_LABEL = "polysim-login-link"
 LOGIN_LINK_EMAIL_KIND = "login_link"
 THROTTLE_WINDOW = dt.timedelta(hours=1)
 # Where a trader lands when neither the partner nor the tenant says otherwise.
 FALLBACK_LANDING_URL = "/app/"
+# Where a retail (no firm) sign-in lands.
+RETAIL_LANDING_URL = "/portfolio/"
 # LoginToken.redirect_url's column width; a longer URL could not be stored anyway.
 MAX_REDIRECT_LENGTH = 2048
 # The raw token is 43 url-safe characters; anything much longer is not ours and is not hashed.
@@ -280,3 +289,102 @@ def login_token_consume(*, raw_token: str) -> LoginToken | None:
     if not raw_token or len(raw_token) > MAX_RAW_TOKEN_LENGTH:
         return None
     return login_token_consume_hash(token_hash=login_token_hash(raw_token))
+
+
+# --- Retail sign-in -------------------------------------------------------------------------
+IP_WINDOW_S = 3600
+_REDIS_TIMEOUT_S = 0.2
+
+
+class _LocalIpCounter:
+    """Embedded mode (no REDIS_URL): per-process counts per (ip, window). Old windows are
+    dropped whenever the window changes, so memory is bounded by one hour of clients."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._window = -1
+        self._counts: dict[str, int] = {}
+
+    def hit(self, ip: str, window: int) -> int:
+        with self._lock:
+            if window != self._window:
+                self._window, self._counts = window, {}
+            self._counts[ip] = self._counts.get(ip, 0) + 1
+            return self._counts[ip]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._window, self._counts = -1, {}
+
+
+_local_ip_counter = _LocalIpCounter()
+_redis_clients: dict[str, redis.Redis] = {}
+
+
+def _redis_client(url: str) -> redis.Redis:
+    client = _redis_clients.get(url)
+    if client is None:
+        client = redis.Redis.from_url(
+            url, socket_connect_timeout=_REDIS_TIMEOUT_S, socket_timeout=_REDIS_TIMEOUT_S
+        )
+        _redis_clients[url] = client
+    return client
+
+
+def login_ip_throttle_reset_local() -> None:
+    """Forget the in-process per-IP counts (tests)."""
+    _local_ip_counter.clear()
+
+
+def login_ip_throttle_hit(*, client_ip: str) -> int | None:
+    """Count one sign-in link request from `client_ip` in the current clock hour; return the
+    seconds until that hour ends when the count is over LOGIN_REQUESTS_PER_IP_PER_HOUR, else
+    None.
+
+    A fixed window (one INCR, atomic in Redis, shared by every web process; a locked dict in
+    embedded mode): at a window edge a client can get up to twice the limit within an hour,
+    which is acceptable for an abuse cap whose real guard is the per-email throttle. Counts
+    denied requests too, so hammering the form does not help. Fails open (logs a warning)
+    when Redis is unreachable: sign-in must not depend on the limiter's store."""
+    limit = int(settings.LOGIN_REQUESTS_PER_IP_PER_HOUR)
+    now = time.time()
+    window = int(now // IP_WINDOW_S)
+    retry_after = max(1, math.ceil((window + 1) * IP_WINDOW_S - now))
+    url = str(getattr(settings, "REDIS_URL", "") or "")
+    if url:
+        key = f"login:ip:{client_ip}:{window}"
+        try:
+            pipe = _redis_client(url).pipeline(transaction=True)
+            pipe.incr(key)
+            pipe.expire(key, IP_WINDOW_S + 60)
+            count = int(pipe.execute()[0])
+        except redis.RedisError as exc:
+            logger.warning("login IP throttle store unreachable, failing open: %s", exc)
+            return None
+    else:
+        count = _local_ip_counter.hit(client_ip, window)
+    return retry_after if count > limit else None
+
+
+def login_link_request_retail(*, email: str, client_ip: str) -> None:
+    """A visitor asks for a sign-in link on /login/ (no firm involved).
+
+    Counts the request against the client IP first (RateLimitExceeded with Retry-After when
+    over LOGIN_REQUESTS_PER_IP_PER_HOUR; nothing written). Then the user of this email is
+    found or created and a personal link (landing on the portfolio) is issued through
+    login_link_request, with its per-email throttle (LoginLinkThrottled) and outbox.
+
+    No enumeration: a known and an unknown email run the same statements (user_ensure is
+    one INSERT … ON CONFLICT DO NOTHING plus one read either way) and both send an email, so
+    the answer and its timing do not depend on whether the address was known. The personal
+    account is opened when the link is first confirmed (personal_account_ensure), not here:
+    an address nobody has proven to own gets no wallet and no leaderboard row.
+    Not idempotent: each call issues a new link."""
+    retry_after = login_ip_throttle_hit(client_ip=client_ip)
+    if retry_after is not None:
+        raise errors.RateLimitExceeded(
+            "Too many sign-in requests from this network.",
+            headers={"Retry-After": str(retry_after)},
+        )
+    user = user_ensure(email=email)
+    login_link_request(user=user, tenant=None, redirect_url=RETAIL_LANDING_URL)

@@ -12,11 +12,13 @@ import datetime as dt
 from decimal import Decimal
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import Account, EquitySnapshot, LedgerEntry, Position, User, normalize_email
 from core import errors
+from core.db import create_or_get
 from core.money import ZERO, cash, pct
 
 
@@ -71,6 +73,31 @@ def account_open(
     )
     ledger_post(account=account, kind=LedgerEntry.Kind.INITIAL_DEPOSIT, amount=starting_balance)
     equity_snapshot_record(account=account, positions_value=ZERO, at=now)
+    return account
+
+
+def personal_account_ensure(*, user: User) -> Account:
+    """The user's one personal account (no tenant), opened with
+    PERSONAL_ACCOUNT_DEFAULT_BALANCE if they have none. Idempotent and race-safe: the
+    unique "one personal account per owner" constraint decides a concurrent double open,
+    and the loser reads the winner's row."""
+
+    def existing() -> Account | None:
+        return Account.objects.filter(owner=user, tenant__isnull=True).first()
+
+    found = existing()
+    if found is not None:
+        return found
+    account, _ = create_or_get(
+        lambda: account_open(
+            owner=user,
+            tenant=None,
+            external_id=None,
+            stage=None,
+            starting_balance=Decimal(settings.PERSONAL_ACCOUNT_DEFAULT_BALANCE),
+        ),
+        existing,
+    )
     return account
 
 

@@ -325,7 +325,9 @@ def test_confirming_signs_in_with_a_new_session_key_and_redirects(firm, trader, 
     assert "login_link_token_hash" not in client.session
     token.refresh_from_db()
     assert token.used_at is not None
-    assert "Signed in as trader@example.com" in client.get("/app/").content.decode()
+    landing = client.get("/app/", follow=True)
+    assert landing.redirect_chain == [("/portfolio/", 302)]
+    assert '<span class="muted topbar-email">trader@example.com</span>' in landing.content.decode()
 
 
 def test_an_already_signed_in_trader_still_gets_a_new_session_key(firm, trader, issue, client):
@@ -454,7 +456,7 @@ def test_a_link_without_redirect_lands_on_the_tenants_default_page(firm, trader,
     assert response["Location"] == "/app/?from=acme"
 
 
-def test_the_landing_page_lists_the_traders_own_accounts(firm, trader, client):
+def test_the_landing_page_is_the_portfolio_of_the_traders_own_accounts(firm, trader, client):
     AccountFactory(owner=trader, starting_balance=Decimal("2500.5"))
     AccountFactory(
         owner=trader,
@@ -467,14 +469,14 @@ def test_the_landing_page_lists_the_traders_own_accounts(firm, trader, client):
     AccountFactory(owner=UserFactory(), tenant=firm, external_id="someone-else", stage="demo")
     client.force_login(trader)
 
-    page = client.get("/app/")
+    page = client.get("/app/", follow=True)
 
     text = page.content.decode()
     assert page.status_code == 200
-    assert "Signed in as trader@example.com" in text
-    assert "Personal" in text and "2,500.50" in text
-    assert "ch-001" in text and "Managed by Acme Prop" in text
-    assert "Challenge" in text and "9,876.54" in text
+    assert page.redirect_chain == [("/portfolio/", 302)]
+    assert "trader@example.com" in text
+    assert "Personal account" in text  # the personal account opens first
+    assert "Acme Prop · ch-001 · Challenge" in text  # the firm's, in the switcher
     assert "someone-else" not in text
     assert "no-store" in page["Cache-Control"]
 
