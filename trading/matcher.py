@@ -37,7 +37,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, connections
 from django.utils import timezone
 
 from core.money import ZERO
@@ -582,6 +582,6 @@ def run_in_thread(stop: threading.Event, *, make: Callable[[], Matcher] | None =
     try:
         matcher.run(stop)
     finally:
-        close_old_connections()
+        connections.close_all()  # this thread's connections
         summary = {k: v for k, v in matcher.stats.as_dict().items() if k != "latencies_ms"}
         logger.info("matcher stopped: %s", summary)

@@ -474,3 +474,110 @@ def test_cancel_racing_a_fill_never_both(book):
             assert o.status == "matched" and [f.size for f in fills] == [D("10")]
     assert set(statuses) <= {"canceled", "matched"}
     audit_clean()
+
+
+# --- the process, on the real services ------------------------------------------------------
+@pytest.mark.redis
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_trading_match_command_fills_from_the_redis_bus(redis_url, settings, tmp_path):
+    """`manage.py trading match` as its own process on Redis + Postgres: a resting order,
+    then a crossing book and a trade print published on the RedisBus; the fills commit
+    within a bounded wait, SIGTERM stops it cleanly, and the audit is clean."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from marketdata.bus import TradePrint, now_ms
+
+    settings.REDIS_URL = redis_url
+    from marketdata.bus import reset_bus
+    from trading.depletion import reset_depletion
+    from trading.orderevents import reset_order_events
+
+    reset_bus()
+    reset_depletion()
+    reset_order_events()
+    bus = get_bus()
+    bus.heartbeat(0)
+    _m, yes, _ = make_market()
+    publish_book(yes.token_id, bids=[("0.48", "100")], asks=[("0.52", "100")])
+    account = open_account("100")
+    resting = place(account, yes, "BUY", "0.50", "10")  # before the process: loaded from DB
+
+    db = connection.settings_dict
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "REDIS_URL": redis_url,
+        "PRICE_BUS_SHARDS": "1",
+    }
+    root = Path(__file__).resolve().parents[2]
+    stats = tmp_path / "stats.json"
+    proc = subprocess.Popen(
+        [sys.executable, "manage.py", "trading", "match", "--shard", "0/1",
+         "--stats-file", str(stats)],
+        cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not stats.exists():  # written once it is consuming
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        later = place(account, yes, "BUY", "0.49", "10")  # reaches it as an order event
+        bus.heartbeat(0)
+        publish_book(yes.token_id, bids=[("0.48", "100")], asks=[("0.50", "4")])
+        trade = TradePrint(yes.token_id, "0.45", "3", "SELL", now_ms(), now_ms())
+        bus.publish_json([], [(yes.token_id, trade.to_json())])
+
+        def sizes(order):
+            return sorted(f.size for f in maker_fills(order))
+
+        while (sizes(resting), sizes(later)) != ([D("3"), D("4")], []):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, (sizes(resting), sizes(later))
+            time.sleep(0.1)
+        # The print went to the better-priced order first (price priority).
+        assert Fill.objects.filter(order=resting, price_source="trade").get().size == D("3")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "matcher stopped" in out
+    assert bus.pending_count(0, "matcher") == 0
+    audit_clean()
+
+
+@pytest.mark.postgres  # committed rows seen by the matcher's thread (SQLite cannot flush them)
+@pytest.mark.django_db(transaction=True)
+def test_the_demo_runs_the_matcher_in_process(book):
+    """`make demo`'s matcher: a background component on the in-process bus and order
+    events, filling a resting order with no other service running."""
+    import time
+
+    from core.management.commands import demo
+
+    command = demo.Command(stdout=None)
+    command.no_feed = False
+    names = [c.name for c in command.background_components()]
+    assert names == ["market data", "matcher"]
+
+    account = open_account("100")
+    component = demo.matcher_component()
+    component.start()
+    try:
+        order = place(account, book, "BUY", "0.50", "10")
+        deadline = time.monotonic() + 30
+        while not maker_fills(order):
+            assert time.monotonic() < deadline
+            # Republished until the matcher (started asynchronously) has its group.
+            publish_book(book.token_id, bids=[("0.48", "100")], asks=[("0.49", "4")])
+            time.sleep(0.2)
+    finally:
+        component.stop()
+    assert [f.size for f in maker_fills(order)] == [D("4")]
+    audit_clean()

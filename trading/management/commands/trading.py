@@ -56,14 +56,16 @@ class Command(BaseCommand):
             consumer=options.get("consumer") or default_consumer(shards),
         )
         stop = threading.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda signum, frame: stop.set())
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda signum, frame: stop.set())
         stats_path = Path(options["stats_file"]) if options.get("stats_file") else None
+        matcher.start()
         if stats_path is not None:
+            _write_stats(matcher, stats_path)
             threading.Thread(
                 target=_write_stats_loop, args=(matcher, stats_path, stop), daemon=True
             ).start()
-        matcher.start()
         self.stdout.write(
             f"matcher {matcher.consumer}: shards {shards} of {n}, "
             f"{len(matcher.index)} resting orders loaded in {matcher.stats.load_seconds:.2f}s"
