@@ -453,7 +453,10 @@ class Matcher:
     def _fill_cross(self, r: Resting, top: BookTop, base: str) -> None:
         self.stats.crossing_orders += 1
         result = order_fill_maker_cross(
-            order_id=r.order_id, trigger_key=f"m{base}:{r.order_id}", top=top
+            order_id=r.order_id,
+            account_id=r.account_id,
+            trigger_key=f"m{base}:{r.order_id}",
+            top=top,
         )
         self._after(r, result, top.published_at)
 
@@ -505,6 +508,7 @@ class Matcher:
         self.stats.crossing_orders += 1
         result = order_fill_maker_trade(
             order_id=r.order_id,
+            account_id=r.account_id,
             trigger_key=f"m{base}:{r.order_id}",
             queue_trigger=base,
             trade=trade,

@@ -28,7 +28,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from accounts.models import Account, LedgerEntry, Position
-from accounts.services.wallets import account_lock, equity_snapshot_record, ledger_post
+from accounts.services.wallets import equity_snapshot_record, ledger_post
 from core import errors
 from core.clock import trading_day
 from core.db import retry_on_conflict
@@ -66,14 +66,14 @@ def _remaining(order: Order) -> Decimal:
     return order.size - order.filled_size
 
 
-def _locked(order_id: Any) -> tuple[Account, Order, Token] | MakerResult:
-    """Account lock, then the order row lock; `gone` unless the order still rests and may
-    trade (live, its epoch, an open market accepting orders, not past its GTD expiration)."""
-    head = Order.objects.filter(pk=order_id).values_list("account_id", flat=True).first()
-    if head is None:
+def _locked(order_id: Any, account_id: Any) -> tuple[Account, Order, Token] | MakerResult:
+    """Account lock, then the order row lock; `gone` unless the order (of that account)
+    still rests and may trade (live, its epoch, an open market accepting orders, not past
+    its GTD expiration)."""
+    account = Account.objects.select_for_update().filter(pk=account_id).first()
+    if account is None:
         return MakerResult("gone", ZERO, ZERO, ZERO)
-    account = account_lock(account_id=head)
-    order = Order.objects.select_for_update().filter(pk=order_id).first()
+    order = Order.objects.select_for_update().filter(pk=order_id, account_id=account.pk).first()
     if (
         order is None
         or order.status != Order.Status.LIVE
@@ -105,15 +105,19 @@ def _duplicate(order: Order, trigger_key: str) -> MakerResult | None:
 
 @retry_on_conflict()
 @transaction.atomic
-def order_fill_maker_cross(*, order_id: Any, trigger_key: str, top: BookTop) -> MakerResult:
+def order_fill_maker_cross(
+    *, order_id: Any, account_id: Any, trigger_key: str, top: BookTop
+) -> MakerResult:
     """Fill a resting order that the opposite best of `top` crosses, at its own limit price,
     for what the crossing levels show less depletion, up to its remaining size.
 
-    The caller checked that `top` is fresh (live) and newer than the order. Locking: account,
-    order, position rows (in that order); depletion is taken with its compare-and-set while
-    the rows are held, so a cancel racing this fill either wins (the order is gone, nothing
-    taken) or waits. Idempotent per `trigger_key` (a replayed bus entry fills nothing)."""
-    got = _locked(order_id)
+    `account_id` is the order's account (from the matcher's index; an order of another
+    account is `gone`). The caller checked that `top` is fresh (live) and newer than the
+    order. Locking: account, order, position rows (in that order); depletion is taken with
+    its compare-and-set while the rows are held, so a cancel racing this fill either wins
+    (the order is gone, nothing taken) or waits. Idempotent per `trigger_key` (a replayed
+    bus entry fills nothing)."""
+    got = _locked(order_id, account_id)
     if isinstance(got, MakerResult):
         return got
     account, order, token = got
@@ -171,6 +175,7 @@ def order_fill_maker_cross(*, order_id: Any, trigger_key: str, top: BookTop) -> 
 def order_fill_maker_trade(
     *,
     order_id: Any,
+    account_id: Any,
     trigger_key: str,
     queue_trigger: str,
     trade: TradePrint,
@@ -186,7 +191,7 @@ def order_fill_maker_trade(
     Locking as order_fill_maker_cross. Idempotent: `trigger_key` for the fill, and
     `queue_trigger` (sortable) for the queue advance — a print at or before the order's
     last counted one changes nothing."""
-    got = _locked(order_id)
+    got = _locked(order_id, account_id)
     if isinstance(got, MakerResult):
         return got
     account, order, token = got
