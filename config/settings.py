@@ -261,6 +261,11 @@ PRICE_BUS_SHARDS = env.int("PRICE_BUS_SHARDS", default=1)
 # A top is live only while its shard's feed heartbeat (md:heartbeat:<i>, beaten every second)
 # is younger than this; older, its books take no taker orders (STALE_BOOK) even if `fresh`.
 PRICE_BUS_HEARTBEAT_STALE_SECONDS = env.float("PRICE_BUS_HEARTBEAT_STALE_SECONDS", default=5.0)
+# The maker matcher (`manage.py trading match`): how often it re-reads the orders changed
+# since its last pass (catching up on lost order events and other processes' fills), and how
+# long a bus entry may sit unacknowledged on a dead matcher before another claims it.
+MATCHER_RECONCILE_SECONDS = env.float("MATCHER_RECONCILE_SECONDS", default=5.0)
+MATCHER_CLAIM_IDLE_SECONDS = env.float("MATCHER_CLAIM_IDLE_SECONDS", default=30.0)
 
 LOGGING = {
     "version": 1,

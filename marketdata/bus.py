@@ -12,7 +12,10 @@ Two implementations of one `PriceBus` protocol with the same semantics:
   entry). The matcher reads with consumer groups: `read` (XREADGROUP `>`), `ack` (XACK),
   `read_pending` (its own unacknowledged entries after a restart) and `claim_stale`
   (XAUTOCLAIM of another consumer's entries after `min_idle_ms`): at-least-once, so fills
-  must be idempotent.
+  must be idempotent. An entry may also carry the shard's trade prints since the previous
+  publish (field `trades`: one TradePrint JSON per line): events, not state, so they are
+  only on the stream, never in the latest-top keys (the maker matcher's trade-through
+  rule, trading-engine.md §4).
 * `InProcessBus` (embedded demo, tests): a thread-safe dict plus a bounded deque per shard
   with the same consumer-group bookkeeping. Tops are stored as the same JSON bytes, so a
   reader can never see a publisher's later mutation, exactly as with Redis.
@@ -221,6 +224,45 @@ class BookTop:
 
 _FIELD_NAMES: Final = tuple(f.name for f in fields(BookTop))
 
+
+@dataclass(frozen=True, slots=True)
+class TradePrint:
+    """One `last_trade_price` event as the feed saw it: a real trade on the exchange.
+    `side` is the taker's (BUY lifted asks, SELL hit bids; None if the exchange omitted it),
+    `timestamp_ms` the exchange's, `published_at` ours (epoch ms). Exact decimal strings."""
+
+    token_id: str
+    price: str
+    size: str
+    side: str | None
+    timestamp_ms: int | None
+    published_at: int
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self)
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> TradePrint:
+        d = orjson.loads(data)
+        return cls(
+            d["token_id"],
+            d["price"],
+            d["size"],
+            d.get("side"),
+            d.get("timestamp_ms"),
+            d["published_at"],
+        )
+
+    def price_value(self) -> Decimal:
+        return Decimal(self.price)
+
+    def size_value(self) -> Decimal:
+        return Decimal(self.size)
+
+
+# A trade print as published: (token_id, the TradePrint's JSON).
+EncodedTrade = tuple[str, bytes]
+
 # A token's top as published: (token_id, the BookTop's JSON).
 EncodedTop = tuple[str, bytes]
 
@@ -281,16 +323,29 @@ def heartbeat_is_young(beat_ms: int | None, now: int, stale_ms: int) -> bool:
 
 
 class BusMessage(NamedTuple):
-    """One stream entry: the tops of one publish() for one shard, in publish order."""
+    """One stream entry: the tops of one publish() for one shard, in publish order, and the
+    trade prints published with them (they happened before those tops were built)."""
 
     id: str
     tops: list[BookTop]
+    trades: Sequence[TradePrint] = ()
 
 
 def _decode_tops(blob: bytes) -> list[BookTop]:
     """A stream entry's `tops` field: one BookTop JSON per line (JSON never contains a raw
     newline, orjson escapes it inside strings)."""
     return [BookTop.from_json(line) for line in blob.split(b"\n") if line]
+
+
+def _decode_trades(blob: bytes | None) -> list[TradePrint]:
+    return [TradePrint.from_json(line) for line in blob.split(b"\n") if line] if blob else []
+
+
+def _trades_by_shard(trades: Sequence[EncodedTrade], n_shards: int) -> dict[int, list[bytes]]:
+    out: dict[int, list[bytes]] = {}
+    for token_id, blob in trades:
+        out.setdefault(shard_of(token_id, n_shards), []).append(blob)
+    return out
 
 
 def _by_shard(
@@ -318,8 +373,12 @@ class PriceBus(Protocol):
         """Store each top as its token's latest and append them to their shards' streams,
         in ONE round trip for the whole batch."""
 
-    def publish_json(self, items: Sequence[EncodedTop]) -> None:
-        """`publish` for tops already encoded (`encode_top`, `BookKeeper.drain_tops_json`)."""
+    def publish_json(
+        self, items: Sequence[EncodedTop], trades: Sequence[EncodedTrade] = ()
+    ) -> None:
+        """`publish` for tops already encoded (`encode_top`, `BookKeeper.drain_tops_json`),
+        with the trade prints seen since the last publish (`BookKeeper.drain_trades_json`):
+        they ride in the same stream entry as their shard's tops."""
 
     def latest(self, token_id: str) -> BookTop | None: ...
 
@@ -409,6 +468,11 @@ def _mono_ms() -> int:
     return time.monotonic_ns() // 1_000_000
 
 
+def _decode_entry(entry_id: str, blob: bytes) -> BusMessage:
+    tops, _, trades = blob.partition(b"\0")
+    return BusMessage(entry_id, _decode_tops(tops), _decode_trades(trades))
+
+
 def _entry_id(seq: int) -> str:
     return f"{seq}-0"
 
@@ -443,14 +507,21 @@ class InProcessBus:
     def publish(self, tops: Sequence[BookTop]) -> None:
         self.publish_json([(t.token_id, orjson.dumps(t)) for t in tops])
 
-    def publish_json(self, items: Sequence[EncodedTop]) -> None:
-        if not items:
+    def publish_json(
+        self, items: Sequence[EncodedTop], trades: Sequence[EncodedTrade] = ()
+    ) -> None:
+        if not items and not trades:
             return
         latest, by_shard = _by_shard(items, self.n_shards)
+        trades_by = _trades_by_shard(trades, self.n_shards) if trades else {}
         with self._cond:
             self._latest.update(latest)
-            for shard, blobs in by_shard.items():
-                self._streams[shard].append(b"\n".join(blobs))
+            for shard in sorted(by_shard.keys() | trades_by.keys()):
+                entry = b"\n".join(by_shard.get(shard, ()))
+                if shard in trades_by:
+                    # In process, an entry is `tops` + NUL + `trades` (JSON never holds a NUL).
+                    entry += b"\0" + b"\n".join(trades_by[shard])
+                self._streams[shard].append(entry)
             self._cond.notify_all()
 
     def latest(self, token_id: str) -> BookTop | None:
@@ -525,7 +596,7 @@ class InProcessBus:
                 blob = stream.get(seq)
                 if blob is not None:
                     grp.pending[seq] = [consumer, now, 1]
-                    out.append(BusMessage(_entry_id(seq), _decode_tops(blob)))
+                    out.append(_decode_entry(_entry_id(seq), blob))
                 grp.last_seq = seq
                 seq += 1
             return out
@@ -547,7 +618,9 @@ class InProcessBus:
                 info[1], info[2] = now, info[2] + 1
                 # Redis returns a trimmed entry as (id, nil): we return it without tops so the
                 # consumer can ack it.
-                out.append(BusMessage(_entry_id(seq), _decode_tops(blob) if blob else []))
+                out.append(
+                    _decode_entry(_entry_id(seq), blob) if blob else BusMessage(_entry_id(seq), [])
+                )
             return out
 
     def claim_stale(
@@ -568,7 +641,7 @@ class InProcessBus:
                     del grp.pending[seq]
                     continue
                 grp.pending[seq] = [consumer, now, info[2] + 1]
-                out.append(BusMessage(_entry_id(seq), _decode_tops(blob)))
+                out.append(_decode_entry(_entry_id(seq), blob))
             return out
 
     def ack(self, shard: int, group: str, ids: Sequence[str]) -> int:
@@ -656,16 +729,23 @@ class RedisBus:
     def publish(self, tops: Sequence[BookTop]) -> None:
         self.publish_json([(t.token_id, orjson.dumps(t)) for t in tops])
 
-    def publish_json(self, items: Sequence[EncodedTop]) -> None:
-        if not items:
+    def publish_json(
+        self, items: Sequence[EncodedTop], trades: Sequence[EncodedTrade] = ()
+    ) -> None:
+        if not items and not trades:
             return
         latest, by_shard = _by_shard(items, self.n_shards)
+        trades_by = _trades_by_shard(trades, self.n_shards) if trades else {}
         pipe = self.client.pipeline(transaction=False)
-        pipe.mset({BOOK_KEY + token_id: blob for token_id, blob in latest.items()})
-        for shard, blobs in by_shard.items():
+        if latest:
+            pipe.mset({BOOK_KEY + token_id: blob for token_id, blob in latest.items()})
+        for shard in sorted(by_shard.keys() | trades_by.keys()):
+            fields: dict[str, bytes] = {"tops": b"\n".join(by_shard.get(shard, ()))}
+            if shard in trades_by:
+                fields["trades"] = b"\n".join(trades_by[shard])
             pipe.xadd(
                 f"{STREAM_KEY}{shard}",
-                {"tops": b"\n".join(blobs)},
+                fields,  # type: ignore[arg-type]
                 maxlen=self.maxlen,
                 approximate=True,
             )
@@ -742,7 +822,13 @@ class RedisBus:
         out = []
         for entry_id, data in entries or ():
             blob = data.get(b"tops") if data else None
-            out.append(BusMessage(_text(entry_id), _decode_tops(blob) if blob else []))
+            out.append(
+                BusMessage(
+                    _text(entry_id),
+                    _decode_tops(blob) if blob else [],
+                    _decode_trades(data.get(b"trades") if data else None),
+                )
+            )
         return out
 
     def read(

@@ -376,8 +376,9 @@ class Ingester:
 
     def _publish(self) -> None:
         tops = self.keeper.drain_tops_json()
-        if tops:
-            self.bus.publish_json(tops)
+        trades = self.keeper.drain_trades_json()
+        if tops or trades:
+            self.bus.publish_json(tops, trades)
 
     def _mark_stale(self, tokens: Iterable[str], reason: str) -> None:
         self.keeper.require_resync(tokens, reason)

@@ -35,7 +35,15 @@ from marketdata.book import (
     is_valid_size,
     parse_price,
 )
-from marketdata.bus import DEFAULT_DEPTH, BookTop, EncodedTop, encode_top, now_ms
+from marketdata.bus import (
+    DEFAULT_DEPTH,
+    BookTop,
+    EncodedTop,
+    EncodedTrade,
+    TradePrint,
+    encode_top,
+    now_ms,
+)
 
 logger = logging.getLogger("polysim.marketdata")
 
@@ -490,6 +498,18 @@ HashCheck = Literal["match", "inferred", "deferred", "mismatch"]
 VerifyMode = Literal["entry", "flush", "off"]
 
 
+def _trade_json(asset_id: str, trade: LastTrade) -> bytes:
+    ts = trade.timestamp
+    return TradePrint(
+        asset_id,
+        trade.price,
+        trade.size,
+        trade.side,
+        int(ts) if ts.isascii() and ts.isdigit() else None,
+        now_ms(),
+    ).to_json()
+
+
 @dataclass(frozen=True, slots=True)
 class LastTrade:
     price: str
@@ -570,6 +590,7 @@ class BookKeeper:
         self._claims: dict[str, str] = {}
         self._dirty: set[str] = set()  # touched since the last drain
         self.last_hash_result: dict[str, HashCheck] = {}  # token -> outcome of its last check
+        self._trades: list[EncodedTrade] = []  # trade prints since the last drain_trades_json
 
     # --- tracking ---------------------------------------------------------------------------
 
@@ -865,6 +886,7 @@ class BookKeeper:
         price = event["price"]
         self._verify_claim(asset_id, (price,))  # made before this trade price was known
         meta.last_trade = LastTrade(price, event["side"], event["size"], event["timestamp"])
+        self._trades.append((asset_id, _trade_json(asset_id, meta.last_trade)))
         book = self._books.get(asset_id)
         if book is not None:
             book.last_trade_price = price
@@ -979,6 +1001,12 @@ class BookKeeper:
         self.verify_pending()
         dirty, self._dirty = self._dirty, set()
         return [top for top in (self.top(t, depth) for t in dirty) if top is not None]
+
+    def drain_trades_json(self) -> list[EncodedTrade]:
+        """The trade prints applied since the last call, in feed order, encoded for
+        `PriceBus.publish_json(..., trades=...)` (the maker matcher's trade-through rule)."""
+        trades, self._trades = self._trades, []
+        return trades
 
     def drain_tops_json(self, depth: int = DEFAULT_DEPTH) -> list[EncodedTop]:
         """`drain_tops`, already encoded for `PriceBus.publish_json` (the feed's hot path)."""

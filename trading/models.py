@@ -59,6 +59,9 @@ class Order(models.Model):
     reserved_shares = size_field(default=Decimal("0"))
     # Queue-position model for maker fills at exactly the limit price (trading-engine.md §4).
     queue_ahead = size_field(default=Decimal("0"))
+    # The last trade print applied to queue_ahead (trading.matcher.trade_key: zero-padded so
+    # it sorts like the stream): a replayed print at or before it is not counted again.
+    queue_trigger = models.CharField(max_length=64, blank=True, default="")
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -20,6 +20,7 @@ from marketdata.bus import (
     LiveTop,
     PriceBus,
     RedisBus,
+    TradePrint,
     encode_top,
     get_bus,
     now_ms,
@@ -188,6 +189,26 @@ def test_consumer_group_is_at_least_once(bus):
     bus.ack(shard, "matcher", [m.id for m in second])
     assert bus.pending_count(shard, "matcher") == 0
     assert bus.read(shard, "matcher", "m2") == []
+
+
+def test_trade_prints_ride_in_their_shards_entry_and_never_touch_the_latest_top(bus):
+    token, other = TOKENS[0], next(t for t in TOKENS if bus.shard_of(t) != bus.shard_of(TOKENS[0]))
+    shard = bus.shard_of(token)
+    for s in range(bus.n_shards):
+        bus.ensure_group(s, "matcher", start_id="$")
+    top = make_top(token, bid="0.41")
+    trade = TradePrint(token, "0.415", "12.5", "SELL", 1790658827001, 1_800_000_000_001)
+    only = TradePrint(other, "0.2", "1", None, None, 1_800_000_000_002)
+    bus.publish_json([(token, top.to_json())], [(token, trade.to_json())])
+    bus.publish_json([], [(other, only.to_json())])  # a print alone is an entry too
+    (msg,) = bus.read(shard, "matcher", "m")
+    assert msg.tops == [top] and list(msg.trades) == [trade]
+    (alone,) = bus.read(bus.shard_of(other), "matcher", "m")
+    assert alone.tops == [] and list(alone.trades) == [only]
+    assert bus.latest(other) is None  # events, not state
+    bus.publish([make_top(token, bid="0.42")])  # entries without prints carry none
+    (plain,) = bus.read(shard, "matcher", "m")
+    assert plain.trades == () or list(plain.trades) == []
 
 
 def test_group_created_at_the_end_sees_only_new_updates(bus):

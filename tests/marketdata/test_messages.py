@@ -639,3 +639,45 @@ def test_a_2024_book_whose_hash_no_known_recipe_reproduces_is_held_not_trusted(s
     assert keeper.book(msg["asset_id"]) is not None  # loaded, kept for the admin to inspect
     assert keeper.needs_resync(msg["asset_id"]) and tops[msg["asset_id"]].fresh is False
     assert keeper.stats.rejected == {"hash_mismatch": 1}
+
+
+def test_trade_prints_are_drained_once_in_feed_order():
+    from marketdata.bus import TradePrint
+    from marketdata.messages import BookKeeper
+
+    keeper = BookKeeper(verify="off")
+    keeper.track("tok", market="0xm")
+    for price, size, side in (("0.5", "10", "SELL"), ("0.51", "2.5", "BUY")):
+        keeper.apply(
+            {
+                "event_type": "last_trade_price",
+                "market": "0xm",
+                "asset_id": "tok",
+                "price": price,
+                "side": side,
+                "size": size,
+                "fee_rate_bps": "0",
+                "timestamp": "1790658827000",
+                "transaction_hash": None,
+            }
+        )
+    keeper.apply(
+        {
+            "event_type": "last_trade_price",
+            "market": "0xm",
+            "asset_id": "untracked",
+            "price": "0.1",
+            "side": "BUY",
+            "size": "1",
+            "fee_rate_bps": "0",
+            "timestamp": "1790658827000",
+            "transaction_hash": None,
+        }
+    )
+    drained = keeper.drain_trades_json()
+    prints = [TradePrint.from_json(blob) for _, blob in drained]
+    assert [(p.token_id, p.price, p.size, p.side, p.timestamp_ms) for p in prints] == [
+        ("tok", "0.5", "10", "SELL", 1790658827000),
+        ("tok", "0.51", "2.5", "BUY", 1790658827000),
+    ]
+    assert keeper.drain_trades_json() == []

@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 
 from marketdata.book import OrderBook
-from marketdata.bus import BookTop, get_bus, now_ms, reset_bus
+from marketdata.bus import BookTop, TradePrint, get_bus, now_ms, reset_bus
 from marketdata.models import Market, Token
 from trading.depletion import reset_depletion
+from trading.orderevents import reset_order_events
 
 _ids = itertools.count(1)
 
@@ -28,10 +29,12 @@ def _fresh_engine_state(_fresh_process_state: None) -> Iterator[None]:
     # heartbeat below lands on the in-process bus the engine will read.
     reset_bus()
     reset_depletion()
+    reset_order_events()
     feed_alive()
     yield
     reset_bus()
     reset_depletion()
+    reset_order_events()
 
 
 def feed_alive() -> None:
@@ -92,6 +95,18 @@ def publish_book(
     bus.publish([top])
     bus.heartbeat(bus.shard_of(token_id))
     return top
+
+
+def publish_trade(
+    token_id: str, *, price: str, size: str, side: str | None = "SELL", timestamp_ms: int = 0
+) -> TradePrint:
+    """A `last_trade_price` print on the process bus, as the feed publishes it (`side` is the
+    taker's: SELL hit bids, BUY lifted asks)."""
+    trade = TradePrint(token_id, price, size, side, timestamp_ms or now_ms(), now_ms())
+    bus = get_bus()
+    bus.publish_json([], [(token_id, trade.to_json())])
+    bus.heartbeat(bus.shard_of(token_id))
+    return trade
 
 
 def publish_snapshot(msg: dict[str, Any], *, token_id: str | None = None) -> BookTop:

@@ -19,6 +19,7 @@ from core.db import retry_on_conflict
 from core.money import ZERO
 from trading import states
 from trading.models import Order
+from trading.orderevents import order_events_publish_on_commit
 
 
 def release_orders(*, account: Account, orders: list[Order], status: str, reason: str) -> int:
@@ -47,6 +48,7 @@ def release_orders(*, account: Account, orders: list[Order], status: str, reason
         Account.objects.filter(pk=account.pk).update(
             reserved_cash=account.reserved_cash, updated_at=now
         )
+    order_events_publish_on_commit(orders)  # the maker matchers drop them from their index
     return len(orders)
 
 

@@ -7,9 +7,41 @@ the account row lock (so numbering is serialised per account)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from decimal import Decimal
 
-from accounts.models import Account
-from trading.models import Fill
+from accounts.models import Account, Position
+from core.money import ZERO, cash
+from trading.models import Fill, Side
+
+PRICE_Q = Decimal("0.000001")
+
+
+def position_apply(
+    position: Position, *, side: str, size: Decimal, notional: Decimal, fee: Decimal
+) -> Decimal:
+    """Fold one fill into the position in memory (the caller saves it) and return the P&L
+    it realizes: a BUY adds at cost (its fee is a realized cost; avg price excludes fees),
+    a SELL releases its share of the cost basis pro rata and realizes the difference less
+    its fee. Caller holds the account row lock."""
+    if side == Side.BUY:
+        position.size += size
+        position.cost_basis += notional
+        position.avg_price = (position.cost_basis / position.size).quantize(PRICE_Q)
+        realized = -fee
+    else:
+        released = (
+            position.cost_basis
+            if size == position.size
+            else cash(position.cost_basis * size / position.size)
+        )
+        realized = notional - released - fee
+        position.size -= size
+        position.cost_basis -= released
+        if position.size == 0:
+            position.avg_price = ZERO
+            position.cost_basis = ZERO
+    position.realized_pnl += realized
+    return realized
 
 
 def fills_append(*, account: Account, fills: Sequence[Fill]) -> None:

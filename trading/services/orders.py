@@ -38,7 +38,7 @@ from accounts.services.wallets import account_lock, equity_snapshot_record, ledg
 from core import errors
 from core.clock import trading_day
 from core.db import retry_on_conflict
-from core.money import CASH_QUANTUM, SHARE_QUANTUM, ZERO, cash, to_decimal
+from core.money import CASH_QUANTUM, SHARE_QUANTUM, ZERO, to_decimal
 from marketdata import states as market_states
 from marketdata.bus import BookTop, get_bus
 from marketdata.models import Market, Token
@@ -52,8 +52,9 @@ from trading.fillmodel import (
     walk_book,
 )
 from trading.models import Fill, Order, Side
+from trading.orderevents import order_events_publish_on_commit
 from trading.selectors import open_positions
-from trading.services.fills import fills_append
+from trading.services.fills import fills_append, position_apply
 
 GTD_MIN_LEAD = dt.timedelta(seconds=60)  # Polymarket's security threshold
 MARKET_BUY_DEFAULT_WORST = Decimal("0.99")
@@ -282,6 +283,17 @@ def _book_levels(top: BookTop, req: OrderRequest) -> list[tuple[Decimal, Decimal
     return out
 
 
+def queue_ahead_at(top: BookTop, side: str, price: Decimal) -> Decimal:
+    """The size shown at `price` on the order's own side of the book as it arrives: what
+    must trade at that price before a trade there can reach it (the queue-position model
+    of maker fills, trading-engine.md §4). 0 when no level is shown at that price (a new
+    best price, a gap between levels, or deeper than the published depth)."""
+    for p, s in top.bids if side == Side.BUY else top.asks:
+        if Decimal(p) == price:
+            return Decimal(s)
+    return ZERO
+
+
 # --- public -----------------------------------------------------------------------------------
 def order_place(
     *,
@@ -459,9 +471,12 @@ def _place_locked(
     elif req.time_in_force == Order.TimeInForce.FOK:
         return _reject(order, errors.FokOrderNotFilledError())
 
+    order.queue_ahead = queue_ahead_at(top, req.side, req.price)
     order.save(force_insert=True)
     applied = _apply_fills(account, order, market, token, position, walk, top, rate, now)
     _finish_order(account, order, walk, rate, exponent)
+    if order.status == Order.Status.LIVE:  # it rests: the maker matchers index it
+        order_events_publish_on_commit([order])
 
     updates: dict[str, Any] = {"reserved_cash": account.reserved_cash, "updated_at": now}
     if applied.fills:
@@ -569,24 +584,9 @@ def _apply_fills(
     )
     for n, take in enumerate(walk.takes, start=1):
         notional = take.notional
-        if order.side == Side.BUY:
-            position.size += take.size
-            position.cost_basis += notional
-            position.avg_price = (position.cost_basis / position.size).quantize(PRICE_Q)
-            realized = -take.fee  # the BUY fee is a realized cost; avg price excludes fees
-        else:
-            released = (
-                position.cost_basis
-                if take.size == position.size
-                else cash(position.cost_basis * take.size / position.size)
-            )
-            realized = notional - released - take.fee
-            position.size -= take.size
-            position.cost_basis -= released
-            if position.size == 0:
-                position.avg_price = ZERO
-                position.cost_basis = ZERO
-        position.realized_pnl += realized
+        realized = position_apply(
+            position, side=order.side, size=take.size, notional=notional, fee=take.fee
+        )
         fill = Fill(
             account=account,
             seq=0,  # numbered by fills_append

@@ -151,6 +151,14 @@ class MarketDataComponent:
             self.fake.stop()
 
 
+def matcher_component() -> ThreadComponent:
+    """The maker matcher (`manage.py trading match` in production) on a thread: every shard
+    of the process's price bus, with the order events of this process."""
+    from trading.matcher import run_in_thread
+
+    return ThreadComponent(name="matcher", target=run_in_thread, join_timeout=10.0)
+
+
 def _reachable(url: str, timeout: float = 2.0) -> bool:
     try:
         httpx.get(url, timeout=timeout)
@@ -360,11 +368,11 @@ class Command(BaseCommand):
 
     # --- serving
     def background_components(self) -> list[BackgroundComponent]:
-        """Started before the web server, stopped after it (reverse order). The matcher
-        joins this list with the trading engine (#4)."""
+        """Started before the web server, stopped after it (reverse order): the feed, then
+        the maker matcher filling resting orders from the same in-process price bus."""
         if self.no_feed:
             return []
-        return [MarketDataComponent()]
+        return [MarketDataComponent(), matcher_component()]
 
     def serve(self, addr: str, port: int) -> None:
         previous_sigterm = None

@@ -1,0 +1,583 @@
+"""Maker fills (trading-engine.md §4): resting orders filled by the matcher at their own limit
+price, as maker, without fee — when the opposite best crosses them (size shown less
+depletion, shared with taker orders) and when trades print through them (queue-position rule
+at exactly their price). Driven through the real interfaces: orders placed with
+`order_place`, books and trades PUBLISHED on the price bus, the matcher stepping its
+consumer group; every scenario ends with a clean ledger audit."""
+
+from __future__ import annotations
+
+import threading
+from decimal import Decimal as D
+
+import pytest
+from django.db import connection
+from django.test import TestCase
+
+from accounts.models import Account, LedgerEntry, Position
+from marketdata.bus import BusMessage, get_bus
+from tests.trading.conftest import (
+    audit_clean,
+    feed_dead,
+    make_market,
+    open_account,
+    publish_book,
+    publish_trade,
+)
+from trading.fillmodel import buy_reservation
+from trading.matcher import Matcher, Resting, RestingIndex, parse_shard
+from trading.models import Fill
+from trading.orderevents import get_order_events
+from trading.services import order_cancel, order_place
+
+pytestmark = pytest.mark.django_db
+
+
+def committed(fn, *args, **kwargs):
+    """Call a service as production does: outside a transactional test the test's
+    transaction never commits, so run its on-commit hooks (the order events) as it returns
+    — which is when they run in production (the services commit before returning)."""
+    with TestCase.captureOnCommitCallbacks(execute=True):
+        return fn(*args, **kwargs)
+
+
+def new_matcher(**kw) -> Matcher:
+    bus = get_bus()
+    m = Matcher(
+        bus=bus,
+        events=get_order_events(),
+        shards=range(bus.n_shards),
+        reconcile_seconds=3600,
+        claim_idle_ms=3_600_000,
+        **kw,
+    )
+    m.start()
+    return m
+
+
+def place(account, token, side, price, size, **kw):
+    kw.setdefault("type", "limit")
+    return committed(
+        order_place,
+        account_id=account.pk,
+        token_id=token.token_id,
+        side=side,
+        price=price,
+        size=size,
+        **kw,
+    ).order
+
+
+def maker_fills(order) -> list[Fill]:
+    return list(Fill.objects.filter(order=order).order_by("seq"))
+
+
+def refreshed(obj):
+    obj.refresh_from_db()
+    return obj
+
+
+@pytest.fixture
+def book():
+    """A market whose YES book is 0.48 bid / 0.52 ask, and a matcher already consuming."""
+    _market, yes, _ = make_market()
+    publish_book(yes.token_id, bids=[("0.48", "100")], asks=[("0.52", "100")])
+    return yes
+
+
+# --- crossing -------------------------------------------------------------------------------
+def test_partial_fill_at_own_limit_price_as_maker_without_fee():
+    # Fees on: a taker would pay, the maker pays nothing, and the fee cushion the BUY
+    # reserved is given back in proportion.
+    _m, yes, _ = make_market(fees_enabled=True, fee_rate=D("0.05"), fee_exponent=D("1"))
+    publish_book(yes.token_id, bids=[("0.48", "100")], asks=[("0.52", "100")])
+    account = open_account("100")
+    matcher = new_matcher()
+    order = place(account, yes, "BUY", "0.50", "10")
+    reserved = buy_reservation(price=D("0.50"), size=D("10"), rate=D("0.05"), exponent=D("1"))
+    assert refreshed(order).reserved_cash == reserved == D("5.125")
+
+    publish_book(yes.token_id, bids=[("0.48", "100")], asks=[("0.49", "4"), ("0.52", "100")])
+    assert matcher.step() == 1
+
+    (fill,) = maker_fills(order)
+    # At the order's own 0.50, not the book's 0.49.
+    assert (fill.price, fill.size, fill.notional, fill.fee) == (D("0.50"), D("4"), D("2"), 0)
+    assert fill.liquidity == "maker" and fill.price_source == "book"
+    assert fill.levels == [["0.49", "4.00"]] and fill.trigger_key.startswith("m")
+    order = refreshed(order)
+    assert order.status == "live" and order.filled_size == D("4")
+    # 6 left: 3.00 notional + 6/10 of the 0.125 cushion.
+    assert order.reserved_cash == D("3.075")
+    a = Account.objects.get(pk=account.pk)
+    assert a.cash == D("98") and a.reserved_cash == D("3.075") and a.fees_paid == 0
+    assert not LedgerEntry.objects.filter(account=account, kind="FEE").exists()
+    pos = Position.objects.get(account=account, token_id=yes.token_id)
+    assert (pos.size, pos.avg_price) == (D("4"), D("0.5"))
+    audit_clean()
+
+
+def test_full_fill_releases_the_whole_reservation(book):
+    account = open_account("100")
+    matcher = new_matcher()
+    order = place(account, book, "BUY", "0.50", "10")
+    publish_book(book.token_id, bids=[("0.48", "100")], asks=[("0.45", "50")])
+    matcher.step()
+    order = refreshed(order)
+    assert order.status == "matched" and order.reserved_cash == 0
+    assert [f.size for f in maker_fills(order)] == [D("10")]
+    a = Account.objects.get(pk=account.pk)
+    assert (a.cash, a.reserved_cash) == (D("95"), 0)
+    assert len(matcher.index) == 0
+    audit_clean()
+
+
+def test_resting_sell_fills_when_the_bid_rises_and_realizes_pnl(book):
+    account = open_account("100")
+    place(account, book, "BUY", "0.52", "10")  # taker at entry: 10 @ 0.52
+    matcher = new_matcher()
+    sell = place(account, book, "SELL", "0.60", "10")
+    pos = Position.objects.get(account=account, token_id=book.token_id)
+    assert pos.reserved_size == D("10")
+    publish_book(book.token_id, bids=[("0.61", "6")], asks=[("0.65", "100")])
+    matcher.step()
+    (fill,) = maker_fills(sell)
+    assert (fill.side, fill.price, fill.size, fill.fee) == ("SELL", D("0.60"), D("6"), 0)
+    assert fill.realized_pnl == D("0.48")  # (0.60 − 0.52) × 6
+    pos = refreshed(pos)
+    assert (pos.size, pos.reserved_size) == (D("4"), D("4"))
+    assert refreshed(sell).reserved_shares == D("4")
+    audit_clean()
+
+
+def test_price_then_time_priority_and_depletion_across_orders(book):
+    a1, a2, a3 = open_account("100"), open_account("100"), open_account("100")
+    matcher = new_matcher()
+    first = place(a1, book, "BUY", "0.50", "10")
+    better = place(a2, book, "BUY", "0.51", "10")
+    later = place(a3, book, "BUY", "0.50", "10")
+
+    publish_book(book.token_id, bids=[("0.48", "100")], asks=[("0.49", "15")])
+    matcher.step()
+    # 0.51 first (price), then the older 0.50 (time); 15 shown shares, no more.
+    assert [f.size for f in maker_fills(better)] == [D("10")]
+    assert [f.size for f in maker_fills(first)] == [D("5")]
+    assert maker_fills(later) == []
+
+    # The same level again (the bid side moved): its 15 shares are spent.
+    publish_book(book.token_id, bids=[("0.47", "100")], asks=[("0.49", "15")])
+    matcher.step()
+    assert Fill.objects.count() == 2
+
+    # The feed shows a new size at 0.49: the level is whole again.
+    publish_book(book.token_id, bids=[("0.47", "100")], asks=[("0.49", "20")])
+    matcher.step()
+    assert [f.size for f in maker_fills(first)] == [D("5"), D("5")]
+    assert [f.size for f in maker_fills(later)] == [D("10")]
+    audit_clean()
+
+
+def test_depletion_is_shared_with_a_taker_order(book):
+    maker_acc, taker_acc = open_account("100"), open_account("100")
+    matcher = new_matcher()
+    resting = place(maker_acc, book, "BUY", "0.50", "10")
+    publish_book(book.token_id, bids=[("0.48", "100")], asks=[("0.49", "10")])
+    # A taker takes 6 of the 10 shown before the matcher gets to the update.
+    taker = place(taker_acc, book, "BUY", "0.49", "6", time_in_force="FAK")
+    assert refreshed(taker).filled_size == D("6")
+    matcher.step()
+    assert [f.size for f in maker_fills(resting)] == [D("4")]
+    audit_clean()
+
+
+def test_no_fill_without_a_cross_and_none_on_stale_books_or_a_dead_feed(book):
+    account = open_account("100")
+    matcher = new_matcher()
+    order = place(account, book, "BUY", "0.50", "10")
+    publish_book(book.token_id, bids=[("0.49", "100")], asks=[("0.51", "100")])
+    publish_book(book.token_id, bids=[("0.48", "100")], asks=[("0.49", "100")], fresh=False)
+    matcher.step()
+    assert maker_fills(order) == [] and matcher.stats.stale_skipped == 1
+
+    publish_book(book.token_id, bids=[("0.48", "100")], asks=[("0.49", "100")])
+    feed_dead(book.token_id)  # the shard's feed stopped beating after publishing
+    matcher.step()
+    assert maker_fills(order) == []
+    audit_clean()
+
+
+def test_a_book_older_than_the_order_never_fills_it(book):
+    account = open_account("100")
+    matcher = new_matcher()
+    # A crossing book published (and not yet processed), then the liquidity vanished and a
+    # BUY at 0.50 rested: the old book must not fill it.
+    publish_book(book.token_id, bids=[("0.48", "100")], asks=[("0.49", "100")])
+    publish_book(book.token_id, bids=[("0.48", "100")], asks=[("0.52", "100")])
+    order = place(account, book, "BUY", "0.50", "10", post_only=True)
+    matcher.step()
+    assert maker_fills(order) == []
+
+
+# --- trades -----------------------------------------------------------------------------------
+def test_trade_through_fills_up_to_the_trade_size(book):
+    account = open_account("100")
+    matcher = new_matcher()
+    order = place(account, book, "BUY", "0.50", "10")
+    publish_trade(book.token_id, price="0.47", size="3", side="SELL")
+    matcher.step()
+    (fill,) = maker_fills(order)
+    assert (fill.price, fill.size, fill.fee, fill.price_source) == (D("0.50"), D("3"), 0, "trade")
+    # A BUY taker lifting asks does not go through our bid.
+    publish_trade(book.token_id, price="0.47", size="3", side="BUY")
+    matcher.step()
+    assert len(maker_fills(order)) == 1
+    audit_clean()
+
+
+def test_trade_size_is_shared_in_price_time_priority(book):
+    a1, a2 = open_account("100"), open_account("100")
+    matcher = new_matcher()
+    low = place(a1, book, "BUY", "0.49", "10")
+    high = place(a2, book, "BUY", "0.50", "10")
+    publish_trade(book.token_id, price="0.45", size="12", side="SELL")
+    matcher.step()
+    assert [f.size for f in maker_fills(high)] == [D("10")]
+    assert [f.size for f in maker_fills(low)] == [D("2")]
+    audit_clean()
+
+
+def test_trade_at_the_price_fills_only_after_the_queue_ahead_traded(book):
+    account = open_account("100")
+    publish_book(book.token_id, bids=[("0.50", "100"), ("0.48", "5")], asks=[("0.52", "100")])
+    matcher = new_matcher()
+    order = place(account, book, "BUY", "0.50", "30")
+    assert refreshed(order).queue_ahead == D("100")
+
+    publish_trade(book.token_id, price="0.50", size="60", side="SELL")
+    matcher.step()
+    assert maker_fills(order) == []
+    assert refreshed(order).queue_ahead == D("40")
+
+    publish_trade(book.token_id, price="0.50", size="50", side="SELL")
+    matcher.step()
+    (fill,) = maker_fills(order)
+    assert fill.size == D("10")  # 50 traded, 40 of it ahead of us
+    order = refreshed(order)
+    assert order.queue_ahead == 0 and order.filled_size == D("10")
+
+    publish_trade(book.token_id, price="0.50", size="25", side="SELL")
+    matcher.step()
+    assert [f.size for f in maker_fills(order)] == [D("10"), D("20")]
+    assert refreshed(order).status == "matched"
+    audit_clean()
+
+
+def test_an_order_at_a_new_best_price_has_no_queue_ahead(book):
+    account = open_account("100")
+    matcher = new_matcher()
+    order = place(account, book, "BUY", "0.50", "10")
+    assert refreshed(order).queue_ahead == 0
+    publish_trade(book.token_id, price="0.50", size="4", side="SELL")
+    matcher.step()
+    assert [f.size for f in maker_fills(order)] == [D("4")]
+
+
+def test_queue_advance_is_not_counted_twice_on_replay(book):
+    account = open_account("100")
+    publish_book(book.token_id, bids=[("0.50", "100")], asks=[("0.52", "100")])
+    matcher = new_matcher()
+    order = place(account, book, "BUY", "0.50", "10")
+    publish_trade(book.token_id, price="0.50", size="60", side="SELL")
+    bus = get_bus()
+    msgs = bus.read(0, matcher.group, matcher.consumer)
+    matcher._process(0, msgs)
+    # Same entry again (as after a crash before the ack), from a fresh matcher's index.
+    again = new_matcher()
+    again._process(0, [BusMessage(msgs[0].id, msgs[0].tops, msgs[0].trades)])
+    assert refreshed(order).queue_ahead == D("40")
+
+
+# --- exactly once -----------------------------------------------------------------------------
+def test_replayed_entry_fills_once(book, monkeypatch):
+    account = open_account("100")
+    matcher = new_matcher(consumer="m-1")
+    order = place(account, book, "BUY", "0.50", "10")
+    publish_book(book.token_id, bids=[("0.48", "100")], asks=[("0.49", "4")])
+    bus = get_bus()
+
+    # The matcher commits the fill and dies before acknowledging the entry.
+    def crash(*args, **kwargs):
+        raise RuntimeError("killed before XACK")
+
+    monkeypatch.setattr(bus, "ack", crash)
+    with pytest.raises(RuntimeError):
+        matcher.step()
+    monkeypatch.undo()
+    assert bus.pending_count(0, matcher.group) == 1
+    assert len(maker_fills(order)) == 1
+
+    # Restarted under the same name, it re-reads its pending entry: no second fill, acked.
+    restarted = new_matcher(consumer="m-1")
+    assert restarted.stats.duplicates == 1
+    assert bus.pending_count(0, restarted.group) == 0
+    assert [f.size for f in maker_fills(order)] == [D("4")]
+    # Claimed by another consumer after the idle time: still once.
+    assert Fill.objects.count() == 1
+    audit_clean()
+
+
+def test_entries_of_a_dead_consumer_are_claimed(book, monkeypatch):
+    account = open_account("100")
+    dead = new_matcher(consumer="dead")
+    order = place(account, book, "BUY", "0.50", "10")
+    publish_book(book.token_id, bids=[("0.48", "100")], asks=[("0.49", "4")])
+    bus = get_bus()
+    bus.read(0, dead.group, "dead")  # delivered to it, never processed
+    other = Matcher(
+        bus=bus, events=get_order_events(), shards=[0], consumer="other", claim_idle_ms=0
+    )
+    other.start()
+    assert [f.size for f in maker_fills(order)] == [D("4")]
+    assert bus.pending_count(0, other.group) == 0
+
+
+# --- the index ----------------------------------------------------------------------------
+def test_cancel_and_new_orders_reach_the_index_through_events(book):
+    account = open_account("100")
+    matcher = new_matcher()
+    order = place(account, book, "BUY", "0.50", "10")
+    matcher.drain_events()
+    assert matcher.index.get(str(order.pk)) is not None
+    committed(order_cancel, account_id=account.pk, order_id=order.pk)
+    matcher.drain_events()
+    assert matcher.index.get(str(order.pk)) is None
+    assert len(matcher.index) == 0
+
+
+def test_reconcile_catches_an_order_whose_event_was_lost(book, monkeypatch):
+    account = open_account("100")
+    matcher = new_matcher()
+    monkeypatch.setattr(get_order_events(), "publish", lambda events: None)
+    order = place(account, book, "BUY", "0.50", "10")
+    matcher.drain_events()
+    assert matcher.index.get(str(order.pk)) is None
+    matcher.reconcile()
+    assert matcher.index.get(str(order.pk)) is not None
+    publish_book(book.token_id, bids=[("0.48", "100")], asks=[("0.49", "3")])
+    matcher.step()
+    assert [f.size for f in maker_fills(order)] == [D("3")]
+
+
+def test_an_order_whose_event_comes_after_a_crossing_book_is_matched_against_it(book):
+    account = open_account("100")
+    matcher = new_matcher()
+    events = get_order_events()
+    held: list = []
+    real = events.publish
+    events.publish = held.extend  # type: ignore[method-assign]
+    order = place(account, book, "BUY", "0.50", "10", post_only=True)
+    # The book crosses right after the order committed, before its event is out.
+    publish_book(book.token_id, bids=[("0.48", "100")], asks=[("0.49", "7")])
+    matcher.step()
+    assert maker_fills(order) == []
+    real(held)  # the late event
+    matcher.drain_events()
+    assert [f.size for f in maker_fills(order)] == [D("7")]
+    audit_clean()
+
+
+def test_index_orders_by_price_then_time():
+    idx = RestingIndex()
+
+    def r(oid, side, price, ms):
+        return Resting(oid, "a", "t", side, D(price), D("1"), ms, D("0"))
+
+    for o in [
+        r("b1", "BUY", "0.50", 2),
+        r("b2", "BUY", "0.52", 3),
+        r("b3", "BUY", "0.50", 1),
+        r("b4", "BUY", "0.40", 0),
+        r("s1", "SELL", "0.60", 5),
+        r("s2", "SELL", "0.55", 6),
+    ]:
+        idx.upsert(o)
+    assert [o.order_id for o in idx.crossing("t", "BUY", D("0.50"))] == ["b2", "b3", "b1"]
+    assert [o.order_id for o in idx.crossing("t", "SELL", D("0.60"))] == ["s2", "s1"]
+    assert idx.crossing("t", "SELL", D("0.54")) == []
+    idx.remove("b2")
+    idx.remove("b3")
+    idx.remove("b1")
+    assert [o.order_id for o in idx.crossing("t", "BUY", D("0.30"))] == ["b4"]
+    assert len(idx) == 3
+
+
+def test_parse_shard():
+    assert parse_shard("1/4", 4) == ([1], 4)
+    assert parse_shard(None, 3) == ([0, 1, 2], 3)
+    for bad in ("4/4", "x", "1/0"):
+        with pytest.raises(ValueError):
+            parse_shard(bad, 4)
+
+
+# --- concurrency (Postgres) -------------------------------------------------------------------
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_cancel_racing_a_fill_never_both(book):
+    """Many resting orders, each cancelled by one thread while the matcher fills them in
+    another: every order ends either cancelled with nothing filled and all released, or
+    filled (matched) and not cancelled — and the ledger balances."""
+    accounts = [open_account("100") for _ in range(12)]
+    matcher = new_matcher()
+    orders = [place(a, book, "BUY", "0.50", "10") for a in accounts]
+    matcher.drain_events()
+    publish_book(book.token_id, bids=[("0.48", "100")], asks=[("0.49", "1000")])
+    barrier = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def cancel_all() -> None:
+        try:
+            barrier.wait()
+            for a, o in zip(reversed(accounts), reversed(orders), strict=True):
+                try:
+                    order_cancel(account_id=a.pk, order_id=o.pk)
+                except Exception as exc:  # ILLEGAL_TRANSITION once matched is expected
+                    if getattr(exc, "code", "") != "ILLEGAL_TRANSITION":
+                        raise
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    def match() -> None:
+        try:
+            barrier.wait()
+            matcher.step()
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=cancel_all), threading.Thread(target=match)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    statuses = {}
+    for o in orders:
+        o.refresh_from_db()
+        statuses[o.status] = statuses.get(o.status, 0) + 1
+        fills = maker_fills(o)
+        if o.status == "canceled":
+            assert fills == [] and o.reserved_cash == 0
+        else:
+            assert o.status == "matched" and [f.size for f in fills] == [D("10")]
+    assert set(statuses) <= {"canceled", "matched"}
+    audit_clean()
+
+
+# --- the process, on the real services ------------------------------------------------------
+@pytest.mark.redis
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_trading_match_command_fills_from_the_redis_bus(redis_url, settings, tmp_path):
+    """`manage.py trading match` as its own process on Redis + Postgres: a resting order,
+    then a crossing book and a trade print published on the RedisBus; the fills commit
+    within a bounded wait, SIGTERM stops it cleanly, and the audit is clean."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from marketdata.bus import TradePrint, now_ms
+
+    settings.REDIS_URL = redis_url
+    from marketdata.bus import reset_bus
+    from trading.depletion import reset_depletion
+    from trading.orderevents import reset_order_events
+
+    reset_bus()
+    reset_depletion()
+    reset_order_events()
+    bus = get_bus()
+    bus.heartbeat(0)
+    _m, yes, _ = make_market()
+    publish_book(yes.token_id, bids=[("0.48", "100")], asks=[("0.52", "100")])
+    account = open_account("100")
+    resting = place(account, yes, "BUY", "0.50", "10")  # before the process: loaded from DB
+
+    db = connection.settings_dict
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "REDIS_URL": redis_url,
+        "PRICE_BUS_SHARDS": "1",
+    }
+    root = Path(__file__).resolve().parents[2]
+    stats = tmp_path / "stats.json"
+    proc = subprocess.Popen(
+        [sys.executable, "manage.py", "trading", "match", "--shard", "0/1",
+         "--stats-file", str(stats)],
+        cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not stats.exists():  # written once it is consuming
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        later = place(account, yes, "BUY", "0.49", "10")  # reaches it as an order event
+        bus.heartbeat(0)
+        publish_book(yes.token_id, bids=[("0.48", "100")], asks=[("0.50", "4")])
+        trade = TradePrint(yes.token_id, "0.45", "3", "SELL", now_ms(), now_ms())
+        bus.publish_json([], [(yes.token_id, trade.to_json())])
+
+        def sizes(order):
+            return sorted(f.size for f in maker_fills(order))
+
+        while (sizes(resting), sizes(later)) != ([D("3"), D("4")], []):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, (sizes(resting), sizes(later))
+            time.sleep(0.1)
+        # The print went to the better-priced order first (price priority).
+        assert Fill.objects.filter(order=resting, price_source="trade").get().size == D("3")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "matcher stopped" in out
+    assert bus.pending_count(0, "matcher") == 0
+    audit_clean()
+
+
+@pytest.mark.postgres  # committed rows seen by the matcher's thread (SQLite cannot flush them)
+@pytest.mark.django_db(transaction=True)
+def test_the_demo_runs_the_matcher_in_process(book):
+    """`make demo`'s matcher: a background component on the in-process bus and order
+    events, filling a resting order with no other service running."""
+    import time
+
+    from core.management.commands import demo
+
+    command = demo.Command(stdout=None)
+    command.no_feed = False
+    names = [c.name for c in command.background_components()]
+    assert names == ["market data", "matcher"]
+
+    account = open_account("100")
+    component = demo.matcher_component()
+    component.start()
+    try:
+        order = place(account, book, "BUY", "0.50", "10")
+        deadline = time.monotonic() + 30
+        while not maker_fills(order):
+            assert time.monotonic() < deadline
+            # Republished until the matcher (started asynchronously) has its group.
+            publish_book(book.token_id, bids=[("0.48", "100")], asks=[("0.49", "4")])
+            time.sleep(0.2)
+    finally:
+        component.stop()
+    assert [f.size for f in maker_fills(order)] == [D("4")]
+    audit_clean()

@@ -1,0 +1,591 @@
+"""The maker matcher: fills resting orders when the live market reaches them
+(trading-engine.md §4; docs/fill-model.md "Maker fills"; docs/operations.md "Matcher").
+
+One matcher process (`manage.py trading match --shard i/N`) owns the price-bus shards it is
+given. It keeps an in-memory index of the resting orders of those shards' tokens — per token
+and side, prices in a sorted list and each price's orders in time order — so the work per
+book update is a dict lookup and a bisect, plus the orders that actually cross.
+
+Correctness rests on the DB, not on the index: every fill re-reads and locks the order row
+(trading.services.matching). The index only has to be current enough to be fast:
+* loaded from the DB at start (after noting the order-event streams' last ids, so nothing
+  committed meanwhile is missed);
+* order events (trading.orderevents) published after every commit that makes an order rest
+  or stop resting, drained before each batch of bus entries is processed;
+* a periodic reconcile (MATCHER_RECONCILE_SECONDS) re-reading every order changed since the
+  last one (by `updated_at`, with a margin for long transactions), which also catches fills
+  or cancels made by any other process and events that were lost.
+
+Bus entries are read through a consumer group, processed in order (trade prints first: they
+happened before the entry's tops were built), and acknowledged only after every fill they
+caused has committed; after a restart the matcher re-reads its own pending entries and claims
+entries left pending by a dead consumer (MATCHER_CLAIM_IDLE_SECONDS). Replays are harmless:
+each fill's trigger key is (bus entry, item, order) and is unique in the DB.
+"""
+
+from __future__ import annotations
+
+import bisect
+import datetime as dt
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.db import close_old_connections, connections
+from django.utils import timezone
+
+from core.money import ZERO
+from marketdata.bus import BookTop, BusMessage, InProcessBus, PriceBus, TradePrint, now_ms
+from trading.models import Order, Side
+from trading.orderevents import OrderEvent, OrderEventLog, epoch_ms, order_event
+from trading.services.matching import (
+    MakerResult,
+    order_fill_maker_cross,
+    order_fill_maker_trade,
+)
+
+logger = logging.getLogger("polysim.trading.matcher")
+
+GROUP = "matcher"
+RECONCILE_MARGIN = dt.timedelta(seconds=60)  # longer than any order transaction
+MAX_LATENCY_SAMPLES = 200_000
+
+
+# --- the index --------------------------------------------------------------------------------
+@dataclass(slots=True)
+class Resting:
+    order_id: str
+    account_id: str
+    token_id: str
+    side: str
+    price: Decimal
+    remaining: Decimal
+    created_ms: int
+    queue_ahead: Decimal
+
+    @property
+    def priority(self) -> tuple[int, str]:
+        return (self.created_ms, self.order_id)
+
+
+@dataclass(slots=True)
+class _Side:
+    prices: list[Decimal] = field(default_factory=list)  # ascending
+    buckets: dict[Decimal, list[Resting]] = field(default_factory=dict)  # time order
+
+
+class RestingIndex:
+    """Resting orders by token, side and price. Not thread-safe: one matcher thread owns it."""
+
+    def __init__(self) -> None:
+        self._tokens: dict[str, dict[str, _Side]] = {}
+        self._by_id: dict[str, Resting] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def get(self, order_id: str) -> Resting | None:
+        return self._by_id.get(order_id)
+
+    def upsert(self, r: Resting) -> None:
+        old = self._by_id.get(r.order_id)
+        if old is not None:
+            if old.price == r.price and old.side == r.side and old.token_id == r.token_id:
+                old.remaining, old.queue_ahead = r.remaining, r.queue_ahead
+                return
+            self.remove(r.order_id)
+        self._by_id[r.order_id] = r
+        side = self._tokens.setdefault(r.token_id, {}).setdefault(r.side, _Side())
+        bucket = side.buckets.get(r.price)
+        if bucket is None:
+            bisect.insort(side.prices, r.price)
+            side.buckets[r.price] = [r]
+        else:
+            keys = [o.priority for o in bucket]
+            bucket.insert(bisect.bisect(keys, r.priority), r)
+
+    def remove(self, order_id: str) -> None:
+        r = self._by_id.pop(order_id, None)
+        if r is None:
+            return
+        sides = self._tokens[r.token_id]
+        side = sides[r.side]
+        bucket = side.buckets[r.price]
+        bucket.remove(r)
+        if not bucket:
+            del side.buckets[r.price]
+            del side.prices[bisect.bisect_left(side.prices, r.price)]
+            if not side.prices:
+                del sides[r.side]
+                if not sides:
+                    del self._tokens[r.token_id]
+
+    def crossing(self, token_id: str, side: str, price: Decimal) -> list[Resting]:
+        """Orders of `side` that a counter-price `price` reaches or passes (BUY: limit ≥
+        price; SELL: limit ≤ price), best price first, then oldest first."""
+        book = self._tokens.get(token_id)
+        s = book.get(side) if book else None
+        if s is None:
+            return []
+        out: list[Resting] = []
+        if side == Side.BUY:
+            for p in reversed(s.prices[bisect.bisect_left(s.prices, price) :]):
+                out.extend(s.buckets[p])
+        else:
+            for p in s.prices[: bisect.bisect_right(s.prices, price)]:
+                out.extend(s.buckets[p])
+        return out
+
+    def token_ids(self) -> set[str]:
+        return set(self._tokens)
+
+
+def resting_from_event(e: OrderEvent) -> Resting:
+    return Resting(
+        e.order_id,
+        e.account_id,
+        e.token_id,
+        e.side,
+        Decimal(e.price),
+        Decimal(e.remaining),
+        e.created_ms,
+        Decimal(e.queue_ahead),
+    )
+
+
+# --- trigger keys -----------------------------------------------------------------------------
+def entry_key(scope_ms: int, shard: int, entry_id: str) -> str:
+    """A bus entry as a fixed-width string that sorts like the stream: Redis ids are
+    "<ms>-<seq>" (time-based already, scope 0); an in-process bus numbers entries from 1 per
+    process, so its creation time is the scope that keeps keys unique across restarts."""
+    ms, _, seq = entry_id.partition("-")
+    return f"{scope_ms:013d}{shard:03d}{int(ms):015d}{int(seq or 0):08d}"
+
+
+_scopes: dict[int, int] = {}
+
+
+def bus_scope_ms(bus: PriceBus) -> int:
+    """0 for Redis; for an in-process bus, when this process first matched on it."""
+    if isinstance(bus, InProcessBus):
+        return _scopes.setdefault(id(bus), now_ms())
+    return 0
+
+
+# --- stats ------------------------------------------------------------------------------------
+@dataclass
+class MatcherStats:
+    entries: int = 0
+    tops: int = 0
+    trades: int = 0
+    stale_skipped: int = 0
+    crossing_orders: int = 0
+    fills: int = 0
+    filled_size: Decimal = ZERO
+    duplicates: int = 0
+    queue_advances: int = 0
+    order_events: int = 0
+    reconciles: int = 0
+    loaded: int = 0
+    load_seconds: float = 0.0
+    # publish → commit latency of each fill (ms): the top's / print's `published_at` (the
+    # publisher's clock) to the moment the fill's transaction returned.
+    latencies_ms: list[float] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in self.__dict__.items() if k != "latencies_ms"}
+        d["filled_size"] = str(self.filled_size)
+        d["latencies_ms"] = list(self.latencies_ms)
+        return d
+
+
+# --- the matcher ------------------------------------------------------------------------------
+class Matcher:
+    def __init__(
+        self,
+        *,
+        bus: PriceBus,
+        events: OrderEventLog,
+        shards: Iterable[int],
+        consumer: str | None = None,
+        group: str = GROUP,
+        reconcile_seconds: float | None = None,
+        claim_idle_ms: int | None = None,
+        batch: int = 200,
+    ) -> None:
+        self.bus = bus
+        self.events = events
+        self.shards = sorted(set(shards))
+        self.group = group
+        self.consumer = consumer or f"matcher-{'-'.join(map(str, self.shards))}"
+        self.reconcile_seconds = (
+            float(settings.MATCHER_RECONCILE_SECONDS)
+            if reconcile_seconds is None
+            else reconcile_seconds
+        )
+        self.claim_idle_ms = (
+            int(float(settings.MATCHER_CLAIM_IDLE_SECONDS) * 1000)
+            if claim_idle_ms is None
+            else claim_idle_ms
+        )
+        self.batch = batch
+        self.index = RestingIndex()
+        self.stats = MatcherStats()
+        self.scope_ms = bus_scope_ms(bus)
+        self._event_ids: dict[int, str] = {}
+        self._last_top: dict[str, tuple[BookTop, str]] = {}  # token -> (top, trigger base)
+        self._reconciled_at = 0.0
+        self._watermark: dt.datetime | None = None
+        self._started = False
+
+    # --- ownership
+    def owns(self, token_id: str) -> bool:
+        return self.bus.shard_of(token_id) in self.shards
+
+    # --- start: groups, index, pending entries
+    def start(self) -> None:
+        for shard in self.shards:
+            # "$": a new group starts at the stream's end — old books never fill new orders.
+            self.bus.ensure_group(shard, self.group, start_id="$")
+            self._event_ids[shard] = self.events.last_id(shard)
+        self.load()
+        self._started = True
+        for shard in self.shards:  # our own unacknowledged entries, from before a restart
+            while True:
+                pending = self.bus.read_pending(shard, self.group, self.consumer, self.batch)
+                if not pending:
+                    break
+                self._process(shard, pending)
+                if len(pending) < self.batch:
+                    break
+        self.claim()
+
+    def load(self) -> None:
+        """Every resting limit order of our shards' tokens, from the DB (the source of truth)."""
+        t0 = time.perf_counter()
+        self._watermark = timezone.now()
+        index = RestingIndex()
+        rows = (
+            Order.objects.filter(status=Order.Status.LIVE, size__isnull=False)
+            .values_list(
+                "pk",
+                "account_id",
+                "token_id",
+                "side",
+                "price",
+                "size",
+                "filled_size",
+                "created_at",
+                "queue_ahead",
+            )
+            .iterator(chunk_size=5000)
+        )
+        owned: dict[str, bool] = {}
+        for pk, acc, token, side, price, size, filled, created, queue in rows:
+            mine = owned.get(token)
+            if mine is None:
+                mine = owned[token] = self.owns(token)
+            if mine and size > filled:
+                index.upsert(
+                    Resting(
+                        str(pk),
+                        str(acc),
+                        token,
+                        side,
+                        price,
+                        size - filled,
+                        epoch_ms(created),
+                        queue,
+                    )
+                )
+        self.index = index
+        self._reconciled_at = time.monotonic()
+        self.stats.loaded = len(index)
+        self.stats.load_seconds = time.perf_counter() - t0
+
+    def reconcile(self) -> int:
+        """Re-read every order changed since the last reconcile (less a margin)."""
+        assert self._watermark is not None
+        since = self._watermark - RECONCILE_MARGIN
+        self._watermark = timezone.now()
+        n = 0
+        for order in Order.objects.filter(updated_at__gte=since, size__isnull=False).only(
+            "pk",
+            "account_id",
+            "token_id",
+            "side",
+            "price",
+            "size",
+            "filled_size",
+            "status",
+            "created_at",
+            "queue_ahead",
+        ):
+            if self.owns(order.token_id):
+                self._apply_event(order_event(order), check_last_top=False)
+                n += 1
+        self._reconciled_at = time.monotonic()
+        self.stats.reconciles += 1
+        return n
+
+    def claim(self) -> None:
+        for shard in self.shards:
+            claimed = self.bus.claim_stale(
+                shard, self.group, self.consumer, self.claim_idle_ms, self.batch
+            )
+            if claimed:
+                self._process(shard, claimed)
+
+    # --- the loop
+    def run(self, stop: threading.Event, *, block_ms: int = 200) -> None:
+        """Until `stop` is set: read, match, ack; reconcile and claim now and then."""
+        if not self._started:
+            self.start()
+        while not stop.is_set():
+            try:
+                self.step(block_ms=block_ms)
+                if time.monotonic() - self._reconciled_at >= self.reconcile_seconds:
+                    close_old_connections()
+                    self.reconcile()
+                    self.claim()
+            except Exception:
+                logger.exception("matcher: step failed; retrying")
+                close_old_connections()
+                stop.wait(1.0)
+
+    def step(self, *, block_ms: int | None = None) -> int:
+        """One read of each shard (blocking up to block_ms on the last one when the others
+        had nothing); returns how many entries were processed."""
+        done = 0
+        for n, shard in enumerate(self.shards):
+            last = n == len(self.shards) - 1
+            msgs = self.bus.read(
+                shard,
+                self.group,
+                self.consumer,
+                self.batch,
+                block_ms=block_ms if (last and not done) else None,
+            )
+            if msgs:
+                self._process(shard, msgs)
+                done += len(msgs)
+        if not done:
+            self.drain_events()
+        return done
+
+    # --- order events
+    def drain_events(self) -> None:
+        for shard in self.shards:
+            while True:
+                got = self.events.read_after(shard, self._event_ids[shard])
+                if not got:
+                    break
+                for event_id, event in got:
+                    self._event_ids[shard] = event_id
+                    self.stats.order_events += 1
+                    self._apply_event(event, check_last_top=True)
+                if len(got) < 1000:
+                    break
+
+    def _apply_event(self, event: OrderEvent, *, check_last_top: bool) -> None:
+        if not event.resting:
+            self.index.remove(event.order_id)
+            return
+        known = self.index.get(event.order_id) is not None
+        r = resting_from_event(event)
+        self.index.upsert(r)
+        if check_last_top and not known:
+            # The order committed after a top that already crossed it was processed (its
+            # event came late): match it against that top now, under that top's own key.
+            last = self._last_top.get(r.token_id)
+            if last is not None:
+                top, base = last
+                if top.fresh and r.created_ms <= top.published_at and self._crosses(r, top):
+                    self._fill_cross(r, top, base)
+
+    # --- processing
+    def _process(self, shard: int, msgs: list[BusMessage]) -> None:
+        self.drain_events()
+        beat = self.bus.heartbeat_age_ms(shard)
+        feed_alive = beat is not None and beat < self.bus.heartbeat_stale_ms
+        done: list[str] = []
+        for msg in msgs:
+            base = entry_key(self.scope_ms, shard, msg.id)
+            for i, trade in enumerate(msg.trades):
+                self.stats.trades += 1
+                self._on_trade(trade, f"{base}{i:05d}t", feed_alive)
+            for i, top in enumerate(msg.tops):
+                self.stats.tops += 1
+                self._on_top(top, f"{base}{i:05d}b", feed_alive)
+            done.append(msg.id)
+            self.stats.entries += 1
+        # Every fill of these entries has committed (each service call is its own
+        # transaction and returned): now they may be acknowledged.
+        self.bus.ack(shard, self.group, done)
+
+    @staticmethod
+    def _crosses(r: Resting, top: BookTop) -> bool:
+        if r.side == Side.BUY:
+            return top.best_ask is not None and Decimal(top.best_ask) <= r.price
+        return top.best_bid is not None and Decimal(top.best_bid) >= r.price
+
+    def _on_top(self, top: BookTop, base: str, feed_alive: bool) -> None:
+        token = top.token_id
+        self._last_top[token] = (top, base)
+        if not top.fresh or not feed_alive:
+            self.stats.stale_skipped += 1
+            return
+        candidates: list[Resting] = []
+        if top.best_ask is not None:
+            candidates += self.index.crossing(token, Side.BUY, Decimal(top.best_ask))
+        if top.best_bid is not None:
+            candidates += self.index.crossing(token, Side.SELL, Decimal(top.best_bid))
+        for r in candidates:
+            if r.created_ms <= top.published_at:  # never fill on a book older than the order
+                self._fill_cross(r, top, base)
+
+    def _fill_cross(self, r: Resting, top: BookTop, base: str) -> None:
+        self.stats.crossing_orders += 1
+        result = order_fill_maker_cross(
+            order_id=r.order_id,
+            account_id=r.account_id,
+            trigger_key=f"m{base}:{r.order_id}",
+            top=top,
+        )
+        self._after(r, result, top.published_at)
+
+    def _after(self, r: Resting, result: MakerResult, published_at: int) -> None:
+        if result.outcome == "filled":
+            self.stats.fills += 1
+            self.stats.filled_size += result.size
+            if len(self.stats.latencies_ms) < MAX_LATENCY_SAMPLES:
+                self.stats.latencies_ms.append(time.time() * 1000 - published_at)
+        elif result.outcome == "duplicate":
+            self.stats.duplicates += 1
+        if result.outcome == "gone" or result.remaining <= 0:
+            self.index.remove(r.order_id)
+        else:
+            r.remaining, r.queue_ahead = result.remaining, result.queue_ahead
+
+    def _on_trade(self, trade: TradePrint, base: str, feed_alive: bool) -> None:
+        token = trade.token_id
+        last = self._last_top.get(token)
+        top = last[0] if last else None
+        if not feed_alive or (top is not None and not top.fresh):
+            self.stats.stale_skipped += 1
+            return
+        price = trade.price_value()
+        pool = trade.size_value()
+        # The taker's side says which resting side the print went through: a SELL taker hit
+        # bids (our BUYs at or above its price), a BUY taker lifted asks (our SELLs at or
+        # below). Unknown side: both.
+        sides = {"SELL": [Side.BUY], "BUY": [Side.SELL]}.get(
+            trade.side or "", [Side.BUY, Side.SELL]
+        )
+        for side in sides:
+            orders = [
+                r
+                for r in self.index.crossing(token, side, price)
+                if r.created_ms <= trade.published_at
+            ]
+            through = [r for r in orders if r.price != price]
+            at = [r for r in orders if r.price == price]
+            for r in through:
+                if pool <= 0:
+                    break
+                pool -= self._fill_trade(r, trade, base, pool, top)
+            self._queue(at, trade, base, pool, top)
+
+    def _fill_trade(
+        self, r: Resting, trade: TradePrint, base: str, pool: Decimal, top: BookTop | None
+    ) -> Decimal:
+        self.stats.crossing_orders += 1
+        result = order_fill_maker_trade(
+            order_id=r.order_id,
+            account_id=r.account_id,
+            trigger_key=f"m{base}:{r.order_id}",
+            queue_trigger=base,
+            trade=trade,
+            available=pool,
+            top=top,
+        )
+        self._after(r, result, trade.published_at)
+        return result.size
+
+    def _queue(
+        self,
+        orders: list[Resting],
+        trade: TradePrint,
+        base: str,
+        pool: Decimal,
+        top: BookTop | None,
+    ) -> None:
+        """A print at exactly the orders' price: it first consumes the size queued ahead of
+        each (persisted, one UPDATE for every order it does not reach), then fills the ones
+        it reaches, oldest first, from what is left of the print."""
+        size = trade.size_value()
+        short = [r for r in orders if r.queue_ahead >= size]
+        if short:
+            from django.db.models import F, Value
+            from django.db.models.functions import Greatest
+
+            Order.objects.filter(
+                pk__in=[r.order_id for r in short],
+                status=Order.Status.LIVE,
+                queue_trigger__lt=base,
+            ).update(
+                queue_ahead=Greatest(F("queue_ahead") - size, Value(ZERO)),
+                queue_trigger=base,
+            )
+            for r in short:
+                r.queue_ahead -= size
+            self.stats.queue_advances += len(short)
+        for r in orders:
+            if r.queue_ahead < size:
+                pool -= self._fill_trade(r, trade, base, max(pool, ZERO), top)
+
+
+def parse_shard(text: str | None, default_shards: int) -> tuple[list[int], int]:
+    """ "i/N" → ([i], N); None → every shard of PRICE_BUS_SHARDS."""
+    if not text:
+        return list(range(default_shards)), default_shards
+    try:
+        i_text, _, n_text = text.partition("/")
+        i, n = int(i_text), int(n_text)
+    except ValueError as exc:
+        raise ValueError(f"--shard must look like i/N, not {text!r}") from exc
+    if n < 1 or not 0 <= i < n:
+        raise ValueError(f"--shard {text!r}: need 0 <= i < N")
+    return [i], n
+
+
+def default_consumer(shards: list[int]) -> str:
+    """Stable per shard set and host, so a restarted matcher re-reads its own pending
+    entries at once; a matcher that never comes back has them claimed by another after
+    MATCHER_CLAIM_IDLE_SECONDS."""
+    return f"matcher-{'-'.join(map(str, shards))}@{socket.gethostname()}"
+
+
+def run_in_thread(stop: threading.Event, *, make: Callable[[], Matcher] | None = None) -> None:
+    """The embedded demo's matcher: every shard, in this process, until `stop`."""
+    from marketdata.bus import get_bus
+    from trading.orderevents import get_order_events
+
+    bus = get_bus()
+    matcher = (
+        make()
+        if make is not None
+        else Matcher(bus=bus, events=get_order_events(), shards=range(bus.n_shards))
+    )
+    try:
+        matcher.run(stop)
+    finally:
+        connections.close_all()  # this thread's connections
+        summary = {k: v for k, v in matcher.stats.as_dict().items() if k != "latencies_ms"}
+        logger.info("matcher stopped: %s", summary)
