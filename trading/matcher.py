@@ -16,32 +16,50 @@ Correctness rests on the DB, not on the index: every fill re-reads and locks the
   last one (by `updated_at`, with a margin for long transactions), which also catches fills
   or cancels made by any other process and events that were lost.
 
-Bus entries are read through a consumer group, processed in order (trade prints first: they
-happened before the entry's tops were built), and acknowledged only after every fill they
-caused has committed; after a restart the matcher re-reads its own pending entries and claims
-entries left pending by a dead consumer (MATCHER_CLAIM_IDLE_SECONDS). Replays are harmless:
-each fill's trigger key is (bus entry, item, order) and is unique in the DB.
+Bus entries are read through a consumer group, a batch at a time, and acknowledged only after
+every fill they caused has committed. Within a batch the work is split into one lane per token
+that has resting orders, each lane the token's prints and tops in stream order (prints first
+within an entry: they happened before its tops were built); tops of tokens with no resting
+order are not even decoded. Lanes run on a small pool of worker threads (MATCHER_WORKERS, each
+with its own DB connection): fills of one token stay sequential — price-time priority and the
+depletion of its levels — while fills of different tokens overlap their round trips and
+commits. Two lanes never fill for the same account at once (a striped per-account lock), so
+workers never queue on each other's account row locks. After a restart the matcher re-reads
+its own pending entries and claims entries left pending by a dead consumer
+(MATCHER_CLAIM_IDLE_SECONDS). Replays are harmless: each fill's trigger key is (bus entry,
+item, order) and is unique in the DB.
 """
 
 from __future__ import annotations
 
 import bisect
 import datetime as dt
+import functools
 import logging
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from decimal import Decimal
+from queue import SimpleQueue
 from typing import Any
 
 from django.conf import settings
-from django.db import close_old_connections, connections
+from django.db import close_old_connections, connection, connections
 from django.utils import timezone
 
 from core.money import ZERO
-from marketdata.bus import BookTop, BusMessage, InProcessBus, PriceBus, TradePrint, now_ms
+from marketdata.bus import (
+    BookTop,
+    BusMessage,
+    InProcessBus,
+    PriceBus,
+    TradePrint,
+    now_ms,
+    top_token_id,
+)
 from trading.models import Order, Side
 from trading.orderevents import OrderEvent, OrderEventLog, epoch_ms, order_event
 from trading.services.matching import (
@@ -55,6 +73,7 @@ logger = logging.getLogger("polysim.trading.matcher")
 GROUP = "matcher"
 RECONCILE_MARGIN = dt.timedelta(seconds=60)  # longer than any order transaction
 MAX_LATENCY_SAMPLES = 200_000
+ACCOUNT_STRIPES = 256
 
 
 # --- the index --------------------------------------------------------------------------------
@@ -145,6 +164,9 @@ class RestingIndex:
     def token_ids(self) -> set[str]:
         return set(self._tokens)
 
+    def has_token(self, token_id: str) -> bool:
+        return token_id in self._tokens
+
 
 def resting_from_event(e: OrderEvent) -> Resting:
     return Resting(
@@ -205,6 +227,51 @@ class MatcherStats:
         return d
 
 
+# --- the worker pool --------------------------------------------------------------------------
+class _Pool:
+    """A fixed set of threads running submitted calls. Each thread keeps its own DB connection
+    across calls (Django connections are per thread) and closes it when the pool stops."""
+
+    def __init__(self, size: int) -> None:
+        self._tasks: SimpleQueue[tuple[Callable[[], object], Future[None]] | None] = SimpleQueue()
+        self._threads = [
+            threading.Thread(target=self._work, name=f"matcher-worker-{n}", daemon=True)
+            for n in range(size)
+        ]
+        for t in self._threads:
+            t.start()
+
+    def _work(self) -> None:
+        try:
+            while True:
+                task = self._tasks.get()
+                if task is None:
+                    return
+                fn, future = task
+                if not future.set_running_or_notify_cancel():
+                    continue
+                try:
+                    fn()
+                except BaseException as exc:
+                    close_old_connections()  # drop a connection the error left unusable
+                    future.set_exception(exc)
+                else:
+                    future.set_result(None)
+        finally:
+            connections.close_all()
+
+    def submit(self, fn: Callable[[], object]) -> Future[None]:
+        future: Future[None] = Future()
+        self._tasks.put((fn, future))
+        return future
+
+    def stop(self) -> None:
+        for _ in self._threads:
+            self._tasks.put(None)
+        for t in self._threads:
+            t.join(timeout=30)
+
+
 # --- the matcher ------------------------------------------------------------------------------
 class Matcher:
     def __init__(
@@ -218,6 +285,7 @@ class Matcher:
         reconcile_seconds: float | None = None,
         claim_idle_ms: int | None = None,
         batch: int = 200,
+        workers: int | None = None,
     ) -> None:
         self.bus = bus
         self.events = events
@@ -235,11 +303,16 @@ class Matcher:
             else claim_idle_ms
         )
         self.batch = batch
+        self.workers = max(1, int(settings.MATCHER_WORKERS if workers is None else workers))
+        self._pool: _Pool | None = None
+        self._mutex = threading.Lock()  # the index and the stats, while lanes run
+        self._account_locks = [threading.Lock() for _ in range(ACCOUNT_STRIPES)]
         self.index = RestingIndex()
         self.stats = MatcherStats()
         self.scope_ms = bus_scope_ms(bus)
         self._event_ids: dict[int, str] = {}
-        self._last_top: dict[str, tuple[BookTop, str]] = {}  # token -> (top, trigger base)
+        # token -> (its last top, still encoded until someone needs it; trigger base)
+        self._last_top: dict[str, tuple[BookTop | bytes, str]] = {}
         self._reconciled_at = 0.0
         self._watermark: dt.datetime | None = None
         self._started = False
@@ -258,7 +331,9 @@ class Matcher:
         self._started = True
         for shard in self.shards:  # our own unacknowledged entries, from before a restart
             while True:
-                pending = self.bus.read_pending(shard, self.group, self.consumer, self.batch)
+                pending = self.bus.read_pending(
+                    shard, self.group, self.consumer, self.batch, raw=True
+                )
                 if not pending:
                     break
                 self._process(shard, pending)
@@ -337,7 +412,7 @@ class Matcher:
     def claim(self) -> None:
         for shard in self.shards:
             claimed = self.bus.claim_stale(
-                shard, self.group, self.consumer, self.claim_idle_ms, self.batch
+                shard, self.group, self.consumer, self.claim_idle_ms, self.batch, raw=True
             )
             if claimed:
                 self._process(shard, claimed)
@@ -345,19 +420,28 @@ class Matcher:
     # --- the loop
     def run(self, stop: threading.Event, *, block_ms: int = 200) -> None:
         """Until `stop` is set: read, match, ack; reconcile and claim now and then."""
-        if not self._started:
-            self.start()
-        while not stop.is_set():
-            try:
-                self.step(block_ms=block_ms)
-                if time.monotonic() - self._reconciled_at >= self.reconcile_seconds:
+        try:
+            if not self._started:
+                self.start()
+            while not stop.is_set():
+                try:
+                    self.step(block_ms=block_ms)
+                    if time.monotonic() - self._reconciled_at >= self.reconcile_seconds:
+                        close_old_connections()
+                        self.reconcile()
+                        self.claim()
+                except Exception:
+                    logger.exception("matcher: step failed; retrying")
                     close_old_connections()
-                    self.reconcile()
-                    self.claim()
-            except Exception:
-                logger.exception("matcher: step failed; retrying")
-                close_old_connections()
-                stop.wait(1.0)
+                    stop.wait(1.0)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop the worker threads (each closes its DB connection)."""
+        if self._pool is not None:
+            self._pool.stop()
+            self._pool = None
 
     def step(self, *, block_ms: int | None = None) -> int:
         """One read of each shard (blocking up to block_ms on the last one when the others
@@ -371,6 +455,7 @@ class Matcher:
                 self.consumer,
                 self.batch,
                 block_ms=block_ms if (last and not done) else None,
+                raw=True,
             )
             if msgs:
                 self._process(shard, msgs)
@@ -403,31 +488,83 @@ class Matcher:
         if check_last_top and not known:
             # The order committed after a top that already crossed it was processed (its
             # event came late): match it against that top now, under that top's own key.
-            last = self._last_top.get(r.token_id)
-            if last is not None:
-                top, base = last
-                if top.fresh and r.created_ms <= top.published_at and self._crosses(r, top):
-                    self._fill_cross(r, top, base)
+            top, base = self._top_of(r.token_id)
+            if (
+                top is not None
+                and top.fresh
+                and r.created_ms <= top.published_at
+                and self._crosses(r, top)
+            ):
+                self._fill_cross(r, top, base)
 
     # --- processing
+    def _top_of(self, token: str) -> tuple[BookTop | None, str]:
+        """The token's last top seen on the bus (decoded on first use) and its trigger base."""
+        last = self._last_top.get(token)
+        if last is None:
+            return None, ""
+        top, base = last
+        if isinstance(top, bytes):
+            top = BookTop.from_json(top)
+            self._last_top[token] = (top, base)
+        return top, base
+
     def _process(self, shard: int, msgs: list[BusMessage]) -> None:
         self.drain_events()
         beat = self.bus.heartbeat_age_ms(shard)
         feed_alive = beat is not None and beat < self.bus.heartbeat_stale_ms
+        # One lane per token with resting orders: its prints and tops in stream order.
+        lanes: dict[str, list[tuple[str, Any, str]]] = {}
         done: list[str] = []
         for msg in msgs:
             base = entry_key(self.scope_ms, shard, msg.id)
             for i, trade in enumerate(msg.trades):
                 self.stats.trades += 1
-                self._on_trade(trade, f"{base}{i:05d}t", feed_alive)
-            for i, top in enumerate(msg.tops):
+                if self.index.has_token(trade.token_id):
+                    lanes.setdefault(trade.token_id, []).append(("t", trade, f"{base}{i:05d}t"))
+            tops: Iterable[BookTop | bytes] = msg.raw_tops or msg.tops
+            for i, top in enumerate(tops):
                 self.stats.tops += 1
-                self._on_top(top, f"{base}{i:05d}b", feed_alive)
+                token = top.token_id if isinstance(top, BookTop) else top_token_id(top)
+                key = f"{base}{i:05d}b"
+                if self.index.has_token(token):
+                    lanes.setdefault(token, []).append(("b", top, key))
+                else:  # nothing rests here: remember it (undecoded) for late order events
+                    self._last_top[token] = (top, key)
             done.append(msg.id)
             self.stats.entries += 1
+        self._run_lanes(list(lanes.values()), feed_alive)
         # Every fill of these entries has committed (each service call is its own
         # transaction and returned): now they may be acknowledged.
         self.bus.ack(shard, self.group, done)
+
+    def _parallel(self) -> bool:
+        # Worker threads have their own connections: they must not be used while this thread
+        # is inside a transaction (they could not see its rows) nor on SQLite (one writer).
+        return self.workers > 1 and connection.vendor != "sqlite" and not connection.in_atomic_block
+
+    def _run_lanes(self, lanes: list[list[tuple[str, Any, str]]], feed_alive: bool) -> None:
+        if len(lanes) <= 1 or not self._parallel():
+            for lane in lanes:
+                self._run_lane(lane, feed_alive)
+            return
+        if self._pool is None:
+            self._pool = _Pool(self.workers)
+        futures = [
+            self._pool.submit(functools.partial(self._run_lane, lane, feed_alive)) for lane in lanes
+        ]
+        errors = [f.exception() for f in futures]  # waits for every lane
+        for exc in errors:
+            if exc is not None:
+                raise exc
+
+    def _run_lane(self, lane: list[tuple[str, Any, str]], feed_alive: bool) -> None:
+        for kind, item, key in lane:
+            if kind == "t":
+                self._on_trade(item, key, feed_alive)
+            else:
+                top = item if isinstance(item, BookTop) else BookTop.from_json(item)
+                self._on_top(top, key, feed_alive)
 
     @staticmethod
     def _crosses(r: Resting, top: BookTop) -> bool:
@@ -439,28 +576,36 @@ class Matcher:
         token = top.token_id
         self._last_top[token] = (top, base)
         if not top.fresh or not feed_alive:
-            self.stats.stale_skipped += 1
+            with self._mutex:
+                self.stats.stale_skipped += 1
             return
         candidates: list[Resting] = []
-        if top.best_ask is not None:
-            candidates += self.index.crossing(token, Side.BUY, Decimal(top.best_ask))
-        if top.best_bid is not None:
-            candidates += self.index.crossing(token, Side.SELL, Decimal(top.best_bid))
+        with self._mutex:
+            if top.best_ask is not None:
+                candidates += self.index.crossing(token, Side.BUY, Decimal(top.best_ask))
+            if top.best_bid is not None:
+                candidates += self.index.crossing(token, Side.SELL, Decimal(top.best_bid))
         for r in candidates:
             if r.created_ms <= top.published_at:  # never fill on a book older than the order
                 self._fill_cross(r, top, base)
 
+    def _account_lock(self, account_id: str) -> threading.Lock:
+        return self._account_locks[hash(account_id) % ACCOUNT_STRIPES]
+
     def _fill_cross(self, r: Resting, top: BookTop, base: str) -> None:
-        self.stats.crossing_orders += 1
-        result = order_fill_maker_cross(
-            order_id=r.order_id,
-            account_id=r.account_id,
-            trigger_key=f"m{base}:{r.order_id}",
-            top=top,
-        )
-        self._after(r, result, top.published_at)
+        with self._account_lock(r.account_id):
+            result = order_fill_maker_cross(
+                order_id=r.order_id,
+                account_id=r.account_id,
+                trigger_key=f"m{base}:{r.order_id}",
+                top=top,
+            )
+        with self._mutex:
+            self.stats.crossing_orders += 1
+            self._after(r, result, top.published_at)
 
     def _after(self, r: Resting, result: MakerResult, published_at: int) -> None:
+        """Fold a service result into the index and the stats. Caller holds `_mutex`."""
         if result.outcome == "filled":
             self.stats.fills += 1
             self.stats.filled_size += result.size
@@ -475,10 +620,10 @@ class Matcher:
 
     def _on_trade(self, trade: TradePrint, base: str, feed_alive: bool) -> None:
         token = trade.token_id
-        last = self._last_top.get(token)
-        top = last[0] if last else None
+        top, _ = self._top_of(token)
         if not feed_alive or (top is not None and not top.fresh):
-            self.stats.stale_skipped += 1
+            with self._mutex:
+                self.stats.stale_skipped += 1
             return
         price = trade.price_value()
         pool = trade.size_value()
@@ -489,11 +634,9 @@ class Matcher:
             trade.side or "", [Side.BUY, Side.SELL]
         )
         for side in sides:
-            orders = [
-                r
-                for r in self.index.crossing(token, side, price)
-                if r.created_ms <= trade.published_at
-            ]
+            with self._mutex:
+                crossing = self.index.crossing(token, side, price)
+            orders = [r for r in crossing if r.created_ms <= trade.published_at]
             through = [r for r in orders if r.price != price]
             at = [r for r in orders if r.price == price]
             for r in through:
@@ -505,17 +648,19 @@ class Matcher:
     def _fill_trade(
         self, r: Resting, trade: TradePrint, base: str, pool: Decimal, top: BookTop | None
     ) -> Decimal:
-        self.stats.crossing_orders += 1
-        result = order_fill_maker_trade(
-            order_id=r.order_id,
-            account_id=r.account_id,
-            trigger_key=f"m{base}:{r.order_id}",
-            queue_trigger=base,
-            trade=trade,
-            available=pool,
-            top=top,
-        )
-        self._after(r, result, trade.published_at)
+        with self._account_lock(r.account_id):
+            result = order_fill_maker_trade(
+                order_id=r.order_id,
+                account_id=r.account_id,
+                trigger_key=f"m{base}:{r.order_id}",
+                queue_trigger=base,
+                trade=trade,
+                available=pool,
+                top=top,
+            )
+        with self._mutex:
+            self.stats.crossing_orders += 1
+            self._after(r, result, trade.published_at)
         return result.size
 
     def _queue(
@@ -543,9 +688,10 @@ class Matcher:
                 queue_ahead=Greatest(F("queue_ahead") - size, Value(ZERO)),
                 queue_trigger=base,
             )
-            for r in short:
-                r.queue_ahead -= size
-            self.stats.queue_advances += len(short)
+            with self._mutex:
+                for r in short:
+                    r.queue_ahead -= size
+                self.stats.queue_advances += len(short)
         for r in orders:
             if r.queue_ahead < size:
                 pool -= self._fill_trade(r, trade, base, max(pool, ZERO), top)
