@@ -39,6 +39,7 @@ import logging
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -74,6 +75,7 @@ GROUP = "matcher"
 RECONCILE_MARGIN = dt.timedelta(seconds=60)  # longer than any order transaction
 MAX_LATENCY_SAMPLES = 200_000
 ACCOUNT_STRIPES = 256
+MAX_IN_FLIGHT = 2_000  # queued work items before the reader waits for the workers
 
 
 # --- the index --------------------------------------------------------------------------------
@@ -227,6 +229,16 @@ class MatcherStats:
         return d
 
 
+@dataclass(slots=True)
+class _Batch:
+    """One read of a shard: acknowledged when its `left` work items are all done."""
+
+    shard: int
+    ids: list[str]
+    left: int = 0
+    failed: bool = False
+
+
 # --- the worker pool --------------------------------------------------------------------------
 class _Pool:
     """A fixed set of threads running submitted calls. Each thread keeps its own DB connection
@@ -307,6 +319,10 @@ class Matcher:
         self._pool: _Pool | None = None
         self._mutex = threading.Lock()  # the index and the stats, while lanes run
         self._account_locks = [threading.Lock() for _ in range(ACCOUNT_STRIPES)]
+        self._progress = threading.Condition(self._mutex)  # notified as work items finish
+        self._queues: dict[str, deque[tuple[Callable[[], object], _Batch | None]]] = {}
+        self._batches: list[_Batch] = []  # read, not yet acknowledged, oldest first
+        self._in_flight = 0
         self.index = RestingIndex()
         self.stats = MatcherStats()
         self.scope_ms = bus_scope_ms(bus)
@@ -425,7 +441,7 @@ class Matcher:
                 self.start()
             while not stop.is_set():
                 try:
-                    self.step(block_ms=block_ms)
+                    self._step(block_ms=block_ms, flush=False)
                     if time.monotonic() - self._reconciled_at >= self.reconcile_seconds:
                         close_old_connections()
                         self.reconcile()
@@ -438,14 +454,28 @@ class Matcher:
             self.close()
 
     def close(self) -> None:
-        """Stop the worker threads (each closes its DB connection)."""
+        """Finish and acknowledge the queued work, then stop the worker threads (each closes
+        its DB connection)."""
+        try:
+            self._ack_finished(wait=True)
+        finally:
+            self._stop_pool()
+
+    def _stop_pool(self) -> None:
         if self._pool is not None:
             self._pool.stop()
             self._pool = None
 
     def step(self, *, block_ms: int | None = None) -> int:
         """One read of each shard (blocking up to block_ms on the last one when the others
-        had nothing); returns how many entries were processed."""
+        had nothing), every fill it causes committed and its entries acknowledged on return;
+        returns how many entries were read."""
+        return self._step(block_ms=block_ms, flush=True)
+
+    def _step(self, *, block_ms: int | None, flush: bool) -> int:
+        """`step`; without `flush` the fills may still be running on the workers when it
+        returns (the loop goes on reading: a slow fill does not hold up other tokens'), and
+        finished batches are acknowledged as later steps find them done."""
         done = 0
         for n, shard in enumerate(self.shards):
             last = n == len(self.shards) - 1
@@ -462,6 +492,7 @@ class Matcher:
                 done += len(msgs)
         if not done:
             self.drain_events()
+        self._ack_finished(wait=flush)
         return done
 
     # --- order events
@@ -479,12 +510,13 @@ class Matcher:
                     break
 
     def _apply_event(self, event: OrderEvent, *, check_last_top: bool) -> None:
-        if not event.resting:
-            self.index.remove(event.order_id)
-            return
-        known = self.index.get(event.order_id) is not None
-        r = resting_from_event(event)
-        self.index.upsert(r)
+        with self._mutex:
+            if not event.resting:
+                self.index.remove(event.order_id)
+                return
+            known = self.index.get(event.order_id) is not None
+            r = resting_from_event(event)
+            self.index.upsert(r)
         if check_last_top and not known:
             # The order committed after a top that already crossed it was processed (its
             # event came late): match it against that top now, under that top's own key.
@@ -495,7 +527,8 @@ class Matcher:
                 and r.created_ms <= top.published_at
                 and self._crosses(r, top)
             ):
-                self._fill_cross(r, top, base)
+                # Behind any work already queued for the token; acknowledged with nothing.
+                self._dispatch(r.token_id, functools.partial(self._fill_cross, r, top, base), None)
 
     # --- processing
     def _top_of(self, token: str) -> tuple[BookTop | None, str]:
@@ -510,61 +543,115 @@ class Matcher:
         return top, base
 
     def _process(self, shard: int, msgs: list[BusMessage]) -> None:
+        """Plan a read batch: decode the tops of tokens with resting orders, and hand each
+        top that crosses one (and each print of such a token) to its token's queue. The
+        batch is acknowledged once all of them are done (`_ack_finished`)."""
         self.drain_events()
         beat = self.bus.heartbeat_age_ms(shard)
         feed_alive = beat is not None and beat < self.bus.heartbeat_stale_ms
-        # One lane per token with resting orders: its prints and tops in stream order.
-        lanes: dict[str, list[tuple[str, Any, str]]] = {}
-        done: list[str] = []
+        batch = _Batch(shard, [m.id for m in msgs])
+        self._batches.append(batch)
         for msg in msgs:
             base = entry_key(self.scope_ms, shard, msg.id)
             for i, trade in enumerate(msg.trades):
                 self.stats.trades += 1
                 if self.index.has_token(trade.token_id):
-                    lanes.setdefault(trade.token_id, []).append(("t", trade, f"{base}{i:05d}t"))
+                    # The print happened after the token's previous top: that is its context.
+                    prev, _ = self._top_of(trade.token_id)
+                    work = functools.partial(
+                        self._on_trade, trade, f"{base}{i:05d}t", feed_alive, prev
+                    )
+                    self._dispatch(trade.token_id, work, batch)
             tops: Iterable[BookTop | bytes] = msg.raw_tops or msg.tops
-            for i, top in enumerate(tops):
+            for i, item in enumerate(tops):
                 self.stats.tops += 1
-                token = top.token_id if isinstance(top, BookTop) else top_token_id(top)
+                token = item.token_id if isinstance(item, BookTop) else top_token_id(item)
                 key = f"{base}{i:05d}b"
-                if self.index.has_token(token):
-                    lanes.setdefault(token, []).append(("b", top, key))
-                else:  # nothing rests here: remember it (undecoded) for late order events
-                    self._last_top[token] = (top, key)
-            done.append(msg.id)
+                if not self.index.has_token(token):
+                    # Nothing rests here: keep it undecoded, for late order events.
+                    self._last_top[token] = (item, key)
+                    continue
+                top = item if isinstance(item, BookTop) else BookTop.from_json(item)
+                self._last_top[token] = (top, key)
+                if not top.fresh or not feed_alive:
+                    with self._mutex:
+                        self.stats.stale_skipped += 1
+                elif self._candidates(top):
+                    self._dispatch(token, functools.partial(self._on_top, top, key), batch)
             self.stats.entries += 1
-        self._run_lanes(list(lanes.values()), feed_alive)
-        # Every fill of these entries has committed (each service call is its own
-        # transaction and returned): now they may be acknowledged.
-        self.bus.ack(shard, self.group, done)
+        self._ack_finished()
 
     def _parallel(self) -> bool:
         # Worker threads have their own connections: they must not be used while this thread
         # is inside a transaction (they could not see its rows) nor on SQLite (one writer).
         return self.workers > 1 and connection.vendor != "sqlite" and not connection.in_atomic_block
 
-    def _run_lanes(self, lanes: list[list[tuple[str, Any, str]]], feed_alive: bool) -> None:
-        if len(lanes) <= 1 or not self._parallel():
-            for lane in lanes:
-                self._run_lane(lane, feed_alive)
+    def _dispatch(self, token: str, work: Callable[[], object], batch: _Batch | None) -> None:
+        """Run `work` after every earlier work item of the same token (fills of one token in
+        stream and priority order); items of different tokens run in parallel on the pool.
+        Inline (at once, on this thread) when there are no workers to use."""
+        if not self._parallel():
+            work()
             return
         if self._pool is None:
             self._pool = _Pool(self.workers)
-        futures = [
-            self._pool.submit(functools.partial(self._run_lane, lane, feed_alive)) for lane in lanes
-        ]
-        errors = [f.exception() for f in futures]  # waits for every lane
-        for exc in errors:
-            if exc is not None:
-                raise exc
+        with self._mutex:
+            while self._in_flight >= MAX_IN_FLIGHT:  # backpressure: let the workers catch up
+                self._progress.wait()
+            self._in_flight += 1
+            if batch is not None:
+                batch.left += 1
+            queued = self._queues.get(token)
+            if queued is not None:  # a worker is on this token: it takes this one next
+                queued.append((work, batch))
+                return
+            self._queues[token] = deque([(work, batch)])
+        self._pool.submit(functools.partial(self._drain_token, token))
 
-    def _run_lane(self, lane: list[tuple[str, Any, str]], feed_alive: bool) -> None:
-        for kind, item, key in lane:
-            if kind == "t":
-                self._on_trade(item, key, feed_alive)
+    def _drain_token(self, token: str) -> None:
+        """A worker: run the token's queued items until none is left. A failed item drops
+        the token's remaining ones (priority would no longer hold) and leaves their batches
+        unacknowledged: they are claimed and replayed later (idempotent)."""
+        while True:
+            with self._mutex:
+                queued = self._queues[token]
+                work = queued[0][0]
+            try:
+                work()
+                failed = False
+            except Exception:
+                logger.exception("matcher: work on token %s failed", token)
+                failed = True
+            with self._mutex:
+                finished = [queued.popleft()]
+                if failed:
+                    finished += queued
+                    queued.clear()
+                for _, b in finished:
+                    self._in_flight -= 1
+                    if b is not None:
+                        b.left -= 1
+                        b.failed = b.failed or failed
+                if not queued:
+                    del self._queues[token]
+                self._progress.notify_all()
+                if not queued:
+                    return
+
+    def _ack_finished(self, *, wait: bool = False) -> None:
+        """Acknowledge every read batch whose work is all done (committed), oldest first;
+        `wait`: first wait until every queued item is done. A batch with a failed item is
+        left pending."""
+        with self._mutex:
+            while wait and self._in_flight:
+                self._progress.wait()
+            finished = [b for b in self._batches if b.left == 0]
+            self._batches = [b for b in self._batches if b.left]
+        for b in finished:
+            if b.failed:
+                logger.warning("matcher: %d entries left pending after a failure", len(b.ids))
             else:
-                top = item if isinstance(item, BookTop) else BookTop.from_json(item)
-                self._on_top(top, key, feed_alive)
+                self.bus.ack(b.shard, self.group, b.ids)
 
     @staticmethod
     def _crosses(r: Resting, top: BookTop) -> bool:
@@ -572,22 +659,21 @@ class Matcher:
             return top.best_ask is not None and Decimal(top.best_ask) <= r.price
         return top.best_bid is not None and Decimal(top.best_bid) >= r.price
 
-    def _on_top(self, top: BookTop, base: str, feed_alive: bool) -> None:
+    def _candidates(self, top: BookTop) -> list[Resting]:
+        """Resting orders `top` crosses, best price then oldest first, that are not newer
+        than the top (never fill on a book older than the order)."""
         token = top.token_id
-        self._last_top[token] = (top, base)
-        if not top.fresh or not feed_alive:
-            with self._mutex:
-                self.stats.stale_skipped += 1
-            return
-        candidates: list[Resting] = []
+        out: list[Resting] = []
         with self._mutex:
             if top.best_ask is not None:
-                candidates += self.index.crossing(token, Side.BUY, Decimal(top.best_ask))
+                out += self.index.crossing(token, Side.BUY, Decimal(top.best_ask))
             if top.best_bid is not None:
-                candidates += self.index.crossing(token, Side.SELL, Decimal(top.best_bid))
-        for r in candidates:
-            if r.created_ms <= top.published_at:  # never fill on a book older than the order
-                self._fill_cross(r, top, base)
+                out += self.index.crossing(token, Side.SELL, Decimal(top.best_bid))
+        return [r for r in out if r.created_ms <= top.published_at]
+
+    def _on_top(self, top: BookTop, base: str) -> None:
+        for r in self._candidates(top):  # again: earlier items may have filled some
+            self._fill_cross(r, top, base)
 
     def _account_lock(self, account_id: str) -> threading.Lock:
         return self._account_locks[hash(account_id) % ACCOUNT_STRIPES]
@@ -618,9 +704,10 @@ class Matcher:
         else:
             r.remaining, r.queue_ahead = result.remaining, result.queue_ahead
 
-    def _on_trade(self, trade: TradePrint, base: str, feed_alive: bool) -> None:
+    def _on_trade(
+        self, trade: TradePrint, base: str, feed_alive: bool, top: BookTop | None
+    ) -> None:
         token = trade.token_id
-        top, _ = self._top_of(token)
         if not feed_alive or (top is not None and not top.fresh):
             with self._mutex:
                 self.stats.stale_skipped += 1
