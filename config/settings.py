@@ -266,6 +266,9 @@ PRICE_BUS_HEARTBEAT_STALE_SECONDS = env.float("PRICE_BUS_HEARTBEAT_STALE_SECONDS
 # long a bus entry may sit unacknowledged on a dead matcher before another claims it.
 MATCHER_RECONCILE_SECONDS = env.float("MATCHER_RECONCILE_SECONDS", default=5.0)
 MATCHER_CLAIM_IDLE_SECONDS = env.float("MATCHER_CLAIM_IDLE_SECONDS", default=30.0)
+# Worker threads (each with its own DB connection) that run one bus batch's fills in parallel,
+# one token's fills in sequence; 1 = everything on the matcher's own thread.
+MATCHER_WORKERS = env.int("MATCHER_WORKERS", default=4)
 
 LOGGING = {
     "version": 1,

@@ -329,6 +329,26 @@ class BusMessage(NamedTuple):
     id: str
     tops: list[BookTop]
     trades: Sequence[TradePrint] = ()
+    # With `raw=True` reads: the tops still encoded (one BookTop JSON each, `tops` empty), so a
+    # reader interested in a few tokens decodes only theirs (`top_token_id`).
+    raw_tops: Sequence[bytes] = ()
+
+
+_TOKEN_PREFIX: Final = b'{"token_id":"'
+
+
+def top_token_id(blob: bytes) -> str:
+    """The token of an encoded top without decoding it: `encode_top` and `BookTop.to_json`
+    both write `token_id` first, and token ids never need escaping; anything else is parsed."""
+    if blob.startswith(_TOKEN_PREFIX):
+        end = blob.find(b'"', len(_TOKEN_PREFIX))
+        if end > 0 and b"\\" not in blob[len(_TOKEN_PREFIX) : end]:
+            return blob[len(_TOKEN_PREFIX) : end].decode()
+    return str(orjson.loads(blob)["token_id"])
+
+
+def _split_tops(blob: bytes) -> list[bytes]:
+    return [line for line in blob.split(b"\n") if line]
 
 
 def _decode_tops(blob: bytes) -> list[BookTop]:
@@ -409,18 +429,33 @@ class PriceBus(Protocol):
     def ensure_group(self, shard: int, group: str, *, start_id: str = "0") -> None: ...
 
     def read(
-        self, shard: int, group: str, consumer: str, count: int = 100, block_ms: int | None = None
+        self,
+        shard: int,
+        group: str,
+        consumer: str,
+        count: int = 100,
+        block_ms: int | None = None,
+        *,
+        raw: bool = False,
     ) -> list[BusMessage]:
         """New entries for this group (XREADGROUP `>`); they stay pending until acked.
-        block_ms None: return at once; 0: wait forever (as Redis)."""
+        block_ms None: return at once; 0: wait forever (as Redis). `raw`: tops left encoded
+        in `raw_tops` (every read method takes it)."""
 
     def read_pending(
-        self, shard: int, group: str, consumer: str, count: int = 100
+        self, shard: int, group: str, consumer: str, count: int = 100, *, raw: bool = False
     ) -> list[BusMessage]:
         """This consumer's delivered-but-unacked entries (after a restart)."""
 
     def claim_stale(
-        self, shard: int, group: str, consumer: str, min_idle_ms: int, count: int = 100
+        self,
+        shard: int,
+        group: str,
+        consumer: str,
+        min_idle_ms: int,
+        count: int = 100,
+        *,
+        raw: bool = False,
     ) -> list[BusMessage]:
         """Take over entries pending on any consumer for at least min_idle_ms (XAUTOCLAIM);
         entries trimmed from the stream meanwhile are dropped from the pending list."""
@@ -468,8 +503,10 @@ def _mono_ms() -> int:
     return time.monotonic_ns() // 1_000_000
 
 
-def _decode_entry(entry_id: str, blob: bytes) -> BusMessage:
+def _decode_entry(entry_id: str, blob: bytes, raw: bool = False) -> BusMessage:
     tops, _, trades = blob.partition(b"\0")
+    if raw:
+        return BusMessage(entry_id, [], _decode_trades(trades), _split_tops(tops))
     return BusMessage(entry_id, _decode_tops(tops), _decode_trades(trades))
 
 
@@ -579,7 +616,14 @@ class InProcessBus:
         return stream, grp
 
     def read(
-        self, shard: int, group: str, consumer: str, count: int = 100, block_ms: int | None = None
+        self,
+        shard: int,
+        group: str,
+        consumer: str,
+        count: int = 100,
+        block_ms: int | None = None,
+        *,
+        raw: bool = False,
     ) -> list[BusMessage]:
         deadline = None if not block_ms else time.monotonic() + block_ms / 1000
         with self._cond:
@@ -596,13 +640,13 @@ class InProcessBus:
                 blob = stream.get(seq)
                 if blob is not None:
                     grp.pending[seq] = [consumer, now, 1]
-                    out.append(_decode_entry(_entry_id(seq), blob))
+                    out.append(_decode_entry(_entry_id(seq), blob, raw))
                 grp.last_seq = seq
                 seq += 1
             return out
 
     def read_pending(
-        self, shard: int, group: str, consumer: str, count: int = 100
+        self, shard: int, group: str, consumer: str, count: int = 100, *, raw: bool = False
     ) -> list[BusMessage]:
         with self._cond:
             stream, grp = self._group(shard, group)
@@ -619,12 +663,21 @@ class InProcessBus:
                 # Redis returns a trimmed entry as (id, nil): we return it without tops so the
                 # consumer can ack it.
                 out.append(
-                    _decode_entry(_entry_id(seq), blob) if blob else BusMessage(_entry_id(seq), [])
+                    _decode_entry(_entry_id(seq), blob, raw)
+                    if blob
+                    else BusMessage(_entry_id(seq), [])
                 )
             return out
 
     def claim_stale(
-        self, shard: int, group: str, consumer: str, min_idle_ms: int, count: int = 100
+        self,
+        shard: int,
+        group: str,
+        consumer: str,
+        min_idle_ms: int,
+        count: int = 100,
+        *,
+        raw: bool = False,
     ) -> list[BusMessage]:
         with self._cond:
             stream, grp = self._group(shard, group)
@@ -641,7 +694,7 @@ class InProcessBus:
                     del grp.pending[seq]
                     continue
                 grp.pending[seq] = [consumer, now, info[2] + 1]
-                out.append(_decode_entry(_entry_id(seq), blob))
+                out.append(_decode_entry(_entry_id(seq), blob, raw))
             return out
 
     def ack(self, shard: int, group: str, ids: Sequence[str]) -> int:
@@ -818,21 +871,26 @@ class RedisBus:
                 raise
 
     @staticmethod
-    def _messages(entries: Any) -> list[BusMessage]:
+    def _messages(entries: Any, raw: bool = False) -> list[BusMessage]:
         out = []
         for entry_id, data in entries or ():
             blob = data.get(b"tops") if data else None
-            out.append(
-                BusMessage(
-                    _text(entry_id),
-                    _decode_tops(blob) if blob else [],
-                    _decode_trades(data.get(b"trades") if data else None),
-                )
-            )
+            trades = _decode_trades(data.get(b"trades") if data else None)
+            if raw:
+                out.append(BusMessage(_text(entry_id), [], trades, _split_tops(blob or b"")))
+            else:
+                out.append(BusMessage(_text(entry_id), _decode_tops(blob) if blob else [], trades))
         return out
 
     def read(
-        self, shard: int, group: str, consumer: str, count: int = 100, block_ms: int | None = None
+        self,
+        shard: int,
+        group: str,
+        consumer: str,
+        count: int = 100,
+        block_ms: int | None = None,
+        *,
+        raw: bool = False,
     ) -> list[BusMessage]:
         reply: Any = self.client.xreadgroup(
             group, consumer, {self.stream_key(shard): ">"}, count=count, block=block_ms
@@ -841,10 +899,10 @@ class RedisBus:
             return []
         # RESP2: [[stream, entries]]; RESP3: {stream: [entries]}
         entries = next(iter(reply.values()))[0] if isinstance(reply, dict) else reply[0][1]
-        return self._messages(entries)
+        return self._messages(entries, raw)
 
     def read_pending(
-        self, shard: int, group: str, consumer: str, count: int = 100
+        self, shard: int, group: str, consumer: str, count: int = 100, *, raw: bool = False
     ) -> list[BusMessage]:
         reply: Any = self.client.xreadgroup(
             group, consumer, {self.stream_key(shard): "0"}, count=count
@@ -852,15 +910,22 @@ class RedisBus:
         if not reply:
             return []
         entries = next(iter(reply.values()))[0] if isinstance(reply, dict) else reply[0][1]
-        return self._messages(entries)
+        return self._messages(entries, raw)
 
     def claim_stale(
-        self, shard: int, group: str, consumer: str, min_idle_ms: int, count: int = 100
+        self,
+        shard: int,
+        group: str,
+        consumer: str,
+        min_idle_ms: int,
+        count: int = 100,
+        *,
+        raw: bool = False,
     ) -> list[BusMessage]:
         reply: Any = self.client.xautoclaim(
             self.stream_key(shard), group, consumer, min_idle_ms, start_id="0-0", count=count
         )
-        return self._messages(reply[1])
+        return self._messages(reply[1], raw)
 
     def ack(self, shard: int, group: str, ids: Sequence[str]) -> int:
         if not ids:

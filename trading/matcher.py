@@ -16,32 +16,51 @@ Correctness rests on the DB, not on the index: every fill re-reads and locks the
   last one (by `updated_at`, with a margin for long transactions), which also catches fills
   or cancels made by any other process and events that were lost.
 
-Bus entries are read through a consumer group, processed in order (trade prints first: they
-happened before the entry's tops were built), and acknowledged only after every fill they
-caused has committed; after a restart the matcher re-reads its own pending entries and claims
-entries left pending by a dead consumer (MATCHER_CLAIM_IDLE_SECONDS). Replays are harmless:
-each fill's trigger key is (bus entry, item, order) and is unique in the DB.
+Bus entries are read through a consumer group, a batch at a time, and acknowledged only after
+every fill they caused has committed. Within a batch the work is split into one lane per token
+that has resting orders, each lane the token's prints and tops in stream order (prints first
+within an entry: they happened before its tops were built); tops of tokens with no resting
+order are not even decoded. Lanes run on a small pool of worker threads (MATCHER_WORKERS, each
+with its own DB connection): fills of one token stay sequential — price-time priority and the
+depletion of its levels — while fills of different tokens overlap their round trips and
+commits. Two lanes never fill for the same account at once (a striped per-account lock), so
+workers never queue on each other's account row locks. After a restart the matcher re-reads
+its own pending entries and claims entries left pending by a dead consumer
+(MATCHER_CLAIM_IDLE_SECONDS). Replays are harmless: each fill's trigger key is (bus entry,
+item, order) and is unique in the DB.
 """
 
 from __future__ import annotations
 
 import bisect
 import datetime as dt
+import functools
 import logging
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from decimal import Decimal
+from queue import SimpleQueue
 from typing import Any
 
 from django.conf import settings
-from django.db import close_old_connections, connections
+from django.db import close_old_connections, connection, connections
 from django.utils import timezone
 
 from core.money import ZERO
-from marketdata.bus import BookTop, BusMessage, InProcessBus, PriceBus, TradePrint, now_ms
+from marketdata.bus import (
+    BookTop,
+    BusMessage,
+    InProcessBus,
+    PriceBus,
+    TradePrint,
+    now_ms,
+    top_token_id,
+)
 from trading.models import Order, Side
 from trading.orderevents import OrderEvent, OrderEventLog, epoch_ms, order_event
 from trading.services.matching import (
@@ -55,6 +74,8 @@ logger = logging.getLogger("polysim.trading.matcher")
 GROUP = "matcher"
 RECONCILE_MARGIN = dt.timedelta(seconds=60)  # longer than any order transaction
 MAX_LATENCY_SAMPLES = 200_000
+ACCOUNT_STRIPES = 256
+MAX_IN_FLIGHT = 2_000  # queued work items before the reader waits for the workers
 
 
 # --- the index --------------------------------------------------------------------------------
@@ -145,6 +166,9 @@ class RestingIndex:
     def token_ids(self) -> set[str]:
         return set(self._tokens)
 
+    def has_token(self, token_id: str) -> bool:
+        return token_id in self._tokens
+
 
 def resting_from_event(e: OrderEvent) -> Resting:
     return Resting(
@@ -205,6 +229,61 @@ class MatcherStats:
         return d
 
 
+@dataclass(slots=True)
+class _Batch:
+    """One read of a shard: acknowledged when its `left` work items are all done."""
+
+    shard: int
+    ids: list[str]
+    left: int = 0
+    failed: bool = False
+
+
+# --- the worker pool --------------------------------------------------------------------------
+class _Pool:
+    """A fixed set of threads running submitted calls. Each thread keeps its own DB connection
+    across calls (Django connections are per thread) and closes it when the pool stops."""
+
+    def __init__(self, size: int) -> None:
+        self._tasks: SimpleQueue[tuple[Callable[[], object], Future[None]] | None] = SimpleQueue()
+        self._threads = [
+            threading.Thread(target=self._work, name=f"matcher-worker-{n}", daemon=True)
+            for n in range(size)
+        ]
+        for t in self._threads:
+            t.start()
+
+    def _work(self) -> None:
+        try:
+            while True:
+                task = self._tasks.get()
+                if task is None:
+                    return
+                fn, future = task
+                if not future.set_running_or_notify_cancel():
+                    continue
+                try:
+                    fn()
+                except BaseException as exc:
+                    close_old_connections()  # drop a connection the error left unusable
+                    future.set_exception(exc)
+                else:
+                    future.set_result(None)
+        finally:
+            connections.close_all()
+
+    def submit(self, fn: Callable[[], object]) -> Future[None]:
+        future: Future[None] = Future()
+        self._tasks.put((fn, future))
+        return future
+
+    def stop(self) -> None:
+        for _ in self._threads:
+            self._tasks.put(None)
+        for t in self._threads:
+            t.join(timeout=30)
+
+
 # --- the matcher ------------------------------------------------------------------------------
 class Matcher:
     def __init__(
@@ -218,6 +297,7 @@ class Matcher:
         reconcile_seconds: float | None = None,
         claim_idle_ms: int | None = None,
         batch: int = 200,
+        workers: int | None = None,
     ) -> None:
         self.bus = bus
         self.events = events
@@ -235,11 +315,20 @@ class Matcher:
             else claim_idle_ms
         )
         self.batch = batch
+        self.workers = max(1, int(settings.MATCHER_WORKERS if workers is None else workers))
+        self._pool: _Pool | None = None
+        self._mutex = threading.Lock()  # the index and the stats, while lanes run
+        self._account_locks = [threading.Lock() for _ in range(ACCOUNT_STRIPES)]
+        self._progress = threading.Condition(self._mutex)  # notified as work items finish
+        self._queues: dict[str, deque[tuple[Callable[[], object], _Batch | None]]] = {}
+        self._batches: list[_Batch] = []  # read, not yet acknowledged, oldest first
+        self._in_flight = 0
         self.index = RestingIndex()
         self.stats = MatcherStats()
         self.scope_ms = bus_scope_ms(bus)
         self._event_ids: dict[int, str] = {}
-        self._last_top: dict[str, tuple[BookTop, str]] = {}  # token -> (top, trigger base)
+        # token -> (its last top, still encoded until someone needs it; trigger base)
+        self._last_top: dict[str, tuple[BookTop | bytes, str]] = {}
         self._reconciled_at = 0.0
         self._watermark: dt.datetime | None = None
         self._started = False
@@ -258,7 +347,9 @@ class Matcher:
         self._started = True
         for shard in self.shards:  # our own unacknowledged entries, from before a restart
             while True:
-                pending = self.bus.read_pending(shard, self.group, self.consumer, self.batch)
+                pending = self.bus.read_pending(
+                    shard, self.group, self.consumer, self.batch, raw=True
+                )
                 if not pending:
                     break
                 self._process(shard, pending)
@@ -337,7 +428,7 @@ class Matcher:
     def claim(self) -> None:
         for shard in self.shards:
             claimed = self.bus.claim_stale(
-                shard, self.group, self.consumer, self.claim_idle_ms, self.batch
+                shard, self.group, self.consumer, self.claim_idle_ms, self.batch, raw=True
             )
             if claimed:
                 self._process(shard, claimed)
@@ -345,23 +436,46 @@ class Matcher:
     # --- the loop
     def run(self, stop: threading.Event, *, block_ms: int = 200) -> None:
         """Until `stop` is set: read, match, ack; reconcile and claim now and then."""
-        if not self._started:
-            self.start()
-        while not stop.is_set():
-            try:
-                self.step(block_ms=block_ms)
-                if time.monotonic() - self._reconciled_at >= self.reconcile_seconds:
+        try:
+            if not self._started:
+                self.start()
+            while not stop.is_set():
+                try:
+                    self._step(block_ms=block_ms, flush=False)
+                    if time.monotonic() - self._reconciled_at >= self.reconcile_seconds:
+                        close_old_connections()
+                        self.reconcile()
+                        self.claim()
+                except Exception:
+                    logger.exception("matcher: step failed; retrying")
                     close_old_connections()
-                    self.reconcile()
-                    self.claim()
-            except Exception:
-                logger.exception("matcher: step failed; retrying")
-                close_old_connections()
-                stop.wait(1.0)
+                    stop.wait(1.0)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Finish and acknowledge the queued work, then stop the worker threads (each closes
+        its DB connection)."""
+        try:
+            self._ack_finished(wait=True)
+        finally:
+            self._stop_pool()
+
+    def _stop_pool(self) -> None:
+        if self._pool is not None:
+            self._pool.stop()
+            self._pool = None
 
     def step(self, *, block_ms: int | None = None) -> int:
         """One read of each shard (blocking up to block_ms on the last one when the others
-        had nothing); returns how many entries were processed."""
+        had nothing), every fill it causes committed and its entries acknowledged on return;
+        returns how many entries were read."""
+        return self._step(block_ms=block_ms, flush=True)
+
+    def _step(self, *, block_ms: int | None, flush: bool) -> int:
+        """`step`; without `flush` the fills may still be running on the workers when it
+        returns (the loop goes on reading: a slow fill does not hold up other tokens'), and
+        finished batches are acknowledged as later steps find them done."""
         done = 0
         for n, shard in enumerate(self.shards):
             last = n == len(self.shards) - 1
@@ -371,12 +485,14 @@ class Matcher:
                 self.consumer,
                 self.batch,
                 block_ms=block_ms if (last and not done) else None,
+                raw=True,
             )
             if msgs:
                 self._process(shard, msgs)
                 done += len(msgs)
         if not done:
             self.drain_events()
+        self._ack_finished(wait=flush)
         return done
 
     # --- order events
@@ -394,40 +510,148 @@ class Matcher:
                     break
 
     def _apply_event(self, event: OrderEvent, *, check_last_top: bool) -> None:
-        if not event.resting:
-            self.index.remove(event.order_id)
-            return
-        known = self.index.get(event.order_id) is not None
-        r = resting_from_event(event)
-        self.index.upsert(r)
+        with self._mutex:
+            if not event.resting:
+                self.index.remove(event.order_id)
+                return
+            known = self.index.get(event.order_id) is not None
+            r = resting_from_event(event)
+            self.index.upsert(r)
         if check_last_top and not known:
             # The order committed after a top that already crossed it was processed (its
             # event came late): match it against that top now, under that top's own key.
-            last = self._last_top.get(r.token_id)
-            if last is not None:
-                top, base = last
-                if top.fresh and r.created_ms <= top.published_at and self._crosses(r, top):
-                    self._fill_cross(r, top, base)
+            top, base = self._top_of(r.token_id)
+            if (
+                top is not None
+                and top.fresh
+                and r.created_ms <= top.published_at
+                and self._crosses(r, top)
+            ):
+                # Behind any work already queued for the token; acknowledged with nothing.
+                self._dispatch(r.token_id, functools.partial(self._fill_cross, r, top, base), None)
 
     # --- processing
+    def _top_of(self, token: str) -> tuple[BookTop | None, str]:
+        """The token's last top seen on the bus (decoded on first use) and its trigger base."""
+        last = self._last_top.get(token)
+        if last is None:
+            return None, ""
+        top, base = last
+        if isinstance(top, bytes):
+            top = BookTop.from_json(top)
+            self._last_top[token] = (top, base)
+        return top, base
+
     def _process(self, shard: int, msgs: list[BusMessage]) -> None:
+        """Plan a read batch: decode the tops of tokens with resting orders, and hand each
+        top that crosses one (and each print of such a token) to its token's queue. The
+        batch is acknowledged once all of them are done (`_ack_finished`)."""
         self.drain_events()
         beat = self.bus.heartbeat_age_ms(shard)
         feed_alive = beat is not None and beat < self.bus.heartbeat_stale_ms
-        done: list[str] = []
+        batch = _Batch(shard, [m.id for m in msgs])
+        self._batches.append(batch)
         for msg in msgs:
             base = entry_key(self.scope_ms, shard, msg.id)
             for i, trade in enumerate(msg.trades):
                 self.stats.trades += 1
-                self._on_trade(trade, f"{base}{i:05d}t", feed_alive)
-            for i, top in enumerate(msg.tops):
+                if self.index.has_token(trade.token_id):
+                    # The print happened after the token's previous top: that is its context.
+                    prev, _ = self._top_of(trade.token_id)
+                    work = functools.partial(
+                        self._on_trade, trade, f"{base}{i:05d}t", feed_alive, prev
+                    )
+                    self._dispatch(trade.token_id, work, batch)
+            tops: Iterable[BookTop | bytes] = msg.raw_tops or msg.tops
+            for i, item in enumerate(tops):
                 self.stats.tops += 1
-                self._on_top(top, f"{base}{i:05d}b", feed_alive)
-            done.append(msg.id)
+                token = item.token_id if isinstance(item, BookTop) else top_token_id(item)
+                key = f"{base}{i:05d}b"
+                if not self.index.has_token(token):
+                    # Nothing rests here: keep it undecoded, for late order events.
+                    self._last_top[token] = (item, key)
+                    continue
+                top = item if isinstance(item, BookTop) else BookTop.from_json(item)
+                self._last_top[token] = (top, key)
+                if not top.fresh or not feed_alive:
+                    with self._mutex:
+                        self.stats.stale_skipped += 1
+                elif self._candidates(top):
+                    self._dispatch(token, functools.partial(self._on_top, top, key), batch)
             self.stats.entries += 1
-        # Every fill of these entries has committed (each service call is its own
-        # transaction and returned): now they may be acknowledged.
-        self.bus.ack(shard, self.group, done)
+        self._ack_finished()
+
+    def _parallel(self) -> bool:
+        # Worker threads have their own connections: they must not be used while this thread
+        # is inside a transaction (they could not see its rows) nor on SQLite (one writer).
+        return self.workers > 1 and connection.vendor != "sqlite" and not connection.in_atomic_block
+
+    def _dispatch(self, token: str, work: Callable[[], object], batch: _Batch | None) -> None:
+        """Run `work` after every earlier work item of the same token (fills of one token in
+        stream and priority order); items of different tokens run in parallel on the pool.
+        Inline (at once, on this thread) when there are no workers to use."""
+        if not self._parallel():
+            work()
+            return
+        if self._pool is None:
+            self._pool = _Pool(self.workers)
+        with self._mutex:
+            while self._in_flight >= MAX_IN_FLIGHT:  # backpressure: let the workers catch up
+                self._progress.wait()
+            self._in_flight += 1
+            if batch is not None:
+                batch.left += 1
+            queued = self._queues.get(token)
+            if queued is not None:  # a worker is on this token: it takes this one next
+                queued.append((work, batch))
+                return
+            self._queues[token] = deque([(work, batch)])
+        self._pool.submit(functools.partial(self._drain_token, token))
+
+    def _drain_token(self, token: str) -> None:
+        """A worker: run the token's queued items until none is left. A failed item drops
+        the token's remaining ones (priority would no longer hold) and leaves their batches
+        unacknowledged: they are claimed and replayed later (idempotent)."""
+        while True:
+            with self._mutex:
+                queued = self._queues[token]
+                work = queued[0][0]
+            try:
+                work()
+                failed = False
+            except Exception:
+                logger.exception("matcher: work on token %s failed", token)
+                failed = True
+            with self._mutex:
+                finished = [queued.popleft()]
+                if failed:
+                    finished += queued
+                    queued.clear()
+                for _, b in finished:
+                    self._in_flight -= 1
+                    if b is not None:
+                        b.left -= 1
+                        b.failed = b.failed or failed
+                if not queued:
+                    del self._queues[token]
+                self._progress.notify_all()
+                if not queued:
+                    return
+
+    def _ack_finished(self, *, wait: bool = False) -> None:
+        """Acknowledge every read batch whose work is all done (committed), oldest first;
+        `wait`: first wait until every queued item is done. A batch with a failed item is
+        left pending."""
+        with self._mutex:
+            while wait and self._in_flight:
+                self._progress.wait()
+            finished = [b for b in self._batches if b.left == 0]
+            self._batches = [b for b in self._batches if b.left]
+        for b in finished:
+            if b.failed:
+                logger.warning("matcher: %d entries left pending after a failure", len(b.ids))
+            else:
+                self.bus.ack(b.shard, self.group, b.ids)
 
     @staticmethod
     def _crosses(r: Resting, top: BookTop) -> bool:
@@ -435,32 +659,39 @@ class Matcher:
             return top.best_ask is not None and Decimal(top.best_ask) <= r.price
         return top.best_bid is not None and Decimal(top.best_bid) >= r.price
 
-    def _on_top(self, top: BookTop, base: str, feed_alive: bool) -> None:
+    def _candidates(self, top: BookTop) -> list[Resting]:
+        """Resting orders `top` crosses, best price then oldest first, that are not newer
+        than the top (never fill on a book older than the order)."""
         token = top.token_id
-        self._last_top[token] = (top, base)
-        if not top.fresh or not feed_alive:
-            self.stats.stale_skipped += 1
-            return
-        candidates: list[Resting] = []
-        if top.best_ask is not None:
-            candidates += self.index.crossing(token, Side.BUY, Decimal(top.best_ask))
-        if top.best_bid is not None:
-            candidates += self.index.crossing(token, Side.SELL, Decimal(top.best_bid))
-        for r in candidates:
-            if r.created_ms <= top.published_at:  # never fill on a book older than the order
-                self._fill_cross(r, top, base)
+        out: list[Resting] = []
+        with self._mutex:
+            if top.best_ask is not None:
+                out += self.index.crossing(token, Side.BUY, Decimal(top.best_ask))
+            if top.best_bid is not None:
+                out += self.index.crossing(token, Side.SELL, Decimal(top.best_bid))
+        return [r for r in out if r.created_ms <= top.published_at]
+
+    def _on_top(self, top: BookTop, base: str) -> None:
+        for r in self._candidates(top):  # again: earlier items may have filled some
+            self._fill_cross(r, top, base)
+
+    def _account_lock(self, account_id: str) -> threading.Lock:
+        return self._account_locks[hash(account_id) % ACCOUNT_STRIPES]
 
     def _fill_cross(self, r: Resting, top: BookTop, base: str) -> None:
-        self.stats.crossing_orders += 1
-        result = order_fill_maker_cross(
-            order_id=r.order_id,
-            account_id=r.account_id,
-            trigger_key=f"m{base}:{r.order_id}",
-            top=top,
-        )
-        self._after(r, result, top.published_at)
+        with self._account_lock(r.account_id):
+            result = order_fill_maker_cross(
+                order_id=r.order_id,
+                account_id=r.account_id,
+                trigger_key=f"m{base}:{r.order_id}",
+                top=top,
+            )
+        with self._mutex:
+            self.stats.crossing_orders += 1
+            self._after(r, result, top.published_at)
 
     def _after(self, r: Resting, result: MakerResult, published_at: int) -> None:
+        """Fold a service result into the index and the stats. Caller holds `_mutex`."""
         if result.outcome == "filled":
             self.stats.fills += 1
             self.stats.filled_size += result.size
@@ -473,12 +704,13 @@ class Matcher:
         else:
             r.remaining, r.queue_ahead = result.remaining, result.queue_ahead
 
-    def _on_trade(self, trade: TradePrint, base: str, feed_alive: bool) -> None:
+    def _on_trade(
+        self, trade: TradePrint, base: str, feed_alive: bool, top: BookTop | None
+    ) -> None:
         token = trade.token_id
-        last = self._last_top.get(token)
-        top = last[0] if last else None
         if not feed_alive or (top is not None and not top.fresh):
-            self.stats.stale_skipped += 1
+            with self._mutex:
+                self.stats.stale_skipped += 1
             return
         price = trade.price_value()
         pool = trade.size_value()
@@ -489,11 +721,9 @@ class Matcher:
             trade.side or "", [Side.BUY, Side.SELL]
         )
         for side in sides:
-            orders = [
-                r
-                for r in self.index.crossing(token, side, price)
-                if r.created_ms <= trade.published_at
-            ]
+            with self._mutex:
+                crossing = self.index.crossing(token, side, price)
+            orders = [r for r in crossing if r.created_ms <= trade.published_at]
             through = [r for r in orders if r.price != price]
             at = [r for r in orders if r.price == price]
             for r in through:
@@ -505,17 +735,19 @@ class Matcher:
     def _fill_trade(
         self, r: Resting, trade: TradePrint, base: str, pool: Decimal, top: BookTop | None
     ) -> Decimal:
-        self.stats.crossing_orders += 1
-        result = order_fill_maker_trade(
-            order_id=r.order_id,
-            account_id=r.account_id,
-            trigger_key=f"m{base}:{r.order_id}",
-            queue_trigger=base,
-            trade=trade,
-            available=pool,
-            top=top,
-        )
-        self._after(r, result, trade.published_at)
+        with self._account_lock(r.account_id):
+            result = order_fill_maker_trade(
+                order_id=r.order_id,
+                account_id=r.account_id,
+                trigger_key=f"m{base}:{r.order_id}",
+                queue_trigger=base,
+                trade=trade,
+                available=pool,
+                top=top,
+            )
+        with self._mutex:
+            self.stats.crossing_orders += 1
+            self._after(r, result, trade.published_at)
         return result.size
 
     def _queue(
@@ -543,9 +775,10 @@ class Matcher:
                 queue_ahead=Greatest(F("queue_ahead") - size, Value(ZERO)),
                 queue_trigger=base,
             )
-            for r in short:
-                r.queue_ahead -= size
-            self.stats.queue_advances += len(short)
+            with self._mutex:
+                for r in short:
+                    r.queue_ahead -= size
+                self.stats.queue_advances += len(short)
         for r in orders:
             if r.queue_ahead < size:
                 pool -= self._fill_trade(r, trade, base, max(pool, ZERO), top)

@@ -109,10 +109,12 @@ def ledger_post(
     order_id: Any = None,
     fill_id: Any = None,
     memo: str = "",
+    save_account: bool = True,
 ) -> LedgerEntry:
     """Append one signed cash movement and update the cached cash in the same transaction.
     Caller holds the lock. Refuses to take available cash below zero (L3); the DB CHECK
-    constraints are the backstop."""
+    constraints are the backstop. `save_account=False`: only `account.cash` is updated in
+    memory and the caller writes it in its own account UPDATE, in this transaction."""
     amount = cash(amount)
     new_cash = account.cash + amount
     if new_cash < account.reserved_cash:
@@ -131,15 +133,22 @@ def ledger_post(
         memo=memo,
     )
     account.cash = new_cash
-    Account.objects.filter(pk=account.pk).update(cash=new_cash, updated_at=timezone.now())
+    if save_account:
+        Account.objects.filter(pk=account.pk).update(cash=new_cash, updated_at=timezone.now())
     return entry
 
 
 def equity_snapshot_record(
-    *, account: Account, positions_value: Decimal, at: dt.datetime | None = None
+    *,
+    account: Account,
+    positions_value: Decimal,
+    at: dt.datetime | None = None,
+    save_account: bool = True,
 ) -> EquitySnapshot:
     """Measure equity now and fold it into the epoch's high-water mark and max drawdown.
-    Caller holds the lock (or has just created the account)."""
+    Caller holds the lock (or has just created the account). `save_account=False`: the new
+    high-water mark and drawdown are set on `account` only, for the caller's own UPDATE in
+    this transaction."""
     at = at or timezone.now()
     equity = account.cash + positions_value
     hwm = max(account.high_water_mark, equity)
@@ -153,7 +162,8 @@ def equity_snapshot_record(
     if updates:
         for field, value in updates.items():
             setattr(account, field, value)
-        Account.objects.filter(pk=account.pk).update(**updates)
+        if save_account:
+            Account.objects.filter(pk=account.pk).update(**updates)
     return EquitySnapshot.objects.create(
         account=account,
         epoch=account.epoch,

@@ -26,6 +26,7 @@ from marketdata.bus import (
     now_ms,
     reset_bus,
     shard_of,
+    top_token_id,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -159,6 +160,30 @@ def test_updates_go_to_the_tokens_shard_in_publish_order(bus):
                 seen.setdefault(top.token_id, []).append(top.best_bid or "")
     assert set(seen) == set(TOKENS[:12])
     assert all(bids == ["0.40", "0.41", "0.42"] for bids in seen.values())
+
+
+def test_raw_reads_leave_tops_encoded_with_their_token_readable(bus):
+    """The matcher reads entries raw and decodes only the tops of tokens it has orders on:
+    `top_token_id` names the token of either encoding without parsing the JSON, and the raw
+    top decodes to exactly what a decoding read returns."""
+    shard = bus.shard_of(TOKENS[0])
+    same_shard = [t for t in TOKENS if bus.shard_of(t) == shard][:3]
+    bus.ensure_group(shard, "raw")
+    bus.ensure_group(shard, "decoded")
+    tops = [make_top(t, bid="0.41") for t in same_shard[:2]]
+    bus.publish(tops)  # BookTop.to_json
+    book = book_from_levels(
+        market="0xm", asset_id=same_shard[2], bids=[("0.1", "5")], asks=[("0.3", "1")]
+    )
+    bus.publish_json([(same_shard[2], encode_top(book, published_at=7))])  # the feed's path
+    raw = bus.read(shard, "raw", "m", raw=True)
+    decoded = bus.read(shard, "decoded", "m")
+    assert [m.tops for m in raw] == [[], []]
+    assert [top_token_id(b) for m in raw for b in m.raw_tops] == same_shard
+    assert [BookTop.from_json(b) for m in raw for b in m.raw_tops] == [
+        t for m in decoded for t in m.tops
+    ]
+    assert top_token_id(b'{"market":"0x1","token_id":"42"}') == "42"  # any other layout
 
 
 def test_consumer_group_is_at_least_once(bus):

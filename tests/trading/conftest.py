@@ -7,7 +7,9 @@ is live unless a test makes it stale (`mark_stale`) or its feed dead (`feed_dead
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import threading
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -42,6 +44,26 @@ def feed_alive() -> None:
     bus = get_bus()
     for shard in range(bus.n_shards):
         bus.heartbeat(shard)
+
+
+@contextlib.contextmanager
+def feed_beating(every: float = 0.5) -> Iterator[None]:
+    """Keep every shard's heartbeat beating while the block runs, as the running ingesters
+    do: a test that takes longer than PRICE_BUS_HEARTBEAT_STALE_SECONDS of wall time (a
+    slow, loaded machine) must not see its books go stale half way through."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(every):
+            feed_alive()
+
+    thread = threading.Thread(target=beat, name="test-feed-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def feed_dead(token_id: str, *, seconds_ago: float = 3600) -> None:

@@ -5,7 +5,11 @@ clean. PostgreSQL only (SQLite has no row locks).
 
 The server's max_connections is 100 and shared, so the 200 threads (released together by a
 Barrier) go through a semaphore of 40 open connections: at any moment up to 40 transactions
-contend for the same row lock."""
+contend for the same row lock.
+
+The race can take longer than PRICE_BUS_HEARTBEAT_STALE_SECONDS on a loaded machine, so the
+feed heartbeat keeps beating throughout (as the running ingester would); without it the
+books went stale mid-race and late orders were refused STALE_BOOK."""
 
 from __future__ import annotations
 
@@ -18,7 +22,13 @@ from django.db import connection
 
 from accounts.models import Account
 from core import errors
-from tests.trading.conftest import audit_clean, make_market, open_account, publish_book
+from tests.trading.conftest import (
+    audit_clean,
+    feed_beating,
+    make_market,
+    open_account,
+    publish_book,
+)
 from trading.models import Fill, Order
 from trading.services import order_place
 
@@ -61,10 +71,11 @@ def test_200_concurrent_market_buys_spend_exactly_the_balance():
             results.append(outcome)
 
     threads = [threading.Thread(target=worker) for _ in range(N_ORDERS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
+    with feed_beating():
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
 
     counts = Counter(results)
     assert counts == {

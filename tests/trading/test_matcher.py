@@ -41,6 +41,17 @@ def committed(fn, *args, **kwargs):
         return fn(*args, **kwargs)
 
 
+_matchers: list[Matcher] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_matchers():
+    """Every matcher a test made stops its worker threads (and their DB connections)."""
+    yield
+    while _matchers:
+        _matchers.pop().close()
+
+
 def new_matcher(**kw) -> Matcher:
     bus = get_bus()
     m = Matcher(
@@ -51,6 +62,7 @@ def new_matcher(**kw) -> Matcher:
         claim_idle_ms=3_600_000,
         **kw,
     )
+    _matchers.append(m)
     m.start()
     return m
 
@@ -473,6 +485,47 @@ def test_cancel_racing_a_fill_never_both(book):
         else:
             assert o.status == "matched" and [f.size for f in fills] == [D("10")]
     assert set(statuses) <= {"canceled", "matched"}
+    audit_clean()
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_fills_of_many_tokens_run_on_workers_each_token_in_priority_order():
+    """One bus entry crossing orders on several tokens, some accounts resting on two of
+    them: the workers fill them in parallel (never two at once for one account), each
+    token's orders in price-time priority against its depleted levels, every fill
+    committed and the entry acknowledged when step() returns; fill numbers stay gap-free
+    per account and the ledger balances."""
+    tokens = [make_market()[1] for _ in range(6)]
+    accounts = [open_account("100") for _ in range(4)]
+    for t in tokens:
+        publish_book(t.token_id, bids=[("0.40", "100")], asks=[("0.60", "100")])
+    matcher = new_matcher(workers=4)
+    orders = {}
+    for n, t in enumerate(tokens):
+        a, b = accounts[n % 4], accounts[(n + 1) % 4]
+        # Older 0.50, then a better 0.51 and a later 0.51: priority 0.51 (older), 0.51, 0.50.
+        orders[t.token_id] = [
+            place(a, t, "BUY", "0.50", "10"),
+            place(b, t, "BUY", "0.51", "10"),
+            place(a, t, "BUY", "0.51", "10"),
+        ]
+    matcher.drain_events()
+    for t in tokens:  # 15 shares shown at 0.49: the two 0.51 orders fill 10 + 5
+        publish_book(t.token_id, bids=[("0.40", "100")], asks=[("0.49", "15"), ("0.60", "100")])
+    assert matcher.step() == len(tokens) and matcher._pool is not None
+    assert get_bus().pending_count(0, matcher.group) == 0
+    for t in tokens:
+        worse, first, second = (refreshed(o) for o in orders[t.token_id])
+        assert (first.filled_size, second.filled_size, worse.filled_size) == (
+            D("10"),
+            D("5"),
+            D("0"),
+        )
+    for a in accounts:
+        seqs = list(Fill.objects.filter(account=a).order_by("seq").values_list("seq", flat=True))
+        assert seqs == list(range(1, len(seqs) + 1)) and seqs
+    assert matcher.stats.fills == 2 * len(tokens)
     audit_clean()
 
 

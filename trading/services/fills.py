@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from decimal import Decimal
+from typing import Any
 
 from accounts.models import Account, Position
 from core.money import ZERO, cash
@@ -44,15 +45,22 @@ def position_apply(
     return realized
 
 
-def fills_append(*, account: Account, fills: Sequence[Fill]) -> None:
+_LOOK_UP: Any = object()
+
+
+def fills_append(
+    *, account: Account, fills: Sequence[Fill], previous_filled_at: Any = _LOOK_UP
+) -> None:
     """Number `fills` after the account's last one, clamp their `filled_at` to be no earlier
     than that last fill's (web hosts' clocks can disagree by a little), insert them, and
     advance `account.last_fill_seq` in memory — the caller persists it with its own account
-    update, in the same transaction. Caller holds the account row lock."""
+    update, in the same transaction. Caller holds the account row lock. A caller that already
+    read the last fill's `filled_at` under that lock passes it (None: no fill yet) and saves
+    the query."""
     if not fills:
         return
-    previous = None
-    if account.last_fill_seq:
+    previous = None if previous_filled_at is _LOOK_UP else previous_filled_at
+    if previous_filled_at is _LOOK_UP and account.last_fill_seq:
         previous = (
             Fill.objects.filter(account=account, seq=account.last_fill_seq)
             .values_list("filled_at", flat=True)
