@@ -377,9 +377,11 @@ def test_new_market_on_the_websocket_is_discovered_without_waiting_for_the_sched
              "outcomes": ["Yes", "No"], "timestamp": str(now_ms())}
         )
     )  # fmt: skip
+    # Wait on the ingester, not by polling the table: the test database is in-memory SQLite
+    # with a shared cache, where a read racing the discovery's write fails as "locked".
     wait_for(
-        lambda: Market.objects.filter(condition_id=condition_id).exists(),
-        what="announced market discovered",
+        lambda: runner.ingester.health.new_markets == 1 and not runner.ingester._background,
+        what="announced market handed to discovery and discovered",
     )
     market = Market.objects.get(condition_id=condition_id)
     assert market.question == gamma[condition_id]["question"]
