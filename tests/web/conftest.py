@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from django.core.cache import cache
 
 from marketdata.bus import reset_bus
 from marketdata.watchlist import clear_local
@@ -47,7 +48,9 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 @pytest.fixture(autouse=True)
 def _fresh_bus(_fresh_process_state: None) -> Iterator[None]:
-    """A fresh in-process bus with every shard's feed beating (the tests' feed is alive)."""
+    """A fresh in-process bus with every shard's feed beating (the tests' feed is alive), and
+    no cached categories or price histories from another test."""
+    cache.clear()
     reset_bus()
     reset_depletion()
     clear_local()

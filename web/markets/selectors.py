@@ -23,7 +23,7 @@ from marketdata.models import Market, Token
 from trading.apis import market_search
 from trading.models import Fill, Order
 
-LIST_PAGE_SIZE = 40
+LIST_PAGE_SIZE = 24
 CATEGORIES_CACHE_KEY = "web:markets:categories"
 CATEGORIES_CACHE_SECONDS = 60
 SORTS = {"volume": "Volume", "ending_soon": "Ending soon"}
@@ -47,11 +47,51 @@ class Outcome:
     def fresh(self) -> bool:
         return self.top is not None and self.top.fresh
 
+    @property
+    def price_text(self) -> str:
+        """The headline price: the mid, else the last trade (in cents)."""
+        top = self.top
+        if top is None:
+            return "–"
+        return cents(top.mid or top.last_trade_price)
+
+    @property
+    def bid_ask_text(self) -> str:
+        top = self.top
+        return "" if top is None else f"{cents(top.best_bid)} / {cents(top.best_ask)}"
+
+
+@dataclass(frozen=True)
+class Badge:
+    label: str
+    css: str
+    title: str = ""
+
+
+def badge(market: Market) -> Badge:
+    """The status badge of a market (the list shows it on every card)."""
+    status = market.status
+    if status == "open":
+        if not market.accepting_orders:
+            return Badge("Paused", "badge-warn", "Polymarket is not taking orders right now")
+        return Badge("Open", "badge-active")
+    if status == "closed":
+        return Badge("Closed · result pending", "badge-warn", "Trading stopped; no result yet")
+    if status == "resolved":
+        return Badge("Resolved", "badge-done")
+    if status == "void":
+        return Badge("Void · 50/50", "badge-done", "Settled 50-50")
+    return Badge("Pending review", "badge-warn", "The result is unclear and under review")
+
 
 @dataclass(frozen=True)
 class MarketRow:
     market: Market
     outcomes: list[Outcome]
+
+    @property
+    def badge(self) -> Badge:
+        return badge(self.market)
 
 
 def categories() -> list[str]:

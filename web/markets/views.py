@@ -55,6 +55,8 @@ BOOK_POLL_MS = 400
 BOOK_DEPTH = 8  # levels shown per side
 LIST_REFRESH_S = 5
 HISTORY_CACHE_SECONDS = 30
+HISTORY_FAILURE_CACHE_SECONDS = 10
+HISTORY_UNAVAILABLE = {"error": "SERVICE_UNAVAILABLE", "message": "Price history is unavailable."}
 HISTORY_INTERVALS = ("1h", "6h", "1d", "1w", "1m", "max")
 HISTORY_FIDELITY = {"1h": 1, "6h": 5, "1d": 15, "1w": 60, "1m": 240, "max": 1440}
 
@@ -241,18 +243,21 @@ def market_history(request: HttpRequest, condition_id: str) -> HttpResponse:
                     token.token_id, interval=interval, fidelity=HISTORY_FIDELITY[interval]
                 )
         except PolymarketError:
-            return JsonResponse(
-                {"error": "SERVICE_UNAVAILABLE", "message": "Price history is unavailable."},
-                status=503,
-            )
-        body = {
-            "token_id": token.token_id,
-            "outcome": token.outcome,
-            "interval": interval,
-            "t": [t for t, _ in points],
-            "p": [float(p) for _, p in points],  # chart coordinates only, never money
-        }
-        cache.set(key, body, HISTORY_CACHE_SECONDS)
+            # Remembered briefly too: an unreachable upstream must not hold a sync worker for
+            # the client timeout on every page view.
+            cache.set(key, HISTORY_UNAVAILABLE, HISTORY_FAILURE_CACHE_SECONDS)
+            body = HISTORY_UNAVAILABLE
+        else:
+            body = {
+                "token_id": token.token_id,
+                "outcome": token.outcome,
+                "interval": interval,
+                "t": [t for t, _ in points],
+                "p": [float(p) for _, p in points],  # chart coordinates only, never money
+            }
+            cache.set(key, body, HISTORY_CACHE_SECONDS)
+    if body.get("error"):
+        return JsonResponse(body, status=503)
     return JsonResponse(body)
 
 
