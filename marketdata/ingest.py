@@ -55,9 +55,9 @@ from django.db import close_old_connections, connection
 from django.utils.module_loading import import_string
 
 from marketdata import resolution, services, watchlist
-from marketdata.bus import PriceBus, get_bus, shard_of
+from marketdata.bus import PriceBus, TradePrint, get_bus, shard_of
 from marketdata.clients import ClobClient, PolymarketError
-from marketdata.messages import BookKeeper, FeedStats, parse_events
+from marketdata.messages import BookKeeper, FeedStats, LastTrade, parse_events
 from marketdata.models import Market, Token
 
 logger = logging.getLogger("polysim.feed")
@@ -77,6 +77,17 @@ def _plain(value: Any) -> str | None:
         return None
     text = format(value.normalize(), "f") if hasattr(value, "normalize") else str(value)
     return text
+
+
+def _print(token_id: str, trade: LastTrade) -> TradePrint:
+    ts = trade.timestamp
+    return TradePrint(
+        token_id,
+        trade.price,
+        trade.size,
+        trade.side,
+        int(ts) if isinstance(ts, str) and ts.isdigit() else None,
+    )
 
 
 def token_infos(token_ids: Iterable[str]) -> dict[str, TokenInfo]:
@@ -352,6 +363,9 @@ class Ingester:
         tops = self.keeper.drain_tops_json()
         if tops:
             self.bus.publish_json(tops)
+        trades = self.keeper.drain_trades()
+        if trades:  # the market-wide prints, for the market page's recent trades
+            self.bus.record_trades([_print(token_id, t) for token_id, t in trades])
 
     def _mark_stale(self, tokens: Iterable[str], reason: str) -> None:
         self.keeper.require_resync(tokens, reason)

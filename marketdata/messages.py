@@ -40,6 +40,7 @@ from marketdata.bus import DEFAULT_DEPTH, BookTop, EncodedTop, encode_top, now_m
 logger = logging.getLogger("polysim.marketdata")
 
 LOG_EVERY_S: Final = 10.0
+MAX_UNDRAINED_TRADES: Final = 1_000  # BookKeeper.drain_trades backlog bound
 
 _loads = orjson.loads
 
@@ -561,6 +562,7 @@ class BookKeeper:
         # and timestamp (book.timestamp) are not checked yet.
         self._claims: dict[str, str] = {}
         self._dirty: set[str] = set()  # touched since the last drain
+        self._trades: list[tuple[str, LastTrade]] = []  # prints since the last drain_trades
         self.last_hash_result: dict[str, HashCheck] = {}  # token -> outcome of its last check
 
     # --- tracking ---------------------------------------------------------------------------
@@ -854,6 +856,9 @@ class BookKeeper:
         price = event["price"]
         self._verify_claim(asset_id, (price,))  # made before this trade price was known
         meta.last_trade = LastTrade(price, event["side"], event["size"], event["timestamp"])
+        self._trades.append((asset_id, meta.last_trade))
+        if len(self._trades) > MAX_UNDRAINED_TRADES:  # nobody drains (tools, tests): stay bounded
+            del self._trades[: len(self._trades) - MAX_UNDRAINED_TRADES]
         book = self._books.get(asset_id)
         if book is not None:
             book.last_trade_price = price
@@ -943,6 +948,11 @@ class BookKeeper:
         self.verify_pending()
         dirty, self._dirty = self._dirty, set()
         return [top for top in (self.top(t, depth) for t in dirty) if top is not None]
+
+    def drain_trades(self) -> list[tuple[str, LastTrade]]:
+        """The market-wide prints (`last_trade_price`) seen since the last call, in order."""
+        trades, self._trades = self._trades, []
+        return trades
 
     def drain_tops_json(self, depth: int = DEFAULT_DEPTH) -> list[EncodedTop]:
         """`drain_tops`, already encoded for `PriceBus.publish_json` (the feed's hot path)."""

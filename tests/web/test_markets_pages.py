@@ -230,3 +230,28 @@ def test_history_endpoint_upstream_failure_is_503(client, monkeypatch):
 def test_markets_home_redirect_for_visitors(client):
     response = client.get("/")
     assert response.status_code == 302 and response["Location"] == reverse("web:markets")
+
+
+def test_recent_market_trades_from_the_feed(client):
+    from marketdata.bus import TradePrint, get_bus
+
+    market, yes, no = make_market()
+    publish_book(yes.token_id, bids=[("0.40", "100")], asks=[("0.45", "10")])
+    url = reverse("web:market", args=[market.condition_id])
+    assert "No trades seen since the feed started" in _html(client.get(url))
+    get_bus().record_trades(
+        [
+            TradePrint(yes.token_id, "0.45", "10", "BUY", 1_786_604_000_000),
+            TradePrint(no.token_id, "0.6", "3.5", "SELL", 1_786_604_060_000),
+        ]
+    )
+    html = _html(client.get(url))
+    rows = re.findall(r'<tr data-testid="print-row">(.*?)</tr>', html)
+    assert len(rows) == 2
+    assert "No" in rows[0] and "60¢" in rows[0] and "3.5" in rows[0]  # newest first
+    assert "Yes" in rows[1] and "45¢" in rows[1] and "Buy" in rows[1]
+    fragment = reverse("web:market-book", args=[market.condition_id])
+    version = re.search(r'data-version="([0-9a-f]+)"', html)[1]
+    assert client.get(fragment, {"v": version}).status_code == 204
+    get_bus().record_trades([TradePrint(yes.token_id, "0.46", "1", "BUY", 1_786_604_120_000)])
+    assert client.get(fragment, {"v": version}).status_code == 200  # a new print is a change

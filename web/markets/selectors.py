@@ -6,6 +6,7 @@ and keyset) so the UI and the API can never disagree about which markets a query
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ STATUS_FILTERS = {
     "all": "All",
 }
 RECENT_FILLS = 20
+RECENT_PRINTS = 15
 
 
 @dataclass(frozen=True)
@@ -165,11 +167,41 @@ def outcomes_of(market: Market) -> list[Outcome]:
     return [Outcome(t, tops.get(t.token_id)) for t in tokens]
 
 
-def book_version(outcomes: list[Outcome]) -> str:
+@dataclass(frozen=True)
+class Print:
+    """A market-wide trade for the recent-trades table."""
+
+    outcome: str
+    price: str
+    size: str
+    side: str | None
+    at: dt.datetime | None
+
+
+def recent_prints(outcomes: list[Outcome], limit: int = RECENT_PRINTS) -> list[Print]:
+    """The market's latest trades across its outcomes, newest first (ONE bus round trip;
+    prints without a timestamp sort last)."""
+    names = {o.token.token_id: o.token.outcome for o in outcomes}
+    rings = get_bus().recent_trades_many(list(names), limit)
+    prints = [p for ring in rings.values() for p in ring]
+    prints.sort(key=lambda p: p.timestamp_ms or 0, reverse=True)
+    return [
+        Print(
+            outcome=names.get(p.token_id, ""),
+            price=p.price,
+            size=p.size,
+            side=p.side,
+            at=dt.datetime.fromtimestamp(p.timestamp_ms / 1000, dt.UTC) if p.timestamp_ms else None,
+        )
+        for p in prints[:limit]
+    ]
+
+
+def book_version(outcomes: list[Outcome], prints: list[Print] | None = None) -> str:
     """A digest of everything the book fragment shows: the poller skips the swap (204) while
     it is unchanged. `published_at` is left out on purpose: a republished identical book
     must not cost a DOM swap."""
-    parts: list[Any] = []
+    parts: list[Any] = [[(p.outcome, p.price, p.size, p.side, str(p.at)) for p in prints or []]]
     for o in outcomes:
         top = o.top
         if top is None:

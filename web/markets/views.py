@@ -192,9 +192,11 @@ def _book_context(market: Market, outcomes: list[Outcome]) -> dict[str, Any]:
                 else None,
             }
         )
+    prints = selectors.recent_prints(outcomes)
     return {
         "books": books,
-        "version": selectors.book_version(outcomes),
+        "prints": prints,
+        "version": selectors.book_version(outcomes, prints),
         "poll_ms": BOOK_POLL_MS,
         "condition_id": market.condition_id,
     }

@@ -104,6 +104,24 @@ class Feed:
         self.fake.replay([json.dumps([message])])  # an array frame, as the exchange sends
         return message
 
+    def trade(self, token_id: str, *, price: str, size: str, side: str) -> dict[str, Any]:
+        """A market-wide print on the fake exchange (`last_trade_price`), as sent after a
+        trade."""
+        from marketdata.fakepoly import now_ms
+
+        message = {
+            "event_type": "last_trade_price",
+            "asset_id": token_id,
+            "market": self.fake.books[token_id].market,
+            "price": price,
+            "side": side,
+            "size": size,
+            "fee_rate_bps": "0",
+            "timestamp": now_ms(),
+        }
+        self.fake.replay([message])
+        return message
+
     def stop(self) -> None:
         if self._loop is not None and self.ingester is not None:
             self._loop.call_soon_threadsafe(self.ingester.stop)
@@ -147,12 +165,14 @@ def start_feed(*, discover_markets: bool = True, wait_s: float = 20.0) -> Feed:
         def run() -> None:
             feed._loop = asyncio.new_event_loop()
             asyncio.set_event_loop(feed._loop)
-            feed.ingester = Ingester(
-                config=config, clob=ClobClient(), bus=bus, token_source=lambda: infos
-            )
+            clob = ClobClient()
+            feed.ingester = Ingester(config=config, clob=clob, bus=bus, token_source=lambda: infos)
             ready.set()
-            feed._loop.run_until_complete(feed.ingester.run())
-            feed._loop.close()
+            try:
+                feed._loop.run_until_complete(feed.ingester.run())
+            finally:
+                clob.close()
+                feed._loop.close()
 
         feed._thread = threading.Thread(target=run, name="e2e-feed", daemon=True)
         feed._thread.start()

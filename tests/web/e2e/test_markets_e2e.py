@@ -82,6 +82,10 @@ def test_market_page_book_follows_the_feed(page, feed, shot):
     feed.change_book(token.token_id, add_size)
     expect(book).to_contain_text("4,321")  # the new size, without a reload
     assert get_bus().latest(token.token_id).bids[0] == [str(best_bid), "4321"]
+    feed.trade(token.token_id, price=str(best_bid), size="77.7", side="SELL")
+    prints = page.get_by_test_id("print-row")
+    expect(prints.first).to_contain_text("77.7")  # the market's print, live
+    expect(prints.first).to_contain_text("Sell")
     shot(page, "market-page-after-feed-update")
 
 
