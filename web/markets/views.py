@@ -50,6 +50,7 @@ from web.markets.ticket import (
     new_client_order_id,
     order_preview,
 )
+from web.templatetags import market_tags
 
 BOOK_POLL_MS = 400
 BOOK_DEPTH = 8  # levels shown per side
@@ -159,13 +160,15 @@ def _book_side(rows: list[list[str]], *, asks: bool) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     running = ZERO
     for price, size in rows:
-        running += Decimal(size)
+        shares = Decimal(size)
+        running += shares
         out.append(
             {
                 "price": price,
                 "cents": selectors.cents(price),
-                "size": size,
-                "total": Decimal(price) * Decimal(size),
+                # Formatted here, not with template filters: the fragment is polled.
+                "size_text": market_tags.shares(shares),
+                "total_text": market_tags.usd(Decimal(price) * shares),
                 "cum": running,
             }
         )

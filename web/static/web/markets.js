@@ -21,6 +21,20 @@
     });
   }
 
+  // The submit button names the outcome: "Buy Yes", "Sell No".
+  function labelSubmit(form) {
+    var label = form.querySelector(".js-outcome-label");
+    var picked = form.querySelector('input[name="token"]:checked');
+    if (label) { label.textContent = picked ? picked.dataset.outcome : ""; }
+  }
+
+  function initSubmitLabel(root) {
+    var form = root.id === "ticket-form" ? root : root.querySelector("#ticket-form");
+    if (!form) { return; }
+    labelSubmit(form);
+    form.addEventListener("change", function () { labelSubmit(form); });
+  }
+
   var chart = null;
 
   function chartWidth(box) { return Math.max(box.clientWidth, 240); }
@@ -85,6 +99,9 @@
   document.addEventListener("DOMContentLoaded", function () {
     initChart();
     initTicket(document);
-    if (window.htmx) { window.htmx.onLoad(function (el) { initTicket(el); }); }
+    initSubmitLabel(document);
+    if (window.htmx) {
+      window.htmx.onLoad(function (el) { initTicket(el); initSubmitLabel(el); });
+    }
   });
 })();
