@@ -80,3 +80,13 @@ def ends_in(value: dt.datetime | None) -> str:
     else:
         text = f"{max(seconds // 60, 1)} min"
     return f"ended {text} ago" if past else f"in {text}"
+
+
+@register.filter
+def plain(value: Any) -> str:
+    """A decimal without trailing zeros: 0.0700 → '0.07'."""
+    d = _dec(value)
+    if d is None:
+        return "–"
+    text = format(d.normalize(), "f")
+    return text

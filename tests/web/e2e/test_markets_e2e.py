@@ -157,3 +157,27 @@ def test_a_bad_order_shows_the_sentence_next_to_the_field(trader_page, feed, tra
         "This market's minimum order is 5 shares."
     )
     assert not Order.objects.filter(account=trader.account).exists()
+
+
+def test_price_chart_draws_the_history(page, feed, shot, monkeypatch):
+    from marketdata.clients import ClobClient
+
+    start = 1_790_000_000
+    points = [(start + 60 * i, Decimal("0.5") + Decimal(i % 17) / 100) for i in range(120)]
+    seen = []
+
+    def history(self, token_id, **kwargs):  # the server thread calls this, in this process
+        seen.append((token_id, kwargs.get("interval")))
+        return points
+
+    monkeypatch.setattr(ClobClient, "prices_history", history)
+    market = _market("SYNTHCOIN")
+    page.goto(f"/markets/{market.condition_id}/")
+    chart = page.get_by_test_id("price-chart")
+    expect(chart).to_have_attribute("data-loaded", "1d")
+    expect(chart.locator("canvas")).to_have_count(1)
+    page.get_by_role("button", name="1W").click()
+    expect(chart).to_have_attribute("data-loaded", "1w")
+    expect(chart.locator("canvas")).to_have_count(1)
+    assert [interval for _, interval in seen] == ["1d", "1w"]
+    shot(page, "market-page-chart")
