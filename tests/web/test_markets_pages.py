@@ -106,6 +106,7 @@ def test_market_page_anonymous_sees_book_and_sign_in(client):
     assert "Mid 42¢ · spread 4¢" in html
     assert 'data-testid="signin-to-trade"' in html and "ticket-form" not in html
     assert "csrfmiddlewaretoken" not in html  # anonymous pages carry no per-request token
+    assert "hx-swap-oob" not in html  # out-of-band pieces only in the polled fragment
 
 
 def test_market_page_unknown_is_404(client):
@@ -130,6 +131,9 @@ def test_book_fragment_answers_204_until_the_book_changes(client):
     changed_html = _html(changed)
     assert "41¢" in changed_html and ">77<" in changed_html
     assert version not in changed_html
+    # The headline prices ride along out of band: the new mid (0.41 + 0.45) / 2.
+    summary = changed_html[changed_html.index('id="outcome-summary"') :]
+    assert 'hx-swap-oob="true"' in summary and ">43¢<" in summary
 
 
 def test_book_shows_stale_when_the_feed_is_dead(client):

@@ -219,7 +219,8 @@ def market_book(request: HttpRequest, condition_id: str) -> HttpResponse:
     if request.GET.get("v") == book["version"]:
         response = HttpResponse(status=204)
     else:
-        response = render(request, "web/markets/_book.html", {"book": book})
+        # The headline prices ride along out of band (htmx hx-swap-oob).
+        response = render(request, "web/markets/_book.html", {"book": {**book, "oob": True}})
     response["Cache-Control"] = "no-store"
     return response
 

@@ -82,6 +82,18 @@ def test_market_page_book_follows_the_feed(page, feed, shot):
     feed.change_book(token.token_id, add_size)
     expect(book).to_contain_text("4,321")  # the new size, without a reload
     assert get_bus().latest(token.token_id).bids[0] == [str(best_bid), "4321"]
+    # A better bid moves the mid: the headline price follows (out-of-band swap).
+    fake_book = feed.fake.books[token.token_id]
+    best_ask = min(Decimal(p) for p in fake_book.asks)
+    tick = Decimal(fake_book.tick_size)
+    assert best_bid + tick < best_ask
+
+    def better_bid(b):
+        b.bids[str(best_bid + tick)] = "50"
+
+    feed.change_book(token.token_id, better_bid)
+    new_mid = format(((best_bid + tick + best_ask) / 2 * 100).normalize(), "f") + "¢"
+    expect(page.get_by_test_id("outcome-summary-0")).to_contain_text(new_mid)
     feed.trade(token.token_id, price=str(best_bid), size="77.7", side="SELL")
     prints = page.get_by_test_id("print-row")
     expect(prints.first).to_contain_text("77.7")  # the market's print, live
