@@ -20,6 +20,7 @@ from marketdata.bus import reset_bus
 from marketdata.watchlist import clear_local
 from tests.trading.conftest import feed_alive
 from trading.depletion import reset_depletion
+from web.markets.views import _watched_at
 
 REQUIRE_BROWSER = os.environ.get("REQUIRE_BROWSER") == "1"
 CHROMIUM_PATH = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
@@ -51,6 +52,7 @@ def _fresh_bus(_fresh_process_state: None) -> Iterator[None]:
     """A fresh in-process bus with every shard's feed beating (the tests' feed is alive), and
     no cached categories or price histories from another test."""
     cache.clear()
+    _watched_at.clear()
     reset_bus()
     reset_depletion()
     clear_local()

@@ -259,3 +259,13 @@ def test_recent_market_trades_from_the_feed(client):
     assert client.get(fragment, {"v": version}).status_code == 204
     get_bus().record_trades([TradePrint(yes.token_id, "0.46", "1", "BUY", 1_786_604_120_000)])
     assert client.get(fragment, {"v": version}).status_code == 200  # a new print is a change
+
+
+def test_opening_an_open_market_asks_the_feed_to_stream_it(client):
+    from marketdata.watchlist import watched
+
+    market, yes, no = make_market()
+    closed, _, _ = make_market(status="closed")
+    client.get(reverse("web:market", args=[market.condition_id]))
+    client.get(reverse("web:market", args=[closed.condition_id]))
+    assert watched() == {yes.token_id, no.token_id}

@@ -11,7 +11,7 @@ change in a real browser (docs/benchmarks.md).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from decimal import Decimal
 from functools import wraps
 from typing import Any
@@ -75,6 +75,23 @@ def server_timing(view: Callable[..., HttpResponse]) -> Callable[..., HttpRespon
     return timed
 
 
+_watched_at: dict[str, float] = {}
+WATCH_REFRESH_S = 60.0  # far inside the watchlist's 15 minutes
+
+
+def _watch(token_ids: Iterable[str]) -> None:
+    """Tell the feed to stream these tokens; each web process says it at most once a minute
+    per token (a page view should not cost a Redis write each time)."""
+    now = time.monotonic()
+    due = [t for t in token_ids if now - _watched_at.get(t, -WATCH_REFRESH_S) >= WATCH_REFRESH_S]
+    if due:
+        watch(due)
+        if len(_watched_at) > 50_000:  # bounded: forget everything, re-announce as needed
+            _watched_at.clear()
+        for t in due:
+            _watched_at[t] = now
+
+
 def _is_htmx(request: HttpRequest) -> bool:
     return request.headers.get("HX-Request") == "true"
 
@@ -133,7 +150,7 @@ def market_detail(request: HttpRequest, condition_id: str) -> HttpResponse:
     market = _market_or_404(condition_id)
     outcomes = selectors.outcomes_of(market)
     if market.is_tradable:
-        watch(o.token.token_id for o in outcomes)  # an opened book becomes live
+        _watch(o.token.token_id for o in outcomes)  # an opened book becomes live
     context: dict[str, Any] = {
         "market": market,
         "outcomes": outcomes,
