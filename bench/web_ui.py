@@ -56,9 +56,11 @@ if str(ROOT) not in sys.path:
 
 from bench.common import code_version, write_docs_section  # noqa: E402
 from bench.partner_api import (  # noqa: E402
+    foreign_load,
     percentile,
     start_gunicorn,
     stop_gunicorn,
+    wait_quiet,
     wait_ready,
 )
 
@@ -280,6 +282,8 @@ class Report:
     machine: dict[str, str] = field(default_factory=dict)
     poll_ms: int = 0
     workers: int = 2
+    foreign_before: float = math.nan  # cores other users of the machine took, before
+    foreign_after: float = math.nan  # … and right after the run
 
 
 def measure_feed(page: Any, s: Seed, base: str, updates: int, rng: random.Random) -> list[float]:
@@ -378,8 +382,9 @@ def render(r: Report) -> str:
         f"`bench.settings_bench`) on PostgreSQL {m['postgres']} with the Redis {m['redis']} "
         f"price bus; {r.n_markets:,} synthetic markets (2 outcomes each, 10 levels per side on "
         f"the bus). Machine: {m['cpus']} CPUs shared with the browser, the database and the "
-        f"load (load average at the end {m['loadavg']}); Python {m['python']}, Django "
-        f"{m['django']}.",
+        f"load; other work on the machine took {r.foreign_before:.2f} cores just before the "
+        f"run and {r.foreign_after:.2f} just after (load average at the end {m['loadavg']}); "
+        f"Python {m['python']}, Django {m['django']}.",
         "",
         "| what | n | p50 ms | p90 ms | p99 ms | max ms | p50 ÷ baseline p50 |",
         "|---|---:|---:|---:|---:|---:|---:|",
@@ -484,6 +489,8 @@ def main(argv: list[str] | None = None) -> int:
             "ALLOWED_HOSTS": "127.0.0.1",
         }
         log = Path(tempfile.gettempdir()) / "polysim-bench-web-gunicorn.log"
+        print("waiting for a quiet machine (at most 90 s)…", flush=True)
+        report.foreign_before = wait_quiet(90.0)
         server = start_gunicorn(args.port, args.workers, env, log)
         try:
             wait_ready(server, args.port, f"/bench/bare/{s.account_id}", 60)
@@ -508,6 +515,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             stop_gunicorn(server)
             fake.stop()
+        report.foreign_after = foreign_load(2.0)
     finally:
         beat.stop()
     report.machine = machine_info(redis_url)
