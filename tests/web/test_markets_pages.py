@@ -269,3 +269,16 @@ def test_opening_an_open_market_asks_the_feed_to_stream_it(client):
     client.get(reverse("web:market", args=[market.condition_id]))
     client.get(reverse("web:market", args=[closed.condition_id]))
     assert watched() == {yes.token_id, no.token_id}
+
+
+def test_signed_in_fragment_carries_the_ticket_quotes_out_of_band(client):
+    market, yes, _ = make_market()
+    publish_book(yes.token_id, bids=[("0.40", "100")], asks=[("0.45", "10")])
+    url = reverse("web:market-book", args=[market.condition_id])
+    assert 'id="ticket-quote-0"' not in _html(client.get(url))  # visitors have no ticket
+    user = UserFactory()
+    personal_account(user)
+    client.force_login(user)
+    html = _html(client.get(url))
+    quote = html[html.index('id="ticket-quote-0"') :]
+    assert 'hx-swap-oob="true"' in quote[:200] and "45¢" in quote[:300] and "40¢" in quote[:300]

@@ -151,7 +151,9 @@ def market_for_page(condition_id: str) -> Market | None:
 def market_tokens(condition_id: str) -> tuple[Market, list[Token]] | None:
     """The market and its tokens for the book fragment (2 small indexed queries)."""
     market = (
-        Market.objects.only("id", "condition_id", "status", "tick_size")
+        Market.objects.only(
+            "id", "condition_id", "status", "tick_size", "accepting_orders", "closed"
+        )
         .prefetch_related("tokens")
         .filter(condition_id=condition_id)
         .first()

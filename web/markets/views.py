@@ -237,7 +237,19 @@ def market_book(request: HttpRequest, condition_id: str) -> HttpResponse:
         response = HttpResponse(status=204)
     else:
         # The headline prices ride along out of band (htmx hx-swap-oob).
-        response = render(request, "web/markets/_book.html", {"book": {**book, "oob": True}})
+        # The ticket's quotes too, for a signed-in trader on a market that takes orders (the
+        # only case where the page has a ticket).
+        quotes = (
+            request.user.is_authenticated
+            and market.is_tradable
+            and market.accepting_orders
+            and not market.closed
+        )
+        response = render(
+            request,
+            "web/markets/_book.html",
+            {"book": {**book, "oob": True, "ticket_quotes": quotes}},
+        )
     response["Cache-Control"] = "no-store"
     return response
 

@@ -75,6 +75,12 @@ class AppServer:
 
     def stop(self) -> None:
         self.thread.terminate()
+        # Requests still in flight (a poll the browser sent as it closed) finish on their own
+        # threads and close the shared connection: stop sharing it only after them.
+        deadline = time.monotonic() + 5
+        for thread in threading.enumerate():
+            if "process_request_thread" in thread.name:
+                thread.join(max(0.0, deadline - time.monotonic()))
         for conn in self._overrides.values():
             conn.dec_thread_sharing()
 
