@@ -193,3 +193,38 @@ def test_price_chart_draws_the_history(page, feed, shot, monkeypatch):
     expect(chart.locator("canvas")).to_have_count(1)
     assert [interval for _, interval in seen] == ["1d", "1w"]
     shot(page, "market-page-chart")
+
+
+def test_gtd_order_from_a_phone_in_another_timezone(browser, app_server, feed, trader, shot):
+    """The expiry is typed in the trader's local time and stored as the same instant."""
+    import datetime as dt
+
+    from tests.web.e2e.harness import session_cookie_for
+
+    context = browser.new_context(
+        viewport=PHONE,
+        base_url=app_server.url,
+        is_mobile=True,
+        timezone_id="America/New_York",
+    )
+    context.add_cookies([session_cookie_for(trader.user, app_server.url)])
+    phone = context.new_page()
+    market = _market("Port Ellis")
+    phone.goto(f"/markets/{market.condition_id}/")
+    expect(phone.get_by_test_id("ticket-expiry")).to_be_hidden()
+    phone.get_by_test_id("ticket-tif-limit").select_option("GTD")
+    expiry = phone.get_by_test_id("ticket-expiry")
+    expect(expiry).to_be_visible()
+    phone.get_by_test_id("ticket-price").fill("3")
+    phone.get_by_test_id("ticket-size").fill("20")
+    expiry.fill("2027-01-15T09:30")  # New York, UTC-5 in January
+    expect(phone.get_by_test_id("preview-cost")).to_have_text("$0.60")
+    width = phone.evaluate("document.documentElement.scrollWidth")
+    assert width <= PHONE["width"], f"horizontal scroll on a phone: {width}px"
+    shot(phone, "ticket-gtd-phone")
+    phone.get_by_test_id("ticket-submit").click()
+    expect(phone.get_by_test_id("ticket-result")).to_contain_text("(GTD)")
+    order = Order.objects.get(account=trader.account)
+    assert order.time_in_force == "GTD" and order.status == "live"
+    assert order.expiration == dt.datetime(2027, 1, 15, 14, 30, tzinfo=dt.UTC)
+    context.close()
