@@ -282,3 +282,17 @@ def test_signed_in_fragment_carries_the_ticket_quotes_out_of_band(client):
     html = _html(client.get(url))
     quote = html[html.index('id="ticket-quote-0"') :]
     assert 'hx-swap-oob="true"' in quote[:200] and "45¢" in quote[:300] and "40¢" in quote[:300]
+
+
+def test_ticket_on_a_closed_market_and_without_an_account(client):
+    closed, _, _ = make_market(status="closed", accepting_orders=False)
+    user = UserFactory()
+    personal_account(user)
+    client.force_login(user)
+    html = _html(client.get(reverse("web:market", args=[closed.condition_id])))
+    assert 'data-testid="ticket-closed">This market is not taking orders.' in html
+    assert "ticket-form" not in html
+    open_market, _, _ = make_market()
+    client.force_login(UserFactory())  # no account at all
+    html = _html(client.get(reverse("web:market", args=[open_market.condition_id])))
+    assert 'data-testid="ticket-no-account"' in html and "ticket-form" not in html
