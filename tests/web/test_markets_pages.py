@@ -172,6 +172,10 @@ def test_market_page_signed_in_shows_the_ticket_with_accounts(client, tenant):
     assert 'data-testid="ticket-form"' in html
     assert "Personal — $250.00 available" in html
     assert f"Managed by {tenant.name}" in html
+    tenant.enabled = False
+    tenant.save(update_fields=["enabled"])
+    html = _html(client.get(reverse("web:market", args=[market.condition_id])))
+    assert f"Managed by {tenant.name} · Challenge" in html and "trading paused by the firm" in html
     assert re.search(r'name="client_order_id" value="web-[0-9a-f]{32}"', html)
 
 

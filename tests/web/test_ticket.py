@@ -290,3 +290,20 @@ def test_mine_fragment_lists_positions_orders_and_fills(setup):
     assert html.count('data-testid="open-order-row"') == 1
     assert html.count('data-testid="fill-row"') == 1
     assert html.count('data-testid="position-row"') == 1
+
+
+def test_a_paused_firm_account_gets_its_sentence_next_to_the_account(client, tenant):
+    from tests.trading.conftest import open_account
+
+    account = open_account("500", tenant=tenant)
+    tenant.enabled = False
+    tenant.save(update_fields=["enabled"])
+    market, yes, _ = make_market()
+    publish_book(yes.token_id, bids=[("0.40", "100")], asks=[("0.45", "10")])
+    client.force_login(account.owner)
+    response = _submit(client, market, _ticket(account, yes, price="30", size="10"))
+    assert response.status_code == 422
+    assert _field_error(response.content.decode(), "account") == (
+        "The firm that manages this account has paused its trading."
+    )
+    assert not Order.objects.exists()

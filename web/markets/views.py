@@ -304,6 +304,8 @@ def _account_label(account: Account) -> str:
         name += f" · {account.get_stage_display()}"
     if account.external_id and tenant is not None:
         name += f" · {account.external_id}"
+    if tenant is not None and not tenant.enabled:
+        return f"{name} — trading paused by the firm"
     return f"{name} — ${account.available_cash:,.2f} available"
 
 
