@@ -69,6 +69,8 @@ HEARTBEAT_KEY: Final = "md:heartbeat:"  # + shard number -> epoch ms of the feed
 DEFAULT_HEARTBEAT_STALE_MS: Final = 5_000
 DEFAULT_MAXLEN: Final = 100_000  # stream entries (batches) kept per shard, approximately
 DEFAULT_DEPTH: Final = 10
+TRADES_KEY: Final = "md:trades:"  # + token_id -> its last trade prints, newest first
+DEFAULT_TRADES_KEPT: Final = 50  # prints kept per token (a display ring, not a history)
 
 
 def shard_of(token_id: str, n_shards: int) -> int:
@@ -466,6 +468,14 @@ class PriceBus(Protocol):
 
     def stream_length(self, shard: int) -> int: ...
 
+    def record_trades(self, prints: Sequence[TradePrint]) -> None:
+        """Prepend each print to its token's capped ring (newest first), in ONE round trip."""
+
+    def recent_trades_many(
+        self, token_ids: Iterable[str], limit: int = DEFAULT_TRADES_KEPT
+    ) -> dict[str, list[TradePrint]]:
+        """Each token's latest prints, newest first, in ONE round trip."""
+
 
 # --- in process -------------------------------------------------------------------------------
 
@@ -537,6 +547,7 @@ class InProcessBus:
         self._heartbeats: dict[int, int] = {}  # shard -> epoch ms of its last beat
         self._streams = [_Stream(maxlen) for _ in range(n_shards)]
         self._cond = threading.Condition()
+        self._trades: dict[str, deque[bytes]] = {}  # token -> prints, newest first
 
     def shard_of(self, token_id: str) -> int:
         return shard_of(token_id, self.n_shards)
@@ -709,6 +720,21 @@ class InProcessBus:
     def stream_length(self, shard: int) -> int:
         with self._cond:
             return len(self._streams[shard].entries)
+
+    def record_trades(self, prints: Sequence[TradePrint]) -> None:
+        with self._cond:
+            for p in prints:
+                ring = self._trades.get(p.token_id)
+                if ring is None:
+                    ring = self._trades[p.token_id] = deque(maxlen=DEFAULT_TRADES_KEPT)
+                ring.appendleft(p.to_json())
+
+    def recent_trades_many(
+        self, token_ids: Iterable[str], limit: int = DEFAULT_TRADES_KEPT
+    ) -> dict[str, list[TradePrint]]:
+        with self._cond:
+            rings = {t: list(self._trades.get(t, ()))[:limit] for t in token_ids}
+        return {t: [TradePrint.from_json(b) for b in blobs] for t, blobs in rings.items()}
 
 
 # --- Redis ------------------------------------------------------------------------------------
@@ -938,6 +964,31 @@ class RedisBus:
 
     def stream_length(self, shard: int) -> int:
         return int(self.client.xlen(self.stream_key(shard)))  # type: ignore[arg-type]
+
+    def record_trades(self, prints: Sequence[TradePrint]) -> None:
+        if not prints:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        touched = set()
+        for p in prints:
+            pipe.lpush(TRADES_KEY + p.token_id, p.to_json())
+            touched.add(p.token_id)
+        for token_id in touched:
+            pipe.ltrim(TRADES_KEY + token_id, 0, DEFAULT_TRADES_KEPT - 1)
+        pipe.execute()
+
+    def recent_trades_many(
+        self, token_ids: Iterable[str], limit: int = DEFAULT_TRADES_KEPT
+    ) -> dict[str, list[TradePrint]]:
+        ids = list(token_ids)
+        if not ids:
+            return {}
+        pipe = self.client.pipeline(transaction=False)
+        for token_id in ids:
+            pipe.lrange(TRADES_KEY + token_id, 0, limit - 1)
+        replies = pipe.execute()
+        pairs = zip(ids, replies, strict=True)
+        return {t: [TradePrint.from_json(b) for b in blobs] for t, blobs in pairs}
 
 
 # --- the process-wide bus ---------------------------------------------------------------------

@@ -57,7 +57,7 @@ from django.db import close_old_connections, connection
 from django.utils.module_loading import import_string
 
 from marketdata import resolution, services, watchlist
-from marketdata.bus import PriceBus, get_bus, shard_of
+from marketdata.bus import PriceBus, TradePrint, get_bus, shard_of
 from marketdata.clients import ClobClient, PolymarketError
 from marketdata.messages import BookKeeper, FeedStats, parse_events
 from marketdata.models import Market, Token
@@ -379,6 +379,8 @@ class Ingester:
         trades = self.keeper.drain_trades_json()
         if tops or trades:
             self.bus.publish_json(tops, trades)
+        if trades:  # the market-wide prints, also kept for the market page's recent trades
+            self.bus.record_trades([TradePrint.from_json(blob) for _, blob in trades])
 
     def _mark_stale(self, tokens: Iterable[str], reason: str) -> None:
         self.keeper.require_resync(tokens, reason)

@@ -48,6 +48,7 @@ from marketdata.bus import (
 logger = logging.getLogger("polysim.marketdata")
 
 LOG_EVERY_S: Final = 10.0
+MAX_UNDRAINED_TRADES: Final = 1_000  # BookKeeper.drain_trades_json backlog bound
 
 _loads = orjson.loads
 
@@ -887,6 +888,8 @@ class BookKeeper:
         self._verify_claim(asset_id, (price,))  # made before this trade price was known
         meta.last_trade = LastTrade(price, event["side"], event["size"], event["timestamp"])
         self._trades.append((asset_id, _trade_json(asset_id, meta.last_trade)))
+        if len(self._trades) > MAX_UNDRAINED_TRADES:  # nobody drains (tools, tests): stay bounded
+            del self._trades[: len(self._trades) - MAX_UNDRAINED_TRADES]
         book = self._books.get(asset_id)
         if book is not None:
             book.last_trade_price = price

@@ -1,0 +1,140 @@
+"""Browser fixtures: `app_server` (the app on loopback), `feed` (fake Polymarket + the real
+ingester), `browser` (headless Debian Chromium), `page` (anonymous) and `trader_page` (signed
+in, with a funded personal account), and `shot` (full-page screenshot into artifacts/).
+
+Every test here is marked `browser` (skips without Chromium, fails under REQUIRE_BROWSER=1)
+and uses a transactional database: the server thread must see what the test commits.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.db import connection
+
+from tests.web.conftest import ARTIFACTS_DIR, CHROMIUM_PATH
+from tests.web.e2e.harness import AppServer, Feed, chromium, session_cookie_for, start_feed
+
+DESKTOP = {"width": 1366, "height": 900}
+PHONE = {"width": 390, "height": 844}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.browser)
+
+
+@pytest.fixture
+def _async_unsafe(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Playwright's sync API keeps an event loop running in this thread; the ORM calls the
+    # test makes between browser steps are still plain synchronous code.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "1")
+
+
+def _ledger_migration() -> Any:
+    return importlib.import_module("accounts.migrations.0003_ledger_append_only")
+
+
+@pytest.fixture
+def _ledger_triggers_back(django_db_setup: None, django_db_blocker: Any) -> Iterator[None]:
+    """Set up BEFORE transactional_db, so torn down after its flush: puts the SQLite ledger
+    triggers back (see `e2e_db`)."""
+    yield
+    if connection.vendor == "sqlite":
+        with django_db_blocker.unblock(), connection.cursor() as cursor:
+            for statement in _ledger_migration().SQLITE_FORWARD:
+                cursor.execute(statement)
+
+
+@pytest.fixture
+def e2e_db(_ledger_triggers_back: None, transactional_db: None) -> Iterator[None]:
+    """A committed (transactional) database the server thread can see. On SQLite the flush
+    between such tests DELETEs every table, which the append-only ledger's triggers refuse
+    (PostgreSQL truncates, which they allow): the triggers are dropped just for the flush."""
+    yield
+    if connection.vendor == "sqlite":
+        with connection.cursor() as cursor:
+            for statement in _ledger_migration().SQLITE_REVERSE:
+                cursor.execute(statement)
+
+
+@pytest.fixture
+def app_server(e2e_db: None, _async_unsafe: None) -> Iterator[AppServer]:
+    server = AppServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def feed(e2e_db: None) -> Iterator[Feed]:
+    running = start_feed()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def browser(_async_unsafe: None) -> Iterator[Any]:
+    with chromium(CHROMIUM_PATH) as running:
+        yield running
+
+
+@pytest.fixture
+def page(browser: Any, app_server: AppServer) -> Iterator[Any]:
+    context = browser.new_context(viewport=DESKTOP, base_url=app_server.url)
+    context.set_default_timeout(10_000)
+    tab = context.new_page()
+    try:
+        yield tab
+    finally:
+        context.close()
+
+
+@dataclass
+class Trader:
+    user: Any
+    account: Any
+
+
+@pytest.fixture
+def trader(e2e_db: None) -> Trader:
+    from tests.factories import UserFactory, personal_account
+
+    user = UserFactory(email="e2e-trader@example.com")
+    return Trader(user=user, account=personal_account(user, "1000"))
+
+
+@pytest.fixture
+def trader_page(browser: Any, app_server: AppServer, trader: Trader) -> Iterator[Any]:
+    """A page signed in as `trader` (session cookie set as after a login)."""
+    context = browser.new_context(viewport=DESKTOP, base_url=app_server.url)
+    context.set_default_timeout(10_000)
+    context.add_cookies([session_cookie_for(trader.user, app_server.url)])
+    tab = context.new_page()
+    try:
+        yield tab
+    finally:
+        context.close()
+
+
+@pytest.fixture
+def shot() -> Callable[[Any, str], Path]:
+    """Save a full-page screenshot as artifacts/<name>.png (git-ignored) and return its path."""
+    ARTIFACTS_DIR.mkdir(parents=True, exist_ok=True)
+
+    def take(page: Any, name: str) -> Path:
+        path = ARTIFACTS_DIR / f"{name}.png"
+        page.screenshot(path=str(path), full_page=True)
+        return path
+
+    return take
