@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from bisect import bisect_left
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
 from typing import Any, Final, Literal
 
@@ -35,6 +35,10 @@ TWO: Final = Decimal(2)
 # stays small (10,000 prices at the finest 0.0001 tick, times a few spellings).
 _PRICE_VALUES: dict[str, Decimal] = {}
 _price_value = _PRICE_VALUES.__getitem__
+
+# `OrderBook._hash_text` compiled (`_fastbook.hash_text`), installed by marketdata.fastbook
+# when the extension is loaded; None means the pure-Python builder.
+_native_hash_text: Callable[[OrderBook, str, str], bytes] | None = None
 
 
 def _is_plain_decimal(text: str) -> bool:
@@ -390,6 +394,13 @@ class OrderBook:
         """
         ts = self.timestamp if timestamp is None else timestamp
         ltp = self.last_trade_price if last_trade_price is None else last_trade_price
+        native = _native_hash_text
+        text = native(self, ts, ltp) if native is not None else self._hash_text(ts, ltp)
+        return hashlib.sha1(text, usedforsecurity=False).hexdigest()
+
+    def _hash_text(self, ts: str, ltp: str) -> bytes:
+        """The SHA-1 input of `compute_hash` (pure Python; `_fastbook.hash_text` builds the
+        same bytes in C when it is loaded, see marketdata/fastbook.py)."""
         bid_json = self._bid_hash_json
         if bid_json is None:
             bids = self.bids
@@ -403,7 +414,7 @@ class OrderBook:
             ask_json = self._ask_hash_json = ",".join(
                 [f'{{"price":"{p}","size":"{asks[p]}"}}' for p in reversed(self._ask_px)]
             ).encode()
-        text = (
+        return (
             b'{"market":%b,"asset_id":%b,"timestamp":%b,"hash":"","bids":[%b],"asks":[%b],'
             b'"min_order_size":%b,"tick_size":%b,"neg_risk":%b,"last_trade_price":%b}'
             % (
@@ -418,7 +429,6 @@ class OrderBook:
                 orjson.dumps(ltp),
             )
         )
-        return hashlib.sha1(text, usedforsecurity=False).hexdigest()
 
     def hash_matches(
         self,

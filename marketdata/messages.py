@@ -27,6 +27,7 @@ from typing import Any, Final, Literal, TypedDict
 
 import orjson
 
+from marketdata import fastbook
 from marketdata.book import (
     _PRICE_VALUES,
     BUY,
@@ -35,7 +36,7 @@ from marketdata.book import (
     is_valid_size,
     parse_price,
 )
-from marketdata.bus import DEFAULT_DEPTH, BookTop, EncodedTop, encode_top, now_ms
+from marketdata.bus import DEFAULT_DEPTH, BookTop, EncodedTop, encode_top, mid_spread, now_ms
 
 logger = logging.getLogger("polysim.marketdata")
 
@@ -540,6 +541,9 @@ class BookKeeper:
       price or the new best bid/ask, that price is adopted (a SHA-1 match proves it).
     * `feed(raw)` is the hot path for the websocket: the same validation and effects as
       `parse_frame` + `normalise` + `apply`, fused for `price_change` frames.
+    * `native`: use the compiled path (marketdata/fastbook.py) for `price_change` frames and
+      top encoding: None (default) = when it is built and not switched off, False = never,
+      True = required (ValueError if unavailable). Same results either way.
     """
 
     def __init__(
@@ -548,9 +552,13 @@ class BookKeeper:
         stats: FeedStats | None = None,
         verify: VerifyMode = "flush",
         verify_interval_ms: int = 0,
+        native: bool | None = None,
     ) -> None:
         if verify not in ("entry", "flush", "off"):
             raise ValueError(f"verify must be entry, flush or off, not {verify!r}")
+        if native and fastbook.native is None:
+            raise ValueError("the compiled feed path (marketdata._fastbook) is not available")
+        self._native = fastbook.native if native is not False else None
         self.stats = stats if stats is not None else FeedStats()
         self.verify: VerifyMode = verify
         self.verify_interval_s = verify_interval_ms / 1000
@@ -638,6 +646,9 @@ class BookKeeper:
     def feed(self, raw: str | bytes) -> None:
         """One websocket frame: parse_frame + normalise + apply, with the price_change path
         fused (no intermediate event) because it carries nearly all of the feed's volume."""
+        native = self._native
+        if native is not None and native.feed_price_change(self, raw):
+            return  # applied in C; anything it does not handle exactly falls through
         stats = self.stats
         try:
             data = _loads(raw)
@@ -948,19 +959,25 @@ class BookKeeper:
         """`drain_tops`, already encoded for `PriceBus.publish_json` (the feed's hot path)."""
         self.verify_pending()
         dirty, self._dirty = self._dirty, set()
-        books, live, meta = self._books, self._live, self._meta
+        books, live, meta, native = self._books, self._live, self._meta, self._native
         published_at = now_ms()
         out: list[EncodedTop] = []
         for token_id in dirty:
             book = books.get(token_id)
             if book is not None:
                 last = meta[token_id].last_trade
-                blob = encode_top(
-                    book,
-                    fresh=token_id in live,
-                    last_trade_side=last.side if last else None,
-                    depth=depth,
-                    published_at=published_at,
-                )
+                side = last.side if last else None
+                fresh = token_id in live
+                blob = None
+                if native is not None:  # None back: a field only the Python encoder takes
+                    blob = native.encode_top(book, fresh, side, depth, published_at, mid_spread)
+                if blob is None:
+                    blob = encode_top(
+                        book,
+                        fresh=fresh,
+                        last_trade_side=side,
+                        depth=depth,
+                        published_at=published_at,
+                    )
                 out.append((token_id, blob))
         return out

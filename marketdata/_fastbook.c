@@ -1,0 +1,892 @@
+/*
+ * marketdata._fastbook: the market-data feed's per-entry hot path, compiled (issue #3).
+ *
+ * Optional: marketdata/fastbook.py imports it when it was built (`make install` runs
+ * `setup.py build_ext --inplace`) and POLYSIM_FEED_PURE is not set; otherwise the pure-Python
+ * path in messages.py / book.py / bus.py does the same work. tests/marketdata/test_fastbook.py
+ * replays the same frames through both and requires identical books, hashes, tops and counters.
+ *
+ * It works on the SAME Python objects as the pure path (BookKeeper's dicts, OrderBook's level
+ * dicts and sorted price lists), so everything else in the project reads books exactly as
+ * before; only the interpreter overhead of the hot loops is gone.
+ *
+ * feed_price_change(keeper, raw) -> bool
+ *     A strict scanner for exactly the `price_change` frame Polymarket sends (reference §2:
+ *     {market, price_changes:[{asset_id, price, size, side, hash, best_bid, best_ask}],
+ *     timestamp, event_type}), keys in any order, JSON whitespace allowed, every value a plain
+ *     ASCII string without escapes. It validates the WHOLE frame first; if anything at all is
+ *     unusual (another event, an array frame, escapes, non-ASCII, numbers or null, duplicate
+ *     keys, a missing field, a bad side, price or size, malformed JSON) it returns False having
+ *     changed nothing, and the caller runs the Python path, which counts and rejects exactly as
+ *     it always did. Otherwise it applies every entry with the effects of
+ *     BookKeeper._feed_price_change (same counters, same claims, same dirty set; level inserts
+ *     and deletes go through OrderBook._set_level) and returns True.
+ * encode_top(book, fresh, last_trade_side, depth, published_at, mid_spread) -> bytes | None
+ *     bus.encode_top byte for byte; None when a field needs the Python encoder (e.g. a
+ *     timestamp too long for a 64-bit int), and the caller then uses it.
+ * hash_text(book, timestamp, last_trade_price) -> bytes
+ *     The text OrderBook.compute_hash feeds to SHA-1 (Polymarket's recipe), built in one pass.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <string.h>
+
+#if PY_VERSION_HEX >= 0x030C0000
+#define STR_READY(o) 1
+#else
+#define STR_READY(o) PyUnicode_IS_READY(o)
+#endif
+
+/* ---------------------------------------------------------------------------------------- */
+/* interned names and module state (single-phase init: one interpreter)                      */
+
+static PyObject *s_stats, *s_live, *s_meta, *s_claims, *s_dirty, *s_verify, *s_frames,
+    *s_events, *s_entries_applied, *s_entries_untracked, *s_entries_skipped_resync, *s_bids,
+    *s_asks, *s_bid_px, *s_ask_px, *s_bid_hash_json, *s_bid_top_json, *s_ask_hash_json,
+    *s_ask_top_json, *s_timestamp, *s_hash, *s_set_level, *s_verify_m, *s_price_change,
+    *s_flush, *s_entry, *s_empty, *s_asset_id, *s_market, *s_last_trade_price, *s_tick_size,
+    *s_min_order_size, *s_neg_risk;
+
+static PyObject *g_price_values = NULL; /* book._PRICE_VALUES */
+static PyObject *g_parse_price = NULL;  /* book.parse_price */
+static PyObject *g_dumps = NULL;        /* orjson.dumps */
+
+/* ---------------------------------------------------------------------------------------- */
+/* growable byte buffer                                                                       */
+
+typedef struct {
+    char *p;
+    Py_ssize_t n, cap;
+    char small[4096];
+} buf_t;
+
+static void buf_init(buf_t *b) {
+    b->p = b->small;
+    b->n = 0;
+    b->cap = (Py_ssize_t)sizeof(b->small);
+}
+
+static void buf_free(buf_t *b) {
+    if (b->p != b->small) PyMem_Free(b->p);
+}
+
+static int buf_reserve(buf_t *b, Py_ssize_t extra) {
+    if (b->n + extra <= b->cap) return 0;
+    Py_ssize_t cap = b->cap * 2;
+    while (cap < b->n + extra) cap *= 2;
+    char *p;
+    if (b->p == b->small) {
+        p = PyMem_Malloc((size_t)cap);
+        if (p) memcpy(p, b->small, (size_t)b->n);
+    } else {
+        p = PyMem_Realloc(b->p, (size_t)cap);
+    }
+    if (!p) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    b->p = p;
+    b->cap = cap;
+    return 0;
+}
+
+static inline int buf_put(buf_t *b, const char *s, Py_ssize_t n) {
+    if (buf_reserve(b, n) < 0) return -1;
+    memcpy(b->p + b->n, s, (size_t)n);
+    b->n += n;
+    return 0;
+}
+
+#define BUF_LIT(b, lit) buf_put((b), (lit), (Py_ssize_t)(sizeof(lit) - 1))
+
+/* A str as orjson.dumps writes it. Plain printable ASCII without '"' or '\\' (every id,
+ * price, size and hash Polymarket sends) is copied as is; anything else asks orjson. */
+static int buf_json_str(buf_t *b, PyObject *s) {
+    if (s == Py_None) return BUF_LIT(b, "null");
+    if (PyUnicode_CheckExact(s) && STR_READY(s) && PyUnicode_IS_ASCII(s)) {
+        const char *p = (const char *)PyUnicode_DATA(s);
+        Py_ssize_t n = PyUnicode_GET_LENGTH(s), i;
+        for (i = 0; i < n; i++) {
+            unsigned char c = (unsigned char)p[i];
+            if (c < 0x20 || c == '"' || c == '\\' || c == 0x7f) break;
+        }
+        if (i == n) {
+            if (buf_reserve(b, n + 2) < 0) return -1;
+            b->p[b->n++] = '"';
+            memcpy(b->p + b->n, p, (size_t)n);
+            b->n += n;
+            b->p[b->n++] = '"';
+            return 0;
+        }
+    }
+    PyObject *enc = PyObject_CallOneArg(g_dumps, s);
+    if (!enc) return -1;
+    int r = buf_put(b, PyBytes_AS_STRING(enc), PyBytes_GET_SIZE(enc));
+    Py_DECREF(enc);
+    return r;
+}
+
+static int buf_int(buf_t *b, long long v) {
+    char tmp[32];
+    int n = snprintf(tmp, sizeof tmp, "%lld", v);
+    return buf_put(b, tmp, n);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* the strict price_change scanner                                                            */
+
+typedef struct {
+    const char *p;
+    Py_ssize_t n;
+} span_t;
+
+typedef struct {
+    span_t asset, price, size, hash;
+    int is_bid, has_hash;
+} entry_t;
+
+typedef struct {
+    const char *s, *end;
+    entry_t *entries;
+    Py_ssize_t count, cap;
+    entry_t small[32];
+    span_t ts;
+} scan_t;
+
+static inline void skip_ws(scan_t *sc) {
+    while (sc->s < sc->end &&
+           (*sc->s == ' ' || *sc->s == '\n' || *sc->s == '\r' || *sc->s == '\t'))
+        sc->s++;
+}
+
+/* A JSON string without escapes, printable ASCII only: its contents in *out. */
+static int scan_str(scan_t *sc, span_t *out) {
+    if (sc->s >= sc->end || *sc->s != '"') return 0;
+    const char *start = ++sc->s;
+    while (sc->s < sc->end) {
+        unsigned char c = (unsigned char)*sc->s;
+        if (c == '"') {
+            out->p = start;
+            out->n = sc->s - start;
+            sc->s++;
+            return 1;
+        }
+        if (c == '\\' || c < 0x20 || c >= 0x80) return 0;
+        sc->s++;
+    }
+    return 0;
+}
+
+static inline int span_is(span_t sp, const char *lit, Py_ssize_t n) {
+    return sp.n == n && memcmp(sp.p, lit, (size_t)n) == 0;
+}
+#define SPAN_IS(sp, lit) span_is((sp), (lit), (Py_ssize_t)(sizeof(lit) - 1))
+
+/* book._is_plain_decimal: ASCII digits with at most one '.', at least one digit. */
+static int plain_decimal(span_t v) {
+    int dots = 0, digits = 0;
+    for (Py_ssize_t i = 0; i < v.n; i++) {
+        char c = v.p[i];
+        if (c >= '0' && c <= '9')
+            digits++;
+        else if (c == '.' && !dots)
+            dots = 1;
+        else
+            return 0;
+    }
+    return digits > 0;
+}
+
+/* book.parse_price: a plain decimal with 0 < value <= 1. */
+static int valid_price(span_t v) {
+    if (!plain_decimal(v)) return 0;
+    Py_ssize_t i = 0;
+    int int_nonzero = 0, int_is_one = 0, frac_nonzero = 0;
+    for (; i < v.n && v.p[i] != '.'; i++) {
+        if (v.p[i] != '0') {
+            int_is_one = !int_nonzero && v.p[i] == '1';
+            if (int_nonzero) int_is_one = 0;
+            int_nonzero = 1;
+        }
+    }
+    for (i++; i < v.n; i++)
+        if (v.p[i] != '0') frac_nonzero = 1;
+    if (int_nonzero) return int_is_one && !frac_nonzero; /* exactly 1 */
+    return frac_nonzero;
+}
+
+static int scan_entry(scan_t *sc, entry_t *e) {
+    enum { K_ASSET = 1, K_PRICE = 2, K_SIZE = 4, K_SIDE = 8, K_HASH = 16, K_BB = 32, K_BA = 64 };
+    int seen = 0;
+    span_t side = {NULL, 0};
+    e->has_hash = 0;
+    if (sc->s >= sc->end || *sc->s != '{') return 0;
+    sc->s++;
+    skip_ws(sc);
+    if (sc->s < sc->end && *sc->s == '}') return 0; /* an empty entry: let Python reject it */
+    for (;;) {
+        span_t key, val;
+        skip_ws(sc);
+        if (!scan_str(sc, &key)) return 0;
+        skip_ws(sc);
+        if (sc->s >= sc->end || *sc->s != ':') return 0;
+        sc->s++;
+        skip_ws(sc);
+        if (!scan_str(sc, &val)) return 0;
+        int bit;
+        if (SPAN_IS(key, "asset_id")) {
+            bit = K_ASSET;
+            e->asset = val;
+        } else if (SPAN_IS(key, "price")) {
+            bit = K_PRICE;
+            e->price = val;
+        } else if (SPAN_IS(key, "size")) {
+            bit = K_SIZE;
+            e->size = val;
+        } else if (SPAN_IS(key, "side")) {
+            bit = K_SIDE;
+            side = val;
+        } else if (SPAN_IS(key, "hash")) {
+            bit = K_HASH;
+            e->hash = val;
+            e->has_hash = 1;
+        } else if (SPAN_IS(key, "best_bid")) {
+            bit = K_BB;
+        } else if (SPAN_IS(key, "best_ask")) {
+            bit = K_BA;
+        } else {
+            return 0; /* an unknown key: not the shape we specialise for */
+        }
+        if (seen & bit) return 0; /* duplicate key */
+        seen |= bit;
+        skip_ws(sc);
+        if (sc->s >= sc->end) return 0;
+        if (*sc->s == ',') {
+            sc->s++;
+            continue;
+        }
+        if (*sc->s != '}') return 0;
+        sc->s++;
+        break;
+    }
+    if ((seen & (K_ASSET | K_PRICE | K_SIZE | K_SIDE)) != (K_ASSET | K_PRICE | K_SIZE | K_SIDE))
+        return 0;
+    if (e->asset.n == 0) return 0;
+    if (SPAN_IS(side, "BUY"))
+        e->is_bid = 1;
+    else if (SPAN_IS(side, "SELL"))
+        e->is_bid = 0;
+    else
+        return 0;
+    return valid_price(e->price) && plain_decimal(e->size);
+}
+
+static int scan_changes(scan_t *sc) {
+    if (sc->s >= sc->end || *sc->s != '[') return 0;
+    sc->s++;
+    skip_ws(sc);
+    if (sc->s < sc->end && *sc->s == ']') {
+        sc->s++;
+        return 1;
+    }
+    for (;;) {
+        skip_ws(sc);
+        if (sc->count == sc->cap) {
+            Py_ssize_t cap = sc->cap * 2;
+            entry_t *p;
+            if (sc->entries == sc->small) {
+                p = PyMem_Malloc(sizeof(entry_t) * (size_t)cap);
+                if (p) memcpy(p, sc->small, sizeof(entry_t) * (size_t)sc->count);
+            } else {
+                p = PyMem_Realloc(sc->entries, sizeof(entry_t) * (size_t)cap);
+            }
+            if (!p) return 0; /* the Python path will run out of memory properly */
+            sc->entries = p;
+            sc->cap = cap;
+        }
+        if (!scan_entry(sc, &sc->entries[sc->count])) return 0;
+        sc->count++;
+        skip_ws(sc);
+        if (sc->s >= sc->end) return 0;
+        if (*sc->s == ',') {
+            sc->s++;
+            continue;
+        }
+        if (*sc->s != ']') return 0;
+        sc->s++;
+        return 1;
+    }
+}
+
+/* The whole frame; 1 if it is a price_change we can apply as is. */
+static int scan_frame(scan_t *sc) {
+    enum { K_EVENT = 1, K_CHANGES = 2, K_TS = 4, K_MARKET = 8 };
+    int seen = 0;
+    skip_ws(sc);
+    if (sc->s >= sc->end || *sc->s != '{') return 0;
+    sc->s++;
+    for (;;) {
+        span_t key, val;
+        int bit;
+        skip_ws(sc);
+        if (!scan_str(sc, &key)) return 0;
+        skip_ws(sc);
+        if (sc->s >= sc->end || *sc->s != ':') return 0;
+        sc->s++;
+        skip_ws(sc);
+        if (SPAN_IS(key, "price_changes")) {
+            bit = K_CHANGES;
+            if (seen & bit) return 0;
+            if (!scan_changes(sc)) return 0;
+        } else {
+            if (!scan_str(sc, &val)) return 0;
+            if (SPAN_IS(key, "event_type")) {
+                bit = K_EVENT;
+                if (!SPAN_IS(val, "price_change")) return 0;
+            } else if (SPAN_IS(key, "timestamp")) {
+                bit = K_TS;
+                sc->ts = val;
+            } else if (SPAN_IS(key, "market")) {
+                bit = K_MARKET;
+            } else {
+                return 0;
+            }
+        }
+        if (seen & bit) return 0;
+        seen |= bit;
+        skip_ws(sc);
+        if (sc->s >= sc->end) return 0;
+        if (*sc->s == ',') {
+            sc->s++;
+            continue;
+        }
+        if (*sc->s != '}') return 0;
+        sc->s++;
+        break;
+    }
+    skip_ws(sc);
+    if (sc->s != sc->end) return 0;
+    if ((seen & (K_EVENT | K_CHANGES | K_TS)) != (K_EVENT | K_CHANGES | K_TS)) return 0;
+    return sc->ts.n > 0;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* feed_price_change                                                                          */
+
+static inline PyObject *ascii_str(span_t sp) {
+    PyObject *s = PyUnicode_New(sp.n, 127);
+    if (s) memcpy(PyUnicode_DATA(s), sp.p, (size_t)sp.n);
+    return s;
+}
+
+/* obj.<name> += delta for an int attribute of the FeedStats dataclass. */
+static int add_attr(PyObject *obj, PyObject *name, Py_ssize_t delta) {
+    if (delta == 0) return 0;
+    PyObject *v = PyObject_GetAttr(obj, name);
+    if (!v) return -1;
+    PyObject *d = PyLong_FromSsize_t(delta);
+    if (!d) {
+        Py_DECREF(v);
+        return -1;
+    }
+    PyObject *sum = PyNumber_Add(v, d);
+    Py_DECREF(v);
+    Py_DECREF(d);
+    if (!sum) return -1;
+    int r = PyObject_SetAttr(obj, name, sum);
+    Py_DECREF(sum);
+    return r;
+}
+
+static int dict_incr(PyObject *dict, PyObject *key) {
+    PyObject *v = PyDict_GetItemWithError(dict, key);
+    PyObject *sum;
+    if (v == NULL) {
+        if (PyErr_Occurred()) return -1;
+        sum = PyLong_FromLong(1);
+    } else {
+        PyObject *one = PyLong_FromLong(1);
+        if (!one) return -1;
+        sum = PyNumber_Add(v, one);
+        Py_DECREF(one);
+    }
+    if (!sum) return -1;
+    int r = PyDict_SetItem(dict, key, sum);
+    Py_DECREF(sum);
+    return r;
+}
+
+/* The canonical price str: registered in _PRICE_VALUES (the sorted lists' bisect key). */
+static PyObject *price_str(span_t sp) {
+    PyObject *s = ascii_str(sp);
+    if (!s) return NULL;
+    PyObject *known = PyDict_GetItemWithError(g_price_values, s);
+    if (known) return s;
+    if (PyErr_Occurred()) goto fail;
+    PyObject *value = PyObject_CallOneArg(g_parse_price, s);
+    if (!value) goto fail;
+    int ok = value != Py_None;
+    Py_DECREF(value);
+    if (!ok) {
+        PyErr_Format(PyExc_RuntimeError, "_fastbook and parse_price disagree on %R", s);
+        goto fail;
+    }
+    return s;
+fail:
+    Py_DECREF(s);
+    return NULL;
+}
+
+static int apply_entries(PyObject *keeper, scan_t *sc) {
+    int rc = -1;
+    PyObject *stats = NULL, *live = NULL, *meta = NULL, *claims = NULL, *dirty = NULL,
+             *verify = NULL, *ts = NULL, *events = NULL;
+    Py_ssize_t applied = 0, untracked = 0, skipped = 0;
+    if (!(stats = PyObject_GetAttr(keeper, s_stats))) goto done;
+    if (!(live = PyObject_GetAttr(keeper, s_live))) goto done;
+    if (!(meta = PyObject_GetAttr(keeper, s_meta))) goto done;
+    if (!(claims = PyObject_GetAttr(keeper, s_claims))) goto done;
+    if (!(dirty = PyObject_GetAttr(keeper, s_dirty))) goto done;
+    if (!(verify = PyObject_GetAttr(keeper, s_verify))) goto done;
+    if (!(events = PyObject_GetAttr(stats, s_events))) goto done;
+    if (!PyDict_Check(live) || !PyDict_Check(meta) || !PyDict_Check(claims) ||
+        !PySet_Check(dirty) || !PyDict_Check(events)) {
+        PyErr_SetString(PyExc_TypeError, "_fastbook: unexpected BookKeeper state");
+        goto done;
+    }
+    int record = PyUnicode_Check(verify) && PyUnicode_Compare(verify, s_flush) == 0;
+    int entry_mode = PyUnicode_Check(verify) && PyUnicode_Compare(verify, s_entry) == 0;
+    if (PyErr_Occurred()) goto done;
+    if (add_attr(stats, s_frames, 1) < 0) goto done;
+    if (dict_incr(events, s_price_change) < 0) goto done;
+    if (!(ts = ascii_str(sc->ts))) goto done;
+
+    for (Py_ssize_t i = 0; i < sc->count; i++) {
+        entry_t *e = &sc->entries[i];
+        PyObject *asset = ascii_str(e->asset), *price = NULL, *size = NULL, *levels = NULL,
+                 *hash = NULL;
+        int ok = 0;
+        if (!asset) goto entry_done;
+        /* Registering a new price happens in validation in the Python path too. */
+        if (!(price = price_str(e->price))) goto entry_done;
+        PyObject *book = PyDict_GetItemWithError(live, asset); /* borrowed */
+        if (!book) {
+            if (PyErr_Occurred()) goto entry_done;
+            int tracked = PyDict_Contains(meta, asset);
+            if (tracked < 0) goto entry_done;
+            if (tracked)
+                skipped++;
+            else
+                untracked++;
+            ok = 1;
+            goto entry_done;
+        }
+        Py_INCREF(book);
+        if (!(size = ascii_str(e->size))) goto book_done;
+        if (!(levels = PyObject_GetAttr(book, e->is_bid ? s_bids : s_asks))) goto book_done;
+        if (PyObject_SetAttr(book, e->is_bid ? s_bid_hash_json : s_ask_hash_json, Py_None) < 0)
+            goto book_done;
+        if (PyObject_SetAttr(book, e->is_bid ? s_bid_top_json : s_ask_top_json, Py_None) < 0)
+            goto book_done;
+        int in_place = 0;
+        char head = e->size.p[0];
+        if (head != '0' && head != '.' && PyDict_CheckExact(levels)) {
+            in_place = PyDict_Contains(levels, price);
+            if (in_place < 0) goto book_done;
+        }
+        if (in_place) {
+            if (PyDict_SetItem(levels, price, size) < 0) goto book_done;
+        } else {
+            PyObject *r = PyObject_CallMethodObjArgs(
+                book, s_set_level, e->is_bid ? Py_True : Py_False, price, size, NULL);
+            if (!r) goto book_done;
+            Py_DECREF(r);
+        }
+        if (PyObject_SetAttr(book, s_timestamp, ts) < 0) goto book_done;
+        applied++;
+        if (PySet_Add(dirty, asset) < 0) goto book_done;
+        if (e->has_hash) {
+            if (!(hash = ascii_str(e->hash))) goto book_done;
+            if (PyObject_SetAttr(book, s_hash, hash) < 0) goto book_done;
+            if (record) {
+                if (PyDict_SetItem(claims, asset, price) < 0) goto book_done;
+            } else if (entry_mode) {
+                PyObject *r = PyObject_CallMethodObjArgs(keeper, s_verify_m, asset, book, hash,
+                                                         ts, price, NULL);
+                if (!r) goto book_done;
+                Py_DECREF(r);
+            }
+        } else {
+            if (PyObject_SetAttr(book, s_hash, s_empty) < 0) goto book_done;
+            if (record && PyDict_DelItem(claims, asset) < 0) {
+                if (!PyErr_ExceptionMatches(PyExc_KeyError)) goto book_done;
+                PyErr_Clear();
+            }
+        }
+        ok = 1;
+    book_done:
+        Py_DECREF(book);
+    entry_done:
+        Py_XDECREF(asset);
+        Py_XDECREF(price);
+        Py_XDECREF(size);
+        Py_XDECREF(levels);
+        Py_XDECREF(hash);
+        if (!ok) goto done;
+    }
+    /* Like the Python loop: the counts are added once the whole frame went through. */
+    if (add_attr(stats, s_entries_skipped_resync, skipped) < 0 ||
+        add_attr(stats, s_entries_untracked, untracked) < 0 ||
+        add_attr(stats, s_entries_applied, applied) < 0)
+        goto done;
+    rc = 0;
+done:
+    Py_XDECREF(stats);
+    Py_XDECREF(live);
+    Py_XDECREF(meta);
+    Py_XDECREF(claims);
+    Py_XDECREF(dirty);
+    Py_XDECREF(verify);
+    Py_XDECREF(events);
+    Py_XDECREF(ts);
+    return rc;
+}
+
+static PyObject *feed_price_change(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "feed_price_change(keeper, raw)");
+        return NULL;
+    }
+    PyObject *keeper = args[0], *raw = args[1];
+    if (!g_price_values) {
+        PyErr_SetString(PyExc_RuntimeError, "_fastbook.bind() was not called");
+        return NULL;
+    }
+    const char *data;
+    Py_ssize_t n;
+    if (PyBytes_CheckExact(raw)) {
+        data = PyBytes_AS_STRING(raw);
+        n = PyBytes_GET_SIZE(raw);
+    } else if (PyUnicode_CheckExact(raw) && STR_READY(raw) && PyUnicode_IS_ASCII(raw)) {
+        data = (const char *)PyUnicode_DATA(raw);
+        n = PyUnicode_GET_LENGTH(raw);
+    } else {
+        Py_RETURN_FALSE;
+    }
+    scan_t sc;
+    sc.s = data;
+    sc.end = data + n;
+    sc.entries = sc.small;
+    sc.count = 0;
+    sc.cap = (Py_ssize_t)(sizeof(sc.small) / sizeof(sc.small[0]));
+    sc.ts.p = NULL;
+    sc.ts.n = 0;
+    PyObject *result;
+    if (!scan_frame(&sc)) {
+        result = Py_False;
+        Py_INCREF(result);
+    } else if (apply_entries(keeper, &sc) < 0) {
+        result = NULL;
+    } else {
+        result = Py_True;
+        Py_INCREF(result);
+    }
+    if (sc.entries != sc.small) PyMem_Free(sc.entries);
+    return result;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* encode_top and hash_text                                                                   */
+
+/* Pointers to the level dict and sorted price list of one side, checked. */
+static int side_of(PyObject *book, int bid, PyObject **levels, PyObject **order) {
+    *levels = PyObject_GetAttr(book, bid ? s_bids : s_asks);
+    if (!*levels) return -1;
+    *order = PyObject_GetAttr(book, bid ? s_bid_px : s_ask_px);
+    if (!*order) {
+        Py_CLEAR(*levels);
+        return -1;
+    }
+    if (!PyDict_Check(*levels) || !PyList_Check(*order)) {
+        Py_CLEAR(*levels);
+        Py_CLEAR(*order);
+        PyErr_SetString(PyExc_TypeError, "_fastbook: unexpected OrderBook state");
+        return -1;
+    }
+    return 0;
+}
+
+/* One level as the bus writes it (["p","s"]) or as the hash recipe does. */
+static int put_level(buf_t *b, PyObject *levels, PyObject *price, int for_hash) {
+    PyObject *size = PyDict_GetItemWithError(levels, price);
+    if (!size) {
+        if (!PyErr_Occurred()) PyErr_SetObject(PyExc_KeyError, price);
+        return -1;
+    }
+    if (for_hash) {
+        /* Prices and sizes are validated plain ASCII decimals: spliced as is (book.py). */
+        if (BUF_LIT(b, "{\"price\":") < 0 || buf_json_str(b, price) < 0 ||
+            BUF_LIT(b, ",\"size\":") < 0 || buf_json_str(b, size) < 0 || BUF_LIT(b, "}") < 0)
+            return -1;
+        return 0;
+    }
+    if (BUF_LIT(b, "[") < 0 || buf_json_str(b, price) < 0 || BUF_LIT(b, ",") < 0 ||
+        buf_json_str(b, size) < 0 || BUF_LIT(b, "]") < 0)
+        return -1;
+    return 0;
+}
+
+/* Levels of one side from `order`, indices [start, stop) stepping by `step`. */
+static int put_side(buf_t *b, PyObject *levels, PyObject *order, Py_ssize_t start,
+                    Py_ssize_t count, int step, int for_hash) {
+    if (BUF_LIT(b, "[") < 0) return -1;
+    for (Py_ssize_t k = 0; k < count; k++) {
+        if (k && BUF_LIT(b, ",") < 0) return -1;
+        if (put_level(b, levels, PyList_GET_ITEM(order, start + k * step), for_hash) < 0)
+            return -1;
+    }
+    return BUF_LIT(b, "]");
+}
+
+static int put_key_str(buf_t *b, const char *key, PyObject *value) {
+    if (buf_put(b, key, (Py_ssize_t)strlen(key)) < 0) return -1;
+    return buf_json_str(b, value);
+}
+
+/* str attribute, or None; anything else is an error (the caller falls back). */
+static PyObject *str_attr(PyObject *obj, PyObject *name) {
+    PyObject *v = PyObject_GetAttr(obj, name);
+    if (v && v != Py_None && !PyUnicode_Check(v)) {
+        Py_DECREF(v);
+        PyErr_Format(PyExc_TypeError, "_fastbook: %U is not a str", name);
+        return NULL;
+    }
+    return v;
+}
+
+static PyObject *encode_top(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError,
+                        "encode_top(book, fresh, last_trade_side, depth, published_at, "
+                        "mid_spread)");
+        return NULL;
+    }
+    PyObject *book = args[0], *fresh = args[1], *lts = args[2], *mid_spread = args[5];
+    Py_ssize_t depth = PyLong_AsSsize_t(args[3]);
+    if (depth == -1 && PyErr_Occurred()) return NULL;
+    long long published_at = PyLong_AsLongLong(args[4]);
+    if (published_at == -1 && PyErr_Occurred()) return NULL;
+    if (depth < 0) depth = 0;
+
+    PyObject *bids = NULL, *bid_px = NULL, *asks = NULL, *ask_px = NULL, *asset = NULL,
+             *market = NULL, *ltp = NULL, *tick = NULL, *ts = NULL, *hash = NULL, *ms = NULL,
+             *result = NULL;
+    buf_t b;
+    buf_init(&b);
+    if (side_of(book, 1, &bids, &bid_px) < 0 || side_of(book, 0, &asks, &ask_px) < 0) goto done;
+    if (!(asset = str_attr(book, s_asset_id)) || !(market = str_attr(book, s_market)) ||
+        !(ltp = str_attr(book, s_last_trade_price)) || !(tick = str_attr(book, s_tick_size)) ||
+        !(ts = str_attr(book, s_timestamp)) || !(hash = str_attr(book, s_hash)))
+        goto done;
+    if (ts == Py_None || asset == Py_None || market == Py_None || hash == Py_None) {
+        result = Py_None; /* not a shape we encode: the Python encoder decides */
+        Py_INCREF(result);
+        goto done;
+    }
+    /* timestamp_ms: int(ts) if ts.isascii() and ts.isdigit() else None */
+    long long ts_ms = -1;
+    {
+        Py_ssize_t n = PyUnicode_GET_LENGTH(ts);
+        if (PyUnicode_IS_ASCII(ts) && n > 0) {
+            const char *p = (const char *)PyUnicode_DATA(ts);
+            Py_ssize_t i = 0;
+            for (; i < n && p[i] >= '0' && p[i] <= '9'; i++)
+                ;
+            if (i == n) {
+                Py_ssize_t z = 0;
+                while (z < n - 1 && p[z] == '0') z++;
+                if (n - z > 18) { /* may not fit: let Python (and orjson) decide */
+                    result = Py_None;
+                    Py_INCREF(result);
+                    goto done;
+                }
+                ts_ms = 0;
+                for (i = z; i < n; i++) ts_ms = ts_ms * 10 + (p[i] - '0');
+            }
+        }
+    }
+    Py_ssize_t nb = PyList_GET_SIZE(bid_px), na = PyList_GET_SIZE(ask_px);
+    PyObject *best_bid = nb ? PyList_GET_ITEM(bid_px, nb - 1) : Py_None;
+    PyObject *best_ask = na ? PyList_GET_ITEM(ask_px, 0) : Py_None;
+    PyObject *mid = Py_None, *spread = Py_None;
+    if (nb && na) {
+        ms = PyObject_CallFunctionObjArgs(mid_spread, best_bid, best_ask, NULL);
+        if (!ms) goto done;
+        if (!PyTuple_Check(ms) || PyTuple_GET_SIZE(ms) != 2) {
+            PyErr_SetString(PyExc_TypeError, "mid_spread must return a pair");
+            goto done;
+        }
+        mid = PyTuple_GET_ITEM(ms, 0);
+        spread = PyTuple_GET_ITEM(ms, 1);
+    }
+    int ltp_empty = ltp == Py_None || PyUnicode_GET_LENGTH(ltp) == 0;
+    if (put_key_str(&b, "{\"token_id\":", asset) < 0 ||
+        put_key_str(&b, ",\"market\":", market) < 0 ||
+        put_key_str(&b, ",\"best_bid\":", best_bid) < 0 ||
+        put_key_str(&b, ",\"best_ask\":", best_ask) < 0 ||
+        put_key_str(&b, ",\"mid\":", mid) < 0 || put_key_str(&b, ",\"spread\":", spread) < 0 ||
+        put_key_str(&b, ",\"last_trade_price\":", ltp_empty ? Py_None : ltp) < 0 ||
+        put_key_str(&b, ",\"last_trade_side\":", lts) < 0 ||
+        put_key_str(&b, ",\"tick_size\":", tick) < 0 || BUF_LIT(&b, ",\"timestamp_ms\":") < 0)
+        goto done;
+    if ((ts_ms < 0 ? BUF_LIT(&b, "null") : buf_int(&b, ts_ms)) < 0) goto done;
+    if (put_key_str(&b, ",\"hash\":", hash) < 0) goto done;
+    if ((PyObject_IsTrue(fresh) ? BUF_LIT(&b, ",\"fresh\":true") : BUF_LIT(&b, ",\"fresh\":false")) <
+        0)
+        goto done;
+    if (BUF_LIT(&b, ",\"bids\":") < 0 ||
+        put_side(&b, bids, bid_px, nb - 1, nb < depth ? nb : depth, -1, 0) < 0 ||
+        BUF_LIT(&b, ",\"asks\":") < 0 ||
+        put_side(&b, asks, ask_px, 0, na < depth ? na : depth, 1, 0) < 0 ||
+        BUF_LIT(&b, ",\"published_at\":") < 0 || buf_int(&b, published_at) < 0 ||
+        BUF_LIT(&b, "}") < 0)
+        goto done;
+    result = PyBytes_FromStringAndSize(b.p, b.n);
+done:
+    buf_free(&b);
+    Py_XDECREF(bids);
+    Py_XDECREF(bid_px);
+    Py_XDECREF(asks);
+    Py_XDECREF(ask_px);
+    Py_XDECREF(asset);
+    Py_XDECREF(market);
+    Py_XDECREF(ltp);
+    Py_XDECREF(tick);
+    Py_XDECREF(ts);
+    Py_XDECREF(hash);
+    Py_XDECREF(ms);
+    return result;
+}
+
+static PyObject *hash_text(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "hash_text(book, timestamp, last_trade_price)");
+        return NULL;
+    }
+    PyObject *book = args[0], *ts = args[1], *ltp = args[2];
+    PyObject *bids = NULL, *bid_px = NULL, *asks = NULL, *ask_px = NULL, *asset = NULL,
+             *market = NULL, *tick = NULL, *mos = NULL, *neg = NULL, *result = NULL;
+    buf_t b;
+    buf_init(&b);
+    if (side_of(book, 1, &bids, &bid_px) < 0 || side_of(book, 0, &asks, &ask_px) < 0) goto done;
+    if (!(asset = PyObject_GetAttr(book, s_asset_id)) ||
+        !(market = PyObject_GetAttr(book, s_market)) ||
+        !(tick = PyObject_GetAttr(book, s_tick_size)) ||
+        !(mos = PyObject_GetAttr(book, s_min_order_size)) ||
+        !(neg = PyObject_GetAttr(book, s_neg_risk)))
+        goto done;
+    Py_ssize_t nb = PyList_GET_SIZE(bid_px), na = PyList_GET_SIZE(ask_px);
+    int neg_true = PyObject_IsTrue(neg);
+    if (neg_true < 0) goto done;
+    if (put_key_str(&b, "{\"market\":", market) < 0 ||
+        put_key_str(&b, ",\"asset_id\":", asset) < 0 ||
+        put_key_str(&b, ",\"timestamp\":", ts) < 0 ||
+        BUF_LIT(&b, ",\"hash\":\"\",\"bids\":") < 0 ||
+        put_side(&b, bids, bid_px, 0, nb, 1, 1) < 0 || BUF_LIT(&b, ",\"asks\":") < 0 ||
+        put_side(&b, asks, ask_px, na - 1, na, -1, 1) < 0 ||
+        put_key_str(&b, ",\"min_order_size\":", mos) < 0 ||
+        put_key_str(&b, ",\"tick_size\":", tick) < 0 ||
+        (neg_true ? BUF_LIT(&b, ",\"neg_risk\":true") : BUF_LIT(&b, ",\"neg_risk\":false")) < 0 ||
+        put_key_str(&b, ",\"last_trade_price\":", ltp) < 0 || BUF_LIT(&b, "}") < 0)
+        goto done;
+    result = PyBytes_FromStringAndSize(b.p, b.n);
+done:
+    buf_free(&b);
+    Py_XDECREF(bids);
+    Py_XDECREF(bid_px);
+    Py_XDECREF(asks);
+    Py_XDECREF(ask_px);
+    Py_XDECREF(asset);
+    Py_XDECREF(market);
+    Py_XDECREF(tick);
+    Py_XDECREF(mos);
+    Py_XDECREF(neg);
+    return result;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+
+static PyObject *bind(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "bind(price_values, parse_price, orjson_dumps)");
+        return NULL;
+    }
+    if (!PyDict_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "price_values must be a dict");
+        return NULL;
+    }
+    Py_INCREF(args[0]);
+    Py_INCREF(args[1]);
+    Py_INCREF(args[2]);
+    Py_XSETREF(g_price_values, args[0]);
+    Py_XSETREF(g_parse_price, args[1]);
+    Py_XSETREF(g_dumps, args[2]);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"bind", (PyCFunction)(void (*)(void))bind, METH_FASTCALL,
+     "bind(price_values, parse_price, orjson_dumps): the Python objects the C code shares."},
+    {"feed_price_change", (PyCFunction)(void (*)(void))feed_price_change, METH_FASTCALL,
+     "feed_price_change(keeper, raw) -> bool: apply a price_change frame, False if the "
+     "Python path must handle it (nothing changed then)."},
+    {"encode_top", (PyCFunction)(void (*)(void))encode_top, METH_FASTCALL,
+     "encode_top(book, fresh, last_trade_side, depth, published_at, mid_spread) -> bytes|None"},
+    {"hash_text", (PyCFunction)(void (*)(void))hash_text, METH_FASTCALL,
+     "hash_text(book, timestamp, last_trade_price) -> bytes: the book hash's SHA-1 input."},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef moduledef = {
+    PyModuleDef_HEAD_INIT, .m_name = "_fastbook", .m_size = -1, .m_methods = methods};
+
+#define INTERN(var, text)                                   \
+    do {                                                    \
+        if (!((var) = PyUnicode_InternFromString(text))) return NULL; \
+    } while (0)
+
+PyMODINIT_FUNC PyInit__fastbook(void) {
+    INTERN(s_stats, "stats");
+    INTERN(s_live, "_live");
+    INTERN(s_meta, "_meta");
+    INTERN(s_claims, "_claims");
+    INTERN(s_dirty, "_dirty");
+    INTERN(s_verify, "verify");
+    INTERN(s_frames, "frames");
+    INTERN(s_events, "events");
+    INTERN(s_entries_applied, "entries_applied");
+    INTERN(s_entries_untracked, "entries_untracked");
+    INTERN(s_entries_skipped_resync, "entries_skipped_resync");
+    INTERN(s_bids, "bids");
+    INTERN(s_asks, "asks");
+    INTERN(s_bid_px, "_bid_px");
+    INTERN(s_ask_px, "_ask_px");
+    INTERN(s_bid_hash_json, "_bid_hash_json");
+    INTERN(s_bid_top_json, "_bid_top_json");
+    INTERN(s_ask_hash_json, "_ask_hash_json");
+    INTERN(s_ask_top_json, "_ask_top_json");
+    INTERN(s_timestamp, "timestamp");
+    INTERN(s_hash, "hash");
+    INTERN(s_set_level, "_set_level");
+    INTERN(s_verify_m, "_verify");
+    INTERN(s_price_change, "price_change");
+    INTERN(s_flush, "flush");
+    INTERN(s_entry, "entry");
+    INTERN(s_empty, "");
+    INTERN(s_asset_id, "asset_id");
+    INTERN(s_market, "market");
+    INTERN(s_last_trade_price, "last_trade_price");
+    INTERN(s_tick_size, "tick_size");
+    INTERN(s_min_order_size, "min_order_size");
+    INTERN(s_neg_risk, "neg_risk");
+    return PyModule_Create(&moduledef);
+}
