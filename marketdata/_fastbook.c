@@ -29,6 +29,8 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
+#include <stdint.h>
 #include <string.h>
 
 #if PY_VERSION_HEX >= 0x030C0000
@@ -47,9 +49,69 @@ static PyObject *s_stats, *s_live, *s_meta, *s_claims, *s_dirty, *s_verify, *s_f
     *s_flush, *s_entry, *s_empty, *s_asset_id, *s_market, *s_last_trade_price, *s_tick_size,
     *s_min_order_size, *s_neg_risk;
 
-static PyObject *g_price_values = NULL; /* book._PRICE_VALUES */
+static PyObject *g_price_strs = NULL;   /* book._PRICE_STRS */
 static PyObject *g_parse_price = NULL;  /* book.parse_price */
 static PyObject *g_dumps = NULL;        /* orjson.dumps */
+
+/* OrderBook's __slots__, read and written straight at their offsets when the object is
+ * exactly an OrderBook (bind() finds the offsets from the class's member descriptors): the
+ * generic attribute protocol costs more than the rest of an entry's work. */
+enum {
+    F_BIDS, F_ASKS, F_BID_PX, F_ASK_PX, F_BID_HASH_JSON, F_BID_TOP_JSON, F_ASK_HASH_JSON,
+    F_ASK_TOP_JSON, F_TIMESTAMP, F_HASH, F_ASSET_ID, F_MARKET, F_LAST_TRADE_PRICE, F_TICK_SIZE,
+    F_MIN_ORDER_SIZE, F_NEG_RISK, F_COUNT
+};
+static PyObject *g_book_type = NULL;
+static Py_ssize_t g_offsets[F_COUNT];
+static PyObject **g_field_names[F_COUNT] = {
+    &s_bids, &s_asks, &s_bid_px, &s_ask_px, &s_bid_hash_json, &s_bid_top_json,
+    &s_ask_hash_json, &s_ask_top_json, &s_timestamp, &s_hash, &s_asset_id, &s_market,
+    &s_last_trade_price, &s_tick_size, &s_min_order_size, &s_neg_risk};
+
+/* New reference to book.<field>. */
+static inline PyObject *book_get(PyObject *book, int f) {
+    if ((PyObject *)Py_TYPE(book) == g_book_type && g_offsets[f] >= 0) {
+        PyObject *v = *(PyObject **)((char *)book + g_offsets[f]);
+        if (v) {
+            Py_INCREF(v);
+            return v;
+        }
+    }
+    return PyObject_GetAttr(book, *g_field_names[f]);
+}
+
+static inline int book_set(PyObject *book, int f, PyObject *value) {
+    if ((PyObject *)Py_TYPE(book) == g_book_type && g_offsets[f] >= 0) {
+        PyObject **slot = (PyObject **)((char *)book + g_offsets[f]);
+        PyObject *old = *slot;
+        if (old == value) return 0;
+        Py_INCREF(value);
+        *slot = value;
+        Py_XDECREF(old);
+        return 0;
+    }
+    return PyObject_SetAttr(book, *g_field_names[f], value);
+}
+
+static int bind_book_type(PyObject *cls) {
+    if (!PyType_Check(cls)) {
+        PyErr_SetString(PyExc_TypeError, "book type must be a class");
+        return -1;
+    }
+    for (int f = 0; f < F_COUNT; f++) {
+        g_offsets[f] = -1;
+        PyObject *d = PyObject_GetAttr(cls, *g_field_names[f]);
+        if (!d) return -1;
+        if (Py_TYPE(d) == &PyMemberDescr_Type) {
+            PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
+            if (m->type == T_OBJECT_EX && !(m->flags & READONLY)) g_offsets[f] = m->offset;
+        }
+        Py_DECREF(d);
+    }
+    Py_INCREF(cls);
+    Py_XSETREF(g_book_type, cls);
+    return 0;
+}
 
 /* ---------------------------------------------------------------------------------------- */
 /* growable byte buffer                                                                       */
@@ -159,10 +221,23 @@ static inline void skip_ws(scan_t *sc) {
         sc->s++;
 }
 
-/* A JSON string without escapes, printable ASCII only: its contents in *out. */
+/* A JSON string without escapes, printable ASCII only: its contents in *out. Eight bytes at
+ * a time: a word with no '"', no '\\', no control byte and no byte >= 0x80 is skipped whole. */
+#define ONES 0x0101010101010101ULL
+#define HIGHS 0x8080808080808080ULL
+static inline uint64_t has_zero(uint64_t x) { return (x - ONES) & ~x & HIGHS; }
+
 static int scan_str(scan_t *sc, span_t *out) {
     if (sc->s >= sc->end || *sc->s != '"') return 0;
     const char *start = ++sc->s;
+    while (sc->end - sc->s >= 8) {
+        uint64_t x;
+        memcpy(&x, sc->s, 8);
+        uint64_t special = has_zero(x ^ (ONES * '"')) | has_zero(x ^ (ONES * '\\')) |
+                           ((x - ONES * 0x20) & ~x & HIGHS) | (x & HIGHS);
+        if (special) break;
+        sc->s += 8;
+    }
     while (sc->s < sc->end) {
         unsigned char c = (unsigned char)*sc->s;
         if (c == '"') {
@@ -379,6 +454,100 @@ static inline PyObject *ascii_str(span_t sp) {
     return s;
 }
 
+/* Interned strs for the byte strings that recur on every frame (token ids, prices): a
+ * repeated id costs a hash of its bytes and a compare, not a new str whose hash the dicts
+ * must compute again. Open addressing; cleared when half full, so it stays bounded whatever
+ * the feed sends. The prices are the canonical objects of book._PRICE_STRS. */
+#define TABLE_SLOTS (1 << 16)
+typedef struct {
+    uint64_t h;
+    PyObject *s;
+} slot_t;
+static slot_t *g_table = NULL;
+static Py_ssize_t g_table_used = 0;
+
+static inline uint64_t hash_bytes(const char *p, Py_ssize_t n) {
+    uint64_t h = 0x9E3779B97F4A7C15ULL ^ (uint64_t)n;
+    while (n >= 8) {
+        uint64_t w;
+        memcpy(&w, p, 8);
+        h = (h ^ w) * 0xFF51AFD7ED558CCDULL;
+        h ^= h >> 32;
+        p += 8;
+        n -= 8;
+    }
+    uint64_t w = 0;
+    memcpy(&w, p, (size_t)n);
+    h = (h ^ w) * 0xC4CEB9FE1A85EC53ULL;
+    return h ^ (h >> 29);
+}
+
+static void table_clear(void) {
+    if (!g_table) return;
+    for (Py_ssize_t i = 0; i < TABLE_SLOTS; i++) Py_CLEAR(g_table[i].s);
+    g_table_used = 0;
+}
+
+static inline PyObject *ascii_str(span_t sp);
+
+/* A new reference to the str for `sp`; kind 1 = a price (canonical, registered). */
+static PyObject *interned(span_t sp, int is_price) {
+    if (!g_table) {
+        g_table = PyMem_Calloc(TABLE_SLOTS, sizeof(slot_t));
+        if (!g_table) return PyErr_NoMemory();
+    }
+    uint64_t h = hash_bytes(sp.p, sp.n) | 1; /* 0 marks an empty slot */
+    h = is_price ? h | 2 : h & ~(uint64_t)2;   /* ids and prices never share a slot */
+    size_t i = (size_t)h & (TABLE_SLOTS - 1);
+    for (;;) {
+        slot_t *slot = &g_table[i];
+        if (!slot->s) break;
+        if (slot->h == h && PyUnicode_GET_LENGTH(slot->s) == sp.n &&
+            memcmp(PyUnicode_DATA(slot->s), sp.p, (size_t)sp.n) == 0) {
+            Py_INCREF(slot->s);
+            return slot->s;
+        }
+        i = (i + 1) & (TABLE_SLOTS - 1);
+    }
+    PyObject *s = ascii_str(sp);
+    if (!s) return NULL;
+    if (is_price) {
+        PyObject *canon = PyDict_GetItemWithError(g_price_strs, s);
+        if (!canon) {
+            if (PyErr_Occurred()) goto fail;
+            /* A price never seen: register it the way validation in Python does. */
+            PyObject *value = PyObject_CallOneArg(g_parse_price, s);
+            if (!value) goto fail;
+            int ok = value != Py_None;
+            Py_DECREF(value);
+            if (!ok) {
+                PyErr_Format(PyExc_RuntimeError, "_fastbook and parse_price disagree on %R", s);
+                goto fail;
+            }
+            canon = PyDict_GetItemWithError(g_price_strs, s);
+            if (!canon) {
+                if (!PyErr_Occurred())
+                    PyErr_SetString(PyExc_RuntimeError, "parse_price did not register");
+                goto fail;
+            }
+        }
+        Py_INCREF(canon);
+        Py_SETREF(s, canon);
+    }
+    if (g_table_used >= TABLE_SLOTS / 2) {
+        table_clear();
+        i = (size_t)h & (TABLE_SLOTS - 1);
+    }
+    g_table[i].h = h;
+    Py_INCREF(s);
+    g_table[i].s = s;
+    g_table_used++;
+    return s;
+fail:
+    Py_DECREF(s);
+    return NULL;
+}
+
 /* obj.<name> += delta for an int attribute of the FeedStats dataclass. */
 static int add_attr(PyObject *obj, PyObject *name, Py_ssize_t delta) {
     if (delta == 0) return 0;
@@ -416,25 +585,96 @@ static int dict_incr(PyObject *dict, PyObject *key) {
     return r;
 }
 
-/* The canonical price str: registered in _PRICE_VALUES (the sorted lists' bisect key). */
-static PyObject *price_str(span_t sp) {
-    PyObject *s = ascii_str(sp);
-    if (!s) return NULL;
-    PyObject *known = PyDict_GetItemWithError(g_price_values, s);
-    if (known) return s;
-    if (PyErr_Occurred()) goto fail;
-    PyObject *value = PyObject_CallOneArg(g_parse_price, s);
-    if (!value) goto fail;
-    int ok = value != Py_None;
-    Py_DECREF(value);
-    if (!ok) {
-        PyErr_Format(PyExc_RuntimeError, "_fastbook and parse_price disagree on %R", s);
-        goto fail;
+/* book.is_zero_size: only '0' and '.' (the size is already a valid plain decimal). */
+static inline int is_zero_size(span_t sp) {
+    for (Py_ssize_t i = 0; i < sp.n; i++)
+        if (sp.p[i] != '0' && sp.p[i] != '.') return 0;
+    return 1;
+}
+
+/* A book price's exact value as an integer number of 1e-18: every price in a book is a
+ * validated plain decimal in (0, 1] (book.parse_price), so this orders exactly like the
+ * Decimals of _PRICE_VALUES. 0 if the text is not such a price with <= 18 decimals: the caller
+ * then leaves the work to OrderBook._set_level. */
+static int price_key(PyObject *price, int64_t *out) {
+    if (!PyUnicode_CheckExact(price) || !PyUnicode_IS_ASCII(price)) return 0;
+    const char *p = (const char *)PyUnicode_DATA(price);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(price), i = 0;
+    int64_t whole = 0, frac = 0;
+    int digits = 0, places = 0;
+    for (; i < n && p[i] != '.'; i++) {
+        if (p[i] < '0' || p[i] > '9') return 0;
+        whole = whole * 10 + (p[i] - '0');
+        if (whole > 1) return 0;
+        digits++;
     }
-    return s;
-fail:
-    Py_DECREF(s);
-    return NULL;
+    if (i < n) i++; /* the '.' */
+    for (; i < n; i++) {
+        if (p[i] < '0' || p[i] > '9' || ++places > 18) return 0;
+        frac = frac * 10 + (p[i] - '0');
+        digits++;
+    }
+    if (!digits) return 0;
+    for (; places < 18; places++) frac *= 10;
+    *out = whole * 1000000000000000000LL + frac;
+    return 1;
+}
+
+/* bisect_left over an ascending list of prices by exact value; -2 if a key is unsupported. */
+static Py_ssize_t bisect_price(PyObject *order, int64_t key) {
+    Py_ssize_t lo = 0, hi = PyList_GET_SIZE(order);
+    while (lo < hi) {
+        Py_ssize_t mid = (lo + hi) / 2;
+        int64_t k;
+        if (!price_key(PyList_GET_ITEM(order, mid), &k)) return -2;
+        if (k < key)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+/* OrderBook._set_level on the level dict and sorted price list of one side (see book.py for
+ * the rules: a zero size deletes, a new price is inserted in order, the same value spelled
+ * differently replaces the old spelling). 1 done, 0 not handled (nothing changed), -1 error. */
+static int set_level(PyObject *levels, PyObject *order, PyObject *price, PyObject *size,
+                     int zero) {
+    int64_t key, k;
+    if (!PyDict_CheckExact(levels) || !PyList_CheckExact(order) || !price_key(price, &key))
+        return 0;
+    Py_ssize_t i = bisect_price(order, key), n = PyList_GET_SIZE(order);
+    if (i == -2) return 0;
+    PyObject *at = i < n ? PyList_GET_ITEM(order, i) : NULL; /* borrowed */
+    int same_value = 0;
+    if (at) {
+        if (!price_key(at, &k)) return 0;
+        same_value = k == key;
+    }
+    int present = PyDict_Contains(levels, price);
+    if (present < 0) return -1;
+    if (zero) {
+        if (present) {
+            if (PyDict_DelItem(levels, price) < 0) return -1;
+            /* Python deletes order[bisect_left(...)]: the level's own entry. */
+            if (PyList_SetSlice(order, i, i + 1, NULL) < 0) return -1;
+        } else if (same_value && PyDict_GET_SIZE(levels)) {
+            if (PyDict_DelItem(levels, at) < 0) return -1;
+            if (PyList_SetSlice(order, i, i + 1, NULL) < 0) return -1;
+        }
+        return 1;
+    }
+    if (!present) {
+        if (same_value) {
+            if (PyDict_DelItem(levels, at) < 0) return -1;
+            Py_INCREF(price);
+            PyList_SET_ITEM(order, i, price); /* steals; drops the old spelling below */
+            Py_DECREF(at);
+        } else if (PyList_Insert(order, i, price) < 0) {
+            return -1;
+        }
+    }
+    return PyDict_SetItem(levels, price, size) < 0 ? -1 : 1;
 }
 
 static int apply_entries(PyObject *keeper, scan_t *sc) {
@@ -463,12 +703,12 @@ static int apply_entries(PyObject *keeper, scan_t *sc) {
 
     for (Py_ssize_t i = 0; i < sc->count; i++) {
         entry_t *e = &sc->entries[i];
-        PyObject *asset = ascii_str(e->asset), *price = NULL, *size = NULL, *levels = NULL,
-                 *hash = NULL;
+        PyObject *asset = interned(e->asset, 0), *price = NULL, *size = NULL, *levels = NULL,
+                 *order = NULL, *hash = NULL;
         int ok = 0;
         if (!asset) goto entry_done;
         /* Registering a new price happens in validation in the Python path too. */
-        if (!(price = price_str(e->price))) goto entry_done;
+        if (!(price = interned(e->price, 1))) goto entry_done;
         PyObject *book = PyDict_GetItemWithError(live, asset); /* borrowed */
         if (!book) {
             if (PyErr_Occurred()) goto entry_done;
@@ -483,31 +723,34 @@ static int apply_entries(PyObject *keeper, scan_t *sc) {
         }
         Py_INCREF(book);
         if (!(size = ascii_str(e->size))) goto book_done;
-        if (!(levels = PyObject_GetAttr(book, e->is_bid ? s_bids : s_asks))) goto book_done;
-        if (PyObject_SetAttr(book, e->is_bid ? s_bid_hash_json : s_ask_hash_json, Py_None) < 0)
+        if (!(levels = book_get(book, e->is_bid ? F_BIDS : F_ASKS))) goto book_done;
+        if (book_set(book, e->is_bid ? F_BID_HASH_JSON : F_ASK_HASH_JSON, Py_None) < 0)
             goto book_done;
-        if (PyObject_SetAttr(book, e->is_bid ? s_bid_top_json : s_ask_top_json, Py_None) < 0)
+        if (book_set(book, e->is_bid ? F_BID_TOP_JSON : F_ASK_TOP_JSON, Py_None) < 0)
             goto book_done;
-        int in_place = 0;
-        char head = e->size.p[0];
-        if (head != '0' && head != '.' && PyDict_CheckExact(levels)) {
+        int in_place = 0, zero = is_zero_size(e->size);
+        if (!zero && PyDict_CheckExact(levels)) {
             in_place = PyDict_Contains(levels, price);
             if (in_place < 0) goto book_done;
         }
         if (in_place) {
             if (PyDict_SetItem(levels, price, size) < 0) goto book_done;
-        } else {
+        } else if (!(order = book_get(book, e->is_bid ? F_BID_PX : F_ASK_PX))) {
+            goto book_done;
+        } else if ((in_place = set_level(levels, order, price, size, zero)) < 0) {
+            goto book_done;
+        } else if (!in_place) {
             PyObject *r = PyObject_CallMethodObjArgs(
                 book, s_set_level, e->is_bid ? Py_True : Py_False, price, size, NULL);
             if (!r) goto book_done;
             Py_DECREF(r);
         }
-        if (PyObject_SetAttr(book, s_timestamp, ts) < 0) goto book_done;
+        if (book_set(book, F_TIMESTAMP, ts) < 0) goto book_done;
         applied++;
         if (PySet_Add(dirty, asset) < 0) goto book_done;
         if (e->has_hash) {
             if (!(hash = ascii_str(e->hash))) goto book_done;
-            if (PyObject_SetAttr(book, s_hash, hash) < 0) goto book_done;
+            if (book_set(book, F_HASH, hash) < 0) goto book_done;
             if (record) {
                 if (PyDict_SetItem(claims, asset, price) < 0) goto book_done;
             } else if (entry_mode) {
@@ -517,7 +760,7 @@ static int apply_entries(PyObject *keeper, scan_t *sc) {
                 Py_DECREF(r);
             }
         } else {
-            if (PyObject_SetAttr(book, s_hash, s_empty) < 0) goto book_done;
+            if (book_set(book, F_HASH, s_empty) < 0) goto book_done;
             if (record && PyDict_DelItem(claims, asset) < 0) {
                 if (!PyErr_ExceptionMatches(PyExc_KeyError)) goto book_done;
                 PyErr_Clear();
@@ -531,6 +774,7 @@ static int apply_entries(PyObject *keeper, scan_t *sc) {
         Py_XDECREF(price);
         Py_XDECREF(size);
         Py_XDECREF(levels);
+        Py_XDECREF(order);
         Py_XDECREF(hash);
         if (!ok) goto done;
     }
@@ -558,7 +802,7 @@ static PyObject *feed_price_change(PyObject *self, PyObject *const *args, Py_ssi
         return NULL;
     }
     PyObject *keeper = args[0], *raw = args[1];
-    if (!g_price_values) {
+    if (!g_price_strs) {
         PyErr_SetString(PyExc_RuntimeError, "_fastbook.bind() was not called");
         return NULL;
     }
@@ -600,9 +844,9 @@ static PyObject *feed_price_change(PyObject *self, PyObject *const *args, Py_ssi
 
 /* Pointers to the level dict and sorted price list of one side, checked. */
 static int side_of(PyObject *book, int bid, PyObject **levels, PyObject **order) {
-    *levels = PyObject_GetAttr(book, bid ? s_bids : s_asks);
+    *levels = book_get(book, bid ? F_BIDS : F_ASKS);
     if (!*levels) return -1;
-    *order = PyObject_GetAttr(book, bid ? s_bid_px : s_ask_px);
+    *order = book_get(book, bid ? F_BID_PX : F_ASK_PX);
     if (!*order) {
         Py_CLEAR(*levels);
         return -1;
@@ -653,15 +897,53 @@ static int put_key_str(buf_t *b, const char *key, PyObject *value) {
     return buf_json_str(b, value);
 }
 
-/* str attribute, or None; anything else is an error (the caller falls back). */
-static PyObject *str_attr(PyObject *obj, PyObject *name) {
-    PyObject *v = PyObject_GetAttr(obj, name);
+/* str field, or None; anything else is an error (the caller falls back). */
+static PyObject *str_attr(PyObject *book, int f) {
+    PyObject *v = book_get(book, f);
     if (v && v != Py_None && !PyUnicode_Check(v)) {
         Py_DECREF(v);
-        PyErr_Format(PyExc_TypeError, "_fastbook: %U is not a str", name);
+        PyErr_Format(PyExc_TypeError, "_fastbook: OrderBook.%U is not a str", *g_field_names[f]);
         return NULL;
     }
     return v;
+}
+
+/* A non-negative fixed-point value v / 10^places as bus._fmt writes a Decimal: plain
+ * notation, no trailing zeros after the point, no lone point. */
+static int buf_fixed(buf_t *b, uint64_t v, int places, int negative) {
+    char digits[48];
+    int n = 0;
+    do {
+        digits[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    while (n <= places) digits[n++] = '0'; /* at least one digit before the point */
+    int first = 0;                         /* index of the lowest digit kept */
+    while (first < places && digits[first] == '0') first++;
+    if (buf_reserve(b, n + 4) < 0) return -1;
+    b->p[b->n++] = '"';
+    if (negative) b->p[b->n++] = '-';
+    for (int i = n - 1; i >= places; i--) b->p[b->n++] = digits[i];
+    if (first < places) {
+        b->p[b->n++] = '.';
+        for (int i = places - 1; i >= first; i--) b->p[b->n++] = digits[i];
+    }
+    b->p[b->n++] = '"';
+    return 0;
+}
+
+/* ,"mid":..,"spread":.. for best bid and ask (bus.mid_spread: exact (b + a) / 2 and a - b);
+ * 0 if a price has more than 18 decimals (the caller asks bus.mid_spread instead). */
+static int put_mid_spread(buf_t *b, PyObject *bid, PyObject *ask) {
+    int64_t kb, ka;
+    if (!price_key(bid, &kb) || !price_key(ask, &ka)) return 0;
+    if (BUF_LIT(b, ",\"mid\":") < 0) return -1;
+    /* (kb + ka) / 2 at 1e-18 is (kb + ka) * 5 at 1e-19; <= 1e19 fits in 64 unsigned bits. */
+    if (buf_fixed(b, ((uint64_t)kb + (uint64_t)ka) * 5u, 19, 0) < 0) return -1;
+    if (BUF_LIT(b, ",\"spread\":") < 0) return -1;
+    int64_t d = ka - kb;
+    if (d == 0) return BUF_LIT(b, "\"0\"") < 0 ? -1 : 1;
+    return buf_fixed(b, (uint64_t)(d < 0 ? -d : d), 18, d < 0) < 0 ? -1 : 1;
 }
 
 static PyObject *encode_top(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
@@ -681,12 +963,13 @@ static PyObject *encode_top(PyObject *self, PyObject *const *args, Py_ssize_t na
     PyObject *bids = NULL, *bid_px = NULL, *asks = NULL, *ask_px = NULL, *asset = NULL,
              *market = NULL, *ltp = NULL, *tick = NULL, *ts = NULL, *hash = NULL, *ms = NULL,
              *result = NULL;
-    buf_t b;
+    buf_t b, tail; /* tail: mid and spread, written after best_ask */
     buf_init(&b);
+    buf_init(&tail);
     if (side_of(book, 1, &bids, &bid_px) < 0 || side_of(book, 0, &asks, &ask_px) < 0) goto done;
-    if (!(asset = str_attr(book, s_asset_id)) || !(market = str_attr(book, s_market)) ||
-        !(ltp = str_attr(book, s_last_trade_price)) || !(tick = str_attr(book, s_tick_size)) ||
-        !(ts = str_attr(book, s_timestamp)) || !(hash = str_attr(book, s_hash)))
+    if (!(asset = str_attr(book, F_ASSET_ID)) || !(market = str_attr(book, F_MARKET)) ||
+        !(ltp = str_attr(book, F_LAST_TRADE_PRICE)) || !(tick = str_attr(book, F_TICK_SIZE)) ||
+        !(ts = str_attr(book, F_TIMESTAMP)) || !(hash = str_attr(book, F_HASH)))
         goto done;
     if (ts == Py_None || asset == Py_None || market == Py_None || hash == Py_None) {
         result = Py_None; /* not a shape we encode: the Python encoder decides */
@@ -719,7 +1002,12 @@ static PyObject *encode_top(PyObject *self, PyObject *const *args, Py_ssize_t na
     PyObject *best_bid = nb ? PyList_GET_ITEM(bid_px, nb - 1) : Py_None;
     PyObject *best_ask = na ? PyList_GET_ITEM(ask_px, 0) : Py_None;
     PyObject *mid = Py_None, *spread = Py_None;
+    int mid_done = 0;
     if (nb && na) {
+        mid_done = put_mid_spread(&tail, best_bid, best_ask);
+        if (mid_done < 0) goto done;
+    }
+    if (nb && na && !mid_done) {
         ms = PyObject_CallFunctionObjArgs(mid_spread, best_bid, best_ask, NULL);
         if (!ms) goto done;
         if (!PyTuple_Check(ms) || PyTuple_GET_SIZE(ms) != 2) {
@@ -734,7 +1022,9 @@ static PyObject *encode_top(PyObject *self, PyObject *const *args, Py_ssize_t na
         put_key_str(&b, ",\"market\":", market) < 0 ||
         put_key_str(&b, ",\"best_bid\":", best_bid) < 0 ||
         put_key_str(&b, ",\"best_ask\":", best_ask) < 0 ||
-        put_key_str(&b, ",\"mid\":", mid) < 0 || put_key_str(&b, ",\"spread\":", spread) < 0 ||
+        (mid_done ? buf_put(&b, tail.p, tail.n)
+                  : (put_key_str(&b, ",\"mid\":", mid) < 0 ? -1
+                                                              : put_key_str(&b, ",\"spread\":", spread))) < 0 ||
         put_key_str(&b, ",\"last_trade_price\":", ltp_empty ? Py_None : ltp) < 0 ||
         put_key_str(&b, ",\"last_trade_side\":", lts) < 0 ||
         put_key_str(&b, ",\"tick_size\":", tick) < 0 || BUF_LIT(&b, ",\"timestamp_ms\":") < 0)
@@ -754,6 +1044,7 @@ static PyObject *encode_top(PyObject *self, PyObject *const *args, Py_ssize_t na
     result = PyBytes_FromStringAndSize(b.p, b.n);
 done:
     buf_free(&b);
+    buf_free(&tail);
     Py_XDECREF(bids);
     Py_XDECREF(bid_px);
     Py_XDECREF(asks);
@@ -779,11 +1070,11 @@ static PyObject *hash_text(PyObject *self, PyObject *const *args, Py_ssize_t nar
     buf_t b;
     buf_init(&b);
     if (side_of(book, 1, &bids, &bid_px) < 0 || side_of(book, 0, &asks, &ask_px) < 0) goto done;
-    if (!(asset = PyObject_GetAttr(book, s_asset_id)) ||
-        !(market = PyObject_GetAttr(book, s_market)) ||
-        !(tick = PyObject_GetAttr(book, s_tick_size)) ||
-        !(mos = PyObject_GetAttr(book, s_min_order_size)) ||
-        !(neg = PyObject_GetAttr(book, s_neg_risk)))
+    if (!(asset = book_get(book, F_ASSET_ID)) ||
+        !(market = book_get(book, F_MARKET)) ||
+        !(tick = book_get(book, F_TICK_SIZE)) ||
+        !(mos = book_get(book, F_MIN_ORDER_SIZE)) ||
+        !(neg = book_get(book, F_NEG_RISK)))
         goto done;
     Py_ssize_t nb = PyList_GET_SIZE(bid_px), na = PyList_GET_SIZE(ask_px);
     int neg_true = PyObject_IsTrue(neg);
@@ -817,18 +1108,20 @@ done:
 /* ---------------------------------------------------------------------------------------- */
 
 static PyObject *bind(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "bind(price_values, parse_price, orjson_dumps)");
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "bind(price_strs, parse_price, orjson_dumps, OrderBook)");
         return NULL;
     }
+    if (bind_book_type(args[3]) < 0) return NULL;
     if (!PyDict_CheckExact(args[0])) {
-        PyErr_SetString(PyExc_TypeError, "price_values must be a dict");
+        PyErr_SetString(PyExc_TypeError, "price_strs must be a dict");
         return NULL;
     }
+    table_clear();
     Py_INCREF(args[0]);
     Py_INCREF(args[1]);
     Py_INCREF(args[2]);
-    Py_XSETREF(g_price_values, args[0]);
+    Py_XSETREF(g_price_strs, args[0]);
     Py_XSETREF(g_parse_price, args[1]);
     Py_XSETREF(g_dumps, args[2]);
     Py_RETURN_NONE;
@@ -836,7 +1129,7 @@ static PyObject *bind(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
 
 static PyMethodDef methods[] = {
     {"bind", (PyCFunction)(void (*)(void))bind, METH_FASTCALL,
-     "bind(price_values, parse_price, orjson_dumps): the Python objects the C code shares."},
+     "bind(price_strs, parse_price, orjson_dumps, OrderBook): what the C code shares."},
     {"feed_price_change", (PyCFunction)(void (*)(void))feed_price_change, METH_FASTCALL,
      "feed_price_change(keeper, raw) -> bool: apply a price_change frame, False if the "
      "Python path must handle it (nothing changed then)."},

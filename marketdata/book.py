@@ -35,6 +35,10 @@ TWO: Final = Decimal(2)
 # stays small (10,000 prices at the finest 0.0001 tick, times a few spellings).
 _PRICE_VALUES: dict[str, Decimal] = {}
 _price_value = _PRICE_VALUES.__getitem__
+# The same prices, each mapped to ONE shared str object: snapshot levels (and the compiled
+# path's) key their books with it, so all books share a few thousand hot price strings
+# instead of a copy per level (fewer cache misses; the compiled path compares by identity).
+_PRICE_STRS: dict[str, str] = {}
 
 # `OrderBook._hash_text` compiled (`_fastbook.hash_text`), installed by marketdata.fastbook
 # when the extension is loaded; None means the pure-Python builder.
@@ -64,6 +68,7 @@ def parse_price(text: object) -> Decimal | None:
     if not (0 < value <= ONE):
         return None
     _PRICE_VALUES[text] = value
+    _PRICE_STRS[text] = text
     return value
 
 
@@ -463,6 +468,7 @@ def _snapshot_side(raw: object) -> tuple[dict[str, str], list[str]]:
         if not is_valid_size(size):
             raise ValueError(f"invalid size {size!r} in book")
         assert isinstance(price, str) and isinstance(size, str)
+        price = _PRICE_STRS[price]
         old = seen.get(value)
         if old is not None:
             del levels[old]

@@ -29,7 +29,7 @@ def _load() -> ModuleType | None:
         from marketdata import _fastbook  # type: ignore[attr-defined]
     except ImportError:
         return None
-    _fastbook.bind(book._PRICE_VALUES, book.parse_price, orjson.dumps)
+    _fastbook.bind(book._PRICE_STRS, book.parse_price, orjson.dumps, book.OrderBook)
     book._native_hash_text = _fastbook.hash_text
     return _fastbook
 

@@ -16,6 +16,12 @@ there are more than MARKETDATA_WS_MAX_TOKENS. Per connection:
   REST resnapshot; the token is published stale until it is in sync again;
 * `market_resolved` is applied to the market's lifecycle (once, however many sources).
 
+Publishing is conflated (MARKETDATA_FLUSH_MS, default 20 ms): a frame is published at once
+if the last publish is at least that old, otherwise the latest state of every token touched
+meanwhile goes out when it is; a busy feed publishes each token at most once per interval,
+and no update waits longer than that. Stale marks are published at once. Book hashes are
+checked at most once per token per MARKETDATA_HASH_CHECK_MS (default 250 ms).
+
 Heartbeat: while `run()` is running, the ingester calls `bus.heartbeat(shard)` every
 `heartbeat_seconds` (1 s) from a task on its own event loop, and stops the moment it is
 stopped. The heartbeat means "the feed process for this shard is alive and maintains its
@@ -137,6 +143,11 @@ class IngestConfig:
     resync_min_interval: float = 2.0
     health_seconds: float = 5.0
     heartbeat_seconds: float = 1.0
+    # Conflation: tops are published at most once per flush_ms (the latest state of every
+    # token touched since the last publish); 0 publishes after every frame.
+    flush_ms: int = 20
+    # Book-hash check of a token at most once per hash_check_ms (BookKeeper verify_interval_ms).
+    hash_check_ms: int = 250
 
     @property
     def dead_after(self) -> float:
@@ -180,7 +191,11 @@ class Ingester:
         self.token_source = token_source or (
             lambda: _db_call(wanted_tokens, shard=shard, shards=shards)
         )
-        self.keeper = BookKeeper(stats=stats or FeedStats())
+        self.keeper = BookKeeper(
+            stats=stats or FeedStats(), verify_interval_ms=config.hash_check_ms
+        )
+        self._last_publish = float("-inf")  # monotonic seconds
+        self._flush_timer: asyncio.TimerHandle | None = None
         self.health = ShardHealth()
         self.rng = rng or random.Random()
         self.tokens: dict[str, TokenInfo] = {}
@@ -206,6 +221,9 @@ class Ingester:
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            if self._flush_timer is not None:  # publish what is still held back
+                self._flush_timer.cancel()
+                self._flush_due()
             # A last health record, but shutdown must not hang on a busy database.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(5):
@@ -346,9 +364,24 @@ class Ingester:
                 if event["event_type"] == "market_resolved":
                     await sync_to_async(_apply_resolution, thread_sensitive=False)(dict(event))
         self.keeper.feed(raw)
+        self._publish_conflated()
+
+    def _publish_conflated(self) -> None:
+        """Publish now if the last publish is at least flush_ms old, else once it is: a quiet
+        feed publishes each frame at once, a busy one the latest state of each token every
+        flush_ms (the added latency is at most flush_ms)."""
+        wait = self._last_publish + self.config.flush_ms / 1000 - time.monotonic()
+        if wait <= 0:
+            self._publish()
+        elif self._flush_timer is None:
+            self._flush_timer = asyncio.get_running_loop().call_later(wait, self._flush_due)
+
+    def _flush_due(self) -> None:
+        self._flush_timer = None
         self._publish()
 
     def _publish(self) -> None:
+        self._last_publish = time.monotonic()
         tops = self.keeper.drain_tops_json()
         if tops:
             self.bus.publish_json(tops)
@@ -478,6 +511,8 @@ def config_from_settings() -> IngestConfig:
         ws_url=settings.POLYMARKET_WS_URL,
         ping_seconds=float(getattr(settings, "MARKETDATA_WS_PING_SECONDS", 10)),
         max_tokens_per_connection=int(getattr(settings, "MARKETDATA_WS_MAX_TOKENS", 400)),
+        flush_ms=int(getattr(settings, "MARKETDATA_FLUSH_MS", 20)),
+        hash_check_ms=int(getattr(settings, "MARKETDATA_HASH_CHECK_MS", 250)),
     )
 
 
