@@ -136,7 +136,7 @@ SIZES = ["0", "0.0", ".0", "00", "100", "100.5", "5", "3.", "0.25", "12345678901
 BAD_SIZES = ["-1", "abc", "NaN", "", "1e3", "Infinity", "1,5"]
 TOKENS = [TOKEN_A, TOKEN_B, UNTRACKED, ""]
 
-hashes = st.sampled_from([None, "MISSING", "MISSING"] + ["%040x" % i for i in range(7)])
+hashes = st.sampled_from([None, "MISSING", "MISSING"] + [f"{i:040x}" for i in range(7)])
 
 
 @st.composite
