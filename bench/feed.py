@@ -30,11 +30,17 @@ Measured, rounds interleaved (the median is reported, with the per-round range):
   parse       parse_frame + normalise (validated events), no books;
   apply       BookKeeper.feed: parse + validate + apply into the local books, no hash
               check, no publishing;
-  full/nohash the full path with the hash checks off: feed + every --batch frames
-              drain_tops_json (top --depth levels of every token touched) + one Redis
-              pipeline (MSET + one XADD per shard);
-  full        the same with the BookKeeper's defaults: the hash of every token touched is
-              checked at each flush (the production configuration). Goal rows use this.
+  full/nohash the full path with the hash checks off: feed + a flush (drain_tops_json: top
+              --depth levels of every token touched, then one Redis pipeline: MSET + one
+              XADD per shard) whenever --flush-ms have passed since the last one, the
+              ingester's conflation policy (IngestConfig.flush_ms);
+  full        the same with the ingester's hash checks: each token's book hash checked at
+              a flush at most once per --hash-check-ms (the production configuration).
+The apply/full rows run twice: on the pure-Python path (BookKeeper(native=False)) and on the
+compiled one (marketdata/_fastbook.c, BookKeeper(native=True)); the goal rows use the
+compiled path, which is what production runs once `make install` built it. One more row
+shows the compiled path with the previous policy (a flush every --batch frames, every
+touched token's hash checked at each flush), to separate what conflation buys.
 Memory: --mem-tokens books x --mem-levels levels per side, installed from snapshot messages
 through BookKeeper (hashes verified, top JSON cached as after a publish); tracemalloc's
 count of live Python allocations and the process RSS delta.
@@ -68,9 +74,17 @@ if str(ROOT) not in sys.path:
 import orjson  # noqa: E402
 
 from bench.common import DOCS, code_version, write_docs_section  # noqa: E402
+from marketdata import fastbook  # noqa: E402
 from marketdata.book import OrderBook  # noqa: E402
 from marketdata.bus import RedisBus  # noqa: E402
-from marketdata.messages import BookKeeper, FeedStats, normalise, parse_frame  # noqa: E402
+from marketdata.messages import (  # noqa: E402
+    DEFAULT_FLUSH_MS,
+    DEFAULT_HASH_CHECK_MS,
+    BookKeeper,
+    FeedStats,
+    normalise,
+    parse_frame,
+)
 
 SEQUENCE = (
     ROOT.parent
@@ -251,8 +265,14 @@ def run_parse(w: Workload) -> Run:
     return Run(wall, cpu, w.entries)
 
 
-def fresh_keeper(w: Workload, verify: str) -> BookKeeper:
-    keeper = BookKeeper(verify=verify)  # type: ignore[arg-type]
+def fresh_keeper(
+    w: Workload, verify: str, *, native: bool = False, verify_interval_ms: int = 0
+) -> BookKeeper:
+    keeper = BookKeeper(
+        verify=verify,  # type: ignore[arg-type]
+        native=native,
+        verify_interval_ms=verify_interval_ms,
+    )
     for snap in w.snapshots:
         keeper.track(orjson.loads(snap)["asset_id"])
         keeper.feed(snap)
@@ -261,7 +281,7 @@ def fresh_keeper(w: Workload, verify: str) -> BookKeeper:
 
 
 def run_apply(w: Workload) -> Run:
-    keeper = fresh_keeper(w, "off")
+    keeper = fresh_keeper(w, "off", native=False)
     feed = keeper.feed
 
     def loop() -> None:
@@ -273,29 +293,64 @@ def run_apply(w: Workload) -> Run:
     return Run(wall, cpu, w.entries)
 
 
-def run_full(w: Workload, bus: RedisBus, *, verify: str, batch: int, depth: int) -> Run:
-    keeper = fresh_keeper(w, verify)
+def run_apply_native(w: Workload) -> Run:
+    keeper = fresh_keeper(w, "off", native=True)
+    feed = keeper.feed
+
+    def loop() -> None:
+        for frame in w.frames:
+            feed(frame)
+
+    wall, cpu = _timed(loop)
+    assert keeper.stats.entries_applied == w.entries and not keeper.stats.rejected
+    return Run(wall, cpu, w.entries)
+
+
+def run_full(
+    w: Workload,
+    bus: RedisBus,
+    *,
+    verify: str,
+    depth: int,
+    native: bool,
+    flush_ms: int = 0,
+    batch: int = 0,
+    hash_check_ms: int = 0,
+) -> Run:
+    """Feed every frame; flush every `batch` frames, or (batch=0) whenever `flush_ms` have
+    passed since the last flush ended, as the ingester does under load."""
+    keeper = fresh_keeper(w, verify, native=native, verify_interval_ms=hash_check_ms)
     bus.client.flushdb()
     feed, drain, publish = keeper.feed, keeper.drain_tops_json, bus.publish_json
     clock = time.perf_counter
+    interval = flush_ms / 1000
     published = 0
     drain_s = publish_s = 0.0
 
-    def flush() -> None:
+    def flush() -> float:
         nonlocal published, drain_s, publish_s
         t0 = clock()
         tops = drain(depth)
         t1 = clock()
         publish(tops)
+        t2 = clock()
         drain_s += t1 - t0
-        publish_s += clock() - t1
+        publish_s += t2 - t1
         published += len(tops)
+        return t2
 
     def loop() -> None:
-        for i, frame in enumerate(w.frames, 1):
-            feed(frame)
-            if i % batch == 0:
-                flush()
+        if batch:
+            for i, frame in enumerate(w.frames, 1):
+                feed(frame)
+                if i % batch == 0:
+                    flush()
+        else:
+            due = clock() + interval
+            for frame in w.frames:
+                feed(frame)
+                if clock() >= due:
+                    due = flush() + interval
         flush()
 
     redis_before = _redis_cpu(bus)
@@ -397,14 +452,25 @@ class Report:
 LABELS = {
     "floor": "floor: `orjson.loads` of each frame",
     "parse": "parse + normalise (validated events, no books)",
-    "apply": "parse + validate + apply into books (`BookKeeper.feed`), no hash check, no publish",
-    "full_nohash": "full path, hash checks off",
-    "full": "**full path (defaults: hash checked at each flush)**",
+    "apply": "pure Python: parse + validate + apply into books (`BookKeeper.feed`), no hash "
+    "check, no publish",
+    "full_nohash": "pure Python: full path, hash checks off",
+    "full": "pure Python: full path (production policy)",
+    "apply_c": "compiled: parse + validate + apply into books, no hash check, no publish",
+    "full_nohash_c": "compiled: full path, hash checks off",
+    "full_batch_c": "compiled: full path, previous policy (flush every {batch:,} frames, "
+    "every touched token's hash checked at each flush)",
+    "full_c": "**compiled: full path (production policy)**",
 }
+GOAL_ROW = "full_c"
+
+
+def label(report: Report, name: str) -> str:
+    return LABELS[name].format(batch=report.args.batch)
 
 
 def verdicts(report: Report) -> list[tuple[str, str, bool]]:
-    rate, ratio = report.median_rate("full"), report.median_ratio("full")
+    rate, ratio = report.median_rate(GOAL_ROW), report.median_ratio(GOAL_ROW)
     mem = report.memory
     return [
         (
@@ -414,8 +480,8 @@ def verdicts(report: Report) -> list[tuple[str, str, bool]]:
         ),
         (
             f"full path >= {GOAL_RATIO:.0%} of the floor",
-            f"{ratio:.1%} (rounds {min(report.ratios('full')):.1%}-"
-            f"{max(report.ratios('full')):.1%})",
+            f"{ratio:.1%} (rounds {min(report.ratios(GOAL_ROW)):.1%}-"
+            f"{max(report.ratios(GOAL_ROW)):.1%})",
             ratio >= GOAL_RATIO,
         ),
         (
@@ -435,8 +501,9 @@ def results_table(report: Report) -> str:
         "| drain µs per top | publish µs per top | Redis CPU µs per entry |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, label in LABELS.items():
+    for name in LABELS:
         runs = report.rows[name]
+        text = label(report, name)
         rate = report.median_rate(name)
         ratios = report.ratios(name)
         ratio = (
@@ -447,10 +514,10 @@ def results_table(report: Report) -> str:
         run = runs[len(runs) // 2]
         full = name.startswith("full")
         lines.append(
-            f"| {label} | {rate:,.0f} | {ratio} | {1e6 / rate:.2f} "
+            f"| {text} | {rate:,.0f} | {ratio} | {1e6 / rate:.2f} "
             f"| {sum(r.cpu_seconds for r in runs) / sum(r.seconds for r in runs):.2f} "
             f"| {run.tops / w.entries:.3f} |" if full else
-            f"| {label} | {rate:,.0f} | {ratio} | {1e6 / rate:.2f} "
+            f"| {text} | {rate:,.0f} | {ratio} | {1e6 / rate:.2f} "
             f"| {sum(r.cpu_seconds for r in runs) / sum(r.seconds for r in runs):.2f} | n/a |"
         )  # fmt: skip
         if full:
@@ -573,7 +640,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--markets", type=int, default=2500, help="synthetic markets (2 tokens each)")
     p.add_argument("--frames", type=int, default=200_000, help="price_change frames per round")
     p.add_argument("--zipf", type=float, default=1.0, help="Zipf exponent of market activity")
-    p.add_argument("--batch", type=int, default=1000, help="frames per flush/publish")
+    p.add_argument(
+        "--flush-ms",
+        type=int,
+        default=DEFAULT_FLUSH_MS,
+        help="publish at most once per this many ms (the ingester's MARKETDATA_FLUSH_MS)",
+    )
+    p.add_argument(
+        "--hash-check-ms",
+        type=int,
+        default=DEFAULT_HASH_CHECK_MS,
+        help="check a token's hash at most once per this many ms (MARKETDATA_HASH_CHECK_MS)",
+    )
+    p.add_argument(
+        "--batch", type=int, default=1000, help="frames per flush in the previous-policy row"
+    )
     p.add_argument("--depth", type=int, default=10, help="levels per side in a published top")
     p.add_argument("--shards", type=int, default=4, help="bus shards (streams)")
     p.add_argument("--rounds", type=int, default=3)
@@ -607,14 +688,36 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     report = Report(args, command, info, started, workload)
+    if not fastbook.available():
+        print("marketdata._fastbook is not built (make install): no compiled rows")
+        return 1
+    policy = {"flush_ms": args.flush_ms, "depth": args.depth}
     paths: dict[str, Callable[[], Run]] = {
         "floor": lambda: run_floor(workload),
         "parse": lambda: run_parse(workload),
         "apply": lambda: run_apply(workload),
-        "full_nohash": lambda: run_full(
-            workload, bus, verify="off", batch=args.batch, depth=args.depth
+        "full_nohash": lambda: run_full(workload, bus, verify="off", native=False, **policy),
+        "full": lambda: run_full(
+            workload,
+            bus,
+            verify="flush",
+            native=False,
+            hash_check_ms=args.hash_check_ms,
+            **policy,
         ),
-        "full": lambda: run_full(workload, bus, verify="flush", batch=args.batch, depth=args.depth),
+        "apply_c": lambda: run_apply_native(workload),
+        "full_nohash_c": lambda: run_full(workload, bus, verify="off", native=True, **policy),
+        "full_batch_c": lambda: run_full(
+            workload, bus, verify="flush", native=True, batch=args.batch, depth=args.depth
+        ),
+        "full_c": lambda: run_full(
+            workload,
+            bus,
+            verify="flush",
+            native=True,
+            hash_check_ms=args.hash_check_ms,
+            **policy,
+        ),
     }
     for round_no in range(1, args.rounds + 1):
         order = list(paths)
@@ -624,7 +727,7 @@ def main(argv: list[str] | None = None) -> int:
             run = paths[name]()
             report.rows.setdefault(name, []).append(run)
             print(
-                f"round {round_no} {name:12s} {run.rate:>12,.0f} entries/s "
+                f"round {round_no} {name:13s} {run.rate:>12,.0f} entries/s "
                 f"({run.seconds:.2f}s, cpu {run.cpu_seconds:.2f}s, tops {run.tops:,})",
                 flush=True,
             )

@@ -63,7 +63,13 @@ from django.utils.module_loading import import_string
 from marketdata import resolution, services, watchlist
 from marketdata.bus import PriceBus, get_bus, shard_of
 from marketdata.clients import ClobClient, PolymarketError
-from marketdata.messages import BookKeeper, FeedStats, parse_events
+from marketdata.messages import (
+    DEFAULT_FLUSH_MS,
+    DEFAULT_HASH_CHECK_MS,
+    BookKeeper,
+    FeedStats,
+    parse_events,
+)
 from marketdata.models import Market, Token
 
 logger = logging.getLogger("polysim.feed")
@@ -145,9 +151,9 @@ class IngestConfig:
     heartbeat_seconds: float = 1.0
     # Conflation: tops are published at most once per flush_ms (the latest state of every
     # token touched since the last publish); 0 publishes after every frame.
-    flush_ms: int = 20
+    flush_ms: int = DEFAULT_FLUSH_MS
     # Book-hash check of a token at most once per hash_check_ms (BookKeeper verify_interval_ms).
-    hash_check_ms: int = 250
+    hash_check_ms: int = DEFAULT_HASH_CHECK_MS
 
     @property
     def dead_after(self) -> float:
@@ -511,8 +517,8 @@ def config_from_settings() -> IngestConfig:
         ws_url=settings.POLYMARKET_WS_URL,
         ping_seconds=float(getattr(settings, "MARKETDATA_WS_PING_SECONDS", 10)),
         max_tokens_per_connection=int(getattr(settings, "MARKETDATA_WS_MAX_TOKENS", 400)),
-        flush_ms=int(getattr(settings, "MARKETDATA_FLUSH_MS", 20)),
-        hash_check_ms=int(getattr(settings, "MARKETDATA_HASH_CHECK_MS", 250)),
+        flush_ms=int(getattr(settings, "MARKETDATA_FLUSH_MS", DEFAULT_FLUSH_MS)),
+        hash_check_ms=int(getattr(settings, "MARKETDATA_HASH_CHECK_MS", DEFAULT_HASH_CHECK_MS)),
     )
 
 

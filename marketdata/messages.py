@@ -487,6 +487,11 @@ _HANDLERS: Final[dict[str, Any]] = {
 
 # --- the book keeper --------------------------------------------------------------------------
 
+# The ingester's publishing defaults (IngestConfig; MARKETDATA_FLUSH_MS, MARKETDATA_HASH_CHECK_MS),
+# kept here so that Django-free tools (bench/feed.py) measure the production policy.
+DEFAULT_FLUSH_MS: Final = 20
+DEFAULT_HASH_CHECK_MS: Final = 250
+
 HashCheck = Literal["match", "inferred", "deferred", "mismatch"]
 VerifyMode = Literal["entry", "flush", "off"]
 
