@@ -33,6 +33,11 @@
 #include <stdint.h>
 #include <string.h>
 
+/* Word-at-a-time byte tests: has_zero(x) is non-zero iff some byte of x is zero. */
+#define ONES 0x0101010101010101ULL
+#define HIGHS 0x8080808080808080ULL
+static inline uint64_t has_zero(uint64_t x) { return (x - ONES) & ~x & HIGHS; }
+
 #if PY_VERSION_HEX >= 0x030C0000
 #define STR_READY(o) 1
 #else
@@ -62,6 +67,7 @@ enum {
     F_MIN_ORDER_SIZE, F_NEG_RISK, F_COUNT
 };
 static PyObject *g_book_type = NULL;
+static PyObject *g_native_type = NULL; /* fastbook.NativeOrderBook: inherits these slots */
 static Py_ssize_t g_offsets[F_COUNT];
 static PyObject **g_field_names[F_COUNT] = {
     &s_bids, &s_asks, &s_bid_px, &s_ask_px, &s_bid_hash_json, &s_bid_top_json,
@@ -70,7 +76,8 @@ static PyObject **g_field_names[F_COUNT] = {
 
 /* New reference to book.<field>. */
 static inline PyObject *book_get(PyObject *book, int f) {
-    if ((PyObject *)Py_TYPE(book) == g_book_type && g_offsets[f] >= 0) {
+    PyObject *type = (PyObject *)Py_TYPE(book);
+    if ((type == g_book_type || type == g_native_type) && g_offsets[f] >= 0) {
         PyObject *v = *(PyObject **)((char *)book + g_offsets[f]);
         if (v) {
             Py_INCREF(v);
@@ -81,7 +88,8 @@ static inline PyObject *book_get(PyObject *book, int f) {
 }
 
 static inline int book_set(PyObject *book, int f, PyObject *value) {
-    if ((PyObject *)Py_TYPE(book) == g_book_type && g_offsets[f] >= 0) {
+    PyObject *type = (PyObject *)Py_TYPE(book);
+    if ((type == g_book_type || type == g_native_type) && g_offsets[f] >= 0) {
         PyObject **slot = (PyObject **)((char *)book + g_offsets[f]);
         PyObject *old = *slot;
         if (old == value) return 0;
@@ -167,8 +175,15 @@ static int buf_json_str(buf_t *b, PyObject *s) {
     if (s == Py_None) return BUF_LIT(b, "null");
     if (PyUnicode_CheckExact(s) && STR_READY(s) && PyUnicode_IS_ASCII(s)) {
         const char *p = (const char *)PyUnicode_DATA(s);
-        Py_ssize_t n = PyUnicode_GET_LENGTH(s), i;
-        for (i = 0; i < n; i++) {
+        Py_ssize_t n = PyUnicode_GET_LENGTH(s), i = 0;
+        for (; i + 8 <= n; i += 8) { /* a word without '"', '\\', control bytes or DEL */
+            uint64_t x;
+            memcpy(&x, p + i, 8);
+            if (has_zero(x ^ (ONES * '"')) | has_zero(x ^ (ONES * '\\')) |
+                ((x - ONES * 0x20) & ~x & HIGHS) | has_zero(x ^ (ONES * 0x7f)))
+                break;
+        }
+        for (; i < n; i++) {
             unsigned char c = (unsigned char)p[i];
             if (c < 0x20 || c == '"' || c == '\\' || c == 0x7f) break;
         }
@@ -223,9 +238,6 @@ static inline void skip_ws(scan_t *sc) {
 
 /* A JSON string without escapes, printable ASCII only: its contents in *out. Eight bytes at
  * a time: a word with no '"', no '\\', no control byte and no byte >= 0x80 is skipped whole. */
-#define ONES 0x0101010101010101ULL
-#define HIGHS 0x8080808080808080ULL
-static inline uint64_t has_zero(uint64_t x) { return (x - ONES) & ~x & HIGHS; }
 
 static int scan_str(scan_t *sc, span_t *out) {
     if (sc->s >= sc->end || *sc->s != '"') return 0;
@@ -456,15 +468,17 @@ static inline PyObject *ascii_str(span_t sp) {
 
 /* Interned strs for the byte strings that recur on every frame (token ids, prices): a
  * repeated id costs a hash of its bytes and a compare, not a new str whose hash the dicts
- * must compute again. Open addressing; cleared when half full, so it stays bounded whatever
- * the feed sends. The prices are the canonical objects of book._PRICE_STRS. */
-#define TABLE_SLOTS (1 << 16)
+ * must compute again. Open addressing, doubled when half full (it stays small, so in
+ * cache), and cleared instead past TABLE_MAX slots: bounded whatever the feed sends. The
+ * prices are the canonical objects of book._PRICE_STRS. */
+#define TABLE_MIN (1 << 12)
+#define TABLE_MAX (1 << 18)
 typedef struct {
     uint64_t h;
     PyObject *s;
 } slot_t;
 static slot_t *g_table = NULL;
-static Py_ssize_t g_table_used = 0;
+static Py_ssize_t g_table_used = 0, g_slots = 0;
 
 static inline uint64_t hash_bytes(const char *p, Py_ssize_t n) {
     uint64_t h = 0x9E3779B97F4A7C15ULL ^ (uint64_t)n;
@@ -484,21 +498,43 @@ static inline uint64_t hash_bytes(const char *p, Py_ssize_t n) {
 
 static void table_clear(void) {
     if (!g_table) return;
-    for (Py_ssize_t i = 0; i < TABLE_SLOTS; i++) Py_CLEAR(g_table[i].s);
+    for (Py_ssize_t i = 0; i < g_slots; i++) Py_CLEAR(g_table[i].s);
     g_table_used = 0;
+}
+
+/* Make room for one more entry: double the table, or clear it at its maximum size. */
+static int table_make_room(void) {
+    if (g_table && g_table_used < g_slots / 2) return 0;
+    if (g_table && g_slots >= TABLE_MAX) {
+        table_clear();
+        return 0;
+    }
+    Py_ssize_t slots = g_table ? g_slots * 2 : TABLE_MIN;
+    slot_t *t = PyMem_Calloc((size_t)slots, sizeof(slot_t));
+    if (!t) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t k = 0; g_table && k < g_slots; k++) {
+        if (!g_table[k].s) continue;
+        size_t i = (size_t)g_table[k].h & (size_t)(slots - 1);
+        while (t[i].s) i = (i + 1) & (size_t)(slots - 1);
+        t[i] = g_table[k];
+    }
+    PyMem_Free(g_table);
+    g_table = t;
+    g_slots = slots;
+    return 0;
 }
 
 static inline PyObject *ascii_str(span_t sp);
 
 /* A new reference to the str for `sp`; kind 1 = a price (canonical, registered). */
 static PyObject *interned(span_t sp, int is_price) {
-    if (!g_table) {
-        g_table = PyMem_Calloc(TABLE_SLOTS, sizeof(slot_t));
-        if (!g_table) return PyErr_NoMemory();
-    }
+    if (table_make_room() < 0) return NULL;
     uint64_t h = hash_bytes(sp.p, sp.n) | 1; /* 0 marks an empty slot */
     h = is_price ? h | 2 : h & ~(uint64_t)2;   /* ids and prices never share a slot */
-    size_t i = (size_t)h & (TABLE_SLOTS - 1);
+    size_t mask = (size_t)(g_slots - 1), i = (size_t)h & mask;
     for (;;) {
         slot_t *slot = &g_table[i];
         if (!slot->s) break;
@@ -507,7 +543,7 @@ static PyObject *interned(span_t sp, int is_price) {
             Py_INCREF(slot->s);
             return slot->s;
         }
-        i = (i + 1) & (TABLE_SLOTS - 1);
+        i = (i + 1) & mask;
     }
     PyObject *s = ascii_str(sp);
     if (!s) return NULL;
@@ -534,11 +570,7 @@ static PyObject *interned(span_t sp, int is_price) {
         Py_INCREF(canon);
         Py_SETREF(s, canon);
     }
-    if (g_table_used >= TABLE_SLOTS / 2) {
-        table_clear();
-        i = (size_t)h & (TABLE_SLOTS - 1);
-    }
-    g_table[i].h = h;
+    g_table[i].h = h; /* the slot found free above: room was made before the lookup */
     Py_INCREF(s);
     g_table[i].s = s;
     g_table_used++;
@@ -549,20 +581,42 @@ fail:
 }
 
 /* obj.<name> += delta for an int attribute of the FeedStats dataclass. */
-static int add_attr(PyObject *obj, PyObject *name, Py_ssize_t delta) {
-    if (delta == 0) return 0;
-    PyObject *v = PyObject_GetAttr(obj, name);
-    if (!v) return -1;
-    PyObject *d = PyLong_FromSsize_t(delta);
-    if (!d) {
-        Py_DECREF(v);
-        return -1;
+/* obj.<name>, read from the instance dict `d` when it holds it (cheaper than the attribute
+ * protocol; BookKeeper and FeedStats keep these as plain instance attributes). */
+static PyObject *inst_get(PyObject *obj, PyObject *d, PyObject *name) {
+    if (d) {
+        PyObject *v = PyDict_GetItemWithError(d, name);
+        if (v) {
+            Py_INCREF(v);
+            return v;
+        }
+        if (PyErr_Occurred()) return NULL;
     }
-    PyObject *sum = PyNumber_Add(v, d);
+    return PyObject_GetAttr(obj, name);
+}
+
+/* obj.<name> += delta for an int attribute of the FeedStats dataclass. */
+static int add_attr(PyObject *obj, PyObject *d, PyObject *name, Py_ssize_t delta) {
+    if (delta == 0) return 0;
+    PyObject *v = inst_get(obj, d, name);
+    if (!v) return -1;
+    PyObject *sum;
+    if (PyLong_CheckExact(v)) {
+        Py_ssize_t x = PyLong_AsSsize_t(v);
+        sum = x == -1 && PyErr_Occurred() ? NULL : PyLong_FromSsize_t(x + delta);
+        if (!sum && PyErr_ExceptionMatches(PyExc_OverflowError)) PyErr_Clear();
+    } else {
+        sum = NULL;
+    }
+    if (!sum && !PyErr_Occurred()) {
+        PyObject *dl = PyLong_FromSsize_t(delta);
+        sum = dl ? PyNumber_Add(v, dl) : NULL;
+        Py_XDECREF(dl);
+    }
     Py_DECREF(v);
-    Py_DECREF(d);
     if (!sum) return -1;
-    int r = PyObject_SetAttr(obj, name, sum);
+    int has = d ? PyDict_Contains(d, name) : 0;
+    int r = has < 0 ? -1 : has ? PyDict_SetItem(d, name, sum) : PyObject_SetAttr(obj, name, sum);
     Py_DECREF(sum);
     return r;
 }
@@ -677,18 +731,443 @@ static int set_level(PyObject *levels, PyObject *order, PyObject *price, PyObjec
     return PyDict_SetItem(levels, price, size) < 0 ? -1 : 1;
 }
 
+/* ---------------------------------------------------------------------------------------- */
+/* Levels: one book's levels held in C (fastbook.NativeOrderBook)                             */
+/*
+ * Each side is one array sorted ascending by exact price value (best bid last, best ask
+ * first, as OrderBook's price lists). A level keeps its canonical price str (shared by every
+ * book: hot in cache), the price's value in 1e-18 units for ordering (a longer price is
+ * truncated there and compared exactly on ties) and its size's exact text inline: applying an
+ * entry, encoding a top and building the hash text walk one contiguous array, not a dict,
+ * a list and a str object per level.
+ */
+#define SIZE_INLINE 23
+
+typedef struct {
+    int64_t key;
+    PyObject *price;    /* canonical price str */
+    PyObject *size_obj; /* the size str when longer than SIZE_INLINE, else NULL */
+    uint8_t size_len;
+    char size[SIZE_INLINE];
+} level_t;
+
+typedef struct {
+    level_t *v;
+    Py_ssize_t n, cap;
+} side_t;
+
+typedef struct {
+    PyObject_HEAD side_t side[2]; /* [0] asks, [1] bids */
+} LevelsObject;
+
+static PyTypeObject Levels_Type;
+static Py_ssize_t g_core_offset = -1;  /* its `_core` slot */
+
+/* The value of a validated price in 1e-18 units, extra decimals truncated. */
+static int64_t key_of(const char *p, Py_ssize_t n) {
+    int64_t whole = 0, frac = 0;
+    int places = 0;
+    Py_ssize_t i = 0;
+    for (; i < n && p[i] != '.'; i++) whole = whole * 10 + (p[i] - '0');
+    if (i < n) i++;
+    for (; i < n && places < 18; i++, places++) frac = frac * 10 + (p[i] - '0');
+    for (; places < 18; places++) frac *= 10;
+    return whole * 1000000000000000000LL + frac;
+}
+
+/* Exact order of two plain decimals (ties of key_of: more than 18 decimals, or equal). */
+static int dec_cmp(const char *a, Py_ssize_t na, const char *b, Py_ssize_t nb) {
+    const char *da = memchr(a, '.', (size_t)na), *db = memchr(b, '.', (size_t)nb);
+    Py_ssize_t ia = da ? da - a : na, ib = db ? db - b : nb; /* integer part lengths */
+    Py_ssize_t za = 0, zb = 0;
+    while (za < ia && a[za] == '0') za++;
+    while (zb < ib && b[zb] == '0') zb++;
+    if (ia - za != ib - zb) return ia - za < ib - zb ? -1 : 1;
+    int c = memcmp(a + za, b + zb, (size_t)(ia - za));
+    if (c) return c < 0 ? -1 : 1;
+    const char *fa = da ? da + 1 : a + na, *fb = db ? db + 1 : b + nb;
+    Py_ssize_t la = a + na - fa, lb = b + nb - fb;
+    while (la && fa[la - 1] == '0') la--;
+    while (lb && fb[lb - 1] == '0') lb--;
+    c = memcmp(fa, fb, (size_t)(la < lb ? la : lb));
+    if (c) return c < 0 ? -1 : 1;
+    return la == lb ? 0 : (la < lb ? -1 : 1);
+}
+
+static inline int lvl_cmp(const level_t *l, int64_t key, const char *p, Py_ssize_t n) {
+    if (l->key != key) return l->key < key ? -1 : 1;
+    return dec_cmp((const char *)PyUnicode_DATA(l->price), PyUnicode_GET_LENGTH(l->price), p, n);
+}
+
+static Py_ssize_t side_lower(const side_t *s, int64_t key, const char *p, Py_ssize_t n) {
+    Py_ssize_t lo = 0, hi = s->n;
+    while (lo < hi) {
+        Py_ssize_t mid = (lo + hi) / 2;
+        if (lvl_cmp(&s->v[mid], key, p, n) < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+static void level_release(level_t *l) {
+    Py_CLEAR(l->price);
+    Py_CLEAR(l->size_obj);
+}
+
+static void side_clear(side_t *s) {
+    for (Py_ssize_t i = 0; i < s->n; i++) level_release(&s->v[i]);
+    s->n = 0;
+}
+
+/* The size text: inline when short, else as a str (size_obj given, or made from the text). */
+static int level_set_size(level_t *l, const char *p, Py_ssize_t n, PyObject *size_obj) {
+    if (n <= SIZE_INLINE) {
+        memcpy(l->size, p, (size_t)n);
+        l->size_len = (uint8_t)n;
+        Py_CLEAR(l->size_obj);
+        return 0;
+    }
+    PyObject *s = size_obj;
+    if (s)
+        Py_INCREF(s);
+    else if (!(s = ascii_str((span_t){p, n})))
+        return -1;
+    Py_XSETREF(l->size_obj, s);
+    l->size_len = 0;
+    return 0;
+}
+
+/* A new str with the level's size. */
+static PyObject *level_size_str(const level_t *l) {
+    if (l->size_obj) {
+        Py_INCREF(l->size_obj);
+        return l->size_obj;
+    }
+    return ascii_str((span_t){l->size, l->size_len});
+}
+
+static inline void level_size_text(const level_t *l, const char **p, Py_ssize_t *n) {
+    if (l->size_obj) {
+        *p = (const char *)PyUnicode_DATA(l->size_obj);
+        *n = PyUnicode_GET_LENGTH(l->size_obj);
+    } else {
+        *p = l->size;
+        *n = l->size_len;
+    }
+}
+
+/* OrderBook._set_level on a C side: `price` is the canonical str of a validated price, the
+ * size a validated plain decimal; zero deletes, the same value spelled differently takes the
+ * newest spelling (one level per value). */
+static int side_set(side_t *s, PyObject *price, const char *sp, Py_ssize_t sn, PyObject *size_obj,
+                    int zero) {
+    const char *pp = (const char *)PyUnicode_DATA(price);
+    Py_ssize_t pn = PyUnicode_GET_LENGTH(price);
+    int64_t key = key_of(pp, pn);
+    Py_ssize_t i = side_lower(s, key, pp, pn);
+    int exists = i < s->n && lvl_cmp(&s->v[i], key, pp, pn) == 0;
+    if (zero) {
+        if (exists) {
+            level_release(&s->v[i]);
+            memmove(&s->v[i], &s->v[i + 1], sizeof(level_t) * (size_t)(s->n - i - 1));
+            s->n--;
+        }
+        return 0;
+    }
+    if (exists) {
+        level_t *l = &s->v[i];
+        if (l->price != price) {
+            Py_INCREF(price);
+            Py_SETREF(l->price, price);
+        }
+        return level_set_size(l, sp, sn, size_obj);
+    }
+    if (s->n == s->cap) {
+        Py_ssize_t cap = s->cap ? s->cap * 2 : 8;
+        level_t *v = PyMem_Realloc(s->v, sizeof(level_t) * (size_t)cap);
+        if (!v) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        s->v = v;
+        s->cap = cap;
+    }
+    memmove(&s->v[i + 1], &s->v[i], sizeof(level_t) * (size_t)(s->n - i));
+    level_t *l = &s->v[i];
+    memset(l, 0, sizeof *l);
+    l->key = key;
+    Py_INCREF(price);
+    l->price = price;
+    s->n++;
+    if (level_set_size(l, sp, sn, size_obj) < 0) { /* undo the insert */
+        level_release(l);
+        memmove(&s->v[i], &s->v[i + 1], sizeof(level_t) * (size_t)(s->n - i - 1));
+        s->n--;
+        return -1;
+    }
+    return 0;
+}
+
+/* The canonical str of a validated price str (registered through parse_price if new). */
+static PyObject *canonical_price(PyObject *price) {
+    if (!PyUnicode_CheckExact(price) || !PyUnicode_IS_ASCII(price)) {
+        PyErr_Format(PyExc_ValueError, "invalid price %R", price);
+        return NULL;
+    }
+    span_t sp = {(const char *)PyUnicode_DATA(price), PyUnicode_GET_LENGTH(price)};
+    if (!valid_price(sp)) {
+        PyErr_Format(PyExc_ValueError, "invalid price %R", price);
+        return NULL;
+    }
+    return interned(sp, 1);
+}
+
+static int check_size(PyObject *size) {
+    if (!PyUnicode_CheckExact(size) || !PyUnicode_IS_ASCII(size) ||
+        !plain_decimal((span_t){(const char *)PyUnicode_DATA(size), PyUnicode_GET_LENGTH(size)})) {
+        PyErr_Format(PyExc_ValueError, "invalid size %R", size);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *Levels_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    if (PyTuple_GET_SIZE(args) || (kwds && PyDict_GET_SIZE(kwds))) {
+        PyErr_SetString(PyExc_TypeError, "Levels() takes no arguments");
+        return NULL;
+    }
+    LevelsObject *self = (LevelsObject *)type->tp_alloc(type, 0);
+    return (PyObject *)self;
+}
+
+static void Levels_dealloc(LevelsObject *self) {
+    for (int k = 0; k < 2; k++) {
+        side_clear(&self->side[k]);
+        PyMem_Free(self->side[k].v);
+    }
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int side_arg(PyObject *arg) {
+    int r = PyObject_IsTrue(arg);
+    return r; /* -1 on error */
+}
+
+/* set(is_bid, price, size): OrderBook._set_level (validates its input). */
+static PyObject *Levels_set(LevelsObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "set(is_bid, price, size)");
+        return NULL;
+    }
+    int bid = side_arg(args[0]);
+    if (bid < 0 || check_size(args[2]) < 0) return NULL;
+    PyObject *price = canonical_price(args[1]);
+    if (!price) return NULL;
+    const char *sp = (const char *)PyUnicode_DATA(args[2]);
+    Py_ssize_t sn = PyUnicode_GET_LENGTH(args[2]);
+    int r = side_set(&self->side[bid], price, sp, sn, args[2],
+                     is_zero_size((span_t){sp, sn}));
+    Py_DECREF(price);
+    if (r < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* load(is_bid, levels: dict[price, size], ascending: list[price]): replace a side with a
+ * validated snapshot side (book._snapshot_side's output). */
+static PyObject *Levels_load(LevelsObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3 || !PyDict_Check(args[1]) || !PyList_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "load(is_bid, levels: dict, ascending: list)");
+        return NULL;
+    }
+    int bid = side_arg(args[0]);
+    if (bid < 0) return NULL;
+    side_t fresh = {NULL, 0, 0};
+    Py_ssize_t n = PyList_GET_SIZE(args[2]);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *price = PyList_GET_ITEM(args[2], i);
+        PyObject *size = PyDict_GetItemWithError(args[1], price);
+        if (!size) {
+            if (!PyErr_Occurred()) PyErr_SetObject(PyExc_KeyError, price);
+            goto fail;
+        }
+        if (check_size(size) < 0) goto fail;
+        PyObject *canon = canonical_price(price);
+        if (!canon) goto fail;
+        const char *sp = (const char *)PyUnicode_DATA(size);
+        int r = side_set(&fresh, canon, sp, PyUnicode_GET_LENGTH(size), size, 0);
+        Py_DECREF(canon);
+        if (r < 0) goto fail;
+    }
+    side_clear(&self->side[bid]);
+    PyMem_Free(self->side[bid].v);
+    self->side[bid] = fresh;
+    Py_RETURN_NONE;
+fail:
+    side_clear(&fresh);
+    PyMem_Free(fresh.v);
+    return NULL;
+}
+
+static PyObject *Levels_prices(LevelsObject *self, PyObject *arg) {
+    int bid = side_arg(arg);
+    if (bid < 0) return NULL;
+    side_t *s = &self->side[bid];
+    PyObject *out = PyList_New(s->n);
+    if (!out) return NULL;
+    for (Py_ssize_t i = 0; i < s->n; i++) {
+        Py_INCREF(s->v[i].price);
+        PyList_SET_ITEM(out, i, s->v[i].price);
+    }
+    return out;
+}
+
+static PyObject *Levels_sizes(LevelsObject *self, PyObject *arg) {
+    int bid = side_arg(arg);
+    if (bid < 0) return NULL;
+    side_t *s = &self->side[bid];
+    PyObject *out = PyDict_New();
+    if (!out) return NULL;
+    for (Py_ssize_t i = 0; i < s->n; i++) {
+        PyObject *size = level_size_str(&s->v[i]);
+        if (!size || PyDict_SetItem(out, s->v[i].price, size) < 0) {
+            Py_XDECREF(size);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(size);
+    }
+    return out;
+}
+
+static PyObject *Levels_best(LevelsObject *self, PyObject *arg) {
+    int bid = side_arg(arg);
+    if (bid < 0) return NULL;
+    side_t *s = &self->side[bid];
+    if (!s->n) Py_RETURN_NONE;
+    PyObject *p = s->v[bid ? s->n - 1 : 0].price;
+    Py_INCREF(p);
+    return p;
+}
+
+static PyObject *Levels_count(LevelsObject *self, PyObject *arg) {
+    int bid = side_arg(arg);
+    if (bid < 0) return NULL;
+    return PyLong_FromSsize_t(self->side[bid].n);
+}
+
+/* size(is_bid, price): the size of the level with exactly this spelling, else None. */
+static PyObject *Levels_size(LevelsObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "size(is_bid, price)");
+        return NULL;
+    }
+    int bid = side_arg(args[0]);
+    if (bid < 0) return NULL;
+    PyObject *price = args[1];
+    if (!PyUnicode_CheckExact(price) || !PyUnicode_IS_ASCII(price) ||
+        !valid_price((span_t){(const char *)PyUnicode_DATA(price), PyUnicode_GET_LENGTH(price)}))
+        Py_RETURN_NONE;
+    side_t *s = &self->side[bid];
+    const char *pp = (const char *)PyUnicode_DATA(price);
+    Py_ssize_t pn = PyUnicode_GET_LENGTH(price);
+    int64_t key = key_of(pp, pn);
+    Py_ssize_t i = side_lower(s, key, pp, pn);
+    if (i < s->n && lvl_cmp(&s->v[i], key, pp, pn) == 0) {
+        int same = PyUnicode_Compare(s->v[i].price, price);
+        if (same == -1 && PyErr_Occurred()) return NULL;
+        if (same == 0) return level_size_str(&s->v[i]);
+    }
+    Py_RETURN_NONE;
+}
+
+/* top(is_bid, depth): [[price, size], ...] best-first. */
+static PyObject *Levels_top(LevelsObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "top(is_bid, depth)");
+        return NULL;
+    }
+    int bid = side_arg(args[0]);
+    if (bid < 0) return NULL;
+    Py_ssize_t depth = PyLong_AsSsize_t(args[1]);
+    if (depth == -1 && PyErr_Occurred()) return NULL;
+    side_t *s = &self->side[bid];
+    Py_ssize_t count = depth < 0 ? 0 : (depth < s->n ? depth : s->n);
+    PyObject *out = PyList_New(count);
+    if (!out) return NULL;
+    for (Py_ssize_t k = 0; k < count; k++) {
+        level_t *l = &s->v[bid ? s->n - 1 - k : k];
+        PyObject *size = level_size_str(l);
+        PyObject *pair = size ? PyList_New(2) : NULL;
+        if (!pair) {
+            Py_XDECREF(size);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_INCREF(l->price);
+        PyList_SET_ITEM(pair, 0, l->price);
+        PyList_SET_ITEM(pair, 1, size);
+        PyList_SET_ITEM(out, k, pair);
+    }
+    return out;
+}
+
+static PyObject *Levels_sizeof(LevelsObject *self, PyObject *unused) {
+    size_t n = sizeof(LevelsObject);
+    for (int k = 0; k < 2; k++) n += sizeof(level_t) * (size_t)self->side[k].cap;
+    return PyLong_FromSize_t(n);
+}
+
+static PyMethodDef Levels_methods[] = {
+    {"set", (PyCFunction)(void (*)(void))Levels_set, METH_FASTCALL,
+     "set(is_bid, price, size): OrderBook._set_level."},
+    {"load", (PyCFunction)(void (*)(void))Levels_load, METH_FASTCALL,
+     "load(is_bid, levels, ascending): replace one side."},
+    {"prices", (PyCFunction)Levels_prices, METH_O, "prices(is_bid): ascending price strs."},
+    {"sizes", (PyCFunction)Levels_sizes, METH_O, "sizes(is_bid): {price: size}, ascending."},
+    {"best", (PyCFunction)Levels_best, METH_O, "best(is_bid): the best price str or None."},
+    {"count", (PyCFunction)Levels_count, METH_O, "count(is_bid): number of levels."},
+    {"size", (PyCFunction)(void (*)(void))Levels_size, METH_FASTCALL,
+     "size(is_bid, price): the level's size if this exact price string is a level."},
+    {"top", (PyCFunction)(void (*)(void))Levels_top, METH_FASTCALL,
+     "top(is_bid, depth): [[price, size], ...] best-first."},
+    {"__sizeof__", (PyCFunction)Levels_sizeof, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL}};
+
+static PyTypeObject Levels_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "marketdata._fastbook.Levels",
+    .tp_basicsize = sizeof(LevelsObject),
+    .tp_dealloc = (destructor)Levels_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "One order book's levels, both sides, held in C (see fastbook.NativeOrderBook).",
+    .tp_methods = Levels_methods,
+    .tp_new = Levels_new,
+};
+
+/* The Levels of a NativeOrderBook (borrowed), or NULL if `book` is not one. */
+static inline LevelsObject *core_of(PyObject *book) {
+    if (g_core_offset < 0 || (PyObject *)Py_TYPE(book) != g_native_type) return NULL;
+    PyObject *core = *(PyObject **)((char *)book + g_core_offset);
+    return core && Py_TYPE(core) == &Levels_Type ? (LevelsObject *)core : NULL;
+}
+
 static int apply_entries(PyObject *keeper, scan_t *sc) {
     int rc = -1;
     PyObject *stats = NULL, *live = NULL, *meta = NULL, *claims = NULL, *dirty = NULL,
-             *verify = NULL, *ts = NULL, *events = NULL;
+             *verify = NULL, *ts = NULL, *events = NULL, *kd = NULL, *sd = NULL;
     Py_ssize_t applied = 0, untracked = 0, skipped = 0;
-    if (!(stats = PyObject_GetAttr(keeper, s_stats))) goto done;
-    if (!(live = PyObject_GetAttr(keeper, s_live))) goto done;
-    if (!(meta = PyObject_GetAttr(keeper, s_meta))) goto done;
-    if (!(claims = PyObject_GetAttr(keeper, s_claims))) goto done;
-    if (!(dirty = PyObject_GetAttr(keeper, s_dirty))) goto done;
-    if (!(verify = PyObject_GetAttr(keeper, s_verify))) goto done;
-    if (!(events = PyObject_GetAttr(stats, s_events))) goto done;
+    kd = PyObject_GenericGetDict(keeper, NULL);
+    if (!kd) PyErr_Clear(); /* no instance dict: the attribute protocol below */
+    if (!(stats = inst_get(keeper, kd, s_stats))) goto done;
+    if (!(live = inst_get(keeper, kd, s_live))) goto done;
+    if (!(meta = inst_get(keeper, kd, s_meta))) goto done;
+    if (!(claims = inst_get(keeper, kd, s_claims))) goto done;
+    if (!(dirty = inst_get(keeper, kd, s_dirty))) goto done;
+    if (!(verify = inst_get(keeper, kd, s_verify))) goto done;
+    sd = PyObject_GenericGetDict(stats, NULL);
+    if (!sd) PyErr_Clear();
+    if (!(events = inst_get(stats, sd, s_events))) goto done;
     if (!PyDict_Check(live) || !PyDict_Check(meta) || !PyDict_Check(claims) ||
         !PySet_Check(dirty) || !PyDict_Check(events)) {
         PyErr_SetString(PyExc_TypeError, "_fastbook: unexpected BookKeeper state");
@@ -697,7 +1176,7 @@ static int apply_entries(PyObject *keeper, scan_t *sc) {
     int record = PyUnicode_Check(verify) && PyUnicode_Compare(verify, s_flush) == 0;
     int entry_mode = PyUnicode_Check(verify) && PyUnicode_Compare(verify, s_entry) == 0;
     if (PyErr_Occurred()) goto done;
-    if (add_attr(stats, s_frames, 1) < 0) goto done;
+    if (add_attr(stats, sd, s_frames, 1) < 0) goto done;
     if (dict_incr(events, s_price_change) < 0) goto done;
     if (!(ts = ascii_str(sc->ts))) goto done;
 
@@ -722,6 +1201,13 @@ static int apply_entries(PyObject *keeper, scan_t *sc) {
             goto entry_done;
         }
         Py_INCREF(book);
+        LevelsObject *core = core_of(book);
+        if (core) { /* levels held in C: no size str, no dict, no list */
+            if (side_set(&core->side[e->is_bid], price, e->size.p, e->size.n, NULL,
+                         is_zero_size(e->size)) < 0)
+                goto book_done;
+            goto applied;
+        }
         if (!(size = ascii_str(e->size))) goto book_done;
         if (!(levels = book_get(book, e->is_bid ? F_BIDS : F_ASKS))) goto book_done;
         if (book_set(book, e->is_bid ? F_BID_HASH_JSON : F_ASK_HASH_JSON, Py_None) < 0)
@@ -745,6 +1231,7 @@ static int apply_entries(PyObject *keeper, scan_t *sc) {
             if (!r) goto book_done;
             Py_DECREF(r);
         }
+    applied:
         if (book_set(book, F_TIMESTAMP, ts) < 0) goto book_done;
         applied++;
         if (PySet_Add(dirty, asset) < 0) goto book_done;
@@ -779,9 +1266,9 @@ static int apply_entries(PyObject *keeper, scan_t *sc) {
         if (!ok) goto done;
     }
     /* Like the Python loop: the counts are added once the whole frame went through. */
-    if (add_attr(stats, s_entries_skipped_resync, skipped) < 0 ||
-        add_attr(stats, s_entries_untracked, untracked) < 0 ||
-        add_attr(stats, s_entries_applied, applied) < 0)
+    if (add_attr(stats, sd, s_entries_skipped_resync, skipped) < 0 ||
+        add_attr(stats, sd, s_entries_untracked, untracked) < 0 ||
+        add_attr(stats, sd, s_entries_applied, applied) < 0)
         goto done;
     rc = 0;
 done:
@@ -793,6 +1280,8 @@ done:
     Py_XDECREF(verify);
     Py_XDECREF(events);
     Py_XDECREF(ts);
+    Py_XDECREF(kd);
+    Py_XDECREF(sd);
     return rc;
 }
 
@@ -892,6 +1381,49 @@ static int put_side(buf_t *b, PyObject *levels, PyObject *order, Py_ssize_t star
     return BUF_LIT(b, "]");
 }
 
+/* The same from a C-held side. */
+static int put_core_side(buf_t *b, const side_t *s, Py_ssize_t start, Py_ssize_t count, int step,
+                         int for_hash) {
+    /* Prices and sizes in a Levels are validated plain ASCII decimals: no escaping. */
+    if (BUF_LIT(b, "[") < 0) return -1;
+    for (Py_ssize_t k = 0; k < count; k++) {
+        const level_t *l = &s->v[start + k * step];
+        const char *sp, *pp = (const char *)PyUnicode_DATA(l->price);
+        Py_ssize_t sn, pn = PyUnicode_GET_LENGTH(l->price);
+        level_size_text(l, &sp, &sn);
+        if (buf_reserve(b, pn + sn + 24) < 0) return -1;
+        char *o = b->p + b->n;
+        if (k) *o++ = ',';
+        if (for_hash) {
+            memcpy(o, "{\"price\":\"", 10);
+            o += 10;
+        } else {
+            memcpy(o, "[\"", 2);
+            o += 2;
+        }
+        memcpy(o, pp, (size_t)pn);
+        o += pn;
+        if (for_hash) {
+            memcpy(o, "\",\"size\":\"", 10);
+            o += 10;
+        } else {
+            memcpy(o, "\",\"", 3);
+            o += 3;
+        }
+        memcpy(o, sp, (size_t)sn);
+        o += sn;
+        if (for_hash) {
+            memcpy(o, "\"}", 2);
+            o += 2;
+        } else {
+            memcpy(o, "\"]", 2);
+            o += 2;
+        }
+        b->n = o - b->p;
+    }
+    return BUF_LIT(b, "]");
+}
+
 static int put_key_str(buf_t *b, const char *key, PyObject *value) {
     if (buf_put(b, key, (Py_ssize_t)strlen(key)) < 0) return -1;
     return buf_json_str(b, value);
@@ -966,7 +1498,9 @@ static PyObject *encode_top(PyObject *self, PyObject *const *args, Py_ssize_t na
     buf_t b, tail; /* tail: mid and spread, written after best_ask */
     buf_init(&b);
     buf_init(&tail);
-    if (side_of(book, 1, &bids, &bid_px) < 0 || side_of(book, 0, &asks, &ask_px) < 0) goto done;
+    LevelsObject *core = core_of(book);
+    if (!core && (side_of(book, 1, &bids, &bid_px) < 0 || side_of(book, 0, &asks, &ask_px) < 0))
+        goto done;
     if (!(asset = str_attr(book, F_ASSET_ID)) || !(market = str_attr(book, F_MARKET)) ||
         !(ltp = str_attr(book, F_LAST_TRADE_PRICE)) || !(tick = str_attr(book, F_TICK_SIZE)) ||
         !(ts = str_attr(book, F_TIMESTAMP)) || !(hash = str_attr(book, F_HASH)))
@@ -998,9 +1532,12 @@ static PyObject *encode_top(PyObject *self, PyObject *const *args, Py_ssize_t na
             }
         }
     }
-    Py_ssize_t nb = PyList_GET_SIZE(bid_px), na = PyList_GET_SIZE(ask_px);
-    PyObject *best_bid = nb ? PyList_GET_ITEM(bid_px, nb - 1) : Py_None;
-    PyObject *best_ask = na ? PyList_GET_ITEM(ask_px, 0) : Py_None;
+    Py_ssize_t nb = core ? core->side[1].n : PyList_GET_SIZE(bid_px);
+    Py_ssize_t na = core ? core->side[0].n : PyList_GET_SIZE(ask_px);
+    PyObject *best_bid = !nb ? Py_None
+                         : core ? core->side[1].v[nb - 1].price
+                                : PyList_GET_ITEM(bid_px, nb - 1);
+    PyObject *best_ask = !na ? Py_None : core ? core->side[0].v[0].price : PyList_GET_ITEM(ask_px, 0);
     PyObject *mid = Py_None, *spread = Py_None;
     int mid_done = 0;
     if (nb && na) {
@@ -1035,9 +1572,11 @@ static PyObject *encode_top(PyObject *self, PyObject *const *args, Py_ssize_t na
         0)
         goto done;
     if (BUF_LIT(&b, ",\"bids\":") < 0 ||
-        put_side(&b, bids, bid_px, nb - 1, nb < depth ? nb : depth, -1, 0) < 0 ||
+        (core ? put_core_side(&b, &core->side[1], nb - 1, nb < depth ? nb : depth, -1, 0)
+              : put_side(&b, bids, bid_px, nb - 1, nb < depth ? nb : depth, -1, 0)) < 0 ||
         BUF_LIT(&b, ",\"asks\":") < 0 ||
-        put_side(&b, asks, ask_px, 0, na < depth ? na : depth, 1, 0) < 0 ||
+        (core ? put_core_side(&b, &core->side[0], 0, na < depth ? na : depth, 1, 0)
+              : put_side(&b, asks, ask_px, 0, na < depth ? na : depth, 1, 0)) < 0 ||
         BUF_LIT(&b, ",\"published_at\":") < 0 || buf_int(&b, published_at) < 0 ||
         BUF_LIT(&b, "}") < 0)
         goto done;
@@ -1069,22 +1608,28 @@ static PyObject *hash_text(PyObject *self, PyObject *const *args, Py_ssize_t nar
              *market = NULL, *tick = NULL, *mos = NULL, *neg = NULL, *result = NULL;
     buf_t b;
     buf_init(&b);
-    if (side_of(book, 1, &bids, &bid_px) < 0 || side_of(book, 0, &asks, &ask_px) < 0) goto done;
+    LevelsObject *core = core_of(book);
+    if (!core && (side_of(book, 1, &bids, &bid_px) < 0 || side_of(book, 0, &asks, &ask_px) < 0))
+        goto done;
     if (!(asset = book_get(book, F_ASSET_ID)) ||
         !(market = book_get(book, F_MARKET)) ||
         !(tick = book_get(book, F_TICK_SIZE)) ||
         !(mos = book_get(book, F_MIN_ORDER_SIZE)) ||
         !(neg = book_get(book, F_NEG_RISK)))
         goto done;
-    Py_ssize_t nb = PyList_GET_SIZE(bid_px), na = PyList_GET_SIZE(ask_px);
+    Py_ssize_t nb = core ? core->side[1].n : PyList_GET_SIZE(bid_px);
+    Py_ssize_t na = core ? core->side[0].n : PyList_GET_SIZE(ask_px);
     int neg_true = PyObject_IsTrue(neg);
     if (neg_true < 0) goto done;
     if (put_key_str(&b, "{\"market\":", market) < 0 ||
         put_key_str(&b, ",\"asset_id\":", asset) < 0 ||
         put_key_str(&b, ",\"timestamp\":", ts) < 0 ||
         BUF_LIT(&b, ",\"hash\":\"\",\"bids\":") < 0 ||
-        put_side(&b, bids, bid_px, 0, nb, 1, 1) < 0 || BUF_LIT(&b, ",\"asks\":") < 0 ||
-        put_side(&b, asks, ask_px, na - 1, na, -1, 1) < 0 ||
+        (core ? put_core_side(&b, &core->side[1], 0, nb, 1, 1)
+              : put_side(&b, bids, bid_px, 0, nb, 1, 1)) < 0 ||
+        BUF_LIT(&b, ",\"asks\":") < 0 ||
+        (core ? put_core_side(&b, &core->side[0], na - 1, na, -1, 1)
+              : put_side(&b, asks, ask_px, na - 1, na, -1, 1)) < 0 ||
         put_key_str(&b, ",\"min_order_size\":", mos) < 0 ||
         put_key_str(&b, ",\"tick_size\":", tick) < 0 ||
         (neg_true ? BUF_LIT(&b, ",\"neg_risk\":true") : BUF_LIT(&b, ",\"neg_risk\":false")) < 0 ||
@@ -1127,9 +1672,35 @@ static PyObject *bind(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     Py_RETURN_NONE;
 }
 
+/* bind_native(NativeOrderBook): the class whose `_core` slot holds a Levels. */
+static PyObject *bind_native(PyObject *self, PyObject *cls) {
+    if (!PyType_Check(cls)) {
+        PyErr_SetString(PyExc_TypeError, "bind_native(NativeOrderBook)");
+        return NULL;
+    }
+    PyObject *d = PyObject_GetAttrString(cls, "_core");
+    if (!d) return NULL;
+    Py_ssize_t offset = -1;
+    if (Py_TYPE(d) == &PyMemberDescr_Type) {
+        PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
+        if (m->type == T_OBJECT_EX) offset = m->offset;
+    }
+    Py_DECREF(d);
+    if (offset < 0) {
+        PyErr_SetString(PyExc_TypeError, "NativeOrderBook._core must be a slot");
+        return NULL;
+    }
+    Py_INCREF(cls);
+    Py_XSETREF(g_native_type, cls);
+    g_core_offset = offset;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"bind", (PyCFunction)(void (*)(void))bind, METH_FASTCALL,
      "bind(price_strs, parse_price, orjson_dumps, OrderBook): what the C code shares."},
+    {"bind_native", (PyCFunction)bind_native, METH_O,
+     "bind_native(NativeOrderBook): the book class whose levels live in a Levels."},
     {"feed_price_change", (PyCFunction)(void (*)(void))feed_price_change, METH_FASTCALL,
      "feed_price_change(keeper, raw) -> bool: apply a price_change frame, False if the "
      "Python path must handle it (nothing changed then)."},
@@ -1181,5 +1752,14 @@ PyMODINIT_FUNC PyInit__fastbook(void) {
     INTERN(s_tick_size, "tick_size");
     INTERN(s_min_order_size, "min_order_size");
     INTERN(s_neg_risk, "neg_risk");
-    return PyModule_Create(&moduledef);
+    if (PyType_Ready(&Levels_Type) < 0) return NULL;
+    PyObject *m = PyModule_Create(&moduledef);
+    if (!m) return NULL;
+    Py_INCREF(&Levels_Type);
+    if (PyModule_AddObject(m, "Levels", (PyObject *)&Levels_Type) < 0) {
+        Py_DECREF(&Levels_Type);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

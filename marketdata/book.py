@@ -223,10 +223,7 @@ class OrderBook:
         if neg_risk is not None and type(neg_risk) is not bool:
             raise ValueError("book snapshot field neg_risk is not a bool")
         # Validated: now swap in (cannot fail past this point).
-        self.bids, self._bid_px = bids
-        self.asks, self._ask_px = asks
-        self._bid_hash_json = self._ask_hash_json = None
-        self._bid_top_json = self._ask_top_json = None
+        self._install_levels(bids, asks)
         self.timestamp = meta.get("timestamp", self.timestamp)
         self.hash = meta.get("hash", "")
         self.tick_size = meta.get("tick_size", self.tick_size)
@@ -234,6 +231,15 @@ class OrderBook:
         self.last_trade_price = meta.get("last_trade_price", self.last_trade_price)
         if neg_risk is not None:
             self.neg_risk = neg_risk
+
+    def _install_levels(
+        self, bids: tuple[dict[str, str], list[str]], asks: tuple[dict[str, str], list[str]]
+    ) -> None:
+        """Both sides from validated (levels, ascending prices) pairs (`_snapshot_side`)."""
+        self.bids, self._bid_px = bids
+        self.asks, self._ask_px = asks
+        self._bid_hash_json = self._ask_hash_json = None
+        self._bid_top_json = self._ask_top_json = None
 
     # --- deltas -------------------------------------------------------------------------------
 

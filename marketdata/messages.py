@@ -564,6 +564,12 @@ class BookKeeper:
         if native and fastbook.native is None:
             raise ValueError("the compiled feed path (marketdata._fastbook) is not available")
         self._native = fastbook.native if native is not False else None
+        # The compiled path keeps its books' levels in C as well (fastbook.NativeOrderBook).
+        self._book_cls: type[OrderBook] = (
+            fastbook.NativeOrderBook
+            if self._native is not None and fastbook.NativeOrderBook is not None
+            else OrderBook
+        )
         self.stats = stats if stats is not None else FeedStats()
         self.verify: VerifyMode = verify
         self.verify_interval_s = verify_interval_ms / 1000
@@ -723,18 +729,20 @@ class BookKeeper:
                 else:
                     stats.entries_untracked += 1
                 continue
-            # Inline fast path of OrderBook._set_level: a non-zero size on an existing level.
-            head = size[0]
-            if is_bid:
-                levels = book.bids
-                book._bid_hash_json = book._bid_top_json = None
-            else:
-                levels = book.asks
-                book._ask_hash_json = book._ask_top_json = None
-            if head != "0" and head != "." and price in levels:
-                levels[price] = size
-            else:
+            if type(book) is not OrderBook:  # levels held elsewhere (fastbook.NativeOrderBook)
                 book._set_level(is_bid, price, size)
+            else:  # inline fast path of OrderBook._set_level: non-zero size, existing level
+                head = size[0]
+                if is_bid:
+                    levels = book.bids
+                    book._bid_hash_json = book._bid_top_json = None
+                else:
+                    levels = book.asks
+                    book._ask_hash_json = book._ask_top_json = None
+                if head != "0" and head != "." and price in levels:
+                    levels[price] = size
+                else:
+                    book._set_level(is_bid, price, size)
             book.timestamp = ts
             applied += 1
             dirty.add(asset_id)
@@ -821,7 +829,7 @@ class BookKeeper:
         book = self._books.get(asset_id)
         try:
             if book is None:
-                book = OrderBook.from_snapshot(
+                book = self._book_cls.from_snapshot(
                     msg,
                     min_order_size=meta.min_order_size,
                     neg_risk=meta.neg_risk,
