@@ -80,20 +80,20 @@ class _NativeOrderBook(book.OrderBook):
         self._top_depth = 0
 
     # The storage OrderBook's own methods read, built from the C arrays (read-only copies).
-    @property  # type: ignore[override]
-    def bids(self) -> dict[str, str]:
+    @property
+    def bids(self) -> dict[str, str]:  # type: ignore[override]
         return self._core.sizes(True)  # type: ignore[no-any-return]
 
-    @property  # type: ignore[override]
-    def asks(self) -> dict[str, str]:
+    @property
+    def asks(self) -> dict[str, str]:  # type: ignore[override]
         return self._core.sizes(False)  # type: ignore[no-any-return]
 
-    @property  # type: ignore[override]
-    def _bid_px(self) -> list[str]:
+    @property
+    def _bid_px(self) -> list[str]:  # type: ignore[override]
         return self._core.prices(True)  # type: ignore[no-any-return]
 
-    @property  # type: ignore[override]
-    def _ask_px(self) -> list[str]:
+    @property
+    def _ask_px(self) -> list[str]:  # type: ignore[override]
         return self._core.prices(False)  # type: ignore[no-any-return]
 
     def _install_levels(
