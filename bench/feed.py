@@ -65,7 +65,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -228,41 +227,51 @@ class Run:
     redis_cpu: float = 0.0
     drain_seconds: float = 0.0  # drain_tops_json: hash checks + encoding the tops
     publish_seconds: float = 0.0  # RedisBus.publish_json: the pipeline round trip
+    floor_seconds: float = 0.0  # the floor over the same frames, timed in between (paired)
+    floor_cpu_seconds: float = 0.0
 
     @property
     def rate(self) -> float:
         return self.entries / self.seconds
 
-
-def _timed(fn: Callable[[], Any]) -> tuple[float, float]:
-    gc.collect()
-    cpu, wall = time.process_time(), time.perf_counter()
-    fn()
-    return time.perf_counter() - wall, time.process_time() - cpu
+    @property
+    def floor_ratio(self) -> float:
+        """This path's rate over the floor's, both timed slice by slice in turn."""
+        return self.floor_seconds / self.seconds
 
 
-def run_floor(w: Workload) -> Run:
-    loads = orjson.loads
+class PathRun:
+    """One measured path: set up untimed, then fed the workload slice by slice."""
 
-    def loop() -> None:
-        for frame in w.frames:
+    def slice(self, frames: list[bytes]) -> None:
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        """Timed too (the full path's last flush)."""
+
+    def result(self, run: Run) -> None:
+        """Check the outcome and fill the path's own figures into `run`."""
+
+
+class FloorRun(PathRun):
+    def slice(self, frames: list[bytes]) -> None:
+        loads = orjson.loads
+        for frame in frames:
             loads(frame)
 
-    wall, cpu = _timed(loop)
-    return Run(wall, cpu, w.entries)
 
+class ParseRun(PathRun):
+    def __init__(self) -> None:
+        self.stats = FeedStats()
 
-def run_parse(w: Workload) -> Run:
-    stats = FeedStats()
-
-    def loop() -> None:
-        for frame in w.frames:
+    def slice(self, frames: list[bytes]) -> None:
+        stats = self.stats
+        for frame in frames:
             for obj in parse_frame(frame, stats):
                 normalise(obj, stats)
 
-    wall, cpu = _timed(loop)
-    assert not stats.rejected, stats.rejected
-    return Run(wall, cpu, w.entries)
+    def result(self, run: Run) -> None:
+        assert not self.stats.rejected, self.stats.rejected
 
 
 def fresh_keeper(
@@ -280,86 +289,119 @@ def fresh_keeper(
     return keeper
 
 
-def run_apply(w: Workload) -> Run:
-    keeper = fresh_keeper(w, "off", native=False)
-    feed = keeper.feed
+class ApplyRun(PathRun):
+    def __init__(self, w: Workload, *, native: bool) -> None:
+        self.keeper = fresh_keeper(w, "off", native=native)
+        self.entries = w.entries
 
-    def loop() -> None:
-        for frame in w.frames:
+    def slice(self, frames: list[bytes]) -> None:
+        feed = self.keeper.feed
+        for frame in frames:
             feed(frame)
 
-    wall, cpu = _timed(loop)
-    assert keeper.stats.entries_applied == w.entries and not keeper.stats.rejected
-    return Run(wall, cpu, w.entries)
+    def result(self, run: Run) -> None:
+        stats = self.keeper.stats
+        assert stats.entries_applied == self.entries and not stats.rejected, stats
 
 
-def run_apply_native(w: Workload) -> Run:
-    keeper = fresh_keeper(w, "off", native=True)
-    feed = keeper.feed
+class FullRun(PathRun):
+    """Feed every frame; flush (drain + publish) every `batch` frames, or (batch=0) as the
+    ingester does under load: whenever `flush_ms` have passed since the last flush ended.
+    That clock only runs while this path runs, not while the paired floor does."""
 
-    def loop() -> None:
-        for frame in w.frames:
-            feed(frame)
+    def __init__(
+        self,
+        w: Workload,
+        bus: RedisBus,
+        *,
+        verify: str,
+        depth: int,
+        native: bool,
+        flush_ms: int = 0,
+        batch: int = 0,
+        hash_check_ms: int = 0,
+    ) -> None:
+        self.keeper = fresh_keeper(w, verify, native=native, verify_interval_ms=hash_check_ms)
+        self.bus, self.depth, self.batch = bus, depth, batch
+        self.interval = flush_ms / 1000
+        self.entries = w.entries
+        self.elapsed = 0.0  # seconds spent in this path so far
+        self.due = self.interval
+        self.frames = self.tops = 0
+        self.drain_s = self.publish_s = 0.0
+        bus.client.flushdb()
+        self.redis_before = _redis_cpu(bus)
 
-    wall, cpu = _timed(loop)
-    assert keeper.stats.entries_applied == w.entries and not keeper.stats.rejected
-    return Run(wall, cpu, w.entries)
-
-
-def run_full(
-    w: Workload,
-    bus: RedisBus,
-    *,
-    verify: str,
-    depth: int,
-    native: bool,
-    flush_ms: int = 0,
-    batch: int = 0,
-    hash_check_ms: int = 0,
-) -> Run:
-    """Feed every frame; flush every `batch` frames, or (batch=0) whenever `flush_ms` have
-    passed since the last flush ended, as the ingester does under load."""
-    keeper = fresh_keeper(w, verify, native=native, verify_interval_ms=hash_check_ms)
-    bus.client.flushdb()
-    feed, drain, publish = keeper.feed, keeper.drain_tops_json, bus.publish_json
-    clock = time.perf_counter
-    interval = flush_ms / 1000
-    published = 0
-    drain_s = publish_s = 0.0
-
-    def flush() -> float:
-        nonlocal published, drain_s, publish_s
+    def flush(self) -> float:
+        clock = time.perf_counter
         t0 = clock()
-        tops = drain(depth)
+        tops = self.keeper.drain_tops_json(self.depth)
         t1 = clock()
-        publish(tops)
+        self.bus.publish_json(tops)
         t2 = clock()
-        drain_s += t1 - t0
-        publish_s += t2 - t1
-        published += len(tops)
+        self.drain_s += t1 - t0
+        self.publish_s += t2 - t1
+        self.tops += len(tops)
         return t2
 
-    def loop() -> None:
+    def slice(self, frames: list[bytes]) -> None:
+        feed, clock, batch = self.keeper.feed, time.perf_counter, self.batch
+        start = clock()
+        base = self.elapsed - start  # path time = base + clock()
         if batch:
-            for i, frame in enumerate(w.frames, 1):
+            n = self.frames
+            for frame in frames:
                 feed(frame)
-                if i % batch == 0:
-                    flush()
+                n += 1
+                if n % batch == 0:
+                    self.flush()
+            self.frames = n
         else:
-            due = clock() + interval
-            for frame in w.frames:
+            due, interval = self.due, self.interval
+            for frame in frames:
                 feed(frame)
-                if clock() >= due:
-                    due = flush() + interval
-        flush()
+                if base + clock() >= due:
+                    due = base + self.flush() + interval
+            self.due = due
+        self.elapsed = base + clock()
 
-    redis_before = _redis_cpu(bus)
-    wall, cpu = _timed(loop)
-    redis_cpu = _redis_cpu(bus) - redis_before
-    stats = keeper.stats
-    assert stats.entries_applied == w.entries, stats
-    assert not stats.rejected and not stats.hash_mismatched, stats
-    return Run(wall, cpu, w.entries, published, stats.hash_checked, redis_cpu, drain_s, publish_s)
+    def finish(self) -> None:
+        self.flush()
+
+    def result(self, run: Run) -> None:
+        stats = self.keeper.stats
+        assert stats.entries_applied == self.entries, stats
+        assert not stats.rejected and not stats.hash_mismatched, stats
+        run.tops, run.hash_checks = self.tops, stats.hash_checked
+        run.redis_cpu = _redis_cpu(self.bus) - self.redis_before
+        run.drain_seconds, run.publish_seconds = self.drain_s, self.publish_s
+
+
+def measure(path: PathRun, w: Workload, slices: int) -> Run:
+    """Time `path` over the workload in `slices` slices, each right after the floor over the
+    same slice: on a shared machine both see the same share of the CPU, so their ratio holds
+    even when the absolute rates wander."""
+    clock, cpu_clock = time.perf_counter, time.process_time
+    floor = FloorRun()
+    run = Run(0.0, 0.0, w.entries)
+    size = -(-len(w.frames) // slices)
+    gc.collect()
+    for i in range(0, len(w.frames), size):
+        chunk = w.frames[i : i + size]
+        t, c = clock(), cpu_clock()
+        floor.slice(chunk)
+        run.floor_seconds += clock() - t
+        run.floor_cpu_seconds += cpu_clock() - c
+        t, c = clock(), cpu_clock()
+        path.slice(chunk)
+        run.seconds += clock() - t
+        run.cpu_seconds += cpu_clock() - c
+    t, c = clock(), cpu_clock()
+    path.finish()
+    run.seconds += clock() - t
+    run.cpu_seconds += cpu_clock() - c
+    path.result(run)
+    return run
 
 
 def _redis_cpu(bus: RedisBus) -> float:
@@ -443,7 +485,8 @@ class Report:
         return statistics.median(r.rate for r in self.rows[name])
 
     def ratios(self, name: str) -> list[float]:
-        return [r.rate / f.rate for r, f in zip(self.rows[name], self.rows["floor"], strict=True)]
+        """Per round: the path's rate over the floor's, timed slice by slice alongside it."""
+        return [r.floor_ratio for r in self.rows[name]]
 
     def median_ratio(self, name: str) -> float:
         return statistics.median(self.ratios(name))
@@ -658,6 +701,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--depth", type=int, default=10, help="levels per side in a published top")
     p.add_argument("--shards", type=int, default=4, help="bus shards (streams)")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument(
+        "--slices", type=int, default=40, help="slices per pass, each timed after the floor"
+    )
     p.add_argument("--mem-tokens", type=int, default=5000)
     p.add_argument("--mem-levels", type=int, default=100)
     p.add_argument("--seed", type=int, default=20260929)
@@ -692,12 +738,11 @@ def main(argv: list[str] | None = None) -> int:
         print("marketdata._fastbook is not built (make install): no compiled rows")
         return 1
     policy = {"flush_ms": args.flush_ms, "depth": args.depth}
-    paths: dict[str, Callable[[], Run]] = {
-        "floor": lambda: run_floor(workload),
-        "parse": lambda: run_parse(workload),
-        "apply": lambda: run_apply(workload),
-        "full_nohash": lambda: run_full(workload, bus, verify="off", native=False, **policy),
-        "full": lambda: run_full(
+    paths: dict[str, Callable[[], PathRun]] = {
+        "parse": ParseRun,
+        "apply": lambda: ApplyRun(workload, native=False),
+        "full_nohash": lambda: FullRun(workload, bus, verify="off", native=False, **policy),
+        "full": lambda: FullRun(
             workload,
             bus,
             verify="flush",
@@ -705,12 +750,12 @@ def main(argv: list[str] | None = None) -> int:
             hash_check_ms=args.hash_check_ms,
             **policy,
         ),
-        "apply_c": lambda: run_apply_native(workload),
-        "full_nohash_c": lambda: run_full(workload, bus, verify="off", native=True, **policy),
-        "full_batch_c": lambda: run_full(
+        "apply_c": lambda: ApplyRun(workload, native=True),
+        "full_nohash_c": lambda: FullRun(workload, bus, verify="off", native=True, **policy),
+        "full_batch_c": lambda: FullRun(
             workload, bus, verify="flush", native=True, batch=args.batch, depth=args.depth
         ),
-        "full_c": lambda: run_full(
+        "full_c": lambda: FullRun(
             workload,
             bus,
             verify="flush",
@@ -723,14 +768,23 @@ def main(argv: list[str] | None = None) -> int:
         order = list(paths)
         if round_no % 2 == 0:
             order.reverse()
+        floors, floor_cpus = [], []
         for name in order:
-            run = paths[name]()
+            run = measure(paths[name](), workload, args.slices)
+            floors.append(run.floor_seconds)
+            floor_cpus.append(run.floor_cpu_seconds)
             report.rows.setdefault(name, []).append(run)
             print(
                 f"round {round_no} {name:13s} {run.rate:>12,.0f} entries/s "
-                f"({run.seconds:.2f}s, cpu {run.cpu_seconds:.2f}s, tops {run.tops:,})",
+                f"({run.seconds:.2f}s, cpu {run.cpu_seconds:.2f}s, tops {run.tops:,}), "
+                f"{run.floor_ratio:.1%} of the floor timed alongside",
                 flush=True,
             )
+        # The floor row: the mean of this round's paired floor timings.
+        floor_s = statistics.mean(floors)
+        report.rows.setdefault("floor", []).append(
+            Run(floor_s, statistics.mean(floor_cpus), workload.entries, floor_seconds=floor_s)
+        )
     bus.client.flushdb()
 
     del paths

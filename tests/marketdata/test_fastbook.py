@@ -357,3 +357,75 @@ def test_native_true_requires_the_module(monkeypatch):
     with pytest.raises(ValueError, match="not available"):
         BookKeeper(native=True)
     assert BookKeeper()._native is None
+
+
+# --- the C-held book against OrderBook -----------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    ops=st.lists(
+        st.one_of(
+            st.tuples(
+                st.just("set"),
+                st.sampled_from(["BUY", "SELL"]),
+                st.sampled_from(PRICES),
+                st.sampled_from(SIZES),
+            ),
+            st.tuples(
+                st.just("snapshot"),
+                st.lists(st.tuples(st.sampled_from(PRICES), st.sampled_from(SIZES)), max_size=5),
+                st.lists(st.tuples(st.sampled_from(PRICES), st.sampled_from(SIZES)), max_size=5),
+            ),
+            st.tuples(
+                st.just("bad"),
+                st.sampled_from(["BUY", "SELL", "x"]),
+                st.sampled_from(PRICES + BAD_PRICES),
+                st.sampled_from(SIZES + BAD_SIZES),
+            ),
+        ),
+        max_size=30,
+    )
+)
+def test_native_order_book_behaves_as_order_book(ops):
+    assert fastbook.NativeOrderBook is not None
+    books = [
+        cls.from_snapshot({"market": "0xm", "asset_id": TOKEN_A, "timestamp": "5"})
+        for cls in (fastbook.NativeOrderBook, OrderBook)
+    ]
+    for op in ops:
+        errors = []
+        for book in books:
+            try:
+                if op[0] == "snapshot":
+                    book.replace_from_snapshot(
+                        {
+                            "bids": [{"price": p, "size": s} for p, s in op[1]],
+                            "asks": [{"price": p, "size": s} for p, s in op[2]],
+                        }
+                    )
+                else:
+                    book.apply_change(op[1], op[2], op[3])
+                errors.append(None)
+            except ValueError as exc:
+                errors.append(str(exc))
+        assert errors[0] == errors[1]
+        native_book, pure_book = books
+        assert native_book.to_wire() == pure_book.to_wire()
+        assert native_book.bids == pure_book.bids and native_book.asks == pure_book.asks
+        assert native_book._bid_px == pure_book._bid_px
+        assert native_book._ask_px == pure_book._ask_px
+        assert len(native_book) == len(pure_book)
+        for side in ("BUY", "SELL"):
+            for depth in (None, 0, 1, 3):
+                assert native_book.levels(side, depth) == pure_book.levels(side, depth)
+            assert native_book.top_levels(side, 2) == pure_book.top_levels(side, 2)
+            assert native_book.top_levels_json(side, 2) == pure_book.top_levels_json(side, 2)
+            for price in PRICES + BAD_PRICES:
+                assert native_book.level_size(side, price) == pure_book.level_size(side, price)
+        for method in ("best_bid_str", "best_ask_str", "best_bid", "best_ask", "mid", "spread"):
+            assert getattr(native_book, method)() == getattr(pure_book, method)(), method
+        assert native_book.is_crossed() == pure_book.is_crossed()
+        assert native_book.compute_hash() == pure_book.compute_hash()
+        assert native_book._hash_text("1", "0.5") == pure_book._hash_text("1", "0.5")
+        assert repr(native_book) == repr(pure_book)
