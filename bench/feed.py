@@ -84,6 +84,7 @@ from marketdata.messages import (  # noqa: E402
     normalise,
     parse_frame,
 )
+from marketdata.publisher import PipelinedPublisher  # noqa: E402
 
 SEQUENCE = (
     ROOT.parent
@@ -320,9 +321,14 @@ class FullRun(PathRun):
         flush_ms: int = 0,
         batch: int = 0,
         hash_check_ms: int = 0,
+        pipelined: bool = True,
     ) -> None:
         self.keeper = fresh_keeper(w, verify, native=native, verify_interval_ms=hash_check_ms)
         self.bus, self.depth, self.batch = bus, depth, batch
+        # The ingester's publisher (replies read at the next publish), or the bus's own
+        # publish_json (waits for Redis): the previous policy.
+        self.publisher = PipelinedPublisher(bus) if pipelined else None
+        self.publish = self.publisher.publish_json if self.publisher else bus.publish_json
         self.interval = flush_ms / 1000
         self.entries = w.entries
         self.elapsed = 0.0  # seconds spent in this path so far
@@ -337,7 +343,7 @@ class FullRun(PathRun):
         t0 = clock()
         tops = self.keeper.drain_tops_json(self.depth)
         t1 = clock()
-        self.bus.publish_json(tops)
+        self.publish(tops)
         t2 = clock()
         self.drain_s += t1 - t0
         self.publish_s += t2 - t1
@@ -367,6 +373,10 @@ class FullRun(PathRun):
 
     def finish(self) -> None:
         self.flush()
+        if self.publisher is not None:  # the last replies: everything is stored
+            t = time.perf_counter()
+            self.publisher.flush()
+            self.publish_s += time.perf_counter() - t
 
     def result(self, run: Run) -> None:
         stats = self.keeper.stats
@@ -502,7 +512,7 @@ LABELS = {
     "apply_c": "compiled: parse + validate + apply into books, no hash check, no publish",
     "full_nohash_c": "compiled: full path, hash checks off",
     "full_batch_c": "compiled: full path, previous policy (flush every {batch:,} frames, "
-    "every touched token's hash checked at each flush)",
+    "every touched token's hash checked at each flush, waiting for Redis at each publish)",
     "full_c": "**compiled: full path (production policy)**",
 }
 GOAL_ROW = "full_c"
@@ -574,6 +584,11 @@ def results_table(report: Report) -> str:
     return "\n".join(lines)
 
 
+def _mid(report: Report, name: str) -> Run:
+    runs = report.rows[name]
+    return sorted(runs, key=lambda r: r.floor_ratio)[len(runs) // 2]
+
+
 def render(report: Report) -> str:
     a, w, info, mem = report.args, report.workload, report.info, report.memory
     verdict_rows = "\n".join(
@@ -581,25 +596,32 @@ def render(report: Report) -> str:
         for goal, measured, ok in verdicts(report)
     )
     avg_entries = w.entries / len(w.frames)
-    us = {name: 1e6 / report.median_rate(name) for name in LABELS}
-    apply_cost = us["apply"] - us["parse"]
-    mid_full = report.rows["full"][len(report.rows["full"]) // 2]
-    mid_nohash = report.rows["full_nohash"][len(report.rows["full_nohash"]) // 2]
-    enc_top = mid_nohash.drain_seconds * 1e6 / mid_nohash.tops
-    hash_top = (mid_full.drain_seconds - mid_nohash.drain_seconds) * 1e6 / mid_full.tops
-    pub_top = mid_full.publish_seconds * 1e6 / mid_full.tops
-    tops_pe = mid_full.tops / w.entries
-    top_pe = (mid_full.drain_seconds + mid_full.publish_seconds) * 1e6 / w.entries
-    top_share = top_pe / us["full"]
+    ratio = {name: report.median_ratio(name) for name in LABELS if name != "floor"}
+    floor_us = 1e6 / report.median_rate("floor")
+    # µs per entry of each step, from the paired ratios (robust to the machine's load).
+    step = {name: floor_us / r for name, r in ratio.items()}
+    full_c, nohash_c, batch_c = (
+        _mid(report, "full_c"),
+        _mid(report, "full_nohash_c"),
+        _mid(report, "full_batch_c"),
+    )
+    enc_top = nohash_c.drain_seconds * 1e6 / nohash_c.tops
+    hash_check = (
+        max(full_c.drain_seconds - full_c.tops * enc_top / 1e6, 0)
+        * 1e6
+        / max(full_c.hash_checks, 1)
+    )
+    pub_top = full_c.publish_seconds * 1e6 / full_c.tops
+    pure_pub_top = _mid(report, "full").publish_seconds * 1e6 / _mid(report, "full").tops
     return f"""{SECTION_TITLE}
 
 Measured {report.started:%Y-%m-%d %H:%M} UTC by `{report.command}`, on {info["code"]}.
 
 **Machine:** {info["cpus"]} CPUs ({info["cpu_model"]}), {info["memory"]} RAM, Linux
 {info["kernel"]}; Python {info["python"]}, orjson {info["orjson"]}, redis-py
-{info["redis_py"]}, Redis {info["redis"]} on 127.0.0.1 (DB 10). Load average before the run:
-{info["loadavg"]}. One feed process, single-threaded (CPU/wall ≈ 1 means one core busy);
-Redis runs as its own process and can use the other core.
+{info["redis_py"]}, Redis {info["redis"]} on 127.0.0.1. Load average before the run:
+{info["loadavg"]} (a machine shared with other work: see "paired" below). One feed process,
+single-threaded (CPU/wall ≈ 1 means it had a core to itself); Redis runs as its own process.
 
 **Workload (synthetic, from real data).** Template: the recorded 2026-09 sequence (1 market,
 49 `price_change` messages, mirrored entries for both tokens). {w.markets:,} synthetic
@@ -608,40 +630,55 @@ shifted by a random number of ticks and sizes scaled, token B its mirror, replay
 messages in a loop, shifted and scaled alike. The market of each next frame is drawn from a
 Zipf law, s = {a.zipf}: a few busy markets, a long quiet tail. {len(w.frames):,} frames,
 {w.entries:,} entries ({avg_entries:.2f} per frame), every entry with its correct book hash.
-Full path: `BookKeeper.feed` per frame; every {a.batch:,} frames `drain_tops_json`
-(top {a.depth} levels per side of each token touched since the last flush) and
-`RedisBus.publish_json` (one pipeline: `MSET` of the latest tops + one `XADD` per shard,
-{a.shards} shards). {a.rounds} rounds, all paths interleaved in each round; the medians are
-reported, ratios are taken within a round.
+Full path: `BookKeeper.feed` per frame, and a flush (`drain_tops_json`: the top {a.depth}
+levels per side of each token touched since the last flush, then `RedisBus.publish_json`: one
+pipeline, `MSET` of the latest tops + one `XADD` per shard, {a.shards} shards) whenever
+{a.flush_ms} ms of the path's own time have passed since the last flush ended: the ingester's
+conflation under load (`MARKETDATA_FLUSH_MS`); hash checks at most once per token per
+{a.hash_check_ms} ms (`MARKETDATA_HASH_CHECK_MS`). "Pure Python" rows run
+`BookKeeper(native=False)`, "compiled" rows `BookKeeper(native=True)`
+(`marketdata/_fastbook.c`, what production runs once `make install` built it). **Paired
+timing:** each path runs over the frames in {a.slices} slices, each slice timed right after
+the floor (`orjson.loads`) over the same slice, and its ratio is the sum of the floor's times
+over the sum of its own: on a shared machine single-pass wall-clock rates wander by 2-3x from
+one pass to the next, while two adjacent slices see the same share of the CPU. {a.rounds}
+rounds, paths in alternating order; medians reported, with the range of the rounds' ratios.
 
 {results_table(report)}
 
 **Memory:** {int(mem["tokens"]):,} tokens × {a.mem_levels} bids and {a.mem_levels} asks
-({int(mem["levels"]):,} levels) installed from WS `book` frames through `BookKeeper` (hash
-verified, tops drained, so every cache is filled): {mem["traced_mb"]:.0f} MB of live Python
-allocations (tracemalloc, {mem["bytes_per_level"]:.0f} bytes per level), process RSS
-+{mem["rss_mb"]:.0f} MB.
+({int(mem["levels"]):,} levels) installed from WS `book` frames through `BookKeeper()` (the
+compiled path: levels held in C; hashes verified, tops drained): {mem["traced_mb"]:.0f} MB of
+live allocations (tracemalloc, which sees the C arrays too: {mem["bytes_per_level"]:.0f}
+bytes per level), process RSS +{mem["rss_mb"]:.0f} MB.
 
 | goal | measured | verdict |
 |---|---|---|
 {verdict_rows}
 
-**Why the ratio to the floor is what it is** (this run's figures). The floor is
-`orjson.loads`, compiled Rust: {us["floor"]:.2f} µs per entry. Everything after it is CPython
-bytecode. Validating each entry (price table lookup, plain-decimal size check, building the
-event) adds {us["parse"] - us["floor"]:.2f} µs; applying it to its book (book lookup, level
-dict, sorted price list on inserts and deletes, dirty set) another {apply_cost:.2f} µs, where
-the {2 * w.markets:,} books, their dicts and strings are mostly not in the CPU cache. Then
-each token touched since the last flush costs, once per flush: encoding its top
-({enc_top:.1f} µs), the SHA-1 hash check over its whole book ({hash_top:.1f} µs more) and its
-share of the Redis pipeline ({pub_top:.1f} µs, the wait for Redis included); with this
-workload and a flush every {a.batch:,} frames that is {tops_pe:.2f} tops per entry, i.e.
-{top_pe:.1f} µs per entry, {top_share:.0%} of the full path. Even the apply step alone
-reaches only {report.median_ratio("apply"):.0%} of the floor, so no tuning of the flush
-closes the gap to 40 %: that needs the per-entry path out of the interpreter (a compiled
-book and parser), not a faster Python loop. Fewer tops per entry (a longer flush interval,
-a busier market mix) or `BookKeeper(verify_interval_ms=...)` (hash check at most once per
-interval per token) move the full path towards the `apply` row.
+**Where the time goes** (this run's figures; µs per entry derived from the paired ratios).
+The floor, `orjson.loads` (compiled Rust), takes {floor_us:.2f} µs per entry. On the
+pure-Python path, validating an entry adds {step["parse"] - floor_us:.2f} µs and applying it
+to its book {step["apply"] - step["parse"]:.2f} µs more: interpreter work, so parse + validate
++ apply alone reaches {ratio["apply"]:.0%} of the floor. The compiled path scans the raw
+`price_change` frame itself (a strict scanner for exactly the shape Polymarket sends; any
+other frame, or any entry it would reject, goes whole to the Python path, which counts and
+rejects exactly as before), validates, and applies each entry into books held in C (one sorted
+array per side: the shared price string and the size's exact text inline): {step["apply_c"]:.2f}
+µs per entry, {ratio["apply_c"]:.0%} of the floor. The rest is paid per flush, per token
+touched: encoding its top ({enc_top:.1f} µs, in C), a hash check when one is due
+({hash_check:.1f} µs: the SHA-1 text built in C, OpenSSL's SHA-1, the Python check logic) and
+its share of the Redis pipeline ({pub_top:.1f} µs compiled, {pure_pub_top:.1f} µs pure, the
+wait for Redis included: the largest cost left, outside the feed's code). So the flush policy
+decides the rest: publishing each token's latest state at most once per {a.flush_ms} ms and
+checking its hash at most once per {a.hash_check_ms} ms costs {full_c.tops / w.entries:.3f}
+tops and {full_c.hash_checks / w.entries:.3f} hash checks per entry here, against
+{batch_c.tops / w.entries:.3f} and {batch_c.hash_checks / w.entries:.3f} with the previous
+policy (a flush every {a.batch:,} frames, every touched token checked each time), which
+leaves the same compiled code at {ratio["full_batch_c"]:.0%} of the floor. Conflation also
+means a faster path publishes fewer tops per entry (more entries fall in each interval): the
+compiled and pure rows do not publish the same number of tops. The latency it adds to a book
+update is at most {a.flush_ms} ms (a quiet feed publishes every frame at once).
 """
 
 
@@ -753,7 +790,13 @@ def main(argv: list[str] | None = None) -> int:
         "apply_c": lambda: ApplyRun(workload, native=True),
         "full_nohash_c": lambda: FullRun(workload, bus, verify="off", native=True, **policy),
         "full_batch_c": lambda: FullRun(
-            workload, bus, verify="flush", native=True, batch=args.batch, depth=args.depth
+            workload,
+            bus,
+            verify="flush",
+            native=True,
+            batch=args.batch,
+            depth=args.depth,
+            pipelined=False,
         ),
         "full_c": lambda: FullRun(
             workload,

@@ -20,7 +20,9 @@ Publishing is conflated (MARKETDATA_FLUSH_MS, default 20 ms): a frame is publish
 if the last publish is at least that old, otherwise the latest state of every token touched
 meanwhile goes out when it is; a busy feed publishes each token at most once per interval,
 and no update waits longer than that. Stale marks are published at once. Book hashes are
-checked at most once per token per MARKETDATA_HASH_CHECK_MS (default 250 ms).
+checked at most once per token per MARKETDATA_HASH_CHECK_MS (default 250 ms). On a RedisBus
+the publishes are pipelined (marketdata/publisher.py): written at once, their replies read at
+the next publish, so the feed does not wait for Redis.
 
 Heartbeat: while `run()` is running, the ingester calls `bus.heartbeat(shard)` every
 `heartbeat_seconds` (1 s) from a task on its own event loop, and stops the moment it is
@@ -71,6 +73,7 @@ from marketdata.messages import (
     parse_events,
 )
 from marketdata.models import Market, Token
+from marketdata.publisher import publisher_for
 
 logger = logging.getLogger("polysim.feed")
 
@@ -200,6 +203,7 @@ class Ingester:
         self.keeper = BookKeeper(
             stats=stats or FeedStats(), verify_interval_ms=config.hash_check_ms
         )
+        self._publisher = publisher_for(bus)  # RedisBus: writes without waiting for replies
         self._last_publish = float("-inf")  # monotonic seconds
         self._flush_timer: asyncio.TimerHandle | None = None
         self.health = ShardHealth()
@@ -230,6 +234,10 @@ class Ingester:
             if self._flush_timer is not None:  # publish what is still held back
                 self._flush_timer.cancel()
                 self._flush_due()
+            try:
+                self._publisher.flush()
+            except Exception:
+                logger.exception("feed shard %d: the last publish failed", self.shard)
             # A last health record, but shutdown must not hang on a busy database.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(5):
@@ -388,9 +396,8 @@ class Ingester:
 
     def _publish(self) -> None:
         self._last_publish = time.monotonic()
-        tops = self.keeper.drain_tops_json()
-        if tops:
-            self.bus.publish_json(tops)
+        # Called even with no tops: it also collects the previous publish's replies.
+        self._publisher.publish_json(self.keeper.drain_tops_json())
 
     def _mark_stale(self, tokens: Iterable[str], reason: str) -> None:
         self.keeper.require_resync(tokens, reason)
