@@ -6,10 +6,14 @@
  * path in messages.py / book.py / bus.py does the same work. tests/marketdata/test_fastbook.py
  * replays the same frames through both and requires identical books, hashes, tops and counters.
  *
- * It works on the SAME Python objects as the pure path (BookKeeper's dicts, OrderBook's level
- * dicts and sorted price lists), so everything else in the project reads books exactly as
- * before; only the interpreter overhead of the hot loops is gone.
+ * It works on the BookKeeper's own Python state (its dicts, sets and FeedStats), so the rest
+ * of the keeper (snapshots, hash checks, resyncs) stays in Python unchanged. Books: a
+ * fastbook.NativeOrderBook keeps its levels in a `Levels` (below: one sorted C array per side),
+ * which the feed, the top encoder and the hash text use directly; a plain OrderBook (dicts and
+ * sorted price lists) is handled too, through its slots.
  *
+ * Levels()
+ *     One book's levels held in C, with the OrderBook operations NativeOrderBook needs.
  * feed_price_change(keeper, raw) -> bool
  *     A strict scanner for exactly the `price_change` frame Polymarket sends (reference §2:
  *     {market, price_changes:[{asset_id, price, size, side, hash, best_bid, best_ask}],
@@ -19,8 +23,8 @@
  *     keys, a missing field, a bad side, price or size, malformed JSON) it returns False having
  *     changed nothing, and the caller runs the Python path, which counts and rejects exactly as
  *     it always did. Otherwise it applies every entry with the effects of
- *     BookKeeper._feed_price_change (same counters, same claims, same dirty set; level inserts
- *     and deletes go through OrderBook._set_level) and returns True.
+ *     BookKeeper._feed_price_change (same counters, same claims, same dirty set, the same
+ *     level rules as OrderBook._set_level) and returns True.
  * encode_top(book, fresh, last_trade_side, depth, published_at, mid_spread) -> bytes | None
  *     bus.encode_top byte for byte; None when a field needs the Python encoder (e.g. a
  *     timestamp too long for a 64-bit int), and the caller then uses it.
@@ -1478,20 +1482,9 @@ static int put_mid_spread(buf_t *b, PyObject *bid, PyObject *ask) {
     return buf_fixed(b, (uint64_t)(d < 0 ? -d : d), 18, d < 0) < 0 ? -1 : 1;
 }
 
-static PyObject *encode_top(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 6) {
-        PyErr_SetString(PyExc_TypeError,
-                        "encode_top(book, fresh, last_trade_side, depth, published_at, "
-                        "mid_spread)");
-        return NULL;
-    }
-    PyObject *book = args[0], *fresh = args[1], *lts = args[2], *mid_spread = args[5];
-    Py_ssize_t depth = PyLong_AsSsize_t(args[3]);
-    if (depth == -1 && PyErr_Occurred()) return NULL;
-    long long published_at = PyLong_AsLongLong(args[4]);
-    if (published_at == -1 && PyErr_Occurred()) return NULL;
+static PyObject *encode_top_impl(PyObject *book, PyObject *fresh, PyObject *lts, Py_ssize_t depth,
+                                 long long published_at, PyObject *mid_spread) {
     if (depth < 0) depth = 0;
-
     PyObject *bids = NULL, *bid_px = NULL, *asks = NULL, *ask_px = NULL, *asset = NULL,
              *market = NULL, *ltp = NULL, *tick = NULL, *ts = NULL, *hash = NULL, *ms = NULL,
              *result = NULL;
@@ -1598,6 +1591,20 @@ done:
     return result;
 }
 
+static PyObject *encode_top(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError,
+                        "encode_top(book, fresh, last_trade_side, depth, published_at, "
+                        "mid_spread)");
+        return NULL;
+    }
+    Py_ssize_t depth = PyLong_AsSsize_t(args[3]);
+    if (depth == -1 && PyErr_Occurred()) return NULL;
+    long long published_at = PyLong_AsLongLong(args[4]);
+    if (published_at == -1 && PyErr_Occurred()) return NULL;
+    return encode_top_impl(args[0], args[1], args[2], depth, published_at, args[5]);
+}
+
 static PyObject *hash_text(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 3) {
         PyErr_SetString(PyExc_TypeError, "hash_text(book, timestamp, last_trade_price)");
@@ -1672,6 +1679,223 @@ static PyObject *bind(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     Py_RETURN_NONE;
 }
 
+/* ---------------------------------------------------------------------------------------- */
+/* encode_tops and pack_publish: the flush, per token touched                                 */
+
+static PyObject *s_last_trade, *s_side;
+
+/* encode_tops(tokens, books, live, meta, depth, published_at, mid_spread, fallback)
+ * -> [(token_id, top JSON), ...]: BookKeeper.drain_tops_json's loop. `fallback(book, fresh,
+ * last_trade_side, depth, published_at)` encodes what encode_top leaves to Python. */
+static PyObject *encode_tops(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 8) {
+        PyErr_SetString(PyExc_TypeError, "encode_tops(tokens, books, live, meta, depth, "
+                                         "published_at, mid_spread, fallback)");
+        return NULL;
+    }
+    PyObject *tokens = args[0], *books = args[1], *live = args[2], *meta = args[3];
+    PyObject *mid_spread = args[6], *fallback = args[7];
+    if (!PyDict_Check(books) || !PyDict_Check(meta)) {
+        PyErr_SetString(PyExc_TypeError, "books and meta must be dicts");
+        return NULL;
+    }
+    Py_ssize_t depth = PyLong_AsSsize_t(args[4]);
+    if (depth == -1 && PyErr_Occurred()) return NULL;
+    long long published_at = PyLong_AsLongLong(args[5]);
+    if (published_at == -1 && PyErr_Occurred()) return NULL;
+    PyObject *out = PyList_New(0), *it = PyObject_GetIter(tokens), *token;
+    if (!out || !it) goto fail;
+    while ((token = PyIter_Next(it))) {
+        PyObject *book = PyDict_GetItemWithError(books, token), *blob = NULL, *side = NULL;
+        int ok = 0;
+        if (!book) {
+            Py_DECREF(token);
+            if (PyErr_Occurred()) goto fail;
+            continue;
+        }
+        Py_INCREF(book);
+        PyObject *m = PyDict_GetItemWithError(meta, token); /* borrowed */
+        if (!m) {
+            if (!PyErr_Occurred()) PyErr_SetObject(PyExc_KeyError, token);
+            goto next;
+        }
+        PyObject *last = PyObject_GetAttr(m, s_last_trade);
+        if (!last) goto next;
+        if (last == Py_None) {
+            side = last;
+        } else {
+            side = PyObject_GetAttr(last, s_side);
+            Py_DECREF(last);
+            if (!side) goto next;
+        }
+        int fresh = PySequence_Contains(live, token);
+        if (fresh < 0) goto next;
+        PyObject *f = fresh ? Py_True : Py_False;
+        blob = encode_top_impl(book, f, side, depth, published_at, mid_spread);
+        if (blob == Py_None) {
+            Py_DECREF(blob);
+            blob = PyObject_CallFunction(fallback, "OOOnL", book, f, side, depth, published_at);
+        }
+        if (!blob) goto next;
+        PyObject *pair = PyTuple_Pack(2, token, blob);
+        ok = pair && PyList_Append(out, pair) == 0;
+        Py_XDECREF(pair);
+    next:
+        Py_DECREF(book);
+        Py_XDECREF(side);
+        Py_XDECREF(blob);
+        Py_DECREF(token);
+        if (!ok) goto fail;
+    }
+    if (PyErr_Occurred()) goto fail;
+    Py_DECREF(it);
+    return out;
+fail:
+    Py_XDECREF(it);
+    Py_XDECREF(out);
+    return NULL;
+}
+
+/* zlib's CRC-32 (bus.shard_of: crc32(token_id) mod n). */
+static uint32_t g_crc_table[256];
+
+static void crc_init(void) {
+    for (uint32_t n = 0; n < 256; n++) {
+        uint32_t c = n;
+        for (int k = 0; k < 8; k++) c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+        g_crc_table[n] = c;
+    }
+}
+
+static uint32_t crc32_bytes(const char *p, Py_ssize_t n) {
+    uint32_t c = 0xFFFFFFFFu;
+    for (Py_ssize_t i = 0; i < n; i++) c = g_crc_table[(c ^ (uint8_t)p[i]) & 0xFF] ^ (c >> 8);
+    return c ^ 0xFFFFFFFFu;
+}
+
+static int put_bulk(buf_t *b, const char *p, Py_ssize_t n) {
+    char head[32];
+    int h = snprintf(head, sizeof head, "$%zd\r\n", n);
+    if (buf_reserve(b, h + n + 2) < 0) return -1;
+    memcpy(b->p + b->n, head, (size_t)h);
+    memcpy(b->p + b->n + h, p, (size_t)n);
+    memcpy(b->p + b->n + h + n, "\r\n", 2);
+    b->n += h + n + 2;
+    return 0;
+}
+
+/* pack_publish(items, n_shards, maxlen, book_prefix, stream_prefix) -> (bytes, replies):
+ * publisher.pack_publish byte for byte (MSET of each token's latest top, then one XADD per
+ * shard in order of first appearance, its tops joined by newlines). */
+static PyObject *pack_publish(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5 || !PyBytes_Check(args[3]) || !PyBytes_Check(args[4])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "pack_publish(items, n_shards, maxlen, book_prefix: bytes, "
+                        "stream_prefix: bytes)");
+        return NULL;
+    }
+    Py_ssize_t n_shards = PyLong_AsSsize_t(args[1]);
+    if (n_shards == -1 && PyErr_Occurred()) return NULL;
+    long long maxlen = PyLong_AsLongLong(args[2]);
+    if (maxlen == -1 && PyErr_Occurred()) return NULL;
+    if (n_shards < 1) n_shards = 1;
+    PyObject *seq = PySequence_Fast(args[0], "items must be a sequence");
+    if (!seq) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject *latest = PyDict_New(), *result = NULL;
+    Py_ssize_t *shard_of_item = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)(n ? n : 1));
+    Py_ssize_t *order = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)n_shards);
+    Py_ssize_t *count = PyMem_Calloc((size_t)n_shards, sizeof(Py_ssize_t));
+    Py_ssize_t *bytes = PyMem_Calloc((size_t)n_shards, sizeof(Py_ssize_t));
+    Py_ssize_t shards_seen = 0;
+    buf_t b;
+    buf_init(&b);
+    if (!latest || !shard_of_item || !order || !count || !bytes) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    PyObject *const *items = PySequence_Fast_ITEMS(seq);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = items[i];
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2 ||
+            !PyUnicode_Check(PyTuple_GET_ITEM(item, 0)) ||
+            !PyBytes_Check(PyTuple_GET_ITEM(item, 1))) {
+            PyErr_SetString(PyExc_TypeError, "items must be (token_id: str, blob: bytes)");
+            goto done;
+        }
+        PyObject *token = PyTuple_GET_ITEM(item, 0), *blob = PyTuple_GET_ITEM(item, 1);
+        if (PyDict_SetItem(latest, token, blob) < 0) goto done;
+        Py_ssize_t tn;
+        const char *tp = PyUnicode_AsUTF8AndSize(token, &tn);
+        if (!tp) goto done;
+        Py_ssize_t shard = n_shards <= 1 ? 0 : (Py_ssize_t)(crc32_bytes(tp, tn) % (uint32_t)n_shards);
+        shard_of_item[i] = shard;
+        if (!count[shard]) order[shards_seen++] = shard;
+        count[shard]++;
+        bytes[shard] += PyBytes_GET_SIZE(blob) + 1;
+    }
+    char head[64];
+    int h = snprintf(head, sizeof head, "*%zd\r\n$4\r\nMSET\r\n", 1 + 2 * PyDict_GET_SIZE(latest));
+    if (buf_put(&b, head, h) < 0) goto done;
+    const char *bp = PyBytes_AS_STRING(args[3]);
+    Py_ssize_t bn = PyBytes_GET_SIZE(args[3]);
+    Py_ssize_t pos = 0;
+    PyObject *token, *blob;
+    while (PyDict_Next(latest, &pos, &token, &blob)) {
+        Py_ssize_t tn;
+        const char *tp = PyUnicode_AsUTF8AndSize(token, &tn);
+        if (!tp) goto done;
+        h = snprintf(head, sizeof head, "$%zd\r\n", bn + tn);
+        if (buf_put(&b, head, h) < 0 || buf_put(&b, bp, bn) < 0 || buf_put(&b, tp, tn) < 0 ||
+            BUF_LIT(&b, "\r\n") < 0 ||
+            put_bulk(&b, PyBytes_AS_STRING(blob), PyBytes_GET_SIZE(blob)) < 0)
+            goto done;
+    }
+    char cap[32];
+    int capn = snprintf(cap, sizeof cap, "%lld", maxlen);
+    for (Py_ssize_t k = 0; k < shards_seen; k++) {
+        Py_ssize_t shard = order[k];
+        char stream[160];
+        int sn = snprintf(stream, sizeof stream, "%.*s%zd", (int)PyBytes_GET_SIZE(args[4]),
+                          PyBytes_AS_STRING(args[4]), shard);
+        if (sn < 0 || sn >= (int)sizeof stream) {
+            PyErr_SetString(PyExc_ValueError, "stream prefix too long");
+            goto done;
+        }
+        if (BUF_LIT(&b, "*8\r\n$4\r\nXADD\r\n") < 0 || put_bulk(&b, stream, sn) < 0 ||
+            BUF_LIT(&b, "$6\r\nMAXLEN\r\n$1\r\n~\r\n") < 0 || put_bulk(&b, cap, capn) < 0 ||
+            BUF_LIT(&b, "$1\r\n*\r\n$4\r\ntops\r\n") < 0)
+            goto done;
+        Py_ssize_t len = bytes[shard] - 1; /* newline-joined */
+        h = snprintf(head, sizeof head, "$%zd\r\n", len);
+        if (buf_put(&b, head, h) < 0 || buf_reserve(&b, len + 2) < 0) goto done;
+        int first = 1;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            if (shard_of_item[i] != shard) continue;
+            PyObject *v = PyTuple_GET_ITEM(items[i], 1);
+            if (!first) b.p[b.n++] = '\n';
+            first = 0;
+            memcpy(b.p + b.n, PyBytes_AS_STRING(v), (size_t)PyBytes_GET_SIZE(v));
+            b.n += PyBytes_GET_SIZE(v);
+        }
+        memcpy(b.p + b.n, "\r\n", 2);
+        b.n += 2;
+    }
+    PyObject *payload = PyBytes_FromStringAndSize(b.p, b.n);
+    if (payload) {
+        result = Py_BuildValue("(Nn)", payload, 1 + shards_seen);
+    }
+done:
+    buf_free(&b);
+    PyMem_Free(shard_of_item);
+    PyMem_Free(order);
+    PyMem_Free(count);
+    PyMem_Free(bytes);
+    Py_XDECREF(latest);
+    Py_DECREF(seq);
+    return result;
+}
+
 /* bind_native(NativeOrderBook): the class whose `_core` slot holds a Levels. */
 static PyObject *bind_native(PyObject *self, PyObject *cls) {
     if (!PyType_Check(cls)) {
@@ -1706,6 +1930,10 @@ static PyMethodDef methods[] = {
      "Python path must handle it (nothing changed then)."},
     {"encode_top", (PyCFunction)(void (*)(void))encode_top, METH_FASTCALL,
      "encode_top(book, fresh, last_trade_side, depth, published_at, mid_spread) -> bytes|None"},
+    {"encode_tops", (PyCFunction)(void (*)(void))encode_tops, METH_FASTCALL,
+     "encode_tops(tokens, books, live, meta, depth, published_at, mid_spread, fallback)"},
+    {"pack_publish", (PyCFunction)(void (*)(void))pack_publish, METH_FASTCALL,
+     "pack_publish(items, n_shards, maxlen, book_prefix, stream_prefix) -> (bytes, replies)"},
     {"hash_text", (PyCFunction)(void (*)(void))hash_text, METH_FASTCALL,
      "hash_text(book, timestamp, last_trade_price) -> bytes: the book hash's SHA-1 input."},
     {NULL, NULL, 0, NULL}};
@@ -1752,6 +1980,9 @@ PyMODINIT_FUNC PyInit__fastbook(void) {
     INTERN(s_tick_size, "tick_size");
     INTERN(s_min_order_size, "min_order_size");
     INTERN(s_neg_risk, "neg_risk");
+    INTERN(s_last_trade, "last_trade");
+    INTERN(s_side, "side");
+    crc_init();
     if (PyType_Ready(&Levels_Type) < 0) return NULL;
     PyObject *m = PyModule_Create(&moduledef);
     if (!m) return NULL;

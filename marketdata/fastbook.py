@@ -9,6 +9,10 @@ and counters (tests/marketdata/test_fastbook.py replays the same frames through 
 variable POLYSIM_FEED_PURE is set to a non-empty value other than "0" (to run the test suite
 on the pure path, or to rule the extension out while debugging). A BookKeeper can also be
 forced either way with `BookKeeper(native=False)`.
+
+`NativeOrderBook` (None without the module) is the OrderBook the compiled path keeps: the
+same API, its levels held in C (`_fastbook.Levels`: one sorted array per side), so that
+applying an entry, encoding a top and building the hash text walk one contiguous array.
 """
 
 from __future__ import annotations

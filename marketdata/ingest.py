@@ -20,7 +20,7 @@ Publishing is conflated (MARKETDATA_FLUSH_MS, default 20 ms): a frame is publish
 if the last publish is at least that old, otherwise the latest state of every token touched
 meanwhile goes out when it is; a busy feed publishes each token at most once per interval,
 and no update waits longer than that. Stale marks are published at once. Book hashes are
-checked at most once per token per MARKETDATA_HASH_CHECK_MS (default 250 ms). On a RedisBus
+checked at most once per token per MARKETDATA_HASH_CHECK_MS (default 1 s). On a RedisBus
 the publishes are pipelined (marketdata/publisher.py): written at once, their replies read at
 the next publish, so the feed does not wait for Redis.
 

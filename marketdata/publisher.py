@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 import redis
 
+from marketdata import fastbook
 from marketdata.bus import BOOK_KEY, STREAM_KEY, EncodedTop, PriceBus, RedisBus, _by_shard
 
 
@@ -59,6 +60,19 @@ def pack_publish(items: Sequence[EncodedTop], n_shards: int, maxlen: int) -> tup
     return b"".join(parts), 1 + len(by_shard)
 
 
+_BOOK_PREFIX, _STREAM_PREFIX = BOOK_KEY.encode(), STREAM_KEY.encode()
+
+
+def _pack(items: Sequence[EncodedTop], n_shards: int, maxlen: int) -> tuple[bytes, int]:
+    """`pack_publish`, compiled when marketdata._fastbook is loaded (same bytes: tested)."""
+    native = fastbook.native
+    if native is None:
+        return pack_publish(items, n_shards, maxlen)
+    return native.pack_publish(  # type: ignore[no-any-return]
+        items, n_shards, maxlen, _BOOK_PREFIX, _STREAM_PREFIX
+    )
+
+
 class PipelinedPublisher:
     """See the module docstring. Thread-safe (one lock around its connection)."""
 
@@ -73,7 +87,7 @@ class PipelinedPublisher:
             self._read_pending()
             if not items:
                 return
-            payload, replies = pack_publish(items, self.bus.n_shards, self.bus.maxlen)
+            payload, replies = _pack(items, self.bus.n_shards, self.bus.maxlen)
             conn = self._connection()
             try:
                 conn.send_packed_command([payload], check_health=False)

@@ -429,3 +429,20 @@ def test_native_order_book_behaves_as_order_book(ops):
         assert native_book.compute_hash() == pure_book.compute_hash()
         assert native_book._hash_text("1", "0.5") == pure_book._hash_text("1", "0.5")
         assert repr(native_book) == repr(pure_book)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    items=st.lists(
+        st.tuples(st.sampled_from(["a", "b", "tok", "é", TOKEN_A]), st.binary(max_size=20)),
+        max_size=12,
+    ),
+    n_shards=st.integers(1, 5),
+    maxlen=st.integers(1, 10**6),
+)
+def test_compiled_pack_publish_is_byte_for_byte_the_python_one(items, n_shards, maxlen):
+    from marketdata.publisher import pack_publish
+
+    assert native.pack_publish(items, n_shards, maxlen, b"md:book:", b"md:updates:") == (
+        pack_publish(items, n_shards, maxlen)
+    )
