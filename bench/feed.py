@@ -227,7 +227,8 @@ class Run:
     hash_checks: int = 0
     redis_cpu: float = 0.0
     drain_seconds: float = 0.0  # drain_tops_json: hash checks + encoding the tops
-    publish_seconds: float = 0.0  # RedisBus.publish_json: the pipeline round trip
+    publish_seconds: float = 0.0  # writing the pipeline (and reading the previous replies)
+    verify_seconds: float = 0.0  # the hash checks due at the flushes (part of drain_seconds)
     floor_seconds: float = 0.0  # the floor over the same frames, timed in between (paired)
     floor_cpu_seconds: float = 0.0
 
@@ -350,15 +351,18 @@ class FullRun(PathRun):
         self.entries = w.entries
         self.due = self.interval
         self.frames = self.tops = 0
-        self.drain_s = self.publish_s = 0.0
+        self.drain_s = self.publish_s = self.verify_s = 0.0
         bus.client.flushdb()
         self.redis_before = _redis_cpu(bus)
 
     def flush(self) -> float:
         clock = time.perf_counter
         t0 = clock()
+        self.keeper.verify_pending()  # what drain_tops_json does first, timed on its own
+        tv = clock()
         tops = self.keeper.drain_tops_json(self.depth)
         t1 = clock()
+        self.verify_s += tv - t0
         self.publish(tops)
         t2 = clock()
         self.drain_s += t1 - t0
@@ -402,6 +406,7 @@ class FullRun(PathRun):
         run.tops, run.hash_checks = self.tops, stats.hash_checked - self.checks_before
         run.redis_cpu = _redis_cpu(self.bus) - self.redis_before
         run.drain_seconds, run.publish_seconds = self.drain_s, self.publish_s
+        run.verify_seconds = self.verify_s
 
 
 def measure(path: PathRun, w: Workload, slices: int) -> Run:
@@ -564,6 +569,12 @@ def verdicts(report: Report) -> list[tuple[str, str, bool]]:
     ]
 
 
+def _mid(report: Report, name: str) -> Run:
+    """The round with the median ratio (its per-run figures go in the table and the text)."""
+    runs = report.rows[name]
+    return sorted(runs, key=lambda r: r.floor_ratio)[len(runs) // 2]
+
+
 def results_table(report: Report) -> str:
     w = report.workload
     lines = [
@@ -582,7 +593,7 @@ def results_table(report: Report) -> str:
             if name == "floor"
             else f"{statistics.median(ratios):.1%} ({min(ratios):.1%}-{max(ratios):.1%})"
         )
-        run = runs[len(runs) // 2]
+        run = _mid(report, name)
         full = name.startswith("full")
         lines.append(
             f"| {text} | {rate:,.0f} | {ratio} | {1e6 / rate:.2f} "
@@ -602,11 +613,6 @@ def results_table(report: Report) -> str:
     return "\n".join(lines)
 
 
-def _mid(report: Report, name: str) -> Run:
-    runs = report.rows[name]
-    return sorted(runs, key=lambda r: r.floor_ratio)[len(runs) // 2]
-
-
 def render(report: Report) -> str:
     a, w, info, mem = report.args, report.workload, report.info, report.memory
     verdict_rows = "\n".join(
@@ -618,19 +624,12 @@ def render(report: Report) -> str:
     floor_us = 1e6 / report.median_rate("floor")
     # µs per entry of each step, from the paired ratios (robust to the machine's load).
     step = {name: floor_us / r for name, r in ratio.items()}
-    full_c, nohash_c, batch_c = (
-        _mid(report, "full_c"),
-        _mid(report, "full_nohash_c"),
-        _mid(report, "full_batch_c"),
-    )
-    enc_top = nohash_c.drain_seconds * 1e6 / nohash_c.tops
-    hash_check = (
-        max(full_c.drain_seconds - full_c.tops * enc_top / 1e6, 0)
-        * 1e6
-        / max(full_c.hash_checks, 1)
-    )
+    full_c, batch_c = _mid(report, "full_c"), _mid(report, "full_batch_c")
+    enc_top = (full_c.drain_seconds - full_c.verify_seconds) * 1e6 / full_c.tops
+    hash_check = full_c.verify_seconds * 1e6 / max(full_c.hash_checks, 1)
     pub_top = full_c.publish_seconds * 1e6 / full_c.tops
-    pure_pub_top = _mid(report, "full").publish_seconds * 1e6 / _mid(report, "full").tops
+    wait_pub_top = batch_c.publish_seconds * 1e6 / batch_c.tops
+    floor_cpu = statistics.median(r.cpu_seconds / r.seconds for r in report.rows["floor"])
     return f"""{SECTION_TITLE}
 
 Measured {report.started:%Y-%m-%d %H:%M} UTC by `{report.command}`, on {info["code"]}.
@@ -668,14 +667,17 @@ rounds, paths in alternating order; medians reported, with the range of the roun
 ({int(mem["levels"]):,} levels) installed from WS `book` frames through `BookKeeper()` (the
 compiled path: levels held in C; hashes verified, tops drained): {mem["traced_mb"]:.0f} MB of
 live allocations (tracemalloc, which sees the C arrays too: {mem["bytes_per_level"]:.0f}
-bytes per level), process RSS +{mem["rss_mb"]:.0f} MB.
+bytes per level), process RSS +{mem["rss_mb"]:.0f} MB (the allocator reuses memory the
+benchmark rounds freed, so RSS barely moves; the traced figure is the one to read).
 
 | goal | measured | verdict |
 |---|---|---|
 {verdict_rows}
 
 **Where the time goes** (this run's figures; µs per entry derived from the paired ratios).
-The floor, `orjson.loads` (compiled Rust), takes {floor_us:.2f} µs per entry. On the
+The floor, `orjson.loads` (compiled Rust), takes {floor_us:.2f} µs per entry (wall time on
+this loaded machine, where the floor got {floor_cpu:.0%} of a core: the ratios hold, the
+absolute times are inflated). On the
 pure-Python path, validating an entry adds {step["parse"] - floor_us:.2f} µs and applying it
 to its book {step["apply"] - step["parse"]:.2f} µs more: interpreter work, so parse + validate
 + apply alone reaches {ratio["apply"]:.0%} of the floor. The compiled path scans the raw
@@ -684,11 +686,14 @@ other frame, or any entry it would reject, goes whole to the Python path, which 
 rejects exactly as before), validates, and applies each entry into books held in C (one sorted
 array per side: the shared price string and the size's exact text inline): {step["apply_c"]:.2f}
 µs per entry, {ratio["apply_c"]:.0%} of the floor. The rest is paid per flush, per token
-touched: encoding its top ({enc_top:.1f} µs, in C), a hash check when one is due
-({hash_check:.1f} µs: the SHA-1 text built in C, OpenSSL's SHA-1, the Python check logic) and
-its share of the Redis pipeline ({pub_top:.1f} µs compiled, {pure_pub_top:.1f} µs pure, the
-wait for Redis included: the largest cost left, outside the feed's code). So the flush policy
-decides the rest: publishing each token's latest state at most once per {a.flush_ms} ms and
+touched: draining it (encoding its top in C, the loop in C too: {enc_top:.1f} µs), a hash
+check when one is due ({hash_check:.1f} µs per check: the SHA-1 text built in C, OpenSSL's
+SHA-1, the check logic in Python, more than one SHA-1 when the last trade price must be
+inferred) and writing its share of the Redis pipeline ({pub_top:.1f} µs, RESP built in C;
+the replies are read at the next publish, so the feed waits only when Redis has not finished
+the previous batch yet, against {wait_pub_top:.1f} µs when waiting for each publish). Per
+entry that is the tops per entry times those costs, so the flush policy decides the rest:
+publishing each token's latest state at most once per {a.flush_ms} ms and
 checking its hash at most once per {a.hash_check_ms} ms costs {full_c.tops / w.entries:.3f}
 tops and {full_c.hash_checks / w.entries:.3f} hash checks per entry here, against
 {batch_c.tops / w.entries:.3f} and {batch_c.hash_checks / w.entries:.3f} with the previous
