@@ -446,3 +446,28 @@ def test_compiled_pack_publish_is_byte_for_byte_the_python_one(items, n_shards, 
     assert native.pack_publish(items, n_shards, maxlen, b"md:book:", b"md:updates:") == (
         pack_publish(items, n_shards, maxlen)
     )
+
+
+def test_deep_books_stay_equal_under_random_changes():
+    """Hundreds of levels: inserts, updates and deletes far from the best price too (the C
+    side walks in from the best end, then bisects)."""
+    rng = random.Random(7)
+    prices = [format(Decimal(i).scaleb(-3), "f") for i in range(1, 1000)]
+    prices += [p + "0" for p in prices[::7]]  # other spellings of the same values
+    books = [
+        cls.from_snapshot({"market": "0xm", "asset_id": TOKEN_A, "timestamp": "5"})
+        for cls in (fastbook.NativeOrderBook, OrderBook)
+    ]
+    for step in range(4000):
+        side, price = rng.choice(["BUY", "SELL"]), rng.choice(prices)
+        size = rng.choice(["0", "1", "22.5", "300"]) if step % 3 else "7"
+        for book in books:
+            book.apply_change(side, price, size)
+        if step % 250 == 0:
+            assert books[0].to_wire() == books[1].to_wire()
+    native_book, pure_book = books
+    assert len(pure_book) > 300
+    assert native_book.to_wire() == pure_book.to_wire()
+    assert native_book.compute_hash() == pure_book.compute_hash()
+    for side in ("BUY", "SELL"):
+        assert native_book.levels(side) == pure_book.levels(side)
