@@ -637,7 +637,8 @@ def render(report: Report) -> str:
         if report.median_ratio(GOAL_ROW) >= GOAL_RATIO
         else f"""**What is left before 40 %.** At {tops_pe:.2f} tops per entry, each top's
 {per_top:.1f} µs (drain, its share of the hash checks, the Redis write) adds
-{tops_pe * per_top:.2f} µs per entry on top of the compiled apply's {step["apply_c"]:.2f} µs, against a floor of
+{tops_pe * per_top:.2f} µs per entry on top of the compiled apply's {step["apply_c"]:.2f} µs,
+against a floor of
 {floor_us:.2f} µs. Both remaining costs are memory traffic more than instructions: an entry
 and a top touch a token's book, its C arrays and its strings, mostly not in the CPU cache with
 {2 * w.markets:,} books, on a machine whose other processes share the caches; then Redis. A
