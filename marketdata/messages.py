@@ -868,6 +868,7 @@ class BookKeeper:
         self._dirty.add(asset_id)
         if self.verify != "off" and book.hash:
             extra = (claimed_price,) if claimed_price else ()
+            meta.verified_at = self._clock()  # counts as the token's check for the interval
             self._verify(asset_id, book, book.hash, book.timestamp, None, extra)
 
     def _apply_tick_size(self, event: TickSizeChangeEvent) -> set[str]:
