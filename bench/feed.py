@@ -4,16 +4,21 @@ into local books and published to Redis, against a loop that only parses the sam
 orjson (the fastest JSON parser in our dependencies: the floor), in the same run.
 
 Usage:
-    .venv/bin/python bench/feed.py                # full run (~3 min); rewrites the
+    .venv/bin/python bench/feed.py                # full run (~8 min); rewrites the
                                                   # "Market data feed (issue #3)" section
                                                   # of docs/benchmarks.md
     .venv/bin/python bench/feed.py --quick        # smoke run, docs untouched
     .venv/bin/python bench/feed.py --help
 
-`make bench` runs only bench/partner_api.py today; to run both, its recipe needs a second
-line: `$(BIN)/python bench/feed.py`.
+`make bench` runs it after bench/partner_api.py. The compiled rows need marketdata._fastbook
+(`make install` builds it); without it the script says so and stops.
 
-Needs Redis on 127.0.0.1:6379 (DB 10 is flushed). No Django, no database.
+Needs Redis on 127.0.0.1:6379 (DB 10 is flushed; --redis to pick another). No Django, no
+database.
+
+Timing is paired: each path runs over the frames in --slices slices, each slice timed right
+after the floor over the same slice; a path's ratio is the floor's total over its own. On a
+shared machine separate passes' wall-clock rates wander by 2-3x; adjacent slices do not.
 
 Workload (SYNTHETIC, built from REAL data): the recorded 2026-09 sequence
 (shared/fixtures/.../nt_ws_sequence_book_pricechange_trade_2026-09.jsonl, one market, 49
@@ -719,6 +724,7 @@ leaves the same compiled code at {ratio["full_batch_c"]:.0%} of the floor. Confl
 means a faster path publishes fewer tops per entry (more entries fall in each interval): the
 compiled and pure rows do not publish the same number of tops. The latency it adds to a book
 update is at most {a.flush_ms} ms (a quiet feed publishes every frame at once).
+
 {gap}"""
 
 
