@@ -573,8 +573,20 @@ static PyObject *interned(span_t sp, int is_price) {
         }
         Py_INCREF(canon);
         Py_SETREF(s, canon);
+        /* parse_price ran Python code: another thread may have changed the table since the
+         * probe above (inserted this very string, grown or cleared it). Probe again. */
+        if (table_make_room() < 0) goto fail;
+        mask = (size_t)(g_slots - 1);
+        for (i = (size_t)h & mask; g_table[i].s; i = (i + 1) & mask) {
+            if (g_table[i].h == h && PyUnicode_GET_LENGTH(g_table[i].s) == sp.n &&
+                memcmp(PyUnicode_DATA(g_table[i].s), sp.p, (size_t)sp.n) == 0) {
+                Py_DECREF(s);
+                Py_INCREF(g_table[i].s);
+                return g_table[i].s;
+            }
+        }
     }
-    g_table[i].h = h; /* the slot found free above: room was made before the lookup */
+    g_table[i].h = h; /* a free slot of the current table (no Python code ran since) */
     Py_INCREF(s);
     g_table[i].s = s;
     g_table_used++;
