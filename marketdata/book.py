@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from bisect import bisect_left
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
 from typing import Any, Final, Literal
 
@@ -35,6 +35,14 @@ TWO: Final = Decimal(2)
 # stays small (10,000 prices at the finest 0.0001 tick, times a few spellings).
 _PRICE_VALUES: dict[str, Decimal] = {}
 _price_value = _PRICE_VALUES.__getitem__
+# The same prices, each mapped to ONE shared str object: snapshot levels (and the compiled
+# path's) key their books with it, so all books share a few thousand hot price strings
+# instead of a copy per level (fewer cache misses; the compiled path compares by identity).
+_PRICE_STRS: dict[str, str] = {}
+
+# `OrderBook._hash_text` compiled (`_fastbook.hash_text`), installed by marketdata.fastbook
+# when the extension is loaded; None means the pure-Python builder.
+_native_hash_text: Callable[[OrderBook, str, str], bytes] | None = None
 
 
 def _is_plain_decimal(text: str) -> bool:
@@ -60,6 +68,7 @@ def parse_price(text: object) -> Decimal | None:
     if not (0 < value <= ONE):
         return None
     _PRICE_VALUES[text] = value
+    _PRICE_STRS[text] = text
     return value
 
 
@@ -214,10 +223,7 @@ class OrderBook:
         if neg_risk is not None and type(neg_risk) is not bool:
             raise ValueError("book snapshot field neg_risk is not a bool")
         # Validated: now swap in (cannot fail past this point).
-        self.bids, self._bid_px = bids
-        self.asks, self._ask_px = asks
-        self._bid_hash_json = self._ask_hash_json = None
-        self._bid_top_json = self._ask_top_json = None
+        self._install_levels(bids, asks)
         self.timestamp = meta.get("timestamp", self.timestamp)
         self.hash = meta.get("hash", "")
         self.tick_size = meta.get("tick_size", self.tick_size)
@@ -225,6 +231,15 @@ class OrderBook:
         self.last_trade_price = meta.get("last_trade_price", self.last_trade_price)
         if neg_risk is not None:
             self.neg_risk = neg_risk
+
+    def _install_levels(
+        self, bids: tuple[dict[str, str], list[str]], asks: tuple[dict[str, str], list[str]]
+    ) -> None:
+        """Both sides from validated (levels, ascending prices) pairs (`_snapshot_side`)."""
+        self.bids, self._bid_px = bids
+        self.asks, self._ask_px = asks
+        self._bid_hash_json = self._ask_hash_json = None
+        self._bid_top_json = self._ask_top_json = None
 
     # --- deltas -------------------------------------------------------------------------------
 
@@ -390,6 +405,13 @@ class OrderBook:
         """
         ts = self.timestamp if timestamp is None else timestamp
         ltp = self.last_trade_price if last_trade_price is None else last_trade_price
+        native = _native_hash_text
+        text = native(self, ts, ltp) if native is not None else self._hash_text(ts, ltp)
+        return hashlib.sha1(text, usedforsecurity=False).hexdigest()
+
+    def _hash_text(self, ts: str, ltp: str) -> bytes:
+        """The SHA-1 input of `compute_hash` (pure Python; `_fastbook.hash_text` builds the
+        same bytes in C when it is loaded, see marketdata/fastbook.py)."""
         bid_json = self._bid_hash_json
         if bid_json is None:
             bids = self.bids
@@ -403,7 +425,7 @@ class OrderBook:
             ask_json = self._ask_hash_json = ",".join(
                 [f'{{"price":"{p}","size":"{asks[p]}"}}' for p in reversed(self._ask_px)]
             ).encode()
-        text = (
+        return (
             b'{"market":%b,"asset_id":%b,"timestamp":%b,"hash":"","bids":[%b],"asks":[%b],'
             b'"min_order_size":%b,"tick_size":%b,"neg_risk":%b,"last_trade_price":%b}'
             % (
@@ -418,7 +440,6 @@ class OrderBook:
                 orjson.dumps(ltp),
             )
         )
-        return hashlib.sha1(text, usedforsecurity=False).hexdigest()
 
     def hash_matches(
         self,
@@ -453,6 +474,7 @@ def _snapshot_side(raw: object) -> tuple[dict[str, str], list[str]]:
         if not is_valid_size(size):
             raise ValueError(f"invalid size {size!r} in book")
         assert isinstance(price, str) and isinstance(size, str)
+        price = _PRICE_STRS[price]
         old = seen.get(value)
         if old is not None:
             del levels[old]

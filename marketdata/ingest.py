@@ -18,6 +18,14 @@ there are more than MARKETDATA_WS_MAX_TOKENS. Per connection:
 * `new_market` enqueues the discovery of that market (`discover_new_markets`), off the
   loop, so a new market is listed without waiting for the scheduled discovery.
 
+Publishing is conflated (MARKETDATA_FLUSH_MS, default 20 ms): a frame is published at once
+if the last publish is at least that old, otherwise the latest state of every token touched
+meanwhile goes out when it is; a busy feed publishes each token at most once per interval,
+and no update waits longer than that. Stale marks are published at once. Book hashes are
+checked at most once per token per MARKETDATA_HASH_CHECK_MS (default 1 s). On a RedisBus
+the publishes are pipelined (marketdata/publisher.py): written at once, their replies read at
+the next publish, so the feed does not wait for Redis.
+
 Heartbeat: while `run()` is running, the ingester calls `bus.heartbeat(shard)` every
 `heartbeat_seconds` (1 s) from a task on its own event loop, and stops the moment it is
 stopped. The heartbeat means "the feed process for this shard is alive and maintains its
@@ -59,8 +67,15 @@ from django.utils.module_loading import import_string
 from marketdata import resolution, services, watchlist
 from marketdata.bus import PriceBus, TradePrint, get_bus, shard_of
 from marketdata.clients import ClobClient, PolymarketError
-from marketdata.messages import BookKeeper, FeedStats, parse_events
+from marketdata.messages import (
+    DEFAULT_FLUSH_MS,
+    DEFAULT_HASH_CHECK_MS,
+    BookKeeper,
+    FeedStats,
+    parse_events,
+)
 from marketdata.models import Market, Token
+from marketdata.publisher import publisher_for
 from marketdata.tasks import discover_new_markets
 
 logger = logging.getLogger("polysim.feed")
@@ -141,6 +156,11 @@ class IngestConfig:
     resync_min_interval: float = 2.0
     health_seconds: float = 5.0
     heartbeat_seconds: float = 1.0
+    # Conflation: tops are published at most once per flush_ms (the latest state of every
+    # token touched since the last publish); 0 publishes after every frame.
+    flush_ms: int = DEFAULT_FLUSH_MS
+    # Book-hash check of a token at most once per hash_check_ms (BookKeeper verify_interval_ms).
+    hash_check_ms: int = DEFAULT_HASH_CHECK_MS
 
     @property
     def dead_after(self) -> float:
@@ -184,7 +204,12 @@ class Ingester:
         self.token_source = token_source or (
             lambda: _db_call(wanted_tokens, shard=shard, shards=shards)
         )
-        self.keeper = BookKeeper(stats=stats or FeedStats())
+        self.keeper = BookKeeper(
+            stats=stats or FeedStats(), verify_interval_ms=config.hash_check_ms
+        )
+        self._publisher = publisher_for(bus)  # RedisBus: writes without waiting for replies
+        self._last_publish = float("-inf")  # monotonic seconds
+        self._flush_timer: asyncio.TimerHandle | None = None
         self.health = ShardHealth()
         self.rng = rng or random.Random()
         self.tokens: dict[str, TokenInfo] = {}
@@ -211,6 +236,13 @@ class Ingester:
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            if self._flush_timer is not None:  # publish what is still held back
+                self._flush_timer.cancel()
+                self._flush_due()
+            try:
+                self._publisher.flush()
+            except Exception:
+                logger.exception("feed shard %d: the last publish failed", self.shard)
             # A last health record and any announced-market discovery still running, but
             # shutdown must not hang on a busy database or a slow Gamma.
             with contextlib.suppress(TimeoutError):
@@ -367,6 +399,20 @@ class Ingester:
                 self.health.new_markets += len(announced)
                 self._spawn(sync_to_async(_enqueue_discovery, thread_sensitive=False)(announced))
         self.keeper.feed(raw)
+        self._publish_conflated()
+
+    def _publish_conflated(self) -> None:
+        """Publish now if the last publish is at least flush_ms old, else once it is: a quiet
+        feed publishes each frame at once, a busy one the latest state of each token every
+        flush_ms (the added latency is at most flush_ms)."""
+        wait = self._last_publish + self.config.flush_ms / 1000 - time.monotonic()
+        if wait <= 0:
+            self._publish()
+        elif self._flush_timer is None:
+            self._flush_timer = asyncio.get_running_loop().call_later(wait, self._flush_due)
+
+    def _flush_due(self) -> None:
+        self._flush_timer = None
         self._publish()
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
@@ -375,10 +421,10 @@ class Ingester:
         task.add_done_callback(self._background.discard)
 
     def _publish(self) -> None:
-        tops = self.keeper.drain_tops_json()
+        self._last_publish = time.monotonic()
         trades = self.keeper.drain_trades_json()
-        if tops or trades:
-            self.bus.publish_json(tops, trades)
+        # Called even with nothing to send: it also collects the previous publish's replies.
+        self._publisher.publish_json(self.keeper.drain_tops_json(), trades)
         if trades:  # the market-wide prints, also kept for the market page's recent trades
             self.bus.record_trades([TradePrint.from_json(blob) for _, blob in trades])
 
@@ -516,6 +562,8 @@ def config_from_settings() -> IngestConfig:
         ws_url=settings.POLYMARKET_WS_URL,
         ping_seconds=float(getattr(settings, "MARKETDATA_WS_PING_SECONDS", 10)),
         max_tokens_per_connection=int(getattr(settings, "MARKETDATA_WS_MAX_TOKENS", 400)),
+        flush_ms=int(getattr(settings, "MARKETDATA_FLUSH_MS", DEFAULT_FLUSH_MS)),
+        hash_check_ms=int(getattr(settings, "MARKETDATA_HASH_CHECK_MS", DEFAULT_HASH_CHECK_MS)),
     )
 
 

@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypedDict
 
 import orjson
 
+from marketdata import fastbook
 from marketdata.book import (
     _PRICE_VALUES,
     BUY,
@@ -42,6 +43,7 @@ from marketdata.bus import (
     EncodedTrade,
     TradePrint,
     encode_top,
+    mid_spread,
     now_ms,
 )
 
@@ -495,6 +497,21 @@ _HANDLERS: Final[dict[str, Any]] = {
 
 # --- the book keeper --------------------------------------------------------------------------
 
+
+def _encode_top_kw(
+    book: OrderBook, fresh: bool, side: str | None, depth: int, published_at: int
+) -> bytes:
+    """`encode_top` for the compiled loop's rare fallback (a field only Python encodes)."""
+    return encode_top(
+        book, fresh=fresh, last_trade_side=side, depth=depth, published_at=published_at
+    )
+
+
+# The ingester's publishing defaults (IngestConfig; MARKETDATA_FLUSH_MS, MARKETDATA_HASH_CHECK_MS),
+# kept here so that Django-free tools (bench/feed.py) measure the production policy.
+DEFAULT_FLUSH_MS: Final = 20
+DEFAULT_HASH_CHECK_MS: Final = 1000
+
 HashCheck = Literal["match", "inferred", "deferred", "mismatch"]
 VerifyMode = Literal["entry", "flush", "off"]
 
@@ -565,6 +582,9 @@ class BookKeeper:
       price or the new best bid/ask, that price is adopted (a SHA-1 match proves it).
     * `feed(raw)` is the hot path for the websocket: the same validation and effects as
       `parse_frame` + `normalise` + `apply`, fused for `price_change` frames.
+    * `native`: use the compiled path (marketdata/fastbook.py) for `price_change` frames and
+      top encoding: None (default) = when it is built and not switched off, False = never,
+      True = required (ValueError if unavailable). Same results either way.
     """
 
     def __init__(
@@ -574,15 +594,28 @@ class BookKeeper:
         verify: VerifyMode = "flush",
         verify_interval_ms: int = 0,
         burst_grace_ms: int = 1000,
+        native: bool | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if verify not in ("entry", "flush", "off"):
             raise ValueError(f"verify must be entry, flush or off, not {verify!r}")
+        if native and fastbook.native is None:
+            raise ValueError("the compiled feed path (marketdata._fastbook) is not available")
+        self._native = fastbook.native if native is not False else None
+        # The compiled path keeps its books' levels in C as well (fastbook.NativeOrderBook).
+        self._book_cls: type[OrderBook] = (
+            fastbook.NativeOrderBook
+            if self._native is not None and fastbook.NativeOrderBook is not None
+            else OrderBook
+        )
         self.stats = stats if stats is not None else FeedStats()
         self.verify: VerifyMode = verify
         self.verify_interval_s = verify_interval_ms / 1000
         self.burst_grace_s = burst_grace_ms / 1000
         # token -> monotonic deadline of its deferred (in-burst) mismatch; see the docstring
         self._bursts: dict[str, float] = {}
+        self._clock = clock  # seconds, for verify_interval_ms (a benchmark runs its own)
+        self._next_sweep = float("-inf")  # verify_pending: next walk over the claims
         self._meta: dict[str, _TokenMeta] = {}
         self._books: dict[str, OrderBook] = {}  # every token that ever had a valid snapshot
         self._live: dict[str, OrderBook] = {}  # the in-sync ones: deltas are applied to these
@@ -670,6 +703,9 @@ class BookKeeper:
     def feed(self, raw: str | bytes) -> None:
         """One websocket frame: parse_frame + normalise + apply, with the price_change path
         fused (no intermediate event) because it carries nearly all of the feed's volume."""
+        native = self._native
+        if native is not None and native.feed_price_change(self, raw):
+            return  # applied in C; anything it does not handle exactly falls through
         stats = self.stats
         try:
             data = _loads(raw)
@@ -739,18 +775,20 @@ class BookKeeper:
                 else:
                     stats.entries_untracked += 1
                 continue
-            # Inline fast path of OrderBook._set_level: a non-zero size on an existing level.
-            head = size[0]
-            if is_bid:
-                levels = book.bids
-                book._bid_hash_json = book._bid_top_json = None
-            else:
-                levels = book.asks
-                book._ask_hash_json = book._ask_top_json = None
-            if head != "0" and head != "." and price in levels:
-                levels[price] = size
-            else:
+            if type(book) is not OrderBook:  # levels held elsewhere (fastbook.NativeOrderBook)
                 book._set_level(is_bid, price, size)
+            else:  # inline fast path of OrderBook._set_level: non-zero size, existing level
+                head = size[0]
+                if is_bid:
+                    levels = book.bids
+                    book._bid_hash_json = book._bid_top_json = None
+                else:
+                    levels = book.asks
+                    book._ask_hash_json = book._ask_top_json = None
+                if head != "0" and head != "." and price in levels:
+                    levels[price] = size
+                else:
+                    book._set_level(is_bid, price, size)
             book.timestamp = ts
             applied += 1
             dirty.add(asset_id)
@@ -837,7 +875,7 @@ class BookKeeper:
         book = self._books.get(asset_id)
         try:
             if book is None:
-                book = OrderBook.from_snapshot(
+                book = self._book_cls.from_snapshot(
                     msg,
                     min_order_size=meta.min_order_size,
                     neg_risk=meta.neg_risk,
@@ -864,6 +902,7 @@ class BookKeeper:
         self._dirty.add(asset_id)
         if self.verify != "off" and book.hash:
             extra = (claimed_price,) if claimed_price else ()
+            meta.verified_at = self._clock()  # counts as the token's check for the interval
             self._verify(asset_id, book, book.hash, book.timestamp, None, extra)
 
     def _apply_tick_size(self, event: TickSizeChangeEvent) -> set[str]:
@@ -903,13 +942,23 @@ class BookKeeper:
         `verify_interval_ms` (all of them with force=True); then hold the tokens whose
         in-burst mismatch nothing proved within `burst_grace_ms`."""
         if self._claims:
-            due = 0.0 if force else time.monotonic() - self.verify_interval_s
-            meta = self._meta
-            for asset_id in list(self._claims):
-                if force or meta[asset_id].verified_at <= due:
-                    self._verify_claim(asset_id)
+            self._sweep_claims(force)
         if self._bursts:
             self._expire_bursts()
+
+    def _sweep_claims(self, force: bool) -> None:
+        now = self._clock()
+        if not force:
+            if now < self._next_sweep:
+                return
+            # Swept at most 8 times per interval: a claim waits at most interval/8 past its
+            # due time, and a flush does not walk every token's claim each time.
+            self._next_sweep = now + self.verify_interval_s / 8
+        due = 0.0 if force else now - self.verify_interval_s
+        meta = self._meta
+        for asset_id in list(self._claims):
+            if force or meta[asset_id].verified_at <= due:
+                self._verify_claim(asset_id)
 
     def next_deadline(self) -> float | None:
         """The monotonic time by which `verify_pending` must run again (a deferred mismatch
@@ -934,7 +983,7 @@ class BookKeeper:
         price = self._claims.pop(asset_id, None)
         book = self._live.get(asset_id)
         if price is not None and book is not None:
-            self._meta[asset_id].verified_at = time.monotonic()
+            self._meta[asset_id].verified_at = self._clock()
             self._verify(asset_id, book, book.hash, book.timestamp, price, extra)
 
     def _verify(
@@ -1015,19 +1064,24 @@ class BookKeeper:
         """`drain_tops`, already encoded for `PriceBus.publish_json` (the feed's hot path)."""
         self.verify_pending()
         dirty, self._dirty = self._dirty, set()
-        books, live, meta, bursts = self._books, self._live, self._meta, self._bursts
+        books, meta, native = self._books, self._meta, self._native
+        live = self._live
+        if self._bursts:  # books in an unproven trade burst are published not fresh
+            live = {t: b for t, b in live.items() if t not in self._bursts}
         published_at = now_ms()
+        if native is not None:  # the same loop in C
+            return native.encode_tops(  # type: ignore[no-any-return]
+                dirty, books, live, meta, depth, published_at, mid_spread, _encode_top_kw
+            )
         out: list[EncodedTop] = []
         for token_id in dirty:
             book = books.get(token_id)
             if book is not None:
                 last = meta[token_id].last_trade
+                side = last.side if last else None
+                fresh = token_id in live
                 blob = encode_top(
-                    book,
-                    fresh=token_id in live and token_id not in bursts,
-                    last_trade_side=last.side if last else None,
-                    depth=depth,
-                    published_at=published_at,
+                    book, fresh=fresh, last_trade_side=side, depth=depth, published_at=published_at
                 )
                 out.append((token_id, blob))
         return out

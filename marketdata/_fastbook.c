@@ -1,0 +1,2027 @@
+/*
+ * marketdata._fastbook: the market-data feed's per-entry hot path, compiled (issue #3).
+ *
+ * Optional: marketdata/fastbook.py imports it when it was built (`make install` runs
+ * `setup.py build_ext --inplace`) and POLYSIM_FEED_PURE is not set; otherwise the pure-Python
+ * path in messages.py / book.py / bus.py does the same work. tests/marketdata/test_fastbook.py
+ * replays the same frames through both and requires identical books, hashes, tops and counters.
+ *
+ * It works on the BookKeeper's own Python state (its dicts, sets and FeedStats), so the rest
+ * of the keeper (snapshots, hash checks, resyncs) stays in Python unchanged. Books: a
+ * fastbook.NativeOrderBook keeps its levels in a `Levels` (below: one sorted C array per side),
+ * which the feed, the top encoder and the hash text use directly; a plain OrderBook (dicts and
+ * sorted price lists) is handled too, through its slots.
+ *
+ * Levels()
+ *     One book's levels held in C, with the OrderBook operations NativeOrderBook needs.
+ * feed_price_change(keeper, raw) -> bool
+ *     A strict scanner for exactly the `price_change` frame Polymarket sends (reference §2:
+ *     {market, price_changes:[{asset_id, price, size, side, hash, best_bid, best_ask}],
+ *     timestamp, event_type}), keys in any order, JSON whitespace allowed, every value a plain
+ *     ASCII string without escapes. It validates the WHOLE frame first; if anything at all is
+ *     unusual (another event, an array frame, escapes, non-ASCII, numbers or null, duplicate
+ *     keys, a missing field, a bad side, price or size, malformed JSON) it returns False having
+ *     changed nothing, and the caller runs the Python path, which counts and rejects exactly as
+ *     it always did. Otherwise it applies every entry with the effects of
+ *     BookKeeper._feed_price_change (same counters, same claims, same dirty set, the same
+ *     level rules as OrderBook._set_level) and returns True.
+ * encode_top(book, fresh, last_trade_side, depth, published_at, mid_spread) -> bytes | None
+ *     bus.encode_top byte for byte; None when a field needs the Python encoder (e.g. a
+ *     timestamp too long for a 64-bit int), and the caller then uses it.
+ * hash_text(book, timestamp, last_trade_price) -> bytes
+ *     The text OrderBook.compute_hash feeds to SHA-1 (Polymarket's recipe), built in one pass.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <stdint.h>
+#include <string.h>
+
+/* Word-at-a-time byte tests: has_zero(x) is non-zero iff some byte of x is zero. */
+#define ONES 0x0101010101010101ULL
+#define HIGHS 0x8080808080808080ULL
+static inline uint64_t has_zero(uint64_t x) { return (x - ONES) & ~x & HIGHS; }
+
+#if PY_VERSION_HEX >= 0x030C0000
+#define STR_READY(o) 1
+#else
+#define STR_READY(o) PyUnicode_IS_READY(o)
+#endif
+
+/* ---------------------------------------------------------------------------------------- */
+/* interned names and module state (single-phase init: one interpreter)                      */
+
+static PyObject *s_stats, *s_live, *s_meta, *s_claims, *s_dirty, *s_verify, *s_frames,
+    *s_events, *s_entries_applied, *s_entries_untracked, *s_entries_skipped_resync, *s_bids,
+    *s_asks, *s_bid_px, *s_ask_px, *s_bid_hash_json, *s_bid_top_json, *s_ask_hash_json,
+    *s_ask_top_json, *s_timestamp, *s_hash, *s_set_level, *s_verify_m, *s_price_change,
+    *s_flush, *s_entry, *s_empty, *s_asset_id, *s_market, *s_last_trade_price, *s_tick_size,
+    *s_min_order_size, *s_neg_risk;
+
+static PyObject *g_price_strs = NULL;   /* book._PRICE_STRS */
+static PyObject *g_parse_price = NULL;  /* book.parse_price */
+static PyObject *g_dumps = NULL;        /* orjson.dumps */
+
+/* OrderBook's __slots__, read and written straight at their offsets when the object is
+ * exactly an OrderBook (bind() finds the offsets from the class's member descriptors): the
+ * generic attribute protocol costs more than the rest of an entry's work. */
+enum {
+    F_BIDS, F_ASKS, F_BID_PX, F_ASK_PX, F_BID_HASH_JSON, F_BID_TOP_JSON, F_ASK_HASH_JSON,
+    F_ASK_TOP_JSON, F_TIMESTAMP, F_HASH, F_ASSET_ID, F_MARKET, F_LAST_TRADE_PRICE, F_TICK_SIZE,
+    F_MIN_ORDER_SIZE, F_NEG_RISK, F_COUNT
+};
+static PyObject *g_book_type = NULL;
+static PyObject *g_native_type = NULL; /* fastbook.NativeOrderBook: inherits these slots */
+static Py_ssize_t g_offsets[F_COUNT];
+static PyObject **g_field_names[F_COUNT] = {
+    &s_bids, &s_asks, &s_bid_px, &s_ask_px, &s_bid_hash_json, &s_bid_top_json,
+    &s_ask_hash_json, &s_ask_top_json, &s_timestamp, &s_hash, &s_asset_id, &s_market,
+    &s_last_trade_price, &s_tick_size, &s_min_order_size, &s_neg_risk};
+
+/* New reference to book.<field>. */
+static inline PyObject *book_get(PyObject *book, int f) {
+    PyObject *type = (PyObject *)Py_TYPE(book);
+    if ((type == g_book_type || type == g_native_type) && g_offsets[f] >= 0) {
+        PyObject *v = *(PyObject **)((char *)book + g_offsets[f]);
+        if (v) {
+            Py_INCREF(v);
+            return v;
+        }
+    }
+    return PyObject_GetAttr(book, *g_field_names[f]);
+}
+
+static inline int book_set(PyObject *book, int f, PyObject *value) {
+    PyObject *type = (PyObject *)Py_TYPE(book);
+    if ((type == g_book_type || type == g_native_type) && g_offsets[f] >= 0) {
+        PyObject **slot = (PyObject **)((char *)book + g_offsets[f]);
+        PyObject *old = *slot;
+        if (old == value) return 0;
+        Py_INCREF(value);
+        *slot = value;
+        Py_XDECREF(old);
+        return 0;
+    }
+    return PyObject_SetAttr(book, *g_field_names[f], value);
+}
+
+static int bind_book_type(PyObject *cls) {
+    if (!PyType_Check(cls)) {
+        PyErr_SetString(PyExc_TypeError, "book type must be a class");
+        return -1;
+    }
+    for (int f = 0; f < F_COUNT; f++) {
+        g_offsets[f] = -1;
+        PyObject *d = PyObject_GetAttr(cls, *g_field_names[f]);
+        if (!d) return -1;
+        if (Py_TYPE(d) == &PyMemberDescr_Type) {
+            PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
+            if (m->type == T_OBJECT_EX && !(m->flags & READONLY)) g_offsets[f] = m->offset;
+        }
+        Py_DECREF(d);
+    }
+    Py_INCREF(cls);
+    Py_XSETREF(g_book_type, cls);
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* growable byte buffer                                                                       */
+
+typedef struct {
+    char *p;
+    Py_ssize_t n, cap;
+    char small[4096];
+} buf_t;
+
+static void buf_init(buf_t *b) {
+    b->p = b->small;
+    b->n = 0;
+    b->cap = (Py_ssize_t)sizeof(b->small);
+}
+
+static void buf_free(buf_t *b) {
+    if (b->p != b->small) PyMem_Free(b->p);
+}
+
+static int buf_reserve(buf_t *b, Py_ssize_t extra) {
+    if (b->n + extra <= b->cap) return 0;
+    Py_ssize_t cap = b->cap * 2;
+    while (cap < b->n + extra) cap *= 2;
+    char *p;
+    if (b->p == b->small) {
+        p = PyMem_Malloc((size_t)cap);
+        if (p) memcpy(p, b->small, (size_t)b->n);
+    } else {
+        p = PyMem_Realloc(b->p, (size_t)cap);
+    }
+    if (!p) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    b->p = p;
+    b->cap = cap;
+    return 0;
+}
+
+static inline int buf_put(buf_t *b, const char *s, Py_ssize_t n) {
+    if (buf_reserve(b, n) < 0) return -1;
+    memcpy(b->p + b->n, s, (size_t)n);
+    b->n += n;
+    return 0;
+}
+
+#define BUF_LIT(b, lit) buf_put((b), (lit), (Py_ssize_t)(sizeof(lit) - 1))
+
+/* A str as orjson.dumps writes it. Plain printable ASCII without '"' or '\\' (every id,
+ * price, size and hash Polymarket sends) is copied as is; anything else asks orjson. */
+static int buf_json_str(buf_t *b, PyObject *s) {
+    if (s == Py_None) return BUF_LIT(b, "null");
+    if (PyUnicode_CheckExact(s) && STR_READY(s) && PyUnicode_IS_ASCII(s)) {
+        const char *p = (const char *)PyUnicode_DATA(s);
+        Py_ssize_t n = PyUnicode_GET_LENGTH(s), i = 0;
+        for (; i + 8 <= n; i += 8) { /* a word without '"', '\\', control bytes or DEL */
+            uint64_t x;
+            memcpy(&x, p + i, 8);
+            if (has_zero(x ^ (ONES * '"')) | has_zero(x ^ (ONES * '\\')) |
+                ((x - ONES * 0x20) & ~x & HIGHS) | has_zero(x ^ (ONES * 0x7f)))
+                break;
+        }
+        for (; i < n; i++) {
+            unsigned char c = (unsigned char)p[i];
+            if (c < 0x20 || c == '"' || c == '\\' || c == 0x7f) break;
+        }
+        if (i == n) {
+            if (buf_reserve(b, n + 2) < 0) return -1;
+            b->p[b->n++] = '"';
+            memcpy(b->p + b->n, p, (size_t)n);
+            b->n += n;
+            b->p[b->n++] = '"';
+            return 0;
+        }
+    }
+    PyObject *enc = PyObject_CallOneArg(g_dumps, s);
+    if (!enc) return -1;
+    int r = buf_put(b, PyBytes_AS_STRING(enc), PyBytes_GET_SIZE(enc));
+    Py_DECREF(enc);
+    return r;
+}
+
+static int buf_int(buf_t *b, long long v) {
+    char tmp[32];
+    int n = snprintf(tmp, sizeof tmp, "%lld", v);
+    return buf_put(b, tmp, n);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* the strict price_change scanner                                                            */
+
+typedef struct {
+    const char *p;
+    Py_ssize_t n;
+} span_t;
+
+typedef struct {
+    span_t asset, price, size, hash;
+    int is_bid, has_hash;
+} entry_t;
+
+typedef struct {
+    const char *s, *end;
+    entry_t *entries;
+    Py_ssize_t count, cap;
+    entry_t small[32];
+    span_t ts;
+} scan_t;
+
+static inline void skip_ws(scan_t *sc) {
+    while (sc->s < sc->end &&
+           (*sc->s == ' ' || *sc->s == '\n' || *sc->s == '\r' || *sc->s == '\t'))
+        sc->s++;
+}
+
+/* A JSON string without escapes, printable ASCII only: its contents in *out. Eight bytes at
+ * a time: a word with no '"', no '\\', no control byte and no byte >= 0x80 is skipped whole. */
+
+static int scan_str(scan_t *sc, span_t *out) {
+    if (sc->s >= sc->end || *sc->s != '"') return 0;
+    const char *start = ++sc->s;
+    while (sc->end - sc->s >= 8) {
+        uint64_t x;
+        memcpy(&x, sc->s, 8);
+        uint64_t special = has_zero(x ^ (ONES * '"')) | has_zero(x ^ (ONES * '\\')) |
+                           ((x - ONES * 0x20) & ~x & HIGHS) | (x & HIGHS);
+        if (special) break;
+        sc->s += 8;
+    }
+    while (sc->s < sc->end) {
+        unsigned char c = (unsigned char)*sc->s;
+        if (c == '"') {
+            out->p = start;
+            out->n = sc->s - start;
+            sc->s++;
+            return 1;
+        }
+        if (c == '\\' || c < 0x20 || c >= 0x80) return 0;
+        sc->s++;
+    }
+    return 0;
+}
+
+static inline int span_is(span_t sp, const char *lit, Py_ssize_t n) {
+    return sp.n == n && memcmp(sp.p, lit, (size_t)n) == 0;
+}
+#define SPAN_IS(sp, lit) span_is((sp), (lit), (Py_ssize_t)(sizeof(lit) - 1))
+
+/* book._is_plain_decimal: ASCII digits with at most one '.', at least one digit. */
+static int plain_decimal(span_t v) {
+    int dots = 0, digits = 0;
+    for (Py_ssize_t i = 0; i < v.n; i++) {
+        char c = v.p[i];
+        if (c >= '0' && c <= '9')
+            digits++;
+        else if (c == '.' && !dots)
+            dots = 1;
+        else
+            return 0;
+    }
+    return digits > 0;
+}
+
+/* book.parse_price: a plain decimal with 0 < value <= 1. */
+static int valid_price(span_t v) {
+    if (!plain_decimal(v)) return 0;
+    Py_ssize_t i = 0;
+    int int_nonzero = 0, int_is_one = 0, frac_nonzero = 0;
+    for (; i < v.n && v.p[i] != '.'; i++) {
+        if (v.p[i] != '0') {
+            int_is_one = !int_nonzero && v.p[i] == '1';
+            if (int_nonzero) int_is_one = 0;
+            int_nonzero = 1;
+        }
+    }
+    for (i++; i < v.n; i++)
+        if (v.p[i] != '0') frac_nonzero = 1;
+    if (int_nonzero) return int_is_one && !frac_nonzero; /* exactly 1 */
+    return frac_nonzero;
+}
+
+static int scan_entry(scan_t *sc, entry_t *e) {
+    enum { K_ASSET = 1, K_PRICE = 2, K_SIZE = 4, K_SIDE = 8, K_HASH = 16, K_BB = 32, K_BA = 64 };
+    int seen = 0;
+    span_t side = {NULL, 0};
+    e->has_hash = 0;
+    if (sc->s >= sc->end || *sc->s != '{') return 0;
+    sc->s++;
+    skip_ws(sc);
+    if (sc->s < sc->end && *sc->s == '}') return 0; /* an empty entry: let Python reject it */
+    for (;;) {
+        span_t key, val;
+        skip_ws(sc);
+        if (!scan_str(sc, &key)) return 0;
+        skip_ws(sc);
+        if (sc->s >= sc->end || *sc->s != ':') return 0;
+        sc->s++;
+        skip_ws(sc);
+        if (!scan_str(sc, &val)) return 0;
+        int bit;
+        if (SPAN_IS(key, "asset_id")) {
+            bit = K_ASSET;
+            e->asset = val;
+        } else if (SPAN_IS(key, "price")) {
+            bit = K_PRICE;
+            e->price = val;
+        } else if (SPAN_IS(key, "size")) {
+            bit = K_SIZE;
+            e->size = val;
+        } else if (SPAN_IS(key, "side")) {
+            bit = K_SIDE;
+            side = val;
+        } else if (SPAN_IS(key, "hash")) {
+            bit = K_HASH;
+            e->hash = val;
+            e->has_hash = 1;
+        } else if (SPAN_IS(key, "best_bid")) {
+            bit = K_BB;
+        } else if (SPAN_IS(key, "best_ask")) {
+            bit = K_BA;
+        } else {
+            return 0; /* an unknown key: not the shape we specialise for */
+        }
+        if (seen & bit) return 0; /* duplicate key */
+        seen |= bit;
+        skip_ws(sc);
+        if (sc->s >= sc->end) return 0;
+        if (*sc->s == ',') {
+            sc->s++;
+            continue;
+        }
+        if (*sc->s != '}') return 0;
+        sc->s++;
+        break;
+    }
+    if ((seen & (K_ASSET | K_PRICE | K_SIZE | K_SIDE)) != (K_ASSET | K_PRICE | K_SIZE | K_SIDE))
+        return 0;
+    if (e->asset.n == 0) return 0;
+    if (SPAN_IS(side, "BUY"))
+        e->is_bid = 1;
+    else if (SPAN_IS(side, "SELL"))
+        e->is_bid = 0;
+    else
+        return 0;
+    return valid_price(e->price) && plain_decimal(e->size);
+}
+
+static int scan_changes(scan_t *sc) {
+    if (sc->s >= sc->end || *sc->s != '[') return 0;
+    sc->s++;
+    skip_ws(sc);
+    if (sc->s < sc->end && *sc->s == ']') {
+        sc->s++;
+        return 1;
+    }
+    for (;;) {
+        skip_ws(sc);
+        if (sc->count == sc->cap) {
+            Py_ssize_t cap = sc->cap * 2;
+            entry_t *p;
+            if (sc->entries == sc->small) {
+                p = PyMem_Malloc(sizeof(entry_t) * (size_t)cap);
+                if (p) memcpy(p, sc->small, sizeof(entry_t) * (size_t)sc->count);
+            } else {
+                p = PyMem_Realloc(sc->entries, sizeof(entry_t) * (size_t)cap);
+            }
+            if (!p) return 0; /* the Python path will run out of memory properly */
+            sc->entries = p;
+            sc->cap = cap;
+        }
+        if (!scan_entry(sc, &sc->entries[sc->count])) return 0;
+        sc->count++;
+        skip_ws(sc);
+        if (sc->s >= sc->end) return 0;
+        if (*sc->s == ',') {
+            sc->s++;
+            continue;
+        }
+        if (*sc->s != ']') return 0;
+        sc->s++;
+        return 1;
+    }
+}
+
+/* The whole frame; 1 if it is a price_change we can apply as is. */
+static int scan_frame(scan_t *sc) {
+    enum { K_EVENT = 1, K_CHANGES = 2, K_TS = 4, K_MARKET = 8 };
+    int seen = 0;
+    skip_ws(sc);
+    if (sc->s >= sc->end || *sc->s != '{') return 0;
+    sc->s++;
+    for (;;) {
+        span_t key, val;
+        int bit;
+        skip_ws(sc);
+        if (!scan_str(sc, &key)) return 0;
+        skip_ws(sc);
+        if (sc->s >= sc->end || *sc->s != ':') return 0;
+        sc->s++;
+        skip_ws(sc);
+        if (SPAN_IS(key, "price_changes")) {
+            bit = K_CHANGES;
+            if (seen & bit) return 0;
+            if (!scan_changes(sc)) return 0;
+        } else {
+            if (!scan_str(sc, &val)) return 0;
+            if (SPAN_IS(key, "event_type")) {
+                bit = K_EVENT;
+                if (!SPAN_IS(val, "price_change")) return 0;
+            } else if (SPAN_IS(key, "timestamp")) {
+                bit = K_TS;
+                sc->ts = val;
+            } else if (SPAN_IS(key, "market")) {
+                bit = K_MARKET;
+            } else {
+                return 0;
+            }
+        }
+        if (seen & bit) return 0;
+        seen |= bit;
+        skip_ws(sc);
+        if (sc->s >= sc->end) return 0;
+        if (*sc->s == ',') {
+            sc->s++;
+            continue;
+        }
+        if (*sc->s != '}') return 0;
+        sc->s++;
+        break;
+    }
+    skip_ws(sc);
+    if (sc->s != sc->end) return 0;
+    if ((seen & (K_EVENT | K_CHANGES | K_TS)) != (K_EVENT | K_CHANGES | K_TS)) return 0;
+    return sc->ts.n > 0;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* feed_price_change                                                                          */
+
+static inline PyObject *ascii_str(span_t sp) {
+    PyObject *s = PyUnicode_New(sp.n, 127);
+    if (s) memcpy(PyUnicode_DATA(s), sp.p, (size_t)sp.n);
+    return s;
+}
+
+/* Interned strs for the byte strings that recur on every frame (token ids, prices): a
+ * repeated id costs a hash of its bytes and a compare, not a new str whose hash the dicts
+ * must compute again. Open addressing, doubled when half full (it stays small, so in
+ * cache), and cleared instead past TABLE_MAX slots: bounded whatever the feed sends. The
+ * prices are the canonical objects of book._PRICE_STRS. */
+#define TABLE_MIN (1 << 12)
+#define TABLE_MAX (1 << 18)
+typedef struct {
+    uint64_t h;
+    PyObject *s;
+} slot_t;
+static slot_t *g_table = NULL;
+static Py_ssize_t g_table_used = 0, g_slots = 0;
+
+static inline uint64_t hash_bytes(const char *p, Py_ssize_t n) {
+    uint64_t h = 0x9E3779B97F4A7C15ULL ^ (uint64_t)n;
+    while (n >= 8) {
+        uint64_t w;
+        memcpy(&w, p, 8);
+        h = (h ^ w) * 0xFF51AFD7ED558CCDULL;
+        h ^= h >> 32;
+        p += 8;
+        n -= 8;
+    }
+    uint64_t w = 0;
+    memcpy(&w, p, (size_t)n);
+    h = (h ^ w) * 0xC4CEB9FE1A85EC53ULL;
+    return h ^ (h >> 29);
+}
+
+static void table_clear(void) {
+    if (!g_table) return;
+    for (Py_ssize_t i = 0; i < g_slots; i++) Py_CLEAR(g_table[i].s);
+    g_table_used = 0;
+}
+
+/* Make room for one more entry: double the table, or clear it at its maximum size. */
+static int table_make_room(void) {
+    if (g_table && g_table_used < g_slots / 2) return 0;
+    if (g_table && g_slots >= TABLE_MAX) {
+        table_clear();
+        return 0;
+    }
+    Py_ssize_t slots = g_table ? g_slots * 2 : TABLE_MIN;
+    slot_t *t = PyMem_Calloc((size_t)slots, sizeof(slot_t));
+    if (!t) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t k = 0; g_table && k < g_slots; k++) {
+        if (!g_table[k].s) continue;
+        size_t i = (size_t)g_table[k].h & (size_t)(slots - 1);
+        while (t[i].s) i = (i + 1) & (size_t)(slots - 1);
+        t[i] = g_table[k];
+    }
+    PyMem_Free(g_table);
+    g_table = t;
+    g_slots = slots;
+    return 0;
+}
+
+static inline PyObject *ascii_str(span_t sp);
+
+/* A new reference to the str for `sp`; kind 1 = a price (canonical, registered). */
+static PyObject *interned(span_t sp, int is_price) {
+    if (table_make_room() < 0) return NULL;
+    uint64_t h = hash_bytes(sp.p, sp.n) | 1; /* 0 marks an empty slot */
+    h = is_price ? h | 2 : h & ~(uint64_t)2;   /* ids and prices never share a slot */
+    size_t mask = (size_t)(g_slots - 1), i = (size_t)h & mask;
+    for (;;) {
+        slot_t *slot = &g_table[i];
+        if (!slot->s) break;
+        if (slot->h == h && PyUnicode_GET_LENGTH(slot->s) == sp.n &&
+            memcmp(PyUnicode_DATA(slot->s), sp.p, (size_t)sp.n) == 0) {
+            Py_INCREF(slot->s);
+            return slot->s;
+        }
+        i = (i + 1) & mask;
+    }
+    PyObject *s = ascii_str(sp);
+    if (!s) return NULL;
+    if (is_price) {
+        PyObject *canon = PyDict_GetItemWithError(g_price_strs, s);
+        if (!canon) {
+            if (PyErr_Occurred()) goto fail;
+            /* A price never seen: register it the way validation in Python does. */
+            PyObject *value = PyObject_CallOneArg(g_parse_price, s);
+            if (!value) goto fail;
+            int ok = value != Py_None;
+            Py_DECREF(value);
+            if (!ok) {
+                PyErr_Format(PyExc_RuntimeError, "_fastbook and parse_price disagree on %R", s);
+                goto fail;
+            }
+            canon = PyDict_GetItemWithError(g_price_strs, s);
+            if (!canon) {
+                if (!PyErr_Occurred())
+                    PyErr_SetString(PyExc_RuntimeError, "parse_price did not register");
+                goto fail;
+            }
+        }
+        Py_INCREF(canon);
+        Py_SETREF(s, canon);
+        /* parse_price ran Python code: another thread may have changed the table since the
+         * probe above (inserted this very string, grown or cleared it). Probe again. */
+        if (table_make_room() < 0) goto fail;
+        mask = (size_t)(g_slots - 1);
+        for (i = (size_t)h & mask; g_table[i].s; i = (i + 1) & mask) {
+            if (g_table[i].h == h && PyUnicode_GET_LENGTH(g_table[i].s) == sp.n &&
+                memcmp(PyUnicode_DATA(g_table[i].s), sp.p, (size_t)sp.n) == 0) {
+                Py_DECREF(s);
+                Py_INCREF(g_table[i].s);
+                return g_table[i].s;
+            }
+        }
+    }
+    g_table[i].h = h; /* a free slot of the current table (no Python code ran since) */
+    Py_INCREF(s);
+    g_table[i].s = s;
+    g_table_used++;
+    return s;
+fail:
+    Py_DECREF(s);
+    return NULL;
+}
+
+/* obj.<name> += delta for an int attribute of the FeedStats dataclass. */
+/* obj.<name>, read from the instance dict `d` when it holds it (cheaper than the attribute
+ * protocol; BookKeeper and FeedStats keep these as plain instance attributes). */
+static PyObject *inst_get(PyObject *obj, PyObject *d, PyObject *name) {
+    if (d) {
+        PyObject *v = PyDict_GetItemWithError(d, name);
+        if (v) {
+            Py_INCREF(v);
+            return v;
+        }
+        if (PyErr_Occurred()) return NULL;
+    }
+    return PyObject_GetAttr(obj, name);
+}
+
+/* obj.<name> += delta for an int attribute of the FeedStats dataclass. */
+static int add_attr(PyObject *obj, PyObject *d, PyObject *name, Py_ssize_t delta) {
+    if (delta == 0) return 0;
+    PyObject *v = inst_get(obj, d, name);
+    if (!v) return -1;
+    PyObject *sum;
+    if (PyLong_CheckExact(v)) {
+        Py_ssize_t x = PyLong_AsSsize_t(v);
+        sum = x == -1 && PyErr_Occurred() ? NULL : PyLong_FromSsize_t(x + delta);
+        if (!sum && PyErr_ExceptionMatches(PyExc_OverflowError)) PyErr_Clear();
+    } else {
+        sum = NULL;
+    }
+    if (!sum && !PyErr_Occurred()) {
+        PyObject *dl = PyLong_FromSsize_t(delta);
+        sum = dl ? PyNumber_Add(v, dl) : NULL;
+        Py_XDECREF(dl);
+    }
+    Py_DECREF(v);
+    if (!sum) return -1;
+    int has = d ? PyDict_Contains(d, name) : 0;
+    int r = has < 0 ? -1 : has ? PyDict_SetItem(d, name, sum) : PyObject_SetAttr(obj, name, sum);
+    Py_DECREF(sum);
+    return r;
+}
+
+static int dict_incr(PyObject *dict, PyObject *key) {
+    PyObject *v = PyDict_GetItemWithError(dict, key);
+    PyObject *sum;
+    if (v == NULL) {
+        if (PyErr_Occurred()) return -1;
+        sum = PyLong_FromLong(1);
+    } else {
+        PyObject *one = PyLong_FromLong(1);
+        if (!one) return -1;
+        sum = PyNumber_Add(v, one);
+        Py_DECREF(one);
+    }
+    if (!sum) return -1;
+    int r = PyDict_SetItem(dict, key, sum);
+    Py_DECREF(sum);
+    return r;
+}
+
+/* book.is_zero_size: only '0' and '.' (the size is already a valid plain decimal). */
+static inline int is_zero_size(span_t sp) {
+    for (Py_ssize_t i = 0; i < sp.n; i++)
+        if (sp.p[i] != '0' && sp.p[i] != '.') return 0;
+    return 1;
+}
+
+/* A book price's exact value as an integer number of 1e-18: every price in a book is a
+ * validated plain decimal in (0, 1] (book.parse_price), so this orders exactly like the
+ * Decimals of _PRICE_VALUES. 0 if the text is not such a price with <= 18 decimals: the caller
+ * then leaves the work to OrderBook._set_level. */
+static int price_key(PyObject *price, int64_t *out) {
+    if (!PyUnicode_CheckExact(price) || !PyUnicode_IS_ASCII(price)) return 0;
+    const char *p = (const char *)PyUnicode_DATA(price);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(price), i = 0;
+    int64_t whole = 0, frac = 0;
+    int digits = 0, places = 0;
+    for (; i < n && p[i] != '.'; i++) {
+        if (p[i] < '0' || p[i] > '9') return 0;
+        whole = whole * 10 + (p[i] - '0');
+        if (whole > 1) return 0;
+        digits++;
+    }
+    if (i < n) i++; /* the '.' */
+    for (; i < n; i++) {
+        if (p[i] < '0' || p[i] > '9' || ++places > 18) return 0;
+        frac = frac * 10 + (p[i] - '0');
+        digits++;
+    }
+    if (!digits) return 0;
+    for (; places < 18; places++) frac *= 10;
+    *out = whole * 1000000000000000000LL + frac;
+    return 1;
+}
+
+/* bisect_left over an ascending list of prices by exact value; -2 if a key is unsupported. */
+static Py_ssize_t bisect_price(PyObject *order, int64_t key) {
+    Py_ssize_t lo = 0, hi = PyList_GET_SIZE(order);
+    while (lo < hi) {
+        Py_ssize_t mid = (lo + hi) / 2;
+        int64_t k;
+        if (!price_key(PyList_GET_ITEM(order, mid), &k)) return -2;
+        if (k < key)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+/* OrderBook._set_level on the level dict and sorted price list of one side (see book.py for
+ * the rules: a zero size deletes, a new price is inserted in order, the same value spelled
+ * differently replaces the old spelling). 1 done, 0 not handled (nothing changed), -1 error. */
+static int set_level(PyObject *levels, PyObject *order, PyObject *price, PyObject *size,
+                     int zero) {
+    int64_t key, k;
+    if (!PyDict_CheckExact(levels) || !PyList_CheckExact(order) || !price_key(price, &key))
+        return 0;
+    Py_ssize_t i = bisect_price(order, key), n = PyList_GET_SIZE(order);
+    if (i == -2) return 0;
+    PyObject *at = i < n ? PyList_GET_ITEM(order, i) : NULL; /* borrowed */
+    int same_value = 0;
+    if (at) {
+        if (!price_key(at, &k)) return 0;
+        same_value = k == key;
+    }
+    int present = PyDict_Contains(levels, price);
+    if (present < 0) return -1;
+    if (zero) {
+        if (present) {
+            if (PyDict_DelItem(levels, price) < 0) return -1;
+            /* Python deletes order[bisect_left(...)]: the level's own entry. */
+            if (PyList_SetSlice(order, i, i + 1, NULL) < 0) return -1;
+        } else if (same_value && PyDict_GET_SIZE(levels)) {
+            if (PyDict_DelItem(levels, at) < 0) return -1;
+            if (PyList_SetSlice(order, i, i + 1, NULL) < 0) return -1;
+        }
+        return 1;
+    }
+    if (!present) {
+        if (same_value) {
+            if (PyDict_DelItem(levels, at) < 0) return -1;
+            Py_INCREF(price);
+            PyList_SET_ITEM(order, i, price); /* steals; drops the old spelling below */
+            Py_DECREF(at);
+        } else if (PyList_Insert(order, i, price) < 0) {
+            return -1;
+        }
+    }
+    return PyDict_SetItem(levels, price, size) < 0 ? -1 : 1;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Levels: one book's levels held in C (fastbook.NativeOrderBook)                             */
+/*
+ * Each side is one array sorted ascending by exact price value (best bid last, best ask
+ * first, as OrderBook's price lists). A level keeps its canonical price str (shared by every
+ * book: hot in cache), the price's value in 1e-18 units for ordering (a longer price is
+ * truncated there and compared exactly on ties) and its size's exact text inline: applying an
+ * entry, encoding a top and building the hash text walk one contiguous array, not a dict,
+ * a list and a str object per level.
+ */
+#define SIZE_INLINE 23
+
+typedef struct {
+    int64_t key;
+    PyObject *price;    /* canonical price str */
+    PyObject *size_obj; /* the size str when longer than SIZE_INLINE, else NULL */
+    uint8_t size_len;
+    char size[SIZE_INLINE];
+} level_t;
+
+typedef struct {
+    level_t *v;
+    Py_ssize_t n, cap;
+} side_t;
+
+typedef struct {
+    PyObject_HEAD side_t side[2]; /* [0] asks, [1] bids */
+} LevelsObject;
+
+static PyTypeObject Levels_Type;
+static Py_ssize_t g_core_offset = -1;  /* its `_core` slot */
+
+/* The value of a validated price in 1e-18 units, extra decimals truncated. */
+static int64_t key_of(const char *p, Py_ssize_t n) {
+    int64_t whole = 0, frac = 0;
+    int places = 0;
+    Py_ssize_t i = 0;
+    for (; i < n && p[i] != '.'; i++) whole = whole * 10 + (p[i] - '0');
+    if (i < n) i++;
+    for (; i < n && places < 18; i++, places++) frac = frac * 10 + (p[i] - '0');
+    for (; places < 18; places++) frac *= 10;
+    return whole * 1000000000000000000LL + frac;
+}
+
+/* Exact order of two plain decimals (ties of key_of: more than 18 decimals, or equal). */
+static int dec_cmp(const char *a, Py_ssize_t na, const char *b, Py_ssize_t nb) {
+    const char *da = memchr(a, '.', (size_t)na), *db = memchr(b, '.', (size_t)nb);
+    Py_ssize_t ia = da ? da - a : na, ib = db ? db - b : nb; /* integer part lengths */
+    Py_ssize_t za = 0, zb = 0;
+    while (za < ia && a[za] == '0') za++;
+    while (zb < ib && b[zb] == '0') zb++;
+    if (ia - za != ib - zb) return ia - za < ib - zb ? -1 : 1;
+    int c = memcmp(a + za, b + zb, (size_t)(ia - za));
+    if (c) return c < 0 ? -1 : 1;
+    const char *fa = da ? da + 1 : a + na, *fb = db ? db + 1 : b + nb;
+    Py_ssize_t la = a + na - fa, lb = b + nb - fb;
+    while (la && fa[la - 1] == '0') la--;
+    while (lb && fb[lb - 1] == '0') lb--;
+    c = memcmp(fa, fb, (size_t)(la < lb ? la : lb));
+    if (c) return c < 0 ? -1 : 1;
+    return la == lb ? 0 : (la < lb ? -1 : 1);
+}
+
+static inline int lvl_cmp(const level_t *l, int64_t key, const char *p, Py_ssize_t n) {
+    if (l->key != key) return l->key < key ? -1 : 1;
+    return dec_cmp((const char *)PyUnicode_DATA(l->price), PyUnicode_GET_LENGTH(l->price), p, n);
+}
+
+/* The first level >= the price (bisect_left). Most changes land near the best price, so it
+ * first walks a few levels in from the best end (bids: the array's end, asks: its start:
+ * one or two cache lines), then bisects what is left. */
+#define SCAN_STEPS 8
+static Py_ssize_t side_lower(const side_t *s, int64_t key, const char *p, Py_ssize_t n,
+                             int from_end) {
+    Py_ssize_t lo = 0, hi = s->n;
+    if (from_end) {
+        Py_ssize_t i = s->n;
+        for (int steps = 0;; steps++) {
+            if (i == 0 || lvl_cmp(&s->v[i - 1], key, p, n) < 0) return i;
+            if (steps == SCAN_STEPS) break;
+            i--;
+        }
+        hi = i; /* v[i:] >= the price, and v[i - 1] too */
+    } else {
+        Py_ssize_t i = 0;
+        for (; i < SCAN_STEPS; i++)
+            if (i == s->n || lvl_cmp(&s->v[i], key, p, n) >= 0) return i;
+        lo = i; /* v[:i] < the price */
+    }
+    while (lo < hi) {
+        Py_ssize_t mid = (lo + hi) / 2;
+        if (lvl_cmp(&s->v[mid], key, p, n) < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+static void level_release(level_t *l) {
+    Py_CLEAR(l->price);
+    Py_CLEAR(l->size_obj);
+}
+
+static void side_clear(side_t *s) {
+    for (Py_ssize_t i = 0; i < s->n; i++) level_release(&s->v[i]);
+    s->n = 0;
+}
+
+/* The size text: inline when short, else as a str (size_obj given, or made from the text). */
+static int level_set_size(level_t *l, const char *p, Py_ssize_t n, PyObject *size_obj) {
+    if (n <= SIZE_INLINE) {
+        memcpy(l->size, p, (size_t)n);
+        l->size_len = (uint8_t)n;
+        Py_CLEAR(l->size_obj);
+        return 0;
+    }
+    PyObject *s = size_obj;
+    if (s)
+        Py_INCREF(s);
+    else if (!(s = ascii_str((span_t){p, n})))
+        return -1;
+    Py_XSETREF(l->size_obj, s);
+    l->size_len = 0;
+    return 0;
+}
+
+/* A new str with the level's size. */
+static PyObject *level_size_str(const level_t *l) {
+    if (l->size_obj) {
+        Py_INCREF(l->size_obj);
+        return l->size_obj;
+    }
+    return ascii_str((span_t){l->size, l->size_len});
+}
+
+static inline void level_size_text(const level_t *l, const char **p, Py_ssize_t *n) {
+    if (l->size_obj) {
+        *p = (const char *)PyUnicode_DATA(l->size_obj);
+        *n = PyUnicode_GET_LENGTH(l->size_obj);
+    } else {
+        *p = l->size;
+        *n = l->size_len;
+    }
+}
+
+/* OrderBook._set_level on a C side: `price` is the canonical str of a validated price, the
+ * size a validated plain decimal; zero deletes, the same value spelled differently takes the
+ * newest spelling (one level per value). */
+static int side_set(side_t *s, int from_end, PyObject *price, const char *sp, Py_ssize_t sn,
+                    PyObject *size_obj, int zero) {
+    const char *pp = (const char *)PyUnicode_DATA(price);
+    Py_ssize_t pn = PyUnicode_GET_LENGTH(price);
+    int64_t key = key_of(pp, pn);
+    Py_ssize_t i = side_lower(s, key, pp, pn, from_end);
+    int exists = i < s->n && lvl_cmp(&s->v[i], key, pp, pn) == 0;
+    if (zero) {
+        if (exists) {
+            level_release(&s->v[i]);
+            memmove(&s->v[i], &s->v[i + 1], sizeof(level_t) * (size_t)(s->n - i - 1));
+            s->n--;
+        }
+        return 0;
+    }
+    if (exists) {
+        level_t *l = &s->v[i];
+        if (l->price != price) {
+            Py_INCREF(price);
+            Py_SETREF(l->price, price);
+        }
+        return level_set_size(l, sp, sn, size_obj);
+    }
+    if (s->n == s->cap) {
+        Py_ssize_t cap = s->cap ? s->cap * 2 : 8;
+        level_t *v = PyMem_Realloc(s->v, sizeof(level_t) * (size_t)cap);
+        if (!v) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        s->v = v;
+        s->cap = cap;
+    }
+    memmove(&s->v[i + 1], &s->v[i], sizeof(level_t) * (size_t)(s->n - i));
+    level_t *l = &s->v[i];
+    memset(l, 0, sizeof *l);
+    l->key = key;
+    Py_INCREF(price);
+    l->price = price;
+    s->n++;
+    if (level_set_size(l, sp, sn, size_obj) < 0) { /* undo the insert */
+        level_release(l);
+        memmove(&s->v[i], &s->v[i + 1], sizeof(level_t) * (size_t)(s->n - i - 1));
+        s->n--;
+        return -1;
+    }
+    return 0;
+}
+
+/* The canonical str of a validated price str (registered through parse_price if new). */
+static PyObject *canonical_price(PyObject *price) {
+    if (!PyUnicode_CheckExact(price) || !PyUnicode_IS_ASCII(price)) {
+        PyErr_Format(PyExc_ValueError, "invalid price %R", price);
+        return NULL;
+    }
+    span_t sp = {(const char *)PyUnicode_DATA(price), PyUnicode_GET_LENGTH(price)};
+    if (!valid_price(sp)) {
+        PyErr_Format(PyExc_ValueError, "invalid price %R", price);
+        return NULL;
+    }
+    return interned(sp, 1);
+}
+
+static int check_size(PyObject *size) {
+    if (!PyUnicode_CheckExact(size) || !PyUnicode_IS_ASCII(size) ||
+        !plain_decimal((span_t){(const char *)PyUnicode_DATA(size), PyUnicode_GET_LENGTH(size)})) {
+        PyErr_Format(PyExc_ValueError, "invalid size %R", size);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *Levels_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    if (PyTuple_GET_SIZE(args) || (kwds && PyDict_GET_SIZE(kwds))) {
+        PyErr_SetString(PyExc_TypeError, "Levels() takes no arguments");
+        return NULL;
+    }
+    LevelsObject *self = (LevelsObject *)type->tp_alloc(type, 0);
+    return (PyObject *)self;
+}
+
+static void Levels_dealloc(LevelsObject *self) {
+    for (int k = 0; k < 2; k++) {
+        side_clear(&self->side[k]);
+        PyMem_Free(self->side[k].v);
+    }
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int side_arg(PyObject *arg) {
+    int r = PyObject_IsTrue(arg);
+    return r; /* -1 on error */
+}
+
+/* set(is_bid, price, size): OrderBook._set_level (validates its input). */
+static PyObject *Levels_set(LevelsObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "set(is_bid, price, size)");
+        return NULL;
+    }
+    int bid = side_arg(args[0]);
+    if (bid < 0 || check_size(args[2]) < 0) return NULL;
+    PyObject *price = canonical_price(args[1]);
+    if (!price) return NULL;
+    const char *sp = (const char *)PyUnicode_DATA(args[2]);
+    Py_ssize_t sn = PyUnicode_GET_LENGTH(args[2]);
+    int r = side_set(&self->side[bid], bid, price, sp, sn, args[2],
+                     is_zero_size((span_t){sp, sn}));
+    Py_DECREF(price);
+    if (r < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* load(is_bid, levels: dict[price, size], ascending: list[price]): replace a side with a
+ * validated snapshot side (book._snapshot_side's output). */
+static PyObject *Levels_load(LevelsObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3 || !PyDict_Check(args[1]) || !PyList_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "load(is_bid, levels: dict, ascending: list)");
+        return NULL;
+    }
+    int bid = side_arg(args[0]);
+    if (bid < 0) return NULL;
+    side_t fresh = {NULL, 0, 0};
+    Py_ssize_t n = PyList_GET_SIZE(args[2]);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *price = PyList_GET_ITEM(args[2], i);
+        PyObject *size = PyDict_GetItemWithError(args[1], price);
+        if (!size) {
+            if (!PyErr_Occurred()) PyErr_SetObject(PyExc_KeyError, price);
+            goto fail;
+        }
+        if (check_size(size) < 0) goto fail;
+        PyObject *canon = canonical_price(price);
+        if (!canon) goto fail;
+        const char *sp = (const char *)PyUnicode_DATA(size);
+        int r = side_set(&fresh, 1, canon, sp, PyUnicode_GET_LENGTH(size), size, 0); /* ascending */
+        Py_DECREF(canon);
+        if (r < 0) goto fail;
+    }
+    side_clear(&self->side[bid]);
+    PyMem_Free(self->side[bid].v);
+    self->side[bid] = fresh;
+    Py_RETURN_NONE;
+fail:
+    side_clear(&fresh);
+    PyMem_Free(fresh.v);
+    return NULL;
+}
+
+static PyObject *Levels_prices(LevelsObject *self, PyObject *arg) {
+    int bid = side_arg(arg);
+    if (bid < 0) return NULL;
+    side_t *s = &self->side[bid];
+    PyObject *out = PyList_New(s->n);
+    if (!out) return NULL;
+    for (Py_ssize_t i = 0; i < s->n; i++) {
+        Py_INCREF(s->v[i].price);
+        PyList_SET_ITEM(out, i, s->v[i].price);
+    }
+    return out;
+}
+
+static PyObject *Levels_sizes(LevelsObject *self, PyObject *arg) {
+    int bid = side_arg(arg);
+    if (bid < 0) return NULL;
+    side_t *s = &self->side[bid];
+    PyObject *out = PyDict_New();
+    if (!out) return NULL;
+    for (Py_ssize_t i = 0; i < s->n; i++) {
+        PyObject *size = level_size_str(&s->v[i]);
+        if (!size || PyDict_SetItem(out, s->v[i].price, size) < 0) {
+            Py_XDECREF(size);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(size);
+    }
+    return out;
+}
+
+static PyObject *Levels_best(LevelsObject *self, PyObject *arg) {
+    int bid = side_arg(arg);
+    if (bid < 0) return NULL;
+    side_t *s = &self->side[bid];
+    if (!s->n) Py_RETURN_NONE;
+    PyObject *p = s->v[bid ? s->n - 1 : 0].price;
+    Py_INCREF(p);
+    return p;
+}
+
+static PyObject *Levels_count(LevelsObject *self, PyObject *arg) {
+    int bid = side_arg(arg);
+    if (bid < 0) return NULL;
+    return PyLong_FromSsize_t(self->side[bid].n);
+}
+
+/* size(is_bid, price): the size of the level with exactly this spelling, else None. */
+static PyObject *Levels_size(LevelsObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "size(is_bid, price)");
+        return NULL;
+    }
+    int bid = side_arg(args[0]);
+    if (bid < 0) return NULL;
+    PyObject *price = args[1];
+    if (!PyUnicode_CheckExact(price) || !PyUnicode_IS_ASCII(price) ||
+        !valid_price((span_t){(const char *)PyUnicode_DATA(price), PyUnicode_GET_LENGTH(price)}))
+        Py_RETURN_NONE;
+    side_t *s = &self->side[bid];
+    const char *pp = (const char *)PyUnicode_DATA(price);
+    Py_ssize_t pn = PyUnicode_GET_LENGTH(price);
+    int64_t key = key_of(pp, pn);
+    Py_ssize_t i = side_lower(s, key, pp, pn, bid);
+    if (i < s->n && lvl_cmp(&s->v[i], key, pp, pn) == 0) {
+        int same = PyUnicode_Compare(s->v[i].price, price);
+        if (same == -1 && PyErr_Occurred()) return NULL;
+        if (same == 0) return level_size_str(&s->v[i]);
+    }
+    Py_RETURN_NONE;
+}
+
+/* top(is_bid, depth): [[price, size], ...] best-first. */
+static PyObject *Levels_top(LevelsObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "top(is_bid, depth)");
+        return NULL;
+    }
+    int bid = side_arg(args[0]);
+    if (bid < 0) return NULL;
+    Py_ssize_t depth = PyLong_AsSsize_t(args[1]);
+    if (depth == -1 && PyErr_Occurred()) return NULL;
+    side_t *s = &self->side[bid];
+    Py_ssize_t count = depth < 0 ? 0 : (depth < s->n ? depth : s->n);
+    PyObject *out = PyList_New(count);
+    if (!out) return NULL;
+    for (Py_ssize_t k = 0; k < count; k++) {
+        level_t *l = &s->v[bid ? s->n - 1 - k : k];
+        PyObject *size = level_size_str(l);
+        PyObject *pair = size ? PyList_New(2) : NULL;
+        if (!pair) {
+            Py_XDECREF(size);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_INCREF(l->price);
+        PyList_SET_ITEM(pair, 0, l->price);
+        PyList_SET_ITEM(pair, 1, size);
+        PyList_SET_ITEM(out, k, pair);
+    }
+    return out;
+}
+
+static PyObject *Levels_sizeof(LevelsObject *self, PyObject *unused) {
+    size_t n = sizeof(LevelsObject);
+    for (int k = 0; k < 2; k++) n += sizeof(level_t) * (size_t)self->side[k].cap;
+    return PyLong_FromSize_t(n);
+}
+
+static PyMethodDef Levels_methods[] = {
+    {"set", (PyCFunction)(void (*)(void))Levels_set, METH_FASTCALL,
+     "set(is_bid, price, size): OrderBook._set_level."},
+    {"load", (PyCFunction)(void (*)(void))Levels_load, METH_FASTCALL,
+     "load(is_bid, levels, ascending): replace one side."},
+    {"prices", (PyCFunction)Levels_prices, METH_O, "prices(is_bid): ascending price strs."},
+    {"sizes", (PyCFunction)Levels_sizes, METH_O, "sizes(is_bid): {price: size}, ascending."},
+    {"best", (PyCFunction)Levels_best, METH_O, "best(is_bid): the best price str or None."},
+    {"count", (PyCFunction)Levels_count, METH_O, "count(is_bid): number of levels."},
+    {"size", (PyCFunction)(void (*)(void))Levels_size, METH_FASTCALL,
+     "size(is_bid, price): the level's size if this exact price string is a level."},
+    {"top", (PyCFunction)(void (*)(void))Levels_top, METH_FASTCALL,
+     "top(is_bid, depth): [[price, size], ...] best-first."},
+    {"__sizeof__", (PyCFunction)Levels_sizeof, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL}};
+
+static PyTypeObject Levels_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "marketdata._fastbook.Levels",
+    .tp_basicsize = sizeof(LevelsObject),
+    .tp_dealloc = (destructor)Levels_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "One order book's levels, both sides, held in C (see fastbook.NativeOrderBook).",
+    .tp_methods = Levels_methods,
+    .tp_new = Levels_new,
+};
+
+/* The Levels of a NativeOrderBook (borrowed), or NULL if `book` is not one. */
+static inline LevelsObject *core_of(PyObject *book) {
+    if (g_core_offset < 0 || (PyObject *)Py_TYPE(book) != g_native_type) return NULL;
+    PyObject *core = *(PyObject **)((char *)book + g_core_offset);
+    return core && Py_TYPE(core) == &Levels_Type ? (LevelsObject *)core : NULL;
+}
+
+static int apply_entries(PyObject *keeper, scan_t *sc) {
+    int rc = -1;
+    PyObject *stats = NULL, *live = NULL, *meta = NULL, *claims = NULL, *dirty = NULL,
+             *verify = NULL, *ts = NULL, *events = NULL, *kd = NULL, *sd = NULL;
+    Py_ssize_t applied = 0, untracked = 0, skipped = 0;
+    kd = PyObject_GenericGetDict(keeper, NULL);
+    if (!kd) PyErr_Clear(); /* no instance dict: the attribute protocol below */
+    if (!(stats = inst_get(keeper, kd, s_stats))) goto done;
+    if (!(live = inst_get(keeper, kd, s_live))) goto done;
+    if (!(meta = inst_get(keeper, kd, s_meta))) goto done;
+    if (!(claims = inst_get(keeper, kd, s_claims))) goto done;
+    if (!(dirty = inst_get(keeper, kd, s_dirty))) goto done;
+    if (!(verify = inst_get(keeper, kd, s_verify))) goto done;
+    sd = PyObject_GenericGetDict(stats, NULL);
+    if (!sd) PyErr_Clear();
+    if (!(events = inst_get(stats, sd, s_events))) goto done;
+    if (!PyDict_Check(live) || !PyDict_Check(meta) || !PyDict_Check(claims) ||
+        !PySet_Check(dirty) || !PyDict_Check(events)) {
+        PyErr_SetString(PyExc_TypeError, "_fastbook: unexpected BookKeeper state");
+        goto done;
+    }
+    int record = PyUnicode_Check(verify) && PyUnicode_Compare(verify, s_flush) == 0;
+    int entry_mode = PyUnicode_Check(verify) && PyUnicode_Compare(verify, s_entry) == 0;
+    if (PyErr_Occurred()) goto done;
+    if (add_attr(stats, sd, s_frames, 1) < 0) goto done;
+    if (dict_incr(events, s_price_change) < 0) goto done;
+    if (!(ts = ascii_str(sc->ts))) goto done;
+
+    for (Py_ssize_t i = 0; i < sc->count; i++) {
+        entry_t *e = &sc->entries[i];
+        PyObject *asset = interned(e->asset, 0), *price = NULL, *size = NULL, *levels = NULL,
+                 *order = NULL, *hash = NULL;
+        int ok = 0;
+        if (!asset) goto entry_done;
+        /* Registering a new price happens in validation in the Python path too. */
+        if (!(price = interned(e->price, 1))) goto entry_done;
+        PyObject *book = PyDict_GetItemWithError(live, asset); /* borrowed */
+        if (!book) {
+            if (PyErr_Occurred()) goto entry_done;
+            int tracked = PyDict_Contains(meta, asset);
+            if (tracked < 0) goto entry_done;
+            if (tracked)
+                skipped++;
+            else
+                untracked++;
+            ok = 1;
+            goto entry_done;
+        }
+        Py_INCREF(book);
+        LevelsObject *core = core_of(book);
+        if (core) { /* levels held in C: no size str, no dict, no list */
+            if (side_set(&core->side[e->is_bid], e->is_bid, price, e->size.p, e->size.n, NULL,
+                         is_zero_size(e->size)) < 0)
+                goto book_done;
+            goto applied;
+        }
+        if (!(size = ascii_str(e->size))) goto book_done;
+        if (!(levels = book_get(book, e->is_bid ? F_BIDS : F_ASKS))) goto book_done;
+        if (book_set(book, e->is_bid ? F_BID_HASH_JSON : F_ASK_HASH_JSON, Py_None) < 0)
+            goto book_done;
+        if (book_set(book, e->is_bid ? F_BID_TOP_JSON : F_ASK_TOP_JSON, Py_None) < 0)
+            goto book_done;
+        int in_place = 0, zero = is_zero_size(e->size);
+        if (!zero && PyDict_CheckExact(levels)) {
+            in_place = PyDict_Contains(levels, price);
+            if (in_place < 0) goto book_done;
+        }
+        if (in_place) {
+            if (PyDict_SetItem(levels, price, size) < 0) goto book_done;
+        } else if (!(order = book_get(book, e->is_bid ? F_BID_PX : F_ASK_PX))) {
+            goto book_done;
+        } else if ((in_place = set_level(levels, order, price, size, zero)) < 0) {
+            goto book_done;
+        } else if (!in_place) {
+            PyObject *r = PyObject_CallMethodObjArgs(
+                book, s_set_level, e->is_bid ? Py_True : Py_False, price, size, NULL);
+            if (!r) goto book_done;
+            Py_DECREF(r);
+        }
+    applied:
+        if (book_set(book, F_TIMESTAMP, ts) < 0) goto book_done;
+        applied++;
+        if (PySet_Add(dirty, asset) < 0) goto book_done;
+        if (e->has_hash) {
+            if (!(hash = ascii_str(e->hash))) goto book_done;
+            if (book_set(book, F_HASH, hash) < 0) goto book_done;
+            if (record) {
+                if (PyDict_SetItem(claims, asset, price) < 0) goto book_done;
+            } else if (entry_mode) {
+                PyObject *r = PyObject_CallMethodObjArgs(keeper, s_verify_m, asset, book, hash,
+                                                         ts, price, NULL);
+                if (!r) goto book_done;
+                Py_DECREF(r);
+            }
+        } else {
+            if (book_set(book, F_HASH, s_empty) < 0) goto book_done;
+            if (record && PyDict_DelItem(claims, asset) < 0) {
+                if (!PyErr_ExceptionMatches(PyExc_KeyError)) goto book_done;
+                PyErr_Clear();
+            }
+        }
+        ok = 1;
+    book_done:
+        Py_DECREF(book);
+    entry_done:
+        Py_XDECREF(asset);
+        Py_XDECREF(price);
+        Py_XDECREF(size);
+        Py_XDECREF(levels);
+        Py_XDECREF(order);
+        Py_XDECREF(hash);
+        if (!ok) goto done;
+    }
+    /* Like the Python loop: the counts are added once the whole frame went through. */
+    if (add_attr(stats, sd, s_entries_skipped_resync, skipped) < 0 ||
+        add_attr(stats, sd, s_entries_untracked, untracked) < 0 ||
+        add_attr(stats, sd, s_entries_applied, applied) < 0)
+        goto done;
+    rc = 0;
+done:
+    Py_XDECREF(stats);
+    Py_XDECREF(live);
+    Py_XDECREF(meta);
+    Py_XDECREF(claims);
+    Py_XDECREF(dirty);
+    Py_XDECREF(verify);
+    Py_XDECREF(events);
+    Py_XDECREF(ts);
+    Py_XDECREF(kd);
+    Py_XDECREF(sd);
+    return rc;
+}
+
+static PyObject *feed_price_change(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "feed_price_change(keeper, raw)");
+        return NULL;
+    }
+    PyObject *keeper = args[0], *raw = args[1];
+    if (!g_price_strs) {
+        PyErr_SetString(PyExc_RuntimeError, "_fastbook.bind() was not called");
+        return NULL;
+    }
+    const char *data;
+    Py_ssize_t n;
+    if (PyBytes_CheckExact(raw)) {
+        data = PyBytes_AS_STRING(raw);
+        n = PyBytes_GET_SIZE(raw);
+    } else if (PyUnicode_CheckExact(raw) && STR_READY(raw) && PyUnicode_IS_ASCII(raw)) {
+        data = (const char *)PyUnicode_DATA(raw);
+        n = PyUnicode_GET_LENGTH(raw);
+    } else {
+        Py_RETURN_FALSE;
+    }
+    scan_t sc;
+    sc.s = data;
+    sc.end = data + n;
+    sc.entries = sc.small;
+    sc.count = 0;
+    sc.cap = (Py_ssize_t)(sizeof(sc.small) / sizeof(sc.small[0]));
+    sc.ts.p = NULL;
+    sc.ts.n = 0;
+    PyObject *result;
+    if (!scan_frame(&sc)) {
+        result = Py_False;
+        Py_INCREF(result);
+    } else if (apply_entries(keeper, &sc) < 0) {
+        result = NULL;
+    } else {
+        result = Py_True;
+        Py_INCREF(result);
+    }
+    if (sc.entries != sc.small) PyMem_Free(sc.entries);
+    return result;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* encode_top and hash_text                                                                   */
+
+/* Pointers to the level dict and sorted price list of one side, checked. */
+static int side_of(PyObject *book, int bid, PyObject **levels, PyObject **order) {
+    *levels = book_get(book, bid ? F_BIDS : F_ASKS);
+    if (!*levels) return -1;
+    *order = book_get(book, bid ? F_BID_PX : F_ASK_PX);
+    if (!*order) {
+        Py_CLEAR(*levels);
+        return -1;
+    }
+    if (!PyDict_Check(*levels) || !PyList_Check(*order)) {
+        Py_CLEAR(*levels);
+        Py_CLEAR(*order);
+        PyErr_SetString(PyExc_TypeError, "_fastbook: unexpected OrderBook state");
+        return -1;
+    }
+    return 0;
+}
+
+/* One level as the bus writes it (["p","s"]) or as the hash recipe does. */
+static int put_level(buf_t *b, PyObject *levels, PyObject *price, int for_hash) {
+    PyObject *size = PyDict_GetItemWithError(levels, price);
+    if (!size) {
+        if (!PyErr_Occurred()) PyErr_SetObject(PyExc_KeyError, price);
+        return -1;
+    }
+    if (for_hash) {
+        /* Prices and sizes are validated plain ASCII decimals: spliced as is (book.py). */
+        if (BUF_LIT(b, "{\"price\":") < 0 || buf_json_str(b, price) < 0 ||
+            BUF_LIT(b, ",\"size\":") < 0 || buf_json_str(b, size) < 0 || BUF_LIT(b, "}") < 0)
+            return -1;
+        return 0;
+    }
+    if (BUF_LIT(b, "[") < 0 || buf_json_str(b, price) < 0 || BUF_LIT(b, ",") < 0 ||
+        buf_json_str(b, size) < 0 || BUF_LIT(b, "]") < 0)
+        return -1;
+    return 0;
+}
+
+/* Levels of one side from `order`, indices [start, stop) stepping by `step`. */
+static int put_side(buf_t *b, PyObject *levels, PyObject *order, Py_ssize_t start,
+                    Py_ssize_t count, int step, int for_hash) {
+    if (BUF_LIT(b, "[") < 0) return -1;
+    for (Py_ssize_t k = 0; k < count; k++) {
+        if (k && BUF_LIT(b, ",") < 0) return -1;
+        if (put_level(b, levels, PyList_GET_ITEM(order, start + k * step), for_hash) < 0)
+            return -1;
+    }
+    return BUF_LIT(b, "]");
+}
+
+/* The same from a C-held side. */
+static int put_core_side(buf_t *b, const side_t *s, Py_ssize_t start, Py_ssize_t count, int step,
+                         int for_hash) {
+    /* Prices and sizes in a Levels are validated plain ASCII decimals: no escaping. */
+    if (BUF_LIT(b, "[") < 0) return -1;
+    for (Py_ssize_t k = 0; k < count; k++) {
+        const level_t *l = &s->v[start + k * step];
+        const char *sp, *pp = (const char *)PyUnicode_DATA(l->price);
+        Py_ssize_t sn, pn = PyUnicode_GET_LENGTH(l->price);
+        level_size_text(l, &sp, &sn);
+        if (buf_reserve(b, pn + sn + 24) < 0) return -1;
+        char *o = b->p + b->n;
+        if (k) *o++ = ',';
+        if (for_hash) {
+            memcpy(o, "{\"price\":\"", 10);
+            o += 10;
+        } else {
+            memcpy(o, "[\"", 2);
+            o += 2;
+        }
+        memcpy(o, pp, (size_t)pn);
+        o += pn;
+        if (for_hash) {
+            memcpy(o, "\",\"size\":\"", 10);
+            o += 10;
+        } else {
+            memcpy(o, "\",\"", 3);
+            o += 3;
+        }
+        memcpy(o, sp, (size_t)sn);
+        o += sn;
+        if (for_hash) {
+            memcpy(o, "\"}", 2);
+            o += 2;
+        } else {
+            memcpy(o, "\"]", 2);
+            o += 2;
+        }
+        b->n = o - b->p;
+    }
+    return BUF_LIT(b, "]");
+}
+
+static int put_key_str(buf_t *b, const char *key, PyObject *value) {
+    if (buf_put(b, key, (Py_ssize_t)strlen(key)) < 0) return -1;
+    return buf_json_str(b, value);
+}
+
+/* str field, or None; anything else is an error (the caller falls back). */
+static PyObject *str_attr(PyObject *book, int f) {
+    PyObject *v = book_get(book, f);
+    if (v && v != Py_None && !PyUnicode_Check(v)) {
+        Py_DECREF(v);
+        PyErr_Format(PyExc_TypeError, "_fastbook: OrderBook.%U is not a str", *g_field_names[f]);
+        return NULL;
+    }
+    return v;
+}
+
+/* A non-negative fixed-point value v / 10^places as bus._fmt writes a Decimal: plain
+ * notation, no trailing zeros after the point, no lone point. */
+static int buf_fixed(buf_t *b, uint64_t v, int places, int negative) {
+    char digits[48];
+    int n = 0;
+    do {
+        digits[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    while (n <= places) digits[n++] = '0'; /* at least one digit before the point */
+    int first = 0;                         /* index of the lowest digit kept */
+    while (first < places && digits[first] == '0') first++;
+    if (buf_reserve(b, n + 4) < 0) return -1;
+    b->p[b->n++] = '"';
+    if (negative) b->p[b->n++] = '-';
+    for (int i = n - 1; i >= places; i--) b->p[b->n++] = digits[i];
+    if (first < places) {
+        b->p[b->n++] = '.';
+        for (int i = places - 1; i >= first; i--) b->p[b->n++] = digits[i];
+    }
+    b->p[b->n++] = '"';
+    return 0;
+}
+
+/* ,"mid":..,"spread":.. for best bid and ask (bus.mid_spread: exact (b + a) / 2 and a - b);
+ * 0 if a price has more than 18 decimals (the caller asks bus.mid_spread instead). */
+static int put_mid_spread(buf_t *b, PyObject *bid, PyObject *ask) {
+    int64_t kb, ka;
+    if (!price_key(bid, &kb) || !price_key(ask, &ka)) return 0;
+    if (BUF_LIT(b, ",\"mid\":") < 0) return -1;
+    /* (kb + ka) / 2 at 1e-18 is (kb + ka) * 5 at 1e-19; <= 1e19 fits in 64 unsigned bits. */
+    if (buf_fixed(b, ((uint64_t)kb + (uint64_t)ka) * 5u, 19, 0) < 0) return -1;
+    if (BUF_LIT(b, ",\"spread\":") < 0) return -1;
+    int64_t d = ka - kb;
+    if (d == 0) return BUF_LIT(b, "\"0\"") < 0 ? -1 : 1;
+    return buf_fixed(b, (uint64_t)(d < 0 ? -d : d), 18, d < 0) < 0 ? -1 : 1;
+}
+
+static PyObject *encode_top_impl(PyObject *book, PyObject *fresh, PyObject *lts, Py_ssize_t depth,
+                                 long long published_at, PyObject *mid_spread) {
+    if (depth < 0) depth = 0;
+    PyObject *bids = NULL, *bid_px = NULL, *asks = NULL, *ask_px = NULL, *asset = NULL,
+             *market = NULL, *ltp = NULL, *tick = NULL, *ts = NULL, *hash = NULL, *ms = NULL,
+             *result = NULL;
+    buf_t b, tail; /* tail: mid and spread, written after best_ask */
+    buf_init(&b);
+    buf_init(&tail);
+    LevelsObject *core = core_of(book);
+    if (!core && (side_of(book, 1, &bids, &bid_px) < 0 || side_of(book, 0, &asks, &ask_px) < 0))
+        goto done;
+    if (!(asset = str_attr(book, F_ASSET_ID)) || !(market = str_attr(book, F_MARKET)) ||
+        !(ltp = str_attr(book, F_LAST_TRADE_PRICE)) || !(tick = str_attr(book, F_TICK_SIZE)) ||
+        !(ts = str_attr(book, F_TIMESTAMP)) || !(hash = str_attr(book, F_HASH)))
+        goto done;
+    if (ts == Py_None || asset == Py_None || market == Py_None || hash == Py_None) {
+        result = Py_None; /* not a shape we encode: the Python encoder decides */
+        Py_INCREF(result);
+        goto done;
+    }
+    /* timestamp_ms: int(ts) if ts.isascii() and ts.isdigit() else None */
+    long long ts_ms = -1;
+    {
+        Py_ssize_t n = PyUnicode_GET_LENGTH(ts);
+        if (PyUnicode_IS_ASCII(ts) && n > 0) {
+            const char *p = (const char *)PyUnicode_DATA(ts);
+            Py_ssize_t i = 0;
+            for (; i < n && p[i] >= '0' && p[i] <= '9'; i++)
+                ;
+            if (i == n) {
+                Py_ssize_t z = 0;
+                while (z < n - 1 && p[z] == '0') z++;
+                if (n - z > 18) { /* may not fit: let Python (and orjson) decide */
+                    result = Py_None;
+                    Py_INCREF(result);
+                    goto done;
+                }
+                ts_ms = 0;
+                for (i = z; i < n; i++) ts_ms = ts_ms * 10 + (p[i] - '0');
+            }
+        }
+    }
+    Py_ssize_t nb = core ? core->side[1].n : PyList_GET_SIZE(bid_px);
+    Py_ssize_t na = core ? core->side[0].n : PyList_GET_SIZE(ask_px);
+    PyObject *best_bid = !nb ? Py_None
+                         : core ? core->side[1].v[nb - 1].price
+                                : PyList_GET_ITEM(bid_px, nb - 1);
+    PyObject *best_ask = !na ? Py_None : core ? core->side[0].v[0].price : PyList_GET_ITEM(ask_px, 0);
+    PyObject *mid = Py_None, *spread = Py_None;
+    int mid_done = 0;
+    if (nb && na) {
+        mid_done = put_mid_spread(&tail, best_bid, best_ask);
+        if (mid_done < 0) goto done;
+    }
+    if (nb && na && !mid_done) {
+        ms = PyObject_CallFunctionObjArgs(mid_spread, best_bid, best_ask, NULL);
+        if (!ms) goto done;
+        if (!PyTuple_Check(ms) || PyTuple_GET_SIZE(ms) != 2) {
+            PyErr_SetString(PyExc_TypeError, "mid_spread must return a pair");
+            goto done;
+        }
+        mid = PyTuple_GET_ITEM(ms, 0);
+        spread = PyTuple_GET_ITEM(ms, 1);
+    }
+    int ltp_empty = ltp == Py_None || PyUnicode_GET_LENGTH(ltp) == 0;
+    if (put_key_str(&b, "{\"token_id\":", asset) < 0 ||
+        put_key_str(&b, ",\"market\":", market) < 0 ||
+        put_key_str(&b, ",\"best_bid\":", best_bid) < 0 ||
+        put_key_str(&b, ",\"best_ask\":", best_ask) < 0 ||
+        (mid_done ? buf_put(&b, tail.p, tail.n)
+                  : (put_key_str(&b, ",\"mid\":", mid) < 0 ? -1
+                                                              : put_key_str(&b, ",\"spread\":", spread))) < 0 ||
+        put_key_str(&b, ",\"last_trade_price\":", ltp_empty ? Py_None : ltp) < 0 ||
+        put_key_str(&b, ",\"last_trade_side\":", lts) < 0 ||
+        put_key_str(&b, ",\"tick_size\":", tick) < 0 || BUF_LIT(&b, ",\"timestamp_ms\":") < 0)
+        goto done;
+    if ((ts_ms < 0 ? BUF_LIT(&b, "null") : buf_int(&b, ts_ms)) < 0) goto done;
+    if (put_key_str(&b, ",\"hash\":", hash) < 0) goto done;
+    if ((PyObject_IsTrue(fresh) ? BUF_LIT(&b, ",\"fresh\":true") : BUF_LIT(&b, ",\"fresh\":false")) <
+        0)
+        goto done;
+    if (BUF_LIT(&b, ",\"bids\":") < 0 ||
+        (core ? put_core_side(&b, &core->side[1], nb - 1, nb < depth ? nb : depth, -1, 0)
+              : put_side(&b, bids, bid_px, nb - 1, nb < depth ? nb : depth, -1, 0)) < 0 ||
+        BUF_LIT(&b, ",\"asks\":") < 0 ||
+        (core ? put_core_side(&b, &core->side[0], 0, na < depth ? na : depth, 1, 0)
+              : put_side(&b, asks, ask_px, 0, na < depth ? na : depth, 1, 0)) < 0 ||
+        BUF_LIT(&b, ",\"published_at\":") < 0 || buf_int(&b, published_at) < 0 ||
+        BUF_LIT(&b, "}") < 0)
+        goto done;
+    result = PyBytes_FromStringAndSize(b.p, b.n);
+done:
+    buf_free(&b);
+    buf_free(&tail);
+    Py_XDECREF(bids);
+    Py_XDECREF(bid_px);
+    Py_XDECREF(asks);
+    Py_XDECREF(ask_px);
+    Py_XDECREF(asset);
+    Py_XDECREF(market);
+    Py_XDECREF(ltp);
+    Py_XDECREF(tick);
+    Py_XDECREF(ts);
+    Py_XDECREF(hash);
+    Py_XDECREF(ms);
+    return result;
+}
+
+static PyObject *encode_top(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError,
+                        "encode_top(book, fresh, last_trade_side, depth, published_at, "
+                        "mid_spread)");
+        return NULL;
+    }
+    Py_ssize_t depth = PyLong_AsSsize_t(args[3]);
+    if (depth == -1 && PyErr_Occurred()) return NULL;
+    long long published_at = PyLong_AsLongLong(args[4]);
+    if (published_at == -1 && PyErr_Occurred()) return NULL;
+    return encode_top_impl(args[0], args[1], args[2], depth, published_at, args[5]);
+}
+
+static PyObject *hash_text(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "hash_text(book, timestamp, last_trade_price)");
+        return NULL;
+    }
+    PyObject *book = args[0], *ts = args[1], *ltp = args[2];
+    PyObject *bids = NULL, *bid_px = NULL, *asks = NULL, *ask_px = NULL, *asset = NULL,
+             *market = NULL, *tick = NULL, *mos = NULL, *neg = NULL, *result = NULL;
+    buf_t b;
+    buf_init(&b);
+    LevelsObject *core = core_of(book);
+    if (!core && (side_of(book, 1, &bids, &bid_px) < 0 || side_of(book, 0, &asks, &ask_px) < 0))
+        goto done;
+    if (!(asset = book_get(book, F_ASSET_ID)) ||
+        !(market = book_get(book, F_MARKET)) ||
+        !(tick = book_get(book, F_TICK_SIZE)) ||
+        !(mos = book_get(book, F_MIN_ORDER_SIZE)) ||
+        !(neg = book_get(book, F_NEG_RISK)))
+        goto done;
+    Py_ssize_t nb = core ? core->side[1].n : PyList_GET_SIZE(bid_px);
+    Py_ssize_t na = core ? core->side[0].n : PyList_GET_SIZE(ask_px);
+    int neg_true = PyObject_IsTrue(neg);
+    if (neg_true < 0) goto done;
+    if (put_key_str(&b, "{\"market\":", market) < 0 ||
+        put_key_str(&b, ",\"asset_id\":", asset) < 0 ||
+        put_key_str(&b, ",\"timestamp\":", ts) < 0 ||
+        BUF_LIT(&b, ",\"hash\":\"\",\"bids\":") < 0 ||
+        (core ? put_core_side(&b, &core->side[1], 0, nb, 1, 1)
+              : put_side(&b, bids, bid_px, 0, nb, 1, 1)) < 0 ||
+        BUF_LIT(&b, ",\"asks\":") < 0 ||
+        (core ? put_core_side(&b, &core->side[0], na - 1, na, -1, 1)
+              : put_side(&b, asks, ask_px, na - 1, na, -1, 1)) < 0 ||
+        put_key_str(&b, ",\"min_order_size\":", mos) < 0 ||
+        put_key_str(&b, ",\"tick_size\":", tick) < 0 ||
+        (neg_true ? BUF_LIT(&b, ",\"neg_risk\":true") : BUF_LIT(&b, ",\"neg_risk\":false")) < 0 ||
+        put_key_str(&b, ",\"last_trade_price\":", ltp) < 0 || BUF_LIT(&b, "}") < 0)
+        goto done;
+    result = PyBytes_FromStringAndSize(b.p, b.n);
+done:
+    buf_free(&b);
+    Py_XDECREF(bids);
+    Py_XDECREF(bid_px);
+    Py_XDECREF(asks);
+    Py_XDECREF(ask_px);
+    Py_XDECREF(asset);
+    Py_XDECREF(market);
+    Py_XDECREF(tick);
+    Py_XDECREF(mos);
+    Py_XDECREF(neg);
+    return result;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+
+static PyObject *bind(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "bind(price_strs, parse_price, orjson_dumps, OrderBook)");
+        return NULL;
+    }
+    if (bind_book_type(args[3]) < 0) return NULL;
+    if (!PyDict_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "price_strs must be a dict");
+        return NULL;
+    }
+    table_clear();
+    Py_INCREF(args[0]);
+    Py_INCREF(args[1]);
+    Py_INCREF(args[2]);
+    Py_XSETREF(g_price_strs, args[0]);
+    Py_XSETREF(g_parse_price, args[1]);
+    Py_XSETREF(g_dumps, args[2]);
+    Py_RETURN_NONE;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* encode_tops and pack_publish: the flush, per token touched                                 */
+
+static PyObject *s_last_trade, *s_side;
+
+/* encode_tops(tokens, books, live, meta, depth, published_at, mid_spread, fallback)
+ * -> [(token_id, top JSON), ...]: BookKeeper.drain_tops_json's loop. `fallback(book, fresh,
+ * last_trade_side, depth, published_at)` encodes what encode_top leaves to Python. */
+static PyObject *encode_tops(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 8) {
+        PyErr_SetString(PyExc_TypeError, "encode_tops(tokens, books, live, meta, depth, "
+                                         "published_at, mid_spread, fallback)");
+        return NULL;
+    }
+    PyObject *tokens = args[0], *books = args[1], *live = args[2], *meta = args[3];
+    PyObject *mid_spread = args[6], *fallback = args[7];
+    if (!PyDict_Check(books) || !PyDict_Check(meta)) {
+        PyErr_SetString(PyExc_TypeError, "books and meta must be dicts");
+        return NULL;
+    }
+    Py_ssize_t depth = PyLong_AsSsize_t(args[4]);
+    if (depth == -1 && PyErr_Occurred()) return NULL;
+    long long published_at = PyLong_AsLongLong(args[5]);
+    if (published_at == -1 && PyErr_Occurred()) return NULL;
+    PyObject *out = PyList_New(0), *it = PyObject_GetIter(tokens), *token;
+    if (!out || !it) goto fail;
+    while ((token = PyIter_Next(it))) {
+        PyObject *book = PyDict_GetItemWithError(books, token), *blob = NULL, *side = NULL;
+        int ok = 0;
+        if (!book) {
+            Py_DECREF(token);
+            if (PyErr_Occurred()) goto fail;
+            continue;
+        }
+        Py_INCREF(book);
+        PyObject *m = PyDict_GetItemWithError(meta, token); /* borrowed */
+        if (!m) {
+            if (!PyErr_Occurred()) PyErr_SetObject(PyExc_KeyError, token);
+            goto next;
+        }
+        PyObject *last = PyObject_GetAttr(m, s_last_trade);
+        if (!last) goto next;
+        if (last == Py_None) {
+            side = last;
+        } else {
+            side = PyObject_GetAttr(last, s_side);
+            Py_DECREF(last);
+            if (!side) goto next;
+        }
+        int fresh = PySequence_Contains(live, token);
+        if (fresh < 0) goto next;
+        PyObject *f = fresh ? Py_True : Py_False;
+        blob = encode_top_impl(book, f, side, depth, published_at, mid_spread);
+        if (blob == Py_None) {
+            Py_DECREF(blob);
+            blob = PyObject_CallFunction(fallback, "OOOnL", book, f, side, depth, published_at);
+        }
+        if (!blob) goto next;
+        PyObject *pair = PyTuple_Pack(2, token, blob);
+        ok = pair && PyList_Append(out, pair) == 0;
+        Py_XDECREF(pair);
+    next:
+        Py_DECREF(book);
+        Py_XDECREF(side);
+        Py_XDECREF(blob);
+        Py_DECREF(token);
+        if (!ok) goto fail;
+    }
+    if (PyErr_Occurred()) goto fail;
+    Py_DECREF(it);
+    return out;
+fail:
+    Py_XDECREF(it);
+    Py_XDECREF(out);
+    return NULL;
+}
+
+/* zlib's CRC-32 (bus.shard_of: crc32(token_id) mod n). */
+static uint32_t g_crc_table[256];
+
+static void crc_init(void) {
+    for (uint32_t n = 0; n < 256; n++) {
+        uint32_t c = n;
+        for (int k = 0; k < 8; k++) c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+        g_crc_table[n] = c;
+    }
+}
+
+static uint32_t crc32_bytes(const char *p, Py_ssize_t n) {
+    uint32_t c = 0xFFFFFFFFu;
+    for (Py_ssize_t i = 0; i < n; i++) c = g_crc_table[(c ^ (uint8_t)p[i]) & 0xFF] ^ (c >> 8);
+    return c ^ 0xFFFFFFFFu;
+}
+
+static int put_bulk(buf_t *b, const char *p, Py_ssize_t n) {
+    char head[32];
+    int h = snprintf(head, sizeof head, "$%zd\r\n", n);
+    if (buf_reserve(b, h + n + 2) < 0) return -1;
+    memcpy(b->p + b->n, head, (size_t)h);
+    memcpy(b->p + b->n + h, p, (size_t)n);
+    memcpy(b->p + b->n + h + n, "\r\n", 2);
+    b->n += h + n + 2;
+    return 0;
+}
+
+/* pack_publish(items, n_shards, maxlen, book_prefix, stream_prefix) -> (bytes, replies):
+ * publisher.pack_publish byte for byte (MSET of each token's latest top, then one XADD per
+ * shard in order of first appearance, its tops joined by newlines). */
+static PyObject *pack_publish(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5 || !PyBytes_Check(args[3]) || !PyBytes_Check(args[4])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "pack_publish(items, n_shards, maxlen, book_prefix: bytes, "
+                        "stream_prefix: bytes)");
+        return NULL;
+    }
+    Py_ssize_t n_shards = PyLong_AsSsize_t(args[1]);
+    if (n_shards == -1 && PyErr_Occurred()) return NULL;
+    long long maxlen = PyLong_AsLongLong(args[2]);
+    if (maxlen == -1 && PyErr_Occurred()) return NULL;
+    if (n_shards < 1) n_shards = 1;
+    PyObject *seq = PySequence_Fast(args[0], "items must be a sequence");
+    if (!seq) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject *latest = PyDict_New(), *result = NULL;
+    Py_ssize_t *shard_of_item = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)(n ? n : 1));
+    Py_ssize_t *order = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)n_shards);
+    Py_ssize_t *count = PyMem_Calloc((size_t)n_shards, sizeof(Py_ssize_t));
+    Py_ssize_t *bytes = PyMem_Calloc((size_t)n_shards, sizeof(Py_ssize_t));
+    Py_ssize_t shards_seen = 0;
+    buf_t b;
+    buf_init(&b);
+    if (!latest || !shard_of_item || !order || !count || !bytes) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    PyObject *const *items = PySequence_Fast_ITEMS(seq);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = items[i];
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2 ||
+            !PyUnicode_Check(PyTuple_GET_ITEM(item, 0)) ||
+            !PyBytes_Check(PyTuple_GET_ITEM(item, 1))) {
+            PyErr_SetString(PyExc_TypeError, "items must be (token_id: str, blob: bytes)");
+            goto done;
+        }
+        PyObject *token = PyTuple_GET_ITEM(item, 0), *blob = PyTuple_GET_ITEM(item, 1);
+        if (PyDict_SetItem(latest, token, blob) < 0) goto done;
+        Py_ssize_t tn;
+        const char *tp = PyUnicode_AsUTF8AndSize(token, &tn);
+        if (!tp) goto done;
+        Py_ssize_t shard = n_shards <= 1 ? 0 : (Py_ssize_t)(crc32_bytes(tp, tn) % (uint32_t)n_shards);
+        shard_of_item[i] = shard;
+        if (!count[shard]) order[shards_seen++] = shard;
+        count[shard]++;
+        bytes[shard] += PyBytes_GET_SIZE(blob) + 1;
+    }
+    char head[64];
+    int h = snprintf(head, sizeof head, "*%zd\r\n$4\r\nMSET\r\n", 1 + 2 * PyDict_GET_SIZE(latest));
+    if (buf_put(&b, head, h) < 0) goto done;
+    const char *bp = PyBytes_AS_STRING(args[3]);
+    Py_ssize_t bn = PyBytes_GET_SIZE(args[3]);
+    Py_ssize_t pos = 0;
+    PyObject *token, *blob;
+    while (PyDict_Next(latest, &pos, &token, &blob)) {
+        Py_ssize_t tn;
+        const char *tp = PyUnicode_AsUTF8AndSize(token, &tn);
+        if (!tp) goto done;
+        h = snprintf(head, sizeof head, "$%zd\r\n", bn + tn);
+        if (buf_put(&b, head, h) < 0 || buf_put(&b, bp, bn) < 0 || buf_put(&b, tp, tn) < 0 ||
+            BUF_LIT(&b, "\r\n") < 0 ||
+            put_bulk(&b, PyBytes_AS_STRING(blob), PyBytes_GET_SIZE(blob)) < 0)
+            goto done;
+    }
+    char cap[32];
+    int capn = snprintf(cap, sizeof cap, "%lld", maxlen);
+    for (Py_ssize_t k = 0; k < shards_seen; k++) {
+        Py_ssize_t shard = order[k];
+        char stream[160];
+        int sn = snprintf(stream, sizeof stream, "%.*s%zd", (int)PyBytes_GET_SIZE(args[4]),
+                          PyBytes_AS_STRING(args[4]), shard);
+        if (sn < 0 || sn >= (int)sizeof stream) {
+            PyErr_SetString(PyExc_ValueError, "stream prefix too long");
+            goto done;
+        }
+        if (BUF_LIT(&b, "*8\r\n$4\r\nXADD\r\n") < 0 || put_bulk(&b, stream, sn) < 0 ||
+            BUF_LIT(&b, "$6\r\nMAXLEN\r\n$1\r\n~\r\n") < 0 || put_bulk(&b, cap, capn) < 0 ||
+            BUF_LIT(&b, "$1\r\n*\r\n$4\r\ntops\r\n") < 0)
+            goto done;
+        Py_ssize_t len = bytes[shard] - 1; /* newline-joined */
+        h = snprintf(head, sizeof head, "$%zd\r\n", len);
+        if (buf_put(&b, head, h) < 0 || buf_reserve(&b, len + 2) < 0) goto done;
+        int first = 1;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            if (shard_of_item[i] != shard) continue;
+            PyObject *v = PyTuple_GET_ITEM(items[i], 1);
+            if (!first) b.p[b.n++] = '\n';
+            first = 0;
+            memcpy(b.p + b.n, PyBytes_AS_STRING(v), (size_t)PyBytes_GET_SIZE(v));
+            b.n += PyBytes_GET_SIZE(v);
+        }
+        memcpy(b.p + b.n, "\r\n", 2);
+        b.n += 2;
+    }
+    PyObject *payload = PyBytes_FromStringAndSize(b.p, b.n);
+    if (payload) {
+        result = Py_BuildValue("(Nn)", payload, 1 + shards_seen);
+    }
+done:
+    buf_free(&b);
+    PyMem_Free(shard_of_item);
+    PyMem_Free(order);
+    PyMem_Free(count);
+    PyMem_Free(bytes);
+    Py_XDECREF(latest);
+    Py_DECREF(seq);
+    return result;
+}
+
+/* bind_native(NativeOrderBook): the class whose `_core` slot holds a Levels. */
+static PyObject *bind_native(PyObject *self, PyObject *cls) {
+    if (!PyType_Check(cls)) {
+        PyErr_SetString(PyExc_TypeError, "bind_native(NativeOrderBook)");
+        return NULL;
+    }
+    PyObject *d = PyObject_GetAttrString(cls, "_core");
+    if (!d) return NULL;
+    Py_ssize_t offset = -1;
+    if (Py_TYPE(d) == &PyMemberDescr_Type) {
+        PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
+        if (m->type == T_OBJECT_EX) offset = m->offset;
+    }
+    Py_DECREF(d);
+    if (offset < 0) {
+        PyErr_SetString(PyExc_TypeError, "NativeOrderBook._core must be a slot");
+        return NULL;
+    }
+    Py_INCREF(cls);
+    Py_XSETREF(g_native_type, cls);
+    g_core_offset = offset;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"bind", (PyCFunction)(void (*)(void))bind, METH_FASTCALL,
+     "bind(price_strs, parse_price, orjson_dumps, OrderBook): what the C code shares."},
+    {"bind_native", (PyCFunction)bind_native, METH_O,
+     "bind_native(NativeOrderBook): the book class whose levels live in a Levels."},
+    {"feed_price_change", (PyCFunction)(void (*)(void))feed_price_change, METH_FASTCALL,
+     "feed_price_change(keeper, raw) -> bool: apply a price_change frame, False if the "
+     "Python path must handle it (nothing changed then)."},
+    {"encode_top", (PyCFunction)(void (*)(void))encode_top, METH_FASTCALL,
+     "encode_top(book, fresh, last_trade_side, depth, published_at, mid_spread) -> bytes|None"},
+    {"encode_tops", (PyCFunction)(void (*)(void))encode_tops, METH_FASTCALL,
+     "encode_tops(tokens, books, live, meta, depth, published_at, mid_spread, fallback)"},
+    {"pack_publish", (PyCFunction)(void (*)(void))pack_publish, METH_FASTCALL,
+     "pack_publish(items, n_shards, maxlen, book_prefix, stream_prefix) -> (bytes, replies)"},
+    {"hash_text", (PyCFunction)(void (*)(void))hash_text, METH_FASTCALL,
+     "hash_text(book, timestamp, last_trade_price) -> bytes: the book hash's SHA-1 input."},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef moduledef = {
+    PyModuleDef_HEAD_INIT, .m_name = "_fastbook", .m_size = -1, .m_methods = methods};
+
+#define INTERN(var, text)                                   \
+    do {                                                    \
+        if (!((var) = PyUnicode_InternFromString(text))) return NULL; \
+    } while (0)
+
+PyMODINIT_FUNC PyInit__fastbook(void) {
+    INTERN(s_stats, "stats");
+    INTERN(s_live, "_live");
+    INTERN(s_meta, "_meta");
+    INTERN(s_claims, "_claims");
+    INTERN(s_dirty, "_dirty");
+    INTERN(s_verify, "verify");
+    INTERN(s_frames, "frames");
+    INTERN(s_events, "events");
+    INTERN(s_entries_applied, "entries_applied");
+    INTERN(s_entries_untracked, "entries_untracked");
+    INTERN(s_entries_skipped_resync, "entries_skipped_resync");
+    INTERN(s_bids, "bids");
+    INTERN(s_asks, "asks");
+    INTERN(s_bid_px, "_bid_px");
+    INTERN(s_ask_px, "_ask_px");
+    INTERN(s_bid_hash_json, "_bid_hash_json");
+    INTERN(s_bid_top_json, "_bid_top_json");
+    INTERN(s_ask_hash_json, "_ask_hash_json");
+    INTERN(s_ask_top_json, "_ask_top_json");
+    INTERN(s_timestamp, "timestamp");
+    INTERN(s_hash, "hash");
+    INTERN(s_set_level, "_set_level");
+    INTERN(s_verify_m, "_verify");
+    INTERN(s_price_change, "price_change");
+    INTERN(s_flush, "flush");
+    INTERN(s_entry, "entry");
+    INTERN(s_empty, "");
+    INTERN(s_asset_id, "asset_id");
+    INTERN(s_market, "market");
+    INTERN(s_last_trade_price, "last_trade_price");
+    INTERN(s_tick_size, "tick_size");
+    INTERN(s_min_order_size, "min_order_size");
+    INTERN(s_neg_risk, "neg_risk");
+    INTERN(s_last_trade, "last_trade");
+    INTERN(s_side, "side");
+    crc_init();
+    if (PyType_Ready(&Levels_Type) < 0) return NULL;
+    PyObject *m = PyModule_Create(&moduledef);
+    if (!m) return NULL;
+    Py_INCREF(&Levels_Type);
+    if (PyModule_AddObject(m, "Levels", (PyObject *)&Levels_Type) < 0) {
+        Py_DECREF(&Levels_Type);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

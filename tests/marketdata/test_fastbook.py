@@ -1,0 +1,473 @@
+"""The compiled feed path (marketdata/_fastbook.c) against the pure-Python one: the same
+frames through `BookKeeper(native=True)` and `BookKeeper(native=False)` must leave identical
+books, claims, hash outcomes, counters and published tops; the C top encoder, hash text and
+mid/spread must equal the Python ones byte for byte.
+
+Skipped when the extension is not built or POLYSIM_FEED_PURE is set; REQUIRE_FASTBOOK=1
+(CI, after `make install` built it) turns that skip into a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from decimal import Decimal
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from marketdata import fastbook, messages
+from marketdata.book import OrderBook, book_from_levels
+from marketdata.bus import _MID_SPREAD, encode_top, mid_spread
+from marketdata.messages import BookKeeper
+
+if fastbook.native is None:
+    reason = "marketdata._fastbook is not built (make install) or POLYSIM_FEED_PURE is set"
+    if os.environ.get("REQUIRE_FASTBOOK") == "1" and not os.environ.get("POLYSIM_FEED_PURE"):
+        pytest.fail(f"{reason} (REQUIRE_FASTBOOK=1)", pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
+
+native = fastbook.native
+SEQUENCE = "fixtures/polymarket/ws/nt_ws_sequence_book_pricechange_trade_2026-09.jsonl"
+TOKEN_A = "76670567130917723816490572615540605537878462672464291990940067659127658071111"
+TOKEN_B = "54179564009642723353355316176091991063553046330768303687769988635499280029688"
+UNTRACKED = "1" * 77
+
+
+@pytest.fixture(autouse=True)
+def fixed_clock(monkeypatch):
+    """Both keepers stamp their tops with the same published_at."""
+    monkeypatch.setattr(messages, "now_ms", lambda: 1_790_000_000_000)
+
+
+def pair(tokens=(TOKEN_A, TOKEN_B), **kwargs) -> tuple[BookKeeper, BookKeeper]:
+    keepers = BookKeeper(native=True, **kwargs), BookKeeper(native=False, **kwargs)
+    for keeper in keepers:
+        for token in tokens:
+            keeper.track(token, market="0xm")
+    return keepers
+
+
+def state(keeper: BookKeeper) -> dict:
+    return {
+        "books": {t: b.to_wire() for t, b in keeper._books.items()},
+        "best": {t: (b.best_bid_str(), b.best_ask_str()) for t, b in keeper._books.items()},
+        "live": sorted(keeper._live),
+        "claims": dict(keeper._claims),
+        "dirty": sorted(keeper._dirty),
+        "hash_results": dict(keeper.last_hash_result),
+        "stats": keeper.stats.as_dict(),
+        "ltp": {t: b.last_trade_price for t, b in keeper._books.items()},
+    }
+
+
+def assert_same(fast: BookKeeper, pure: BookKeeper) -> None:
+    assert state(fast) == state(pure)
+
+
+def drain_same(fast: BookKeeper, pure: BookKeeper) -> list[tuple[str, bytes]]:
+    tops_fast, tops_pure = sorted(fast.drain_tops_json()), sorted(pure.drain_tops_json())
+    assert tops_fast == tops_pure
+    assert_same(fast, pure)
+    return tops_fast
+
+
+# --- the recorded sequence -----------------------------------------------------------------
+
+
+def recorded(shared_dir) -> list[bytes]:
+    return (shared_dir / SEQUENCE).read_bytes().splitlines()
+
+
+def test_the_scanner_takes_every_recorded_price_change_frame(shared_dir):
+    """Not vacuous: the C path really handles the recorded deltas (and nothing else)."""
+    keeper = BookKeeper(native=True)
+    keeper.track(TOKEN_A)
+    handled = [native.feed_price_change(keeper, frame) for frame in recorded(shared_dir)]
+    kinds = [orjson.loads(frame)["event_type"] for frame in recorded(shared_dir)]
+    assert handled == [kind == "price_change" for kind in kinds]
+    assert sum(handled) == 49
+    assert keeper.stats.events == {"price_change": 49}
+
+
+@pytest.mark.parametrize("verify", ["entry", "flush", "off"])
+@pytest.mark.parametrize("drain_every", [1, 5, 1000])
+def test_golden_sequence_same_on_both_paths(shared_dir, verify, drain_every):
+    frames = recorded(shared_dir)
+    fast, pure = pair((TOKEN_A,), verify=verify)
+    for i, frame in enumerate(frames):
+        fast.feed(frame)
+        pure.feed(frame)
+        assert_same(fast, pure)
+        if i % drain_every == 0:
+            drain_same(fast, pure)
+    tops = drain_same(fast, pure)
+    final = orjson.loads(frames[-1])
+    book = fast.book(TOKEN_A)
+    assert book is not None
+    if verify != "off":  # the last trade price is recovered by the hash checks
+        assert book.compute_hash() == final["hash"]
+    assert book.to_wire()["bids"] == final["bids"] and book.to_wire()["asks"] == final["asks"]
+    assert fast.stats.entries_applied == 49 and fast.stats.rejected == {}
+    if drain_every == 1000:
+        assert [t for t, _ in tops] == [TOKEN_A]
+
+
+def test_golden_sequence_str_frames_as_the_websocket_delivers_them(shared_dir):
+    fast, pure = pair((TOKEN_A,))
+    for frame in recorded(shared_dir):
+        fast.feed(frame.decode())
+        pure.feed(frame.decode())
+    drain_same(fast, pure)
+    final = orjson.loads(recorded(shared_dir)[-1])
+    assert fast.book(TOKEN_A).compute_hash() == final["hash"]
+    assert fast.stats.hash_mismatched == 0 and fast.stats.entries_applied == 49
+
+
+# --- random frames: valid, odd and broken --------------------------------------------------
+
+PRICES = ["0.5", "0.50", ".5", "0.1", "0.3", "0.30", "1", "1.0", "0.001", "0.999", "0.0001"]
+PRICES += ["0.1234567890123456789012", "0.12345678901234567890120"]  # beyond 18 decimals
+BAD_PRICES = ["0", "0.0", "1.5", "-0.1", "abc", "NaN", "", "1e-1", " 0.5", "0.5.1", "٠.5"]
+SIZES = ["0", "0.0", ".0", "00", "100", "100.5", "5", "3.", "0.25", "12345678901234567890.5"]
+BAD_SIZES = ["-1", "abc", "NaN", "", "1e3", "Infinity", "1,5"]
+TOKENS = [TOKEN_A, TOKEN_B, UNTRACKED, ""]
+
+hashes = st.sampled_from([None, "MISSING", "MISSING"] + [f"{i:040x}" for i in range(7)])
+
+
+@st.composite
+def entries(draw):
+    good = draw(st.integers(0, 9)) > 0
+    entry = {
+        "asset_id": draw(st.sampled_from(TOKENS[:3] if good else TOKENS)),
+        "price": draw(st.sampled_from(PRICES if good else PRICES + BAD_PRICES)),
+        "size": draw(st.sampled_from(SIZES if good else SIZES + BAD_SIZES)),
+        "side": draw(st.sampled_from(["BUY", "SELL"] if good else ["BUY", "SELL", "buy", "X"])),
+    }
+    h = draw(hashes)
+    if h != "MISSING":
+        entry["hash"] = h
+    if draw(st.booleans()):
+        entry["best_bid"], entry["best_ask"] = "0.1", "0.9"
+    if not good and draw(st.booleans()):
+        del entry[draw(st.sampled_from(sorted(entry)))]
+    if not good and draw(st.integers(0, 9)) == 0:
+        entry[draw(st.sampled_from(["price", "size", "extra"]))] = draw(
+            st.sampled_from([0.5, 1, None, True, [], "é"])
+        )
+    return entry
+
+
+@st.composite
+def price_change_frames(draw):
+    msg = {
+        "market": draw(st.sampled_from(["0xm"] * 8 + ['0x"q"', "0xé"])),
+        "price_changes": draw(st.lists(entries(), max_size=4)),
+        "timestamp": draw(st.sampled_from(["1790658674035"] * 4 + ["1790658674036", "", "0017"])),
+        "event_type": "price_change",
+    }
+    keys = list(msg)
+    draw(st.randoms()).shuffle(keys)
+    msg = {k: msg[k] for k in keys}
+    style = draw(st.integers(0, 19))  # 7..19: the compact bytes Polymarket sends
+    if style == 0:
+        return json.dumps(msg, indent=1).encode()  # whitespace everywhere
+    if style == 1:
+        return json.dumps(msg, ensure_ascii=True).encode()  # \u escapes for non-ASCII
+    if style == 2:
+        return orjson.dumps([msg])  # an array frame
+    if style == 3:
+        return orjson.dumps(msg).replace(b'"timestamp"', b'"timestamp":"1","timestamp"', 1)
+    if style == 4:
+        return orjson.dumps({**msg, "extra": "x"})
+    if style == 5:
+        return orjson.dumps(msg)[:-1]  # truncated: malformed JSON
+    if style == 6:
+        return orjson.dumps(msg).decode()  # a str frame
+    return orjson.dumps(msg)
+
+
+@st.composite
+def other_frames(draw):
+    token = draw(st.sampled_from([TOKEN_A, TOKEN_B, UNTRACKED]))
+    kind = draw(st.integers(0, 4))
+    if kind == 0:
+        levels = st.lists(
+            st.tuples(st.sampled_from(PRICES), st.sampled_from(SIZES)), min_size=0, max_size=6
+        )
+        return orjson.dumps(
+            {
+                "event_type": "book",
+                "market": "0xm",
+                "asset_id": token,
+                "timestamp": "1790658674000",
+                "hash": draw(st.sampled_from(["", "0" * 40])),
+                "bids": [{"price": p, "size": s} for p, s in draw(levels)],
+                "asks": [{"price": p, "size": s} for p, s in draw(levels)],
+                "tick_size": "0.001",
+            }
+        )
+    if kind == 1:
+        return orjson.dumps(
+            {
+                "event_type": "last_trade_price",
+                "market": "0xm",
+                "asset_id": token,
+                "price": draw(st.sampled_from(PRICES)),
+                "side": "BUY",
+                "size": "10",
+                "timestamp": "1790658674001",
+            }
+        )
+    if kind == 2:
+        return orjson.dumps(
+            {"event_type": "price_change", "market": "0xm", "asset_id": token, "changes": []}
+        )
+    return draw(st.sampled_from([b"PONG", b"{oops", b"[]", b"42", b'{"event_type":"x"}']))
+
+
+frames_strategy = st.lists(
+    st.one_of(price_change_frames(), price_change_frames(), other_frames()), max_size=25
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    frames=frames_strategy,
+    verify=st.sampled_from(["entry", "flush", "off"]),
+    drains=st.sets(st.integers(0, 25)),
+)
+def test_random_frames_same_on_both_paths(frames, verify, drains):
+    fast, pure = pair(verify=verify)
+    snapshot = orjson.dumps(
+        {
+            "event_type": "book",
+            "market": "0xm",
+            "asset_id": TOKEN_A,
+            "timestamp": "1790658674000",
+            "bids": [{"price": "0.1", "size": "5"}, {"price": "0.3", "size": "7"}],
+            "asks": [{"price": "0.9", "size": "5"}, {"price": "0.50", "size": "2"}],
+        }
+    )
+    for keeper in (fast, pure):
+        keeper.feed(snapshot)
+    for i, frame in enumerate(frames):
+        fast.feed(frame)
+        pure.feed(frame)
+        assert_same(fast, pure)
+        if i in drains:
+            drain_same(fast, pure)
+    fast.verify_pending(force=True)
+    pure.verify_pending(force=True)
+    drain_same(fast, pure)
+
+
+def test_a_bad_entry_sends_the_whole_frame_to_python_and_is_counted_once():
+    fast, pure = pair()
+    for keeper in (fast, pure):
+        keeper.feed(
+            orjson.dumps(
+                {"event_type": "book", "market": "0xm", "asset_id": TOKEN_A, "timestamp": "1",
+                 "bids": [{"price": "0.2", "size": "1"}], "asks": []}
+            )
+        )  # fmt: skip
+    frame = orjson.dumps(
+        {
+            "market": "0xm",
+            "price_changes": [
+                {"asset_id": TOKEN_A, "price": "0.3", "size": "4", "side": "BUY"},
+                {"asset_id": TOKEN_A, "price": "0.4", "size": "-4", "side": "BUY"},
+            ],
+            "timestamp": "2",
+            "event_type": "price_change",
+        }
+    )
+    assert native.feed_price_change(fast, frame) is False  # nothing applied by C ...
+    assert fast.book(TOKEN_A).bids == {"0.2": "1"}
+    fast.feed(frame)  # ... the Python path applies the good entry and rejects the bad one
+    pure.feed(frame)
+    assert_same(fast, pure)
+    assert fast.book(TOKEN_A).bids == {"0.2": "1", "0.3": "4"}
+    assert fast.stats.rejected == {"bad_size": 1}
+
+
+# --- encoders ------------------------------------------------------------------------------
+
+
+def random_book(rng: random.Random) -> OrderBook:
+    def price() -> str:
+        places = rng.choice([1, 2, 3, 4, 18, 20])
+        text = format(Decimal(rng.randint(1, 10**places)).scaleb(-places), "f")
+        return text + "0" * rng.randint(0, 2) if "." in text else text
+
+    def size() -> str:
+        return rng.choice(["1", "0.5", "100", "12.34", "99999999.99", "7."])
+
+    book = book_from_levels(
+        market=rng.choice(["0xm", 'a"b', "é", "tab\t", "\\"]),
+        asset_id=rng.choice([TOKEN_A, "x" * 5, "ü"]),
+        bids=[(price(), size()) for _ in range(rng.randint(0, 30))],
+        asks=[(price(), size()) for _ in range(rng.randint(0, 30))],
+        tick_size=rng.choice([None, "0.01", "0.001"]),
+        min_order_size=rng.choice(["5", "15"]),
+        neg_risk=rng.choice([True, False]),
+    )
+    book.timestamp = rng.choice(["1790658674035", "", "abc", "0017", "9" * 25, "١٢"])
+    book.hash = rng.choice(["", "0" * 40, 'q"'])
+    book.last_trade_price = rng.choice(["", "0.5", "0.123"])
+    return book
+
+
+def test_encode_top_hash_text_and_mid_spread_match_python():
+    rng = random.Random(20260929)
+    checked = 0
+    for _ in range(3000):
+        book = random_book(rng)
+        depth = rng.choice([0, 1, 10, 50])
+        fresh, side = rng.choice([True, False]), rng.choice([None, "BUY", "SELL"])
+        _MID_SPREAD.clear()
+        blob = native.encode_top(book, fresh, side, depth, 1234, mid_spread)
+        if blob is None:  # only a timestamp that may not fit 64 bits takes the Python encoder
+            assert len(book.timestamp.lstrip("0")) > 18
+            continue
+        assert blob == encode_top(
+            book, fresh=fresh, last_trade_side=side, depth=depth, published_at=1234
+        )
+        ts, ltp = rng.choice([book.timestamp, "1"]), rng.choice(["", "0.5", "é"])
+        assert native.hash_text(book, ts, ltp) == book._hash_text(ts, ltp)
+        checked += 1
+    assert checked > 2500
+
+
+def test_compute_hash_uses_the_compiled_text_and_agrees(shared_dir):
+    from marketdata import book as book_module
+
+    assert book_module._native_hash_text is native.hash_text
+    first = orjson.loads(recorded(shared_dir)[0])  # the subscription snapshot: every field
+    book = OrderBook.from_snapshot(first)
+    assert book.compute_hash() == first["hash"] == "5511583ad6f3eb4678e0a374e0cc2bd3b1975d07"
+
+
+def test_native_true_requires_the_module(monkeypatch):
+    monkeypatch.setattr(fastbook, "native", None)
+    with pytest.raises(ValueError, match="not available"):
+        BookKeeper(native=True)
+    assert BookKeeper()._native is None
+
+
+# --- the C-held book against OrderBook -----------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    ops=st.lists(
+        st.one_of(
+            st.tuples(
+                st.just("set"),
+                st.sampled_from(["BUY", "SELL"]),
+                st.sampled_from(PRICES),
+                st.sampled_from(SIZES),
+            ),
+            st.tuples(
+                st.just("snapshot"),
+                st.lists(st.tuples(st.sampled_from(PRICES), st.sampled_from(SIZES)), max_size=5),
+                st.lists(st.tuples(st.sampled_from(PRICES), st.sampled_from(SIZES)), max_size=5),
+            ),
+            st.tuples(
+                st.just("bad"),
+                st.sampled_from(["BUY", "SELL", "x"]),
+                st.sampled_from(PRICES + BAD_PRICES),
+                st.sampled_from(SIZES + BAD_SIZES),
+            ),
+        ),
+        max_size=30,
+    )
+)
+def test_native_order_book_behaves_as_order_book(ops):
+    assert fastbook.NativeOrderBook is not None
+    books = [
+        cls.from_snapshot({"market": "0xm", "asset_id": TOKEN_A, "timestamp": "5"})
+        for cls in (fastbook.NativeOrderBook, OrderBook)
+    ]
+    for op in ops:
+        errors = []
+        for book in books:
+            try:
+                if op[0] == "snapshot":
+                    book.replace_from_snapshot(
+                        {
+                            "bids": [{"price": p, "size": s} for p, s in op[1]],
+                            "asks": [{"price": p, "size": s} for p, s in op[2]],
+                        }
+                    )
+                else:
+                    book.apply_change(op[1], op[2], op[3])
+                errors.append(None)
+            except ValueError as exc:
+                errors.append(str(exc))
+        assert errors[0] == errors[1]
+        native_book, pure_book = books
+        assert native_book.to_wire() == pure_book.to_wire()
+        assert native_book.bids == pure_book.bids and native_book.asks == pure_book.asks
+        assert native_book._bid_px == pure_book._bid_px
+        assert native_book._ask_px == pure_book._ask_px
+        assert len(native_book) == len(pure_book)
+        for side in ("BUY", "SELL"):
+            for depth in (None, 0, 1, 3):
+                assert native_book.levels(side, depth) == pure_book.levels(side, depth)
+            assert native_book.top_levels(side, 2) == pure_book.top_levels(side, 2)
+            assert native_book.top_levels_json(side, 2) == pure_book.top_levels_json(side, 2)
+            for price in PRICES + BAD_PRICES:
+                assert native_book.level_size(side, price) == pure_book.level_size(side, price)
+        for method in ("best_bid_str", "best_ask_str", "best_bid", "best_ask", "mid", "spread"):
+            assert getattr(native_book, method)() == getattr(pure_book, method)(), method
+        assert native_book.is_crossed() == pure_book.is_crossed()
+        assert native_book.compute_hash() == pure_book.compute_hash()
+        assert native_book._hash_text("1", "0.5") == pure_book._hash_text("1", "0.5")
+        assert repr(native_book) == repr(pure_book)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    items=st.lists(
+        st.tuples(st.sampled_from(["a", "b", "tok", "é", TOKEN_A]), st.binary(max_size=20)),
+        max_size=12,
+    ),
+    n_shards=st.integers(1, 5),
+    maxlen=st.integers(1, 10**6),
+)
+def test_compiled_pack_publish_is_byte_for_byte_the_python_one(items, n_shards, maxlen):
+    from marketdata.publisher import pack_publish
+
+    assert native.pack_publish(items, n_shards, maxlen, b"md:book:", b"md:updates:") == (
+        pack_publish(items, n_shards, maxlen)
+    )
+
+
+def test_deep_books_stay_equal_under_random_changes():
+    """Hundreds of levels: inserts, updates and deletes far from the best price too (the C
+    side walks in from the best end, then bisects)."""
+    rng = random.Random(7)
+    prices = [format(Decimal(i).scaleb(-3), "f") for i in range(1, 1000)]
+    prices += [p + "0" for p in prices[::7]]  # other spellings of the same values
+    books = [
+        cls.from_snapshot({"market": "0xm", "asset_id": TOKEN_A, "timestamp": "5"})
+        for cls in (fastbook.NativeOrderBook, OrderBook)
+    ]
+    for step in range(4000):
+        side, price = rng.choice(["BUY", "SELL"]), rng.choice(prices)
+        size = rng.choice(["0", "1", "22.5", "300"]) if step % 3 else "7"
+        for book in books:
+            book.apply_change(side, price, size)
+        if step % 250 == 0:
+            assert books[0].to_wire() == books[1].to_wire()
+    native_book, pure_book = books
+    assert len(pure_book) > 300
+    assert native_book.to_wire() == pure_book.to_wire()
+    assert native_book.compute_hash() == pure_book.compute_hash()
+    for side in ("BUY", "SELL"):
+        assert native_book.levels(side) == pure_book.levels(side)
