@@ -46,13 +46,17 @@ View = Callable[..., HttpResponse]
 
 
 def private_page(view: View) -> View:
-    """No caching anywhere and no Referer to the next site: these pages are reached with a
-    credential (the link) or show a trader's own data."""
+    """No caching anywhere and no Referer to another site: these pages are reached with a
+    credential (the link) or show a trader's own data.
+
+    `same-origin`, not `no-referrer`: under `no-referrer` browsers send `Origin: null` on
+    the page's own form POSTs, which Django's CSRF origin check rightly refuses, so the
+    "Sign in" button of the confirmation page failed with 403 in every real browser."""
 
     @wraps(view)
     def wrapped(request: HttpRequest, *args: object, **kwargs: object) -> HttpResponse:
         response = view(request, *args, **kwargs)
-        response["Referrer-Policy"] = "no-referrer"
+        response["Referrer-Policy"] = "same-origin"
         return response
 
     return never_cache(wrapped)
