@@ -334,6 +334,7 @@ class EngineMachine(RuleBasedStateMachine):
                 raise Expected("VALIDATION_FAILED")
         if otype == "limit" and price is None:
             raise Expected("VALIDATION_FAILED")
+        shares = size if size is not None else ZERO  # exactly one of size/amount is set
         exp = p["expiration"]
         if p["post_only"] and (otype != "limit" or tif not in ("GTC", "GTD")):
             raise Expected("INVALID_POST_ONLY_ORDER_TYPE")
@@ -373,12 +374,12 @@ class EngineMachine(RuleBasedStateMachine):
         rate, exponent = mm.rate, mm.exponent
         pos = acc.position(token)
         if side == "BUY":
-            need = amount if amount is not None else reservation_of(price, size, rate, exponent)
+            need = amount if amount is not None else reservation_of(price, shares, rate, exponent)
             if acc.cash - acc.reserved < need:
                 raise Expected("INVALID_ORDER_NOT_ENOUGH_BALANCE", stored=True)
         else:
             held = pos.size - pos.reserved if pos is not None else ZERO
-            if held < size:
+            if held < shares:
                 raise Expected("INSUFFICIENT_POSITION", stored=True)
         takes: list[tuple[Decimal, Decimal, Decimal, Decimal]] = []  # price, q, fee, published
         complete = False
@@ -386,7 +387,7 @@ class EngineMachine(RuleBasedStateMachine):
             if any(ls - self._taken(token, book_side, lp, ls) > 0 for lp, ls in crossing):
                 raise Expected("INVALID_POST_ONLY_ORDER", stored=True)
         elif crossing:
-            remaining_size, remaining_amount = size, amount
+            remaining_size, remaining_amount = shares, amount
             last: Decimal | None = None
             for lp, ls in crossing:
                 last = lp
@@ -451,7 +452,7 @@ class EngineMachine(RuleBasedStateMachine):
         if amount is not None:
             done, remaining = complete, ZERO
         else:
-            remaining = size - filled
+            remaining = shares - filled
             done = remaining == 0
         order = MOrder(
             None, acc.pk, token, mm.market.condition_id, side, tif, acc.epoch, "", filled
@@ -775,7 +776,9 @@ class EngineMachine(RuleBasedStateMachine):
                 return
             state = rs.VOID if verdict == "void" else rs.RESOLVED
             winner = {"winner": yes, "loser": no}.get(verdict)
-            resolution = market_resolve_manually(market=m, state=state, winning_token_id=winner)
+            resolution: Any = market_resolve_manually(
+                market=m, state=state, winning_token_id=winner
+            )
         else:
             state = {
                 "winner": rs.RESOLVED,
