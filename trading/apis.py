@@ -57,6 +57,7 @@ from partners.apis import (
     ERROR_BODY,
     AccountEnvelopeOutput,
     IsoDateTimeField,
+    PositionOutput,
     TradeOutput,
     envelope_body,
 )
@@ -64,7 +65,12 @@ from partners.ratelimit import rate_limit_check
 from trading import states as order_states
 from trading.models import Fill, Order, Side
 from trading.permissions import account_for_trader, ensure_account_tradable
-from trading.selectors import account_equity, account_state, fill_feed_page
+from trading.selectors import (
+    account_equity,
+    account_state,
+    fill_feed_page,
+    positions_liquidation,
+)
 from trading.services import order_cancel, order_cancel_account, order_cancel_market, order_place
 
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
@@ -692,18 +698,38 @@ class AccountListApi(TraderApiView):
         return Response({"data": [trader_account_body(a) for a in accounts]})
 
 
+class TraderPositionOutput(PositionOutput):
+    liquidation_value = MoneyField(
+        allow_null=True,
+        help_text="What selling the whole position into the live bids would yield now, "
+        "walking the published bid levels best-first, after taker fees (docs/fill-model.md); "
+        "shares beyond the published depth add nothing. null without a live book.",
+    )
+
+
+class TraderAccountEnvelopeOutput(AccountEnvelopeOutput):
+    """The partner envelope, plus each position's liquidation value beside its mark."""
+
+    positions = TraderPositionOutput(many=True)
+
+
 class AccountDetailApi(TraderApiView):
     @extend_schema(
         operation_id="accounts_get",
-        responses={200: AccountEnvelopeOutput, **COMMON_ERRORS, **NOT_FOUND},
-        description="The account-state envelope, the same shape as the partner API's.",
+        responses={200: TraderAccountEnvelopeOutput, **COMMON_ERRORS, **NOT_FOUND},
+        description="The account-state envelope, the partner API's shape plus "
+        "`positions[].liquidation_value` beside each mark.",
     )
     def get(self, request: Request, account_id: str) -> Response:
         account = account_for_trader(user=self.user, account_id=account_id)
         state = account_state(account_id=account.pk, tenant=account.tenant, owner_id=self.user.pk)
         if state is None:  # gone between the two reads
             raise errors.NotFound()
-        return Response(envelope_body(state))
+        body = envelope_body(state)
+        liquidation = positions_liquidation(state["positions"])
+        for position in body["positions"]:
+            position["liquidation_value"] = wire(liquidation.get(position["token_id"]))
+        return Response(body)
 
 
 class TradeListApi(TraderApiView):
