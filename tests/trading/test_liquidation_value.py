@@ -23,7 +23,7 @@ def holding():
 
     user = UserFactory()
     account = personal_account(user, "1000")
-    market, yes, _ = make_market(fees_enabled=True, fee_rate=Decimal("0.02"), fee_exponent=1)
+    _market, yes, _ = make_market(fees_enabled=True, fee_rate=Decimal("0.02"), fee_exponent=1)
     publish_book(yes.token_id, asks=[("0.40", "500")], bids=[("0.38", "60"), ("0.35", "100")])
     order_place(account_id=account.pk, token_id=yes.token_id, side="BUY", type="limit",
                 price="0.40", size="100")  # fmt: skip
@@ -76,7 +76,7 @@ def test_partner_envelope_stays_the_partner_contract(partner, tenant):
     user = UserFactory()
     account = account_open(owner=user, tenant=tenant, external_id="x-1", stage="challenge",
                            starting_balance=Decimal("1000"))  # fmt: skip
-    market, yes, _ = make_market()
+    _market, yes, _ = make_market()
     publish_book(yes.token_id, asks=[("0.40", "500")], bids=[("0.38", "60")])
     order_place(account_id=account.pk, token_id=yes.token_id, side="BUY", type="limit",
                 price="0.40", size="10")  # fmt: skip
