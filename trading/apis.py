@@ -943,7 +943,7 @@ class OrderListApi(TraderApiView):
         account = account_for_trader(user=self.user, account_id=values.pop("account_id"))
         ensure_account_tradable(account)
         # Not wrapped in a transaction here: the engine commits rejections it stores on purpose.
-        placed = order_place(account_id=account.pk, **values)
+        placed = order_place(account_id=account.pk, account=account, **values)
         return Response(
             order_detail_body(placed.order, placed.fills),
             status=201 if placed.created else 200,
