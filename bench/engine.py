@@ -357,8 +357,18 @@ class Report:
         bare = self.closed["bare"].throughput
         return self.closed[name].throughput / bare if bare else math.nan
 
-    def rate_for(self, name: str) -> float:
+    def goal_rate(self, name: str) -> float:
         return self.args.rate_one if name == "orders_one" else self.args.rate_many
+
+    def rate_for(self, name: str) -> float:
+        """The open-loop rate: the goal's, unless the closed loop measured less capacity than
+        that — then 80 % of the measured capacity, so the latency measured is that of a
+        server keeping up rather than of an ever-growing queue."""
+        goal = self.goal_rate(name)
+        closed = self.closed.get(name)
+        if closed is None or closed.throughput >= goal:
+            return goal
+        return max(1.0, round(0.8 * closed.throughput))
 
 
 def verdicts(report: Report) -> list[tuple[str, str, bool]]:
@@ -379,12 +389,14 @@ def verdicts(report: Report) -> list[tuple[str, str, bool]]:
         )
         ol = report.opened.get(name)
         if ol is not None:
+            rate, goal_rate = report.rate_for(name), report.goal_rate(name)
+            note = "" if rate == goal_rate else f" (below capacity: run at {rate:g}/s)"
             out.append(
                 (
-                    f"{label}: the goal rate sustained open loop, no errors",
-                    f"{ol.throughput:.0f}/s achieved of {report.rate_for(name):g}/s, "
-                    f"p99 {_fmt(ol.pct(99))} ms, {ol.errors} errors",
-                    ol.errors == 0 and ol.throughput >= 0.95 * report.rate_for(name),
+                    f"{label}: {goal_rate:g}/s sustained open loop, no errors",
+                    f"{ol.throughput:.0f}/s achieved{note}, "
+                    f"p50 {_fmt(ol.pct(50))} ms, p99 {_fmt(ol.pct(99))} ms, {ol.errors} errors",
+                    rate == goal_rate and ol.errors == 0 and ol.throughput >= 0.95 * rate,
                 )
             )
     integ = report.integrity
@@ -514,9 +526,10 @@ bench/partner_api.py, in this process, on the same cores as gunicorn, PostgreSQL
 each round runs every endpoint for {args.duration / args.rounds:g} s in rotating order;
 warm-up {args.warmup:g} s per endpoint first. Closed-loop p50/p99 are at that saturation.
 **Latency:** open loop for {args.duration:g} s per endpoint at the goal rate
-({args.rate_many:g}/s across accounts, {args.rate_one:g}/s on one account; send times fixed in
-advance, latency from the scheduled send time). **Errors:** non-2xx answers, transport errors
-and timeouts.
+({args.rate_many:g}/s across accounts, {args.rate_one:g}/s on one account) — or, when the closed
+loop measured less capacity than that, at 80 % of the measured capacity (an open loop above
+capacity only measures a growing queue); send times fixed in advance, latency from the
+scheduled send time. **Errors:** non-2xx answers, transport errors and timeouts.
 
 | goal | measured | verdict |
 |---|---|---|
@@ -703,8 +716,11 @@ def run_placement(args: argparse.Namespace, argv: list[str]) -> int:
     created = 2 * sum(1 for ep in report.endpoints if ep.method == "POST") + sum(
         t.statuses.get(201, 0) for t in tallies
     )
-    unanswered = sum(
-        n for t in tallies for kind, n in t.error_kinds.items() if not kind.startswith("HTTP")
+    unanswered = sum(  # sent, but the answer never came: its outcome is unknown
+        n
+        for t in tallies
+        for kind, n in t.error_kinds.items()
+        if not kind.startswith(("HTTP", "dropped"))
     )
     report.publishes = report_publishes
     report.integrity = integrity_check(created, unanswered)
