@@ -187,7 +187,10 @@ class Expected(Exception):
 
 # Valid values mostly; one draw in eight picks from the invalid ones.
 SIZES = (["5", "7.5", "10", "25", "60", "100", "333.33"], ["0", "-1", "0.001", "1", "4.99"])
-AMOUNTS = (["0.01", "1", "3.33", "10", "50", "250", "2000"], ["0", "-5", "0.0000001"])
+AMOUNTS = (
+    ["0.000001", "0.004", "0.01", "1", "3.33", "10", "50", "250", "2000"],
+    ["0", "-5", "0.0000001"],
+)
 PRICES = (
     ["0.01", "0.2", "0.35", "0.4", "0.5", "0.55", "0.62", "0.8", "0.99"],
     ["-0.1", "0", "0.005", "1", "1.5"],
@@ -260,6 +263,16 @@ class EngineMachine(RuleBasedStateMachine):
                 "client_order_id": None,
             }
             self._submit(acc, params, timezone.now())
+        # An amount too small to buy one hundredth of a share fills nothing: FOK rejected,
+        # FAK canceled (regression: both were once `matched` with no fills).
+        for tif in ("FOK", "FAK"):
+            tiny = {**params, "amount": "0.000001", "time_in_force": tif}
+            self._submit(self.accounts[0], tiny, timezone.now())
+        # More than the balance, and a SELL of shares not held: stored rejections.
+        too_big = {**params, "type": "limit", "price": "0.5", "size": "5000", "amount": None}
+        self._submit(self.accounts[0], too_big, timezone.now())
+        naked = {**too_big, "side": "SELL", "size": "10", "token_id": self._all_tokens()[0]}
+        self._submit(self.accounts[0], naked, timezone.now())
 
     def teardown(self) -> None:
         transaction.set_rollback(True)
@@ -400,8 +413,8 @@ class EngineMachine(RuleBasedStateMachine):
                     q = min(room, remaining_size)
                 else:
                     q = shares_for(remaining_amount, lp, rate, exponent, cap=room)
-                    if q <= 0:
-                        complete = True
+                    if q <= 0:  # the rest cannot buy a hundredth here: done, if anything filled
+                        complete = bool(takes)
                         break
                 fee = fee_of(q, lp, rate, exponent)
                 takes.append((lp, q, fee, ls))
@@ -418,7 +431,9 @@ class EngineMachine(RuleBasedStateMachine):
             else:
                 if remaining_amount is not None:
                     at = last if last is not None else price
-                    complete = shares_for(remaining_amount, at, rate, exponent, cap=None) <= 0
+                    complete = bool(takes) and (
+                        shares_for(remaining_amount, at, rate, exponent, cap=None) <= 0
+                    )
             if tif == "FOK" and not complete:
                 raise Expected("FOK_ORDER_NOT_FILLED_ERROR", stored=True)
         elif tif == "FOK":
