@@ -44,6 +44,7 @@ lint: install
 bench: install
 	$(BIN)/python bench/partner_api.py
 	$(BIN)/python bench/feed.py
+	$(BIN)/python bench/engine.py
 
 # Regenerate the locked, hashed dependency set from pyproject.toml.
 lock: install

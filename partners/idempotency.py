@@ -1,8 +1,10 @@
-"""Idempotency-Key for partner POST and PATCH (partner-api.md §3, reliability.md I1).
+"""Idempotency-Key for partner POST and PATCH (partner-api.md §3, reliability.md I1) and for
+the native trader API's POST and DELETE (issue #4).
 
 Same key + same request → the first 2xx status and body are replayed; same key + different
 request → 422 IDEMPOTENCY_KEY_REUSED; same key while the first request is still running →
-409 IDEMPOTENCY_KEY_IN_USE. Keys are scoped per tenant and kept IDEMPOTENCY_TTL_HOURS.
+409 IDEMPOTENCY_KEY_IN_USE. Keys are scoped per tenant (partner API) or per trader user
+(trader API) and kept IDEMPOTENCY_TTL_HOURS.
 
 The record is written in the same database transaction as the effect, so both commit or
 neither does. Errors are not recorded: an error means the transaction rolled back, nothing was
@@ -36,14 +38,17 @@ PURGE_BATCH_SIZE = 5000
 
 def idempotent_call(
     *,
-    tenant: Tenant,
+    tenant: Tenant | None = None,
+    user: Any = None,
     key: str | None,
     method: str,
     path: str,
     body: bytes,
     call: Callable[[], Response],
+    commit_on: tuple[type[BaseException], ...] = (),
 ) -> Response:
-    """Run `call` at most once per (tenant, Idempotency-Key) and replay its result.
+    """Run `call` at most once per (scope, Idempotency-Key) and replay its result. The scope is
+    `tenant` (partner API) or `user` (trader API): exactly one of them.
 
     `call` must do its writes on the default database connection: it runs inside this
     function's `transaction.atomic()`, and the IdempotencyRecord is inserted in that same
@@ -58,16 +63,22 @@ def idempotent_call(
     fingerprint (method, path, canonical body) is replayed with `Idempotent-Replayed: true` and
     `call` is not run; a different fingerprint raises IdempotencyKeyReused (422). Only 2xx
     responses are stored; if `call` raises, the exception propagates, the transaction rolls back
-    and nothing is stored.
+    and nothing is stored — except for exceptions in `commit_on`: their effects are committed
+    (the order engine stores some rejections on purpose, see trading/services/orders.py), no
+    record is stored, and the exception propagates after the commit.
 
     Raises ValidationFailed for a key that is not 1-255 printable ASCII characters without
     spaces.
     """
+    if (tenant is None) == (user is None):
+        raise ValueError("idempotent_call needs exactly one scope: tenant or user")
     if key is None:
         return call()
     _validate_key(key)
     fingerprint = request_fingerprint(method=method, path=path, body=body)
-    lock_id = _lock_id(tenant.pk, key)
+    scope: dict[str, Any] = {"tenant": tenant} if tenant is not None else {"user": user}
+    lock_id = _lock_id(tenant.pk, key) if tenant is not None else _lock_id(f"u{user.pk}", key)
+    committed_error: BaseException | None = None
     with _local_key_lock(lock_id), transaction.atomic():
         if connection.vendor == "postgresql":
             with connection.cursor() as cursor:
@@ -77,7 +88,7 @@ def idempotent_call(
                 raise errors.IdempotencyKeyInUse()
 
         now = timezone.now()
-        record = IdempotencyRecord.objects.filter(tenant=tenant, key=key).first()
+        record = IdempotencyRecord.objects.filter(**scope, key=key).first()
         if record is not None and record.expires_at <= now:
             record.delete()
             record = None
@@ -90,20 +101,26 @@ def idempotent_call(
                 headers={REPLAYED_HEADER: "true"},
             )
 
-        response = call()
-        if 200 <= response.status_code < 300:
-            IdempotencyRecord.objects.create(
-                tenant=tenant,
-                key=key,
-                fingerprint=fingerprint,
-                method=method.upper(),
-                path=path[:500],
-                response_status=response.status_code,
-                response_body=_render(response.data),
-                created_at=now,
-                expires_at=now + dt.timedelta(hours=int(settings.IDEMPOTENCY_TTL_HOURS)),
-            )
-        return response
+        try:
+            response = call()
+        except commit_on as exc:
+            committed_error = exc  # leave the block normally: its effects commit
+        else:
+            if 200 <= response.status_code < 300:
+                IdempotencyRecord.objects.create(
+                    **scope,
+                    key=key,
+                    fingerprint=fingerprint,
+                    method=method.upper(),
+                    path=path[:500],
+                    response_status=response.status_code,
+                    response_body=_render(response.data),
+                    created_at=now,
+                    expires_at=now + dt.timedelta(hours=int(settings.IDEMPOTENCY_TTL_HOURS)),
+                )
+    if committed_error is not None:
+        raise committed_error
+    return response
 
 
 def idempotency_purge() -> int:
@@ -155,9 +172,10 @@ def _validate_key(key: str) -> None:
         )
 
 
-def _lock_id(tenant_id: int, key: str) -> int:
-    """A signed 64-bit id for pg_try_advisory_xact_lock(bigint)."""
-    digest = hashlib.sha256(f"{tenant_id}:{key}".encode()).digest()
+def _lock_id(scope_id: int | str, key: str) -> int:
+    """A signed 64-bit id for pg_try_advisory_xact_lock(bigint). Tenant scopes hash
+    "<tenant id>:<key>", user scopes "u<user id>:<key>": the two never share a lock."""
+    digest = hashlib.sha256(f"{scope_id}:{key}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
 
 

@@ -114,10 +114,15 @@ class TenantUser(models.Model):
 
 
 class IdempotencyRecord(models.Model):
-    """A completed POST/PATCH under an Idempotency-Key, written in the same transaction as its
-    effect so both commit or neither does (I1). Scoped per tenant."""
+    """A completed request under an Idempotency-Key, written in the same transaction as its
+    effect so both commit or neither does (I1). Scoped per tenant (partner API) or per trader
+    user (native trader API): exactly one of `tenant` / `user` is set, and a key is unique
+    within its scope."""
 
-    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    tenant = models.ForeignKey(Tenant, null=True, on_delete=models.CASCADE, related_name="+")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.CASCADE, related_name="+"
+    )
     key = models.CharField(max_length=255)
     fingerprint = models.CharField(max_length=64)
     method = models.CharField(max_length=10)
@@ -129,7 +134,21 @@ class IdempotencyRecord(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["tenant", "key"], name="idempotency_unique_key"),
+            models.UniqueConstraint(
+                fields=["tenant", "key"],
+                condition=Q(tenant__isnull=False),
+                name="idempotency_unique_key",
+            ),
+            models.UniqueConstraint(
+                fields=["user", "key"],
+                condition=Q(user__isnull=False),
+                name="idempotency_unique_user_key",
+            ),
+            models.CheckConstraint(
+                condition=Q(tenant__isnull=False, user__isnull=True)
+                | Q(tenant__isnull=True, user__isnull=False),
+                name="idempotency_one_scope",
+            ),
         ]
         indexes = [models.Index(fields=["expires_at"], name="idempotency_expiry")]
 

@@ -12,10 +12,11 @@ never build error bodies.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from decimal import Decimal
 from typing import Any
 
@@ -57,15 +58,23 @@ from partners.apis import (
     ERROR_BODY,
     AccountEnvelopeOutput,
     IsoDateTimeField,
+    PositionOutput,
     TradeOutput,
     envelope_body,
 )
+from partners.idempotency import idempotent_call
 from partners.ratelimit import rate_limit_check
 from trading import states as order_states
 from trading.models import Fill, Order, Side
 from trading.permissions import account_for_trader, ensure_account_tradable
-from trading.selectors import account_equity, account_state, fill_feed_page
+from trading.selectors import (
+    account_equity,
+    account_state,
+    fill_feed_page,
+    positions_liquidation,
+)
 from trading.services import order_cancel, order_cancel_account, order_cancel_market, order_place
+from trading.services.orders import STORED_REJECTIONS
 
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 # Polymarket's /prices-history windows ("1m" is one month, "max" everything).
@@ -97,6 +106,8 @@ TRADER_ERROR_CODES: tuple[type[errors.DomainError], ...] = (
     # order.
     *(e for e in errors.ENGINE_ERROR_CODES if e not in _LISTED_ABOVE),
     order_states.IllegalTransition,
+    errors.IdempotencyKeyReused,
+    errors.IdempotencyKeyInUse,
     errors.RateLimitExceeded,
     errors.ServiceUnavailable,
     errors.InternalError,
@@ -182,6 +193,27 @@ class TraderApiView(RateLimitHeadersMixin, APIView):
         self._rate_headers = limit.headers()
         if not limit.allowed:
             raise errors.RateLimitExceeded(headers={"Retry-After": str(limit.retry_after or 1)})
+        method = (request.method or "").upper()
+        if method in ("POST", "DELETE") and hasattr(self, method.lower()):
+            handler = getattr(self, method.lower())
+            setattr(self, method.lower(), functools.partial(self._idempotent, handler))
+
+    def _idempotent(
+        self, handler: Callable[..., Response], request: Request, *args: Any, **kwargs: Any
+    ) -> Response:
+        """The partner API's Idempotency-Key mechanism, scoped per trader user. The request's
+        query string is part of its fingerprint (DELETE /v1/orders?account_id=… has no body).
+        The engine's stored rejections commit (the rejected order row stays, as without the
+        header) and are not recorded: a retry with the same key runs again."""
+        return idempotent_call(
+            user=self.user,
+            key=request.headers.get("Idempotency-Key"),
+            method=request.method or "",
+            path=request.get_full_path(),
+            body=request._request.body,
+            call=lambda: handler(request, *args, **kwargs),
+            commit_on=tuple(STORED_REJECTIONS.values()),
+        )
 
 
 # --- Output shapes (documentation; bodies are built by the *_body functions below) -----------
@@ -692,18 +724,38 @@ class AccountListApi(TraderApiView):
         return Response({"data": [trader_account_body(a) for a in accounts]})
 
 
+class TraderPositionOutput(PositionOutput):
+    liquidation_value = MoneyField(
+        allow_null=True,
+        help_text="What selling the whole position into the live bids would yield now, "
+        "walking the published bid levels best-first, after taker fees (docs/fill-model.md); "
+        "shares beyond the published depth add nothing. null without a live book.",
+    )
+
+
+class TraderAccountEnvelopeOutput(AccountEnvelopeOutput):
+    """The partner envelope, plus each position's liquidation value beside its mark."""
+
+    positions = TraderPositionOutput(many=True)
+
+
 class AccountDetailApi(TraderApiView):
     @extend_schema(
         operation_id="accounts_get",
-        responses={200: AccountEnvelopeOutput, **COMMON_ERRORS, **NOT_FOUND},
-        description="The account-state envelope, the same shape as the partner API's.",
+        responses={200: TraderAccountEnvelopeOutput, **COMMON_ERRORS, **NOT_FOUND},
+        description="The account-state envelope, the partner API's shape plus "
+        "`positions[].liquidation_value` beside each mark.",
     )
     def get(self, request: Request, account_id: str) -> Response:
         account = account_for_trader(user=self.user, account_id=account_id)
         state = account_state(account_id=account.pk, tenant=account.tenant, owner_id=self.user.pk)
         if state is None:  # gone between the two reads
             raise errors.NotFound()
-        return Response(envelope_body(state))
+        body = envelope_body(state)
+        liquidation = positions_liquidation(state["positions"])
+        for position in body["positions"]:
+            position["liquidation_value"] = wire(liquidation.get(position["token_id"]))
+        return Response(body)
 
 
 class TradeListApi(TraderApiView):
@@ -748,14 +800,22 @@ ORDER_PRICE_MAX = Decimal("1000")
 ORDER_QUANTITY_MAX = Decimal("1000000000000")
 ORDER_FILTER_MAX_LENGTH = 100
 
-IDEMPOTENCY_NOT_SUPPORTED = OpenApiParameter(
+IDEMPOTENCY_HEADER = OpenApiParameter(
     "Idempotency-Key",
     str,
     OpenApiParameter.HEADER,
     required=False,
-    description="Not supported on POST /v1/orders (refused with VALIDATION_FAILED so a retry "
-    "is never silently unsafe): send `client_order_id` instead.",
+    description="Optional, 1–255 printable ASCII characters, scoped to you (all your keys "
+    "and your session). Same key + same request (method, path with query, body) → the first "
+    "2xx status and body replayed with `Idempotent-Replayed: true`; same key + different "
+    "request → 422 IDEMPOTENCY_KEY_REUSED; while the first is still running → 409 "
+    "IDEMPOTENCY_KEY_IN_USE. Errors are not recorded (a retry runs again). Kept "
+    "IDEMPOTENCY_TTL_HOURS.",
 )
+IDEMPOTENCY_ERRORS = {
+    409: OpenApiResponse(ERROR_BODY, description="IDEMPOTENCY_KEY_IN_USE"),
+    422: OpenApiResponse(ERROR_BODY, description="IDEMPOTENCY_KEY_REUSED, VALIDATION_FAILED"),
+}
 ENGINE_ERRORS = {
     400: OpenApiResponse(
         ERROR_BODY,
@@ -763,10 +823,10 @@ ENGINE_ERRORS = {
         "INVALID_ORDER_EXPIRATION, INVALID_POST_ONLY_ORDER_TYPE, MALFORMED_JSON",
     ),
     403: OpenApiResponse(ERROR_BODY, description="CSRF_FAILED, TENANT_DISABLED"),
-    409: OpenApiResponse(ERROR_BODY, description="ACCOUNT_CLOSED"),
+    409: OpenApiResponse(ERROR_BODY, description="ACCOUNT_CLOSED, IDEMPOTENCY_KEY_IN_USE"),
     422: OpenApiResponse(
         ERROR_BODY,
-        description="VALIDATION_FAILED, INVALID_ORDER_DUPLICATED, "
+        description="VALIDATION_FAILED, IDEMPOTENCY_KEY_REUSED, INVALID_ORDER_DUPLICATED, "
         "INVALID_ORDER_NOT_ENOUGH_BALANCE, INSUFFICIENT_POSITION, INVALID_POST_ONLY_ORDER, "
         "FOK_ORDER_NOT_FILLED_ERROR, MARKET_CLOSED, MARKET_NOT_READY",
     ),
@@ -883,7 +943,7 @@ class OrderListApi(TraderApiView):
     @extend_schema(
         operation_id="orders_place",
         request=InputSerializer,
-        parameters=[IDEMPOTENCY_NOT_SUPPORTED],
+        parameters=[IDEMPOTENCY_HEADER],
         responses={
             201: OrderDetailOutput,
             200: OpenApiResponse(
@@ -899,25 +959,18 @@ class OrderListApi(TraderApiView):
         "at once as taker (the fills are in the response); a GTC/GTD remainder rests with its "
         "cash or shares reserved. Prices and sizes are decimal strings. Retries are safe with "
         "`client_order_id`: the same id and content returns the first order (200), or its "
-        "rejection again; the same id with different content is INVALID_ORDER_DUPLICATED.",
+        "rejection again; the same id with different content is INVALID_ORDER_DUPLICATED. "
+        "An `Idempotency-Key` header also makes a retry safe: the first response is replayed.",
     )
     def post(self, request: Request) -> Response:
-        if request.headers.get("Idempotency-Key"):
-            raise errors.ValidationFailed(
-                details={
-                    "Idempotency-Key": [
-                        "Not supported on the trader API; send client_order_id to make order "
-                        "retries safe."
-                    ]
-                }
-            )
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         values = dict(data.validated_data)
         account = account_for_trader(user=self.user, account_id=values.pop("account_id"))
         ensure_account_tradable(account)
-        # Not wrapped in a transaction here: the engine commits rejections it stores on purpose.
-        placed = order_place(account_id=account.pk, **values)
+        # No transaction of its own here: the engine commits the rejections it stores on
+        # purpose (under an Idempotency-Key, _idempotent commits them too).
+        placed = order_place(account_id=account.pk, account=account, **values)
         return Response(
             order_detail_body(placed.order, placed.fills),
             status=201 if placed.created else 200,
@@ -975,6 +1028,7 @@ class OrderListApi(TraderApiView):
         parameters=[
             OpenApiParameter("account_id", str, required=True),
             OpenApiParameter("market", str, description="Only this market's orders (condition id)"),
+            IDEMPOTENCY_HEADER,
         ],
         responses={
             200: inline_serializer(
@@ -982,6 +1036,7 @@ class OrderListApi(TraderApiView):
             ),
             **COMMON_ERRORS,
             **NOT_FOUND,
+            **IDEMPOTENCY_ERRORS,
         },
         description="Cancel the account's live orders (of one market with `market`), releasing "
         'their reservations. Idempotent: nothing left to cancel is `{"canceled": 0}`.',
@@ -1008,12 +1063,16 @@ class OrderDetailApi(TraderApiView):
 
     @extend_schema(
         operation_id="orders_cancel",
+        parameters=[IDEMPOTENCY_HEADER],
         responses={
             200: OrderDetailOutput,
             **COMMON_ERRORS,
             **NOT_FOUND,
+            **IDEMPOTENCY_ERRORS,
             409: OpenApiResponse(
-                ERROR_BODY, description="ILLEGAL_TRANSITION: the order is already finished"
+                ERROR_BODY,
+                description="ILLEGAL_TRANSITION: the order is already finished; "
+                "IDEMPOTENCY_KEY_IN_USE",
             ),
         },
         description="Cancel a live order and release its reservation. Cancelling a canceled "

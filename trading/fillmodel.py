@@ -70,7 +70,7 @@ class LevelTake:
 class Walk:
     takes: list[LevelTake] = field(default_factory=list)
     # True when the order got everything it asked for (size reached, or the amount cannot
-    # buy another hundredth of a share at the price it reached).
+    # buy another hundredth of a share at the price it reached — after buying at least one).
     complete: bool = False
 
     @property
@@ -133,7 +133,10 @@ def walk_book(
             assert remaining_amount is not None
             q = _shares_for_amount(remaining_amount, price, rate, exponent, cap=room)
             if q <= 0:
-                walk.complete = True
+                # The rest cannot buy a hundredth here: done — if it bought anything. An
+                # amount too small for even one hundredth filled nothing and is not complete
+                # (FOK: rejected; FAK: canceled), never `matched` with no fills.
+                walk.complete = bool(walk.takes)
                 return walk
         fee = taker_fee(size=q, price=price, rate=rate, exponent=exponent)
         walk.takes.append(LevelTake(price, q, fee, published, available))
@@ -151,7 +154,9 @@ def walk_book(
     if remaining_amount is not None:
         # Liquidity ran out: complete only if the leftover could not buy a hundredth anyway.
         price = last_price if last_price is not None else limit
-        walk.complete = _shares_for_amount(remaining_amount, price, rate, exponent, cap=None) <= 0
+        walk.complete = bool(walk.takes) and (
+            _shares_for_amount(remaining_amount, price, rate, exponent, cap=None) <= 0
+        )
     return walk
 
 

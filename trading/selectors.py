@@ -30,6 +30,7 @@ from core.clock import day_boundary
 from core.db import db_datetime, db_decimal, db_json, db_param_uuid, db_uuid
 from core.money import ZERO, cash, pct
 from marketdata.bus import BookTop, get_bus, latest_many_live
+from trading.fillmodel import walk_book
 from trading.models import Order
 
 
@@ -57,6 +58,7 @@ class PositionRow:
 class MarkedPosition:
     position: PositionRow
     mark: Mark
+    top: BookTop | None = None  # the token's book as read for the mark (live-narrowed)
 
     @property
     def market_value(self) -> Decimal:
@@ -136,6 +138,57 @@ def position_mark(position: PositionRow, top: BookTop | None = None) -> Mark:
     return Mark(position.avg_price, "cost", None)
 
 
+def liquidation_value(
+    *, size: Decimal, top: BookTop | None, rate: Decimal, exponent: Decimal
+) -> Decimal | None:
+    """What selling `size` shares into the token's live bids would yield now, after taker
+    fees (trading-engine.md §6, "liquidation value beside the mark"): the engine's own walk
+    (fillmodel.walk_book, fee per level) of the published bid levels best-first, with no
+    limit. Shares beyond the published depth add nothing. Depletion is not applied (it is a
+    seconds-long memory of simulated takes, not the book). None without a live book."""
+    if top is None or not top.fresh:
+        return None
+    if size <= 0:
+        return ZERO
+    bids = top.levels_value("BUY")
+    walk = walk_book(
+        side="SELL",
+        levels=[(price, level, level) for price, level in bids],
+        limit=ZERO,
+        size=size,
+        rate=rate,
+        exponent=exponent,
+    )
+    return cash(walk.notional - walk.fees)
+
+
+def positions_liquidation(marked: list[MarkedPosition]) -> dict[str, Decimal | None]:
+    """liquidation_value per token of these positions, with each market's taker fee
+    schedule (ONE query for all of them)."""
+    if not marked:
+        return {}
+    from marketdata.models import Market
+
+    fees = {
+        m["condition_id"]: m
+        for m in Market.objects.filter(
+            condition_id__in={p.position.market_id for p in marked}
+        ).values("condition_id", "fees_enabled", "fee_rate", "fee_exponent")
+    }
+    out: dict[str, Decimal | None] = {}
+    for m in marked:
+        schedule = fees.get(m.position.market_id)
+        rate, exponent = ZERO, Decimal(1)
+        if schedule and schedule["fees_enabled"] and schedule["fee_rate"]:
+            rate = schedule["fee_rate"]
+            if schedule["fee_exponent"] is not None:
+                exponent = schedule["fee_exponent"]
+        out[m.position.token_id] = liquidation_value(
+            size=m.position.size, top=m.top, rate=rate, exponent=exponent
+        )
+    return out
+
+
 @cache
 def _sql() -> tuple[str, str]:
     account = Account._meta.db_table
@@ -194,7 +247,8 @@ def _load_positions(account_id: uuid.UUID, epoch: int) -> list[MarkedPosition]:
             last_mark=db_decimal(mark),
             last_mark_at=db_datetime(mark_at),
         )
-        marked.append(MarkedPosition(row, position_mark(row, tops.get(token))))
+        top = tops.get(token)
+        marked.append(MarkedPosition(row, position_mark(row, top), top))
     return marked
 
 

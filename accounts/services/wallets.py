@@ -138,6 +138,44 @@ def ledger_post(
     return entry
 
 
+def ledger_post_many(
+    *, account: Account, entries: list[tuple[str, Decimal, Any, Any, str]]
+) -> list[LedgerEntry]:
+    """`ledger_post` for several movements of one event (a fill's TRADE and FEE…), in order:
+    each entry (kind, amount, order_id, fill_id, memo) gets its running `balance_after`; ONE
+    insert for all of them and ONE update of the cached cash. Same rules as ledger_post:
+    caller holds the lock; refuses (nothing written) if any step would take available cash
+    below zero."""
+    rows = []
+    balance = account.cash
+    for kind, amount, order_id, fill_id, memo in entries:
+        amount = cash(amount)
+        balance += amount
+        if balance < account.reserved_cash:
+            raise errors.ValidationFailed(
+                "cash movement would leave negative available cash",
+                details={"amount": [str(amount)], "available": [str(account.available_cash)]},
+            )
+        rows.append(
+            LedgerEntry(
+                account=account,
+                epoch=account.epoch,
+                kind=kind,
+                amount=amount,
+                balance_after=balance,
+                order_id=order_id,
+                fill_id=fill_id,
+                memo=memo,
+            )
+        )
+    if not rows:
+        return []
+    LedgerEntry.objects.bulk_create(rows)
+    account.cash = balance
+    Account.objects.filter(pk=account.pk).update(cash=balance, updated_at=timezone.now())
+    return rows
+
+
 def equity_snapshot_record(
     *,
     account: Account,

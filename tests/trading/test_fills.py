@@ -227,3 +227,37 @@ def test_walk_never_passes_the_limit():
     )
     assert [(t.price, t.size) for t in sell.takes] == [(D("0.5"), D("4")), (D("0.49"), D("8"))]
     assert sell.complete
+
+
+def test_an_amount_too_small_for_one_hundredth_is_not_complete():
+    """Regression (found by test_engine_state_machine): an amount that cannot buy even 0.01
+    share filled nothing, yet the walk said complete, so the order was `matched` with no
+    fills. Nothing filled is never complete; leftover change after real fills still is."""
+    levels = [(D("0.5"), D("100"), D("100"))]
+    tiny = walk_book(side="BUY", levels=levels, limit=D("0.99"), amount=D("0.004"))
+    assert tiny.takes == [] and not tiny.complete
+    exhausted = walk_book(
+        side="BUY", levels=[(D("0.5"), D("100"), D("0"))], limit=D("0.99"), amount=D("0.004")
+    )
+    assert exhausted.takes == [] and not exhausted.complete
+    change = walk_book(side="BUY", levels=levels, limit=D("0.99"), amount=D("1.004"))
+    assert change.filled == D("2") and change.complete  # 0.004 left: less than a hundredth
+
+
+@pytest.mark.parametrize(
+    ("tif", "outcome"), [("FOK", "FOK_ORDER_NOT_FILLED_ERROR"), ("FAK", "canceled")]
+)
+def test_market_buy_too_small_to_fill_is_not_matched(tif, outcome):
+    _m, yes, _no = make_market()
+    publish_book(yes.token_id, asks=[("0.50", "100")], bids=[("0.48", "100")])
+    account = open_account("1000")
+    try:
+        placed = order_place(account_id=account.pk, token_id=yes.token_id, side="BUY",
+                             type="market", amount="0.004", time_in_force=tif)  # fmt: skip
+        got = placed.order.status
+        assert placed.fills == [] and placed.order.reason == "FAK_REMAINDER"
+    except errors.DomainError as exc:
+        got = exc.code
+    assert got == outcome
+    assert Account.objects.get(pk=account.pk).cash == D("1000")
+    audit_clean(account)

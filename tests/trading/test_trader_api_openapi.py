@@ -47,7 +47,7 @@ def test_schema_lists_auth_schemes_and_error_codes(schema):
 
 
 def test_money_and_prices_are_decimal_strings(schema):
-    envelope = schema["components"]["schemas"]["AccountEnvelopeOutput"]["properties"]
+    envelope = schema["components"]["schemas"]["TraderAccountEnvelopeOutput"]["properties"]
     assert envelope["equity"] == {**envelope["equity"], "type": "string", "format": "decimal"}
     quote = schema["components"]["schemas"]["TokenQuoteOutput"]["properties"]
     assert quote["mid"]["type"] == "string"

@@ -344,19 +344,6 @@ def test_integer_price_and_size_are_accepted_as_exact_values(world):
     assert response.json()["size"] == "10"
 
 
-def test_idempotency_key_is_refused_in_favour_of_client_order_id(world):
-    _market, yes, account, client = world
-    response = client.post(
-        "/v1/orders",
-        order(account, yes.token_id, price="0.40", size="10"),
-        format="json",
-        HTTP_IDEMPOTENCY_KEY="k-1",
-    )
-    body = assert_error(response, 422, "VALIDATION_FAILED")
-    assert "Idempotency-Key" in body["details"]
-    assert Order.objects.count() == 0
-
-
 # --- retries ----------------------------------------------------------------------------------
 def test_client_order_id_replay_returns_the_same_order_with_200(world):
     _market, yes, account, client = world

@@ -34,7 +34,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from accounts.models import Account, LedgerEntry, Position
-from accounts.services.wallets import account_lock, equity_snapshot_record, ledger_post
+from accounts.services.wallets import account_lock, equity_snapshot_record, ledger_post_many
 from core import errors
 from core.clock import trading_day
 from core.db import retry_on_conflict
@@ -308,8 +308,13 @@ def order_place(
     expiration: Any = None,
     post_only: bool = False,
     client_order_id: str | None = None,
+    account: Account | None = None,
 ) -> PlacedOrder:
     """Place an order: validate, fill what crosses as taker at entry, rest or cancel the rest.
+
+    `account`, when the caller has already loaded the row of `account_id` (the trader API
+    has, with its tenant), saves reading it again; it is only used for the checks before the
+    lock and the tenant's day boundary — everything that moves money re-reads it locked.
 
     Locking: reads the book (ONE bus read) before taking the account row lock; everything
     that moves money happens in one transaction under that lock (retried on deadlock or
@@ -337,10 +342,11 @@ def order_place(
     if token is None:
         raise _invalid("token_id", "unknown token")
     market = token.market
-    try:
-        account = Account.objects.filter(pk=uuid.UUID(str(account_id))).first()
-    except ValueError:
-        account = None
+    if account is None or str(account.pk) != str(account_id):
+        try:
+            account = Account.objects.filter(pk=uuid.UUID(str(account_id))).first()
+        except ValueError:
+            account = None
     if account is None:
         raise errors.NotFound("No such account.")
     if req.client_order_id is not None:
@@ -367,7 +373,13 @@ def order_place(
     if not live and takes_liquidity:
         raise errors.StaleBook()
     outcome = _place_locked(
-        account_id=account.pk, req=req, market=market, token=token, top=top, live=live
+        account_id=account.pk,
+        req=req,
+        market=market,
+        token=token,
+        top=top,
+        live=live,
+        tenant=account.tenant if account.tenant_id is not None else None,
     )
     if outcome.error is not None:
         raise outcome.error
@@ -414,6 +426,7 @@ def _place_locked(
     token: Token,
     top: BookTop,
     live: bool,
+    tenant: Any = None,
 ) -> _Outcome:
     account = account_lock(account_id=account_id)
     if req.client_order_id is not None:
@@ -472,7 +485,8 @@ def _place_locked(
         return _reject(order, errors.FokOrderNotFilledError())
 
     order.queue_ahead = queue_ahead_at(top, req.side, req.price)
-    order.save(force_insert=True)
+    # The order row is inserted once, in its final state, by _finish_order (its fills point
+    # at it already: foreign keys are checked at commit).
     applied = _apply_fills(account, order, market, token, position, walk, top, rate, now)
     _finish_order(account, order, walk, rate, exponent)
     if order.status == Order.Status.LIVE:  # it rests: the maker matchers index it
@@ -487,22 +501,31 @@ def _place_locked(
             fees_paid=account.fees_paid,
             last_fill_seq=account.last_fill_seq,
         )
-        day = _trading_day(account, now)
+        day = _trading_day(account, now, tenant)
         if account.last_trading_day != day:
             account.trading_days += 1
             account.last_trading_day = day
             updates.update(trading_days=account.trading_days, last_trading_day=day)
-    Account.objects.filter(pk=account.pk).update(**updates)
-    if applied.fills:
         positions_value = sum((m.market_value for m in open_positions(account=account)), ZERO)
-        equity_snapshot_record(account=account, positions_value=positions_value, at=now)
+        equity_snapshot_record(
+            account=account, positions_value=positions_value, at=now, save_account=False
+        )
+        updates.update(
+            high_water_mark=account.high_water_mark,
+            max_drawdown=account.max_drawdown,
+            max_drawdown_pct=account.max_drawdown_pct,
+        )
+    Account.objects.filter(pk=account.pk).update(**updates)  # ONE update of the account row
     return _Outcome(placed=PlacedOrder(order, applied.fills, created=True))
 
 
-def _trading_day(account: Account, now: dt.datetime) -> dt.date:
+def _trading_day(account: Account, now: dt.datetime, tenant: Any = None) -> dt.date:
+    """The fill's trading day at the tenant's day boundary (`tenant` when the caller has it
+    loaded already; personal accounts: UTC midnight)."""
     if account.tenant_id is None:
         return trading_day(now, "UTC", dt.time(0, 0))
-    tenant = account.tenant
+    if tenant is None or tenant.pk != account.tenant_id:
+        tenant = account.tenant
     assert tenant is not None
     return trading_day(now, tenant.day_boundary_tz, tenant.day_boundary_time)
 
@@ -582,6 +605,7 @@ def _apply_fills(
         if top.timestamp_ms is not None
         else None
     )
+    entries: list[tuple[str, Decimal, Any, Any, str]] = []  # posted together below
     for n, take in enumerate(walk.takes, start=1):
         notional = take.notional
         realized = position_apply(
@@ -615,26 +639,21 @@ def _apply_fills(
             filled_at=now,
         )
         sign = -1 if order.side == Side.BUY else 1
-        ledger_post(
-            account=account,
-            kind=LedgerEntry.Kind.TRADE,
-            amount=sign * notional,
-            order_id=order.pk,
-            fill_id=fill.pk,
-            memo=f"{order.side} {take.size} @ {take.price}",
+        entries.append(
+            (
+                LedgerEntry.Kind.TRADE,
+                sign * notional,
+                order.pk,
+                fill.pk,
+                f"{order.side} {take.size} @ {take.price}",
+            )
         )
         if take.fee:
-            ledger_post(
-                account=account,
-                kind=LedgerEntry.Kind.FEE,
-                amount=-take.fee,
-                order_id=order.pk,
-                fill_id=fill.pk,
-                memo="taker fee",
-            )
+            entries.append((LedgerEntry.Kind.FEE, -take.fee, order.pk, fill.pk, "taker fee"))
         applied.fills.append(fill)
         applied.realized += realized
         applied.fees += take.fee
+    ledger_post_many(account=account, entries=entries)
     fills_append(account=account, fills=applied.fills)
     position.save()
     order.filled_size = walk.filled
@@ -673,6 +692,9 @@ def _finish_order(
     states.ensure_transition(order.status, target)
     order.status = target
     order.reason = reason
+    if order._state.adding:  # placed now: its one INSERT, in its final state
+        order.save(force_insert=True)
+        return
     order.save(
         update_fields=[
             "status",
