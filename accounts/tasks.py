@@ -136,8 +136,12 @@ def _record_failure(outbox: EmailOutbox, exc: Exception) -> str:
 
 
 def _enqueue(outbox_ids: list[int]) -> None:
-    for outbox_id in outbox_ids:
-        email_outbox_send.delay(outbox_id)
+    """After commit; a broker outage leaves the rows leased, and a later sweep retries them."""
+    try:
+        for outbox_id in outbox_ids:
+            email_outbox_send.delay(outbox_id)
+    except Exception:
+        logger.exception("outbox sweep: could not enqueue %d row(s)", len(outbox_ids))
 
 
 @shared_task(ignore_result=True)
@@ -161,5 +165,5 @@ def outbox_sweep() -> int:
         if due:
             EmailOutbox.objects.filter(pk__in=due).update(next_attempt_at=now + SWEEP_LEASE)
             # robust: a broker outage must not fail the sweep; the lease brings the rows back.
-            transaction.on_commit(partial(_enqueue, due), robust=True)
+            transaction.on_commit(partial(_enqueue, due))
     return len(due)

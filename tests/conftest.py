@@ -84,7 +84,15 @@ def _fresh_process_state(settings) -> Iterator[None]:
     settings.REDIS_URL = ""  # tests that want Redis opt in with the `redis_url` fixture
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
     settings.CELERY_TASK_ALWAYS_EAGER = True
+    # The Celery app read its configuration once, at import: with REDIS_URL in the
+    # environment (CI's second pass) it would publish to a broker no worker reads. Tasks run
+    # eagerly in every test unless one opts in to a real worker (tests/accounts/test_worker.py).
+    from config.celery import app as celery_app
+
+    was_eager = celery_app.conf.task_always_eager
+    celery_app.conf.task_always_eager = True
     yield
+    celery_app.conf.task_always_eager = was_eager
     keys.key_cache.clear()
     trader_keys.key_cache.clear()
 

@@ -176,9 +176,16 @@ def login_link_url(*, token: LoginToken) -> str:
 
 # --- Issue --------------------------------------------------------------------------------
 def _enqueue_outbox_send(outbox_id: int) -> None:
+    """After commit: hand the email to the worker. A broker outage must not turn an accepted
+    request into an error (nor a partner's retry into a second link): the row is committed,
+    the outbox sweep sends it. Caught here rather than with on_commit(robust=True), whose
+    error logging itself raises on a functools.partial in Django 5.2 (the request got a 500)."""
     from accounts.tasks import email_outbox_send  # tasks import this module
 
-    email_outbox_send.delay(outbox_id)
+    try:
+        email_outbox_send.delay(outbox_id)
+    except Exception:
+        logger.exception("email outbox %s: could not enqueue; the sweep will send it", outbox_id)
 
 
 def login_link_request(
@@ -239,9 +246,7 @@ def login_link_request(
             to_email=user.email,
             payload={"login_token_id": token.pk},
         )
-        # robust: the row is committed either way; a broker outage must not turn an accepted
-        # request into an error (and a partner retry into a second link). The sweeper sends it.
-        transaction.on_commit(partial(_enqueue_outbox_send, outbox.pk), robust=True)
+        transaction.on_commit(partial(_enqueue_outbox_send, outbox.pk))
     return token
 
 

@@ -553,6 +553,35 @@ def test_a_lost_enqueue_is_recovered_by_the_sweeper(
     assert EmailOutbox.objects.get().status == EmailOutbox.Status.SENT
 
 
+def test_a_broker_outage_still_accepts_the_partner_request_and_the_sweep_sends_it(
+    firm, trader, monkeypatch, django_capture_on_commit_callbacks
+):
+    from tests.factories import make_partner_client
+
+    def broker_down(*args, **kwargs):
+        raise ConnectionError("broker unreachable")
+
+    real_delay = email_outbox_send.delay
+    monkeypatch.setattr(email_outbox_send, "delay", broker_down)
+    client = make_partner_client(firm)
+    registered = client.post(
+        "/v1/partner/users", {"external_id": "c-1", "email": trader.email}, format="json"
+    )
+    user_id = registered.json()["user_id"]
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        response = client.post(f"/v1/partner/users/{user_id}/login-link", {}, format="json")
+    assert len(callbacks) == 1, (response.status_code, response.content)  # ran, and failed
+    assert response.status_code == 202, response.content
+    row = EmailOutbox.objects.get()
+    assert row.status == EmailOutbox.Status.PENDING and mail.outbox == []
+
+    monkeypatch.setattr(email_outbox_send, "delay", real_delay)  # the broker is back
+    with django_capture_on_commit_callbacks(execute=True):
+        assert outbox_sweep() == 1
+    assert len(mail.outbox) == 1
+    assert EmailOutbox.objects.get().status == EmailOutbox.Status.SENT
+
+
 def test_retries_back_off_and_give_up_after_the_last_attempt(
     firm, trader, flaky_email, django_capture_on_commit_callbacks
 ):
