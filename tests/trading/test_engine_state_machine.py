@@ -126,6 +126,7 @@ class MBook:
     bids: list[tuple[Decimal, Decimal]]  # best first (descending)
     asks: list[tuple[Decimal, Decimal]]  # best first (ascending)
     fresh: bool
+    tick: Decimal = TICK
 
 
 @dataclass
@@ -192,7 +193,7 @@ AMOUNTS = (
     ["0", "-5", "0.0000001"],
 )
 PRICES = (
-    ["0.01", "0.2", "0.35", "0.4", "0.5", "0.55", "0.62", "0.8", "0.99"],
+    ["0.01", "0.2", "0.35", "0.4", "0.5", "0.55", "0.555", "0.62", "0.8", "0.99"],
     ["-0.1", "0", "0.005", "1", "1.5"],
 )
 BOOK_PRICES = [D(f"0.{n:02d}") for n in range(5, 96, 5)]
@@ -249,7 +250,7 @@ class EngineMachine(RuleBasedStateMachine):
             self._publish(token, bids, asks, fresh=True)
         # Each account starts holding shares (bought through the engine, checked like any
         # order), so SELLs have something to sell in every example.
-        for acc, token in zip(self.accounts, self._all_tokens()[1:3], strict=True):
+        for n, (acc, token) in enumerate(zip(self.accounts, self._all_tokens()[1:3], strict=True)):
             params = {
                 "token_id": token,
                 "side": "BUY",
@@ -260,9 +261,10 @@ class EngineMachine(RuleBasedStateMachine):
                 "time_in_force": None,
                 "expiration": None,
                 "post_only": False,
-                "client_order_id": None,
+                "client_order_id": f"init-{n}",  # something to retry from the first step
             }
             self._submit(acc, params, timezone.now())
+        params = {**params, "client_order_id": None}
         # An amount too small to buy one hundredth of a share fills nothing: FOK rejected,
         # FAK canceled (regression: both were once `matched` with no fills).
         for tif in ("FOK", "FAK"):
@@ -365,9 +367,10 @@ class EngineMachine(RuleBasedStateMachine):
         book = self.books.get(token)
         if book is None:
             raise Expected("MARKET_NOT_READY")
+        tick = book.tick  # the live tick (Polymarket changes it while a market trades)
         if price is None:
-            price = D("0.99") if side == "BUY" else TICK
-        if not (TICK <= price <= ONE - TICK) or price % TICK != 0:
+            price = min(D("0.99"), ONE - tick) if side == "BUY" else tick
+        if not (tick <= price <= ONE - tick) or price % tick != 0:
             raise Expected("INVALID_ORDER_MIN_TICK_SIZE")
         if size is not None and size < MIN_SIZE:
             raise Expected("INVALID_ORDER_MIN_SIZE")
@@ -629,7 +632,7 @@ class EngineMachine(RuleBasedStateMachine):
             if want.stored:
                 self.rejected += 1
                 if params["client_order_id"]:
-                    self.by_client_id[params["client_order_id"]] = (acc, params, want.code)
+                    self.by_client_id[params["client_order_id"]] = (acc, dict(params), want.code)
             return
         assert not isinstance(want, Expected), (want.code, params, placed.order.status)
         mo: MOrder = want["order"]
@@ -637,7 +640,7 @@ class EngineMachine(RuleBasedStateMachine):
         self.orders[mo.pk] = mo
         self.fills_of[mo.pk] = want["fills"]
         if params["client_order_id"]:
-            self.by_client_id[params["client_order_id"]] = (acc, params, mo.pk)
+            self.by_client_id[params["client_order_id"]] = (acc, dict(params), mo.pk)
         assert placed.created
         assert placed.order.status == mo.status, (placed.order.status, mo, params)
         assert len(placed.fills) == want["fills"]
@@ -744,7 +747,9 @@ class EngineMachine(RuleBasedStateMachine):
             level = dict(zip(prices, sizes, strict=True))
             bids = sorted(((p, level[p]) for p in bid_prices), reverse=True)
             asks = sorted((p, level[p]) for p in ask_prices)
-        self._publish(token, bids, asks, fresh=fresh)
+        # Now and then the live tick changes (tick_size_change): orders follow the book's tick.
+        tick = D("0.001") if data.draw(st.integers(0, 4), label="fine tick") == 0 else TICK
+        self._publish(token, bids, asks, fresh=fresh, tick=tick)
 
     def _publish(
         self,
@@ -753,14 +758,16 @@ class EngineMachine(RuleBasedStateMachine):
         asks: list[tuple[Decimal, Decimal]],
         *,
         fresh: bool,
+        tick: Decimal = TICK,
     ) -> None:
         publish_book(
             token,
             bids=[(str(p), str(s)) for p, s in bids],
             asks=[(str(p), str(s)) for p, s in asks],
             fresh=fresh,
+            tick_size=str(tick),
         )
-        self.books[token] = MBook(bids, asks, fresh)
+        self.books[token] = MBook(bids, asks, fresh, tick)
         self.dead_shards.discard(get_bus().shard_of(token))  # publishing beats the shard
         self._last_book = token
 
