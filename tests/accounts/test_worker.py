@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from django.db import connection
+from kombu import pools as kombu_pools
 
 from accounts.models import EmailOutbox
 from tests.factories import TenantFactory, make_partner_client
@@ -29,8 +30,10 @@ def real_broker(settings, redis_url):
     def drop_cached_pools():
         # Celery caches its connection and producer pools on first use, bound to the broker
         # URL of that moment (memory:// in eager tests); each configuration needs its own.
-        if app._pool is not None:
-            app._pool.force_close_all()
+        # kombu keeps them in process-wide registries keyed by connection: closing one without
+        # clearing the registry leaves a closed pool that every later task call (eager ones
+        # too: Celery acquires a producer even then) fails on with "Acquire on closed pool".
+        kombu_pools.reset()
         app._pool = None
         app.amqp._producer_pool = None
 
