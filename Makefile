@@ -45,6 +45,7 @@ bench: install
 	$(BIN)/python bench/partner_api.py
 	$(BIN)/python bench/feed.py
 	$(BIN)/python bench/engine.py
+	$(BIN)/python bench/web_ui.py
 
 # Regenerate the locked, hashed dependency set from pyproject.toml.
 lock: install

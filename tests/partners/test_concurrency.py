@@ -155,14 +155,19 @@ def test_hundred_concurrent_requests_against_five_per_second(settings, redis_url
         return response.status_code
 
     statuses = run_concurrently(100, call)
-    admitted.sort()
     assert 5 <= len(admitted) <= 15
-    for i, start in enumerate(admitted):
-        in_window = [t for t in admitted[i:] if t - start < 1.0]
-        # The limiter's clock is Redis TIME; allow 20 ms of skew between it and ours.
-        in_strict_window = [t for t in admitted[i:] if t - start < 0.98]
-        assert len(in_strict_window) <= 5, (len(in_window), admitted)
     assert statuses.count(429) == 100 - len(admitted)
+    # The window is judged on the limiter's own admission times (Redis TIME, µs), kept in
+    # the tenant's minute log: when our responses come back says nothing about when the
+    # limiter decided (a loaded machine delays some replies past the next window's).
+    import redis
+
+    log = redis.Redis.from_url(redis_url).zrange(f"rl:{{t{tenant.pk}}}:m", 0, -1, withscores=True)
+    decided = sorted(score for _member, score in log)
+    assert len(decided) == len(admitted)
+    for i, start in enumerate(decided):
+        in_window = [t for t in decided[i:] if t - start < 1_000_000]
+        assert len(in_window) <= 5, decided
 
 
 def _free_port() -> int:
