@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import datetime as dt
-from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 from django import template
 from django.utils import timezone
 
+from web.templatetags.trader_format import _dec, shares, usd
+
 register = template.Library()
-
-
-def _dec(value: Any) -> Decimal | None:
-    if value is None or value == "":
-        return None
-    try:
-        return Decimal(str(value))
-    except InvalidOperation:
-        return None
+# Cash and share sizes look the same on every page: one implementation (trader_format).
+register.filter("usd", usd)
+register.filter("shares", shares)
 
 
 @register.filter
@@ -32,16 +28,6 @@ def cents(value: Any) -> str:
 
 
 @register.filter
-def usd(value: Any) -> str:
-    """1234.5 → '$1,234.50' (negative: '−$3.00')."""
-    d = _dec(value)
-    if d is None:
-        return "–"
-    q = abs(d).quantize(Decimal("0.01"), rounding=ROUND_HALF_EVEN)
-    return f"{'−' if d < 0 else ''}${q:,.2f}"
-
-
-@register.filter
 def usd_compact(value: Any) -> str:
     """Volumes: $950, $12.3K, $4.5M."""
     d = _dec(value)
@@ -51,17 +37,6 @@ def usd_compact(value: Any) -> str:
         if abs(d) >= size:
             return f"${(d / size).quantize(Decimal('0.1'))}{suffix}"
     return f"${d.quantize(Decimal('1'))}"
-
-
-@register.filter
-def shares(value: Any) -> str:
-    """Share quantities: '1,250.5' (at most two decimals, no trailing zeros)."""
-    d = _dec(value)
-    if d is None:
-        return "–"
-    q = d.quantize(Decimal("0.01"))
-    text = f"{q:,.2f}"
-    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 @register.filter
