@@ -52,6 +52,7 @@ import os
 import re
 import secrets
 import shlex
+import subprocess
 import sys
 import tempfile
 import threading
@@ -741,13 +742,13 @@ def run_matching(args: argparse.Namespace) -> int | None:
     """bench/engine_matching.py's main(argv), if that module exists (None if not)."""
     if importlib.util.find_spec("bench.engine_matching") is None:
         return None
-    from bench import engine_matching  # type: ignore[attr-defined,unused-ignore]
-
     passthrough = list(args.rest)
     for flag in ("quick", "no_write"):
         if getattr(args, flag):
             passthrough.append("--" + flag.replace("_", "-"))
-    return int(engine_matching.main(passthrough))
+    # Its own process: the placement part has configured Django on another database here.
+    script = ROOT / "bench" / "engine_matching.py"
+    return subprocess.call([sys.executable, str(script), *passthrough], cwd=ROOT)
 
 
 def main(argv: list[str] | None = None) -> int:
