@@ -75,6 +75,7 @@ from bench.partner_api import (  # noqa: E402
     _fmt,
     closed_loop,
     django_setup,
+    error_lines,
     free_port,
     machine_info,
     migrate,
@@ -464,15 +465,6 @@ def cpu_table(report: Report) -> str:
             f"| {ms(c.other):.2f} | {c.cores(c.machine):.2f} / {c.cores(c.other):.2f} |"
         )
     return "\n".join(lines)
-
-
-def error_lines(report: Report) -> list[str]:
-    out = []
-    for t in [*report.closed.values(), *report.opened.values()]:
-        if t.error_kinds:
-            kinds = ", ".join(f"{k} ×{v}" for k, v in t.error_kinds.most_common())
-            out.append(f"- {t.endpoint} ({t.mode} loop): {kinds}")
-    return out
 
 
 def render_section(report: Report) -> str:
