@@ -85,6 +85,11 @@ def feed(e2e_db: None) -> Iterator[Feed]:
 
 @pytest.fixture
 def browser(_async_unsafe: None) -> Iterator[Any]:
+    from playwright.sync_api import expect
+
+    # Generous waits: CI machines are small and shared (2 cores); a wait only costs time
+    # when something is actually wrong.
+    expect.set_options(timeout=15_000)
     with chromium(CHROMIUM_PATH) as running:
         yield running
 
@@ -92,7 +97,7 @@ def browser(_async_unsafe: None) -> Iterator[Any]:
 @pytest.fixture
 def page(browser: Any, app_server: AppServer) -> Iterator[Any]:
     context = browser.new_context(viewport=DESKTOP, base_url=app_server.url)
-    context.set_default_timeout(10_000)
+    context.set_default_timeout(15_000)
     tab = context.new_page()
     try:
         yield tab
@@ -118,7 +123,7 @@ def trader(e2e_db: None) -> Trader:
 def trader_page(browser: Any, app_server: AppServer, trader: Trader) -> Iterator[Any]:
     """A page signed in as `trader` (session cookie set as after a login)."""
     context = browser.new_context(viewport=DESKTOP, base_url=app_server.url)
-    context.set_default_timeout(10_000)
+    context.set_default_timeout(15_000)
     context.add_cookies([session_cookie_for(trader.user, app_server.url)])
     tab = context.new_page()
     try:
