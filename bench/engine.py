@@ -73,7 +73,7 @@ from bench.partner_api import (  # noqa: E402
     RawClient,
     Tally,
     _fmt,
-    closed_loop,
+    closed_rounds,
     django_setup,
     error_lines,
     free_port,
@@ -612,27 +612,10 @@ async def run_load(report: Report, port: int, raw_key: str, gunicorn_pid: int) -
     client = RawClient("127.0.0.1", port, raw_key, max(args.concurrency, 64))
     endpoints = report.endpoints
     try:
-        for ep in endpoints:
-            print(f"warm-up {ep.name} ({args.warmup:g}s)", flush=True)
-            tally = report.warmups.setdefault(ep.name, Tally(ep.name, "warm-up"))
-            await closed_loop(
-                client, ep, concurrency=args.concurrency, duration=args.warmup,
-                gunicorn_pid=None, tally=tally,
-            )  # fmt: skip
-        slice_s = args.duration / args.rounds
-        for r in range(args.rounds):
-            order = endpoints[r % len(endpoints) :] + endpoints[: r % len(endpoints)]
-            per_round: dict[str, float] = {}
-            for ep in order:
-                tally = report.closed.setdefault(ep.name, Tally(ep.name, "closed"))
-                per_round[ep.name] = await closed_loop(
-                    client, ep, concurrency=args.concurrency, duration=slice_s,
-                    gunicorn_pid=gunicorn_pid, tally=tally,
-                )  # fmt: skip
-                await asyncio.sleep(0.2)
-            report.rounds.append(per_round)
-            rates = ", ".join(f"{k} {v:.0f}/s" for k, v in per_round.items())
-            print(f"closed loop round {r + 1}/{args.rounds}: {rates}", flush=True)
+        await closed_rounds(
+            client, endpoints, args=args, gunicorn_pid=gunicorn_pid,
+            closed=report.closed, rounds=report.rounds, warmups=report.warmups,
+        )  # fmt: skip
         for ep in endpoints:
             if ep.name == "bare":
                 continue

@@ -55,6 +55,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
+from typing import Protocol
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -378,6 +379,42 @@ async def _send(client: Client, ep: Endpoint) -> tuple[int | None, str | None]:
     except Exception as exc:  # transport errors (OSError, IncompleteReadError, httpx.*)
         return None, type(exc).__name__
     return status, None if 200 <= status < 300 else f"HTTP {status}"
+
+
+async def closed_rounds(
+    client: Client,
+    endpoints: list[Endpoint],
+    *,
+    args: argparse.Namespace,
+    gunicorn_pid: int,
+    closed: dict[str, Tally],
+    rounds: list[dict[str, float]],
+    warmups: dict[str, Tally],
+) -> None:
+    """Warm every endpoint up, then `args.rounds` rounds of `args.duration / args.rounds`
+    seconds per endpoint, the order rotating each round so every endpoint (the baseline
+    included) meets the same machine conditions. Tallies accumulate into `closed`/`warmups`
+    by endpoint name; each round's rates are appended to `rounds`."""
+    for ep in endpoints:
+        print(f"warm-up {ep.name} ({args.warmup:g}s)", flush=True)
+        await closed_loop(
+            client, ep, concurrency=args.concurrency, duration=args.warmup,
+            gunicorn_pid=None, tally=warmups.setdefault(ep.name, Tally(ep.name, "warm-up")),
+        )  # fmt: skip
+    slice_s = args.duration / args.rounds
+    for r in range(args.rounds):
+        order = endpoints[r % len(endpoints) :] + endpoints[: r % len(endpoints)]
+        per_round: dict[str, float] = {}
+        for ep in order:
+            tally = closed.setdefault(ep.name, Tally(ep.name, "closed"))
+            per_round[ep.name] = await closed_loop(
+                client, ep, concurrency=args.concurrency, duration=slice_s,
+                gunicorn_pid=gunicorn_pid, tally=tally,
+            )  # fmt: skip
+            await asyncio.sleep(0.2)
+        rounds.append(per_round)
+        rates = ", ".join(f"{k} {v:.0f}/s" for k, v in per_round.items())
+        print(f"closed loop round {r + 1}/{args.rounds}: {rates}", flush=True)
 
 
 async def closed_loop(
@@ -770,7 +807,13 @@ def cpu_table(report: Report) -> str:
     return "\n".join(lines)
 
 
-def error_lines(report: Report) -> list[str]:
+class _Tallied(Protocol):
+    closed: dict[str, Tally]
+    opened: dict[str, Tally]
+
+
+def error_lines(report: _Tallied) -> list[str]:
+    """The error kinds seen per endpoint and loop (any report with closed/opened tallies)."""
     out = []
     for t in [*report.closed.values(), *report.opened.values()]:
         if t.error_kinds:
@@ -926,26 +969,10 @@ async def run_load(report: Report, port: int, raw_key: str, gunicorn_pid: int) -
     client = client_cls("127.0.0.1", port, raw_key, max(args.concurrency, 64))
     endpoints = report.endpoints
     try:
-        for ep in endpoints:
-            print(f"warm-up {ep.name} ({args.warmup:g}s)", flush=True)
-            await closed_loop(
-                client, ep, concurrency=args.concurrency, duration=args.warmup,
-                gunicorn_pid=None, tally=Tally(ep.name, "warm-up"),
-            )  # fmt: skip
-        slice_s = args.duration / args.rounds
-        for r in range(args.rounds):
-            order = endpoints[r % len(endpoints) :] + endpoints[: r % len(endpoints)]
-            per_round: dict[str, float] = {}
-            for ep in order:
-                tally = report.closed.setdefault(ep.name, Tally(ep.name, "closed"))
-                per_round[ep.name] = await closed_loop(
-                    client, ep, concurrency=args.concurrency, duration=slice_s,
-                    gunicorn_pid=gunicorn_pid, tally=tally,
-                )  # fmt: skip
-                await asyncio.sleep(0.2)
-            report.rounds.append(per_round)
-            rates = ", ".join(f"{k} {v:.0f}/s" for k, v in per_round.items())
-            print(f"closed loop round {r + 1}/{args.rounds}: {rates}", flush=True)
+        await closed_rounds(
+            client, endpoints, args=args, gunicorn_pid=gunicorn_pid,
+            closed=report.closed, rounds=report.rounds, warmups={},
+        )  # fmt: skip
         for ep in (ep for ep in endpoints if not ep.reference):
             print(f"open loop {ep.name} ({args.rate:g}/s, {args.duration:g}s)", flush=True)
             tally = report.opened.setdefault(ep.name, Tally(ep.name, "open", args.rate))
