@@ -3,19 +3,27 @@ these; nothing else writes partners' models."""
 
 from __future__ import annotations
 
+import json
+import uuid
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
-from accounts.models import Account, normalize_email
+from accounts.models import Account, User, normalize_email
 from accounts.services import login_link_request
-from accounts.services.wallets import account_open, account_update, user_ensure
+from accounts.services.wallets import (
+    USER_COLUMNS,
+    account_open,
+    account_update,
+    user_ensure,
+    user_from_row,
+)
 from core import errors
-from core.db import create_or_get
+from core.db import create_or_get, db_datetime, db_json, db_param_uuid, db_uuid
 from partners import keys
 from partners.models import ALL_SCOPES, ApiKey, Tenant, TenantUser
 from partners.selectors import mapping_get
@@ -158,6 +166,43 @@ def _mapping_replay(mapping: TenantUser, email: str) -> tuple[TenantUser, bool]:
     return mapping, False
 
 
+_MAPPING_COLUMNS = ("id", "tenant_id", "user_id", "external_id", "metadata", "created_at")
+_MAPPING_GET = (
+    'SELECT m."id", m."tenant_id", m."user_id", m."external_id", m."metadata", m."created_at", '
+    + ", ".join(f'u."{c}"' for c in USER_COLUMNS)
+    + ' FROM "partners_tenantuser" m JOIN "accounts_user" u ON u."id" = m."user_id" '
+    'WHERE m."tenant_id" = %s AND m."external_id" = %s'
+)
+_MAPPING_INSERT = (
+    'INSERT INTO "partners_tenantuser" ("id", "tenant_id", "user_id", "external_id", '
+    '"metadata", "created_at") VALUES (%s, %s, %s, %s, {json}, %s) '
+    'ON CONFLICT DO NOTHING RETURNING "id"'
+)
+
+
+def _mapping_from_db(
+    tenant: Tenant, user: User, pk: Any, external_id: str, metadata: Any, created_at: Any
+) -> TenantUser:
+    mapping = TenantUser.from_db(
+        "default",
+        list(_MAPPING_COLUMNS),
+        [db_uuid(pk), tenant.pk, user.pk, external_id, db_json(metadata), db_datetime(created_at)],
+    )
+    mapping.tenant = tenant
+    mapping.user = user
+    return mapping
+
+
+def _mapping_get(tenant: Tenant, external_id: str) -> TenantUser | None:
+    with connection.cursor() as cursor:
+        cursor.execute(_MAPPING_GET, [tenant.pk, external_id])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    pk, _, _, ext, metadata, created_at, *user_row = row
+    return _mapping_from_db(tenant, user_from_row(tuple(user_row)), pk, ext, metadata, created_at)
+
+
 @transaction.atomic
 def trader_register(
     *, tenant: Tenant, external_id: str, email: str, metadata: dict[str, Any] | None = None
@@ -170,33 +215,42 @@ def trader_register(
     EMAIL_ALREADY_MAPPED. An email that belongs to a user from elsewhere (retail or another
     tenant) is linked without revealing it: new and existing emails run the same statements.
     Race-safe without locks or savepoints: the unique indexes on user.email,
-    (tenant, external_id) and (tenant, user) decide, and every insert is read back."""
+    (tenant, external_id) and (tenant, user) decide, and every refused insert is read back.
+
+    Fixed SQL, not the ORM (a hot write: building the ORM's queries cost more CPU than the
+    database spent running them). A new registration is the mapping read, the user's
+    insert-or-read and the mapping's insert, between BEGIN and COMMIT."""
     email = normalize_email(email)
-
-    def get_mapping() -> TenantUser | None:
-        return (
-            TenantUser.objects.select_related("user")
-            .filter(tenant=tenant, external_id=external_id)
-            .first()
-        )
-
-    existing = get_mapping()
+    existing = _mapping_get(tenant, external_id)
     if existing is not None:
         return _mapping_replay(existing, email)
     user = user_ensure(email=email)
     # ON CONFLICT DO NOTHING, then read back: if an identical registration committed first
     # (we waited on its unique index), its row is a replay; if our row was refused only by
     # (tenant, user), the email is mapped here under another external_id.
-    candidate = TenantUser(
-        tenant=tenant, user=user, external_id=external_id, metadata=metadata or {}
-    )
-    TenantUser.objects.bulk_create([candidate], ignore_conflicts=True)
-    mapping = get_mapping()
+    pk = uuid.uuid4()
+    created_at = timezone.now()
+    metadata = metadata or {}
+    is_pg = connection.vendor == "postgresql"
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _MAPPING_INSERT.format(json="CAST(%s AS jsonb)" if is_pg else "%s"),
+            [
+                db_param_uuid(pk),
+                tenant.pk,
+                user.pk,
+                external_id,
+                json.dumps(metadata),
+                connection.ops.adapt_datetimefield_value(created_at),
+            ],
+        )
+        inserted = cursor.fetchone() is not None
+    if inserted:
+        return _mapping_from_db(tenant, user, pk, external_id, metadata, created_at), True
+    mapping = _mapping_get(tenant, external_id)
     if mapping is None:
         raise errors.EmailAlreadyMapped()
-    if mapping.pk != candidate.pk:
-        return _mapping_replay(mapping, email)
-    return mapping, True
+    return _mapping_replay(mapping, email)
 
 
 def _account_replay(

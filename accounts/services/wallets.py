@@ -13,29 +13,90 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.contrib.auth.hashers import make_password
+from django.db import connection, transaction
 from django.utils import timezone
 
 from accounts.models import Account, EquitySnapshot, LedgerEntry, Position, User, normalize_email
 from core import errors
-from core.db import create_or_get
+from core.db import create_or_get, db_datetime
 from core.money import ZERO, cash, pct
 
-
 # --- Users --------------------------------------------------------------------------------
+USER_COLUMNS = (
+    "id",
+    "password",
+    "last_login",
+    "is_superuser",
+    "email",
+    "is_active",
+    "is_staff",
+    "date_joined",
+)
+_USER_SELECT = ", ".join(f'"{c}"' for c in USER_COLUMNS)
+_USER_INSERT = (
+    'INSERT INTO "accounts_user" ("password", "last_login", "is_superuser", "email", '
+    '"is_active", "is_staff", "date_joined") VALUES (%s, NULL, %s, %s, %s, %s, %s) '
+    'ON CONFLICT ("email") DO NOTHING'
+)
+# PostgreSQL: insert-or-read in ONE statement. The outer SELECT runs on the statement's
+# snapshot, so it sees a row committed before the statement began (a known email) but not
+# the CTE's own insert (a new one, returned by RETURNING): exactly one row either way. Only
+# when a concurrent insert of the same email commits while this one waits on the unique index
+# does it return nothing; a second SELECT (a new snapshot) then reads the winner's row.
+_USER_UPSERT_PG = (
+    f"WITH ins AS ({_USER_INSERT} RETURNING {_USER_SELECT}) "
+    f'SELECT {_USER_SELECT} FROM ins UNION ALL SELECT {_USER_SELECT} FROM "accounts_user" '
+    'WHERE "email" = %s'
+)
+_USER_BY_EMAIL = f'SELECT {_USER_SELECT} FROM "accounts_user" WHERE "email" = %s'
+
+
+def user_from_row(row: tuple[Any, ...]) -> User:
+    """A User from a row of _USER_COLUMNS, as the ORM would have loaded it (both backends)."""
+    pk, password, last_login, is_superuser, email, is_active, is_staff, date_joined = row
+    return User.from_db(
+        "default",
+        list(USER_COLUMNS),
+        [
+            int(pk),
+            password,
+            db_datetime(last_login),
+            bool(is_superuser),
+            email,
+            bool(is_active),
+            bool(is_staff),
+            db_datetime(date_joined),
+        ],
+    )
+
+
 def user_ensure(*, email: str) -> User:
     """The one user of a normalized email, created if needed. Race-safe and idempotent:
-    INSERT … ON CONFLICT DO NOTHING, then read back, so a concurrent insert of the same email
-    waits for the other transaction and yields its row — no savepoint, and the same two
-    statements whether or not the email existed (callers must not leak which)."""
+    INSERT … ON CONFLICT DO NOTHING and a read back, so a concurrent insert of the same email
+    waits for the other transaction and yields its row — no savepoint, and the same
+    statements whether or not the email existed (callers must not leak which): one on
+    PostgreSQL, two on SQLite (which has no INSERT inside WITH).
+
+    Fixed SQL, not the ORM: registration and sign-in requests are hot writes, and building
+    the two ORM queries cost several times more CPU than running them (docs/benchmarks.md)."""
     normalized = normalize_email(email)
-    candidate = User(email=normalized)
-    candidate.set_unusable_password()
-    User.objects.bulk_create([candidate], ignore_conflicts=True)
-    user = User.objects.filter(email=normalized).first()
-    if user is None:  # the insert was refused by something other than the email's uniqueness
+    joined = connection.ops.adapt_datetimefield_value(timezone.now())
+    insert_params: list[Any] = [make_password(None), False, normalized, True, False, joined]
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(_USER_UPSERT_PG, [*insert_params, normalized])
+            row = cursor.fetchone()
+            if row is None:  # lost a race with a concurrent insert of the same email
+                cursor.execute(_USER_BY_EMAIL, [normalized])
+                row = cursor.fetchone()
+        else:
+            cursor.execute(_USER_INSERT, insert_params)
+            cursor.execute(_USER_BY_EMAIL, [normalized])
+            row = cursor.fetchone()
+    if row is None:  # the insert was refused by something other than the email's uniqueness
         raise AssertionError(f"could not create a user for {normalized!r}")
-    return user
+    return user_from_row(row)
 
 
 # --- Accounts -----------------------------------------------------------------------------

@@ -225,3 +225,67 @@ def test_revoked_key_stops_working_within_five_seconds_across_processes():
     finally:
         server.terminate()
         server.wait(10)
+
+
+def test_user_ensure_waiting_on_an_uncommitted_insert_reads_the_winners_row():
+    """The one-statement insert-or-read cannot see a row committed while it waited on the
+    email's unique index (its snapshot is older): the fallback read must return that row."""
+    from accounts.services.wallets import user_ensure
+
+    email = "waiter@example.com"
+    winner = psycopg_connection()
+    probe = psycopg_connection(autocommit=True)
+    try:
+        with winner.cursor() as cur:
+            cur.execute(
+                'INSERT INTO "accounts_user" ("password", "is_superuser", "email", "is_active", '
+                '"is_staff", "date_joined") VALUES (%s, false, %s, true, false, now()) '
+                'RETURNING "id"',
+                ["!", email],
+            )
+            winner_id = cur.fetchone()[0]
+        got: list = []
+
+        def wait_then_ensure():
+            try:
+                got.append(user_ensure(email=email))
+            except Exception as exc:
+                got.append(exc)
+            finally:
+                connection.close()
+
+        waiter = threading.Thread(target=wait_then_ensure)
+        waiter.start()
+        deadline = time.monotonic() + 10
+        while not blocked_on_a_lock(probe) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert blocked_on_a_lock(probe), f"user_ensure never waited on the insert: {got}"
+        winner.commit()
+        waiter.join(10)
+    finally:
+        winner.close()
+        probe.close()
+    assert len(got) == 1 and isinstance(got[0], User), got
+    assert (got[0].pk, got[0].email) == (winner_id, email)
+    assert User.objects.filter(email=email).count() == 1
+
+
+def psycopg_connection(autocommit: bool = False):
+    """Another, independent connection to the test database (not Django's)."""
+    import psycopg
+
+    params = connection.get_connection_params()
+    params.pop("cursor_factory", None)
+    params.pop("context", None)
+    return psycopg.connect(**params, autocommit=autocommit)
+
+
+def blocked_on_a_lock(conn) -> bool:
+    """Whether another backend waits on a lock (ask from an autocommit connection: inside a
+    transaction pg_stat_activity is one snapshot for the whole transaction)."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+        )
+        return cur.fetchone()[0] > 0
