@@ -95,14 +95,12 @@ class _Locked:
 # resolution, model saves, bulk_create) cost several times the database's own work. So the
 # reads and writes are fixed, parameterised SQL; only model table and column names are
 # interpolated. On PostgreSQL (client-side binding, Django's default) the statements of one
-# phase go in ONE round trip (simple query protocol: several statements per query); SQLite
-# runs them one by one.
+# phase go in ONE round trip (several statements in one query); SQLite runs them one by one.
 
 
-def _columns(model: type[Any]) -> tuple[list[str], list[str]]:
-    """(column names, attribute names) of a model's concrete fields, in field order."""
-    fields = model._meta.concrete_fields
-    return [f.column for f in fields], [f.attname for f in fields]
+@cache
+def _fill_columns() -> list[str]:
+    return [f.column for f in Fill._meta.concrete_fields]
 
 
 def _loader(field: Any, vendor: str) -> Any:
@@ -134,22 +132,37 @@ def _bool(value: Any) -> bool | None:
     return None if value is None else bool(value)
 
 
-_MODEL_LOADERS: dict[tuple[str, str], tuple[list[str], list[Any]]] = {}
+# The columns a fill reads of each row: everything it uses, nothing else (the instances have
+# the other fields deferred, never touched).
+_ACCOUNT_READ = (
+    "id", "tenant_id", "status", "epoch", "cash", "reserved_cash", "realized_pnl",
+    "high_water_mark", "max_drawdown", "max_drawdown_pct", "trading_days", "last_trading_day",
+    "last_fill_seq",
+)  # fmt: skip
+_ORDER_READ = (
+    "id", "account_id", "epoch", "token_id", "market_id", "side", "price", "size", "expiration",
+    "status", "filled_size", "filled_notional", "reserved_cash", "reserved_shares",
+    "queue_ahead", "queue_trigger",
+)  # fmt: skip
+_POSITION_READ = (
+    "id", "account_id", "epoch", "token_id", "market_id", "market_question", "outcome",
+    "status", "size", "reserved_size", "avg_price", "cost_basis", "realized_pnl", "last_mark",
+    "last_mark_at", "opened_at",
+)  # fmt: skip
 
 
-def _model_loaders(model: type[Any], vendor: str) -> tuple[list[str], list[Any]]:
-    key = (model._meta.label, vendor)
-    got = _MODEL_LOADERS.get(key)
-    if got is None:
-        loaders = [_loader(f, vendor) for f in model._meta.concrete_fields]
-        got = _MODEL_LOADERS[key] = (_columns(model)[1], loaders)
-    return got
+@cache
+def _row_loaders(label: str, names: tuple[str, ...], vendor: str) -> list[Any]:
+    from django.apps import apps
+
+    model = apps.get_model(label)
+    return [_loader(model._meta.get_field(name), vendor) for name in names]
 
 
-def _instance(model: type[Any], row: tuple[Any, ...], vendor: str) -> Any:
-    """A model instance from the first len(concrete fields) values of `row` (its columns in
-    field order, as `_reads` selects them)."""
-    names, loaders = _model_loaders(model, vendor)
+def _instance(model: type[Any], names: tuple[str, ...], row: tuple[Any, ...], vendor: str) -> Any:
+    """A model instance from the first len(names) values of `row` (the fields `names`, other
+    fields deferred)."""
+    loaders = _row_loaders(model._meta.label, names, vendor)
     values = [v if f is None else f(v) for f, v in zip(loaders, row, strict=False)]
     return model.from_db(connection.alias, names, values)
 
@@ -165,19 +178,19 @@ def _reads(for_update_of: bool) -> tuple[str, str, str]:
     token, market = Token._meta.db_table, Market._meta.db_table
     position = Position._meta.db_table
 
-    def cols(model: type[Any], alias: str) -> str:
-        return ", ".join(f"{alias}.{c}" for c in _columns(model)[0])
+    def cols(names: tuple[str, ...], alias: str) -> str:
+        return ", ".join(f"{alias}.{c}" for c in names)
 
     def lock(alias: str) -> str:
         return f"FOR UPDATE OF {alias}" if for_update_of else ""
 
     account_sql = f"""
-        SELECT {cols(Account, "a")}, t.day_boundary_tz, t.day_boundary_time
+        SELECT {cols(_ACCOUNT_READ, "a")}, t.day_boundary_tz, t.day_boundary_time
           FROM {account} a LEFT JOIN {tenant} t ON t.id = a.tenant_id
          WHERE a.id = %s {lock("a")}
     """
     order_sql = f"""
-        SELECT {cols(Order, "o")},
+        SELECT {cols(_ORDER_READ, "o")},
                EXISTS (SELECT 1 FROM {fill} f WHERE f.trigger_key = %s),
                (SELECT f.filled_at FROM {fill} f
                  WHERE f.account_id = o.account_id
@@ -190,7 +203,7 @@ def _reads(for_update_of: bool) -> tuple[str, str, str]:
          WHERE o.id = %s AND o.account_id = %s {lock("o")}
     """
     positions_sql = f"""
-        SELECT {cols(Position, "p")} FROM {position} p
+        SELECT {cols(_POSITION_READ, "p")} FROM {position} p
          WHERE p.account_id = %s
            AND p.epoch = (SELECT o.epoch FROM {order} o WHERE o.id = %s)
            AND (p.token_id = (SELECT o.token_id FROM {order} o WHERE o.id = %s)
@@ -241,7 +254,7 @@ def _writes() -> dict[str, str]:
         "position_insert": _insert_sql(Position, _POSITION_INSERT),
         "position_update": _update_sql(Position, _POSITION_UPDATE),
         "ledger": _insert_sql(LedgerEntry, _LEDGER_INSERT),
-        "fill": _insert_sql(Fill, _columns(Fill)[0]),
+        "fill": _insert_sql(Fill, _fill_columns()),
         "order": _update_sql(Order, _ORDER_UPDATE),
         "order_queue": _update_sql(Order, _ORDER_QUEUE_UPDATE),
         "snapshot": _insert_sql(EquitySnapshot, _SNAPSHOT_INSERT),
@@ -259,23 +272,33 @@ def _one_round_trip(cursor: Any) -> bool:
     return isinstance(getattr(cursor, "cursor", None), psycopg.ClientCursor)
 
 
-def _run(statements: list[tuple[str, list[Any]]]) -> list[list[tuple[Any, ...]]]:
-    """Execute `statements` in order, in the current transaction; each one's rows."""
+def _run(statements: list[tuple[str, list[Any]]], *, rows: bool) -> list[list[tuple[Any, ...]]]:
+    """Execute `statements` in order, in the current transaction; with `rows` (all of them
+    SELECTs), each one's rows. On PostgreSQL in ONE round trip (several statements in one
+    simple-protocol query: measured cheaper in CPU than psycopg's pipeline mode, which
+    costs a cursor and a result per statement); otherwise one by one."""
     out: list[list[tuple[Any, ...]]] = []
     with connection.cursor() as cursor:
         if _one_round_trip(cursor):
-            cursor.execute(
-                ";\n".join(sql for sql, _ in statements),
-                [p for _, params in statements for p in params],
-            )
-            for n in range(len(statements)):
-                if n:
-                    cursor.nextset()
-                out.append(cursor.fetchall() if cursor.description else [])
+            raw = cursor.cursor
+            # Each statement merged with its values by psycopg itself (`mogrify`: exactly what
+            # `execute` sends), so that its parsed form is cached per statement: psycopg
+            # caches none for a query of more than 50 parameters, and re-parsing the
+            # joined writes (77) cost more than all the rest of the round trip.
+            with connection.wrap_database_errors:
+                merged = ";\n".join(raw.mogrify(sql, params) for sql, params in statements)
+            cursor.execute(merged)  # no parameters: the text is sent as it is
+            if rows:
+                with connection.wrap_database_errors:
+                    for n in range(len(statements)):
+                        if n:
+                            raw.nextset()
+                        out.append(raw.fetchall())
             return out
         for sql, params in statements:
             cursor.execute(sql, params)
-            out.append(cursor.fetchall() if cursor.description else [])
+            if rows:
+                out.append(cursor.fetchall())
         return out
 
 
@@ -310,13 +333,14 @@ def _locked(order_id: Any, account_id: Any, trigger_key: str) -> _Locked | Maker
             (account_sql, [account_key]),
             (order_sql, [trigger_key, order_key, account_key]),
             (positions_sql, [account_key, order_key, order_key, Position.Status.OPEN]),
-        ]
+        ],
+        rows=True,
     )
     if not accounts or not orders:
         return MakerResult("gone", ZERO, ZERO, ZERO)
-    account = _instance(Account, accounts[0], vendor)
+    account = _instance(Account, _ACCOUNT_READ, accounts[0], vendor)
     account.tenant_tz, account.tenant_time = accounts[0][-2:]
-    order = _instance(Order, orders[0], vendor)
+    order = _instance(Order, _ORDER_READ, orders[0], vendor)
     duplicate, previous, outcome, market_id, question, closed, status, accepting = orders[0][-8:]
     if (
         order.status != Order.Status.LIVE
@@ -338,7 +362,7 @@ def _locked(order_id: Any, account_id: Any, trigger_key: str) -> _Locked | Maker
         market_id,
         question,
         db_datetime(previous),
-        [_instance(Position, row, vendor) for row in position_rows],
+        [_instance(Position, _POSITION_READ, row, vendor) for row in position_rows],
     )
 
 
@@ -447,7 +471,7 @@ def order_fill_maker_trade(
     if take <= 0:
         if at_price:  # the queue advance alone (a fill writes it with the order's update)
             queue = _params(order.queue_ahead, order.queue_trigger, order.pk)
-            _run([(_writes()["order_queue"], queue)])
+            _run([(_writes()["order_queue"], queue)], rows=False)
         return MakerResult("none", ZERO, remaining, order.queue_ahead)
     fill_id = _apply(
         got,
@@ -618,7 +642,7 @@ def _apply(
                 account.pk, account.epoch, LedgerEntry.Kind.TRADE, amount, balance, order.pk,
                 fill_id, f"{order.side} {size} @ {price} (maker)", now,
             )),
-            (sql["fill"], _params(*(fill[c] for c in _columns(Fill)[0]))),
+            (sql["fill"], _params(*(fill[c] for c in _fill_columns()))),
             (sql["order"], _params(
                 order.status, order.filled_size, order.filled_notional, order.reserved_cash,
                 order.reserved_shares, order.queue_ahead, order.queue_trigger, now, order.pk,
@@ -632,7 +656,8 @@ def _apply(
                 account.high_water_mark, account.max_drawdown, account.max_drawdown_pct, now,
                 account.pk,
             )),
-        ]
+        ],
+        rows=False,
     )  # fmt: skip
     return fill_id
 
