@@ -17,12 +17,14 @@ position rows (the order of every other path, C1); one transaction per trigger a
 retried on deadlock/serialization failure.
 
 A fill is on the matcher's critical path (p99 from book update to committed fill < 100 ms),
-so it is written in few round trips and its locking reads are fixed SQL: the account row lock
-brings its tenant's day boundary, the order row lock also brings back the
-duplicate check, the order's market and the account's last fill time; one statement locks and
-reads every open position of the account (the filled one and the others the equity snapshot
-values); the account row is written once, with the cash, reservations, P&L, fill numbering
-and high-water mark together.
+so it is fixed SQL in two round trips on PostgreSQL besides BEGIN and COMMIT. The locking
+reads, in lock order: the account row (with its tenant's day boundary), the order row (with
+the duplicate check, the order's market and the account's last fill time), and every
+position the fill needs (the filled one and the account's other open ones, which the equity
+snapshot values). The writes: the position, the ledger's TRADE entry, the fill, the order,
+the equity snapshot, and the account row once (cash, reservations, P&L, fill numbering,
+high-water mark together). The rules of the shared helpers that would write through the
+ORM (`ledger_post`, `fills_append`, `equity_snapshot_record`) are applied here in memory.
 """
 
 from __future__ import annotations
