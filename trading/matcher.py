@@ -47,6 +47,7 @@ from decimal import Decimal
 from queue import SimpleQueue
 from typing import Any
 
+import orjson
 from django.conf import settings
 from django.db import close_old_connections, connection, connections
 from django.utils import timezone
@@ -163,6 +164,18 @@ class RestingIndex:
                 out.extend(s.buckets[p])
         return out
 
+    def reaches(self, token_id: str, best_bid: Decimal | None, best_ask: Decimal | None) -> bool:
+        """Whether a top with these bests crosses any order of the token (`crossing` would
+        return something for one side): the ask at or below the highest BUY, or the bid at
+        or above the lowest SELL. Two lookups, whatever the number of orders."""
+        book = self._tokens.get(token_id)
+        if book is None:
+            return False
+        buys, sells = book.get(Side.BUY), book.get(Side.SELL)
+        return (best_ask is not None and buys is not None and best_ask <= buys.prices[-1]) or (
+            best_bid is not None and sells is not None and best_bid >= sells.prices[0]
+        )
+
     def token_ids(self) -> set[str]:
         return set(self._tokens)
 
@@ -181,6 +194,16 @@ def resting_from_event(e: OrderEvent) -> Resting:
         e.created_ms,
         Decimal(e.queue_ahead),
     )
+
+
+def _top_fields(item: BookTop | bytes) -> dict[str, Any]:
+    if isinstance(item, BookTop):
+        return {"fresh": item.fresh, "best_bid": item.best_bid, "best_ask": item.best_ask}
+    return dict(orjson.loads(item))
+
+
+def _decimal(text: str | None) -> Decimal | None:
+    return None if text is None else Decimal(text)
 
 
 # --- trigger keys -----------------------------------------------------------------------------
@@ -571,12 +594,23 @@ class Matcher:
                     # Nothing rests here: keep it undecoded, for late order events.
                     self._last_top[token] = (item, key)
                     continue
-                top = item if isinstance(item, BookTop) else BookTop.from_json(item)
-                self._last_top[token] = (top, key)
-                if not top.fresh or not feed_alive:
+                # Decoded to a dict only: a BookTop is built when the top crosses something.
+                data = _top_fields(item)
+                if not data.get("fresh") or not feed_alive:
+                    self._last_top[token] = (item, key)
                     with self._mutex:
                         self.stats.stale_skipped += 1
-                elif self._candidates(top):
+                    continue
+                with self._mutex:
+                    reaches = self.index.reaches(
+                        token, _decimal(data.get("best_bid")), _decimal(data.get("best_ask"))
+                    )
+                if not reaches:
+                    self._last_top[token] = (item, key)
+                    continue
+                top = item if isinstance(item, BookTop) else BookTop.from_dict(data)
+                self._last_top[token] = (top, key)
+                if self._candidates(top):
                     self._dispatch(token, functools.partial(self._on_top, top, key), batch)
             self.stats.entries += 1
         self._ack_finished()

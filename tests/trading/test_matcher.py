@@ -423,6 +423,72 @@ def test_index_orders_by_price_then_time():
     assert len(idx) == 3
 
 
+def test_index_reaches_exactly_when_crossing_finds_orders():
+    # The reader's cheap test (two lookups) must agree with the full crossing walk, or it
+    # would skip a top that fills something (or decode ones that fill nothing).
+    idx = RestingIndex()
+    for oid, side, price in [("b1", "BUY", "0.40"), ("b2", "BUY", "0.45"), ("s1", "SELL", "0.60")]:
+        idx.upsert(Resting(oid, "a", "t", side, D(price), D("1"), 0, D("0")))
+    idx.upsert(Resting("x", "a", "only-buys", "BUY", D("0.30"), D("1"), 0, D("0")))
+    prices = [None, *(D(p) / 100 for p in range(25, 70))]
+    for token in ("t", "only-buys", "nothing"):
+        for bid in prices:
+            for ask in prices:
+                expected = bool(
+                    (ask is not None and idx.crossing(token, "BUY", ask))
+                    or (bid is not None and idx.crossing(token, "SELL", bid))
+                )
+                assert idx.reaches(token, bid, ask) is expected, (token, bid, ask)
+
+
+def test_fill_rows_when_statements_run_one_by_one(book, monkeypatch):
+    # PostgreSQL sends a fill's reads, and its writes, as one multi-statement query each;
+    # with server-side binding (and on SQLite) they run one by one. Both write the same
+    # rows — including text that looks like placeholders or needs quoting.
+    from trading.services import matching
+
+    monkeypatch.setattr(matching, "_one_round_trip", lambda cursor: False)
+    _m, yes, _ = make_market(question="50% 'odds' %s or %(x)s?")
+    publish_book(yes.token_id, bids=[("0.48", "100")], asks=[("0.52", "100")])
+    account = open_account("100")
+    matcher = new_matcher()
+    order = place(account, yes, "BUY", "0.50", "10")
+    publish_book(yes.token_id, bids=[("0.48", "100")], asks=[("0.49", "4"), ("0.52", "100")])
+    matcher.step()
+    (fill,) = maker_fills(order)
+    assert (fill.seq, fill.price, fill.size, fill.levels) == (
+        1,
+        D("0.50"),
+        D("4"),
+        [["0.49", "4.00"]],
+    )
+    assert fill.market_question == "50% 'odds' %s or %(x)s?"
+    pos = Position.objects.get(account=account, token_id=yes.token_id)
+    assert (pos.size, pos.avg_price, pos.market_question) == (
+        D("4"),
+        D("0.5"),
+        fill.market_question,
+    )
+    audit_clean()
+
+
+def test_fill_rows_with_quotes_and_percent_signs_in_one_round_trip(book):
+    # The values are merged into the statements by the driver: text that looks like
+    # placeholders or needs quoting is written as it is.
+    _m, yes, _ = make_market(question="50% 'odds' %s or %(x)s? \\ done")
+    publish_book(yes.token_id, bids=[("0.48", "100")], asks=[("0.52", "100")])
+    account = open_account("100")
+    matcher = new_matcher()
+    order = place(account, yes, "BUY", "0.50", "10")
+    publish_book(yes.token_id, bids=[("0.48", "100")], asks=[("0.49", "4"), ("0.52", "100")])
+    matcher.step()
+    (fill,) = maker_fills(order)
+    assert fill.market_question == "50% 'odds' %s or %(x)s? \\ done"
+    entry = LedgerEntry.objects.get(account=account, kind="TRADE")
+    assert (entry.memo, entry.amount) == ("BUY 4.00 @ 0.500000 (maker)", D("-2"))
+    audit_clean()
+
+
 def test_parse_shard():
     assert parse_shard("1/4", 4) == ([1], 4)
     assert parse_shard(None, 3) == ([0, 1, 2], 3)

@@ -17,12 +17,14 @@ position rows (the order of every other path, C1); one transaction per trigger a
 retried on deadlock/serialization failure.
 
 A fill is on the matcher's critical path (p99 from book update to committed fill < 100 ms),
-so it is written in few round trips and its locking reads are fixed SQL: the account row lock
-brings its tenant's day boundary, the order row lock also brings back the
-duplicate check, the order's market and the account's last fill time; one statement locks and
-reads every open position of the account (the filled one and the others the equity snapshot
-values); the account row is written once, with the cash, reservations, P&L, fill numbering
-and high-water mark together.
+so it is fixed SQL in two round trips on PostgreSQL besides BEGIN and COMMIT. The locking
+reads, in lock order: the account row (with its tenant's day boundary), the order row (with
+the duplicate check, the order's market and the account's last fill time), and every
+position the fill needs (the filled one and the account's other open ones, which the equity
+snapshot values). The writes: the position, the ledger's TRADE entry, the fill, the order,
+the equity snapshot, and the account row once (cash, reservations, P&L, fill numbering,
+high-water mark together). The rules of the shared helpers that would write through the
+ORM (`ledger_post`, `fills_append`, `equity_snapshot_record`) are applied here in memory.
 """
 
 from __future__ import annotations
@@ -36,16 +38,15 @@ from typing import Any
 
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
-from django.utils.dateparse import parse_time
+from django.utils.dateparse import parse_date, parse_time
 
-from accounts.models import Account, LedgerEntry, Position
-from accounts.services.wallets import equity_snapshot_record, ledger_post
+from accounts.models import Account, EquitySnapshot, LedgerEntry, Position
 from core import errors
 from core.clock import trading_day
-from core.db import db_datetime, db_param_uuid, retry_on_conflict
-from core.money import CASH_QUANTUM, ZERO
+from core.db import db_datetime, db_decimal, db_json, db_param_uuid, db_uuid, retry_on_conflict
+from core.money import CASH_QUANTUM, ZERO, cash, pct
 from marketdata import states as market_states
-from marketdata.bus import BookTop, TradePrint, get_bus, latest_many_live
+from marketdata.bus import BookTop, TradePrint, get_bus
 from marketdata.models import Market, Token
 from partners.models import Tenant
 from trading import states
@@ -53,7 +54,7 @@ from trading.depletion import Take, get_depletion_store, level_key, memories
 from trading.fillmodel import crosses, walk_book
 from trading.models import Fill, Order, Side
 from trading.selectors import MarkedPosition, PositionRow, position_mark
-from trading.services.fills import fills_append, position_apply
+from trading.services.fills import position_apply
 
 PRICE_Q = Decimal("0.000001")
 DEPLETION_ATTEMPTS = 16
@@ -70,7 +71,7 @@ class MakerResult:
     size: Decimal
     remaining: Decimal
     queue_ahead: Decimal
-    fill: Fill | None = None
+    fill_id: uuid.UUID | None = None  # the fill's, when `filled`
 
 
 def _remaining(order: Order) -> Decimal:
@@ -80,7 +81,7 @@ def _remaining(order: Order) -> Decimal:
 
 @dataclass(frozen=True)
 class _Locked:
-    """What a maker fill works on, read under the account and order row locks."""
+    """What a maker fill works on, read under the account, order and position row locks."""
 
     account: Account
     order: Order
@@ -88,72 +89,263 @@ class _Locked:
     market_id: str
     question: str
     previous_filled_at: dt.datetime | None  # the account's last fill's (fills_append)
+    positions: list[Position]  # the order token's (if any) and every other open one
+
+
+# --- fixed SQL ---------------------------------------------------------------------------------
+# A fill is a handful of rows; building and compiling them with the ORM (RawQuerySet column
+# resolution, model saves, bulk_create) cost several times the database's own work. So the
+# reads and writes are fixed, parameterised SQL; only model table and column names are
+# interpolated. On PostgreSQL (client-side binding, Django's default) the statements of one
+# phase go in ONE round trip (several statements in one query); SQLite runs them one by one.
 
 
 @cache
-def _sql(for_update_of: bool) -> tuple[str, str, str]:
-    """The three locking reads of a fill, as fixed SQL: building them with the ORM (joins,
-    six subqueries) cost more CPU than the matcher has per fill. Only model table names are
-    interpolated; every value is a bound parameter. SQLite has no row locks (no FOR UPDATE)."""
+def _fill_columns() -> list[str]:
+    return [f.column for f in Fill._meta.concrete_fields]
+
+
+def _loader(field: Any, vendor: str) -> Any:
+    """What turns the driver's value of `field` into the ORM's (None: as it comes).
+    PostgreSQL gives native types except JSON (text, see core.db); SQLite text and numbers."""
+    kind = field.get_internal_type()
+    if kind == "JSONField":
+        return db_json
+    if vendor == "postgresql":
+        return None
+    if kind == "ForeignKey":
+        return _loader(field.target_field, vendor)
+    return {
+        "DecimalField": db_decimal,
+        "DateTimeField": db_datetime,
+        "UUIDField": db_uuid,
+        "DateField": _date,
+        "BooleanField": _bool,
+    }.get(kind)
+
+
+def _date(value: Any) -> dt.date | None:
+    if value is None or isinstance(value, dt.date):
+        return value
+    return parse_date(str(value))
+
+
+def _bool(value: Any) -> bool | None:
+    return None if value is None else bool(value)
+
+
+# The columns a fill reads of each row: everything it uses, nothing else (the instances have
+# the other fields deferred, never touched).
+_ACCOUNT_READ = (
+    "id", "tenant_id", "status", "epoch", "cash", "reserved_cash", "realized_pnl",
+    "high_water_mark", "max_drawdown", "max_drawdown_pct", "trading_days", "last_trading_day",
+    "last_fill_seq",
+)  # fmt: skip
+_ORDER_READ = (
+    "id", "account_id", "epoch", "token_id", "market_id", "side", "price", "size", "expiration",
+    "status", "filled_size", "filled_notional", "reserved_cash", "reserved_shares",
+    "queue_ahead", "queue_trigger",
+)  # fmt: skip
+_POSITION_READ = (
+    "id", "account_id", "epoch", "token_id", "market_id", "market_question", "outcome",
+    "status", "size", "reserved_size", "avg_price", "cost_basis", "realized_pnl", "last_mark",
+    "last_mark_at", "opened_at",
+)  # fmt: skip
+
+
+@cache
+def _row_loaders(label: str, names: tuple[str, ...], vendor: str) -> list[Any]:
+    from django.apps import apps
+
+    model = apps.get_model(label)
+    return [_loader(model._meta.get_field(name), vendor) for name in names]
+
+
+def _instance(model: type[Any], names: tuple[str, ...], row: tuple[Any, ...], vendor: str) -> Any:
+    """A model instance from the first len(names) values of `row` (the fields `names`, other
+    fields deferred)."""
+    loaders = _row_loaders(model._meta.label, names, vendor)
+    values = [v if f is None else f(v) for f, v in zip(loaders, row, strict=False)]
+    return model.from_db(connection.alias, names, values)
+
+
+@cache
+def _reads(for_update_of: bool) -> tuple[str, str, str]:
+    """The three locking reads of a fill, in lock order (C1): the account (with its tenant's
+    day boundary), the order (with the duplicate check, the account's last fill time, its
+    token's outcome and market), and the positions the fill needs (the order token's and the
+    account's other open ones, for the equity snapshot). SQLite has no row locks."""
     account, tenant = Account._meta.db_table, Tenant._meta.db_table
     order, fill = Order._meta.db_table, Fill._meta.db_table
     token, market = Token._meta.db_table, Market._meta.db_table
     position = Position._meta.db_table
 
+    def cols(names: tuple[str, ...], alias: str) -> str:
+        return ", ".join(f"{alias}.{c}" for c in names)
+
     def lock(alias: str) -> str:
         return f"FOR UPDATE OF {alias}" if for_update_of else ""
 
     account_sql = f"""
-        SELECT a.*, t.day_boundary_tz AS tenant_tz, t.day_boundary_time AS tenant_time
+        SELECT {cols(_ACCOUNT_READ, "a")}, t.day_boundary_tz, t.day_boundary_time
           FROM {account} a LEFT JOIN {tenant} t ON t.id = a.tenant_id
          WHERE a.id = %s {lock("a")}
     """
     order_sql = f"""
-        SELECT o.*,
-               EXISTS (SELECT 1 FROM {fill} f WHERE f.trigger_key = %s) AS duplicate,
-               (SELECT f.filled_at FROM {fill} f WHERE f.account_id = o.account_id AND f.seq = %s)
-                 AS previous_filled_at,
-               tk.outcome AS token_outcome, m.condition_id AS token_market_id,
-               m.question AS token_question, m.closed AS market_closed,
-               m.status AS market_status, m.accepting_orders AS market_accepting
+        SELECT {cols(_ORDER_READ, "o")},
+               EXISTS (SELECT 1 FROM {fill} f WHERE f.trigger_key = %s),
+               (SELECT f.filled_at FROM {fill} f
+                 WHERE f.account_id = o.account_id
+                   AND f.seq = (SELECT a.last_fill_seq FROM {account} a
+                                 WHERE a.id = o.account_id)),
+               tk.outcome, m.condition_id, m.question, m.closed, m.status, m.accepting_orders
           FROM {order} o
           LEFT JOIN {token} tk ON tk.token_id = o.token_id
           LEFT JOIN {market} m ON m.id = tk.market_id
          WHERE o.id = %s AND o.account_id = %s {lock("o")}
     """
     positions_sql = f"""
-        SELECT p.* FROM {position} p
-         WHERE p.account_id = %s AND p.epoch = %s
-           AND (p.token_id = %s OR (p.status = %s AND p.size > 0))
+        SELECT {cols(_POSITION_READ, "p")} FROM {position} p
+         WHERE p.account_id = %s
+           AND p.epoch = (SELECT o.epoch FROM {order} o WHERE o.id = %s)
+           AND (p.token_id = (SELECT o.token_id FROM {order} o WHERE o.id = %s)
+                OR (p.status = %s AND p.size > 0))
          ORDER BY p.opened_at, p.id {lock("p")}
     """
     return account_sql, order_sql, positions_sql
 
 
-def _first(rows: Any) -> Any:
-    return next(iter(rows), None)
+_POSITION_INSERT = [
+    "account_id", "epoch", "token_id", "market_id", "market_question", "outcome", "status",
+    "size", "reserved_size", "avg_price", "cost_basis", "realized_pnl", "last_mark",
+    "last_mark_at", "opened_at", "updated_at",
+]  # fmt: skip
+_POSITION_UPDATE = [
+    "size", "reserved_size", "avg_price", "cost_basis", "realized_pnl", "updated_at",
+]  # fmt: skip
+_LEDGER_INSERT = [
+    "account_id", "epoch", "kind", "amount", "balance_after", "order_id", "fill_id", "memo",
+    "created_at",
+]  # fmt: skip
+_ORDER_UPDATE = [
+    "status", "filled_size", "filled_notional", "reserved_cash", "reserved_shares",
+    "queue_ahead", "queue_trigger", "updated_at",
+]  # fmt: skip
+_ORDER_QUEUE_UPDATE = ["queue_ahead", "queue_trigger"]
+_SNAPSHOT_INSERT = ["account_id", "epoch", "at", "equity", "cash", "positions_value"]
+_ACCOUNT_UPDATE = [
+    "cash", "reserved_cash", "realized_pnl", "last_fill_seq", "trading_days",
+    "last_trading_day", "high_water_mark", "max_drawdown", "max_drawdown_pct", "updated_at",
+]  # fmt: skip
+
+
+def _insert_sql(model: type[Any], columns: list[str]) -> str:
+    marks = ", ".join(["%s"] * len(columns))
+    return f"INSERT INTO {model._meta.db_table} ({', '.join(columns)}) VALUES ({marks})"
+
+
+def _update_sql(model: type[Any], columns: list[str]) -> str:
+    sets = ", ".join(f"{c} = %s" for c in columns)
+    return f"UPDATE {model._meta.db_table} SET {sets} WHERE {model._meta.pk.column} = %s"
+
+
+@cache
+def _writes() -> dict[str, str]:
+    """The writes of a fill; every value is a bound parameter."""
+    return {
+        "position_insert": _insert_sql(Position, _POSITION_INSERT),
+        "position_update": _update_sql(Position, _POSITION_UPDATE),
+        "ledger": _insert_sql(LedgerEntry, _LEDGER_INSERT),
+        "fill": _insert_sql(Fill, _fill_columns()),
+        "order": _update_sql(Order, _ORDER_UPDATE),
+        "order_queue": _update_sql(Order, _ORDER_QUEUE_UPDATE),
+        "snapshot": _insert_sql(EquitySnapshot, _SNAPSHOT_INSERT),
+        "account": _update_sql(Account, _ACCOUNT_UPDATE),
+    }
+
+
+def _one_round_trip(cursor: Any) -> bool:
+    """Whether this cursor runs several statements in one execute: psycopg's client-side
+    binding cursor (Django's default on PostgreSQL; not with `server_side_binding`)."""
+    if connection.vendor != "postgresql":
+        return False
+    import psycopg
+
+    return isinstance(getattr(cursor, "cursor", None), psycopg.ClientCursor)
+
+
+def _run(statements: list[tuple[str, list[Any]]], *, rows: bool) -> list[list[tuple[Any, ...]]]:
+    """Execute `statements` in order, in the current transaction; with `rows` (all of them
+    SELECTs), each one's rows. On PostgreSQL in ONE round trip (several statements in one
+    simple-protocol query: measured cheaper in CPU than psycopg's pipeline mode, which
+    costs a cursor and a result per statement); otherwise one by one."""
+    out: list[list[tuple[Any, ...]]] = []
+    with connection.cursor() as cursor:
+        if _one_round_trip(cursor):
+            raw = cursor.cursor
+            # Each statement merged with its values by psycopg itself (`mogrify`: exactly what
+            # `execute` sends), so that its parsed form is cached per statement: psycopg
+            # caches none for a query of more than 50 parameters, and re-parsing the
+            # joined writes (77) cost more than all the rest of the round trip.
+            with connection.wrap_database_errors:
+                merged = ";\n".join(raw.mogrify(sql, params) for sql, params in statements)
+            cursor.execute(merged)  # no parameters: the text is sent as it is
+            if rows:
+                with connection.wrap_database_errors:
+                    for n in range(len(statements)):
+                        if n:
+                            raw.nextset()
+                        out.append(raw.fetchall())
+            return out
+        for sql, params in statements:
+            cursor.execute(sql, params)
+            if rows:
+                out.append(cursor.fetchall())
+        return out
+
+
+def _params(*values: Any) -> list[Any]:
+    """Python values as this connection's driver takes them for the fixed SQL: PostgreSQL as
+    they are; SQLite naive-UTC datetime text and UUID hex, as the ORM writes them."""
+    if connection.vendor == "postgresql":
+        return list(values)
+    return [
+        connection.ops.adapt_datetimefield_value(v)
+        if isinstance(v, dt.datetime)
+        else (v.hex if isinstance(v, uuid.UUID) else v)
+        for v in values
+    ]
 
 
 def _locked(order_id: Any, account_id: Any, trigger_key: str) -> _Locked | MakerResult:
-    """Account lock, then the order row lock; `gone` unless the order (of that account)
-    still rests and may trade (live, its epoch, an open market accepting orders, not past
-    its GTD expiration); `duplicate` if `trigger_key` was already applied (read after the
-    account lock: every fill of the account commits under it). Two statements."""
-    account_sql, order_sql, _ = _sql(connection.features.has_select_for_update_of)
+    """Account lock, then the order row lock, then the positions; `gone` unless the order
+    (of that account) still rests and may trade (live, its epoch, an open market accepting
+    orders, not past its GTD expiration); `duplicate` if `trigger_key` was already applied
+    (read after the account lock: every fill of the account commits under it). One round
+    trip on PostgreSQL."""
+    vendor = connection.vendor
+    account_sql, order_sql, positions_sql = _reads(connection.features.has_select_for_update_of)
     try:
         account_key = db_param_uuid(uuid.UUID(str(account_id)))
         order_key = db_param_uuid(uuid.UUID(str(order_id)))
     except ValueError:
         return MakerResult("gone", ZERO, ZERO, ZERO)
-    account = _first(Account.objects.raw(account_sql, [account_key]))
-    if account is None:
-        return MakerResult("gone", ZERO, ZERO, ZERO)
-    order = _first(
-        Order.objects.raw(order_sql, [trigger_key, account.last_fill_seq, order_key, account_key])
+    accounts, orders, position_rows = _run(
+        [
+            (account_sql, [account_key]),
+            (order_sql, [trigger_key, order_key, account_key]),
+            (positions_sql, [account_key, order_key, order_key, Position.Status.OPEN]),
+        ],
+        rows=True,
     )
+    if not accounts or not orders:
+        return MakerResult("gone", ZERO, ZERO, ZERO)
+    account = _instance(Account, _ACCOUNT_READ, accounts[0], vendor)
+    account.tenant_tz, account.tenant_time = accounts[0][-2:]
+    order = _instance(Order, _ORDER_READ, orders[0], vendor)
+    duplicate, previous, outcome, market_id, question, closed, status, accepting = orders[0][-8:]
     if (
-        order is None
-        or order.status != Order.Status.LIVE
+        order.status != Order.Status.LIVE
         or order.size is None
         or _remaining(order) <= 0
         or account.is_closed
@@ -161,22 +353,18 @@ def _locked(order_id: Any, account_id: Any, trigger_key: str) -> _Locked | Maker
         or (order.expiration is not None and order.expiration <= timezone.now())
     ):
         return MakerResult("gone", ZERO, ZERO, ZERO)
-    if (
-        order.token_market_id is None
-        or order.market_closed
-        or order.market_status != market_states.OPEN
-        or not order.market_accepting
-    ):
+    if market_id is None or closed or status != market_states.OPEN or not accepting:
         return MakerResult("gone", ZERO, _remaining(order), order.queue_ahead)
-    if order.duplicate:
+    if duplicate:
         return MakerResult("duplicate", ZERO, _remaining(order), order.queue_ahead)
     return _Locked(
         account,
         order,
-        order.token_outcome,
-        order.token_market_id,
-        order.token_question,
-        db_datetime(order.previous_filled_at),
+        outcome,
+        market_id,
+        question,
+        db_datetime(previous),
+        [_instance(Position, _POSITION_READ, row, vendor) for row in position_rows],
     )
 
 
@@ -231,7 +419,7 @@ def order_fill_maker_cross(
             break
     else:
         raise errors.ServiceUnavailable("The book is too busy; retry.")
-    fill = _apply(
+    fill_id = _apply(
         got,
         size=walk.filled,
         trigger_key=trigger_key,
@@ -239,7 +427,7 @@ def order_fill_maker_cross(
         top=top,
         levels=[[str(t.price), str(t.size)] for t in walk.takes],
     )
-    return MakerResult("filled", walk.filled, _remaining(order), order.queue_ahead, fill)
+    return MakerResult("filled", walk.filled, _remaining(order), order.queue_ahead, fill_id)
 
 
 @retry_on_conflict()
@@ -279,15 +467,15 @@ def order_fill_maker_trade(
         order.queue_ahead = max(ZERO, order.queue_ahead - size)
         order.queue_trigger = queue_trigger
         take = min(take, max(ZERO, beyond))
-        Order.objects.filter(pk=order.pk).update(
-            queue_ahead=order.queue_ahead, queue_trigger=queue_trigger
-        )
     elif not crosses(order.side, price, order.price):
         return MakerResult("none", ZERO, remaining, order.queue_ahead)
     take = take.quantize(Decimal("0.01"), rounding=ROUND_DOWN)
     if take <= 0:
+        if at_price:  # the queue advance alone (a fill writes it with the order's update)
+            queue = _params(order.queue_ahead, order.queue_trigger, order.pk)
+            _run([(_writes()["order_queue"], queue)], rows=False)
         return MakerResult("none", ZERO, remaining, order.queue_ahead)
-    fill = _apply(
+    fill_id = _apply(
         got,
         size=take,
         trigger_key=trigger_key,
@@ -296,7 +484,7 @@ def order_fill_maker_trade(
         levels=[[trade.price, str(take)]],
         trade=trade,
     )
-    return MakerResult("filled", take, _remaining(order), order.queue_ahead, fill)
+    return MakerResult("filled", take, _remaining(order), order.queue_ahead, fill_id)
 
 
 def _release_buy(order: Order, size: Decimal) -> Decimal:
@@ -321,27 +509,26 @@ def _apply(
     top: BookTop | None,
     levels: list[list[str]],
     trade: TradePrint | None = None,
-) -> Fill:
-    """Move the money of one maker fill and snapshot the account's equity. Caller holds the
-    account and order row locks (`_locked`); this locks the account's open positions."""
+) -> uuid.UUID:
+    """Move the money of one maker fill and snapshot the account's equity, under the row
+    locks `_locked` took; its writes in one round trip on PostgreSQL. Returns the fill's id.
+
+    The rules are those of the shared helpers, applied here in memory and written with the
+    fill's own statements: `ledger_post` (a TRADE entry; never below zero available cash),
+    `fills_append` (the account's next `seq`; `filled_at` never before its last fill's),
+    `position_apply`, `equity_snapshot_record` (high-water mark, max drawdown)."""
     account, order = locked.account, locked.order
     now = timezone.now()
     price = order.price
     notional = price * size
-    # The filled position and every other open one (for the equity snapshot), in one
-    # statement; all of them are the account's, whose row lock we hold.
-    positions = list(
-        Position.objects.raw(
-            _sql(connection.features.has_select_for_update_of)[2],
-            [db_param_uuid(account.pk), order.epoch, order.token_id, Position.Status.OPEN],
-        )
-    )
+    positions = locked.positions
     position = next((p for p in positions if p.token_id == order.token_id), None)
+    created = position is None
     if position is None:
         if order.side == Side.SELL:  # a live SELL always has its reserved position
             raise IntegrityError(f"live SELL {order.pk} has no position")
         position = Position(
-            account=account,
+            account_id=account.pk,
             epoch=order.epoch,
             token_id=order.token_id,
             market_id=locked.market_id,
@@ -369,8 +556,22 @@ def _apply(
         position.reserved_size -= order.reserved_shares
         order.reserved_shares = ZERO
         order.reserved_cash = ZERO
-    position.save()
 
+    # The ledger's TRADE entry (ledger_post's rule: available cash never below zero).
+    amount = cash(-notional if order.side == Side.BUY else notional)
+    balance = account.cash + amount
+    if balance < account.reserved_cash:
+        raise errors.ValidationFailed(
+            "cash movement would leave negative available cash",
+            details={"amount": [str(amount)], "available": [str(account.available_cash)]},
+        )
+    account.cash = balance
+
+    # The fill, numbered after the account's last one (fills_append's rules).
+    fill_id = uuid.uuid4()
+    previous = locked.previous_filled_at
+    filled_at = previous if previous is not None and now < previous else now
+    account.last_fill_seq += 1
     mid = top.mid_value() if top is not None else None
     mid_gap = None
     if mid is not None:
@@ -379,82 +580,95 @@ def _apply(
     as_of_ms = (
         trade.timestamp_ms if trade is not None else (top.timestamp_ms if top is not None else None)
     )
-    fill = Fill(
-        account=account,
-        seq=0,  # numbered by fills_append
-        epoch=order.epoch,
-        kind=Fill.Kind.FILL,
-        order=order,
-        token_id=order.token_id,
-        market_id=order.market_id,
-        market_question=locked.question,
-        outcome=locked.outcome,
-        side=order.side,
-        price=price,
-        size=size,
-        notional=notional,
-        fee=ZERO,
-        fee_rate_bps=ZERO,
-        liquidity=Fill.Liquidity.MAKER,
-        realized_pnl=realized,
-        price_source=price_source,
-        book_as_of=dt.datetime.fromtimestamp(as_of_ms / 1000, dt.UTC) if as_of_ms else None,
-        book_hash=top.hash if top is not None and price_source == "book" else "",
-        levels=levels,
-        vwap=price,
-        mid_gap=mid_gap,
-        trigger_key=trigger_key,
-        filled_at=now,
-    )
-    ledger_post(
-        account=account,
-        kind=LedgerEntry.Kind.TRADE,
-        amount=-notional if order.side == Side.BUY else notional,
-        order_id=order.pk,
-        fill_id=fill.pk,
-        memo=f"{order.side} {size} @ {price} (maker)",
-        save_account=False,  # written below with everything else
-    )
-    fills_append(account=account, fills=[fill], previous_filled_at=locked.previous_filled_at)
-    order.save(
-        update_fields=[
-            "status",
-            "filled_size",
-            "filled_notional",
-            "reserved_cash",
-            "reserved_shares",
-            "updated_at",
-        ]
-    )
+    fill = {
+        "id": fill_id,
+        "account_id": account.pk,
+        "seq": account.last_fill_seq,
+        "epoch": order.epoch,
+        "kind": Fill.Kind.FILL,
+        "order_id": order.pk,
+        "token_id": order.token_id,
+        "market_id": order.market_id,
+        "market_question": locked.question,
+        "outcome": locked.outcome,
+        "side": order.side,
+        "price": price,
+        "size": size,
+        "notional": notional,
+        "fee": ZERO,
+        "fee_rate_bps": ZERO,
+        "liquidity": Fill.Liquidity.MAKER,
+        "realized_pnl": realized,
+        "price_source": price_source,
+        "book_as_of": dt.datetime.fromtimestamp(as_of_ms / 1000, dt.UTC) if as_of_ms else None,
+        "book_hash": top.hash if top is not None and price_source == "book" else "",
+        "levels": Fill._meta.get_field("levels").get_db_prep_save(levels, connection),
+        "vwap": price,
+        "mid_gap": mid_gap,
+        "trigger_key": trigger_key,
+        "filled_at": filled_at,
+    }
+
     account.realized_pnl += realized
     day = _trading_day(account, now)
     if account.last_trading_day != day:
         account.trading_days += 1
         account.last_trading_day = day
-    equity_snapshot_record(
-        account=account,
-        positions_value=_positions_value(positions),
-        at=now,
-        save_account=False,  # written below
-    )
-    Account.objects.filter(pk=account.pk).update(
-        cash=account.cash,
-        reserved_cash=account.reserved_cash,
-        realized_pnl=account.realized_pnl,
-        last_fill_seq=account.last_fill_seq,
-        trading_days=account.trading_days,
-        last_trading_day=account.last_trading_day,
-        high_water_mark=account.high_water_mark,
-        max_drawdown=account.max_drawdown,
-        max_drawdown_pct=account.max_drawdown_pct,
-        updated_at=now,
-    )
-    return fill
+    # The equity snapshot (equity_snapshot_record's rules).
+    positions_value = _positions_value(positions)
+    equity = account.cash + positions_value
+    hwm = max(account.high_water_mark, equity)
+    drawdown = hwm - equity
+    account.high_water_mark = hwm
+    if drawdown > account.max_drawdown:
+        account.max_drawdown = drawdown
+        account.max_drawdown_pct = pct(drawdown, hwm)
+
+    sql = _writes()
+    p = position
+    _run(
+        [
+            (
+                (sql["position_insert"], _params(
+                    account.pk, p.epoch, p.token_id, p.market_id, p.market_question, p.outcome,
+                    p.status, p.size, p.reserved_size, p.avg_price, p.cost_basis,
+                    p.realized_pnl, p.last_mark, p.last_mark_at, p.opened_at, now,
+                ))
+                if created
+                else (sql["position_update"], _params(
+                    p.size, p.reserved_size, p.avg_price, p.cost_basis, p.realized_pnl, now,
+                    p.pk,
+                ))
+            ),
+            (sql["ledger"], _params(
+                account.pk, account.epoch, LedgerEntry.Kind.TRADE, amount, balance, order.pk,
+                fill_id, f"{order.side} {size} @ {price} (maker)", now,
+            )),
+            (sql["fill"], _params(*(fill[c] for c in _fill_columns()))),
+            (sql["order"], _params(
+                order.status, order.filled_size, order.filled_notional, order.reserved_cash,
+                order.reserved_shares, order.queue_ahead, order.queue_trigger, now, order.pk,
+            )),
+            (sql["snapshot"], _params(
+                account.pk, account.epoch, now, equity, account.cash, positions_value,
+            )),
+            (sql["account"], _params(
+                account.cash, account.reserved_cash, account.realized_pnl,
+                account.last_fill_seq, account.trading_days, account.last_trading_day,
+                account.high_water_mark, account.max_drawdown, account.max_drawdown_pct, now,
+                account.pk,
+            )),
+        ],
+        rows=False,
+    )  # fmt: skip
+    return fill_id
 
 
 def _positions_value(positions: list[Position]) -> Decimal:
-    """The open positions' market value at their live marks, exactly as
-    `trading.selectors.open_positions` values them (same rows: open with shares)."""
+    """The open positions' market value at their marks, exactly as
+    `trading.selectors.open_positions` values them (same rows: open with shares). A mark's
+    price does not depend on whether its book is live (only its label does), so the tops are
+    read with one MGET, without the feed heartbeats `latest_many_live` adds."""
     rows = [
         PositionRow(
             token_id=p.token_id,
@@ -472,7 +686,7 @@ def _positions_value(positions: list[Position]) -> Decimal:
     ]
     if not rows:
         return ZERO
-    tops = latest_many_live(get_bus(), [r.token_id for r in rows])
+    tops = get_bus().latest_many([r.token_id for r in rows])
     return sum(
         (MarkedPosition(r, position_mark(r, tops.get(r.token_id))).market_value for r in rows),
         ZERO,
