@@ -27,18 +27,25 @@ import datetime as dt
 import uuid
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
+from functools import cache
 from typing import Any
 
-from django.db import transaction
-from django.db.models import F
+from django.db import connection, transaction
 from django.utils import timezone
 
 from accounts.models import Account, LedgerEntry, Position
-from accounts.services.wallets import account_lock, equity_snapshot_record, ledger_post_many
+from accounts.services.wallets import equity_snapshot_build, ledger_entries_build
 from core import errors
 from core.clock import trading_day
-from core.db import retry_on_conflict
+from core.db import db_datetime, db_param_uuid, retry_on_conflict
 from core.money import CASH_QUANTUM, SHARE_QUANTUM, ZERO, to_decimal
+from core.sqlrows import (
+    Statement,
+    insert_objects,
+    model_from_row,
+    run_statements,
+    update_fields,
+)
 from marketdata import states as market_states
 from marketdata.bus import BookTop, get_bus
 from marketdata.models import Market, Token
@@ -53,8 +60,7 @@ from trading.fillmodel import (
 )
 from trading.models import Fill, Order, Side
 from trading.orderevents import order_events_publish_on_commit
-from trading.selectors import open_positions
-from trading.services.fills import fills_append, position_apply
+from trading.services.fills import fills_number, open_positions_value, position_apply
 
 GTD_MIN_LEAD = dt.timedelta(seconds=60)  # Polymarket's security threshold
 MARKET_BUY_DEFAULT_WORST = Decimal("0.99")
@@ -115,6 +121,8 @@ class _Outcome:
 @dataclass
 class _Applied:
     fills: list[Fill] = field(default_factory=list)
+    ledger: list[LedgerEntry] = field(default_factory=list)
+    position: Position | None = None
     realized: Decimal = ZERO
     fees: Decimal = ZERO
 
@@ -247,6 +255,128 @@ def _replay(existing: Order, req: OrderRequest) -> PlacedOrder:
 
 
 # --- 2/3. market and book -----------------------------------------------------------------------
+# Fixed SQL for the reads of one placement (building them with the ORM cost more CPU than
+# running them; docs/benchmarks.md). Only model table and column names are interpolated;
+# every value is a bound parameter. SQLite has no row locks (no FOR UPDATE).
+_MARKET_FIELDS = (
+    "id",
+    "condition_id",
+    "question",
+    "tick_size",
+    "min_order_size",
+    "closed",
+    "status",
+    "accepting_orders",
+    "fees_enabled",
+    "fee_rate",
+    "fee_exponent",
+)
+_TOKEN_FIELDS = ("id", "market", "token_id", "outcome")
+_ACCOUNT_FIELDS = (
+    "id",
+    "tenant",
+    "status",
+    "epoch",
+    "cash",
+    "reserved_cash",
+    "realized_pnl",
+    "fees_paid",
+    "high_water_mark",
+    "max_drawdown",
+    "max_drawdown_pct",
+    "trading_days",
+    "last_trading_day",
+    "last_fill_seq",
+)
+_POSITION_FIELDS = tuple(f.name for f in Position._meta.concrete_fields)
+
+
+def _columns(model: Any, alias: str, names: tuple[str, ...]) -> str:
+    return ", ".join(f"{alias}.{model._meta.get_field(n).column}" for n in names)
+
+
+@cache
+def _sql(for_update: bool, for_update_of: bool) -> tuple[str, str, str]:
+    token_t, market_t = Token._meta.db_table, Market._meta.db_table
+    account_t, position_t = Account._meta.db_table, Position._meta.db_table
+    fill_t = Fill._meta.db_table
+    token_sql = f"""
+        SELECT {_columns(Token, "t", _TOKEN_FIELDS)}, {_columns(Market, "m", _MARKET_FIELDS)}
+          FROM {token_t} t JOIN {market_t} m ON m.id = t.market_id
+         WHERE t.token_id = %s
+    """
+    account_sql = f"""
+        SELECT {_columns(Account, "a", _ACCOUNT_FIELDS)} FROM {account_t} a
+         WHERE a.id = %s {"FOR UPDATE" if for_update else ""}
+    """
+    # The order's position and every other open one (for the equity snapshot), with the
+    # account's last fill time (fills_number's clamp), read after the account lock.
+    positions_sql = f"""
+        SELECT {_columns(Position, "p", _POSITION_FIELDS)},
+               (SELECT f.filled_at FROM {fill_t} f WHERE f.account_id = %s AND f.seq = %s)
+          FROM {position_t} p
+         WHERE p.account_id = %s AND p.epoch = %s
+           AND (p.token_id = %s OR (p.status = %s AND p.size > 0))
+         ORDER BY p.opened_at, p.id {"FOR UPDATE OF p" if for_update_of else ""}
+    """
+    return token_sql, account_sql, positions_sql
+
+
+def _statements() -> tuple[str, str, str]:
+    features = connection.features
+    return _sql(features.has_select_for_update, features.has_select_for_update_of)
+
+
+def _token_with_market(token_id: str) -> Token | None:
+    """The token and its market (only the columns placement uses; others load on access)."""
+    with connection.cursor() as cursor:
+        cursor.execute(_statements()[0], [token_id])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    n = len(_TOKEN_FIELDS)
+    token = model_from_row(Token, _TOKEN_FIELDS, row[:n])
+    token.market = model_from_row(Market, _MARKET_FIELDS, row[n:])
+    return token
+
+
+def _lock_account(account_id: Any) -> Account:
+    """SELECT … FOR UPDATE the account row (the columns placement moves)."""
+    with connection.cursor() as cursor:
+        cursor.execute(_statements()[1], [db_param_uuid(uuid.UUID(str(account_id)))])
+        row = cursor.fetchone()
+    if row is None:
+        raise errors.NotFound("No such account.")
+    return model_from_row(Account, _ACCOUNT_FIELDS, row)
+
+
+def _locked_positions(account: Account, token_id: str) -> tuple[list[Position], dict[str, Any]]:
+    """Under the account lock: the account's positions of this epoch that are open with
+    shares, and its position in `token_id` whatever its state, locked (ordered as
+    `open_positions` orders them); and fills_number's keyword for the `filled_at` of the
+    account's last fill (None: no fill yet) — empty when no row came back to carry it, so
+    that fills_number looks it up itself."""
+    account_key = db_param_uuid(account.pk)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _statements()[2],
+            [
+                account_key,
+                account.last_fill_seq,
+                account_key,
+                account.epoch,
+                token_id,
+                Position.Status.OPEN,
+            ],
+        )
+        rows = cursor.fetchall()
+    n = len(_POSITION_FIELDS)
+    positions = [model_from_row(Position, _POSITION_FIELDS, r[:n]) for r in rows]
+    if rows:
+        return positions, {"previous_filled_at": db_datetime(rows[0][n])}
+    return positions, {}
+
+
 def _fee_params(market: Market) -> tuple[Decimal, Decimal]:
     if not market.fees_enabled or not market.fee_rate:
         return ZERO, ONE
@@ -338,7 +468,7 @@ def order_place(
         client_order_id=client_order_id,
         now=now,
     )
-    token = Token.objects.select_related("market").filter(token_id=req.token_id).first()
+    token = _token_with_market(req.token_id)
     if token is None:
         raise _invalid("token_id", "unknown token")
     market = token.market
@@ -412,7 +542,7 @@ def _new_order(account: Account, req: OrderRequest, market: Market, now: dt.date
 def _reject(order: Order, error: errors.DomainError) -> _Outcome:
     order.status = Order.Status.REJECTED
     order.reason = error.code
-    order.save()
+    run_statements([insert_objects([order])])
     return _Outcome(error=error)
 
 
@@ -428,10 +558,10 @@ def _place_locked(
     live: bool,
     tenant: Any = None,
 ) -> _Outcome:
-    account = account_lock(account_id=account_id)
+    account = _lock_account(account_id)
     if req.client_order_id is not None:
         existing = Order.objects.filter(
-            account=account, client_order_id=req.client_order_id
+            account_id=account.pk, client_order_id=req.client_order_id
         ).first()
         if existing is not None:  # a concurrent twin committed while we waited for the lock
             try:
@@ -445,11 +575,8 @@ def _place_locked(
     order = _new_order(account, req, market, now)
     rate, exponent = _fee_params(market)
 
-    position = (
-        Position.objects.select_for_update()
-        .filter(account=account, token_id=req.token_id, epoch=account.epoch)
-        .first()
-    )
+    positions, previous = _locked_positions(account, req.token_id)
+    position = next((p for p in positions if p.token_id == req.token_id), None)
     if req.is_buy:
         need = req.amount if req.amount is not None else None
         if need is None:
@@ -485,10 +612,36 @@ def _place_locked(
         return _reject(order, errors.FokOrderNotFilledError())
 
     order.queue_ahead = queue_ahead_at(top, req.side, req.price)
-    # The order row is inserted once, in its final state, by _finish_order (its fills point
-    # at it already: foreign keys are checked at commit).
-    applied = _apply_fills(account, order, market, token, position, walk, top, rate, now)
-    _finish_order(account, order, walk, rate, exponent)
+    # Every write of the order goes out together at the end, in this order: the order row
+    # (once, in its final state), its fills, the ledger, the position, the equity snapshot
+    # and the ONE update of the account row (foreign keys are checked at commit).
+    applied = _apply_fills(account, order, market, token, position, walk, top, rate, now, previous)
+    position = applied.position or position
+    position_dirty = bool(applied.fills)
+    if _finish_order(account, order, walk, rate, exponent, position):
+        position_dirty = True
+    writes: list[Statement] = [insert_objects([order])]
+    if applied.fills:
+        writes.append(insert_objects(applied.fills))
+        writes.append(insert_objects(applied.ledger))
+    if position is not None and position_dirty:
+        if position.pk is None:
+            writes.append(insert_objects([position]))
+        else:
+            writes.append(
+                update_fields(
+                    Position,
+                    position.pk,
+                    {
+                        "size": position.size,
+                        "reserved_size": position.reserved_size,
+                        "avg_price": position.avg_price,
+                        "cost_basis": position.cost_basis,
+                        "realized_pnl": position.realized_pnl,
+                        "updated_at": now,
+                    },
+                )
+            )
     if order.status == Order.Status.LIVE:  # it rests: the maker matchers index it
         order_events_publish_on_commit([order])
 
@@ -497,6 +650,7 @@ def _place_locked(
         account.realized_pnl += applied.realized
         account.fees_paid += applied.fees
         updates.update(
+            cash=account.cash,
             realized_pnl=account.realized_pnl,
             fees_paid=account.fees_paid,
             last_fill_seq=account.last_fill_seq,
@@ -506,16 +660,19 @@ def _place_locked(
             account.trading_days += 1
             account.last_trading_day = day
             updates.update(trading_days=account.trading_days, last_trading_day=day)
-        positions_value = sum((m.market_value for m in open_positions(account=account)), ZERO)
-        equity_snapshot_record(
-            account=account, positions_value=positions_value, at=now, save_account=False
+        if position is not None and position not in positions:
+            positions.append(position)
+        snapshot = equity_snapshot_build(
+            account=account, positions_value=open_positions_value(positions), at=now
         )
+        writes.append(insert_objects([snapshot]))
         updates.update(
             high_water_mark=account.high_water_mark,
             max_drawdown=account.max_drawdown,
             max_drawdown_pct=account.max_drawdown_pct,
         )
-    Account.objects.filter(pk=account.pk).update(**updates)  # ONE update of the account row
+    writes.append(update_fields(Account, account.pk, updates))  # ONE update of the account
+    run_statements(writes)
     return _Outcome(placed=PlacedOrder(order, applied.fills, created=True))
 
 
@@ -576,13 +733,17 @@ def _apply_fills(
     top: BookTop,
     rate: Decimal,
     now: dt.datetime,
+    previous: dict[str, Any],
 ) -> _Applied:
-    """Fills, ledger entries and the position for a walk's takes. Caller holds the lock."""
+    """Fills, ledger entries and the position for a walk's takes, in memory: the caller
+    inserts `applied.fills` and `applied.ledger` and writes `applied.position` (new when
+    it has no pk). `account.cash` and `last_fill_seq` move in memory. Caller holds the
+    lock; `previous` is fills_number's keyword for the last fill's time."""
     applied = _Applied()
     if not walk.takes:
         return applied
     if position is None:
-        position = Position.objects.create(
+        position = Position(
             account=account,
             epoch=account.epoch,
             token_id=order.token_id,
@@ -591,6 +752,7 @@ def _apply_fills(
             outcome=token.outcome,
             opened_at=now,
         )
+    applied.position = position
     vwap = walk.vwap
     assert vwap is not None
     vwap_q = vwap.quantize(PRICE_Q, rounding=ROUND_HALF_EVEN)
@@ -613,7 +775,7 @@ def _apply_fills(
         )
         fill = Fill(
             account=account,
-            seq=0,  # numbered by fills_append
+            seq=0,  # numbered by fills_number
             epoch=account.epoch,
             kind=Fill.Kind.FILL,
             order=order,
@@ -653,9 +815,8 @@ def _apply_fills(
         applied.fills.append(fill)
         applied.realized += realized
         applied.fees += take.fee
-    ledger_post_many(account=account, entries=entries)
-    fills_append(account=account, fills=applied.fills)
-    position.save()
+    applied.ledger = ledger_entries_build(account=account, entries=entries)
+    fills_number(account=account, fills=applied.fills, **previous)
     order.filled_size = walk.filled
     order.filled_notional = walk.notional
     order.fees_paid = walk.fees
@@ -663,9 +824,16 @@ def _apply_fills(
 
 
 def _finish_order(
-    account: Account, order: Order, walk: Walk, rate: Decimal, exponent: Decimal
-) -> None:
-    """Final status at entry, and the remainder's reservation if it rests."""
+    account: Account,
+    order: Order,
+    walk: Walk,
+    rate: Decimal,
+    exponent: Decimal,
+    position: Position | None,
+) -> bool:
+    """Final status at entry, and the remainder's reservation if it rests (in memory: the
+    caller inserts the order and writes the account and the position). True when it
+    reserved shares on `position`."""
     if order.amount is not None:
         done = walk.complete
         remaining = ZERO
@@ -673,6 +841,7 @@ def _finish_order(
         assert order.size is not None
         remaining = order.size - walk.filled
         done = remaining == 0
+    reserved_shares = False
     if done:
         target, reason = states.MATCHED, ""
     elif order.time_in_force in (Order.TimeInForce.FAK, Order.TimeInForce.FOK):
@@ -685,25 +854,12 @@ def _finish_order(
             )
             account.reserved_cash += order.reserved_cash
         else:
+            # A SELL only gets here holding the shares: its position was read locked.
+            assert position is not None
             order.reserved_shares = remaining
-            Position.objects.filter(
-                account=account, token_id=order.token_id, epoch=order.epoch
-            ).update(reserved_size=F("reserved_size") + remaining)
+            position.reserved_size += remaining
+            reserved_shares = True
     states.ensure_transition(order.status, target)
     order.status = target
     order.reason = reason
-    if order._state.adding:  # placed now: its one INSERT, in its final state
-        order.save(force_insert=True)
-        return
-    order.save(
-        update_fields=[
-            "status",
-            "reason",
-            "filled_size",
-            "filled_notional",
-            "fees_paid",
-            "reserved_cash",
-            "reserved_shares",
-            "updated_at",
-        ]
-    )
+    return reserved_shares
