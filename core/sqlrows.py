@@ -102,6 +102,19 @@ def _read_shape(
     return attnames, plan
 
 
+@cache
+def _converters(model: type[models.Model], names: tuple[str, ...]) -> list[Callable[[Any], Any]]:
+    return [field_converter(model._meta.get_field(n)) for n in names]
+
+
+def convert_row(
+    model: type[models.Model], names: tuple[str, ...], values: Sequence[Any]
+) -> list[Any]:
+    """The raw values of the columns of `names` (field names of `model`), converted as
+    `model_from_row` converts them, in the same order — for rows no instance is needed for."""
+    return [c(v) for c, v in zip(_converters(model, names), values, strict=True)]
+
+
 def model_from_row(model: type[M], names: tuple[str, ...], values: Sequence[Any]) -> M:
     """An instance of `model` as the ORM would load it with `.only(*names)`: the listed
     columns (`values`, in the order of `names`) converted, every other field deferred (read
@@ -113,16 +126,25 @@ def model_from_row(model: type[M], names: tuple[str, ...], values: Sequence[Any]
 
 
 # --- writing ----------------------------------------------------------------------------------
+def _has_pre_save(field: models.Field[Any, Any]) -> bool:
+    """Whether the field computes its value on save (auto_now/auto_now_add date fields, or
+    any field class that overrides pre_save); the others save their attribute as is."""
+    if isinstance(field, models.DateField):
+        return bool(field.auto_now or field.auto_now_add)
+    return type(field).pre_save is not models.Field.pre_save
+
+
 @cache
 def _insert_shape(
     model: type[models.Model], with_pk: bool
-) -> tuple[str, str, list[models.Field[Any, Any]]]:
+) -> tuple[str, str, list[tuple[models.Field[Any, Any], str, bool]]]:
     opts = model._meta
     fields = [f for f in opts.concrete_fields if with_pk or not f.primary_key]
     qn = connection.ops.quote_name
     columns = ", ".join(qn(f.column) for f in fields)
     row = "(" + ", ".join(["%s"] * len(fields)) + ")"
-    return f"INSERT INTO {qn(opts.db_table)} ({columns}) VALUES ", row, fields
+    plan = [(f, f.attname, _has_pre_save(f)) for f in fields]
+    return f"INSERT INTO {qn(opts.db_table)} ({columns}) VALUES ", row, plan
 
 
 def insert_objects(objs: Sequence[models.Model]) -> Statement:
@@ -134,11 +156,12 @@ def insert_objects(objs: Sequence[models.Model]) -> Statement:
     in its transaction."""
     model = type(objs[0])
     with_pk = objs[0].pk is not None
-    prefix, row, fields = _insert_shape(model, with_pk)
+    prefix, row, plan = _insert_shape(model, with_pk)
     params: list[Any] = []
     for obj in objs:
-        for f in fields:
-            params.append(f.get_db_prep_save(f.pre_save(obj, True), connection))
+        for f, attname, pre_save in plan:
+            value = f.pre_save(obj, True) if pre_save else getattr(obj, attname)
+            params.append(f.get_db_prep_save(value, connection))
         obj._state.adding = False
         obj._state.db = connection.alias
     return prefix + ", ".join([row] * len(objs)), params

@@ -91,21 +91,28 @@ def open_positions_value(positions: Iterable[Position]) -> Decimal:
     """The market value of these positions that are open with shares, at their live marks —
     exactly as `trading.selectors.open_positions` values the same rows, from instances the
     caller holds (and has just changed) under the account row lock: ONE bus read."""
-    rows = [
-        PositionRow(
-            token_id=p.token_id,
-            market_id=p.market_id,
-            market_question=p.market_question,
-            outcome=p.outcome,
-            size=p.size,
-            avg_price=p.avg_price,
-            cost_basis=p.cost_basis,
-            last_mark=p.last_mark,
-            last_mark_at=p.last_mark_at,
-        )
-        for p in positions
-        if p.status == Position.Status.OPEN and p.size > 0
-    ]
+    return positions_value(
+        [
+            PositionRow(
+                token_id=p.token_id,
+                market_id=p.market_id,
+                market_question=p.market_question,
+                outcome=p.outcome,
+                size=p.size,
+                avg_price=p.avg_price,
+                cost_basis=p.cost_basis,
+                last_mark=p.last_mark,
+                last_mark_at=p.last_mark_at,
+            )
+            for p in positions
+            if p.status == Position.Status.OPEN and p.size > 0
+        ]
+    )
+
+
+def positions_value(rows: Sequence[PositionRow]) -> Decimal:
+    """The market value of these (open, with shares) positions at their live marks, as
+    `trading.selectors.open_positions` values them: ONE bus read."""
     if not rows:
         return ZERO
     tops = latest_many_live(get_bus(), [r.token_id for r in rows])

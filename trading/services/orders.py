@@ -26,6 +26,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from dataclasses import dataclass, field
+from dataclasses import fields as dataclass_fields
 from decimal import ROUND_HALF_EVEN, Decimal
 from functools import cache
 from typing import Any
@@ -41,6 +42,7 @@ from core.db import db_datetime, db_param_uuid, retry_on_conflict
 from core.money import CASH_QUANTUM, SHARE_QUANTUM, ZERO, to_decimal
 from core.sqlrows import (
     Statement,
+    convert_row,
     insert_objects,
     model_from_row,
     run_statements,
@@ -60,7 +62,8 @@ from trading.fillmodel import (
 )
 from trading.models import Fill, Order, Side
 from trading.orderevents import order_events_publish_on_commit
-from trading.services.fills import fills_number, open_positions_value, position_apply
+from trading.selectors import PositionRow
+from trading.services.fills import fills_number, position_apply, positions_value
 
 GTD_MIN_LEAD = dt.timedelta(seconds=60)  # Polymarket's security threshold
 MARKET_BUY_DEFAULT_WORST = Decimal("0.99")
@@ -288,7 +291,11 @@ _ACCOUNT_FIELDS = (
     "last_trading_day",
     "last_fill_seq",
 )
-_POSITION_FIELDS = tuple(f.name for f in Position._meta.concrete_fields)
+# Every column placement may write or value with; opened_at and updated_at load on access.
+_POSITION_FIELDS = tuple(
+    f.name for f in Position._meta.concrete_fields if f.name not in ("opened_at", "updated_at")
+)
+_ROW_FIELDS = tuple(f.name for f in dataclass_fields(PositionRow))
 
 
 def _columns(model: Any, alias: str, names: tuple[str, ...]) -> str:
@@ -371,10 +378,18 @@ def _locked_positions(account: Account, token_id: str) -> tuple[list[Position], 
         )
         rows = cursor.fetchall()
     n = len(_POSITION_FIELDS)
-    positions = [model_from_row(Position, _POSITION_FIELDS, r[:n]) for r in rows]
+    token_column = _POSITION_FIELDS.index("token_id")
+    row_columns = [_POSITION_FIELDS.index(name) for name in _ROW_FIELDS]
+    position, others = None, []
+    for r in rows:
+        if r[token_column] == token_id:
+            position = model_from_row(Position, _POSITION_FIELDS, r[:n])
+        else:
+            values = convert_row(Position, _ROW_FIELDS, [r[i] for i in row_columns])
+            others.append(PositionRow(*values))
     if rows:
-        return positions, {"previous_filled_at": db_datetime(rows[0][n])}
-    return positions, {}
+        return position, others, {"previous_filled_at": db_datetime(rows[0][n])}
+    return position, others, {}
 
 
 def _fee_params(market: Market) -> tuple[Decimal, Decimal]:
@@ -575,8 +590,7 @@ def _place_locked(
     order = _new_order(account, req, market, now)
     rate, exponent = _fee_params(market)
 
-    positions, previous = _locked_positions(account, req.token_id)
-    position = next((p for p in positions if p.token_id == req.token_id), None)
+    position, others, previous = _locked_positions(account, req.token_id)
     if req.is_buy:
         need = req.amount if req.amount is not None else None
         if need is None:
@@ -660,11 +674,9 @@ def _place_locked(
             account.trading_days += 1
             account.last_trading_day = day
             updates.update(trading_days=account.trading_days, last_trading_day=day)
-        if position is not None and position not in positions:
-            positions.append(position)
-        snapshot = equity_snapshot_build(
-            account=account, positions_value=open_positions_value(positions), at=now
-        )
+        assert position is not None  # it has the fills
+        value = positions_value([*others, *_open_row(position)])
+        snapshot = equity_snapshot_build(account=account, positions_value=value, at=now)
         writes.append(insert_objects([snapshot]))
         updates.update(
             high_water_mark=account.high_water_mark,
@@ -674,6 +686,13 @@ def _place_locked(
     writes.append(update_fields(Account, account.pk, updates))  # ONE update of the account
     run_statements(writes)
     return _Outcome(placed=PlacedOrder(order, applied.fills, created=True))
+
+
+def _open_row(position: Position) -> list[PositionRow]:
+    """The position as the equity snapshot values it (nothing once it holds no shares)."""
+    if position.status != Position.Status.OPEN or position.size <= 0:
+        return []
+    return [PositionRow(*(getattr(position, name) for name in _ROW_FIELDS))]
 
 
 def _trading_day(account: Account, now: dt.datetime, tenant: Any = None) -> dt.date:
