@@ -8,9 +8,10 @@ JSON are stored exactly as the ORM stores them, on PostgreSQL and on SQLite), an
 go through core.db's converters — but the SQL text is built once per shape and cached.
 
 `run_statements` sends several statements in ONE round trip on PostgreSQL (psycopg's
-client-side binding cursor uses the simple query protocol, which takes a `;`-separated list;
-they run in order inside the caller's transaction and the first error aborts it, as
-separate statements would), and one by one elsewhere.
+client-side binding cursor merges values into the text — `mogrify`, exactly what its
+`execute` does — and uses the simple query protocol, which takes a `;`-separated list; they
+run in order inside the caller's transaction and the first error aborts it, as separate
+statements would), and one by one elsewhere.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from decimal import Decimal
 from functools import cache
 from typing import Any, TypeVar
 
-from django.db import connection, models
+from django.db import DEFAULT_DB_ALIAS, connection, connections, models
 from django.utils.dateparse import parse_date, parse_time
 
 from core.db import db_datetime, db_json, db_uuid
@@ -157,13 +158,14 @@ def insert_objects(objs: Sequence[models.Model]) -> Statement:
     model = type(objs[0])
     with_pk = objs[0].pk is not None
     prefix, row, plan = _insert_shape(model, with_pk)
+    conn = connections[DEFAULT_DB_ALIAS]  # the real one: the proxy costs a lookup per use
     params: list[Any] = []
     for obj in objs:
         for f, attname, pre_save in plan:
             value = f.pre_save(obj, True) if pre_save else getattr(obj, attname)
-            params.append(f.get_db_prep_save(value, connection))
+            params.append(f.get_db_prep_save(value, conn))
         obj._state.adding = False
-        obj._state.db = connection.alias
+        obj._state.db = conn.alias
     return prefix + ", ".join([row] * len(objs)), params
 
 
@@ -181,8 +183,9 @@ def update_fields(model: type[models.Model], pk: Any, values: dict[str, Any]) ->
     `queryset.update` would store them."""
     names = tuple(values)
     sql, fields = _update_shape(model, names)
-    params = [f.get_db_prep_save(values[f.name], connection) for f in fields]
-    params.append(model._meta.pk.get_db_prep_save(pk, connection))
+    conn = connections[DEFAULT_DB_ALIAS]
+    params = [f.get_db_prep_save(values[f.name], conn) for f in fields]
+    params.append(model._meta.pk.get_db_prep_save(pk, conn))
     return sql, params
 
 
@@ -193,8 +196,11 @@ def run_statements(statements: Sequence[Statement]) -> None:
         return
     with connection.cursor() as cursor:
         if len(statements) > 1 and _multi_statement(cursor):
-            sql = ";\n".join(s for s, _ in statements)
-            cursor.execute(sql, [p for _, params in statements for p in params])
+            # Each statement merged with its values by the driver on its own (psycopg caches
+            # the parse of short statements; the joined text would be parsed every time),
+            # then the list sent as it is: no placeholders left to interpret.
+            mogrify = cursor.cursor.mogrify
+            cursor.execute(";\n".join(mogrify(sql, params) for sql, params in statements))
             return
         for sql, params in statements:
             cursor.execute(sql, params)

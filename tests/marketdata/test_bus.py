@@ -23,6 +23,7 @@ from marketdata.bus import (
     TradePrint,
     encode_top,
     get_bus,
+    latest_many_live,
     now_ms,
     reset_bus,
     shard_of,
@@ -421,3 +422,25 @@ def test_get_bus_is_redis_with_a_url(settings, redis_url):
     bus.publish([make_top(TOKENS[0])])
     assert bus.latest(TOKENS[0]) == make_top(TOKENS[0])
     reset_bus()
+
+
+def test_latest_many_live_narrows_fresh_to_live_per_shard(bus):
+    """The Redis bus answers in one pipeline; both buses give what `latest_many` and the
+    shards' heartbeats say: fresh only where the shard's feed beats, stale tops stay stale,
+    unknown tokens are absent."""
+    beating = TOKENS[0]
+    shard = bus.shard_of(beating)
+    dead = next(t for t in TOKENS if bus.shard_of(t) != shard)
+    stale = next(t for t in TOKENS if t not in (beating, dead) and bus.shard_of(t) == shard)
+    bus.publish([make_top(beating), make_top(dead), make_top(stale)])
+    bus.mark_stale([stale])
+    bus.heartbeat(shard)
+    bus.heartbeat(bus.shard_of(dead), at_ms=now_ms() - 10_000)
+    tops = latest_many_live(bus, [beating, dead, stale, "unknown", beating])
+    assert set(tops) == {beating, dead, stale}
+    assert tops[beating].fresh and tops[beating] == bus.latest(beating)
+    assert not tops[dead].fresh
+    assert tops[dead].published_at == bus.latest(dead).published_at
+    assert tops[dead].with_fresh(True, published_at=tops[dead].published_at) == bus.latest(dead)
+    assert not tops[stale].fresh
+    assert latest_many_live(bus, []) == {}
