@@ -465,3 +465,23 @@ def test_fill_times_never_go_backwards_along_the_feed(world):
     )
     assert [s for s, _ in seqs] == list(range(1, len(seqs) + 1))
     assert all(a[1] <= b[1] for a, b in itertools.pairwise(seqs))
+
+
+def test_fill_times_never_go_backwards_when_no_position_row_carries_the_last_fill(world):
+    """The placement reads the last fill's time along with the account's positions; an
+    account whose every position is closed (and none in the order's token) still has its
+    new fills clamped after its last one."""
+    _, yes, account = world
+    bought = place(account, yes, type="market", amount="5").fills
+    size = sum((f.size for f in bought), D(0))
+    sold = place(account, yes, side="SELL", type="market", size=str(size)).fills
+    assert Position.objects.get(account=account, token_id=yes.token_id).size == 0
+    ahead = timezone.now() + dt.timedelta(minutes=5)
+    Fill.objects.filter(pk=sold[-1].pk).update(filled_at=ahead)
+    market2, yes2, _ = make_market()
+    publish_book(yes2.token_id, bids=BIDS, asks=ASKS, market=market2.condition_id)
+    later = place(account, yes2, type="market", amount="5").fills
+    assert later and all(f.filled_at >= ahead for f in later)
+    before = len(bought) + len(sold)
+    assert [f.seq for f in later] == list(range(before + 1, before + 1 + len(later)))
+    audit_clean(account)
