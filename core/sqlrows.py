@@ -83,6 +83,13 @@ def field_converter(field: models.Field[Any, Any]) -> Callable[[Any], Any]:
     return _identity
 
 
+def _field(model: type[models.Model], name: str) -> models.Field[Any, Any]:
+    field = model._meta.get_field(name)
+    if not isinstance(field, models.Field):
+        raise ValueError(f"{model.__name__}.{name} is not a concrete field")
+    return field
+
+
 @cache
 def _read_shape(
     model: type[models.Model], names: tuple[str, ...]
@@ -90,7 +97,7 @@ def _read_shape(
     """The attnames of `names` in the model's field order (what `from_db` expects), and
     for each of them its position in the row and its converter."""
     opts = model._meta
-    wanted = {opts.get_field(n).attname: i for i, n in enumerate(names)}
+    wanted = {_field(model, n).attname: i for i, n in enumerate(names)}
     if len(wanted) != len(names):
         raise ValueError(f"duplicate fields in {names!r}")
     attnames, plan = [], []
@@ -105,7 +112,7 @@ def _read_shape(
 
 @cache
 def _converters(model: type[models.Model], names: tuple[str, ...]) -> list[Callable[[Any], Any]]:
-    return [field_converter(model._meta.get_field(n)) for n in names]
+    return [field_converter(_field(model, n)) for n in names]
 
 
 def convert_row(
@@ -173,8 +180,8 @@ def insert_objects(objs: Sequence[models.Model]) -> Statement:
 def _update_shape(model: type[models.Model], names: tuple[str, ...]) -> tuple[str, list[Any]]:
     opts = model._meta
     qn = connection.ops.quote_name
-    fields = [opts.get_field(n) for n in names]
-    sets = ", ".join(f"{qn(f.column)} = %s" for f in fields)  # type: ignore[union-attr]
+    fields = [_field(model, n) for n in names]
+    sets = ", ".join(f"{qn(str(f.column))} = %s" for f in fields)
     return f"UPDATE {qn(opts.db_table)} SET {sets} WHERE {qn(opts.pk.column)} = %s", fields
 
 

@@ -357,12 +357,14 @@ def _lock_account(account_id: Any) -> Account:
     return model_from_row(Account, _ACCOUNT_FIELDS, row)
 
 
-def _locked_positions(account: Account, token_id: str) -> tuple[list[Position], dict[str, Any]]:
-    """Under the account lock: the account's positions of this epoch that are open with
-    shares, and its position in `token_id` whatever its state, locked (ordered as
-    `open_positions` orders them); and fills_number's keyword for the `filled_at` of the
-    account's last fill (None: no fill yet) — empty when no row came back to carry it, so
-    that fills_number looks it up itself."""
+def _locked_positions(
+    account: Account, token_id: str
+) -> tuple[Position | None, list[PositionRow], dict[str, Any]]:
+    """Under the account lock, locked: the account's position of this epoch in `token_id`
+    whatever its state (None if it has none), and its OTHER positions of this epoch that are
+    open with shares (as PositionRows, for the equity snapshot); and fills_number's keyword
+    for the `filled_at` of the account's last fill (None: no fill yet) — empty when no row
+    came back to carry it, so that fills_number looks it up itself."""
     account_key = db_param_uuid(account.pk)
     with connection.cursor() as cursor:
         cursor.execute(
