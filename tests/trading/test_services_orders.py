@@ -485,3 +485,27 @@ def test_fill_times_never_go_backwards_when_no_position_row_carries_the_last_fil
     before = len(bought) + len(sold)
     assert [f.seq for f in later] == list(range(before + 1, before + 1 + len(later)))
     audit_clean(account)
+
+
+def test_a_filled_market_order_is_a_fixed_statement_budget(world):
+    """Placement's reads and writes are fixed SQL; nothing loads lazily: with positions held
+    in this token and another, a market BUY reads the account and the token, locks the
+    account, reads the positions, and writes everything in one statement list (one round
+    trip on Postgres)."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    _, yes, account = world
+    market2, yes2, _ = make_market()
+    publish_book(yes2.token_id, bids=BIDS, asks=ASKS, market=market2.condition_id)
+    place(account, yes, type="market", amount="5")
+    place(account, yes2, type="market", amount="5")
+    with CaptureQueriesContext(connection) as ctx:
+        placed = place(account, yes, type="market", amount="5")
+    assert placed.fills
+    statements = [
+        q["sql"] for q in ctx.captured_queries if not q["sql"].startswith(("SAVEPOINT", "RELEASE"))
+    ]
+    writes = 1 if connection.vendor == "postgresql" else 6  # order, fill, ledger, position…
+    assert len(statements) == 4 + writes, statements  # the account read first (no caller row)
+    audit_clean(account)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from dataclasses import dataclass, field
-from dataclasses import fields as dataclass_fields
 from decimal import ROUND_HALF_EVEN, Decimal
 from functools import cache
 from typing import Any
@@ -291,11 +290,21 @@ _ACCOUNT_FIELDS = (
     "last_trading_day",
     "last_fill_seq",
 )
-# Every column placement may write or value with; opened_at and updated_at load on access.
-_POSITION_FIELDS = tuple(
-    f.name for f in Position._meta.concrete_fields if f.name not in ("opened_at", "updated_at")
+# The position columns placement reads, writes or values with (the others load on access).
+_POSITION_FIELDS = (
+    "id",
+    "token_id",
+    "status",
+    "size",
+    "reserved_size",
+    "avg_price",
+    "cost_basis",
+    "realized_pnl",
+    "last_mark",
+    "last_mark_at",
 )
-_ROW_FIELDS = tuple(f.name for f in dataclass_fields(PositionRow))
+# What valuing a position at its mark reads (trading.selectors.position_mark, market_value).
+_VALUE_FIELDS = ("token_id", "size", "avg_price", "cost_basis", "last_mark", "last_mark_at")
 
 
 def _columns(model: Any, alias: str, names: tuple[str, ...]) -> str:
@@ -381,14 +390,15 @@ def _locked_positions(
         rows = cursor.fetchall()
     n = len(_POSITION_FIELDS)
     token_column = _POSITION_FIELDS.index("token_id")
-    row_columns = [_POSITION_FIELDS.index(name) for name in _ROW_FIELDS]
+    value_columns = [_POSITION_FIELDS.index(name) for name in _VALUE_FIELDS]
     position, others = None, []
     for r in rows:
         if r[token_column] == token_id:
             position = model_from_row(Position, _POSITION_FIELDS, r[:n])
         else:
-            values = convert_row(Position, _ROW_FIELDS, [r[i] for i in row_columns])
-            others.append(PositionRow(*values))
+            others.append(
+                _value_row(convert_row(Position, _VALUE_FIELDS, [r[i] for i in value_columns]))
+            )
     if rows:
         return position, others, {"previous_filled_at": db_datetime(rows[0][n])}
     return position, others, {}
@@ -690,11 +700,27 @@ def _place_locked(
     return _Outcome(placed=PlacedOrder(order, applied.fills, created=True))
 
 
+def _value_row(values: list[Any]) -> PositionRow:
+    """A PositionRow for valuing only (`_VALUE_FIELDS`, in order): no labels."""
+    token_id, size, avg_price, cost_basis, last_mark, last_mark_at = values
+    return PositionRow(
+        token_id=token_id,
+        market_id="",
+        market_question="",
+        outcome="",
+        size=size,
+        avg_price=avg_price,
+        cost_basis=cost_basis,
+        last_mark=last_mark,
+        last_mark_at=last_mark_at,
+    )
+
+
 def _open_row(position: Position) -> list[PositionRow]:
     """The position as the equity snapshot values it (nothing once it holds no shares)."""
     if position.status != Position.Status.OPEN or position.size <= 0:
         return []
-    return [PositionRow(*(getattr(position, name) for name in _ROW_FIELDS))]
+    return [_value_row([getattr(position, name) for name in _VALUE_FIELDS])]
 
 
 def _trading_day(account: Account, now: dt.datetime, tenant: Any = None) -> dt.date:
