@@ -213,6 +213,27 @@ def run_statements(statements: Sequence[Statement]) -> None:
             cursor.execute(sql, params)
 
 
+def fetch_statements(statements: Sequence[Statement]) -> list[list[tuple[Any, ...]]]:
+    """The rows of each of these SELECTs, in ONE round trip on PostgreSQL (as
+    `run_statements`; the driver hands back one result per statement), one by one
+    elsewhere."""
+    out: list[list[tuple[Any, ...]]] = []
+    with connection.cursor() as cursor:
+        if len(statements) > 1 and _multi_statement(cursor):
+            mogrify = cursor.cursor.mogrify
+            cursor.execute(";\n".join(mogrify(sql, params) for sql, params in statements))
+            out.append(cursor.fetchall())
+            while cursor.nextset():
+                out.append(cursor.fetchall())
+            if len(out) != len(statements):
+                raise AssertionError(f"{len(out)} results for {len(statements)} statements")
+            return out
+        for sql, params in statements:
+            cursor.execute(sql, params)
+            out.append(cursor.fetchall())
+    return out
+
+
 def _multi_statement(cursor: Any) -> bool:
     """Whether this cursor sends a `;`-separated list in one round trip: psycopg's
     client-side binding cursor (Django's default on PostgreSQL) does; server-side binding

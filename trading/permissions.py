@@ -8,6 +8,7 @@ tenant account, the tenant enabled (a disabled firm freezes its traders' account
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from functools import cache
 from typing import Any
 
@@ -16,7 +17,7 @@ from django.db import connection
 from accounts.models import Account, User
 from core import errors
 from core.db import db_param_uuid
-from core.sqlrows import model_from_row
+from core.sqlrows import Statement, model_from_row
 from partners.models import Tenant
 
 _ACCOUNT_FIELDS = tuple(f.name for f in Account._meta.concrete_fields)
@@ -42,6 +43,21 @@ def account_for_trader(*, user: User, account_id: Any, for_update: bool = False)
     """The account `account_id` if `user` owns it, with its tenant loaded; NotFound otherwise
     (malformed, missing or someone else's: indistinguishable). `for_update` takes the account
     row lock (only that row, not the tenant's) and must run inside a transaction."""
+    statement = account_for_trader_statement(
+        user=user, account_id=account_id, for_update=for_update
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(*statement)
+        row = cursor.fetchone()
+    return account_for_trader_from_row(row)
+
+
+def account_for_trader_statement(
+    *, user: User, account_id: Any, for_update: bool = False
+) -> Statement:
+    """`account_for_trader`'s SELECT, for a caller that sends it with other reads in one
+    round trip (core.sqlrows.fetch_statements) and passes its row to
+    `account_for_trader_from_row`. NotFound at once for a malformed id."""
     try:
         key = account_id if isinstance(account_id, uuid.UUID) else uuid.UUID(str(account_id))
     except (ValueError, TypeError, AttributeError):
@@ -49,9 +65,12 @@ def account_for_trader(*, user: User, account_id: Any, for_update: bool = False)
     lock = ""
     if for_update and connection.features.has_select_for_update:
         lock = "FOR UPDATE OF a" if connection.features.has_select_for_update_of else "FOR UPDATE"
-    with connection.cursor() as cursor:
-        cursor.execute(_sql(lock), [db_param_uuid(key), user.pk])
-        row = cursor.fetchone()
+    return _sql(lock), [db_param_uuid(key), user.pk]
+
+
+def account_for_trader_from_row(row: Sequence[Any] | None) -> Account:
+    """The Account (and its tenant) of a row of `account_for_trader_statement`; NotFound for
+    no row."""
     if row is None:
         raise errors.NotFound()
     n = len(_ACCOUNT_FIELDS)

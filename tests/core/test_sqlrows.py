@@ -14,7 +14,14 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from accounts.models import Account, LedgerEntry, Position
-from core.sqlrows import convert_row, insert_objects, model_from_row, run_statements, update_fields
+from core.sqlrows import (
+    convert_row,
+    fetch_statements,
+    insert_objects,
+    model_from_row,
+    run_statements,
+    update_fields,
+)
 from tests.trading.conftest import open_account
 from trading.models import Fill, Order
 
@@ -166,3 +173,19 @@ def test_run_statements_one_round_trip_on_postgres_and_all_or_nothing():
     with pytest.raises(IntegrityError), transaction.atomic():
         run_statements(bad)
     assert Account.objects.get(pk=account.pk).cash == 99  # the first write went too
+
+
+def test_fetch_statements_returns_each_result_in_one_round_trip_on_postgres():
+    account = open_account("100")
+    key = account.pk if connection.vendor == "postgresql" else account.pk.hex
+    statements = [
+        ("SELECT cash FROM accounts_account WHERE id = %s", [key]),
+        ("SELECT id FROM accounts_account WHERE id = %s", ["0" * 32]),  # no row
+        ("SELECT kind, memo FROM accounts_ledgerentry WHERE account_id = %s ORDER BY id", [key]),
+    ]
+    with CaptureQueriesContext(connection) as ctx:
+        cash, missing, ledger = fetch_statements(statements)
+    assert len(ctx.captured_queries) == (1 if connection.vendor == "postgresql" else 3)
+    assert [Decimal(str(c)) for (c,) in cash] == [Decimal("100")]
+    assert missing == []
+    assert ledger == [("INITIAL_DEPOSIT", "")]

@@ -25,10 +25,11 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
 from functools import cache
-from typing import Any
+from typing import Any, Final
 
 from django.db import connection, transaction
 from django.utils import timezone
@@ -343,17 +344,35 @@ def _statements() -> tuple[str, str, str]:
     return _sql(features.has_select_for_update, features.has_select_for_update_of)
 
 
-def _token_with_market(token_id: str) -> Token | None:
-    """The token and its market (only the columns placement uses; others load on access)."""
-    with connection.cursor() as cursor:
-        cursor.execute(_statements()[0], [token_id])
-        row = cursor.fetchone()
+class _NotRead:
+    pass
+
+
+NOT_READ: Final = _NotRead()
+
+
+def token_statement(token_id: str) -> Statement:
+    """The read of a token with its market's trading columns, for a caller that sends it
+    with its own reads (core.sqlrows.fetch_statements) and passes the row to
+    `token_from_row`, then the token to order_place."""
+    return _statements()[0], [token_id]
+
+
+def token_from_row(row: Sequence[Any] | None) -> Token | None:
+    """The token (and its market: only the columns placement uses; others load on access)
+    of a row of `token_statement`; None for no row."""
     if row is None:
         return None
     n = len(_TOKEN_FIELDS)
     token = model_from_row(Token, _TOKEN_FIELDS, row[:n])
     token.market = model_from_row(Market, _MARKET_FIELDS, row[n:])
     return token
+
+
+def _token_with_market(token_id: str) -> Token | None:
+    with connection.cursor() as cursor:
+        cursor.execute(*token_statement(token_id))
+        return token_from_row(cursor.fetchone())
 
 
 def _lock_account(account_id: Any) -> Account:
@@ -466,12 +485,15 @@ def order_place(
     post_only: bool = False,
     client_order_id: str | None = None,
     account: Account | None = None,
+    token: Token | _NotRead | None = NOT_READ,
 ) -> PlacedOrder:
     """Place an order: validate, fill what crosses as taker at entry, rest or cancel the rest.
 
     `account`, when the caller has already loaded the row of `account_id` (the trader API
     has, with its tenant), saves reading it again; it is only used for the checks before the
     lock and the tenant's day boundary — everything that moves money re-reads it locked.
+    `token`, likewise, is the caller's read of `token_id` with its market (`token_statement`
+    / `token_from_row`; None: no such token), when it had it read with its own.
 
     Locking: reads the book (ONE bus read) before taking the account row lock; everything
     that moves money happens in one transaction under that lock (retried on deadlock or
@@ -495,7 +517,8 @@ def order_place(
         client_order_id=client_order_id,
         now=now,
     )
-    token = _token_with_market(req.token_id)
+    if isinstance(token, _NotRead) or (token is not None and token.token_id != req.token_id):
+        token = _token_with_market(req.token_id)
     if token is None:
         raise _invalid("token_id", "unknown token")
     market = token.market
