@@ -444,3 +444,21 @@ def test_latest_many_live_narrows_fresh_to_live_per_shard(bus):
     assert tops[dead].with_fresh(True, published_at=tops[dead].published_at) == bus.latest(dead)
     assert not tops[stale].fresh
     assert latest_many_live(bus, []) == {}
+
+
+@pytest.mark.redis
+def test_redis_latest_many_live_and_get_reads_other_keys_in_the_same_round_trip(redis_url):
+    import redis
+
+    bus = RedisBus.from_url(redis_url, n_shards=4)
+    token = TOKENS[0]
+    bus.publish([make_top(token)])
+    bus.heartbeat(bus.shard_of(token))
+    client = redis.Redis.from_url(redis_url)
+    client.set("dep:test:asks:0.5", "100|4")
+    tops, raws = bus.latest_many_live_and_get([token, "unknown"], ["dep:test:asks:0.5", "nope"])
+    assert tops == latest_many_live(bus, [token]) and tops[token].fresh
+    assert raws == [b"100|4", None]
+    assert bus.latest_many_live_and_get([], ["dep:test:asks:0.5"]) == ({}, [b"100|4"])
+    assert bus.latest_many_live_and_get([token], [])[1] == []
+    assert bus.latest_many_live_and_get([], []) == ({}, [])

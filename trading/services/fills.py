@@ -6,13 +6,13 @@ the account row lock (so numbering is serialised per account)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
 from accounts.models import Account, Position
 from core.money import ZERO, cash
-from marketdata.bus import get_bus, latest_many_live
+from marketdata.bus import BookTop, get_bus, latest_many_live
 from trading.models import Fill, Side
 from trading.selectors import MarkedPosition, PositionRow, position_mark
 
@@ -110,12 +110,16 @@ def open_positions_value(positions: Iterable[Position]) -> Decimal:
     )
 
 
-def positions_value(rows: Sequence[PositionRow]) -> Decimal:
+def positions_value(
+    rows: Sequence[PositionRow], tops: Mapping[str, BookTop] | None = None
+) -> Decimal:
     """The market value of these (open, with shares) positions at their live marks, as
-    `trading.selectors.open_positions` values them: ONE bus read."""
+    `trading.selectors.open_positions` values them: ONE bus read — none when the caller
+    passes the live tops (`latest_many_live`) it read for them."""
     if not rows:
         return ZERO
-    tops = latest_many_live(get_bus(), [r.token_id for r in rows])
+    if tops is None:
+        tops = latest_many_live(get_bus(), [r.token_id for r in rows])
     return sum(
         (MarkedPosition(r, position_mark(r, tops.get(r.token_id))).market_value for r in rows),
         ZERO,

@@ -49,10 +49,17 @@ from core.sqlrows import (
     update_fields,
 )
 from marketdata import states as market_states
-from marketdata.bus import BookTop, get_bus
+from marketdata.bus import BookTop, RedisBus, get_bus
 from marketdata.models import Market, Token
 from trading import states
-from trading.depletion import Take, get_depletion_store, level_key, memories
+from trading.depletion import (
+    RedisDepletion,
+    Take,
+    get_depletion_store,
+    level_key,
+    memories,
+    memories_of,
+)
 from trading.fillmodel import (
     ONE,
     Walk,
@@ -644,6 +651,7 @@ def _place_locked(
     crossing = _book_levels(top, req)
     book_side = "asks" if req.is_buy else "bids"
     walk = Walk()
+    tops: dict[str, BookTop] | None = None
     if req.post_only or not live:
         # A maker-only order (or a non-marketable one on a stale book, already filtered
         # before the lock): refuse only if it would cross what is left of the book.
@@ -653,7 +661,10 @@ def _place_locked(
             if any(s - m.taken > 0 for (_, s), m in zip(crossing, mems, strict=True)):
                 return _reject(order, errors.InvalidPostOnlyOrder())
     elif crossing:
-        walk_or_error = _walk_with_depletion(req, crossing, book_side, rate, exponent)
+        keys = [level_key(req.token_id, book_side, p) for p, _ in crossing]
+        # What the equity snapshot values, with the depletion records: one Redis read.
+        tops, raws = _marks_and_memories([*(r.token_id for r in others), req.token_id], keys)
+        walk_or_error = _walk_with_depletion(req, crossing, book_side, rate, exponent, raws)
         if isinstance(walk_or_error, errors.DomainError):
             return _reject(order, walk_or_error)
         walk = walk_or_error
@@ -710,7 +721,7 @@ def _place_locked(
             account.last_trading_day = day
             updates.update(trading_days=account.trading_days, last_trading_day=day)
         assert position is not None  # it has the fills
-        value = positions_value([*others, *_open_row(position)])
+        value = positions_value([*others, *_open_row(position)], tops)
         snapshot = equity_snapshot_build(account=account, positions_value=value, at=now)
         writes.append(insert_objects([snapshot]))
         updates.update(
@@ -757,20 +768,37 @@ def _trading_day(account: Account, now: dt.datetime, tenant: Any = None) -> dt.d
     return trading_day(now, tenant.day_boundary_tz, tenant.day_boundary_time)
 
 
+def _marks_and_memories(
+    token_ids: list[str], keys: list[str]
+) -> tuple[dict[str, BookTop] | None, list[str] | None]:
+    """When the price bus and the depletion memory are both on Redis (settings.REDIS_URL
+    puts them on the same server): the live tops of `token_ids` and the raw depletion
+    records of `keys`, in ONE round trip. Elsewhere (None, None): each is read when used."""
+    bus, store = get_bus(), get_depletion_store()
+    if not (isinstance(bus, RedisBus) and isinstance(store, RedisDepletion)):
+        return None, None
+    tops, raws = bus.latest_many_live_and_get(token_ids, keys)
+    return tops, ["" if r is None else r.decode() for r in raws]
+
+
 def _walk_with_depletion(
     req: OrderRequest,
     crossing: list[tuple[Decimal, Decimal]],
     book_side: str,
     rate: Decimal,
     exponent: Decimal,
+    raws: list[str] | None = None,
 ) -> Walk | errors.DomainError:
     """Walk what depletion leaves of the crossing levels and take it atomically
-    (compare-and-set; re-walk if another order took from a level meanwhile)."""
+    (compare-and-set; re-walk if another order took from a level meanwhile). `raws`: the
+    levels' records as the caller just read them (the first walk's; re-walks read again)."""
     assert req.price is not None
     store = get_depletion_store()
     keys = [level_key(req.token_id, book_side, p) for p, _ in crossing]
+    published = [s for _, s in crossing]
     for _ in range(DEPLETION_ATTEMPTS):
-        mems = memories(store, keys, [s for _, s in crossing])
+        mems = memories_of(store.read(keys) if raws is None else raws, published)
+        raws = None
         levels = [(p, s, s - m.taken) for (p, s), m in zip(crossing, mems, strict=True)]
         walk = walk_book(
             side=req.side,
