@@ -11,8 +11,14 @@ Path of one order:
      live (the top is `fresh` AND its feed's heartbeat is younger than
      PRICE_BUS_HEARTBEAT_STALE_SECONDS: a dead or hung feed leaves `fresh` tops behind).
   4. One transaction under the account row lock (retried on deadlock/serialization):
-     the replay and closed checks again, the balance/position check, the walk with
-     depletion, then Order, Fills, LedgerEntries, Position, cached balances, equity snapshot.
+     the replay and closed checks again, the positions (one locked read, with the last
+     fill's time), the balance/position check, the walk with depletion (its records read
+     with the positions' marks in one Redis round trip), then every write — Order, Fills,
+     LedgerEntries, Position, equity snapshot, the account's cached balances — sent as one
+     statement list (one round trip on PostgreSQL; core.sqlrows).
+
+All the SQL of a placement is fixed (core.sqlrows): building it with the ORM cost more CPU
+than running it (docs/benchmarks.md).
 
 Rejections 1–3 never reached the engine: nothing is stored. Rejections decided in step 4
 against the locked account and the book — INVALID_ORDER_NOT_ENOUGH_BALANCE,
