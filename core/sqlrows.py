@@ -16,7 +16,6 @@ statements would), and one by one elsewhere.
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable, Sequence
 from decimal import Decimal
 from functools import cache
@@ -243,8 +242,3 @@ def _multi_statement(cursor: Any) -> bool:
     from psycopg import ClientCursor
 
     return isinstance(cursor.cursor, ClientCursor)
-
-
-def as_utc(value: dt.datetime) -> dt.datetime:
-    """An aware datetime in UTC (what the ORM hands back from a timestamptz column)."""
-    return value.astimezone(dt.UTC)
