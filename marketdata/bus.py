@@ -887,6 +887,46 @@ class RedisBus:
         young = heartbeat_is_young(_int_or_none(beat), _time_ms(now), self.heartbeat_stale_ms)
         return LiveTop(top, top.fresh and young)
 
+    def latest_many_live(self, token_ids: Iterable[str]) -> dict[str, BookTop]:
+        """`latest_many_live(bus, token_ids)` in ONE round trip: a pipeline of the tops'
+        MGET, the MGET of their shards' heartbeats and `TIME`."""
+        return self.latest_many_live_and_get(token_ids, [])[0]
+
+    def latest_many_live_and_get(
+        self, token_ids: Iterable[str], keys: Sequence[str]
+    ) -> tuple[dict[str, BookTop], list[bytes | None]]:
+        """`latest_many_live`, and the raw values of other `keys` of this Redis (None where
+        unset), in the same ONE round trip: for a caller that needs both at one moment
+        (the order placement: its positions' marks and its depletion memories)."""
+        ids = list(dict.fromkeys(token_ids))
+        pipe = self.client.pipeline(transaction=False)
+        if ids:
+            shards = sorted({self.shard_of(t) for t in ids})
+            pipe.mget([BOOK_KEY + t for t in ids])
+            pipe.mget([self.heartbeat_key(s) for s in shards])
+            pipe.time()
+        if keys:
+            pipe.mget(list(keys))
+        replies = pipe.execute() if ids or keys else []
+        raws: list[bytes | None] = list(replies[-1]) if keys else []
+        if not ids:
+            return {}, raws
+        blobs, beats, now = replies[:3]
+        now_ms_ = _time_ms(now)
+        young = {
+            shard: heartbeat_is_young(_int_or_none(beat), now_ms_, self.heartbeat_stale_ms)
+            for shard, beat in zip(shards, beats, strict=True)
+        }
+        out: dict[str, BookTop] = {}
+        for token_id, blob in zip(ids, blobs, strict=True):
+            if blob is None:
+                continue
+            top = BookTop.from_json(blob)
+            if top.fresh and not young[self.shard_of(token_id)]:
+                top = top.with_fresh(False, published_at=top.published_at)
+            out[token_id] = top
+        return out, raws
+
     def ensure_group(self, shard: int, group: str, *, start_id: str = "0") -> None:
         import redis
 
@@ -1039,7 +1079,10 @@ def reset_bus() -> None:
 def latest_many_live(bus: PriceBus, token_ids: Iterable[str]) -> dict[str, BookTop]:
     """`latest_many`, with each top's `fresh` narrowed to "live" (fresh AND its shard's feed
     heartbeat is young), for displays that must not show a dead feed's books as healthy: one
-    `latest_many` plus one heartbeat read per distinct shard."""
+    `latest_many` plus one heartbeat read per distinct shard (ONE round trip in all on the
+    Redis bus)."""
+    if isinstance(bus, RedisBus):
+        return bus.latest_many_live(token_ids)
     tops = bus.latest_many(token_ids)
     young = {}
     for shard in {bus.shard_of(token_id) for token_id in tops}:

@@ -49,6 +49,7 @@ from core.api import (
 )
 from core.money import wire
 from core.pagination import keyset_page, parse_limit
+from core.sqlrows import fetch_statements
 from marketdata import states as market_states
 from marketdata.bus import BookTop, get_bus, latest_many_live
 from marketdata.clients import ClobClient, PolymarketError
@@ -66,7 +67,12 @@ from partners.idempotency import idempotent_call
 from partners.ratelimit import rate_limit_check
 from trading import states as order_states
 from trading.models import Fill, Order, Side
-from trading.permissions import account_for_trader, ensure_account_tradable
+from trading.permissions import (
+    account_for_trader,
+    account_for_trader_from_row,
+    account_for_trader_statement,
+    ensure_account_tradable,
+)
 from trading.selectors import (
     account_equity,
     account_state,
@@ -74,7 +80,7 @@ from trading.selectors import (
     positions_liquidation,
 )
 from trading.services import order_cancel, order_cancel_account, order_cancel_market, order_place
-from trading.services.orders import STORED_REJECTIONS
+from trading.services.orders import STORED_REJECTIONS, token_from_row, token_statement
 
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 # Polymarket's /prices-history windows ("1m" is one month, "max" everything).
@@ -785,7 +791,7 @@ class TradeListApi(TraderApiView):
         )
         return Response(
             {
-                "data": TradeOutput(page.fills, many=True).data,
+                "data": [trade_body(f) for f in page.fills],
                 "next_cursor": page.next_cursor,
                 "has_more": page.has_more,
             }
@@ -891,11 +897,42 @@ def order_body(order: Order) -> dict[str, Any]:
     }
 
 
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def trade_body(fill: Fill) -> dict[str, Any]:
+    """A fill exactly as TradeOutput renders it (tests compare the two), without DRF's
+    per-call serializer construction: the order placement response carries its fills."""
+    return {
+        "trade_id": _text(fill.id),
+        "kind": _text(fill.kind),
+        "order_id": _text(fill.order_id),
+        "account_id": _text(fill.account_id),
+        "epoch": None if fill.epoch is None else int(fill.epoch),
+        "market_id": _text(fill.market_id),
+        "token_id": _text(fill.token_id),
+        "market_question": _text(fill.market_question),
+        "outcome": _text(fill.outcome),
+        "side": _text(fill.side),
+        "price": wire(fill.price, min_places=0),
+        "size": wire(fill.size, min_places=0),
+        "notional": wire(fill.notional),
+        "fee": wire(fill.fee),
+        "fee_rate_bps": wire(fill.fee_rate_bps, min_places=0),
+        "liquidity": _text(fill.liquidity),
+        "realized_pnl": wire(fill.realized_pnl),
+        "price_source": _text(fill.price_source),
+        "book_as_of": _iso(fill.book_as_of),
+        "filled_at": _iso(fill.filled_at),
+    }
+
+
 def order_detail_body(order: Order, fills: Iterable[Fill] | None = None) -> dict[str, Any]:
     """OrderDetailOutput: the order and its fills (read from the database unless given)."""
     if fills is None:
         fills = order.fills.order_by("seq")
-    return {**order_body(order), "fills": TradeOutput(list(fills), many=True).data}
+    return {**order_body(order), "fills": [trade_body(f) for f in fills]}
 
 
 def _order_for_trader(*, user: User, order_id: str) -> Order:
@@ -966,11 +1003,19 @@ class OrderListApi(TraderApiView):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         values = dict(data.validated_data)
-        account = account_for_trader(user=self.user, account_id=values.pop("account_id"))
+        # The account and the token in one round trip.
+        account_rows, token_rows = fetch_statements(
+            [
+                account_for_trader_statement(user=self.user, account_id=values.pop("account_id")),
+                token_statement(values["token_id"]),
+            ]
+        )
+        account = account_for_trader_from_row(account_rows[0] if account_rows else None)
         ensure_account_tradable(account)
+        token = token_from_row(token_rows[0] if token_rows else None)
         # No transaction of its own here: the engine commits the rejections it stores on
         # purpose (under an Idempotency-Key, _idempotent commits them too).
-        placed = order_place(account_id=account.pk, account=account, **values)
+        placed = order_place(account_id=account.pk, account=account, token=token, **values)
         return Response(
             order_detail_body(placed.order, placed.fills),
             status=201 if placed.created else 200,

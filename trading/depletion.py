@@ -94,7 +94,11 @@ class DepletionStore(Protocol):
 
 
 def memories(store: DepletionStore, keys: list[str], published: list[Decimal]) -> list[LevelMemory]:
-    raws = store.read(keys)
+    return memories_of(store.read(keys), published)
+
+
+def memories_of(raws: list[str], published: list[Decimal]) -> list[LevelMemory]:
+    """The memories of records already read (`read`'s values: "" where none)."""
     return [LevelMemory(raw, _parse(raw, size)) for raw, size in zip(raws, published, strict=True)]
 
 

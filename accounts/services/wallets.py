@@ -207,6 +207,22 @@ def ledger_post_many(
     insert for all of them and ONE update of the cached cash. Same rules as ledger_post:
     caller holds the lock; refuses (nothing written) if any step would take available cash
     below zero."""
+    rows = ledger_entries_build(account=account, entries=entries)
+    if not rows:
+        return []
+    LedgerEntry.objects.bulk_create(rows)
+    Account.objects.filter(pk=account.pk).update(cash=account.cash, updated_at=timezone.now())
+    return rows
+
+
+def ledger_entries_build(
+    *, account: Account, entries: list[tuple[str, Decimal, Any, Any, str]]
+) -> list[LedgerEntry]:
+    """The unsaved LedgerEntry rows of `ledger_post_many`, with their running
+    `balance_after`, and `account.cash` moved in memory — for a caller that inserts them and
+    writes the account row itself, in this transaction (the order placement path). Same
+    rules: caller holds the lock; raises (account untouched) if any step would take
+    available cash below zero."""
     rows = []
     balance = account.cash
     for kind, amount, order_id, fill_id, memo in entries:
@@ -229,11 +245,8 @@ def ledger_post_many(
                 memo=memo,
             )
         )
-    if not rows:
-        return []
-    LedgerEntry.objects.bulk_create(rows)
-    account.cash = balance
-    Account.objects.filter(pk=account.pk).update(cash=balance, updated_at=timezone.now())
+    if rows:
+        account.cash = balance
     return rows
 
 
@@ -248,6 +261,25 @@ def equity_snapshot_record(
     Caller holds the lock (or has just created the account). `save_account=False`: the new
     high-water mark and drawdown are set on `account` only, for the caller's own UPDATE in
     this transaction."""
+    snapshot, updates = _equity_measure(account=account, positions_value=positions_value, at=at)
+    if updates and save_account:
+        Account.objects.filter(pk=account.pk).update(**updates)
+    snapshot.save(force_insert=True)
+    return snapshot
+
+
+def equity_snapshot_build(
+    *, account: Account, positions_value: Decimal, at: dt.datetime | None = None
+) -> EquitySnapshot:
+    """`equity_snapshot_record(save_account=False)` without writing: the unsaved snapshot,
+    with the new high-water mark and drawdown set on `account` — for a caller that inserts
+    it and writes the account row itself, in this transaction. Caller holds the lock."""
+    return _equity_measure(account=account, positions_value=positions_value, at=at)[0]
+
+
+def _equity_measure(
+    *, account: Account, positions_value: Decimal, at: dt.datetime | None
+) -> tuple[EquitySnapshot, dict[str, Any]]:
     at = at or timezone.now()
     equity = account.cash + positions_value
     hwm = max(account.high_water_mark, equity)
@@ -258,12 +290,9 @@ def equity_snapshot_record(
     if drawdown > account.max_drawdown:
         updates["max_drawdown"] = drawdown
         updates["max_drawdown_pct"] = pct(drawdown, hwm)
-    if updates:
-        for field, value in updates.items():
-            setattr(account, field, value)
-        if save_account:
-            Account.objects.filter(pk=account.pk).update(**updates)
-    return EquitySnapshot.objects.create(
+    for field, value in updates.items():
+        setattr(account, field, value)
+    snapshot = EquitySnapshot(
         account=account,
         epoch=account.epoch,
         at=at,
@@ -271,6 +300,7 @@ def equity_snapshot_record(
         cash=account.cash,
         positions_value=positions_value,
     )
+    return snapshot, updates
 
 
 @transaction.atomic

@@ -23,6 +23,7 @@ from marketdata.bus import (
     TradePrint,
     encode_top,
     get_bus,
+    latest_many_live,
     now_ms,
     reset_bus,
     shard_of,
@@ -421,3 +422,43 @@ def test_get_bus_is_redis_with_a_url(settings, redis_url):
     bus.publish([make_top(TOKENS[0])])
     assert bus.latest(TOKENS[0]) == make_top(TOKENS[0])
     reset_bus()
+
+
+def test_latest_many_live_narrows_fresh_to_live_per_shard(bus):
+    """The Redis bus answers in one pipeline; both buses give what `latest_many` and the
+    shards' heartbeats say: fresh only where the shard's feed beats, stale tops stay stale,
+    unknown tokens are absent."""
+    beating = TOKENS[0]
+    shard = bus.shard_of(beating)
+    dead = next(t for t in TOKENS if bus.shard_of(t) != shard)
+    stale = next(t for t in TOKENS if t not in (beating, dead) and bus.shard_of(t) == shard)
+    bus.publish([make_top(beating), make_top(dead), make_top(stale)])
+    bus.mark_stale([stale])
+    bus.heartbeat(shard)
+    bus.heartbeat(bus.shard_of(dead), at_ms=now_ms() - 10_000)
+    tops = latest_many_live(bus, [beating, dead, stale, "unknown", beating])
+    assert set(tops) == {beating, dead, stale}
+    assert tops[beating].fresh and tops[beating] == bus.latest(beating)
+    assert not tops[dead].fresh
+    assert tops[dead].published_at == bus.latest(dead).published_at
+    assert tops[dead].with_fresh(True, published_at=tops[dead].published_at) == bus.latest(dead)
+    assert not tops[stale].fresh
+    assert latest_many_live(bus, []) == {}
+
+
+@pytest.mark.redis
+def test_redis_latest_many_live_and_get_reads_other_keys_in_the_same_round_trip(redis_url):
+    import redis
+
+    bus = RedisBus.from_url(redis_url, n_shards=4)
+    token = TOKENS[0]
+    bus.publish([make_top(token)])
+    bus.heartbeat(bus.shard_of(token))
+    client = redis.Redis.from_url(redis_url)
+    client.set("dep:test:asks:0.5", "100|4")
+    tops, raws = bus.latest_many_live_and_get([token, "unknown"], ["dep:test:asks:0.5", "nope"])
+    assert tops == latest_many_live(bus, [token]) and tops[token].fresh
+    assert raws == [b"100|4", None]
+    assert bus.latest_many_live_and_get([], ["dep:test:asks:0.5"]) == ({}, [b"100|4"])
+    assert bus.latest_many_live_and_get([token], [])[1] == []
+    assert bus.latest_many_live_and_get([], []) == ({}, [])

@@ -465,3 +465,47 @@ def test_fill_times_never_go_backwards_along_the_feed(world):
     )
     assert [s for s, _ in seqs] == list(range(1, len(seqs) + 1))
     assert all(a[1] <= b[1] for a, b in itertools.pairwise(seqs))
+
+
+def test_fill_times_never_go_backwards_when_no_position_row_carries_the_last_fill(world):
+    """The placement reads the last fill's time along with the account's positions; an
+    account whose every position is closed (and none in the order's token) still has its
+    new fills clamped after its last one."""
+    _, yes, account = world
+    bought = place(account, yes, type="market", amount="5").fills
+    size = sum((f.size for f in bought), D(0))
+    sold = place(account, yes, side="SELL", type="market", size=str(size)).fills
+    assert Position.objects.get(account=account, token_id=yes.token_id).size == 0
+    ahead = timezone.now() + dt.timedelta(minutes=5)
+    Fill.objects.filter(pk=sold[-1].pk).update(filled_at=ahead)
+    market2, yes2, _ = make_market()
+    publish_book(yes2.token_id, bids=BIDS, asks=ASKS, market=market2.condition_id)
+    later = place(account, yes2, type="market", amount="5").fills
+    assert later and all(f.filled_at >= ahead for f in later)
+    before = len(bought) + len(sold)
+    assert [f.seq for f in later] == list(range(before + 1, before + 1 + len(later)))
+    audit_clean(account)
+
+
+def test_a_filled_market_order_is_a_fixed_statement_budget(world):
+    """Placement's reads and writes are fixed SQL; nothing loads lazily: with positions held
+    in this token and another, a market BUY reads the account and the token, locks the
+    account, reads the positions, and writes everything in one statement list (one round
+    trip on Postgres)."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    _, yes, account = world
+    market2, yes2, _ = make_market()
+    publish_book(yes2.token_id, bids=BIDS, asks=ASKS, market=market2.condition_id)
+    place(account, yes, type="market", amount="5")
+    place(account, yes2, type="market", amount="5")
+    with CaptureQueriesContext(connection) as ctx:
+        placed = place(account, yes, type="market", amount="5")
+    assert placed.fills
+    statements = [
+        q["sql"] for q in ctx.captured_queries if not q["sql"].startswith(("SAVEPOINT", "RELEASE"))
+    ]
+    writes = 1 if connection.vendor == "postgresql" else 6  # order, fill, ledger, position…
+    assert len(statements) == 4 + writes, statements  # the account read first (no caller row)
+    audit_clean(account)

@@ -184,6 +184,36 @@ def test_account_for_trader_returns_own_account_and_hides_others(ana, bo):
             account_for_trader(user=ana, account_id=account_id)
 
 
+def test_account_for_trader_loads_every_field_and_the_tenant_as_the_orm(
+    ana, tenant, django_assert_num_queries
+):
+    """Its fixed SQL yields the same values as the ORM's select_related, every field, and
+    the tenant needs no second query."""
+    opened = account_open(
+        owner=ana,
+        tenant=tenant,
+        external_id="ext-fields",
+        stage="challenge",
+        starting_balance=Decimal("1234.5"),
+        rules={"max_dd": "0.1", "nested": [1, {"a": None}]},
+        metadata={"note": "100% sure"},
+    )
+    Account.objects.filter(pk=opened.pk).update(
+        last_trading_day=timezone.now().date(), max_drawdown_pct=Decimal("12.3456")
+    )
+    expected = Account.objects.select_related("tenant").get(pk=opened.pk)
+    with django_assert_num_queries(1):
+        got = account_for_trader(user=ana, account_id=opened.pk)
+        got_tenant = got.tenant
+    for f in Account._meta.concrete_fields:
+        assert getattr(got, f.attname) == getattr(expected, f.attname), f.name
+    for f in type(tenant)._meta.concrete_fields:
+        assert getattr(got_tenant, f.attname) == getattr(expected.tenant, f.attname), f.name
+    mine = personal(ana)
+    with django_assert_num_queries(1):
+        assert account_for_trader(user=ana, account_id=mine.pk).tenant is None
+
+
 def test_account_for_trader_can_lock_the_row(ana):
     from django.db import transaction
 

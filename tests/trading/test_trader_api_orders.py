@@ -419,3 +419,37 @@ def test_expiry_task_expires_a_passed_gtd_order_and_releases_its_reservation(wor
 def test_expiry_runs_every_15_seconds_on_beat(settings):
     entry = settings.CELERY_BEAT_SCHEDULE["orders-expire"]
     assert entry == {"task": "trading.tasks.orders_expire", "schedule": 15.0}
+
+
+def test_trade_body_renders_fills_exactly_as_trade_output(world):
+    """The placement response and /v1/trades render fills with trade_body, not DRF: the
+    same dict as TradeOutput for taker fills (with fees), as loaded back from the database,
+    and for a fill whose optional fields are empty."""
+    from trading.apis import trade_body
+    from trading.models import Fill
+
+    market, yes, account, client = world
+    response = post(client, order(account, yes.token_id, price="0.55", size="250"))
+    assert response.status_code == 201, response.content
+    placed = response.json()["fills"]
+    stored = list(Fill.objects.filter(account=account).order_by("seq"))
+    assert len(stored) == len(placed) >= 2
+    assert placed == [dict(TradeOutput(f).data) for f in stored]
+    assert [trade_body(f) for f in stored] == placed
+    bare = Fill(
+        account=account,
+        seq=99,
+        epoch=0,
+        kind=Fill.Kind.SETTLEMENT,
+        token_id=yes.token_id,
+        market_id=market.condition_id,
+        side="SELL",
+        price=Decimal("1"),
+        size=Decimal("3.5"),
+        notional=Decimal("3.5"),
+        fee_rate_bps=None,
+        liquidity=None,
+        book_as_of=None,
+        trigger_key="x",
+    )
+    assert trade_body(bare) == dict(TradeOutput(bare).data)

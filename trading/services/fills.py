@@ -6,13 +6,15 @@ the account row lock (so numbering is serialised per account)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
 from accounts.models import Account, Position
 from core.money import ZERO, cash
+from marketdata.bus import BookTop, get_bus, latest_many_live
 from trading.models import Fill, Side
+from trading.selectors import MarkedPosition, PositionRow, position_mark
 
 PRICE_Q = Decimal("0.000001")
 
@@ -59,6 +61,18 @@ def fills_append(
     the query."""
     if not fills:
         return
+    fills_number(account=account, fills=fills, previous_filled_at=previous_filled_at)
+    Fill.objects.bulk_create(fills)
+
+
+def fills_number(
+    *, account: Account, fills: Sequence[Fill], previous_filled_at: Any = _LOOK_UP
+) -> None:
+    """`fills_append` without the INSERT: number and clamp `fills` and advance
+    `account.last_fill_seq` in memory, for a caller that inserts them itself in this
+    transaction (under the same account row lock)."""
+    if not fills:
+        return
     previous = None if previous_filled_at is _LOOK_UP else previous_filled_at
     if previous_filled_at is _LOOK_UP and account.last_fill_seq:
         previous = (
@@ -70,5 +84,43 @@ def fills_append(
         fill.seq = account.last_fill_seq + n
         if previous is not None and fill.filled_at < previous:
             fill.filled_at = previous
-    Fill.objects.bulk_create(fills)
     account.last_fill_seq += len(fills)
+
+
+def open_positions_value(positions: Iterable[Position]) -> Decimal:
+    """The market value of these positions that are open with shares, at their live marks —
+    exactly as `trading.selectors.open_positions` values the same rows, from instances the
+    caller holds (and has just changed) under the account row lock: ONE bus read."""
+    return positions_value(
+        [
+            PositionRow(
+                token_id=p.token_id,
+                market_id=p.market_id,
+                market_question=p.market_question,
+                outcome=p.outcome,
+                size=p.size,
+                avg_price=p.avg_price,
+                cost_basis=p.cost_basis,
+                last_mark=p.last_mark,
+                last_mark_at=p.last_mark_at,
+            )
+            for p in positions
+            if p.status == Position.Status.OPEN and p.size > 0
+        ]
+    )
+
+
+def positions_value(
+    rows: Sequence[PositionRow], tops: Mapping[str, BookTop] | None = None
+) -> Decimal:
+    """The market value of these (open, with shares) positions at their live marks, as
+    `trading.selectors.open_positions` values them: ONE bus read — none when the caller
+    passes the live tops (`latest_many_live`) it read for them."""
+    if not rows:
+        return ZERO
+    if tops is None:
+        tops = latest_many_live(get_bus(), [r.token_id for r in rows])
+    return sum(
+        (MarkedPosition(r, position_mark(r, tops.get(r.token_id))).market_value for r in rows),
+        ZERO,
+    )

@@ -11,8 +11,14 @@ Path of one order:
      live (the top is `fresh` AND its feed's heartbeat is younger than
      PRICE_BUS_HEARTBEAT_STALE_SECONDS: a dead or hung feed leaves `fresh` tops behind).
   4. One transaction under the account row lock (retried on deadlock/serialization):
-     the replay and closed checks again, the balance/position check, the walk with
-     depletion, then Order, Fills, LedgerEntries, Position, cached balances, equity snapshot.
+     the replay and closed checks again, the positions (one locked read, with the last
+     fill's time), the balance/position check, the walk with depletion (its records read
+     with the positions' marks in one Redis round trip), then every write — Order, Fills,
+     LedgerEntries, Position, equity snapshot, the account's cached balances — sent as one
+     statement list (one round trip on PostgreSQL; core.sqlrows).
+
+All the SQL of a placement is fixed (core.sqlrows): building it with the ORM cost more CPU
+than running it (docs/benchmarks.md).
 
 Rejections 1–3 never reached the engine: nothing is stored. Rejections decided in step 4
 against the locked account and the book — INVALID_ORDER_NOT_ENOUGH_BALANCE,
@@ -25,25 +31,41 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
-from typing import Any
+from functools import cache
+from typing import Any, Final
 
-from django.db import transaction
-from django.db.models import F
+from django.db import connection, transaction
 from django.utils import timezone
 
 from accounts.models import Account, LedgerEntry, Position
-from accounts.services.wallets import account_lock, equity_snapshot_record, ledger_post_many
+from accounts.services.wallets import equity_snapshot_build, ledger_entries_build
 from core import errors
 from core.clock import trading_day
-from core.db import retry_on_conflict
+from core.db import db_datetime, db_param_uuid, retry_on_conflict
 from core.money import CASH_QUANTUM, SHARE_QUANTUM, ZERO, to_decimal
+from core.sqlrows import (
+    Statement,
+    convert_row,
+    insert_objects,
+    model_from_row,
+    run_statements,
+    update_fields,
+)
 from marketdata import states as market_states
-from marketdata.bus import BookTop, get_bus
+from marketdata.bus import BookTop, RedisBus, get_bus
 from marketdata.models import Market, Token
 from trading import states
-from trading.depletion import Take, get_depletion_store, level_key, memories
+from trading.depletion import (
+    RedisDepletion,
+    Take,
+    get_depletion_store,
+    level_key,
+    memories,
+    memories_of,
+)
 from trading.fillmodel import (
     ONE,
     Walk,
@@ -53,8 +75,8 @@ from trading.fillmodel import (
 )
 from trading.models import Fill, Order, Side
 from trading.orderevents import order_events_publish_on_commit
-from trading.selectors import open_positions
-from trading.services.fills import fills_append, position_apply
+from trading.selectors import PositionRow
+from trading.services.fills import fills_number, position_apply, positions_value
 
 GTD_MIN_LEAD = dt.timedelta(seconds=60)  # Polymarket's security threshold
 MARKET_BUY_DEFAULT_WORST = Decimal("0.99")
@@ -115,6 +137,8 @@ class _Outcome:
 @dataclass
 class _Applied:
     fills: list[Fill] = field(default_factory=list)
+    ledger: list[LedgerEntry] = field(default_factory=list)
+    position: Position | None = None
     realized: Decimal = ZERO
     fees: Decimal = ZERO
 
@@ -247,6 +271,171 @@ def _replay(existing: Order, req: OrderRequest) -> PlacedOrder:
 
 
 # --- 2/3. market and book -----------------------------------------------------------------------
+# Fixed SQL for the reads of one placement (building them with the ORM cost more CPU than
+# running them; docs/benchmarks.md). Only model table and column names are interpolated;
+# every value is a bound parameter. SQLite has no row locks (no FOR UPDATE).
+_MARKET_FIELDS = (
+    "id",
+    "condition_id",
+    "question",
+    "tick_size",
+    "min_order_size",
+    "closed",
+    "status",
+    "accepting_orders",
+    "fees_enabled",
+    "fee_rate",
+    "fee_exponent",
+)
+_TOKEN_FIELDS = ("id", "market", "token_id", "outcome")
+_ACCOUNT_FIELDS = (
+    "id",
+    "tenant",
+    "status",
+    "epoch",
+    "cash",
+    "reserved_cash",
+    "realized_pnl",
+    "fees_paid",
+    "high_water_mark",
+    "max_drawdown",
+    "max_drawdown_pct",
+    "trading_days",
+    "last_trading_day",
+    "last_fill_seq",
+)
+# The position columns placement reads, writes or values with (the others load on access).
+_POSITION_FIELDS = (
+    "id",
+    "token_id",
+    "status",
+    "size",
+    "reserved_size",
+    "avg_price",
+    "cost_basis",
+    "realized_pnl",
+    "last_mark",
+    "last_mark_at",
+)
+# What valuing a position at its mark reads (trading.selectors.position_mark, market_value).
+_VALUE_FIELDS = ("token_id", "size", "avg_price", "cost_basis", "last_mark", "last_mark_at")
+
+
+def _columns(model: Any, alias: str, names: tuple[str, ...]) -> str:
+    return ", ".join(f"{alias}.{model._meta.get_field(n).column}" for n in names)
+
+
+@cache
+def _sql(for_update: bool, for_update_of: bool) -> tuple[str, str, str]:
+    token_t, market_t = Token._meta.db_table, Market._meta.db_table
+    account_t, position_t = Account._meta.db_table, Position._meta.db_table
+    fill_t = Fill._meta.db_table
+    token_sql = f"""
+        SELECT {_columns(Token, "t", _TOKEN_FIELDS)}, {_columns(Market, "m", _MARKET_FIELDS)}
+          FROM {token_t} t JOIN {market_t} m ON m.id = t.market_id
+         WHERE t.token_id = %s
+    """
+    account_sql = f"""
+        SELECT {_columns(Account, "a", _ACCOUNT_FIELDS)} FROM {account_t} a
+         WHERE a.id = %s {"FOR UPDATE" if for_update else ""}
+    """
+    # The order's position and every other open one (for the equity snapshot), with the
+    # account's last fill time (fills_number's clamp), read after the account lock.
+    positions_sql = f"""
+        SELECT {_columns(Position, "p", _POSITION_FIELDS)},
+               (SELECT f.filled_at FROM {fill_t} f WHERE f.account_id = %s AND f.seq = %s)
+          FROM {position_t} p
+         WHERE p.account_id = %s AND p.epoch = %s
+           AND (p.token_id = %s OR (p.status = %s AND p.size > 0))
+         ORDER BY p.opened_at, p.id {"FOR UPDATE OF p" if for_update_of else ""}
+    """
+    return token_sql, account_sql, positions_sql
+
+
+def _statements() -> tuple[str, str, str]:
+    features = connection.features
+    return _sql(features.has_select_for_update, features.has_select_for_update_of)
+
+
+class _NotRead:
+    pass
+
+
+NOT_READ: Final = _NotRead()
+
+
+def token_statement(token_id: str) -> Statement:
+    """The read of a token with its market's trading columns, for a caller that sends it
+    with its own reads (core.sqlrows.fetch_statements) and passes the row to
+    `token_from_row`, then the token to order_place."""
+    return _statements()[0], [token_id]
+
+
+def token_from_row(row: Sequence[Any] | None) -> Token | None:
+    """The token (and its market: only the columns placement uses; others load on access)
+    of a row of `token_statement`; None for no row."""
+    if row is None:
+        return None
+    n = len(_TOKEN_FIELDS)
+    token = model_from_row(Token, _TOKEN_FIELDS, row[:n])
+    token.market = model_from_row(Market, _MARKET_FIELDS, row[n:])
+    return token
+
+
+def _token_with_market(token_id: str) -> Token | None:
+    with connection.cursor() as cursor:
+        cursor.execute(*token_statement(token_id))
+        return token_from_row(cursor.fetchone())
+
+
+def _lock_account(account_id: Any) -> Account:
+    """SELECT … FOR UPDATE the account row (the columns placement moves)."""
+    with connection.cursor() as cursor:
+        cursor.execute(_statements()[1], [db_param_uuid(uuid.UUID(str(account_id)))])
+        row = cursor.fetchone()
+    if row is None:
+        raise errors.NotFound("No such account.")
+    return model_from_row(Account, _ACCOUNT_FIELDS, row)
+
+
+def _locked_positions(
+    account: Account, token_id: str
+) -> tuple[Position | None, list[PositionRow], dict[str, Any]]:
+    """Under the account lock, locked: the account's position of this epoch in `token_id`
+    whatever its state (None if it has none), and its OTHER positions of this epoch that are
+    open with shares (as PositionRows, for the equity snapshot); and fills_number's keyword
+    for the `filled_at` of the account's last fill (None: no fill yet) — empty when no row
+    came back to carry it, so that fills_number looks it up itself."""
+    account_key = db_param_uuid(account.pk)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _statements()[2],
+            [
+                account_key,
+                account.last_fill_seq,
+                account_key,
+                account.epoch,
+                token_id,
+                Position.Status.OPEN,
+            ],
+        )
+        rows = cursor.fetchall()
+    n = len(_POSITION_FIELDS)
+    token_column = _POSITION_FIELDS.index("token_id")
+    value_columns = [_POSITION_FIELDS.index(name) for name in _VALUE_FIELDS]
+    position, others = None, []
+    for r in rows:
+        if r[token_column] == token_id:
+            position = model_from_row(Position, _POSITION_FIELDS, r[:n])
+        else:
+            others.append(
+                _value_row(convert_row(Position, _VALUE_FIELDS, [r[i] for i in value_columns]))
+            )
+    if rows:
+        return position, others, {"previous_filled_at": db_datetime(rows[0][n])}
+    return position, others, {}
+
+
 def _fee_params(market: Market) -> tuple[Decimal, Decimal]:
     if not market.fees_enabled or not market.fee_rate:
         return ZERO, ONE
@@ -309,12 +498,15 @@ def order_place(
     post_only: bool = False,
     client_order_id: str | None = None,
     account: Account | None = None,
+    token: Token | _NotRead | None = NOT_READ,
 ) -> PlacedOrder:
     """Place an order: validate, fill what crosses as taker at entry, rest or cancel the rest.
 
     `account`, when the caller has already loaded the row of `account_id` (the trader API
     has, with its tenant), saves reading it again; it is only used for the checks before the
     lock and the tenant's day boundary — everything that moves money re-reads it locked.
+    `token`, likewise, is the caller's read of `token_id` with its market (`token_statement`
+    / `token_from_row`; None: no such token), when it had it read with its own.
 
     Locking: reads the book (ONE bus read) before taking the account row lock; everything
     that moves money happens in one transaction under that lock (retried on deadlock or
@@ -338,7 +530,8 @@ def order_place(
         client_order_id=client_order_id,
         now=now,
     )
-    token = Token.objects.select_related("market").filter(token_id=req.token_id).first()
+    if isinstance(token, _NotRead) or (token is not None and token.token_id != req.token_id):
+        token = _token_with_market(req.token_id)
     if token is None:
         raise _invalid("token_id", "unknown token")
     market = token.market
@@ -412,7 +605,7 @@ def _new_order(account: Account, req: OrderRequest, market: Market, now: dt.date
 def _reject(order: Order, error: errors.DomainError) -> _Outcome:
     order.status = Order.Status.REJECTED
     order.reason = error.code
-    order.save()
+    run_statements([insert_objects([order])])
     return _Outcome(error=error)
 
 
@@ -428,10 +621,10 @@ def _place_locked(
     live: bool,
     tenant: Any = None,
 ) -> _Outcome:
-    account = account_lock(account_id=account_id)
+    account = _lock_account(account_id)
     if req.client_order_id is not None:
         existing = Order.objects.filter(
-            account=account, client_order_id=req.client_order_id
+            account_id=account.pk, client_order_id=req.client_order_id
         ).first()
         if existing is not None:  # a concurrent twin committed while we waited for the lock
             try:
@@ -445,11 +638,7 @@ def _place_locked(
     order = _new_order(account, req, market, now)
     rate, exponent = _fee_params(market)
 
-    position = (
-        Position.objects.select_for_update()
-        .filter(account=account, token_id=req.token_id, epoch=account.epoch)
-        .first()
-    )
+    position, others, previous = _locked_positions(account, req.token_id)
     if req.is_buy:
         need = req.amount if req.amount is not None else None
         if need is None:
@@ -468,6 +657,7 @@ def _place_locked(
     crossing = _book_levels(top, req)
     book_side = "asks" if req.is_buy else "bids"
     walk = Walk()
+    tops: dict[str, BookTop] | None = None
     if req.post_only or not live:
         # A maker-only order (or a non-marketable one on a stale book, already filtered
         # before the lock): refuse only if it would cross what is left of the book.
@@ -477,7 +667,10 @@ def _place_locked(
             if any(s - m.taken > 0 for (_, s), m in zip(crossing, mems, strict=True)):
                 return _reject(order, errors.InvalidPostOnlyOrder())
     elif crossing:
-        walk_or_error = _walk_with_depletion(req, crossing, book_side, rate, exponent)
+        keys = [level_key(req.token_id, book_side, p) for p, _ in crossing]
+        # What the equity snapshot values, with the depletion records: one Redis read.
+        tops, raws = _marks_and_memories([*(r.token_id for r in others), req.token_id], keys)
+        walk_or_error = _walk_with_depletion(req, crossing, book_side, rate, exponent, raws)
         if isinstance(walk_or_error, errors.DomainError):
             return _reject(order, walk_or_error)
         walk = walk_or_error
@@ -485,10 +678,36 @@ def _place_locked(
         return _reject(order, errors.FokOrderNotFilledError())
 
     order.queue_ahead = queue_ahead_at(top, req.side, req.price)
-    # The order row is inserted once, in its final state, by _finish_order (its fills point
-    # at it already: foreign keys are checked at commit).
-    applied = _apply_fills(account, order, market, token, position, walk, top, rate, now)
-    _finish_order(account, order, walk, rate, exponent)
+    # Every write of the order goes out together at the end, in this order: the order row
+    # (once, in its final state), its fills, the ledger, the position, the equity snapshot
+    # and the ONE update of the account row (foreign keys are checked at commit).
+    applied = _apply_fills(account, order, market, token, position, walk, top, rate, now, previous)
+    position = applied.position or position
+    position_dirty = bool(applied.fills)
+    if _finish_order(account, order, walk, rate, exponent, position):
+        position_dirty = True
+    writes: list[Statement] = [insert_objects([order])]
+    if applied.fills:
+        writes.append(insert_objects(applied.fills))
+        writes.append(insert_objects(applied.ledger))
+    if position is not None and position_dirty:
+        if position.pk is None:
+            writes.append(insert_objects([position]))
+        else:
+            writes.append(
+                update_fields(
+                    Position,
+                    position.pk,
+                    {
+                        "size": position.size,
+                        "reserved_size": position.reserved_size,
+                        "avg_price": position.avg_price,
+                        "cost_basis": position.cost_basis,
+                        "realized_pnl": position.realized_pnl,
+                        "updated_at": now,
+                    },
+                )
+            )
     if order.status == Order.Status.LIVE:  # it rests: the maker matchers index it
         order_events_publish_on_commit([order])
 
@@ -497,6 +716,7 @@ def _place_locked(
         account.realized_pnl += applied.realized
         account.fees_paid += applied.fees
         updates.update(
+            cash=account.cash,
             realized_pnl=account.realized_pnl,
             fees_paid=account.fees_paid,
             last_fill_seq=account.last_fill_seq,
@@ -506,17 +726,41 @@ def _place_locked(
             account.trading_days += 1
             account.last_trading_day = day
             updates.update(trading_days=account.trading_days, last_trading_day=day)
-        positions_value = sum((m.market_value for m in open_positions(account=account)), ZERO)
-        equity_snapshot_record(
-            account=account, positions_value=positions_value, at=now, save_account=False
-        )
+        assert position is not None  # it has the fills
+        value = positions_value([*others, *_open_row(position)], tops)
+        snapshot = equity_snapshot_build(account=account, positions_value=value, at=now)
+        writes.append(insert_objects([snapshot]))
         updates.update(
             high_water_mark=account.high_water_mark,
             max_drawdown=account.max_drawdown,
             max_drawdown_pct=account.max_drawdown_pct,
         )
-    Account.objects.filter(pk=account.pk).update(**updates)  # ONE update of the account row
+    writes.append(update_fields(Account, account.pk, updates))  # ONE update of the account
+    run_statements(writes)
     return _Outcome(placed=PlacedOrder(order, applied.fills, created=True))
+
+
+def _value_row(values: list[Any]) -> PositionRow:
+    """A PositionRow for valuing only (`_VALUE_FIELDS`, in order): no labels."""
+    token_id, size, avg_price, cost_basis, last_mark, last_mark_at = values
+    return PositionRow(
+        token_id=token_id,
+        market_id="",
+        market_question="",
+        outcome="",
+        size=size,
+        avg_price=avg_price,
+        cost_basis=cost_basis,
+        last_mark=last_mark,
+        last_mark_at=last_mark_at,
+    )
+
+
+def _open_row(position: Position) -> list[PositionRow]:
+    """The position as the equity snapshot values it (nothing once it holds no shares)."""
+    if position.status != Position.Status.OPEN or position.size <= 0:
+        return []
+    return [_value_row([getattr(position, name) for name in _VALUE_FIELDS])]
 
 
 def _trading_day(account: Account, now: dt.datetime, tenant: Any = None) -> dt.date:
@@ -530,20 +774,37 @@ def _trading_day(account: Account, now: dt.datetime, tenant: Any = None) -> dt.d
     return trading_day(now, tenant.day_boundary_tz, tenant.day_boundary_time)
 
 
+def _marks_and_memories(
+    token_ids: list[str], keys: list[str]
+) -> tuple[dict[str, BookTop] | None, list[str] | None]:
+    """When the price bus and the depletion memory are both on Redis (settings.REDIS_URL
+    puts them on the same server): the live tops of `token_ids` and the raw depletion
+    records of `keys`, in ONE round trip. Elsewhere (None, None): each is read when used."""
+    bus, store = get_bus(), get_depletion_store()
+    if not (isinstance(bus, RedisBus) and isinstance(store, RedisDepletion)):
+        return None, None
+    tops, raws = bus.latest_many_live_and_get(token_ids, keys)
+    return tops, ["" if r is None else r.decode() for r in raws]
+
+
 def _walk_with_depletion(
     req: OrderRequest,
     crossing: list[tuple[Decimal, Decimal]],
     book_side: str,
     rate: Decimal,
     exponent: Decimal,
+    raws: list[str] | None = None,
 ) -> Walk | errors.DomainError:
     """Walk what depletion leaves of the crossing levels and take it atomically
-    (compare-and-set; re-walk if another order took from a level meanwhile)."""
+    (compare-and-set; re-walk if another order took from a level meanwhile). `raws`: the
+    levels' records as the caller just read them (the first walk's; re-walks read again)."""
     assert req.price is not None
     store = get_depletion_store()
     keys = [level_key(req.token_id, book_side, p) for p, _ in crossing]
+    published = [s for _, s in crossing]
     for _ in range(DEPLETION_ATTEMPTS):
-        mems = memories(store, keys, [s for _, s in crossing])
+        mems = memories_of(store.read(keys) if raws is None else raws, published)
+        raws = None
         levels = [(p, s, s - m.taken) for (p, s), m in zip(crossing, mems, strict=True)]
         walk = walk_book(
             side=req.side,
@@ -576,13 +837,17 @@ def _apply_fills(
     top: BookTop,
     rate: Decimal,
     now: dt.datetime,
+    previous: dict[str, Any],
 ) -> _Applied:
-    """Fills, ledger entries and the position for a walk's takes. Caller holds the lock."""
+    """Fills, ledger entries and the position for a walk's takes, in memory: the caller
+    inserts `applied.fills` and `applied.ledger` and writes `applied.position` (new when
+    it has no pk). `account.cash` and `last_fill_seq` move in memory. Caller holds the
+    lock; `previous` is fills_number's keyword for the last fill's time."""
     applied = _Applied()
     if not walk.takes:
         return applied
     if position is None:
-        position = Position.objects.create(
+        position = Position(
             account=account,
             epoch=account.epoch,
             token_id=order.token_id,
@@ -591,6 +856,7 @@ def _apply_fills(
             outcome=token.outcome,
             opened_at=now,
         )
+    applied.position = position
     vwap = walk.vwap
     assert vwap is not None
     vwap_q = vwap.quantize(PRICE_Q, rounding=ROUND_HALF_EVEN)
@@ -613,7 +879,7 @@ def _apply_fills(
         )
         fill = Fill(
             account=account,
-            seq=0,  # numbered by fills_append
+            seq=0,  # numbered by fills_number
             epoch=account.epoch,
             kind=Fill.Kind.FILL,
             order=order,
@@ -653,9 +919,8 @@ def _apply_fills(
         applied.fills.append(fill)
         applied.realized += realized
         applied.fees += take.fee
-    ledger_post_many(account=account, entries=entries)
-    fills_append(account=account, fills=applied.fills)
-    position.save()
+    applied.ledger = ledger_entries_build(account=account, entries=entries)
+    fills_number(account=account, fills=applied.fills, **previous)
     order.filled_size = walk.filled
     order.filled_notional = walk.notional
     order.fees_paid = walk.fees
@@ -663,9 +928,16 @@ def _apply_fills(
 
 
 def _finish_order(
-    account: Account, order: Order, walk: Walk, rate: Decimal, exponent: Decimal
-) -> None:
-    """Final status at entry, and the remainder's reservation if it rests."""
+    account: Account,
+    order: Order,
+    walk: Walk,
+    rate: Decimal,
+    exponent: Decimal,
+    position: Position | None,
+) -> bool:
+    """Final status at entry, and the remainder's reservation if it rests (in memory: the
+    caller inserts the order and writes the account and the position). True when it
+    reserved shares on `position`."""
     if order.amount is not None:
         done = walk.complete
         remaining = ZERO
@@ -673,6 +945,7 @@ def _finish_order(
         assert order.size is not None
         remaining = order.size - walk.filled
         done = remaining == 0
+    reserved_shares = False
     if done:
         target, reason = states.MATCHED, ""
     elif order.time_in_force in (Order.TimeInForce.FAK, Order.TimeInForce.FOK):
@@ -685,25 +958,12 @@ def _finish_order(
             )
             account.reserved_cash += order.reserved_cash
         else:
+            # A SELL only gets here holding the shares: its position was read locked.
+            assert position is not None
             order.reserved_shares = remaining
-            Position.objects.filter(
-                account=account, token_id=order.token_id, epoch=order.epoch
-            ).update(reserved_size=F("reserved_size") + remaining)
+            position.reserved_size += remaining
+            reserved_shares = True
     states.ensure_transition(order.status, target)
     order.status = target
     order.reason = reason
-    if order._state.adding:  # placed now: its one INSERT, in its final state
-        order.save(force_insert=True)
-        return
-    order.save(
-        update_fields=[
-            "status",
-            "reason",
-            "filled_size",
-            "filled_notional",
-            "fees_paid",
-            "reserved_cash",
-            "reserved_shares",
-            "updated_at",
-        ]
-    )
+    return reserved_shares

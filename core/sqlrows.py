@@ -1,0 +1,244 @@
+"""Fixed SQL for hot write paths: model rows in and out without the ORM's query building.
+
+Building an ORM query (compiling the SELECT, the INSERT of a bulk_create, an UPDATE of a
+queryset) costs more CPU than running it on a small indexed statement; the order placement
+path runs a dozen of them per order. These helpers keep the ORM's *values* semantics — every
+value written goes through its field's `get_db_prep_save` (so UUIDs, datetimes, decimals and
+JSON are stored exactly as the ORM stores them, on PostgreSQL and on SQLite), and values read
+go through core.db's converters — but the SQL text is built once per shape and cached.
+
+`run_statements` sends several statements in ONE round trip on PostgreSQL (psycopg's
+client-side binding cursor merges values into the text — `mogrify`, exactly what its
+`execute` does — and uses the simple query protocol, which takes a `;`-separated list; they
+run in order inside the caller's transaction and the first error aborts it, as separate
+statements would), and one by one elsewhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from decimal import Decimal
+from functools import cache
+from typing import Any, TypeVar
+
+from django.db import DEFAULT_DB_ALIAS, connection, connections, models
+from django.utils.dateparse import parse_date, parse_time
+
+from core.db import db_datetime, db_json, db_uuid
+
+M = TypeVar("M", bound=models.Model)
+Statement = tuple[str, list[Any]]
+
+
+# --- reading ----------------------------------------------------------------------------------
+def _decimal_converter(places: int | None) -> Callable[[Any], Any]:
+    quantum = Decimal(1).scaleb(-places) if places is not None else None
+
+    def convert(value: Any) -> Any:
+        if value is None or isinstance(value, Decimal):
+            return value  # PostgreSQL: numeric already, at the column's scale
+        # SQLite hands back int/float: through the shortest repr, at the field's places (as
+        # Django's own SQLite converter quantizes).
+        d = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
+        return d.quantize(quantum) if quantum is not None else d
+
+    return convert
+
+
+def _date(value: Any) -> Any:
+    return parse_date(value) if isinstance(value, str) else value
+
+
+def _time(value: Any) -> Any:
+    return parse_time(value) if isinstance(value, str) else value
+
+
+def _bool(value: Any) -> Any:
+    return value if value is None or isinstance(value, bool) else bool(value)
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def field_converter(field: models.Field[Any, Any]) -> Callable[[Any], Any]:
+    """A raw driver value of `field`'s column → what the ORM would put on the instance."""
+    if isinstance(field, models.ForeignKey):
+        return field_converter(field.target_field)
+    if isinstance(field, models.DecimalField):
+        return _decimal_converter(field.decimal_places)
+    if isinstance(field, models.UUIDField):
+        return db_uuid
+    if isinstance(field, models.DateTimeField):
+        return db_datetime
+    if isinstance(field, models.DateField):
+        return _date
+    if isinstance(field, models.TimeField):
+        return _time
+    if isinstance(field, models.JSONField):
+        return db_json
+    if isinstance(field, models.BooleanField):
+        return _bool
+    return _identity
+
+
+def _field(model: type[models.Model], name: str) -> models.Field[Any, Any]:
+    field = model._meta.get_field(name)
+    if not isinstance(field, models.Field):
+        raise ValueError(f"{model.__name__}.{name} is not a concrete field")
+    return field
+
+
+@cache
+def _read_shape(
+    model: type[models.Model], names: tuple[str, ...]
+) -> tuple[list[str], list[tuple[int, Callable[[Any], Any]]]]:
+    """The attnames of `names` in the model's field order (what `from_db` expects), and
+    for each of them its position in the row and its converter."""
+    opts = model._meta
+    wanted = {_field(model, n).attname: i for i, n in enumerate(names)}
+    if len(wanted) != len(names):
+        raise ValueError(f"duplicate fields in {names!r}")
+    attnames, plan = [], []
+    for f in opts.concrete_fields:
+        if f.attname in wanted:
+            attnames.append(f.attname)
+            plan.append((wanted.pop(f.attname), field_converter(f)))
+    if wanted:
+        raise ValueError(f"not concrete fields of {model.__name__}: {sorted(wanted)}")
+    return attnames, plan
+
+
+@cache
+def _converters(model: type[models.Model], names: tuple[str, ...]) -> list[Callable[[Any], Any]]:
+    return [field_converter(_field(model, n)) for n in names]
+
+
+def convert_row(
+    model: type[models.Model], names: tuple[str, ...], values: Sequence[Any]
+) -> list[Any]:
+    """The raw values of the columns of `names` (field names of `model`), converted as
+    `model_from_row` converts them, in the same order — for rows no instance is needed for."""
+    return [c(v) for c, v in zip(_converters(model, names), values, strict=True)]
+
+
+def model_from_row(model: type[M], names: tuple[str, ...], values: Sequence[Any]) -> M:
+    """An instance of `model` as the ORM would load it with `.only(*names)`: the listed
+    columns (`values`, in the order of `names`) converted, every other field deferred (read
+    on access). `names` are field names (`account`, not `account_id`)."""
+    attnames, plan = _read_shape(model, names)
+    if len(values) != len(plan):
+        raise ValueError(f"{len(values)} values for {len(plan)} fields")
+    return model.from_db(connection.alias, attnames, [convert(values[i]) for i, convert in plan])
+
+
+# --- writing ----------------------------------------------------------------------------------
+def _has_pre_save(field: models.Field[Any, Any]) -> bool:
+    """Whether the field computes its value on save (auto_now/auto_now_add date fields, or
+    any field class that overrides pre_save); the others save their attribute as is."""
+    if isinstance(field, models.DateField):
+        return bool(field.auto_now or field.auto_now_add)
+    return type(field).pre_save is not models.Field.pre_save
+
+
+@cache
+def _insert_shape(
+    model: type[models.Model], with_pk: bool
+) -> tuple[str, str, list[tuple[models.Field[Any, Any], str, bool]]]:
+    opts = model._meta
+    fields = [f for f in opts.concrete_fields if with_pk or not f.primary_key]
+    qn = connection.ops.quote_name
+    columns = ", ".join(qn(f.column) for f in fields)
+    row = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    plan = [(f, f.attname, _has_pre_save(f)) for f in fields]
+    return f"INSERT INTO {qn(opts.db_table)} ({columns}) VALUES ", row, plan
+
+
+def insert_objects(objs: Sequence[models.Model]) -> Statement:
+    """One multi-row INSERT of unsaved instances of one model, every concrete field as the
+    ORM's `bulk_create` would write it (`pre_save` for auto_now fields, then
+    `get_db_prep_save`). The primary key is written when the instances carry one (UUID
+    keys); auto-increment keys are left to the database and stay None on the instances.
+    Marks the instances saved (`_state.adding` False) — the caller executes the statement
+    in its transaction."""
+    model = type(objs[0])
+    with_pk = objs[0].pk is not None
+    prefix, row, plan = _insert_shape(model, with_pk)
+    conn = connections[DEFAULT_DB_ALIAS]  # the real one: the proxy costs a lookup per use
+    params: list[Any] = []
+    for obj in objs:
+        for f, attname, pre_save in plan:
+            value = f.pre_save(obj, True) if pre_save else getattr(obj, attname)
+            params.append(f.get_db_prep_save(value, conn))
+        obj._state.adding = False
+        obj._state.db = conn.alias
+    return prefix + ", ".join([row] * len(objs)), params
+
+
+@cache
+def _update_shape(model: type[models.Model], names: tuple[str, ...]) -> tuple[str, list[Any]]:
+    opts = model._meta
+    qn = connection.ops.quote_name
+    fields = [_field(model, n) for n in names]
+    sets = ", ".join(f"{qn(str(f.column))} = %s" for f in fields)
+    return f"UPDATE {qn(opts.db_table)} SET {sets} WHERE {qn(opts.pk.column)} = %s", fields
+
+
+def update_fields(model: type[models.Model], pk: Any, values: dict[str, Any]) -> Statement:
+    """UPDATE one row by primary key, setting `values` (field name → value) as the ORM's
+    `queryset.update` would store them."""
+    names = tuple(values)
+    sql, fields = _update_shape(model, names)
+    conn = connections[DEFAULT_DB_ALIAS]
+    params = [f.get_db_prep_save(values[f.name], conn) for f in fields]
+    params.append(model._meta.pk.get_db_prep_save(pk, conn))
+    return sql, params
+
+
+def run_statements(statements: Sequence[Statement]) -> None:
+    """Execute these writes in order, in ONE round trip on PostgreSQL (see the module
+    docstring), one by one on other databases. Runs inside the caller's transaction."""
+    if not statements:
+        return
+    with connection.cursor() as cursor:
+        if len(statements) > 1 and _multi_statement(cursor):
+            # Each statement merged with its values by the driver on its own (psycopg caches
+            # the parse of short statements; the joined text would be parsed every time),
+            # then the list sent as it is: no placeholders left to interpret.
+            mogrify = cursor.cursor.mogrify
+            cursor.execute(";\n".join(mogrify(sql, params) for sql, params in statements))
+            return
+        for sql, params in statements:
+            cursor.execute(sql, params)
+
+
+def fetch_statements(statements: Sequence[Statement]) -> list[list[tuple[Any, ...]]]:
+    """The rows of each of these SELECTs, in ONE round trip on PostgreSQL (as
+    `run_statements`; the driver hands back one result per statement), one by one
+    elsewhere."""
+    out: list[list[tuple[Any, ...]]] = []
+    with connection.cursor() as cursor:
+        if len(statements) > 1 and _multi_statement(cursor):
+            mogrify = cursor.cursor.mogrify
+            cursor.execute(";\n".join(mogrify(sql, params) for sql, params in statements))
+            out.append(cursor.fetchall())
+            while cursor.nextset():
+                out.append(cursor.fetchall())
+            if len(out) != len(statements):
+                raise AssertionError(f"{len(out)} results for {len(statements)} statements")
+            return out
+        for sql, params in statements:
+            cursor.execute(sql, params)
+            out.append(cursor.fetchall())
+    return out
+
+
+def _multi_statement(cursor: Any) -> bool:
+    """Whether this cursor sends a `;`-separated list in one round trip: psycopg's
+    client-side binding cursor (Django's default on PostgreSQL) does; server-side binding
+    (OPTIONS server_side_binding) and other drivers do not."""
+    if connection.vendor != "postgresql":
+        return False
+    from psycopg import ClientCursor
+
+    return isinstance(cursor.cursor, ClientCursor)

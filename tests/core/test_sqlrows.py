@@ -1,0 +1,191 @@
+"""core.sqlrows: fixed-SQL rows in and out must store and load exactly what the ORM does, on
+the configured backend (SQLite here by default, PostgreSQL in CI), and several writes go in
+one round trip on PostgreSQL."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from decimal import Decimal
+
+import pytest
+from django.db import IntegrityError, connection, transaction
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from accounts.models import Account, LedgerEntry, Position
+from core.sqlrows import (
+    convert_row,
+    fetch_statements,
+    insert_objects,
+    model_from_row,
+    run_statements,
+    update_fields,
+)
+from tests.trading.conftest import open_account
+from trading.models import Fill, Order
+
+pytestmark = pytest.mark.django_db
+
+
+def _order(account: Account, **kw) -> Order:
+    fields = {
+        "account": account,
+        "epoch": 0,
+        "token_id": "tok",
+        "market_id": "0xm",
+        "side": "BUY",
+        "type": "limit",
+        "time_in_force": "GTD",
+        "price": Decimal("0.55"),
+        "size": Decimal("12.34"),
+        "expiration": timezone.now() + dt.timedelta(hours=1),
+        "post_only": True,
+        "client_order_id": "c-1",
+        "status": "live",
+        "reserved_cash": Decimal("6.787000"),
+        "queue_ahead": Decimal("100.5"),
+    }
+    fields.update(kw)
+    return Order(**fields)
+
+
+def _fill(account: Account, order: Order, n: int) -> Fill:
+    return Fill(
+        account=account,
+        seq=n,
+        epoch=0,
+        order=order,
+        token_id="tok",
+        market_id="0xm",
+        market_question="Will it? 100% 'quoted' %s",
+        outcome="Yes",
+        side="BUY",
+        price=Decimal("0.51"),
+        size=Decimal("3.333333"),
+        notional=Decimal("1.699999"),
+        fee=Decimal("0.01"),
+        fee_rate_bps=Decimal("200.0000"),
+        liquidity="taker",
+        realized_pnl=Decimal("-0.01"),
+        price_source="book",
+        book_as_of=timezone.now() - dt.timedelta(seconds=1),
+        book_hash="h",
+        levels=[["0.51", "3.333333"], {"k": None}],
+        vwap=Decimal("0.51"),
+        mid_gap=None,
+        trigger_key=f"t:{uuid.uuid4()}:{n}",
+    )
+
+
+def _same_fields(got, expected) -> None:
+    for f in type(expected)._meta.concrete_fields:
+        assert getattr(got, f.attname) == getattr(expected, f.attname), f.name
+
+
+def test_inserted_rows_read_back_through_the_orm_as_written():
+    account = open_account("100")
+    order = _order(account)
+    fills = [_fill(account, order, 1), _fill(account, order, 2)]
+    position = Position(account=account, epoch=0, token_id="tok", market_id="0xm", size=1)
+    with transaction.atomic():
+        run_statements([insert_objects([order]), insert_objects(fills), insert_objects([position])])
+    assert not order._state.adding and all(not f._state.adding for f in fills)
+    assert order.updated_at is not None  # auto_now filled in, as save() does
+    _same_fields(Order.objects.get(pk=order.pk), order)
+    for fill in fills:
+        _same_fields(Fill.objects.get(pk=fill.pk), fill)
+    stored = Position.objects.get(account=account, token_id="tok")
+    assert position.pk is None  # auto-increment keys are the database's
+    assert stored.size == 1 and stored.status == Position.Status.OPEN
+
+
+def test_model_from_row_loads_what_the_orm_loads_and_defers_the_rest():
+    account = open_account("250.5")
+    Account.objects.filter(pk=account.pk).update(
+        last_trading_day=dt.date(2026, 5, 6),
+        max_drawdown_pct=Decimal("12.3456"),
+        rules={"a": [1, "2"]},
+    )
+    expected = Account.objects.get(pk=account.pk)
+    names = tuple(f.name for f in Account._meta.concrete_fields)
+    columns = ", ".join(Account._meta.get_field(n).column for n in names)
+    key = account.pk if connection.vendor == "postgresql" else account.pk.hex
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {columns} FROM accounts_account WHERE id = %s", [key])
+        row = cursor.fetchone()
+    got = model_from_row(Account, names, row)
+    _same_fields(got, expected)
+    assert got.max_drawdown_pct.as_tuple().exponent == -4  # the field's places, as the ORM
+    assert not got._state.adding and got.get_deferred_fields() == set()
+    # Listed in any order: values follow `names`, the rest is deferred.
+    partial = model_from_row(
+        Account, ("cash", "id", "epoch"), (row[names.index("cash")], row[0], 7)
+    )
+    assert partial.pk == account.pk and partial.cash == expected.cash and partial.epoch == 7
+    assert "status" in partial.get_deferred_fields()
+    assert partial.status == expected.status  # loads on access
+    assert convert_row(
+        Account, ("cash", "last_trading_day"), (row[names.index("cash")], "2026-05-06")
+    ) == [
+        expected.cash,
+        dt.date(2026, 5, 6),
+    ]
+
+
+def test_update_fields_sets_only_the_named_columns():
+    account = open_account("100")
+    now = timezone.now()
+    with transaction.atomic():
+        run_statements(
+            [
+                update_fields(
+                    Account, account.pk, {"reserved_cash": Decimal("1.5"), "updated_at": now}
+                )
+            ]
+        )
+    fresh = Account.objects.get(pk=account.pk)
+    assert fresh.reserved_cash == Decimal("1.5") and fresh.updated_at == now
+    assert fresh.cash == account.cash
+
+
+def test_run_statements_one_round_trip_on_postgres_and_all_or_nothing():
+    account = open_account("100")
+    entries = [
+        LedgerEntry(account=account, epoch=0, kind="TRADE", amount=-1, balance_after=99, memo="50%")
+    ]
+    statements = [
+        insert_objects(entries),
+        update_fields(Account, account.pk, {"cash": Decimal("99")}),
+    ]
+    with CaptureQueriesContext(connection) as ctx, transaction.atomic():
+        run_statements(statements)
+    writes = [q for q in ctx.captured_queries if not q["sql"].startswith(("BEGIN", "SAVEPOINT"))]
+    writes = [q for q in writes if "RELEASE" not in q["sql"] and q["sql"] != "COMMIT"]
+    assert len(writes) == (1 if connection.vendor == "postgresql" else 2)
+    assert Account.objects.get(pk=account.pk).cash == 99
+    assert LedgerEntry.objects.get(account=account, kind="TRADE").memo == "50%"
+
+    bad = [
+        update_fields(Account, account.pk, {"cash": Decimal("98")}),
+        update_fields(Account, account.pk, {"reserved_cash": Decimal("1000")}),  # > cash
+    ]
+    with pytest.raises(IntegrityError), transaction.atomic():
+        run_statements(bad)
+    assert Account.objects.get(pk=account.pk).cash == 99  # the first write went too
+
+
+def test_fetch_statements_returns_each_result_in_one_round_trip_on_postgres():
+    account = open_account("100")
+    key = account.pk if connection.vendor == "postgresql" else account.pk.hex
+    statements = [
+        ("SELECT cash FROM accounts_account WHERE id = %s", [key]),
+        ("SELECT id FROM accounts_account WHERE id = %s", ["0" * 32]),  # no row
+        ("SELECT kind, memo FROM accounts_ledgerentry WHERE account_id = %s ORDER BY id", [key]),
+    ]
+    with CaptureQueriesContext(connection) as ctx:
+        cash, missing, ledger = fetch_statements(statements)
+    assert len(ctx.captured_queries) == (1 if connection.vendor == "postgresql" else 3)
+    assert [Decimal(str(c)) for (c,) in cash] == [Decimal("100")]
+    assert missing == []
+    assert ledger == [("INITIAL_DEPOSIT", "")]
