@@ -205,8 +205,7 @@ def run_statements(statements: Sequence[Statement]) -> None:
             # Each statement merged with its values by the driver on its own (psycopg caches
             # the parse of short statements; the joined text would be parsed every time),
             # then the list sent as it is: no placeholders left to interpret.
-            mogrify = cursor.cursor.mogrify
-            cursor.execute(";\n".join(mogrify(sql, params) for sql, params in statements))
+            cursor.execute(_merged(cursor, statements))
             return
         for sql, params in statements:
             cursor.execute(sql, params)
@@ -219,8 +218,7 @@ def fetch_statements(statements: Sequence[Statement]) -> list[list[tuple[Any, ..
     out: list[list[tuple[Any, ...]]] = []
     with connection.cursor() as cursor:
         if len(statements) > 1 and _multi_statement(cursor):
-            mogrify = cursor.cursor.mogrify
-            cursor.execute(";\n".join(mogrify(sql, params) for sql, params in statements))
+            cursor.execute(_merged(cursor, statements))
             out.append(cursor.fetchall())
             while cursor.nextset():
                 out.append(cursor.fetchall())
@@ -231,6 +229,15 @@ def fetch_statements(statements: Sequence[Statement]) -> list[list[tuple[Any, ..
             cursor.execute(sql, params)
             out.append(cursor.fetchall())
     return out
+
+
+def _merged(cursor: Any, statements: Sequence[Statement]) -> str:
+    """The statements as one `;`-separated text, each merged with its values by psycopg
+    itself (`mogrify`: exactly what `execute` would send); a value it cannot adapt is a
+    Django DatabaseError, as from `execute`."""
+    mogrify = cursor.cursor.mogrify
+    with connection.wrap_database_errors:
+        return ";\n".join(mogrify(sql, params) for sql, params in statements)
 
 
 def _multi_statement(cursor: Any) -> bool:

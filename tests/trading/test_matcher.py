@@ -445,9 +445,9 @@ def test_fill_rows_when_statements_run_one_by_one(book, monkeypatch):
     # PostgreSQL sends a fill's reads, and its writes, as one multi-statement query each;
     # with server-side binding (and on SQLite) they run one by one. Both write the same
     # rows — including text that looks like placeholders or needs quoting.
-    from trading.services import matching
+    from core import sqlrows
 
-    monkeypatch.setattr(matching, "_one_round_trip", lambda cursor: False)
+    monkeypatch.setattr(sqlrows, "_multi_statement", lambda cursor: False)
     _m, yes, _ = make_market(question="50% 'odds' %s or %(x)s?")
     publish_book(yes.token_id, bids=[("0.48", "100")], asks=[("0.52", "100")])
     account = open_account("100")

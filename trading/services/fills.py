@@ -87,27 +87,30 @@ def fills_number(
     account.last_fill_seq += len(fills)
 
 
+def open_position_rows(positions: Iterable[Position]) -> list[PositionRow]:
+    """The rows `trading.selectors.open_positions` would value (open, with shares), from
+    instances the caller holds (and has just changed) under the account row lock."""
+    return [
+        PositionRow(
+            token_id=p.token_id,
+            market_id=p.market_id,
+            market_question=p.market_question,
+            outcome=p.outcome,
+            size=p.size,
+            avg_price=p.avg_price,
+            cost_basis=p.cost_basis,
+            last_mark=p.last_mark,
+            last_mark_at=p.last_mark_at,
+        )
+        for p in positions
+        if p.status == Position.Status.OPEN and p.size > 0
+    ]
+
+
 def open_positions_value(positions: Iterable[Position]) -> Decimal:
     """The market value of these positions that are open with shares, at their live marks —
-    exactly as `trading.selectors.open_positions` values the same rows, from instances the
-    caller holds (and has just changed) under the account row lock: ONE bus read."""
-    return positions_value(
-        [
-            PositionRow(
-                token_id=p.token_id,
-                market_id=p.market_id,
-                market_question=p.market_question,
-                outcome=p.outcome,
-                size=p.size,
-                avg_price=p.avg_price,
-                cost_basis=p.cost_basis,
-                last_mark=p.last_mark,
-                last_mark_at=p.last_mark_at,
-            )
-            for p in positions
-            if p.status == Position.Status.OPEN and p.size > 0
-        ]
-    )
+    exactly as `trading.selectors.open_positions` values the same rows: ONE bus read."""
+    return positions_value(open_position_rows(positions))
 
 
 def positions_value(

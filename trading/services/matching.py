@@ -45,6 +45,7 @@ from core import errors
 from core.clock import trading_day
 from core.db import db_datetime, db_decimal, db_json, db_param_uuid, db_uuid, retry_on_conflict
 from core.money import CASH_QUANTUM, ZERO, cash, pct
+from core.sqlrows import fetch_statements, run_statements
 from marketdata import states as market_states
 from marketdata.bus import BookTop, TradePrint, get_bus
 from marketdata.models import Market, Token
@@ -53,8 +54,7 @@ from trading import states
 from trading.depletion import Take, get_depletion_store, level_key, memories
 from trading.fillmodel import crosses, walk_book
 from trading.models import Fill, Order, Side
-from trading.selectors import MarkedPosition, PositionRow, position_mark
-from trading.services.fills import position_apply
+from trading.services.fills import open_position_rows, position_apply, positions_value
 
 PRICE_Q = Decimal("0.000001")
 DEPLETION_ATTEMPTS = 16
@@ -264,46 +264,6 @@ def _writes() -> dict[str, str]:
     }
 
 
-def _one_round_trip(cursor: Any) -> bool:
-    """Whether this cursor runs several statements in one execute: psycopg's client-side
-    binding cursor (Django's default on PostgreSQL; not with `server_side_binding`)."""
-    if connection.vendor != "postgresql":
-        return False
-    import psycopg
-
-    return isinstance(getattr(cursor, "cursor", None), psycopg.ClientCursor)
-
-
-def _run(statements: list[tuple[str, list[Any]]], *, rows: bool) -> list[list[tuple[Any, ...]]]:
-    """Execute `statements` in order, in the current transaction; with `rows` (all of them
-    SELECTs), each one's rows. On PostgreSQL in ONE round trip (several statements in one
-    simple-protocol query: measured cheaper in CPU than psycopg's pipeline mode, which
-    costs a cursor and a result per statement); otherwise one by one."""
-    out: list[list[tuple[Any, ...]]] = []
-    with connection.cursor() as cursor:
-        if _one_round_trip(cursor):
-            raw = cursor.cursor
-            # Each statement merged with its values by psycopg itself (`mogrify`: exactly what
-            # `execute` sends), so that its parsed form is cached per statement: psycopg
-            # caches none for a query of more than 50 parameters, and re-parsing the
-            # joined writes (77) cost more than all the rest of the round trip.
-            with connection.wrap_database_errors:
-                merged = ";\n".join(raw.mogrify(sql, params) for sql, params in statements)
-            cursor.execute(merged)  # no parameters: the text is sent as it is
-            if rows:
-                with connection.wrap_database_errors:
-                    for n in range(len(statements)):
-                        if n:
-                            raw.nextset()
-                        out.append(raw.fetchall())
-            return out
-        for sql, params in statements:
-            cursor.execute(sql, params)
-            if rows:
-                out.append(cursor.fetchall())
-        return out
-
-
 def _params(*values: Any) -> list[Any]:
     """Python values as this connection's driver takes them for the fixed SQL: PostgreSQL as
     they are; SQLite naive-UTC datetime text and UUID hex, as the ORM writes them."""
@@ -330,13 +290,12 @@ def _locked(order_id: Any, account_id: Any, trigger_key: str) -> _Locked | Maker
         order_key = db_param_uuid(uuid.UUID(str(order_id)))
     except ValueError:
         return MakerResult("gone", ZERO, ZERO, ZERO)
-    accounts, orders, position_rows = _run(
+    accounts, orders, position_rows = fetch_statements(
         [
             (account_sql, [account_key]),
             (order_sql, [trigger_key, order_key, account_key]),
             (positions_sql, [account_key, order_key, order_key, Position.Status.OPEN]),
-        ],
-        rows=True,
+        ]
     )
     if not accounts or not orders:
         return MakerResult("gone", ZERO, ZERO, ZERO)
@@ -473,7 +432,7 @@ def order_fill_maker_trade(
     if take <= 0:
         if at_price:  # the queue advance alone (a fill writes it with the order's update)
             queue = _params(order.queue_ahead, order.queue_trigger, order.pk)
-            _run([(_writes()["order_queue"], queue)], rows=False)
+            run_statements([(_writes()["order_queue"], queue)])
         return MakerResult("none", ZERO, remaining, order.queue_ahead)
     fill_id = _apply(
         got,
@@ -615,8 +574,13 @@ def _apply(
         account.trading_days += 1
         account.last_trading_day = day
     # The equity snapshot (equity_snapshot_record's rules).
-    positions_value = _positions_value(positions)
-    equity = account.cash + positions_value
+    # A mark's price does not depend on whether its book is live (only its label does), so
+    # the tops are read with one MGET, without the feed heartbeats `latest_many_live` adds.
+    rows = open_position_rows(positions)
+    marked_value = positions_value(
+        rows, get_bus().latest_many([r.token_id for r in rows]) if rows else {}
+    )
+    equity = account.cash + marked_value
     hwm = max(account.high_water_mark, equity)
     drawdown = hwm - equity
     account.high_water_mark = hwm
@@ -626,7 +590,7 @@ def _apply(
 
     sql = _writes()
     p = position
-    _run(
+    run_statements(
         [
             (
                 (sql["position_insert"], _params(
@@ -650,7 +614,7 @@ def _apply(
                 order.reserved_shares, order.queue_ahead, order.queue_trigger, now, order.pk,
             )),
             (sql["snapshot"], _params(
-                account.pk, account.epoch, now, equity, account.cash, positions_value,
+                account.pk, account.epoch, now, equity, account.cash, marked_value,
             )),
             (sql["account"], _params(
                 account.cash, account.reserved_cash, account.realized_pnl,
@@ -658,39 +622,9 @@ def _apply(
                 account.high_water_mark, account.max_drawdown, account.max_drawdown_pct, now,
                 account.pk,
             )),
-        ],
-        rows=False,
+        ]
     )  # fmt: skip
     return fill_id
-
-
-def _positions_value(positions: list[Position]) -> Decimal:
-    """The open positions' market value at their marks, exactly as
-    `trading.selectors.open_positions` values them (same rows: open with shares). A mark's
-    price does not depend on whether its book is live (only its label does), so the tops are
-    read with one MGET, without the feed heartbeats `latest_many_live` adds."""
-    rows = [
-        PositionRow(
-            token_id=p.token_id,
-            market_id=p.market_id,
-            market_question=p.market_question,
-            outcome=p.outcome,
-            size=p.size,
-            avg_price=p.avg_price,
-            cost_basis=p.cost_basis,
-            last_mark=p.last_mark,
-            last_mark_at=p.last_mark_at,
-        )
-        for p in positions
-        if p.status == Position.Status.OPEN and p.size > 0
-    ]
-    if not rows:
-        return ZERO
-    tops = get_bus().latest_many([r.token_id for r in rows])
-    return sum(
-        (MarkedPosition(r, position_mark(r, tops.get(r.token_id))).market_value for r in rows),
-        ZERO,
-    )
 
 
 def _trading_day(account: Account, now: dt.datetime) -> dt.date:
