@@ -634,6 +634,23 @@ static PyObject *inst_get(PyObject *obj, PyObject *d, PyObject *name) {
 /* obj.<name> += delta for an int attribute of the FeedStats dataclass. */
 static int add_attr(PyObject *obj, PyObject *d, PyObject *name, Py_ssize_t delta) {
     if (delta == 0) return 0;
+    if (d) { /* the usual case: an exact int in the instance dict, replaced in place */
+        PyObject *cur = PyDict_GetItemWithError(d, name); /* borrowed */
+        if (cur && PyLong_CheckExact(cur)) {
+            Py_ssize_t x = PyLong_AsSsize_t(cur);
+            if (!(x == -1 && PyErr_Occurred()) && x <= PY_SSIZE_T_MAX - delta) {
+                PyObject *sum = PyLong_FromSsize_t(x + delta);
+                if (!sum) return -1;
+                int r = PyDict_SetItem(d, name, sum);
+                Py_DECREF(sum);
+                return r;
+            }
+        }
+        if (PyErr_Occurred()) {
+            if (!PyErr_ExceptionMatches(PyExc_OverflowError)) return -1;
+            PyErr_Clear();
+        }
+    }
     PyObject *v = inst_get(obj, d, name);
     if (!v) return -1;
     PyObject *sum;
@@ -663,6 +680,24 @@ static int dict_incr(PyObject *dict, PyObject *key) {
     if (v == NULL) {
         if (PyErr_Occurred()) return -1;
         sum = PyLong_FromLong(1);
+    } else if (PyLong_CheckExact(v)) {
+        Py_ssize_t x = PyLong_AsSsize_t(v);
+        if (x == -1 && PyErr_Occurred()) {
+            if (!PyErr_ExceptionMatches(PyExc_OverflowError)) return -1;
+            PyErr_Clear();
+            PyObject *one = PyLong_FromLong(1);
+            if (!one) return -1;
+            sum = PyNumber_Add(v, one);
+            Py_DECREF(one);
+        } else {
+            sum = x < PY_SSIZE_T_MAX ? PyLong_FromSsize_t(x + 1) : NULL;
+            if (!sum && !PyErr_Occurred()) {
+                PyObject *one = PyLong_FromLong(1);
+                if (!one) return -1;
+                sum = PyNumber_Add(v, one);
+                Py_DECREF(one);
+            }
+        }
     } else {
         PyObject *one = PyLong_FromLong(1);
         if (!one) return -1;
@@ -809,9 +844,6 @@ typedef struct {
     Py_ssize_t shards, shard;
     char *key;
     Py_ssize_t key_n;
-    PyObject *bid, *ask; /* ms: ,"mid":..,"spread":.. of that best bid and ask */
-    char ms[96];
-    Py_ssize_t ms_n;
 } top_cache_t;
 
 typedef struct {
@@ -1038,12 +1070,10 @@ static void top_cache_clear(top_cache_t *tc) {
     Py_CLEAR(tc->market);
     Py_CLEAR(tc->token);
     Py_CLEAR(tc->key_prefix);
-    Py_CLEAR(tc->bid);
-    Py_CLEAR(tc->ask);
     PyMem_Free(tc->head);
     PyMem_Free(tc->key);
     tc->head = tc->key = NULL;
-    tc->head_n = tc->key_n = tc->ms_n = 0;
+    tc->head_n = tc->key_n = 0;
 }
 
 static void Levels_dealloc(LevelsObject *self) {
@@ -1653,6 +1683,23 @@ static inline void cache_ref(PyObject **slot, PyObject *obj) {
     Py_XSETREF(*slot, obj);
 }
 
+/* ,"mid":..,"spread":.. by (best bid, best ask) str objects: the same few pairs recur all
+ * day (bus.mid_spread caches them in Python too). Direct-mapped; each slot holds strong
+ * references to its pair, so an identical pointer is the identical (immutable) text. */
+#define MS_SLOTS 1024
+typedef struct {
+    PyObject *bid, *ask;
+    uint8_t n; /* 0: empty */
+    char text[47];
+} ms_slot_t;
+static ms_slot_t g_ms[MS_SLOTS];
+
+static inline ms_slot_t *ms_slot(PyObject *bid, PyObject *ask) {
+    uint64_t h = ((uint64_t)(uintptr_t)bid >> 4) * 0x9E3779B97F4A7C15ULL ^
+                 ((uint64_t)(uintptr_t)ask >> 4);
+    return &g_ms[(h ^ (h >> 29)) & (MS_SLOTS - 1)];
+}
+
 /* The best `count` levels of a C-held side as the bus writes them, from the side's cached
  * copy when nothing among them changed since it was made (side_touched). */
 static int put_core_top(buf_t *b, side_t *s, int bid, Py_ssize_t depth) {
@@ -1731,17 +1778,18 @@ static int encode_top_into(buf_t *b, PyObject *book, PyObject *fresh, PyObject *
     int mid_done = 0;
     top_cache_t *tc = core ? &core->tc : NULL;
     if (nb && na) {
-        if (tc && tc->ms_n && tc->bid == best_bid && tc->ask == best_ask) {
-            if (buf_put(&tail, tc->ms, tc->ms_n) < 0) goto done;
+        ms_slot_t *slot = ms_slot(best_bid, best_ask);
+        if (slot->n && slot->bid == best_bid && slot->ask == best_ask) {
+            if (buf_put(&tail, slot->text, slot->n) < 0) goto done;
             mid_done = 1;
         } else {
             mid_done = put_mid_spread(&tail, best_bid, best_ask);
             if (mid_done < 0) goto done;
-            if (tc && mid_done && tail.n <= (Py_ssize_t)sizeof tc->ms) {
-                memcpy(tc->ms, tail.p, (size_t)tail.n);
-                tc->ms_n = tail.n;
-                cache_ref(&tc->bid, best_bid);
-                cache_ref(&tc->ask, best_ask);
+            if (mid_done && tail.n <= (Py_ssize_t)sizeof slot->text) {
+                memcpy(slot->text, tail.p, (size_t)tail.n);
+                slot->n = (uint8_t)tail.n;
+                cache_ref(&slot->bid, best_bid);
+                cache_ref(&slot->ask, best_ask);
             }
         }
     }
@@ -2168,6 +2216,83 @@ static int token_key(buf_t *b, top_cache_t *tc, PyObject *token, PyObject *prefi
     return 0;
 }
 
+/* encode_pack's working buffers, kept from one flush to the next (a flush writes about 1 KB
+ * per top: fresh buffers of that size would be fresh pages from the kernel every time). Not
+ * re-entrant: a call that finds them in use (another thread ran Python code of ours in the
+ * middle of a flush) works on buffers of its own. */
+typedef struct {
+    buf_t mset, top;
+    buf_t *shard; /* n_shard heap buffers (never their inline storage: the array moves) */
+    Py_ssize_t n_shard;
+} pack_bufs_t;
+static pack_bufs_t g_pack;
+static int g_pack_busy = 0;
+#define PACK_KEEP_MAX (16 << 20) /* a buffer grown past this is freed after the flush */
+
+static void pack_bufs_init(pack_bufs_t *pb) {
+    buf_init(&pb->mset);
+    buf_init(&pb->top);
+    pb->shard = NULL;
+    pb->n_shard = 0;
+}
+
+static void pack_bufs_free(pack_bufs_t *pb) {
+    buf_free(&pb->mset);
+    buf_free(&pb->top);
+    for (Py_ssize_t k = 0; k < pb->n_shard; k++) PyMem_Free(pb->shard[k].p);
+    PyMem_Free(pb->shard);
+    pack_bufs_init(pb);
+}
+
+/* Ready for a flush with n_shards shards: every buffer empty. */
+static int pack_bufs_ready(pack_bufs_t *pb, Py_ssize_t n_shards) {
+    pb->mset.n = pb->top.n = 0;
+    if (n_shards > pb->n_shard) {
+        buf_t *s = PyMem_Realloc(pb->shard, sizeof(buf_t) * (size_t)n_shards);
+        if (!s) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        for (Py_ssize_t k = pb->n_shard; k < n_shards; k++) {
+            s[k].p = NULL;
+            s[k].n = s[k].cap = 0;
+        }
+        pb->shard = s;
+        pb->n_shard = n_shards;
+    }
+    for (Py_ssize_t k = 0; k < n_shards; k++) pb->shard[k].n = 0;
+    return 0;
+}
+
+/* Room for `extra` more bytes in a shard buffer (heap only: see pack_bufs_t). */
+static int shard_reserve(buf_t *b, Py_ssize_t extra) {
+    if (b->n + extra <= b->cap) return 0;
+    Py_ssize_t cap = b->cap ? b->cap * 2 : 4096;
+    while (cap < b->n + extra) cap *= 2;
+    char *p = PyMem_Realloc(b->p, (size_t)cap);
+    if (!p) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    b->p = p;
+    b->cap = cap;
+    return 0;
+}
+
+/* After a flush: drop what grew too big to keep. */
+static void pack_bufs_trim(pack_bufs_t *pb) {
+    int big = pb->mset.cap > PACK_KEEP_MAX || pb->top.cap > PACK_KEEP_MAX;
+    for (Py_ssize_t k = 0; k < pb->n_shard; k++) big |= pb->shard[k].cap > PACK_KEEP_MAX;
+    if (big) pack_bufs_free(pb);
+}
+
+/* The RESP length line's size (<lead><n>\r\n). */
+static Py_ssize_t resp_len_size(Py_ssize_t n) {
+    Py_ssize_t d = 1;
+    for (size_t v = (size_t)n; v >= 10; v /= 10) d++;
+    return d + 3;
+}
+
 /* encode_pack(tokens, books, live, meta, depth, published_at, mid_spread, fallback, n_shards,
  *             maxlen, book_prefix, stream_prefix) -> (payload, replies, tops)
  * encode_tops followed by pack_publish, byte for byte, in one pass and without a bytes
@@ -2202,18 +2327,22 @@ static PyObject *encode_pack(PyObject *self, PyObject *const *args, Py_ssize_t n
     Py_ssize_t pan = int_text(pa, published_at);
 
     PyObject *result = NULL, *it = NULL, *token = NULL, *seen = NULL;
-    buf_t mset, top, *shard_buf = PyMem_Calloc((size_t)n_shards, sizeof(buf_t));
+    pack_bufs_t own, *pb = &g_pack;
+    int shared = !g_pack_busy;
+    if (shared) {
+        g_pack_busy = 1;
+    } else {
+        pb = &own;
+        pack_bufs_init(pb);
+    }
     Py_ssize_t *order = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)n_shards);
     Py_ssize_t tops = 0, shards_seen = 0;
-    buf_init(&mset);
-    buf_init(&top);
-    if (!shard_buf || !order) {
-        PyMem_Free(shard_buf);
-        shard_buf = NULL;
+    if (!order) {
         PyErr_NoMemory();
         goto done;
     }
-    for (Py_ssize_t k = 0; k < n_shards; k++) buf_init(&shard_buf[k]);
+    if (pack_bufs_ready(pb, n_shards) < 0) goto done;
+    buf_t *mset = &pb->mset, *top = &pb->top;
     if (!PyAnySet_Check(tokens) && !(seen = PySet_New(NULL))) goto done;
     if (!(it = PyObject_GetIter(tokens))) goto done;
     while ((token = PyIter_Next(it))) {
@@ -2254,8 +2383,8 @@ static PyObject *encode_pack(PyObject *self, PyObject *const *args, Py_ssize_t n
         int fresh = PySequence_Contains(live, token);
         if (fresh < 0) goto next;
         PyObject *f = fresh ? Py_True : Py_False;
-        top.n = 0;
-        r = encode_top_into(&top, book, f, side, depth, pa, pan, mid_spread);
+        top->n = 0;
+        r = encode_top_into(top, book, f, side, depth, pa, pan, mid_spread);
         if (r < 0) goto next;
         if (r == 0) {
             PyObject *blob =
@@ -2266,24 +2395,25 @@ static PyObject *encode_pack(PyObject *self, PyObject *const *args, Py_ssize_t n
                 PyErr_SetString(PyExc_TypeError, "fallback must return bytes");
                 goto next;
             }
-            r = buf_put(&top, PyBytes_AS_STRING(blob), PyBytes_GET_SIZE(blob));
+            r = buf_put(top, PyBytes_AS_STRING(blob), PyBytes_GET_SIZE(blob));
             Py_DECREF(blob);
             if (r < 0) goto next;
         }
         Py_ssize_t shard;
         LevelsObject *core = core_of(book);
-        if (token_key(&mset, core ? &core->tc : NULL, token, book_prefix, n_shards, &shard) < 0)
+        if (token_key(mset, core ? &core->tc : NULL, token, book_prefix, n_shards, &shard) < 0)
             goto next;
-        if (put_resp_len(&mset, '$', top.n) < 0 || buf_put(&mset, top.p, top.n) < 0 ||
-            BUF_LIT(&mset, "\r\n") < 0)
+        if (put_resp_len(mset, '$', top->n) < 0 || buf_put(mset, top->p, top->n) < 0 ||
+            BUF_LIT(mset, "\r\n") < 0)
             goto next;
-        buf_t *sb = &shard_buf[shard];
-        if (sb->n) {
-            if (BUF_LIT(sb, "\n") < 0) goto next;
-        } else {
+        buf_t *sb = &pb->shard[shard];
+        if (shard_reserve(sb, top->n + 1) < 0) goto next;
+        if (sb->n)
+            sb->p[sb->n++] = '\n';
+        else
             order[shards_seen++] = shard;
-        }
-        if (buf_put(sb, top.p, top.n) < 0) goto next;
+        memcpy(sb->p + sb->n, top->p, (size_t)top->n);
+        sb->n += top->n;
         tops++;
         ok = 1;
     next:
@@ -2298,45 +2428,83 @@ static PyObject *encode_pack(PyObject *self, PyObject *const *args, Py_ssize_t n
         goto done;
     }
     {
-        /* MSET, then one XADD per shard in order of first appearance (pack_publish). */
-        char cap[32], head[64];
+        /* MSET, then one XADD per shard in order of first appearance (pack_publish), written
+         * straight into the payload: its size is counted first, and the writer below never
+         * goes past it (a miscount is an error, not an overflow). */
+#define XADD_HEAD "*8\r\n$4\r\nXADD\r\n"
+#define XADD_MAXLEN "$6\r\nMAXLEN\r\n$1\r\n~\r\n"
+#define XADD_TOPS "$1\r\n*\r\n$4\r\ntops\r\n"
+#define LIT_LEN(lit) ((Py_ssize_t)(sizeof(lit) - 1))
+        char cap[32], stream[160];
         int capn = snprintf(cap, sizeof cap, "%lld", maxlen);
-        buf_t out;
-        buf_init(&out);
-        int h = snprintf(head, sizeof head, "*%zd\r\n$4\r\nMSET\r\n", 1 + 2 * tops);
-        int fail = buf_reserve(&out, mset.n + h + 256 * shards_seen) < 0 ||
-                   buf_put(&out, head, h) < 0 || buf_put(&out, mset.p, mset.n) < 0;
-        for (Py_ssize_t k = 0; !fail && k < shards_seen; k++) {
+        Py_ssize_t spn = PyBytes_GET_SIZE(stream_prefix);
+        Py_ssize_t total = resp_len_size(1 + 2 * tops) + LIT_LEN("$4\r\nMSET\r\n") + mset->n;
+        for (Py_ssize_t k = 0; k < shards_seen; k++) {
+            Py_ssize_t sn = spn + resp_len_size(order[k]) - 3; /* prefix + the shard's digits */
+            Py_ssize_t body = pb->shard[order[k]].n;
+            total += LIT_LEN(XADD_HEAD) + resp_len_size(sn) + sn + 2 + LIT_LEN(XADD_MAXLEN) +
+                     resp_len_size(capn) + capn + 2 + LIT_LEN(XADD_TOPS) + resp_len_size(body) +
+                     body + 2;
+        }
+        PyObject *payload = PyBytes_FromStringAndSize(NULL, total);
+        if (!payload) goto done;
+        char *o = PyBytes_AS_STRING(payload), *end = o + total, num[24];
+        int fail = 0;
+#define OUT(p, n)                                             \
+    do {                                                      \
+        Py_ssize_t n_ = (n);                                  \
+        if (fail || end - o < n_) {                           \
+            fail = 1;                                         \
+        } else {                                              \
+            memcpy(o, (p), (size_t)n_);                       \
+            o += n_;                                          \
+        }                                                     \
+    } while (0)
+#define OUT_LEN(lead, v)                                      \
+    do {                                                      \
+        int k_ = snprintf(num, sizeof num, "%c%zd\r\n", (lead), (Py_ssize_t)(v)); \
+        OUT(num, k_);                                         \
+    } while (0)
+        OUT_LEN('*', 1 + 2 * tops);
+        OUT("$4\r\nMSET\r\n", LIT_LEN("$4\r\nMSET\r\n"));
+        OUT(mset->p, mset->n);
+        for (Py_ssize_t k = 0; k < shards_seen; k++) {
             Py_ssize_t shard = order[k];
-            char stream[160];
-            int sn = snprintf(stream, sizeof stream, "%.*s%zd",
-                              (int)PyBytes_GET_SIZE(stream_prefix),
+            int sn = snprintf(stream, sizeof stream, "%.*s%zd", (int)spn,
                               PyBytes_AS_STRING(stream_prefix), shard);
-            h = snprintf(head, sizeof head, "$%zd\r\n", shard_buf[shard].n);
-            fail = BUF_LIT(&out, "*8\r\n$4\r\nXADD\r\n") < 0 || put_bulk(&out, stream, sn) < 0 ||
-                   BUF_LIT(&out, "$6\r\nMAXLEN\r\n$1\r\n~\r\n") < 0 ||
-                   put_bulk(&out, cap, capn) < 0 ||
-                   BUF_LIT(&out, "$1\r\n*\r\n$4\r\ntops\r\n") < 0 || buf_put(&out, head, h) < 0 ||
-                   buf_put(&out, shard_buf[shard].p, shard_buf[shard].n) < 0 ||
-                   BUF_LIT(&out, "\r\n") < 0;
+            OUT(XADD_HEAD, LIT_LEN(XADD_HEAD));
+            OUT_LEN('$', sn);
+            OUT(stream, sn);
+            OUT("\r\n", 2);
+            OUT(XADD_MAXLEN, LIT_LEN(XADD_MAXLEN));
+            OUT_LEN('$', capn);
+            OUT(cap, capn);
+            OUT("\r\n", 2);
+            OUT(XADD_TOPS, LIT_LEN(XADD_TOPS));
+            OUT_LEN('$', pb->shard[shard].n);
+            OUT(pb->shard[shard].p, pb->shard[shard].n);
+            OUT("\r\n", 2);
         }
-        if (!fail) {
-            PyObject *payload = PyBytes_FromStringAndSize(out.p, out.n);
-            if (payload) result = Py_BuildValue("(Nnn)", payload, 1 + shards_seen, tops);
+#undef OUT
+#undef OUT_LEN
+        if (fail || o != end) {
+            Py_DECREF(payload);
+            PyErr_SetString(PyExc_SystemError, "encode_pack: payload size miscounted");
+            goto done;
         }
-        buf_free(&out);
+        result = Py_BuildValue("(Nnn)", payload, 1 + shards_seen, tops);
     }
 done:
     Py_XDECREF(token);
     Py_XDECREF(it);
     Py_XDECREF(seen);
-    buf_free(&mset);
-    buf_free(&top);
-    if (shard_buf) {
-        for (Py_ssize_t k = 0; k < n_shards; k++) buf_free(&shard_buf[k]);
-        PyMem_Free(shard_buf);
-    }
     PyMem_Free(order);
+    if (shared) {
+        pack_bufs_trim(pb);
+        g_pack_busy = 0;
+    } else {
+        pack_bufs_free(pb);
+    }
     return result;
 }
 
@@ -2430,6 +2598,7 @@ PyMODINIT_FUNC PyInit__fastbook(void) {
     INTERN(s_last_trade, "last_trade");
     INTERN(s_side, "side");
     crc_init();
+    pack_bufs_init(&g_pack);
     if (PyType_Ready(&Levels_Type) < 0) return NULL;
     PyObject *m = PyModule_Create(&moduledef);
     if (!m) return NULL;
