@@ -1686,7 +1686,7 @@ static inline void cache_ref(PyObject **slot, PyObject *obj) {
 /* ,"mid":..,"spread":.. by (best bid, best ask) str objects: the same few pairs recur all
  * day (bus.mid_spread caches them in Python too). Direct-mapped; each slot holds strong
  * references to its pair, so an identical pointer is the identical (immutable) text. */
-#define MS_SLOTS 1024
+#define MS_SLOTS 4096
 typedef struct {
     PyObject *bid, *ask;
     uint8_t n; /* 0: empty */
