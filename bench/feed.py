@@ -35,10 +35,11 @@ Measured, rounds interleaved (the median is reported, with the per-round range):
   parse       parse_frame + normalise (validated events), no books;
   apply       BookKeeper.feed: parse + validate + apply into the local books, no hash
               check, no publishing;
-  full/nohash the full path with the hash checks off: feed + a flush (drain_tops_json: top
-              --depth levels of every token touched, then one Redis pipeline: MSET + one
-              XADD per shard) whenever --flush-ms have passed since the last one, the
-              ingester's conflation policy (IngestConfig.flush_ms);
+  full/nohash the full path with the hash checks off: feed + a flush (the ingester's
+              PipelinedPublisher.publish_keeper: drain_tops_packed encodes the top --depth
+              levels of every token touched straight into one Redis pipeline, MSET + one
+              XADD per shard, then publish_packed writes it) whenever --flush-ms have passed
+              since the last one, the ingester's conflation policy (IngestConfig.flush_ms);
   full        the same with the ingester's hash checks: each token's book hash checked at
               a flush at most once per --hash-check-ms (the production configuration).
 The apply/full rows run twice: on the pure-Python path (BookKeeper(native=False)) and on the
@@ -231,7 +232,7 @@ class Run:
     tops: int = 0
     hash_checks: int = 0
     redis_cpu: float = 0.0
-    drain_seconds: float = 0.0  # drain_tops_json: hash checks + encoding the tops
+    drain_seconds: float = 0.0  # hash checks + encoding the tops (and packing them)
     publish_seconds: float = 0.0  # writing the pipeline (and reading the previous replies)
     verify_seconds: float = 0.0  # the hash checks due at the flushes (part of drain_seconds)
     floor_seconds: float = 0.0  # the floor over the same frames, timed in between (paired)
@@ -363,16 +364,26 @@ class FullRun(PathRun):
     def flush(self) -> float:
         clock = time.perf_counter
         t0 = clock()
-        self.keeper.verify_pending()  # what drain_tops_json does first, timed on its own
+        self.keeper.verify_pending()  # what the drain does first, timed on its own
         tv = clock()
-        tops = self.keeper.drain_tops_json(self.depth)
-        t1 = clock()
-        self.verify_s += tv - t0
-        self.publish(tops)
+        publisher = self.publisher
+        if publisher is not None:  # the ingester's flush (PipelinedPublisher.publish_keeper)
+            bus = self.bus
+            payload, replies, tops = self.keeper.drain_tops_packed(
+                bus.n_shards, bus.maxlen, self.depth
+            )
+            t1 = clock()
+            publisher.publish_packed(payload, replies)
+        else:
+            items = self.keeper.drain_tops_json(self.depth)
+            t1 = clock()
+            self.publish(items)
+            tops = len(items)
         t2 = clock()
+        self.verify_s += tv - t0
         self.drain_s += t1 - t0
         self.publish_s += t2 - t1
-        self.tops += len(tops)
+        self.tops += tops
         return t2
 
     def slice(self, frames: list[bytes]) -> None:
@@ -669,9 +680,10 @@ shifted by a random number of ticks and sizes scaled, token B its mirror, replay
 messages in a loop, shifted and scaled alike. The market of each next frame is drawn from a
 Zipf law, s = {a.zipf}: a few busy markets, a long quiet tail. {len(w.frames):,} frames,
 {w.entries:,} entries ({avg_entries:.2f} per frame), every entry with its correct book hash.
-Full path: `BookKeeper.feed` per frame, and a flush (`drain_tops_json`: the top {a.depth}
-levels per side of each token touched since the last flush, then `RedisBus.publish_json`: one
-pipeline, `MSET` of the latest tops + one `XADD` per shard, {a.shards} shards) whenever
+Full path: `BookKeeper.feed` per frame, and a flush (`PipelinedPublisher.publish_keeper`:
+`drain_tops_packed` encodes the top {a.depth} levels per side of each token touched since the
+last flush straight into one pipeline, `MSET` of the latest tops + one `XADD` per shard,
+{a.shards} shards, then writes it) whenever
 {a.flush_ms} ms of the path's own time have passed since the last flush ended: the ingester's
 conflation under load (`MARKETDATA_FLUSH_MS`); hash checks at most once per token per
 {a.hash_check_ms} ms (`MARKETDATA_HASH_CHECK_MS`). "Pure Python" rows run
@@ -708,11 +720,12 @@ other frame, or any entry it would reject, goes whole to the Python path, which 
 rejects exactly as before), validates, and applies each entry into books held in C (one sorted
 array per side: the shared price string and the size's exact text inline): {step["apply_c"]:.2f}
 µs per entry, {ratio["apply_c"]:.0%} of the floor. The rest is paid per flush, per token
-touched: draining it (encoding its top in C, the loop in C too: {enc_top:.1f} µs), a hash
+touched: draining it (encoding its top in C straight into the Redis pipeline's RESP, reusing
+what did not change since the book's last top: {enc_top:.1f} µs), a hash
 check when one is due ({hash_check:.1f} µs per check: the SHA-1 text built in C, OpenSSL's
 SHA-1, the check logic in Python, more than one SHA-1 when the last trade price must be
-inferred) and writing its share of the Redis pipeline ({pub_top:.1f} µs, RESP built in C;
-the replies are read at the next publish, so the feed waits only when Redis has not finished
+inferred) and writing its share of the pipeline to Redis ({pub_top:.1f} µs; the replies are
+read at the next publish, so the feed waits only when Redis has not finished
 the previous batch yet, against {wait_pub_top:.1f} µs when waiting for each publish). Per
 entry that is the tops per entry times those costs, so the flush policy decides the rest:
 publishing each token's latest state at most once per {a.flush_ms} ms and

@@ -28,6 +28,12 @@
  * encode_top(book, fresh, last_trade_side, depth, published_at, mid_spread) -> bytes | None
  *     bus.encode_top byte for byte; None when a field needs the Python encoder (e.g. a
  *     timestamp too long for a 64-bit int), and the caller then uses it.
+ * encode_tops(...), pack_publish(...), encode_pack(...)
+ *     The flush: BookKeeper.drain_tops_json's loop, publisher.pack_publish, and both in one
+ *     pass (BookKeeper.drain_tops_packed: each top written straight into the Redis payload).
+ *     A NativeOrderBook's Levels keeps what its next top will reuse: each side's top levels
+ *     until a change lands among them, the top's head (token id, market), mid and spread
+ *     for the same best prices, its Redis key and shard.
  * hash_text(book, timestamp, last_trade_price) -> bytes
  *     The text OrderBook.compute_hash feeds to SHA-1 (Polymarket's recipe), built in one pass.
  */
@@ -36,6 +42,9 @@
 #include <structmember.h>
 #include <stdint.h>
 #include <string.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 /* Word-at-a-time byte tests: has_zero(x) is non-zero iff some byte of x is zero. */
 #define ONES 0x0101010101010101ULL
@@ -207,12 +216,6 @@ static int buf_json_str(buf_t *b, PyObject *s) {
     return r;
 }
 
-static int buf_int(buf_t *b, long long v) {
-    char tmp[32];
-    int n = snprintf(tmp, sizeof tmp, "%lld", v);
-    return buf_put(b, tmp, n);
-}
-
 /* ---------------------------------------------------------------------------------------- */
 /* the strict price_change scanner                                                            */
 
@@ -246,6 +249,23 @@ static inline void skip_ws(scan_t *sc) {
 static int scan_str(scan_t *sc, span_t *out) {
     if (sc->s >= sc->end || *sc->s != '"') return 0;
     const char *start = ++sc->s;
+#if defined(__SSE2__)
+    /* Sixteen bytes at a time: the first '"', '\\', control byte or byte >= 0x80 (a signed
+     * byte below 0x20 is one of the last two). */
+    const __m128i quote = _mm_set1_epi8('"'), bslash = _mm_set1_epi8('\\'),
+                  space = _mm_set1_epi8(0x20);
+    while (sc->end - sc->s >= 16) {
+        __m128i x = _mm_loadu_si128((const __m128i *)sc->s);
+        __m128i m = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, quote), _mm_cmpeq_epi8(x, bslash)),
+                                 _mm_cmplt_epi8(x, space));
+        int mask = _mm_movemask_epi8(m);
+        if (mask) {
+            sc->s += __builtin_ctz((unsigned)mask);
+            break;
+        }
+        sc->s += 16;
+    }
+#endif
     while (sc->end - sc->s >= 8) {
         uint64_t x;
         memcpy(&x, sc->s, 8);
@@ -614,6 +634,23 @@ static PyObject *inst_get(PyObject *obj, PyObject *d, PyObject *name) {
 /* obj.<name> += delta for an int attribute of the FeedStats dataclass. */
 static int add_attr(PyObject *obj, PyObject *d, PyObject *name, Py_ssize_t delta) {
     if (delta == 0) return 0;
+    if (d) { /* the usual case: an exact int in the instance dict, replaced in place */
+        PyObject *cur = PyDict_GetItemWithError(d, name); /* borrowed */
+        if (cur && PyLong_CheckExact(cur)) {
+            Py_ssize_t x = PyLong_AsSsize_t(cur);
+            if (!(x == -1 && PyErr_Occurred()) && x <= PY_SSIZE_T_MAX - delta) {
+                PyObject *sum = PyLong_FromSsize_t(x + delta);
+                if (!sum) return -1;
+                int r = PyDict_SetItem(d, name, sum);
+                Py_DECREF(sum);
+                return r;
+            }
+        }
+        if (PyErr_Occurred()) {
+            if (!PyErr_ExceptionMatches(PyExc_OverflowError)) return -1;
+            PyErr_Clear();
+        }
+    }
     PyObject *v = inst_get(obj, d, name);
     if (!v) return -1;
     PyObject *sum;
@@ -643,6 +680,24 @@ static int dict_incr(PyObject *dict, PyObject *key) {
     if (v == NULL) {
         if (PyErr_Occurred()) return -1;
         sum = PyLong_FromLong(1);
+    } else if (PyLong_CheckExact(v)) {
+        Py_ssize_t x = PyLong_AsSsize_t(v);
+        if (x == -1 && PyErr_Occurred()) {
+            if (!PyErr_ExceptionMatches(PyExc_OverflowError)) return -1;
+            PyErr_Clear();
+            PyObject *one = PyLong_FromLong(1);
+            if (!one) return -1;
+            sum = PyNumber_Add(v, one);
+            Py_DECREF(one);
+        } else {
+            sum = x < PY_SSIZE_T_MAX ? PyLong_FromSsize_t(x + 1) : NULL;
+            if (!sum && !PyErr_Occurred()) {
+                PyObject *one = PyLong_FromLong(1);
+                if (!one) return -1;
+                sum = PyNumber_Add(v, one);
+                Py_DECREF(one);
+            }
+        }
     } else {
         PyObject *one = PyLong_FromLong(1);
         if (!one) return -1;
@@ -770,10 +825,30 @@ typedef struct {
 typedef struct {
     level_t *v;
     Py_ssize_t n, cap;
+    /* The published top's levels ([["p","s"],...], the best top_depth levels) as last
+     * encoded, kept until a change lands among those levels (side_touched): most entries
+     * touch one side only, or a level deeper than the top. Valid only when top_valid. */
+    char *top;
+    Py_ssize_t top_n, top_cap, top_depth;
+    int top_valid;
 } side_t;
+
+/* What a flush reuses from one top to the next of the same book (encode_pack): each part
+ * is kept with (strong references to) the objects it was built from and rebuilt as soon as
+ * one of them is not the same object any more. */
+typedef struct {
+    PyObject *asset, *market; /* head: {"token_id":..,"market":.. */
+    char *head;
+    Py_ssize_t head_n;
+    PyObject *token, *key_prefix; /* key: the MSET key's bulk string; shard: its stream */
+    Py_ssize_t shards, shard;
+    char *key;
+    Py_ssize_t key_n;
+} top_cache_t;
 
 typedef struct {
     PyObject_HEAD side_t side[2]; /* [0] asks, [1] bids */
+    top_cache_t tc;
 } LevelsObject;
 
 static PyTypeObject Levels_Type;
@@ -854,6 +929,16 @@ static void level_release(level_t *l) {
 static void side_clear(side_t *s) {
     for (Py_ssize_t i = 0; i < s->n; i++) level_release(&s->v[i]);
     s->n = 0;
+    s->top_valid = 0;
+}
+
+/* A level at index i (before the change; n levels before it) was changed, removed, or
+ * inserted there: drop the cached top if that is among its best top_depth levels. A bid
+ * side's best level is its last (distance n - 1 - i from the best), an ask side's its first
+ * (distance i); an insert at i lands at that distance or one further, a removal shifts the
+ * levels behind it, so the top changes only when the distance is below top_depth. */
+static inline void side_touched(side_t *s, int is_bid, Py_ssize_t i, Py_ssize_t n) {
+    if (s->top_valid && (is_bid ? n - 1 - i : i) < s->top_depth) s->top_valid = 0;
 }
 
 /* The size text: inline when short, else as a str (size_obj given, or made from the text). */
@@ -903,6 +988,9 @@ static int side_set(side_t *s, int from_end, PyObject *price, const char *sp, Py
     int64_t key = key_of(pp, pn);
     Py_ssize_t i = side_lower(s, key, pp, pn, from_end);
     int exists = i < s->n && lvl_cmp(&s->v[i], key, pp, pn) == 0;
+    /* from_end is the side (bids scan from the end) except when Levels_load fills a new
+     * side, which has no cached top to drop. */
+    if (exists || !zero) side_touched(s, from_end, i, s->n);
     if (zero) {
         if (exists) {
             level_release(&s->v[i]);
@@ -977,11 +1065,24 @@ static PyObject *Levels_new(PyTypeObject *type, PyObject *args, PyObject *kwds) 
     return (PyObject *)self;
 }
 
+static void top_cache_clear(top_cache_t *tc) {
+    Py_CLEAR(tc->asset);
+    Py_CLEAR(tc->market);
+    Py_CLEAR(tc->token);
+    Py_CLEAR(tc->key_prefix);
+    PyMem_Free(tc->head);
+    PyMem_Free(tc->key);
+    tc->head = tc->key = NULL;
+    tc->head_n = tc->key_n = 0;
+}
+
 static void Levels_dealloc(LevelsObject *self) {
     for (int k = 0; k < 2; k++) {
         side_clear(&self->side[k]);
         PyMem_Free(self->side[k].v);
+        PyMem_Free(self->side[k].top);
     }
+    top_cache_clear(&self->tc);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -1018,7 +1119,7 @@ static PyObject *Levels_load(LevelsObject *self, PyObject *const *args, Py_ssize
     }
     int bid = side_arg(args[0]);
     if (bid < 0) return NULL;
-    side_t fresh = {NULL, 0, 0};
+    side_t fresh = {NULL, 0, 0, NULL, 0, 0, 0, 0};
     Py_ssize_t n = PyList_GET_SIZE(args[2]);
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *price = PyList_GET_ITEM(args[2], i);
@@ -1035,9 +1136,12 @@ static PyObject *Levels_load(LevelsObject *self, PyObject *const *args, Py_ssize
         Py_DECREF(canon);
         if (r < 0) goto fail;
     }
-    side_clear(&self->side[bid]);
-    PyMem_Free(self->side[bid].v);
-    self->side[bid] = fresh;
+    side_t *old = &self->side[bid];
+    side_clear(old); /* drops its cached top too (kept allocated for the next one) */
+    PyMem_Free(old->v);
+    old->v = fresh.v;
+    old->n = fresh.n;
+    old->cap = fresh.cap;
     Py_RETURN_NONE;
 fail:
     side_clear(&fresh);
@@ -1150,7 +1254,10 @@ static PyObject *Levels_top(LevelsObject *self, PyObject *const *args, Py_ssize_
 
 static PyObject *Levels_sizeof(LevelsObject *self, PyObject *unused) {
     size_t n = sizeof(LevelsObject);
-    for (int k = 0; k < 2; k++) n += sizeof(level_t) * (size_t)self->side[k].cap;
+    for (int k = 0; k < 2; k++)
+        n += sizeof(level_t) * (size_t)self->side[k].cap + (size_t)self->side[k].top_cap;
+    if (self->tc.head) n += (size_t)self->tc.head_n;
+    if (self->tc.key) n += (size_t)self->tc.key_n;
     return PyLong_FromSize_t(n);
 }
 
@@ -1459,10 +1566,28 @@ static int put_core_side(buf_t *b, const side_t *s, Py_ssize_t start, Py_ssize_t
     return BUF_LIT(b, "]");
 }
 
-static int put_key_str(buf_t *b, const char *key, PyObject *value) {
-    if (buf_put(b, key, (Py_ssize_t)strlen(key)) < 0) return -1;
+static inline int put_key_str_n(buf_t *b, const char *key, Py_ssize_t n, PyObject *value) {
+    if (buf_put(b, key, n) < 0) return -1;
     return buf_json_str(b, value);
 }
+/* ,"key":<value as JSON> (`key` a string literal) */
+#define put_key_str(b, key, value) put_key_str_n((b), (key), (Py_ssize_t)(sizeof(key) - 1), (value))
+
+/* ,"key":"<price>" for a price held in a Levels (validated plain decimal: nothing to escape). */
+static inline int put_key_price_n(buf_t *b, const char *key, Py_ssize_t n, PyObject *price) {
+    if (price == Py_None) return put_key_str_n(b, key, n, price);
+    Py_ssize_t pn = PyUnicode_GET_LENGTH(price);
+    if (buf_reserve(b, n + pn + 2) < 0) return -1;
+    char *o = b->p + b->n;
+    memcpy(o, key, (size_t)n);
+    o[n] = '"';
+    memcpy(o + n + 1, PyUnicode_DATA(price), (size_t)pn);
+    o[n + 1 + pn] = '"';
+    b->n += n + pn + 2;
+    return 0;
+}
+#define put_key_price(b, key, price) \
+    put_key_price_n((b), (key), (Py_ssize_t)(sizeof(key) - 1), (price))
 
 /* str field, or None; anything else is an error (the caller falls back). */
 static PyObject *str_attr(PyObject *book, int f) {
@@ -1513,14 +1638,103 @@ static int put_mid_spread(buf_t *b, PyObject *bid, PyObject *ask) {
     return buf_fixed(b, (uint64_t)(d < 0 ? -d : d), 18, d < 0) < 0 ? -1 : 1;
 }
 
-static PyObject *encode_top_impl(PyObject *book, PyObject *fresh, PyObject *lts, Py_ssize_t depth,
-                                 long long published_at, PyObject *mid_spread) {
+/* Decimal digits of v >= 0 (no snprintf: it costs more than the rest of a small field). */
+static int buf_uint(buf_t *b, unsigned long long v) {
+    char tmp[24];
+    int n = 0;
+    do {
+        tmp[sizeof tmp - 1 - n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    return buf_put(b, tmp + sizeof tmp - n, n);
+}
+
+/* A RESP length line: <lead><n>\r\n (lead '$' for a bulk string, '*' for an array). */
+static int put_resp_len(buf_t *b, char lead, Py_ssize_t n) {
+    char tmp[24];
+    int k = 0;
+    size_t v = (size_t)n;
+    tmp[sizeof tmp - 1 - k++] = '\n';
+    tmp[sizeof tmp - 1 - k++] = '\r';
+    do {
+        tmp[sizeof tmp - 1 - k++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    tmp[sizeof tmp - 1 - k++] = lead;
+    return buf_put(b, tmp + sizeof tmp - k, k);
+}
+
+/* A cached byte string: replace *dst with the n bytes at p. */
+static int cache_bytes(char **dst, Py_ssize_t *dst_n, const char *p, Py_ssize_t n) {
+    char *c = PyMem_Realloc(*dst, (size_t)(n ? n : 1));
+    if (!c) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    memcpy(c, p, (size_t)n);
+    *dst = c;
+    *dst_n = n;
+    return 0;
+}
+
+/* Point a cache's key reference at `obj` (a new strong reference; the old one dropped). */
+static inline void cache_ref(PyObject **slot, PyObject *obj) {
+    Py_INCREF(obj);
+    Py_XSETREF(*slot, obj);
+}
+
+/* ,"mid":..,"spread":.. by (best bid, best ask) str objects: the same few pairs recur all
+ * day (bus.mid_spread caches them in Python too). Direct-mapped; each slot holds strong
+ * references to its pair, so an identical pointer is the identical (immutable) text. */
+#define MS_SLOTS 4096
+typedef struct {
+    PyObject *bid, *ask;
+    uint8_t n; /* 0: empty */
+    char text[47];
+} ms_slot_t;
+static ms_slot_t g_ms[MS_SLOTS];
+
+static inline ms_slot_t *ms_slot(PyObject *bid, PyObject *ask) {
+    uint64_t h = ((uint64_t)(uintptr_t)bid >> 4) * 0x9E3779B97F4A7C15ULL ^
+                 ((uint64_t)(uintptr_t)ask >> 4);
+    return &g_ms[(h ^ (h >> 29)) & (MS_SLOTS - 1)];
+}
+
+/* The best `count` levels of a C-held side as the bus writes them, from the side's cached
+ * copy when nothing among them changed since it was made (side_touched). */
+static int put_core_top(buf_t *b, side_t *s, int bid, Py_ssize_t depth) {
+    if (s->top_valid && s->top_depth == depth) return buf_put(b, s->top, s->top_n);
+    Py_ssize_t count = s->n < depth ? s->n : depth, start = b->n;
+    if (put_core_side(b, s, bid ? s->n - 1 : 0, count, bid ? -1 : 1, 0) < 0) return -1;
+    Py_ssize_t n = b->n - start;
+    if (n > s->top_cap) {
+        char *c = PyMem_Realloc(s->top, (size_t)n);
+        if (!c) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        s->top = c;
+        s->top_cap = n;
+    }
+    memcpy(s->top, b->p + start, (size_t)n);
+    s->top_n = n;
+    s->top_depth = depth;
+    s->top_valid = 1;
+    return 0;
+}
+
+/* bus.encode_top's bytes for `book`, appended to `b`: 1 written, 0 a field needs the Python
+ * encoder (nothing written then), -1 error. `pa` is published_at's text. A NativeOrderBook's
+ * invariant parts come from its Levels' caches (top_cache_t, the sides' cached tops). */
+static int encode_top_into(buf_t *b, PyObject *book, PyObject *fresh, PyObject *lts,
+                           Py_ssize_t depth, const char *pa, Py_ssize_t pan,
+                           PyObject *mid_spread) {
     if (depth < 0) depth = 0;
     PyObject *bids = NULL, *bid_px = NULL, *asks = NULL, *ask_px = NULL, *asset = NULL,
-             *market = NULL, *ltp = NULL, *tick = NULL, *ts = NULL, *hash = NULL, *ms = NULL,
-             *result = NULL;
-    buf_t b, tail; /* tail: mid and spread, written after best_ask */
-    buf_init(&b);
+             *market = NULL, *ltp = NULL, *tick = NULL, *ts = NULL, *hash = NULL, *ms = NULL;
+    int rc = -1;
+    Py_ssize_t start = b->n;
+    buf_t tail; /* mid and spread, written after best_ask */
     buf_init(&tail);
     LevelsObject *core = core_of(book);
     if (!core && (side_of(book, 1, &bids, &bid_px) < 0 || side_of(book, 0, &asks, &ask_px) < 0))
@@ -1530,8 +1744,7 @@ static PyObject *encode_top_impl(PyObject *book, PyObject *fresh, PyObject *lts,
         !(ts = str_attr(book, F_TIMESTAMP)) || !(hash = str_attr(book, F_HASH)))
         goto done;
     if (ts == Py_None || asset == Py_None || market == Py_None || hash == Py_None) {
-        result = Py_None; /* not a shape we encode: the Python encoder decides */
-        Py_INCREF(result);
+        rc = 0; /* not a shape we encode: the Python encoder decides */
         goto done;
     }
     /* timestamp_ms: int(ts) if ts.isascii() and ts.isdigit() else None */
@@ -1547,8 +1760,7 @@ static PyObject *encode_top_impl(PyObject *book, PyObject *fresh, PyObject *lts,
                 Py_ssize_t z = 0;
                 while (z < n - 1 && p[z] == '0') z++;
                 if (n - z > 18) { /* may not fit: let Python (and orjson) decide */
-                    result = Py_None;
-                    Py_INCREF(result);
+                    rc = 0;
                     goto done;
                 }
                 ts_ms = 0;
@@ -1564,9 +1776,22 @@ static PyObject *encode_top_impl(PyObject *book, PyObject *fresh, PyObject *lts,
     PyObject *best_ask = !na ? Py_None : core ? core->side[0].v[0].price : PyList_GET_ITEM(ask_px, 0);
     PyObject *mid = Py_None, *spread = Py_None;
     int mid_done = 0;
+    top_cache_t *tc = core ? &core->tc : NULL;
     if (nb && na) {
-        mid_done = put_mid_spread(&tail, best_bid, best_ask);
-        if (mid_done < 0) goto done;
+        ms_slot_t *slot = ms_slot(best_bid, best_ask);
+        if (slot->n && slot->bid == best_bid && slot->ask == best_ask) {
+            if (buf_put(&tail, slot->text, slot->n) < 0) goto done;
+            mid_done = 1;
+        } else {
+            mid_done = put_mid_spread(&tail, best_bid, best_ask);
+            if (mid_done < 0) goto done;
+            if (mid_done && tail.n <= (Py_ssize_t)sizeof slot->text) {
+                memcpy(slot->text, tail.p, (size_t)tail.n);
+                slot->n = (uint8_t)tail.n;
+                cache_ref(&slot->bid, best_bid);
+                cache_ref(&slot->ask, best_ask);
+            }
+        }
     }
     if (nb && na && !mid_done) {
         ms = PyObject_CallFunctionObjArgs(mid_spread, best_bid, best_ask, NULL);
@@ -1579,34 +1804,47 @@ static PyObject *encode_top_impl(PyObject *book, PyObject *fresh, PyObject *lts,
         spread = PyTuple_GET_ITEM(ms, 1);
     }
     int ltp_empty = ltp == Py_None || PyUnicode_GET_LENGTH(ltp) == 0;
-    if (put_key_str(&b, "{\"token_id\":", asset) < 0 ||
-        put_key_str(&b, ",\"market\":", market) < 0 ||
-        put_key_str(&b, ",\"best_bid\":", best_bid) < 0 ||
-        put_key_str(&b, ",\"best_ask\":", best_ask) < 0 ||
-        (mid_done ? buf_put(&b, tail.p, tail.n)
-                  : (put_key_str(&b, ",\"mid\":", mid) < 0 ? -1
-                                                              : put_key_str(&b, ",\"spread\":", spread))) < 0 ||
-        put_key_str(&b, ",\"last_trade_price\":", ltp_empty ? Py_None : ltp) < 0 ||
-        put_key_str(&b, ",\"last_trade_side\":", lts) < 0 ||
-        put_key_str(&b, ",\"tick_size\":", tick) < 0 || BUF_LIT(&b, ",\"timestamp_ms\":") < 0)
+    if (tc && tc->head && tc->asset == asset && tc->market == market) {
+        if (buf_put(b, tc->head, tc->head_n) < 0) goto done;
+    } else {
+        Py_ssize_t h = b->n;
+        if (put_key_str(b, "{\"token_id\":", asset) < 0 ||
+            put_key_str(b, ",\"market\":", market) < 0)
+            goto done;
+        if (tc) {
+            if (cache_bytes(&tc->head, &tc->head_n, b->p + h, b->n - h) < 0) goto done;
+            cache_ref(&tc->asset, asset);
+            cache_ref(&tc->market, market);
+        }
+    }
+    if ((core ? put_key_price(b, ",\"best_bid\":", best_bid)
+              : put_key_str(b, ",\"best_bid\":", best_bid)) < 0 ||
+        (core ? put_key_price(b, ",\"best_ask\":", best_ask)
+              : put_key_str(b, ",\"best_ask\":", best_ask)) < 0 ||
+        (mid_done ? buf_put(b, tail.p, tail.n)
+                  : (put_key_str(b, ",\"mid\":", mid) < 0 ? -1
+                                                          : put_key_str(b, ",\"spread\":", spread))) < 0 ||
+        put_key_str(b, ",\"last_trade_price\":", ltp_empty ? Py_None : ltp) < 0 ||
+        put_key_str(b, ",\"last_trade_side\":", lts) < 0 ||
+        put_key_str(b, ",\"tick_size\":", tick) < 0 || BUF_LIT(b, ",\"timestamp_ms\":") < 0)
         goto done;
-    if ((ts_ms < 0 ? BUF_LIT(&b, "null") : buf_int(&b, ts_ms)) < 0) goto done;
-    if (put_key_str(&b, ",\"hash\":", hash) < 0) goto done;
-    if ((PyObject_IsTrue(fresh) ? BUF_LIT(&b, ",\"fresh\":true") : BUF_LIT(&b, ",\"fresh\":false")) <
-        0)
+    if ((ts_ms < 0 ? BUF_LIT(b, "null") : buf_uint(b, (unsigned long long)ts_ms)) < 0) goto done;
+    if (put_key_str(b, ",\"hash\":", hash) < 0) goto done;
+    int is_fresh = PyObject_IsTrue(fresh);
+    if (is_fresh < 0) goto done;
+    if ((is_fresh ? BUF_LIT(b, ",\"fresh\":true") : BUF_LIT(b, ",\"fresh\":false")) < 0)
         goto done;
-    if (BUF_LIT(&b, ",\"bids\":") < 0 ||
-        (core ? put_core_side(&b, &core->side[1], nb - 1, nb < depth ? nb : depth, -1, 0)
-              : put_side(&b, bids, bid_px, nb - 1, nb < depth ? nb : depth, -1, 0)) < 0 ||
-        BUF_LIT(&b, ",\"asks\":") < 0 ||
-        (core ? put_core_side(&b, &core->side[0], 0, na < depth ? na : depth, 1, 0)
-              : put_side(&b, asks, ask_px, 0, na < depth ? na : depth, 1, 0)) < 0 ||
-        BUF_LIT(&b, ",\"published_at\":") < 0 || buf_int(&b, published_at) < 0 ||
-        BUF_LIT(&b, "}") < 0)
+    if (BUF_LIT(b, ",\"bids\":") < 0 ||
+        (core ? put_core_top(b, &core->side[1], 1, depth)
+              : put_side(b, bids, bid_px, nb - 1, nb < depth ? nb : depth, -1, 0)) < 0 ||
+        BUF_LIT(b, ",\"asks\":") < 0 ||
+        (core ? put_core_top(b, &core->side[0], 0, depth)
+              : put_side(b, asks, ask_px, 0, na < depth ? na : depth, 1, 0)) < 0 ||
+        BUF_LIT(b, ",\"published_at\":") < 0 || buf_put(b, pa, pan) < 0 || BUF_LIT(b, "}") < 0)
         goto done;
-    result = PyBytes_FromStringAndSize(b.p, b.n);
+    rc = 1;
 done:
-    buf_free(&b);
+    if (rc != 1) b->n = start; /* nothing half-written */
     buf_free(&tail);
     Py_XDECREF(bids);
     Py_XDECREF(bid_px);
@@ -1619,6 +1857,28 @@ done:
     Py_XDECREF(ts);
     Py_XDECREF(hash);
     Py_XDECREF(ms);
+    return rc;
+}
+
+/* published_at's text (an int as orjson writes it). */
+static Py_ssize_t int_text(char *out, long long v) {
+    return (Py_ssize_t)snprintf(out, 32, "%lld", v);
+}
+
+/* encode_top's result: the bytes, or None when a field needs the Python encoder. */
+static PyObject *encode_top_impl(PyObject *book, PyObject *fresh, PyObject *lts, Py_ssize_t depth,
+                                 long long published_at, PyObject *mid_spread) {
+    char pa[32];
+    Py_ssize_t pan = int_text(pa, published_at);
+    buf_t b;
+    buf_init(&b);
+    PyObject *result = NULL;
+    int r = encode_top_into(&b, book, fresh, lts, depth, pa, pan, mid_spread);
+    if (r > 0)
+        result = PyBytes_FromStringAndSize(b.p, b.n);
+    else if (r == 0)
+        result = Py_NewRef(Py_None);
+    buf_free(&b);
     return result;
 }
 
@@ -1927,6 +2187,327 @@ done:
     return result;
 }
 
+/* The MSET key's bulk string ($n\r\n<book_prefix><token>\r\n) and the token's shard, from the
+ * book's cache when it was made for this token, prefix and shard count. */
+static int token_key(buf_t *b, top_cache_t *tc, PyObject *token, PyObject *prefix,
+                     Py_ssize_t n_shards, Py_ssize_t *shard) {
+    if (tc && tc->key && tc->token == token && tc->key_prefix == prefix &&
+        tc->shards == n_shards) {
+        *shard = tc->shard;
+        return buf_put(b, tc->key, tc->key_n);
+    }
+    Py_ssize_t tn;
+    const char *tp = PyUnicode_AsUTF8AndSize(token, &tn);
+    if (!tp) return -1;
+    *shard = n_shards <= 1 ? 0 : (Py_ssize_t)(crc32_bytes(tp, tn) % (uint32_t)n_shards);
+    Py_ssize_t start = b->n, bn = PyBytes_GET_SIZE(prefix);
+    char head[32];
+    int h = snprintf(head, sizeof head, "$%zd\r\n", bn + tn);
+    if (buf_put(b, head, h) < 0 || buf_put(b, PyBytes_AS_STRING(prefix), bn) < 0 ||
+        buf_put(b, tp, tn) < 0 || BUF_LIT(b, "\r\n") < 0)
+        return -1;
+    if (tc) {
+        if (cache_bytes(&tc->key, &tc->key_n, b->p + start, b->n - start) < 0) return -1;
+        cache_ref(&tc->token, token);
+        cache_ref(&tc->key_prefix, prefix);
+        tc->shards = n_shards;
+        tc->shard = *shard;
+    }
+    return 0;
+}
+
+/* encode_pack's working buffers, kept from one flush to the next (a flush writes about 1 KB
+ * per top: fresh buffers of that size would be fresh pages from the kernel every time). Not
+ * re-entrant: a call that finds them in use (another thread ran Python code of ours in the
+ * middle of a flush) works on buffers of its own. */
+typedef struct {
+    buf_t mset, top;
+    buf_t *shard; /* n_shard heap buffers (never their inline storage: the array moves) */
+    Py_ssize_t n_shard;
+} pack_bufs_t;
+static pack_bufs_t g_pack;
+static int g_pack_busy = 0;
+#define PACK_KEEP_MAX (16 << 20) /* a buffer grown past this is freed after the flush */
+
+static void pack_bufs_init(pack_bufs_t *pb) {
+    buf_init(&pb->mset);
+    buf_init(&pb->top);
+    pb->shard = NULL;
+    pb->n_shard = 0;
+}
+
+static void pack_bufs_free(pack_bufs_t *pb) {
+    buf_free(&pb->mset);
+    buf_free(&pb->top);
+    for (Py_ssize_t k = 0; k < pb->n_shard; k++) PyMem_Free(pb->shard[k].p);
+    PyMem_Free(pb->shard);
+    pack_bufs_init(pb);
+}
+
+/* Ready for a flush with n_shards shards: every buffer empty. */
+static int pack_bufs_ready(pack_bufs_t *pb, Py_ssize_t n_shards) {
+    pb->mset.n = pb->top.n = 0;
+    if (n_shards > pb->n_shard) {
+        buf_t *s = PyMem_Realloc(pb->shard, sizeof(buf_t) * (size_t)n_shards);
+        if (!s) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        for (Py_ssize_t k = pb->n_shard; k < n_shards; k++) {
+            s[k].p = NULL;
+            s[k].n = s[k].cap = 0;
+        }
+        pb->shard = s;
+        pb->n_shard = n_shards;
+    }
+    for (Py_ssize_t k = 0; k < n_shards; k++) pb->shard[k].n = 0;
+    return 0;
+}
+
+/* Room for `extra` more bytes in a shard buffer (heap only: see pack_bufs_t). */
+static int shard_reserve(buf_t *b, Py_ssize_t extra) {
+    if (b->n + extra <= b->cap) return 0;
+    Py_ssize_t cap = b->cap ? b->cap * 2 : 4096;
+    while (cap < b->n + extra) cap *= 2;
+    char *p = PyMem_Realloc(b->p, (size_t)cap);
+    if (!p) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    b->p = p;
+    b->cap = cap;
+    return 0;
+}
+
+/* After a flush: drop what grew too big to keep. */
+static void pack_bufs_trim(pack_bufs_t *pb) {
+    int big = pb->mset.cap > PACK_KEEP_MAX || pb->top.cap > PACK_KEEP_MAX;
+    for (Py_ssize_t k = 0; k < pb->n_shard; k++) big |= pb->shard[k].cap > PACK_KEEP_MAX;
+    if (big) pack_bufs_free(pb);
+}
+
+/* The RESP length line's size (<lead><n>\r\n). */
+static Py_ssize_t resp_len_size(Py_ssize_t n) {
+    Py_ssize_t d = 1;
+    for (size_t v = (size_t)n; v >= 10; v /= 10) d++;
+    return d + 3;
+}
+
+/* encode_pack(tokens, books, live, meta, depth, published_at, mid_spread, fallback, n_shards,
+ *             maxlen, book_prefix, stream_prefix) -> (payload, replies, tops)
+ * encode_tops followed by pack_publish, byte for byte, in one pass and without a bytes
+ * object per top: `tokens` are distinct token ids (BookKeeper's dirty set); each one with a
+ * book gives one top, written straight into the MSET and into its shard's XADD entry. */
+static PyObject *encode_pack(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 12 || !PyDict_Check(args[1]) || !PyDict_Check(args[3]) ||
+        !PyBytes_Check(args[10]) || !PyBytes_Check(args[11])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "encode_pack(tokens, books: dict, live, meta: dict, depth, published_at, "
+                        "mid_spread, fallback, n_shards, maxlen, book_prefix: bytes, "
+                        "stream_prefix: bytes)");
+        return NULL;
+    }
+    PyObject *tokens = args[0], *books = args[1], *live = args[2], *meta = args[3];
+    PyObject *mid_spread = args[6], *fallback = args[7], *book_prefix = args[10],
+             *stream_prefix = args[11];
+    Py_ssize_t depth = PyLong_AsSsize_t(args[4]);
+    if (depth == -1 && PyErr_Occurred()) return NULL;
+    long long published_at = PyLong_AsLongLong(args[5]);
+    if (published_at == -1 && PyErr_Occurred()) return NULL;
+    Py_ssize_t n_shards = PyLong_AsSsize_t(args[8]);
+    if (n_shards == -1 && PyErr_Occurred()) return NULL;
+    long long maxlen = PyLong_AsLongLong(args[9]);
+    if (maxlen == -1 && PyErr_Occurred()) return NULL;
+    if (n_shards < 1) n_shards = 1;
+    if (PyBytes_GET_SIZE(stream_prefix) > 100) {
+        PyErr_SetString(PyExc_ValueError, "stream prefix too long");
+        return NULL;
+    }
+    char pa[32];
+    Py_ssize_t pan = int_text(pa, published_at);
+
+    PyObject *result = NULL, *it = NULL, *token = NULL, *seen = NULL;
+    pack_bufs_t own, *pb = &g_pack;
+    int shared = !g_pack_busy;
+    if (shared) {
+        g_pack_busy = 1;
+    } else {
+        pb = &own;
+        pack_bufs_init(pb);
+    }
+    Py_ssize_t *order = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)n_shards);
+    Py_ssize_t tops = 0, shards_seen = 0;
+    if (!order) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (pack_bufs_ready(pb, n_shards) < 0) goto done;
+    buf_t *mset = &pb->mset, *top = &pb->top;
+    if (!PyAnySet_Check(tokens) && !(seen = PySet_New(NULL))) goto done;
+    if (!(it = PyObject_GetIter(tokens))) goto done;
+    while ((token = PyIter_Next(it))) {
+        if (!PyUnicode_Check(token)) {
+            PyErr_SetString(PyExc_TypeError, "token ids must be str");
+            goto done;
+        }
+        if (seen) { /* the MSET would keep one top per token but XADD every one */
+            int dup = PySet_Contains(seen, token);
+            if (dup < 0 || (!dup && PySet_Add(seen, token) < 0)) goto done;
+            if (dup) {
+                PyErr_SetString(PyExc_ValueError, "encode_pack: tokens must be distinct");
+                goto done;
+            }
+        }
+        PyObject *book = PyDict_GetItemWithError(books, token), *side = NULL;
+        if (!book) {
+            if (PyErr_Occurred()) goto done;
+            Py_CLEAR(token);
+            continue;
+        }
+        Py_INCREF(book);
+        int ok = 0, r;
+        PyObject *m = PyDict_GetItemWithError(meta, token); /* borrowed */
+        if (!m) {
+            if (!PyErr_Occurred()) PyErr_SetObject(PyExc_KeyError, token);
+            goto next;
+        }
+        PyObject *last = PyObject_GetAttr(m, s_last_trade);
+        if (!last) goto next;
+        if (last == Py_None) {
+            side = last;
+        } else {
+            side = PyObject_GetAttr(last, s_side);
+            Py_DECREF(last);
+            if (!side) goto next;
+        }
+        int fresh = PySequence_Contains(live, token);
+        if (fresh < 0) goto next;
+        PyObject *f = fresh ? Py_True : Py_False;
+        top->n = 0;
+        r = encode_top_into(top, book, f, side, depth, pa, pan, mid_spread);
+        if (r < 0) goto next;
+        if (r == 0) {
+            PyObject *blob =
+                PyObject_CallFunction(fallback, "OOOnL", book, f, side, depth, published_at);
+            if (!blob) goto next;
+            if (!PyBytes_Check(blob)) {
+                Py_DECREF(blob);
+                PyErr_SetString(PyExc_TypeError, "fallback must return bytes");
+                goto next;
+            }
+            r = buf_put(top, PyBytes_AS_STRING(blob), PyBytes_GET_SIZE(blob));
+            Py_DECREF(blob);
+            if (r < 0) goto next;
+        }
+        Py_ssize_t shard;
+        LevelsObject *core = core_of(book);
+        if (token_key(mset, core ? &core->tc : NULL, token, book_prefix, n_shards, &shard) < 0)
+            goto next;
+        if (put_resp_len(mset, '$', top->n) < 0 || buf_put(mset, top->p, top->n) < 0 ||
+            BUF_LIT(mset, "\r\n") < 0)
+            goto next;
+        buf_t *sb = &pb->shard[shard];
+        if (shard_reserve(sb, top->n + 1) < 0) goto next;
+        if (sb->n)
+            sb->p[sb->n++] = '\n';
+        else
+            order[shards_seen++] = shard;
+        memcpy(sb->p + sb->n, top->p, (size_t)top->n);
+        sb->n += top->n;
+        tops++;
+        ok = 1;
+    next:
+        Py_DECREF(book);
+        Py_XDECREF(side);
+        Py_CLEAR(token);
+        if (!ok) goto done;
+    }
+    if (PyErr_Occurred()) goto done;
+    if (!tops) {
+        result = Py_BuildValue("(y#nn)", "", (Py_ssize_t)0, (Py_ssize_t)0, (Py_ssize_t)0);
+        goto done;
+    }
+    {
+        /* MSET, then one XADD per shard in order of first appearance (pack_publish), written
+         * straight into the payload: its size is counted first, and the writer below never
+         * goes past it (a miscount is an error, not an overflow). */
+#define XADD_HEAD "*8\r\n$4\r\nXADD\r\n"
+#define XADD_MAXLEN "$6\r\nMAXLEN\r\n$1\r\n~\r\n"
+#define XADD_TOPS "$1\r\n*\r\n$4\r\ntops\r\n"
+#define LIT_LEN(lit) ((Py_ssize_t)(sizeof(lit) - 1))
+        char cap[32], stream[160];
+        int capn = snprintf(cap, sizeof cap, "%lld", maxlen);
+        Py_ssize_t spn = PyBytes_GET_SIZE(stream_prefix);
+        Py_ssize_t total = resp_len_size(1 + 2 * tops) + LIT_LEN("$4\r\nMSET\r\n") + mset->n;
+        for (Py_ssize_t k = 0; k < shards_seen; k++) {
+            Py_ssize_t sn = spn + resp_len_size(order[k]) - 3; /* prefix + the shard's digits */
+            Py_ssize_t body = pb->shard[order[k]].n;
+            total += LIT_LEN(XADD_HEAD) + resp_len_size(sn) + sn + 2 + LIT_LEN(XADD_MAXLEN) +
+                     resp_len_size(capn) + capn + 2 + LIT_LEN(XADD_TOPS) + resp_len_size(body) +
+                     body + 2;
+        }
+        PyObject *payload = PyBytes_FromStringAndSize(NULL, total);
+        if (!payload) goto done;
+        char *o = PyBytes_AS_STRING(payload), *end = o + total, num[24];
+        int fail = 0;
+#define OUT(p, n)                                             \
+    do {                                                      \
+        Py_ssize_t n_ = (n);                                  \
+        if (fail || end - o < n_) {                           \
+            fail = 1;                                         \
+        } else {                                              \
+            memcpy(o, (p), (size_t)n_);                       \
+            o += n_;                                          \
+        }                                                     \
+    } while (0)
+#define OUT_LEN(lead, v)                                      \
+    do {                                                      \
+        int k_ = snprintf(num, sizeof num, "%c%zd\r\n", (lead), (Py_ssize_t)(v)); \
+        OUT(num, k_);                                         \
+    } while (0)
+        OUT_LEN('*', 1 + 2 * tops);
+        OUT("$4\r\nMSET\r\n", LIT_LEN("$4\r\nMSET\r\n"));
+        OUT(mset->p, mset->n);
+        for (Py_ssize_t k = 0; k < shards_seen; k++) {
+            Py_ssize_t shard = order[k];
+            int sn = snprintf(stream, sizeof stream, "%.*s%zd", (int)spn,
+                              PyBytes_AS_STRING(stream_prefix), shard);
+            OUT(XADD_HEAD, LIT_LEN(XADD_HEAD));
+            OUT_LEN('$', sn);
+            OUT(stream, sn);
+            OUT("\r\n", 2);
+            OUT(XADD_MAXLEN, LIT_LEN(XADD_MAXLEN));
+            OUT_LEN('$', capn);
+            OUT(cap, capn);
+            OUT("\r\n", 2);
+            OUT(XADD_TOPS, LIT_LEN(XADD_TOPS));
+            OUT_LEN('$', pb->shard[shard].n);
+            OUT(pb->shard[shard].p, pb->shard[shard].n);
+            OUT("\r\n", 2);
+        }
+#undef OUT
+#undef OUT_LEN
+        if (fail || o != end) {
+            Py_DECREF(payload);
+            PyErr_SetString(PyExc_SystemError, "encode_pack: payload size miscounted");
+            goto done;
+        }
+        result = Py_BuildValue("(Nnn)", payload, 1 + shards_seen, tops);
+    }
+done:
+    Py_XDECREF(token);
+    Py_XDECREF(it);
+    Py_XDECREF(seen);
+    PyMem_Free(order);
+    if (shared) {
+        pack_bufs_trim(pb);
+        g_pack_busy = 0;
+    } else {
+        pack_bufs_free(pb);
+    }
+    return result;
+}
+
 /* bind_native(NativeOrderBook): the class whose `_core` slot holds a Levels. */
 static PyObject *bind_native(PyObject *self, PyObject *cls) {
     if (!PyType_Check(cls)) {
@@ -1965,6 +2546,9 @@ static PyMethodDef methods[] = {
      "encode_tops(tokens, books, live, meta, depth, published_at, mid_spread, fallback)"},
     {"pack_publish", (PyCFunction)(void (*)(void))pack_publish, METH_FASTCALL,
      "pack_publish(items, n_shards, maxlen, book_prefix, stream_prefix) -> (bytes, replies)"},
+    {"encode_pack", (PyCFunction)(void (*)(void))encode_pack, METH_FASTCALL,
+     "encode_pack(tokens, books, live, meta, depth, published_at, mid_spread, fallback, "
+     "n_shards, maxlen, book_prefix, stream_prefix) -> (payload, replies, tops)"},
     {"hash_text", (PyCFunction)(void (*)(void))hash_text, METH_FASTCALL,
      "hash_text(book, timestamp, last_trade_price) -> bytes: the book hash's SHA-1 input."},
     {NULL, NULL, 0, NULL}};
@@ -2014,6 +2598,7 @@ PyMODINIT_FUNC PyInit__fastbook(void) {
     INTERN(s_last_trade, "last_trade");
     INTERN(s_side, "side");
     crc_init();
+    pack_bufs_init(&g_pack);
     if (PyType_Ready(&Levels_Type) < 0) return NULL;
     PyObject *m = PyModule_Create(&moduledef);
     if (!m) return NULL;

@@ -424,7 +424,7 @@ class Ingester:
         self._last_publish = time.monotonic()
         trades = self.keeper.drain_trades_json()
         # Called even with nothing to send: it also collects the previous publish's replies.
-        self._publisher.publish_json(self.keeper.drain_tops_json(), trades)
+        self._publisher.publish_keeper(self.keeper, trades)
         if trades:  # the market-wide prints, also kept for the market page's recent trades
             self.bus.record_trades([TradePrint.from_json(blob) for _, blob in trades])
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypedDict
 
@@ -37,7 +37,9 @@ from marketdata.book import (
     parse_price,
 )
 from marketdata.bus import (
+    BOOK_KEY,
     DEFAULT_DEPTH,
+    STREAM_KEY,
     BookTop,
     EncodedTop,
     EncodedTrade,
@@ -46,6 +48,7 @@ from marketdata.bus import (
     mid_spread,
     now_ms,
 )
+from marketdata.publisher import pack_publish
 
 logger = logging.getLogger("polysim.marketdata")
 
@@ -53,6 +56,7 @@ LOG_EVERY_S: Final = 10.0
 MAX_UNDRAINED_TRADES: Final = 1_000  # BookKeeper.drain_trades_json backlog bound
 
 _loads = orjson.loads
+_BOOK_PREFIX, _STREAM_PREFIX = BOOK_KEY.encode(), STREAM_KEY.encode()
 
 # --- events -----------------------------------------------------------------------------------
 
@@ -1060,15 +1064,20 @@ class BookKeeper:
         trades, self._trades = self._trades, []
         return trades
 
-    def drain_tops_json(self, depth: int = DEFAULT_DEPTH) -> list[EncodedTop]:
-        """`drain_tops`, already encoded for `PriceBus.publish_json` (the feed's hot path)."""
+    def _drain_dirty(self) -> tuple[set[str], Container[str], int]:
+        """For the drain_tops_* methods: check the due hash claims, then take the tokens
+        touched since the last drain; with the tokens published fresh and published_at."""
         self.verify_pending()
         dirty, self._dirty = self._dirty, set()
-        books, meta, native = self._books, self._meta, self._native
-        live = self._live
+        live: Container[str] = self._live
         if self._bursts:  # books in an unproven trade burst are published not fresh
-            live = {t: b for t, b in live.items() if t not in self._bursts}
-        published_at = now_ms()
+            live = {t: b for t, b in self._live.items() if t not in self._bursts}
+        return dirty, live, now_ms()
+
+    def drain_tops_json(self, depth: int = DEFAULT_DEPTH) -> list[EncodedTop]:
+        """`drain_tops`, already encoded for `PriceBus.publish_json` (the feed's hot path)."""
+        dirty, live, published_at = self._drain_dirty()
+        books, meta, native = self._books, self._meta, self._native
         if native is not None:  # the same loop in C
             return native.encode_tops(  # type: ignore[no-any-return]
                 dirty, books, live, meta, depth, published_at, mid_spread, _encode_top_kw
@@ -1085,3 +1094,34 @@ class BookKeeper:
                 )
                 out.append((token_id, blob))
         return out
+
+    def drain_tops_packed(
+        self, n_shards: int, maxlen: int, depth: int = DEFAULT_DEPTH
+    ) -> tuple[bytes, int, int]:
+        """`drain_tops_json` packed for Redis as `publisher.pack_publish` packs it:
+        (the RESP payload, the number of replies it gets, the number of tops), or
+        (b"", 0, 0) when no top is due. The pipelined publisher's hot path
+        (`PipelinedPublisher.publish_keeper`): compiled, it is one C pass that writes each top
+        straight into the payload, reusing what did not change since the book's last top."""
+        native = self._native
+        if native is None:
+            items = self.drain_tops_json(depth)
+            if not items:
+                return b"", 0, 0
+            payload, replies = pack_publish(items, n_shards, maxlen)
+            return payload, replies, len(items)
+        dirty, live, published_at = self._drain_dirty()
+        return native.encode_pack(  # type: ignore[no-any-return]
+            dirty,
+            self._books,
+            live,
+            self._meta,
+            depth,
+            published_at,
+            mid_spread,
+            _encode_top_kw,
+            n_shards,
+            maxlen,
+            _BOOK_PREFIX,
+            _STREAM_PREFIX,
+        )

@@ -11,6 +11,10 @@ one flush interval later), after which the next publish starts afresh.
 Readers see the same keys and stream entries, byte for byte (a test compares both). Not for
 code that reads its own writes right after publishing on another connection: use the bus.
 
+The ingester publishes through `publish_keeper(keeper, trades)`: on the pipelined publisher
+the keeper's due tops are packed as they are encoded (`BookKeeper.drain_tops_packed`, one C
+pass on the compiled path), the same bytes as `publish_json(keeper.drain_tops_json(), trades)`.
+
 `publisher_for(bus)` gives the ingester a publisher for any bus: pipelined on a RedisBus, the
 bus itself otherwise (InProcessBus applies a publish at once).
 """
@@ -19,7 +23,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import redis
 
@@ -35,11 +39,18 @@ from marketdata.bus import (
     _trades_by_shard,
 )
 
+if TYPE_CHECKING:
+    from marketdata.messages import BookKeeper
+
 
 class Publisher(Protocol):
     def publish_json(
         self, items: Sequence[EncodedTop], trades: Sequence[EncodedTrade] = ()
     ) -> None: ...
+
+    def publish_keeper(self, keeper: BookKeeper, trades: Sequence[EncodedTrade] = ()) -> None:
+        """`publish_json(keeper.drain_tops_json(), trades)`: the keeper's due tops, drained
+        and published (the ingester's flush)."""
 
     def flush(self) -> None:
         """Wait until everything published so far is stored; raise if any of it failed."""
@@ -113,11 +124,28 @@ class PipelinedPublisher:
     def publish_json(
         self, items: Sequence[EncodedTop], trades: Sequence[EncodedTrade] = ()
     ) -> None:
+        if not items and not trades:
+            self.publish_packed(b"", 0)  # still collects the previous publish's replies
+            return
+        self.publish_packed(*_pack(items, self.bus.n_shards, self.bus.maxlen, trades))
+
+    def publish_keeper(self, keeper: BookKeeper, trades: Sequence[EncodedTrade] = ()) -> None:
+        """The same as `publish_json(keeper.drain_tops_json(), trades)`, byte for byte; without
+        trade prints (nearly every flush) the tops are packed as they are encoded
+        (`BookKeeper.drain_tops_packed`: compiled, no bytes object per top)."""
+        if trades:
+            self.publish_json(keeper.drain_tops_json(), trades)
+            return
+        payload, replies, _ = keeper.drain_tops_packed(self.bus.n_shards, self.bus.maxlen)
+        self.publish_packed(payload, replies)
+
+    def publish_packed(self, payload: bytes, replies: int) -> None:
+        """Write a packed batch (`pack_publish`'s result) after reading the previous one's
+        replies; replies=0 (nothing to send) only reads them."""
         with self._lock:
             self._read_pending()
-            if not items and not trades:
+            if not replies:
                 return
-            payload, replies = _pack(items, self.bus.n_shards, self.bus.maxlen, trades)
             conn = self._connection()
             try:
                 conn.send_packed_command([payload], check_health=False)
@@ -168,6 +196,9 @@ class PipelinedPublisher:
 class _Immediate:
     def __init__(self, bus: PriceBus) -> None:
         self.publish_json = bus.publish_json
+
+    def publish_keeper(self, keeper: BookKeeper, trades: Sequence[EncodedTrade] = ()) -> None:
+        self.publish_json(keeper.drain_tops_json(), trades)
 
     def flush(self) -> None:
         pass

@@ -75,6 +75,51 @@ def drain_same(fast: BookKeeper, pure: BookKeeper) -> list[tuple[str, bytes]]:
     return tops_fast
 
 
+def unpack(payload: bytes) -> list[list[bytes]]:
+    """The commands of a RESP payload (arrays of bulk strings), as lists of arguments."""
+    commands, pos = [], 0
+    while pos < len(payload):
+        assert payload[pos : pos + 1] == b"*"
+        end = payload.index(b"\r\n", pos)
+        count, pos = int(payload[pos + 1 : end]), end + 2
+        args = []
+        for _ in range(count):
+            assert payload[pos : pos + 1] == b"$"
+            end = payload.index(b"\r\n", pos)
+            n = int(payload[pos + 1 : end])
+            args.append(payload[end + 2 : end + 2 + n])
+            assert payload[end + 2 + n : end + 4 + n] == b"\r\n"
+            pos = end + 4 + n
+        commands.append(args)
+    return commands
+
+
+def packed_view(packed: tuple[bytes, int, int]) -> dict:
+    """What a packed drain stores, independent of the order the tokens were drained in:
+    each token's latest top (MSET) and each stream's entry as a sorted list of tops."""
+    payload, replies, tops = packed
+    commands = unpack(payload)
+    assert replies == len(commands)
+    if not tops:
+        return {}
+    mset, *xadds = commands
+    assert mset[0] == b"MSET" and len(mset) == 1 + 2 * tops
+    streams = {}
+    for xadd in xadds:
+        assert xadd[0] == b"XADD" and xadd[2:7] == [b"MAXLEN", b"~", xadd[4], b"*", b"tops"]
+        streams[xadd[1]] = sorted(xadd[7].split(b"\n"))
+    assert sum(len(v) for v in streams.values()) == tops
+    return {"latest": dict(zip(mset[1::2], mset[2::2], strict=True)), "streams": streams}
+
+
+def drain_packed_same(fast: BookKeeper, pure: BookKeeper, n_shards: int = 3) -> None:
+    """drain_tops_packed on both paths: the same tops stored, the same streams appended."""
+    assert packed_view(fast.drain_tops_packed(n_shards, 99)) == packed_view(
+        pure.drain_tops_packed(n_shards, 99)
+    )
+    assert_same(fast, pure)
+
+
 # --- the recorded sequence -----------------------------------------------------------------
 
 
@@ -93,6 +138,26 @@ def test_the_scanner_takes_every_recorded_price_change_frame(shared_dir):
     assert keeper.stats.events == {"price_change": 49}
 
 
+@pytest.mark.parametrize("odd", ['\\"', "\\u0041", "\x01", "\x1f", "é", "\x7f"])
+def test_the_scanner_leaves_any_escape_control_or_non_ascii_byte_to_python(odd):
+    """Wherever it sits in a string (the scanner tests 16 and 8 bytes at a time, then one by
+    one), an escape, a control byte or a non-ASCII character sends the frame to Python:
+    except DEL, which is plain ASCII to JSON and is taken."""
+    for pos in range(0, 40):
+        token = TOKEN_A[:pos] + odd + TOKEN_A[pos:]
+        entry = '"asset_id":"' + token + '","price":"0.5","size":"1","side":"BUY","hash":"ab"'
+        frame = (
+            '{"market":"0xm","price_changes":[{' + entry + '}],"timestamp":"1",'
+            '"event_type":"price_change"}'
+        ).encode()
+        keeper = BookKeeper(native=True)
+        handled = native.feed_price_change(keeper, frame)
+        assert handled == (odd == "\x7f"), (odd, pos)
+        assert keeper.stats.entries_untracked == handled  # the C path counted it, or nothing
+    clean = frame.replace(odd.encode(), b"")
+    assert native.feed_price_change(BookKeeper(native=True), clean) is True
+
+
 @pytest.mark.parametrize("verify", ["entry", "flush", "off"])
 @pytest.mark.parametrize("drain_every", [1, 5, 1000])
 def test_golden_sequence_same_on_both_paths(shared_dir, verify, drain_every):
@@ -102,8 +167,8 @@ def test_golden_sequence_same_on_both_paths(shared_dir, verify, drain_every):
         fast.feed(frame)
         pure.feed(frame)
         assert_same(fast, pure)
-        if i % drain_every == 0:
-            drain_same(fast, pure)
+        if i % drain_every == 0:  # as encoded tops, and packed for Redis, in turn
+            (drain_packed_same if i // drain_every % 2 else drain_same)(fast, pure)
     tops = drain_same(fast, pure)
     final = orjson.loads(frames[-1])
     book = fast.book(TOKEN_A)
@@ -260,10 +325,10 @@ def test_random_frames_same_on_both_paths(frames, verify, drains):
         pure.feed(frame)
         assert_same(fast, pure)
         if i in drains:
-            drain_same(fast, pure)
+            (drain_packed_same if i % 2 else drain_same)(fast, pure)
     fast.verify_pending(force=True)
     pure.verify_pending(force=True)
-    drain_same(fast, pure)
+    drain_packed_same(fast, pure)
 
 
 def test_a_bad_entry_sends_the_whole_frame_to_python_and_is_counted_once():
@@ -429,6 +494,10 @@ def test_native_order_book_behaves_as_order_book(ops):
         assert native_book.compute_hash() == pure_book.compute_hash()
         assert native_book._hash_text("1", "0.5") == pure_book._hash_text("1", "0.5")
         assert repr(native_book) == repr(pure_book)
+        # the C encoder keeps each side's top between calls while no change reaches it
+        assert native.encode_top(native_book, True, "BUY", 2, 9, mid_spread) == encode_top(
+            pure_book, last_trade_side="BUY", depth=2, published_at=9
+        )
 
 
 @settings(max_examples=200, deadline=None)
@@ -449,6 +518,73 @@ def test_compiled_pack_publish_is_byte_for_byte_the_python_one(items, n_shards, 
     )
 
 
+def keeper_with_books(rng: random.Random, n: int) -> BookKeeper:
+    keeper = BookKeeper(native=True, verify="off")
+    for i in range(n):
+        token = f"{i}{TOKEN_A[1:]}"
+        keeper.track(token, market=f"0xm{i % 3}")
+        keeper.feed(
+            orjson.dumps(
+                {
+                    "event_type": "book",
+                    "market": f"0xm{i % 3}",
+                    "asset_id": token,
+                    # 19 digits: the C encoder leaves that token's top to the Python one
+                    "timestamp": "1" + "0" * 18 if i == 3 else "1790658674000",
+                    "bids": [{"price": p, "size": rng.choice(SIZES[1:])} for p in PRICES[:4]],
+                    "asks": [{"price": p, "size": rng.choice(SIZES[1:])} for p in PRICES[4:]],
+                }
+            )
+        )
+    return keeper
+
+
+@pytest.mark.parametrize("n_shards", [1, 4])
+def test_encode_pack_is_pack_publish_of_encode_tops_byte_for_byte(n_shards):
+    from marketdata.publisher import pack_publish
+
+    rng = random.Random(11)
+    keeper = keeper_with_books(rng, 12)
+    tokens = sorted(keeper._books)
+    long_ts = keeper._books[f"3{TOKEN_A[1:]}"]
+    assert native.encode_top(long_ts, True, None, 10, 1, mid_spread) is None
+    keeper._meta[tokens[2]].last_trade = messages.LastTrade("0.5", "SELL", "3", "1")
+    live = {t: b for t, b in keeper._live.items() if t != tokens[5]}  # one published stale
+    for round_ in range(6):
+        order = rng.sample(tokens, len(tokens) - round_)  # some with no book, some left out
+        order.insert(1, "not tracked")
+        args = (keeper._books, live, keeper._meta, 10, 1234 + round_, mid_spread)
+        items = native.encode_tops(order, *args, messages._encode_top_kw)
+        packed = native.encode_pack(
+            order, *args, messages._encode_top_kw, n_shards, 77, b"md:book:", b"md:updates:"
+        )
+        assert packed == (*pack_publish(items, n_shards, 77), len(items))
+        for token, blob in items:  # the C encoder's tops are the Python encoder's
+            book = keeper._books[token]
+            last = keeper._meta[token].last_trade
+            assert blob == encode_top(
+                book,
+                fresh=token in live,
+                last_trade_side=last.side if last else None,
+                depth=10,
+                published_at=1234 + round_,
+            )
+        # changes between rounds: the caches must follow
+        for token in rng.sample(tokens, 4):
+            side, price = rng.choice(["BUY", "SELL"]), rng.choice(PRICES)
+            keeper._books[token].apply_change(side, price, rng.choice(SIZES))
+        keeper._books[tokens[round_]].market = f"0xnew{round_}"
+    assert native.encode_pack(set(), *args, messages._encode_top_kw, 4, 77, b"a", b"b") == (
+        b"",
+        0,
+        0,
+    )
+    with pytest.raises(ValueError, match="distinct"):
+        native.encode_pack(
+            [tokens[0], tokens[0]], *args, messages._encode_top_kw, 4, 77, b"a", b"b"
+        )
+
+
 def test_deep_books_stay_equal_under_random_changes():
     """Hundreds of levels: inserts, updates and deletes far from the best price too (the C
     side walks in from the best end, then bisects)."""
@@ -464,6 +600,14 @@ def test_deep_books_stay_equal_under_random_changes():
         size = rng.choice(["0", "1", "22.5", "300"]) if step % 3 else "7"
         for book in books:
             book.apply_change(side, price, size)
+            if step % 1000 == 999:  # the head of the top is cached too
+                book.market = f"0xm{step}"
+        # The top's levels are cached per side until a change lands among them: most of
+        # these changes are deeper, some are not.
+        depth = 10 if step % 500 else 3
+        assert native.encode_top(books[0], True, None, depth, step, mid_spread) == encode_top(
+            books[1], depth=depth, published_at=step
+        )
         if step % 250 == 0:
             assert books[0].to_wire() == books[1].to_wire()
     native_book, pure_book = books

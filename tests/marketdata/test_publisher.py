@@ -114,3 +114,80 @@ def test_other_buses_publish_at_once():
     publisher.publish_json([("t", b'{"token_id":"t"}')])
     assert bus._latest == {"t": b'{"token_id":"t"}'}
     publisher.flush()
+
+
+def keeper_pair(native: bool) -> tuple:
+    """Two keepers fed the same books and changes (one to drain each way)."""
+    import orjson
+
+    from marketdata.messages import BookKeeper
+
+    keepers = BookKeeper(native=native), BookKeeper(native=native)
+    frames = []
+    for i in range(8):
+        token = f"tok{i}"
+        frames.append(
+            orjson.dumps(
+                {
+                    "event_type": "book",
+                    "market": "0xm",
+                    "asset_id": token,
+                    "timestamp": "1790658674000",
+                    "bids": [{"price": "0.4", "size": "10"}, {"price": "0.41", "size": "3"}],
+                    "asks": [{"price": "0.6", "size": "5"}],
+                }
+            )
+        )
+    frames.append(
+        orjson.dumps(
+            {
+                "event_type": "price_change",
+                "market": "0xm",
+                "timestamp": "1790658674001",
+                "price_changes": [
+                    {"asset_id": "tok1", "price": "0.42", "size": "7", "side": "BUY"},
+                    {"asset_id": "tok2", "price": "0.6", "size": "0", "side": "SELL"},
+                ],
+            }
+        )
+    )
+    for keeper in keepers:
+        for i in range(8):
+            keeper.track(f"tok{i}", market="0xm")
+        for frame in frames:
+            keeper.feed(frame)
+    return keepers
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("native", [False, True])
+def test_publish_keeper_writes_what_publish_json_of_the_drained_tops_writes(
+    redis_url, native, monkeypatch
+):
+    from marketdata import fastbook, messages
+
+    if native and fastbook.native is None:
+        pytest.skip("marketdata._fastbook is not built or POLYSIM_FEED_PURE is set")
+    monkeypatch.setattr(messages, "now_ms", lambda: 1_790_000_000_000)
+    bus = RedisBus.from_url(redis_url, n_shards=3, maxlen=50)
+    client = bus.client
+    by_json, by_keeper = keeper_pair(native)
+    bus.publish_json(by_json.drain_tops_json())
+    expected = state(client, 3)
+    assert len(expected["latest"]) == 8
+    client.flushdb()
+
+    publisher = PipelinedPublisher(bus)
+    publisher.publish_keeper(by_keeper)
+    publisher.publish_keeper(by_keeper)  # nothing due: only collects the replies
+    publisher.flush()
+    assert state(client, 3) == expected
+    assert by_keeper.drain_tops_packed(3, 50) == (b"", 0, 0)
+
+
+def test_other_buses_publish_a_keeper_at_once():
+    bus = InProcessBus()
+    by_json, by_keeper = keeper_pair(False)
+    publisher_for(bus).publish_keeper(by_keeper)
+    expected = dict(by_json.drain_tops_json())
+    assert bus._latest.keys() == expected.keys() == {f"tok{i}" for i in range(8)}
