@@ -42,6 +42,7 @@ import datetime as dt
 import os
 import platform
 import random
+import secrets
 import shlex
 import signal
 import subprocess
@@ -104,13 +105,19 @@ def _recreate_database(url: str) -> None:
     )
 
 
+_BENCH_SECRET = secrets.token_urlsafe(32)  # this run's only: nothing signed outlives it
+
+
 def _env(db_url: str, redis_url: str) -> dict[str, str]:
     return {
         **os.environ,
         "DATABASE_URL": db_url,
         "REDIS_URL": redis_url,
         "PRICE_BUS_SHARDS": "1",
-        "DEBUG": os.environ.get("DEBUG", "1"),
+        # Production-shaped: DEBUG off (DEBUG=1 wraps every query in Django's debug cursor,
+        # which logs and records it: CPU a deployed matcher never spends).
+        "DEBUG": os.environ.get("DEBUG", "0"),
+        "SECRET_KEY": os.environ.get("SECRET_KEY") or _BENCH_SECRET,
     }
 
 
