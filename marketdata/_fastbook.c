@@ -1975,6 +1975,35 @@ static PyObject *bind(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
 
 static PyObject *s_last_trade, *s_side;
 
+/* What a token's top says besides its book: the side of its last trade (a new reference,
+   Py_None when it has none) and whether the token is live. 0, or -1 with an exception set
+   and *side left NULL. */
+static int
+top_context(PyObject *meta, PyObject *live, PyObject *token, PyObject **side, int *fresh)
+{
+    *side = NULL;
+    PyObject *m = PyDict_GetItemWithError(meta, token); /* borrowed */
+    if (!m) {
+        if (!PyErr_Occurred()) PyErr_SetObject(PyExc_KeyError, token);
+        return -1;
+    }
+    PyObject *last = PyObject_GetAttr(m, s_last_trade);
+    if (!last) return -1;
+    if (last == Py_None) {
+        *side = last;
+    } else {
+        *side = PyObject_GetAttr(last, s_side);
+        Py_DECREF(last);
+        if (!*side) return -1;
+    }
+    *fresh = PySequence_Contains(live, token);
+    if (*fresh < 0) {
+        Py_CLEAR(*side);
+        return -1;
+    }
+    return 0;
+}
+
 /* encode_tops(tokens, books, live, meta, depth, published_at, mid_spread, fallback)
  * -> [(token_id, top JSON), ...]: BookKeeper.drain_tops_json's loop. `fallback(book, fresh,
  * last_trade_side, depth, published_at)` encodes what encode_top leaves to Python. */
@@ -2005,22 +2034,8 @@ static PyObject *encode_tops(PyObject *self, PyObject *const *args, Py_ssize_t n
             continue;
         }
         Py_INCREF(book);
-        PyObject *m = PyDict_GetItemWithError(meta, token); /* borrowed */
-        if (!m) {
-            if (!PyErr_Occurred()) PyErr_SetObject(PyExc_KeyError, token);
-            goto next;
-        }
-        PyObject *last = PyObject_GetAttr(m, s_last_trade);
-        if (!last) goto next;
-        if (last == Py_None) {
-            side = last;
-        } else {
-            side = PyObject_GetAttr(last, s_side);
-            Py_DECREF(last);
-            if (!side) goto next;
-        }
-        int fresh = PySequence_Contains(live, token);
-        if (fresh < 0) goto next;
+        int fresh;
+        if (top_context(meta, live, token, &side, &fresh) < 0) goto next;
         PyObject *f = fresh ? Py_True : Py_False;
         blob = encode_top_impl(book, f, side, depth, published_at, mid_spread);
         if (blob == Py_None) {
@@ -2366,22 +2381,8 @@ static PyObject *encode_pack(PyObject *self, PyObject *const *args, Py_ssize_t n
         }
         Py_INCREF(book);
         int ok = 0, r;
-        PyObject *m = PyDict_GetItemWithError(meta, token); /* borrowed */
-        if (!m) {
-            if (!PyErr_Occurred()) PyErr_SetObject(PyExc_KeyError, token);
-            goto next;
-        }
-        PyObject *last = PyObject_GetAttr(m, s_last_trade);
-        if (!last) goto next;
-        if (last == Py_None) {
-            side = last;
-        } else {
-            side = PyObject_GetAttr(last, s_side);
-            Py_DECREF(last);
-            if (!side) goto next;
-        }
-        int fresh = PySequence_Contains(live, token);
-        if (fresh < 0) goto next;
+        int fresh;
+        if (top_context(meta, live, token, &side, &fresh) < 0) goto next;
         PyObject *f = fresh ? Py_True : Py_False;
         top->n = 0;
         r = encode_top_into(top, book, f, side, depth, pa, pan, mid_spread);
