@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -20,10 +21,10 @@ from accounts.services.wallets import (
     account_open,
     account_update,
     user_ensure,
-    user_from_row,
 )
 from core import errors
-from core.db import create_or_get, db_datetime, db_json, db_param_uuid, db_uuid
+from core.db import create_or_get, db_param_uuid
+from core.sqlrows import model_from_row
 from partners import keys
 from partners.models import ALL_SCOPES, ApiKey, Tenant, TenantUser
 from partners.selectors import mapping_get
@@ -180,14 +181,9 @@ _MAPPING_INSERT = (
 )
 
 
-def _mapping_from_db(
-    tenant: Tenant, user: User, pk: Any, external_id: str, metadata: Any, created_at: Any
-) -> TenantUser:
-    mapping = TenantUser.from_db(
-        "default",
-        list(_MAPPING_COLUMNS),
-        [db_uuid(pk), tenant.pk, user.pk, external_id, db_json(metadata), db_datetime(created_at)],
-    )
+def _mapping_from_db(tenant: Tenant, user: User, values: Sequence[Any]) -> TenantUser:
+    """A mapping from values of _MAPPING_COLUMNS, with its tenant and user attached."""
+    mapping = model_from_row(TenantUser, _MAPPING_COLUMNS, values)
     mapping.tenant = tenant
     mapping.user = user
     return mapping
@@ -199,8 +195,8 @@ def _mapping_get(tenant: Tenant, external_id: str) -> TenantUser | None:
         row = cursor.fetchone()
     if row is None:
         return None
-    pk, _, _, ext, metadata, created_at, *user_row = row
-    return _mapping_from_db(tenant, user_from_row(tuple(user_row)), pk, ext, metadata, created_at)
+    n = len(_MAPPING_COLUMNS)
+    return _mapping_from_db(tenant, model_from_row(User, USER_COLUMNS, row[n:]), row[:n])
 
 
 @transaction.atomic
@@ -246,7 +242,8 @@ def trader_register(
         )
         inserted = cursor.fetchone() is not None
     if inserted:
-        return _mapping_from_db(tenant, user, pk, external_id, metadata, created_at), True
+        values = [pk, tenant.pk, user.pk, external_id, metadata, created_at]
+        return _mapping_from_db(tenant, user, values), True
     mapping = _mapping_get(tenant, external_id)
     if mapping is None:
         raise errors.EmailAlreadyMapped()

@@ -19,8 +19,9 @@ from django.utils import timezone
 
 from accounts.models import Account, EquitySnapshot, LedgerEntry, Position, User, normalize_email
 from core import errors
-from core.db import create_or_get, db_datetime
+from core.db import create_or_get
 from core.money import ZERO, cash, pct
+from core.sqlrows import model_from_row
 
 # --- Users --------------------------------------------------------------------------------
 USER_COLUMNS = (
@@ -52,25 +53,6 @@ _USER_UPSERT_PG = (
 _USER_BY_EMAIL = f'SELECT {_USER_SELECT} FROM "accounts_user" WHERE "email" = %s'
 
 
-def user_from_row(row: tuple[Any, ...]) -> User:
-    """A User from a row of _USER_COLUMNS, as the ORM would have loaded it (both backends)."""
-    pk, password, last_login, is_superuser, email, is_active, is_staff, date_joined = row
-    return User.from_db(
-        "default",
-        list(USER_COLUMNS),
-        [
-            int(pk),
-            password,
-            db_datetime(last_login),
-            bool(is_superuser),
-            email,
-            bool(is_active),
-            bool(is_staff),
-            db_datetime(date_joined),
-        ],
-    )
-
-
 def user_ensure(*, email: str) -> User:
     """The one user of a normalized email, created if needed. Race-safe and idempotent:
     INSERT … ON CONFLICT DO NOTHING and a read back, so a concurrent insert of the same email
@@ -96,7 +78,7 @@ def user_ensure(*, email: str) -> User:
             row = cursor.fetchone()
     if row is None:  # the insert was refused by something other than the email's uniqueness
         raise AssertionError(f"could not create a user for {normalized!r}")
-    return user_from_row(row)
+    return model_from_row(User, USER_COLUMNS, row)
 
 
 # --- Accounts -----------------------------------------------------------------------------

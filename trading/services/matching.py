@@ -38,14 +38,14 @@ from typing import Any
 
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
-from django.utils.dateparse import parse_date, parse_time
+from django.utils.dateparse import parse_time
 
 from accounts.models import Account, EquitySnapshot, LedgerEntry, Position
 from core import errors
 from core.clock import trading_day
-from core.db import db_datetime, db_decimal, db_json, db_param_uuid, db_uuid, retry_on_conflict
+from core.db import db_datetime, db_param_uuid, retry_on_conflict
 from core.money import CASH_QUANTUM, ZERO, cash, pct
-from core.sqlrows import fetch_statements, run_statements
+from core.sqlrows import fetch_statements, model_from_row, run_statements
 from marketdata import states as market_states
 from marketdata.bus import BookTop, TradePrint, get_bus
 from marketdata.models import Market, Token
@@ -105,35 +105,6 @@ def _fill_columns() -> list[str]:
     return [f.column for f in Fill._meta.concrete_fields]
 
 
-def _loader(field: Any, vendor: str) -> Any:
-    """What turns the driver's value of `field` into the ORM's (None: as it comes).
-    PostgreSQL gives native types except JSON (text, see core.db); SQLite text and numbers."""
-    kind = field.get_internal_type()
-    if kind == "JSONField":
-        return db_json
-    if vendor == "postgresql":
-        return None
-    if kind == "ForeignKey":
-        return _loader(field.target_field, vendor)
-    return {
-        "DecimalField": db_decimal,
-        "DateTimeField": db_datetime,
-        "UUIDField": db_uuid,
-        "DateField": _date,
-        "BooleanField": _bool,
-    }.get(kind)
-
-
-def _date(value: Any) -> dt.date | None:
-    if value is None or isinstance(value, dt.date):
-        return value
-    return parse_date(str(value))
-
-
-def _bool(value: Any) -> bool | None:
-    return None if value is None else bool(value)
-
-
 # The columns a fill reads of each row: everything it uses, nothing else (the instances have
 # the other fields deferred, never touched).
 _ACCOUNT_READ = (
@@ -151,22 +122,6 @@ _POSITION_READ = (
     "status", "size", "reserved_size", "avg_price", "cost_basis", "realized_pnl", "last_mark",
     "last_mark_at", "opened_at",
 )  # fmt: skip
-
-
-@cache
-def _row_loaders(label: str, names: tuple[str, ...], vendor: str) -> list[Any]:
-    from django.apps import apps
-
-    model = apps.get_model(label)
-    return [_loader(model._meta.get_field(name), vendor) for name in names]
-
-
-def _instance(model: type[Any], names: tuple[str, ...], row: tuple[Any, ...], vendor: str) -> Any:
-    """A model instance from the first len(names) values of `row` (the fields `names`, other
-    fields deferred)."""
-    loaders = _row_loaders(model._meta.label, names, vendor)
-    values = [v if f is None else f(v) for f, v in zip(loaders, row, strict=False)]
-    return model.from_db(connection.alias, names, values)
 
 
 @cache
@@ -283,7 +238,6 @@ def _locked(order_id: Any, account_id: Any, trigger_key: str) -> _Locked | Maker
     orders, not past its GTD expiration); `duplicate` if `trigger_key` was already applied
     (read after the account lock: every fill of the account commits under it). One round
     trip on PostgreSQL."""
-    vendor = connection.vendor
     account_sql, order_sql, positions_sql = _reads(connection.features.has_select_for_update_of)
     try:
         account_key = db_param_uuid(uuid.UUID(str(account_id)))
@@ -299,9 +253,9 @@ def _locked(order_id: Any, account_id: Any, trigger_key: str) -> _Locked | Maker
     )
     if not accounts or not orders:
         return MakerResult("gone", ZERO, ZERO, ZERO)
-    account = _instance(Account, _ACCOUNT_READ, accounts[0], vendor)
-    account.tenant_tz, account.tenant_time = accounts[0][-2:]
-    order = _instance(Order, _ORDER_READ, orders[0], vendor)
+    account = model_from_row(Account, _ACCOUNT_READ, accounts[0][: len(_ACCOUNT_READ)])
+    account.tenant_tz, account.tenant_time = accounts[0][-2:]  # type: ignore[attr-defined]
+    order = model_from_row(Order, _ORDER_READ, orders[0][: len(_ORDER_READ)])
     duplicate, previous, outcome, market_id, question, closed, status, accepting = orders[0][-8:]
     if (
         order.status != Order.Status.LIVE
@@ -323,7 +277,7 @@ def _locked(order_id: Any, account_id: Any, trigger_key: str) -> _Locked | Maker
         market_id,
         question,
         db_datetime(previous),
-        [_instance(Position, _POSITION_READ, row, vendor) for row in position_rows],
+        [model_from_row(Position, _POSITION_READ, row) for row in position_rows],
     )
 
 
