@@ -11,9 +11,10 @@ Path of one order:
      live (the top is `fresh` AND its feed's heartbeat is younger than
      PRICE_BUS_HEARTBEAT_STALE_SECONDS: a dead or hung feed leaves `fresh` tops behind).
   4. One transaction under the account row lock (retried on deadlock/serialization):
-     the replay and closed checks again, the positions (one locked read, with the last
-     fill's time), the balance/position check, the walk with depletion (its records read
-     with the positions' marks in one Redis round trip), then every write — Order, Fills,
+     the lock, the positions (locked, with the last fill's time) and the client_order_id
+     lookup in one round trip; the replay and closed checks again, the balance/position
+     check, the walk with depletion (its records read with the positions' marks in one
+     Redis round trip), then every write — Order, Fills,
      LedgerEntries, Position, equity snapshot, the account's cached balances — sent as one
      statement list (one round trip on PostgreSQL; core.sqlrows).
 
@@ -49,6 +50,7 @@ from core.money import CASH_QUANTUM, SHARE_QUANTUM, ZERO, to_decimal
 from core.sqlrows import (
     Statement,
     convert_row,
+    fetch_statements,
     insert_objects,
     model_from_row,
     run_statements,
@@ -326,10 +328,10 @@ def _columns(model: Any, alias: str, names: tuple[str, ...]) -> str:
 
 
 @cache
-def _sql(for_update: bool, for_update_of: bool) -> tuple[str, str, str]:
+def _sql(for_update: bool, for_update_of: bool) -> tuple[str, str, str, str]:
     token_t, market_t = Token._meta.db_table, Market._meta.db_table
     account_t, position_t = Account._meta.db_table, Position._meta.db_table
-    fill_t = Fill._meta.db_table
+    fill_t, order_t = Fill._meta.db_table, Order._meta.db_table
     token_sql = f"""
         SELECT {_columns(Token, "t", _TOKEN_FIELDS)}, {_columns(Market, "m", _MARKET_FIELDS)}
           FROM {token_t} t JOIN {market_t} m ON m.id = t.market_id
@@ -340,19 +342,23 @@ def _sql(for_update: bool, for_update_of: bool) -> tuple[str, str, str]:
          WHERE a.id = %s {"FOR UPDATE" if for_update else ""}
     """
     # The order's position and every other open one (for the equity snapshot), with the
-    # account's last fill time (fills_number's clamp), read after the account lock.
+    # account's last fill time (fills_number's clamp). Sent right after the account lock,
+    # in the same round trip: the account's epoch and last fill come from its row, which
+    # that lock has just frozen (each statement reads the latest committed rows).
     positions_sql = f"""
         SELECT {_columns(Position, "p", _POSITION_FIELDS)},
-               (SELECT f.filled_at FROM {fill_t} f WHERE f.account_id = %s AND f.seq = %s)
-          FROM {position_t} p
-         WHERE p.account_id = %s AND p.epoch = %s
+               (SELECT f.filled_at FROM {fill_t} f
+                 WHERE f.account_id = a.id AND f.seq = a.last_fill_seq)
+          FROM {position_t} p JOIN {account_t} a ON a.id = p.account_id
+         WHERE p.account_id = %s AND p.epoch = a.epoch
            AND (p.token_id = %s OR (p.status = %s AND p.size > 0))
          ORDER BY p.opened_at, p.id {"FOR UPDATE OF p" if for_update_of else ""}
     """
-    return token_sql, account_sql, positions_sql
+    replay_sql = f"SELECT o.id FROM {order_t} o WHERE o.account_id = %s AND o.client_order_id = %s"
+    return token_sql, account_sql, positions_sql, replay_sql
 
 
-def _statements() -> tuple[str, str, str]:
+def _statements() -> tuple[str, str, str, str]:
     features = connection.features
     return _sql(features.has_select_for_update, features.has_select_for_update_of)
 
@@ -388,38 +394,37 @@ def _token_with_market(token_id: str) -> Token | None:
         return token_from_row(cursor.fetchone())
 
 
-def _lock_account(account_id: Any) -> Account:
-    """SELECT … FOR UPDATE the account row (the columns placement moves)."""
-    with connection.cursor() as cursor:
-        cursor.execute(_statements()[1], [db_param_uuid(uuid.UUID(str(account_id)))])
-        row = cursor.fetchone()
-    if row is None:
+@dataclass
+class _Locked:
+    """What `_lock_and_read` read under the account lock."""
+
+    account: Account
+    position: Position | None  # this epoch's position in the order's token, if any
+    others: list[PositionRow]  # the other open positions with shares (equity snapshot)
+    previous: dict[str, Any]  # fills_number's keyword for the last fill's time
+    replay_of: Any  # pk of the account's order with the request's client_order_id, if any
+
+
+def _lock_and_read(account_id: Any, token_id: str, client_order_id: str | None) -> _Locked:
+    """ONE round trip (core.sqlrows.fetch_statements): SELECT … FOR UPDATE the account row
+    (the columns placement moves), then, locked, its position of this epoch in `token_id`
+    whatever its state and its OTHER positions of this epoch that are open with shares,
+    with the `filled_at` of the account's last fill; and, with a `client_order_id`, the id
+    of the account's order that carries it. NotFound when the account does not exist."""
+    account_key = db_param_uuid(uuid.UUID(str(account_id)))
+    _, account_sql, positions_sql, replay_sql = _statements()
+    statements: list[Statement] = [
+        (account_sql, [account_key]),
+        (positions_sql, [account_key, token_id, Position.Status.OPEN]),
+    ]
+    if client_order_id is not None:
+        statements.append((replay_sql, [account_key, client_order_id]))
+    results = fetch_statements(statements)
+    account_rows, rows = results[0], results[1]
+    if not account_rows:
         raise errors.NotFound("No such account.")
-    return model_from_row(Account, _ACCOUNT_FIELDS, row)
-
-
-def _locked_positions(
-    account: Account, token_id: str
-) -> tuple[Position | None, list[PositionRow], dict[str, Any]]:
-    """Under the account lock, locked: the account's position of this epoch in `token_id`
-    whatever its state (None if it has none), and its OTHER positions of this epoch that are
-    open with shares (as PositionRows, for the equity snapshot); and fills_number's keyword
-    for the `filled_at` of the account's last fill (None: no fill yet) — empty when no row
-    came back to carry it, so that fills_number looks it up itself."""
-    account_key = db_param_uuid(account.pk)
-    with connection.cursor() as cursor:
-        cursor.execute(
-            _statements()[2],
-            [
-                account_key,
-                account.last_fill_seq,
-                account_key,
-                account.epoch,
-                token_id,
-                Position.Status.OPEN,
-            ],
-        )
-        rows = cursor.fetchall()
+    account = model_from_row(Account, _ACCOUNT_FIELDS, account_rows[0])
+    replay_of = results[2][0][0] if client_order_id is not None and results[2] else None
     n = len(_POSITION_FIELDS)
     token_column = _POSITION_FIELDS.index("token_id")
     value_columns = [_POSITION_FIELDS.index(name) for name in _VALUE_FIELDS]
@@ -431,9 +436,9 @@ def _locked_positions(
             others.append(
                 _value_row(convert_row(Position, _VALUE_FIELDS, [r[i] for i in value_columns]))
             )
-    if rows:
-        return position, others, {"previous_filled_at": db_datetime(rows[0][n])}
-    return position, others, {}
+    # Empty when no row came back to carry the last fill's time: fills_number looks it up.
+    previous = {"previous_filled_at": db_datetime(rows[0][n])} if rows else {}
+    return _Locked(account, position, others, previous, replay_of)
 
 
 def _fee_params(market: Market) -> tuple[Decimal, Decimal]:
@@ -621,16 +626,13 @@ def _place_locked(
     live: bool,
     tenant: Any = None,
 ) -> _Outcome:
-    account = _lock_account(account_id)
-    if req.client_order_id is not None:
-        existing = Order.objects.filter(
-            account_id=account.pk, client_order_id=req.client_order_id
-        ).first()
-        if existing is not None:  # a concurrent twin committed while we waited for the lock
-            try:
-                return _Outcome(placed=_replay(existing, req))
-            except errors.DomainError as exc:
-                return _Outcome(error=exc)
+    locked = _lock_and_read(account_id, req.token_id, req.client_order_id)
+    account = locked.account
+    if locked.replay_of is not None:  # a concurrent twin committed while we waited for the lock
+        try:
+            return _Outcome(placed=_replay(Order.objects.get(pk=locked.replay_of), req))
+        except errors.DomainError as exc:
+            return _Outcome(error=exc)
     if account.is_closed:
         return _Outcome(error=errors.AccountClosed())
     assert req.price is not None
@@ -638,7 +640,7 @@ def _place_locked(
     order = _new_order(account, req, market, now)
     rate, exponent = _fee_params(market)
 
-    position, others, previous = _locked_positions(account, req.token_id)
+    position, others, previous = locked.position, locked.others, locked.previous
     if req.is_buy:
         need = req.amount if req.amount is not None else None
         if need is None:
