@@ -69,6 +69,7 @@ from partners.ratelimit import rate_limit_check
 from trading import states as order_states
 from trading.models import Fill, Order, Side
 from trading.permissions import (
+    PLACEMENT_FIELDS,
     account_for_trader,
     account_for_trader_from_row,
     account_for_trader_statement,
@@ -1099,11 +1100,15 @@ class OrderListApi(TraderApiView):
         # The account and the token in one round trip.
         account_rows, token_rows = fetch_statements(
             [
-                account_for_trader_statement(user=self.user, account_id=values.pop("account_id")),
+                account_for_trader_statement(
+                    user=self.user, account_id=values.pop("account_id"), fields=PLACEMENT_FIELDS
+                ),
                 token_statement(values["token_id"]),
             ]
         )
-        account = account_for_trader_from_row(account_rows[0] if account_rows else None)
+        account = account_for_trader_from_row(
+            account_rows[0] if account_rows else None, PLACEMENT_FIELDS
+        )
         ensure_account_tradable(account)
         token = token_from_row(token_rows[0] if token_rows else None)
         # No transaction of its own here: the engine commits the rejections it stores on
