@@ -12,12 +12,15 @@ import pytest
 from django.db import IntegrityError, connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from accounts.models import Account, LedgerEntry, Position
 from core.sqlrows import (
     convert_row,
     fetch_statements,
     insert_objects,
+    literal,
     model_from_row,
     run_statements,
     update_fields,
@@ -189,3 +192,101 @@ def test_fetch_statements_returns_each_result_in_one_round_trip_on_postgres():
     assert [Decimal(str(c)) for (c,) in cash] == [Decimal("100")]
     assert missing == []
     assert ledger == [("INITIAL_DEPOSIT", "")]
+
+
+_postgres_only = pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="psycopg's mogrify is the reference"
+)
+
+
+def _psycopg(value: object) -> str:
+    with connection.cursor() as cursor:
+        return str(cursor.cursor.mogrify("%s", [value]))
+
+
+@_postgres_only
+def test_literal_writes_what_psycopg_writes():
+    values = [
+        None,
+        True,
+        False,
+        0,
+        7,
+        -7,
+        2**70,
+        -(2**70),
+        Decimal("0"),
+        Decimal("-0"),
+        Decimal("0E-6"),
+        Decimal("-0.01980"),
+        Decimal("1E+3"),
+        Decimal("1.5E-10"),
+        "",
+        "9000021",
+        "O'Hara's market?",
+        "é ü 市场 🙂",
+        "50%",
+        Fill.Kind.FILL,
+        Order.Status.MATCHED,
+        uuid.uuid4(),
+        dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC),
+        dt.datetime(2026, 1, 2, 3, 4, 5, 7, tzinfo=dt.UTC),
+        timezone.now(),
+        dt.datetime(2026, 7, 2, 3, 4, 5, 120, tzinfo=dt.timezone(dt.timedelta(hours=-5))),
+        dt.date(2026, 1, 2),
+    ]
+    for value in values:
+        text = literal(value)
+        assert text is not None, value
+        assert text == _psycopg(value), value
+
+
+@_postgres_only
+def test_literal_leaves_the_rest_to_psycopg():
+    for value in [
+        Decimal("NaN"),
+        Decimal("-Infinity"),
+        "back\\slash",
+        "nul\x00",
+        dt.datetime(2026, 1, 2, 3, 4, 5),  # naive
+        dt.time(1, 2),
+        dt.timedelta(days=1),
+        1.5,
+        [1, 2],
+    ]:
+        assert literal(value) is None, value
+
+
+@_postgres_only
+@settings(max_examples=300, deadline=None)
+@given(
+    value=st.one_of(
+        st.integers(),
+        st.decimals(allow_nan=False, allow_infinity=False),
+        st.text(),
+        st.uuids(),
+        st.datetimes(timezones=st.timezones()),
+        st.dates(),
+    )
+)
+def test_literal_agrees_with_psycopg(value):
+    text = literal(value)
+    if text is not None:
+        assert text == _psycopg(value)
+
+
+@_postgres_only
+def test_merged_statements_are_what_psycopg_would_send():
+    from core.sqlrows import _merged
+
+    account = open_account("100")
+    order = _order(account)
+    statements = [
+        insert_objects([order]),
+        insert_objects([_fill(account, order, 1), _fill(account, order, 2)]),
+        update_fields(Account, account.pk, {"cash": Decimal("-1.5"), "updated_at": timezone.now()}),
+        ("SELECT %s, '100%%'", ["a"]),  # psycopg's own parser for anything but %s
+    ]
+    with connection.cursor() as cursor:
+        expected = ";\n".join(cursor.cursor.mogrify(sql, params) for sql, params in statements)
+        assert _merged(cursor, statements) == expected
