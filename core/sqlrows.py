@@ -264,12 +264,25 @@ def _placeholder_split(sql: str) -> tuple[str, ...] | None:
     return None if any("%" in part for part in parts) else parts
 
 
+def _integer_types() -> frozenset[type]:
+    """int, and the int wrappers Django's PostgreSQL backend passes integer fields as."""
+    try:
+        from psycopg.types.numeric import Int2, Int4, Int8, IntNumeric
+    except ImportError:  # not on psycopg
+        return frozenset({int})
+    return frozenset({int, Int2, Int4, Int8, IntNumeric})
+
+
+_INTEGERS = _integer_types()
+
+
 def literal(value: Any) -> str | None:
     """`value` as a PostgreSQL literal exactly as psycopg's `mogrify` writes it, for the
-    types of the hot write paths: None, bool, int, finite Decimal, str without backslash or
-    NUL (and str subclasses such as TextChoices members: their text), UUID, aware datetime,
-    date. None for anything else (the caller asks psycopg). Negative numbers get a leading
-    space, as psycopg's (so that `-` never follows another `-`); tests compare the two."""
+    types of the hot write paths: None, bool, int (and psycopg's Int2/4/8 wrappers), finite
+    Decimal, str without backslash or NUL (and str subclasses such as TextChoices members:
+    their text), UUID, aware datetime, date. None for anything else (the caller asks
+    psycopg). Negative numbers get a leading space, as psycopg's (so that `-` never follows
+    another `-`); tests compare the two."""
     if value is None:
         return "NULL"
     kind = type(value)
@@ -282,7 +295,7 @@ def literal(value: Any) -> str | None:
         if "\\" in value or "\x00" in value:
             return None
         return "'" + value.replace("'", "''") + "'"
-    if kind is int:
+    if kind in _INTEGERS:
         return str(value) if value >= 0 else " " + str(value)
     if kind is bool:
         return "true" if value else "false"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from decimal import Decimal
+from enum import IntEnum
 
 import pytest
 from django.db import IntegrityError, connection, transaction
@@ -206,6 +207,8 @@ def _psycopg(value: object) -> str:
 
 @_postgres_only
 def test_literal_writes_what_psycopg_writes():
+    from psycopg.types.numeric import Int2, Int4, Int8, IntNumeric
+
     values = [
         None,
         True,
@@ -215,6 +218,12 @@ def test_literal_writes_what_psycopg_writes():
         -7,
         2**70,
         -(2**70),
+        Int2(3),
+        Int4(0),
+        Int4(-3),
+        Int8(155),
+        Int8(-(2**40)),
+        IntNumeric(5),
         Decimal("0"),
         Decimal("-0"),
         Decimal("0E-6"),
@@ -253,6 +262,7 @@ def test_literal_leaves_the_rest_to_psycopg():
         dt.timedelta(days=1),
         1.5,
         [1, 2],
+        IntEnum("Level", "LOW HIGH").HIGH,
     ]:
         assert literal(value) is None, value
 
