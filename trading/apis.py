@@ -50,7 +50,6 @@ from core.api import (
 )
 from core.money import wire
 from core.pagination import keyset_page, parse_limit
-from core.sqlrows import fetch_statements
 from marketdata import states as market_states
 from marketdata.bus import BookTop, get_bus, latest_many_live
 from marketdata.clients import ClobClient, PolymarketError
@@ -69,11 +68,7 @@ from partners.ratelimit import rate_limit_check
 from trading import states as order_states
 from trading.models import Fill, Order, Side
 from trading.permissions import (
-    PLACEMENT_FIELDS,
     account_for_trader,
-    account_for_trader_from_row,
-    account_for_trader_statement,
-    ensure_account_tradable,
 )
 from trading.selectors import (
     account_equity,
@@ -82,7 +77,7 @@ from trading.selectors import (
     positions_liquidation,
 )
 from trading.services import order_cancel, order_cancel_account, order_cancel_market, order_place
-from trading.services.orders import STORED_REJECTIONS, token_from_row, token_statement
+from trading.services.orders import STORED_REJECTIONS
 
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 # Polymarket's /prices-history windows ("1m" is one month, "max" everything).
@@ -1097,23 +1092,11 @@ class OrderListApi(TraderApiView):
             data = self.InputSerializer(data=request.data)
             data.is_valid(raise_exception=True)
             values = dict(data.validated_data)
-        # The account and the token in one round trip.
-        account_rows, token_rows = fetch_statements(
-            [
-                account_for_trader_statement(
-                    user=self.user, account_id=values.pop("account_id"), fields=PLACEMENT_FIELDS
-                ),
-                token_statement(values["token_id"]),
-            ]
-        )
-        account = account_for_trader_from_row(
-            account_rows[0] if account_rows else None, PLACEMENT_FIELDS
-        )
-        ensure_account_tradable(account)
-        token = token_from_row(token_rows[0] if token_rows else None)
+        # The engine checks the account is the caller's, open and tradable (in that order,
+        # before the order's own checks), under its row lock.
         # No transaction of its own here: the engine commits the rejections it stores on
         # purpose (under an Idempotency-Key, _idempotent commits them too).
-        placed = order_place(account_id=account.pk, account=account, token=token, **values)
+        placed = order_place(account_id=values.pop("account_id"), owner=self.user, **values)
         return Response(
             order_detail_body(placed.order, placed.fills),
             status=201 if placed.created else 200,

@@ -22,28 +22,15 @@ from partners.models import Tenant
 
 _ACCOUNT_FIELDS = tuple(f.name for f in Account._meta.concrete_fields)
 _TENANT_FIELDS = tuple(f.name for f in Tenant._meta.concrete_fields)
-# What placing an order reads before the engine locks the account (which re-reads the
-# columns that move money): the checks of ensure_account_tradable and the tenant's day
-# boundary. The other columns load on access.
-PLACEMENT_FIELDS = (
-    ("id", "owner", "tenant", "status", "epoch"),
-    ("id", "enabled", "day_boundary_tz", "day_boundary_time"),
-)
-_ALL_FIELDS = (_ACCOUNT_FIELDS, _TENANT_FIELDS)
-Fields = tuple[tuple[str, ...], tuple[str, ...]]
-
-
-def _column(model: Any, name: str) -> str:
-    return str(model._meta.get_field(name).column)
 
 
 @cache
-def _sql(lock: str, fields: Fields = _ALL_FIELDS) -> str:
+def _sql(lock: str) -> str:
     """The account with its tenant, as fixed SQL: every trader request runs it, and building
     it with the ORM (a select_related of two wide rows) cost several times running it. Only
     model table and column names are interpolated; values are bound."""
-    a_cols = ", ".join(f"a.{_column(Account, n)}" for n in fields[0])
-    t_cols = ", ".join(f"t.{_column(Tenant, n)}" for n in fields[1])
+    a_cols = ", ".join(f"a.{f.column}" for f in Account._meta.concrete_fields)
+    t_cols = ", ".join(f"t.{f.column}" for f in Tenant._meta.concrete_fields)
     return f"""
         SELECT {a_cols}, {t_cols}
           FROM {Account._meta.db_table} a LEFT JOIN {Tenant._meta.db_table} t
@@ -66,12 +53,11 @@ def account_for_trader(*, user: User, account_id: Any, for_update: bool = False)
 
 
 def account_for_trader_statement(
-    *, user: User, account_id: Any, for_update: bool = False, fields: Fields = _ALL_FIELDS
+    *, user: User, account_id: Any, for_update: bool = False
 ) -> Statement:
     """`account_for_trader`'s SELECT, for a caller that sends it with other reads in one
     round trip (core.sqlrows.fetch_statements) and passes its row to
-    `account_for_trader_from_row` with the same `fields` (account's, tenant's; default all,
-    PLACEMENT_FIELDS: what order placement reads). NotFound at once for a malformed id."""
+    `account_for_trader_from_row`. NotFound at once for a malformed id."""
     try:
         key = account_id if isinstance(account_id, uuid.UUID) else uuid.UUID(str(account_id))
     except (ValueError, TypeError, AttributeError):
@@ -79,19 +65,18 @@ def account_for_trader_statement(
     lock = ""
     if for_update and connection.features.has_select_for_update:
         lock = "FOR UPDATE OF a" if connection.features.has_select_for_update_of else "FOR UPDATE"
-    return _sql(lock, fields), [db_param_uuid(key), user.pk]
+    return _sql(lock), [db_param_uuid(key), user.pk]
 
 
-def account_for_trader_from_row(row: Sequence[Any] | None, fields: Fields = _ALL_FIELDS) -> Account:
-    """The Account (and its tenant) of a row of `account_for_trader_statement` read with
-    these `fields`; NotFound for no row."""
+def account_for_trader_from_row(row: Sequence[Any] | None) -> Account:
+    """The Account (and its tenant) of a row of `account_for_trader_statement`; NotFound for
+    no row."""
     if row is None:
         raise errors.NotFound()
-    account_fields, tenant_fields = fields
-    n = len(account_fields)
-    account = model_from_row(Account, account_fields, row[:n])
+    n = len(_ACCOUNT_FIELDS)
+    account = model_from_row(Account, _ACCOUNT_FIELDS, row[:n])
     if account.tenant_id is not None:
-        account.tenant = model_from_row(Tenant, tenant_fields, row[n:])
+        account.tenant = model_from_row(Tenant, _TENANT_FIELDS, row[n:])
     return account
 
 
