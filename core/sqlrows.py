@@ -4,8 +4,9 @@ Building an ORM query (compiling the SELECT, the INSERT of a bulk_create, an UPD
 queryset) costs more CPU than running it on a small indexed statement; the order placement
 path runs a dozen of them per order. These helpers keep the ORM's *values* semantics — every
 value written goes through its field's `get_db_prep_save` (so UUIDs, datetimes, decimals and
-JSON are stored exactly as the ORM stores them, on PostgreSQL and on SQLite), and values read
-go through core.db's converters — but the SQL text is built once per shape and cached.
+JSON are stored exactly as the ORM stores them, on PostgreSQL and on SQLite; the values it
+hands back unchanged skip the call), and values read go through core.db's converters — but
+the SQL text is built once per shape and cached.
 
 `run_statements` sends several statements in ONE round trip on PostgreSQL (values merged
 into the text as psycopg's client-side binding cursor merges them — `mogrify`, exactly what
@@ -144,35 +145,77 @@ def _has_pre_save(field: models.Field[Any, Any]) -> bool:
     return type(field).pre_save is not models.Field.pre_save
 
 
+# Field classes whose get_db_prep_save hands values of one type back unchanged on
+# PostgreSQL (to_python and the backend's adapt_* are identities for them there).
+_PLAIN_TYPES: dict[type, type] = {
+    models.CharField: str,
+    models.TextField: str,
+    models.DecimalField: Decimal,
+    models.UUIDField: uuid.UUID,
+    models.DateTimeField: dt.datetime,
+    models.BooleanField: bool,
+}
+
+
+def _plain_type(field: models.Field[Any, Any]) -> type | None:
+    target = field.target_field if isinstance(field, models.ForeignKey) else field
+    return _PLAIN_TYPES.get(type(target))
+
+
+def _prep(field: models.Field[Any, Any], plain: type | None, value: Any, conn: Any) -> Any:
+    """`field.get_db_prep_save(value, conn)`, without the call where it returns the value
+    unchanged: on PostgreSQL, None for a nullable field, and a value of the field's plain
+    type — any str for text fields (choices members included), a finite Decimal, a UUID,
+    an aware datetime, a bool. Tests compare the statements with the full call's."""
+    if plain is not None and conn.vendor == "postgresql":
+        if value is None:
+            if field.null:
+                return None
+        elif plain is str:
+            if isinstance(value, str):
+                return value
+        elif type(value) is plain:
+            if isinstance(value, Decimal):
+                if value.is_finite():
+                    return value
+            elif isinstance(value, dt.datetime):
+                if value.utcoffset() is not None:
+                    return value
+            else:
+                return value
+    return field.get_db_prep_save(value, conn)
+
+
 @cache
 def _insert_shape(
     model: type[models.Model], with_pk: bool
-) -> tuple[str, str, list[tuple[models.Field[Any, Any], str, bool]]]:
+) -> tuple[str, str, list[tuple[models.Field[Any, Any], str, bool, type | None]]]:
     opts = model._meta
     fields = [f for f in opts.concrete_fields if with_pk or not f.primary_key]
     qn = connection.ops.quote_name
     columns = ", ".join(qn(f.column) for f in fields)
     row = "(" + ", ".join(["%s"] * len(fields)) + ")"
-    plan = [(f, f.attname, _has_pre_save(f)) for f in fields]
+    plan = [(f, f.attname, _has_pre_save(f), _plain_type(f)) for f in fields]
     return f"INSERT INTO {qn(opts.db_table)} ({columns}) VALUES ", row, plan
 
 
 def insert_objects(objs: Sequence[models.Model]) -> Statement:
     """One multi-row INSERT of unsaved instances of one model, every concrete field as the
     ORM's `bulk_create` would write it (`pre_save` for auto_now fields, then
-    `get_db_prep_save`). The primary key is written when the instances carry one (UUID
-    keys); auto-increment keys are left to the database and stay None on the instances.
-    Marks the instances saved (`_state.adding` False) — the caller executes the statement
-    in its transaction."""
+    `get_db_prep_save`, or its result without the call where that is the value itself).
+    The primary key is written when the instances carry one (UUID keys); auto-increment
+    keys are left to the database and stay None on the instances. Marks the instances
+    saved (`_state.adding` False) — the caller executes the statement in its
+    transaction."""
     model = type(objs[0])
     with_pk = objs[0].pk is not None
     prefix, row, plan = _insert_shape(model, with_pk)
     conn = connections[DEFAULT_DB_ALIAS]  # the real one: the proxy costs a lookup per use
     params: list[Any] = []
     for obj in objs:
-        for f, attname, pre_save in plan:
+        for f, attname, pre_save, plain in plan:
             value = f.pre_save(obj, True) if pre_save else getattr(obj, attname)
-            params.append(f.get_db_prep_save(value, conn))
+            params.append(_prep(f, plain, value, conn))
         obj._state.adding = False
         obj._state.db = conn.alias
     return prefix + ", ".join([row] * len(objs)), params
@@ -193,7 +236,7 @@ def update_fields(model: type[models.Model], pk: Any, values: dict[str, Any]) ->
     names = tuple(values)
     sql, fields = _update_shape(model, names)
     conn = connections[DEFAULT_DB_ALIAS]
-    params = [f.get_db_prep_save(values[f.name], conn) for f in fields]
+    params = [_prep(f, _plain_type(f), values[f.name], conn) for f in fields]
     params.append(model._meta.pk.get_db_prep_save(pk, conn))
     return sql, params
 

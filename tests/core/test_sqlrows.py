@@ -300,3 +300,82 @@ def test_merged_statements_are_what_psycopg_would_send():
     with connection.cursor() as cursor:
         expected = ";\n".join(cursor.cursor.mogrify(sql, params) for sql, params in statements)
         assert _merged(cursor, statements) == expected
+
+
+@_postgres_only
+def test_values_that_skip_get_db_prep_save_write_the_same_statements():
+    """insert_objects and update_fields pass plain values on without get_db_prep_save
+    where it would hand them back unchanged: the statements are the ones the full calls
+    give."""
+    from accounts.models import EquitySnapshot
+
+    account = open_account("100")
+    order = _order(account, status=Order.Status.LIVE, client_order_id=None, expiration=None)
+    now = timezone.now()
+    entry = LedgerEntry(
+        account=account,
+        epoch=0,
+        kind=LedgerEntry.Kind.TRADE,
+        amount=Decimal("-1.98"),
+        balance_after=Decimal("98.02"),
+        order_id=order.pk,
+        fill_id=None,
+        memo="BUY 4 @ 0.5",
+        created_at=now,
+    )
+    position = Position(
+        account=account,
+        epoch=0,
+        token_id="t",
+        market_id="m",
+        market_question="Q?",
+        size=Decimal("4"),
+        avg_price=Decimal("0.5"),
+        cost_basis=Decimal("2"),
+        last_mark=None,
+        opened_at=now,
+    )
+    snapshot = EquitySnapshot(
+        account=account,
+        epoch=0,
+        at=now,
+        equity=Decimal("99.9"),
+        cash=Decimal("98"),
+        positions_value=Decimal("1.9"),
+    )
+    batches = [
+        [order, _order(account, side="SELL", amount=Decimal("-0"), reason="O'Hara")],
+        [_fill(account, order, 1), _fill(account, order, 2)],
+        [entry],
+        [position],
+        [snapshot],
+    ]
+    with connection.cursor() as cursor:
+        mogrify = cursor.cursor.mogrify
+        for objs in batches:
+            sql, params = insert_objects(objs)
+            opts = type(objs[0])._meta
+            fields = [f for f in opts.concrete_fields if objs[0].pk or not f.primary_key]
+            full = [
+                f.get_db_prep_save(getattr(o, f.attname), connection) for o in objs for f in fields
+            ]
+            assert mogrify(sql, params) == mogrify(sql, full)
+        values = {
+            "cash": Decimal("99.5"),
+            "realized_pnl": Decimal("-0.5"),
+            "last_trading_day": now.date(),
+            "last_fill_seq": 7,
+            "updated_at": now,
+            "closed_at": None,
+            "stage": "funded",
+            "external_id": None,
+        }
+        sql, params = update_fields(Account, account.pk, values)
+        prep = Account._meta.get_field
+        full = [prep(n).get_db_prep_save(v, connection) for n, v in values.items()]
+        full.append(Account._meta.pk.get_db_prep_save(account.pk, connection))
+        assert mogrify(sql, params) == mogrify(sql, full)
+        naive = {"closed_at": dt.datetime(2026, 1, 2, 3, 4, 5)}  # made aware by Django
+        with pytest.warns(RuntimeWarning, match="naive datetime"):
+            sql, params = update_fields(Account, account.pk, naive)
+        assert "timestamptz" in mogrify(sql, params)
