@@ -5,13 +5,17 @@ the only source of error messages."""
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from rest_framework.parsers import JSONParser
+from rest_framework.request import Request
+from rest_framework.test import APIRequestFactory
 
-from trading.apis import OrderListApi, order_input_fast
+from trading.apis import OrderListApi, order_input_fast, plain_json_body
 
 TYPICAL = {
     "account_id": "5d2c39d6-d203-47c2-999f-4b8f4c470582",
@@ -160,3 +164,62 @@ def test_the_fast_path_agrees_with_the_serializer(body):
     ok, validated = _serializer(body)
     assert ok, (body, validated)
     assert _same(fast, validated), (body, fast, validated)
+
+
+def _request(body: bytes, content_type: str = "application/json") -> Request:
+    django_request = APIRequestFactory().post("/v1/orders", body, content_type=content_type)
+    return Request(django_request, parsers=[JSONParser()])
+
+
+def _drf_result(request: Request) -> dict[str, Any] | None:
+    """What the view gets through DRF's parser and the serializer (None: an error)."""
+    try:
+        data = request.data
+    except Exception:
+        return None
+    ok, validated = _serializer(data)
+    return validated if ok else None
+
+
+_typical_json = json.dumps(TYPICAL).encode()
+_raw_bodies = [
+    _typical_json,
+    b" " + _typical_json + b"\n",
+    _typical_json.replace(b'"amount": "2"', b'"amount": "2", "amount": "3"'),  # last one wins
+    _typical_json.replace(b'"2"', b'"\\u0032"'),
+    _typical_json.replace(b'"market"', b'"market", "expiration": 123456789012345678901234567890'),
+    _typical_json.replace(b'"market"', b'"market", "expiration": NaN'),
+    _typical_json.replace(b'"market"', b'"market", "post_only": 1e400'),
+    _typical_json.replace(b'"BUY"', b'"\\ud800"'),
+    b"\xef\xbb\xbf" + _typical_json,  # a byte-order mark
+    _typical_json[:-1],
+    b"",
+    b"[]",
+    _typical_json.replace(b"5d2c39d6", "é".encode("latin-1")),  # not UTF-8
+]
+
+
+def test_plain_json_bodies_read_as_drf_reads_them():
+    taken = 0
+    for body in _raw_bodies:
+        fast = order_input_fast(plain_json_body(_request(body)))
+        if fast is not None:
+            taken += 1
+            assert _same(fast, _drf_result(_request(body))), body
+    assert taken >= 3  # the plain ones do take the fast path
+
+
+def test_only_utf8_json_declared_as_such_is_read_by_orjson():
+    assert plain_json_body(_request(_typical_json)) == TYPICAL
+    assert plain_json_body(_request(_typical_json, "application/json; charset=UTF-8")) == TYPICAL
+    for content_type in ("application/json; charset=latin-1", "text/plain", "application/x-json"):
+        assert plain_json_body(_request(_typical_json, content_type)) is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=_bodies)
+def test_generated_bodies_read_as_drf_reads_them(body):
+    raw = json.dumps(body).encode()
+    fast = order_input_fast(plain_json_body(_request(raw)))
+    if fast is not None:
+        assert _same(fast, _drf_result(_request(raw)))
