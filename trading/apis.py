@@ -43,6 +43,7 @@ from core import errors
 from core.api import (
     CleanTextField,
     MoneyField,
+    PlainJSONResponse,
     PriceField,
     RateLimitHeadersMixin,
     StrictInputSerializer,
@@ -1116,7 +1117,7 @@ class OrderListApi(TraderApiView):
         # No transaction of its own here: the engine commits the rejections it stores on
         # purpose (under an Idempotency-Key, _idempotent commits them too).
         placed = order_place(account_id=values.pop("account_id"), owner=self.user, **values)
-        return Response(
+        return PlainJSONResponse(
             order_detail_body(placed.order, placed.fills),
             status=201 if placed.created else 200,
         )
