@@ -25,11 +25,11 @@ All the SQL of a placement is fixed (core.sqlrows): building it with the ORM cos
 than running it (docs/benchmarks.md).
 
 Rejections 1–3 never reached the engine: nothing is stored (the transaction of step 3 rolls
-back). Rejections decided in step 4
-against the locked account and the book — INVALID_ORDER_NOT_ENOUGH_BALANCE,
-INSUFFICIENT_POSITION, INVALID_POST_ONLY_ORDER, FOK_ORDER_NOT_FILLED_ERROR — are stored as an
-Order with status `rejected` and `reason` = the code (committed, then the error is raised), so
-a retry with the same client_order_id raises the same error again instead of trading.
+back). Rejections decided in step 4 against the locked account and the book —
+INVALID_ORDER_NOT_ENOUGH_BALANCE, INSUFFICIENT_POSITION, INVALID_POST_ONLY_ORDER,
+FOK_ORDER_NOT_FILLED_ERROR — are stored as an Order with status `rejected` and `reason` =
+the code (committed, then the error is raised), so a retry with the same client_order_id
+raises the same error again instead of trading.
 """
 
 from __future__ import annotations
