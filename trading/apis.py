@@ -1065,6 +1065,7 @@ def order_input_fast(data: Any) -> dict[str, Any] | None:
 
 
 class OrderListApi(TraderApiView):
+    # order_input_fast mirrors these rules for plain bodies (its tests compare the two).
     class InputSerializer(StrictInputSerializer):
         account_id = serializers.CharField(max_length=64)
         token_id = CleanTextField(max_length=100)
