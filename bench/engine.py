@@ -531,12 +531,14 @@ scheduled send time. **Errors:** non-2xx answers, transport errors and timeouts.
 {results_table(report)}
 
 SQL statements per request (in process, `CaptureQueriesContext`, BEGIN/SAVEPOINT/COMMIT
-included, caches warm): {census_sql}. Not counted: the `SELECT 1` health check Django sends
-before a request's first query under gunicorn (`CONN_HEALTH_CHECKS`). "Redis commands" is the
-server's own count (`INFO stats`), so the commands inside Lua scripts count one by one (the
-rate limiter's script alone runs about 20); an order makes about 6 round trips to Redis
-(limiter, book + heartbeat, depletion read, depletion compare-and-set, the positions' books
-for the equity snapshot, their heartbeat).
+included, caches warm): {census_sql}. Not counted: the connection health check before a
+request's first query under gunicorn (`CONN_HEALTH_CHECKS`; core.dbbackends.postgresql sends
+its `SELECT 1` only when the connection's socket has something to read, i.e. the server may
+have closed it). "Redis commands" is the server's own count (`INFO stats`), so the commands
+inside Lua scripts count one by one (the rate limiter's script alone runs about 20); an
+order makes 4 round trips to Redis (the limiter's script; the book with its feed
+heartbeat; the positions' books with their heartbeats and the depletion records; the
+depletion compare-and-set).
 
 CPU milliseconds per request during the closed-loop phases, from /proc ("postgres" and "redis"
 count every such process on the machine; "not ours" is the rest of the machine's busy time):

@@ -840,8 +840,9 @@ def render_section(report: Report) -> str:
                 for ep in report.endpoints
                 if ep.name in census.queries
             )
-            + ". Not in those counts: the `SELECT 1` connection health check Django sends "
-            "before the first query of every request under gunicorn (`CONN_HEALTH_CHECKS`), "
+            + ". Not in those counts: the connection health check before the first query "
+            "of every request under gunicorn (`CONN_HEALTH_CHECKS`; core.dbbackends.postgresql "
+            "sends its `SELECT 1` only when the connection's socket has something to read), "
             "and, on partner endpoints, the rate limiter's one Redis round trip.\n"
         )
     foreign_open = ", ".join(

@@ -100,6 +100,10 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
         {"timeout": 20, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL;"}
     )
 else:
+    if _db["ENGINE"] == "django.db.backends.postgresql":
+        # Django's, with a health check that skips its SELECT 1 round trip while the
+        # connection's socket shows the server has not closed it (core/dbbackends).
+        _db["ENGINE"] = "core.dbbackends.postgresql"
     _db["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=60)
     _db["CONN_HEALTH_CHECKS"] = True
     _db.setdefault("OPTIONS", {}).setdefault(

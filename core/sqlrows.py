@@ -4,18 +4,22 @@ Building an ORM query (compiling the SELECT, the INSERT of a bulk_create, an UPD
 queryset) costs more CPU than running it on a small indexed statement; the order placement
 path runs a dozen of them per order. These helpers keep the ORM's *values* semantics — every
 value written goes through its field's `get_db_prep_save` (so UUIDs, datetimes, decimals and
-JSON are stored exactly as the ORM stores them, on PostgreSQL and on SQLite), and values read
-go through core.db's converters — but the SQL text is built once per shape and cached.
+JSON are stored exactly as the ORM stores them, on PostgreSQL and on SQLite; the values it
+hands back unchanged skip the call), and values read go through core.db's converters — but
+the SQL text is built once per shape and cached.
 
-`run_statements` sends several statements in ONE round trip on PostgreSQL (psycopg's
-client-side binding cursor merges values into the text — `mogrify`, exactly what its
-`execute` does — and uses the simple query protocol, which takes a `;`-separated list; they
-run in order inside the caller's transaction and the first error aborts it, as separate
+`run_statements` sends several statements in ONE round trip on PostgreSQL (values merged
+into the text as psycopg's client-side binding cursor merges them — `mogrify`, exactly what
+its `execute` does; `literal` writes the common types the same way for less CPU — and the
+list sent with the simple query protocol, which takes a `;`-separated list; they run in
+order inside the caller's transaction and the first error aborts it, as separate
 statements would), and one by one elsewhere.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import uuid
 from collections.abc import Callable, Sequence
 from decimal import Decimal
 from functools import cache
@@ -141,35 +145,77 @@ def _has_pre_save(field: models.Field[Any, Any]) -> bool:
     return type(field).pre_save is not models.Field.pre_save
 
 
+# Field classes whose get_db_prep_save hands values of one type back unchanged on
+# PostgreSQL (to_python and the backend's adapt_* are identities for them there).
+_PLAIN_TYPES: dict[type, type] = {
+    models.CharField: str,
+    models.TextField: str,
+    models.DecimalField: Decimal,
+    models.UUIDField: uuid.UUID,
+    models.DateTimeField: dt.datetime,
+    models.BooleanField: bool,
+}
+
+
+def _plain_type(field: models.Field[Any, Any]) -> type | None:
+    target = field.target_field if isinstance(field, models.ForeignKey) else field
+    return _PLAIN_TYPES.get(type(target))
+
+
+def _prep(field: models.Field[Any, Any], plain: type | None, value: Any, conn: Any) -> Any:
+    """`field.get_db_prep_save(value, conn)`, without the call where it returns the value
+    unchanged: on PostgreSQL, None for a nullable field, and a value of the field's plain
+    type — any str for text fields (choices members included), a finite Decimal, a UUID,
+    an aware datetime, a bool. Tests compare the statements with the full call's."""
+    if plain is not None and conn.vendor == "postgresql":
+        if value is None:
+            if field.null:
+                return None
+        elif plain is str:
+            if isinstance(value, str):
+                return value
+        elif type(value) is plain:
+            if isinstance(value, Decimal):
+                if value.is_finite():
+                    return value
+            elif isinstance(value, dt.datetime):
+                if value.utcoffset() is not None:
+                    return value
+            else:
+                return value
+    return field.get_db_prep_save(value, conn)
+
+
 @cache
 def _insert_shape(
     model: type[models.Model], with_pk: bool
-) -> tuple[str, str, list[tuple[models.Field[Any, Any], str, bool]]]:
+) -> tuple[str, str, list[tuple[models.Field[Any, Any], str, bool, type | None]]]:
     opts = model._meta
     fields = [f for f in opts.concrete_fields if with_pk or not f.primary_key]
     qn = connection.ops.quote_name
     columns = ", ".join(qn(f.column) for f in fields)
     row = "(" + ", ".join(["%s"] * len(fields)) + ")"
-    plan = [(f, f.attname, _has_pre_save(f)) for f in fields]
+    plan = [(f, f.attname, _has_pre_save(f), _plain_type(f)) for f in fields]
     return f"INSERT INTO {qn(opts.db_table)} ({columns}) VALUES ", row, plan
 
 
 def insert_objects(objs: Sequence[models.Model]) -> Statement:
     """One multi-row INSERT of unsaved instances of one model, every concrete field as the
     ORM's `bulk_create` would write it (`pre_save` for auto_now fields, then
-    `get_db_prep_save`). The primary key is written when the instances carry one (UUID
-    keys); auto-increment keys are left to the database and stay None on the instances.
-    Marks the instances saved (`_state.adding` False) — the caller executes the statement
-    in its transaction."""
+    `get_db_prep_save`, or its result without the call where that is the value itself).
+    The primary key is written when the instances carry one (UUID keys); auto-increment
+    keys are left to the database and stay None on the instances. Marks the instances
+    saved (`_state.adding` False) — the caller executes the statement in its
+    transaction."""
     model = type(objs[0])
     with_pk = objs[0].pk is not None
     prefix, row, plan = _insert_shape(model, with_pk)
     conn = connections[DEFAULT_DB_ALIAS]  # the real one: the proxy costs a lookup per use
     params: list[Any] = []
     for obj in objs:
-        for f, attname, pre_save in plan:
+        for f, attname, pre_save, plain in plan:
             value = f.pre_save(obj, True) if pre_save else getattr(obj, attname)
-            params.append(f.get_db_prep_save(value, conn))
+            params.append(_prep(f, plain, value, conn))
         obj._state.adding = False
         obj._state.db = conn.alias
     return prefix + ", ".join([row] * len(objs)), params
@@ -190,7 +236,7 @@ def update_fields(model: type[models.Model], pk: Any, values: dict[str, Any]) ->
     names = tuple(values)
     sql, fields = _update_shape(model, names)
     conn = connections[DEFAULT_DB_ALIAS]
-    params = [f.get_db_prep_save(values[f.name], conn) for f in fields]
+    params = [_prep(f, _plain_type(f), values[f.name], conn) for f in fields]
     params.append(model._meta.pk.get_db_prep_save(pk, conn))
     return sql, params
 
@@ -232,12 +278,79 @@ def fetch_statements(statements: Sequence[Statement]) -> list[list[tuple[Any, ..
 
 
 def _merged(cursor: Any, statements: Sequence[Statement]) -> str:
-    """The statements as one `;`-separated text, each merged with its values by psycopg
-    itself (`mogrify`: exactly what `execute` would send); a value it cannot adapt is a
-    Django DatabaseError, as from `execute`."""
+    """The statements as one `;`-separated text, each merged with its values as psycopg's
+    `mogrify` merges them (exactly what `execute` would send): the common values by
+    `literal`, everything else by psycopg itself; a value it cannot adapt is a Django
+    DatabaseError, as from `execute`."""
     mogrify = cursor.cursor.mogrify
+    texts = []
     with connection.wrap_database_errors:
-        return ";\n".join(mogrify(sql, params) for sql, params in statements)
+        for sql, params in statements:
+            parts = _placeholder_split(sql)
+            if parts is None or len(parts) != len(params) + 1:
+                texts.append(mogrify(sql, params))  # psycopg parses it (and raises)
+                continue
+            pieces = [parts[0]]
+            for value, part in zip(params, parts[1:], strict=True):
+                text = literal(value)
+                pieces.append(mogrify("%s", [value]) if text is None else text)
+                pieces.append(part)
+            texts.append("".join(pieces))
+    return ";\n".join(texts)
+
+
+@cache
+def _placeholder_split(sql: str) -> tuple[str, ...] | None:
+    """The text around each `%s` of `sql`; None when it holds any other `%` sequence
+    (`%%`, named or binary placeholders), which only psycopg's own parser interprets."""
+    parts = tuple(sql.split("%s"))
+    return None if any("%" in part for part in parts) else parts
+
+
+def _integer_types() -> frozenset[type]:
+    """int, and the int wrappers Django's PostgreSQL backend passes integer fields as."""
+    try:
+        from psycopg.types.numeric import Int2, Int4, Int8, IntNumeric
+    except ImportError:  # not on psycopg
+        return frozenset({int})
+    return frozenset({int, Int2, Int4, Int8, IntNumeric})
+
+
+_INTEGERS = _integer_types()
+
+
+def literal(value: Any) -> str | None:
+    """`value` as a PostgreSQL literal exactly as psycopg's `mogrify` writes it, for the
+    types of the hot write paths: None, bool, int (and psycopg's Int2/4/8 wrappers), finite
+    Decimal, str without backslash or NUL (and str subclasses such as TextChoices members:
+    their text), UUID, aware datetime, date. None for anything else (the caller asks
+    psycopg). Negative numbers get a leading space, as psycopg's (so that `-` never follows
+    another `-`); tests compare the two."""
+    if value is None:
+        return "NULL"
+    kind = type(value)
+    if kind is Decimal:
+        if not value.is_finite():
+            return None
+        text = str(value)
+        return " " + text if value.is_signed() else text
+    if isinstance(value, str):
+        if "\\" in value or "\x00" in value:
+            return None
+        return "'" + value.replace("'", "''") + "'"
+    if kind in _INTEGERS:
+        return str(value) if value >= 0 else " " + str(value)
+    if kind is bool:
+        return "true" if value else "false"
+    if kind is uuid.UUID:
+        return "'" + value.hex + "'::uuid"
+    if kind is dt.datetime:
+        if value.tzinfo is None or value.year < 1000:
+            return None
+        return "'" + str(value) + "'::timestamptz"
+    if kind is dt.date and value.year >= 1000:
+        return "'" + value.isoformat() + "'::date"
+    return None
 
 
 def _multi_statement(cursor: Any) -> bool:

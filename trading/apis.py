@@ -15,11 +15,13 @@ import datetime as dt
 import functools
 import hashlib
 import json
+import re
 import uuid
 from collections.abc import Callable, Iterable
 from decimal import Decimal
 from typing import Any
 
+import orjson
 from django.conf import settings
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
@@ -41,6 +43,7 @@ from core import errors
 from core.api import (
     CleanTextField,
     MoneyField,
+    PlainJSONResponse,
     PriceField,
     RateLimitHeadersMixin,
     StrictInputSerializer,
@@ -49,7 +52,6 @@ from core.api import (
 )
 from core.money import wire
 from core.pagination import keyset_page, parse_limit
-from core.sqlrows import fetch_statements
 from marketdata import states as market_states
 from marketdata.bus import BookTop, get_bus, latest_many_live
 from marketdata.clients import ClobClient, PolymarketError
@@ -69,9 +71,6 @@ from trading import states as order_states
 from trading.models import Fill, Order, Side
 from trading.permissions import (
     account_for_trader,
-    account_for_trader_from_row,
-    account_for_trader_statement,
-    ensure_account_tradable,
 )
 from trading.selectors import (
     account_equity,
@@ -80,7 +79,7 @@ from trading.selectors import (
     positions_liquidation,
 )
 from trading.services import order_cancel, order_cancel_account, order_cancel_market, order_place
-from trading.services.orders import STORED_REJECTIONS, token_from_row, token_statement
+from trading.services.orders import STORED_REJECTIONS
 
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 # Polymarket's /prices-history windows ("1m" is one month, "max" everything).
@@ -957,7 +956,116 @@ def _filter_param(params: Any, name: str) -> str:
     return str(value)
 
 
+_PLAIN_DECIMAL = re.compile(r"[0-9]{1,30}(?:\.[0-9]{1,30})?")
+_ORDER_TEXT_FIELDS = {"account_id": 64, "token_id": 100}  # name → max length
+_ORDER_CHOICES = {
+    "side": frozenset(Side.values),
+    "type": frozenset(Order.Type.values),
+    "time_in_force": frozenset(Order.TimeInForce.values),
+}
+_ORDER_DECIMAL_MAX = {
+    "price": ORDER_PRICE_MAX,
+    "size": ORDER_QUANTITY_MAX,
+    "amount": ORDER_QUANTITY_MAX,
+}
+
+
+def _plain_text(value: Any, max_length: int) -> bool:
+    """Printable ASCII, no surrounding whitespace, 1..max_length characters: a value every
+    text field of the order body keeps exactly as sent."""
+    return (
+        type(value) is str
+        and 0 < len(value) <= max_length
+        and value.isascii()
+        and value.isprintable()
+        and value == value.strip()
+    )
+
+
+def plain_json_body(request: Request) -> Any:
+    """The body parsed by orjson when it is declared `application/json` in UTF-8 and orjson
+    parses it; None otherwise (the caller then reads `request.data`: DRF's parser and its
+    errors). orjson refuses what DRF's parser refuses, and more (NaN, Infinity, lone
+    surrogates); where the two parse a text differently (integers beyond 64 bits become
+    floats), order_input_fast finds nothing plain and the serializer decides."""
+    django_request = request._request
+    if django_request.content_type != "application/json":
+        return None
+    charset = (django_request.content_params or {}).get("charset")
+    if charset is not None and charset.lower() not in ("utf-8", "utf8"):
+        return None
+    try:
+        return orjson.loads(django_request.body)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def order_input_fast(data: Any) -> dict[str, Any] | None:
+    """OrderListApi.InputSerializer's validated_data for a body made only of plain values
+    (the shape bots send), without building the serializer: None for anything else, which
+    then goes through the serializer, the only source of error messages. Plain means: a
+    JSON object of known fields; ids and client_order_id printable ASCII without surrounding
+    whitespace within their lengths; choices exactly as listed; price/size/amount null or
+    unsigned decimal strings within bounds; expiration null or an integer in range;
+    post_only a boolean. On those the serializer returns exactly this (tests compare the
+    two on generated bodies)."""
+    if type(data) is not dict:
+        return None
+    out: dict[str, Any] = {}
+    for name, max_length in _ORDER_TEXT_FIELDS.items():
+        if not _plain_text(data.get(name), max_length):
+            return None
+        out[name] = data[name]
+    for name in ("side", "type"):
+        value = data.get(name)
+        if type(value) is not str or value not in _ORDER_CHOICES[name]:
+            return None
+        out[name] = value
+    seen = 4
+    for name, limit in _ORDER_DECIMAL_MAX.items():
+        if name in data:
+            seen += 1
+            value = data[name]
+            if value is not None:
+                if type(value) is not str or not _PLAIN_DECIMAL.fullmatch(value):
+                    return None
+                value = Decimal(value)
+                if value > limit:
+                    return None
+            out[name] = value
+    if "time_in_force" in data:
+        seen += 1
+        value = data["time_in_force"]
+        if value is not None and (
+            type(value) is not str or value not in _ORDER_CHOICES["time_in_force"]
+        ):
+            return None
+        out["time_in_force"] = value
+    if "expiration" in data:
+        seen += 1
+        value = data["expiration"]
+        if value is not None and (type(value) is not int or not 0 <= value <= 2**40):
+            return None
+        out["expiration"] = value
+    out["post_only"] = False
+    if "post_only" in data:
+        seen += 1
+        if type(data["post_only"]) is not bool:
+            return None
+        out["post_only"] = data["post_only"]
+    if "client_order_id" in data:
+        seen += 1
+        value = data["client_order_id"]
+        if value is not None and not _plain_text(value, 128):
+            return None
+        out["client_order_id"] = value
+    if seen != len(data):  # an unknown field: the serializer names it
+        return None
+    return out
+
+
 class OrderListApi(TraderApiView):
+    # order_input_fast mirrors these rules for plain bodies (its tests compare the two).
     class InputSerializer(StrictInputSerializer):
         account_id = serializers.CharField(max_length=64)
         token_id = CleanTextField(max_length=100)
@@ -1000,23 +1108,17 @@ class OrderListApi(TraderApiView):
         "An `Idempotency-Key` header also makes a retry safe: the first response is replayed.",
     )
     def post(self, request: Request) -> Response:
-        data = self.InputSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        values = dict(data.validated_data)
-        # The account and the token in one round trip.
-        account_rows, token_rows = fetch_statements(
-            [
-                account_for_trader_statement(user=self.user, account_id=values.pop("account_id")),
-                token_statement(values["token_id"]),
-            ]
-        )
-        account = account_for_trader_from_row(account_rows[0] if account_rows else None)
-        ensure_account_tradable(account)
-        token = token_from_row(token_rows[0] if token_rows else None)
+        values = order_input_fast(plain_json_body(request))
+        if values is None:
+            data = self.InputSerializer(data=request.data)
+            data.is_valid(raise_exception=True)
+            values = dict(data.validated_data)
+        # The engine checks the account is the caller's, open and tradable (in that order,
+        # before the order's own checks), under its row lock.
         # No transaction of its own here: the engine commits the rejections it stores on
         # purpose (under an Idempotency-Key, _idempotent commits them too).
-        placed = order_place(account_id=account.pk, account=account, token=token, **values)
-        return Response(
+        placed = order_place(account_id=values.pop("account_id"), owner=self.user, **values)
+        return PlainJSONResponse(
             order_detail_body(placed.order, placed.fills),
             status=201 if placed.created else 200,
         )

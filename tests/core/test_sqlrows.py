@@ -7,17 +7,21 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from decimal import Decimal
+from enum import IntEnum
 
 import pytest
 from django.db import IntegrityError, connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from accounts.models import Account, LedgerEntry, Position
 from core.sqlrows import (
     convert_row,
     fetch_statements,
     insert_objects,
+    literal,
     model_from_row,
     run_statements,
     update_fields,
@@ -189,3 +193,189 @@ def test_fetch_statements_returns_each_result_in_one_round_trip_on_postgres():
     assert [Decimal(str(c)) for (c,) in cash] == [Decimal("100")]
     assert missing == []
     assert ledger == [("INITIAL_DEPOSIT", "")]
+
+
+_postgres_only = pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="psycopg's mogrify is the reference"
+)
+
+
+def _psycopg(value: object) -> str:
+    with connection.cursor() as cursor:
+        return str(cursor.cursor.mogrify("%s", [value]))
+
+
+@_postgres_only
+def test_literal_writes_what_psycopg_writes():
+    from psycopg.types.numeric import Int2, Int4, Int8, IntNumeric
+
+    values = [
+        None,
+        True,
+        False,
+        0,
+        7,
+        -7,
+        2**70,
+        -(2**70),
+        Int2(3),
+        Int4(0),
+        Int4(-3),
+        Int8(155),
+        Int8(-(2**40)),
+        IntNumeric(5),
+        Decimal("0"),
+        Decimal("-0"),
+        Decimal("0E-6"),
+        Decimal("-0.01980"),
+        Decimal("1E+3"),
+        Decimal("1.5E-10"),
+        "",
+        "9000021",
+        "O'Hara's market?",
+        "é ü 市场 🙂",
+        "50%",
+        Fill.Kind.FILL,
+        Order.Status.MATCHED,
+        uuid.uuid4(),
+        dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC),
+        dt.datetime(2026, 1, 2, 3, 4, 5, 7, tzinfo=dt.UTC),
+        timezone.now(),
+        dt.datetime(2026, 7, 2, 3, 4, 5, 120, tzinfo=dt.timezone(dt.timedelta(hours=-5))),
+        dt.date(2026, 1, 2),
+    ]
+    for value in values:
+        text = literal(value)
+        assert text is not None, value
+        assert text == _psycopg(value), value
+
+
+@_postgres_only
+def test_literal_leaves_the_rest_to_psycopg():
+    for value in [
+        Decimal("NaN"),
+        Decimal("-Infinity"),
+        "back\\slash",
+        "nul\x00",
+        dt.datetime(2026, 1, 2, 3, 4, 5),  # naive
+        dt.time(1, 2),
+        dt.timedelta(days=1),
+        1.5,
+        [1, 2],
+        IntEnum("Level", "LOW HIGH").HIGH,
+    ]:
+        assert literal(value) is None, value
+
+
+@_postgres_only
+@settings(max_examples=300, deadline=None)
+@given(
+    value=st.one_of(
+        st.integers(),
+        st.decimals(allow_nan=False, allow_infinity=False),
+        st.text(),
+        st.uuids(),
+        st.datetimes(timezones=st.timezones()),
+        st.dates(),
+    )
+)
+def test_literal_agrees_with_psycopg(value):
+    text = literal(value)
+    if text is not None:
+        assert text == _psycopg(value)
+
+
+@_postgres_only
+def test_merged_statements_are_what_psycopg_would_send():
+    from core.sqlrows import _merged
+
+    account = open_account("100")
+    order = _order(account)
+    statements = [
+        insert_objects([order]),
+        insert_objects([_fill(account, order, 1), _fill(account, order, 2)]),
+        update_fields(Account, account.pk, {"cash": Decimal("-1.5"), "updated_at": timezone.now()}),
+        ("SELECT %s, '100%%'", ["a"]),  # psycopg's own parser for anything but %s
+    ]
+    with connection.cursor() as cursor:
+        expected = ";\n".join(cursor.cursor.mogrify(sql, params) for sql, params in statements)
+        assert _merged(cursor, statements) == expected
+
+
+@_postgres_only
+def test_values_that_skip_get_db_prep_save_write_the_same_statements():
+    """insert_objects and update_fields pass plain values on without get_db_prep_save
+    where it would hand them back unchanged: the statements are the ones the full calls
+    give."""
+    from accounts.models import EquitySnapshot
+
+    account = open_account("100")
+    order = _order(account, status=Order.Status.LIVE, client_order_id=None, expiration=None)
+    now = timezone.now()
+    entry = LedgerEntry(
+        account=account,
+        epoch=0,
+        kind=LedgerEntry.Kind.TRADE,
+        amount=Decimal("-1.98"),
+        balance_after=Decimal("98.02"),
+        order_id=order.pk,
+        fill_id=None,
+        memo="BUY 4 @ 0.5",
+        created_at=now,
+    )
+    position = Position(
+        account=account,
+        epoch=0,
+        token_id="t",
+        market_id="m",
+        market_question="Q?",
+        size=Decimal("4"),
+        avg_price=Decimal("0.5"),
+        cost_basis=Decimal("2"),
+        last_mark=None,
+        opened_at=now,
+    )
+    snapshot = EquitySnapshot(
+        account=account,
+        epoch=0,
+        at=now,
+        equity=Decimal("99.9"),
+        cash=Decimal("98"),
+        positions_value=Decimal("1.9"),
+    )
+    batches = [
+        [order, _order(account, side="SELL", amount=Decimal("-0"), reason="O'Hara")],
+        [_fill(account, order, 1), _fill(account, order, 2)],
+        [entry],
+        [position],
+        [snapshot],
+    ]
+    with connection.cursor() as cursor:
+        mogrify = cursor.cursor.mogrify
+        for objs in batches:
+            sql, params = insert_objects(objs)
+            opts = type(objs[0])._meta
+            fields = [f for f in opts.concrete_fields if objs[0].pk or not f.primary_key]
+            full = [
+                f.get_db_prep_save(getattr(o, f.attname), connection) for o in objs for f in fields
+            ]
+            assert mogrify(sql, params) == mogrify(sql, full)
+        values = {
+            "cash": Decimal("99.5"),
+            "realized_pnl": Decimal("-0.5"),
+            "last_trading_day": now.date(),
+            "last_fill_seq": 7,
+            "updated_at": now,
+            "closed_at": None,
+            "stage": "funded",
+            "external_id": None,
+        }
+        sql, params = update_fields(Account, account.pk, values)
+        prep = Account._meta.get_field
+        full = [prep(n).get_db_prep_save(v, connection) for n, v in values.items()]
+        full.append(Account._meta.pk.get_db_prep_save(account.pk, connection))
+        assert mogrify(sql, params) == mogrify(sql, full)
+        naive = {"closed_at": dt.datetime(2026, 1, 2, 3, 4, 5)}  # made aware by Django
+        with pytest.warns(RuntimeWarning, match="naive datetime"):
+            sql, params = update_fields(Account, account.pk, naive)
+        assert "timestamptz" in mogrify(sql, params)

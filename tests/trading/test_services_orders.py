@@ -489,9 +489,9 @@ def test_fill_times_never_go_backwards_when_no_position_row_carries_the_last_fil
 
 def test_a_filled_market_order_is_a_fixed_statement_budget(world):
     """Placement's reads and writes are fixed SQL; nothing loads lazily: with positions held
-    in this token and another, a market BUY reads the account and the token, locks the
-    account, reads the positions, and writes everything in one statement list (one round
-    trip on Postgres)."""
+    in this token and another, a market BUY locks the account and reads the positions and
+    the token (one round trip on Postgres), and writes everything in one statement list
+    (one round trip on Postgres)."""
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
@@ -506,6 +506,8 @@ def test_a_filled_market_order_is_a_fixed_statement_budget(world):
     statements = [
         q["sql"] for q in ctx.captured_queries if not q["sql"].startswith(("SAVEPOINT", "RELEASE"))
     ]
-    writes = 1 if connection.vendor == "postgresql" else 6  # order, fill, ledger, position…
-    assert len(statements) == 4 + writes, statements  # the account read first (no caller row)
+    postgres = connection.vendor == "postgresql"
+    writes = 1 if postgres else 6  # order, fill, ledger, position…
+    reads = 1 if postgres else 3  # token, account (locked), positions
+    assert len(statements) == reads + writes, statements
     audit_clean(account)

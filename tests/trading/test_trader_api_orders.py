@@ -239,6 +239,35 @@ def test_another_traders_order_is_404_and_stays_live(world, bo):
     assert Order.objects.get(pk=order_id).status == "live"
 
 
+def test_the_account_is_checked_before_the_order_itself(world, bo, ana, tenant):
+    """Whose account, then whether it is open and its firm enabled, then the order: a bad
+    order on an account the caller may not trade on says so about the account."""
+    _market, yes, account, client = world
+    bad_orders = [
+        {"price": "0.40", "size": "10", "time_in_force": "GTD", "expiration": 1},
+        {"price": "0.40", "size": "10", "type": "market", "time_in_force": "GTC"},
+        {"price": "0.405", "size": "10"},  # off the tick
+        {"price": "0.40", "size": "10", "token_id": "no-such-token"},
+    ]
+    firm = account_open(
+        owner=ana, tenant=tenant, external_id="a-2", stage="challenge",
+        starting_balance=Decimal("1000"),
+    )  # fmt: skip
+    tenant_set_enabled(tenant=tenant, enabled=False)
+    theirs = personal(bo)
+    account_close(account=account)
+    for fields in bad_orders:
+        body = {**order(account, yes.token_id), **fields}
+        for refused, status, code in (
+            (theirs, 404, "NOT_FOUND"),
+            (account, 409, "ACCOUNT_CLOSED"),
+            (firm, 403, "TENANT_DISABLED"),
+        ):
+            response = post(client, {**body, "account_id": str(refused.pk)})
+            assert_error(response, status, code)
+    assert Order.objects.count() == 0
+
+
 def test_closed_account_is_refused_with_account_closed(world):
     _market, yes, account, client = world
     account_close(account=account)

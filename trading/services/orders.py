@@ -3,39 +3,45 @@
 
 Path of one order:
   1. Shape checks (no DB, no lock): VALIDATION_FAILED, INVALID_POST_ONLY_ORDER_TYPE,
-     INVALID_ORDER_EXPIRATION.
-  2. Token, account, client_order_id replay, ACCOUNT_CLOSED, MARKET_CLOSED.
-  3. ONE read of the token's top from the price bus (`latest_live`: the top and its shard's
-     feed heartbeat in one round trip): MARKET_NOT_READY, then the tick and min-size rules
-     against the live tick, then STALE_BOOK for orders that would take unless the book is
-     live (the top is `fresh` AND its feed's heartbeat is younger than
-     PRICE_BUS_HEARTBEAT_STALE_SECONDS: a dead or hung feed leaves `fresh` tops behind).
-  4. One transaction under the account row lock (retried on deadlock/serialization):
-     the replay and closed checks again, the positions (one locked read, with the last
-     fill's time), the balance/position check, the walk with depletion (its records read
-     with the positions' marks in one Redis round trip), then every write — Order, Fills,
-     LedgerEntries, Position, equity snapshot, the account's cached balances — sent as one
-     statement list (one round trip on PostgreSQL; core.sqlrows).
+     INVALID_ORDER_EXPIRATION — for the trader API (`owner`), after its account checks.
+  2. ONE read of the token's top from the price bus (`latest_live`: the top and its shard's
+     feed heartbeat in one round trip), before the lock.
+  3. One transaction under the account row lock (retried on deadlock/serialization),
+     opened by ONE round trip: the lock (with the tenant's state), the positions (locked,
+     with the last fill's time), the token with its market and the client_order_id lookup.
+     Then, in this order: for the trader API NOT_FOUND (not theirs), ACCOUNT_CLOSED,
+     TENANT_DISABLED and the shape checks; the token (VALIDATION_FAILED), the account,
+     the client_order_id replay, ACCOUNT_CLOSED, MARKET_CLOSED; MARKET_NOT_READY, then the
+     tick and min-size rules against the live tick, then STALE_BOOK for orders that would
+     take unless the book is live (the top is `fresh` AND its feed's heartbeat is younger
+     than PRICE_BUS_HEARTBEAT_STALE_SECONDS: a dead or hung feed leaves `fresh` tops
+     behind).
+  4. Still under the lock: the balance/position check, the walk with depletion (its
+     records read with the positions' marks in one Redis round trip), then every write —
+     Order, Fills, LedgerEntries, Position, equity snapshot, the account's cached balances —
+     sent as one statement list (one round trip on PostgreSQL; core.sqlrows).
 
 All the SQL of a placement is fixed (core.sqlrows): building it with the ORM cost more CPU
 than running it (docs/benchmarks.md).
 
-Rejections 1–3 never reached the engine: nothing is stored. Rejections decided in step 4
-against the locked account and the book — INVALID_ORDER_NOT_ENOUGH_BALANCE,
-INSUFFICIENT_POSITION, INVALID_POST_ONLY_ORDER, FOK_ORDER_NOT_FILLED_ERROR — are stored as an
-Order with status `rejected` and `reason` = the code (committed, then the error is raised), so
-a retry with the same client_order_id raises the same error again instead of trading.
+Rejections 1–3 never reached the engine: nothing is stored (the transaction of step 3 rolls
+back). Rejections decided in step 4 against the locked account and the book —
+INVALID_ORDER_NOT_ENOUGH_BALANCE, INSUFFICIENT_POSITION, INVALID_POST_ONLY_ORDER,
+FOK_ORDER_NOT_FILLED_ERROR — are stored as an Order with status `rejected` and `reason` =
+the code (committed, then the error is raised), so a retry with the same client_order_id
+raises the same error again instead of trading.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
 from functools import cache
-from typing import Any, Final
+from typing import Any
 
 from django.db import connection, transaction
 from django.utils import timezone
@@ -49,6 +55,7 @@ from core.money import CASH_QUANTUM, SHARE_QUANTUM, ZERO, to_decimal
 from core.sqlrows import (
     Statement,
     convert_row,
+    fetch_statements,
     insert_objects,
     model_from_row,
     run_statements,
@@ -75,6 +82,7 @@ from trading.fillmodel import (
 )
 from trading.models import Fill, Order, Side
 from trading.orderevents import order_events_publish_on_commit
+from trading.permissions import ensure_account_tradable
 from trading.selectors import PositionRow
 from trading.services.fills import fills_number, position_apply, positions_value
 
@@ -304,6 +312,9 @@ _ACCOUNT_FIELDS = (
     "last_trading_day",
     "last_fill_seq",
 )
+# The tenant's: ensure_account_tradable and the fill's trading day.
+Tenant: Any = Account._meta.get_field("tenant").related_model
+_TENANT_FIELDS = ("id", "enabled", "day_boundary_tz", "day_boundary_time")
 # The position columns placement reads, writes or values with (the others load on access).
 _POSITION_FIELDS = (
     "id",
@@ -325,115 +336,127 @@ def _columns(model: Any, alias: str, names: tuple[str, ...]) -> str:
     return ", ".join(f"{alias}.{model._meta.get_field(n).column}" for n in names)
 
 
+@dataclass(frozen=True)
+class _Sql:
+    token: str
+    account: str  # locks the account row; its tenant's columns ride along
+    positions: str  # locks them
+    replay: str
+
+
 @cache
-def _sql(for_update: bool, for_update_of: bool) -> tuple[str, str, str]:
+def _sql(for_update: bool, for_update_of: bool, owned: bool) -> _Sql:
+    """The reads of one placement. `owned`: the account and its positions only if they
+    belong to the user of the last parameter (the trader API's caller)."""
     token_t, market_t = Token._meta.db_table, Market._meta.db_table
     account_t, position_t = Account._meta.db_table, Position._meta.db_table
-    fill_t = Fill._meta.db_table
+    fill_t, order_t, tenant_t = Fill._meta.db_table, Order._meta.db_table, Tenant._meta.db_table
+    owner = "AND a.owner_id = %s" if owned else ""
+    lock = ""
+    if for_update:  # only the account row: the tenant is on the nullable side of the join
+        lock = "FOR UPDATE OF a" if for_update_of else "FOR UPDATE"
     token_sql = f"""
         SELECT {_columns(Token, "t", _TOKEN_FIELDS)}, {_columns(Market, "m", _MARKET_FIELDS)}
           FROM {token_t} t JOIN {market_t} m ON m.id = t.market_id
          WHERE t.token_id = %s
     """
     account_sql = f"""
-        SELECT {_columns(Account, "a", _ACCOUNT_FIELDS)} FROM {account_t} a
-         WHERE a.id = %s {"FOR UPDATE" if for_update else ""}
+        SELECT {_columns(Account, "a", _ACCOUNT_FIELDS)}, {_columns(Tenant, "t", _TENANT_FIELDS)}
+          FROM {account_t} a LEFT JOIN {tenant_t} t ON t.id = a.tenant_id
+         WHERE a.id = %s {owner} {lock}
     """
     # The order's position and every other open one (for the equity snapshot), with the
-    # account's last fill time (fills_number's clamp), read after the account lock.
+    # account's last fill time (fills_number's clamp). Sent right after the account lock,
+    # in the same round trip: the account's epoch and last fill come from its row, which
+    # that lock has just frozen (each statement reads the latest committed rows).
     positions_sql = f"""
         SELECT {_columns(Position, "p", _POSITION_FIELDS)},
-               (SELECT f.filled_at FROM {fill_t} f WHERE f.account_id = %s AND f.seq = %s)
-          FROM {position_t} p
-         WHERE p.account_id = %s AND p.epoch = %s
+               (SELECT f.filled_at FROM {fill_t} f
+                 WHERE f.account_id = a.id AND f.seq = a.last_fill_seq)
+          FROM {position_t} p JOIN {account_t} a ON a.id = p.account_id
+         WHERE p.account_id = %s AND p.epoch = a.epoch {owner}
            AND (p.token_id = %s OR (p.status = %s AND p.size > 0))
          ORDER BY p.opened_at, p.id {"FOR UPDATE OF p" if for_update_of else ""}
     """
-    return token_sql, account_sql, positions_sql
+    replay_sql = f"SELECT o.id FROM {order_t} o WHERE o.account_id = %s AND o.client_order_id = %s"
+    return _Sql(token_sql, account_sql, positions_sql, replay_sql)
 
 
-def _statements() -> tuple[str, str, str]:
+def _statements(owned: bool) -> _Sql:
     features = connection.features
-    return _sql(features.has_select_for_update, features.has_select_for_update_of)
+    return _sql(features.has_select_for_update, features.has_select_for_update_of, owned)
 
 
-class _NotRead:
-    pass
-
-
-NOT_READ: Final = _NotRead()
-
-
-def token_statement(token_id: str) -> Statement:
-    """The read of a token with its market's trading columns, for a caller that sends it
-    with its own reads (core.sqlrows.fetch_statements) and passes the row to
-    `token_from_row`, then the token to order_place."""
-    return _statements()[0], [token_id]
-
-
-def token_from_row(row: Sequence[Any] | None) -> Token | None:
-    """The token (and its market: only the columns placement uses; others load on access)
-    of a row of `token_statement`; None for no row."""
-    if row is None:
-        return None
+def _token_from_row(row: Sequence[Any]) -> Token:
+    """The token of a row of the token read, with its market (only the columns placement
+    uses; others load on access)."""
     n = len(_TOKEN_FIELDS)
     token = model_from_row(Token, _TOKEN_FIELDS, row[:n])
     token.market = model_from_row(Market, _MARKET_FIELDS, row[n:])
     return token
 
 
-def _token_with_market(token_id: str) -> Token | None:
-    with connection.cursor() as cursor:
-        cursor.execute(*token_statement(token_id))
-        return token_from_row(cursor.fetchone())
+@dataclass
+class _Locked:
+    """What `_lock_and_read` read, the account row locked."""
+
+    account: Account | None  # None: no such account (or, with an owner, not theirs)
+    token: Token | None  # with its market; None: no such token
+    position: Position | None  # this epoch's position in the order's token, if any
+    others: list[PositionRow]  # the other open positions with shares (equity snapshot)
+    previous: dict[str, Any]  # fills_number's keyword for the last fill's time
+    replay_of: Any  # pk of the account's order with the request's client_order_id, if any
 
 
-def _lock_account(account_id: Any) -> Account:
-    """SELECT … FOR UPDATE the account row (the columns placement moves)."""
-    with connection.cursor() as cursor:
-        cursor.execute(_statements()[1], [db_param_uuid(uuid.UUID(str(account_id)))])
-        row = cursor.fetchone()
-    if row is None:
-        raise errors.NotFound("No such account.")
-    return model_from_row(Account, _ACCOUNT_FIELDS, row)
-
-
-def _locked_positions(
-    account: Account, token_id: str
-) -> tuple[Position | None, list[PositionRow], dict[str, Any]]:
-    """Under the account lock, locked: the account's position of this epoch in `token_id`
-    whatever its state (None if it has none), and its OTHER positions of this epoch that are
-    open with shares (as PositionRows, for the equity snapshot); and fills_number's keyword
-    for the `filled_at` of the account's last fill (None: no fill yet) — empty when no row
-    came back to carry it, so that fills_number looks it up itself."""
-    account_key = db_param_uuid(account.pk)
-    with connection.cursor() as cursor:
-        cursor.execute(
-            _statements()[2],
-            [
-                account_key,
-                account.last_fill_seq,
-                account_key,
-                account.epoch,
-                token_id,
-                Position.Status.OPEN,
-            ],
-        )
-        rows = cursor.fetchall()
+def _lock_and_read(
+    account_id: Any, token_id: Any, client_order_id: Any, owner: Any = None
+) -> _Locked:
+    """ONE round trip (core.sqlrows.fetch_statements): SELECT … FOR UPDATE the account row
+    (the columns placement moves, with its tenant's state and day boundary), then, locked,
+    its position of this epoch in `token_id` whatever its state and its OTHER positions of
+    this epoch that are open with shares, with the `filled_at` of the account's last fill;
+    the token with its market; and, with a `client_order_id`, the id of the account's order
+    that carries it. With an `owner`, the account and its positions only if they are that
+    user's. A malformed account id reads as no account."""
+    try:
+        account_key = db_param_uuid(uuid.UUID(str(account_id)))
+    except ValueError:
+        account_key = None
+    token_key = token_id if isinstance(token_id, str) else ""
+    sql = _statements(owned=owner is not None)
+    mine = [] if owner is None else [owner.pk]
+    statements: list[Statement] = [(sql.token, [token_key])]
+    if account_key is not None:
+        statements += [
+            (sql.account, [account_key, *mine]),
+            (sql.positions, [account_key, *mine, token_key, Position.Status.OPEN]),
+        ]
+        if isinstance(client_order_id, str):
+            statements.append((sql.replay, [account_key, client_order_id]))
+    results = fetch_statements(statements)
+    token = _token_from_row(results[0][0]) if results[0] else None
+    if account_key is None or not results[1]:
+        return _Locked(None, token, None, [], {}, None)
+    account_rows, rows = results[1], results[2]
+    n = len(_ACCOUNT_FIELDS)
+    account = model_from_row(Account, _ACCOUNT_FIELDS, account_rows[0][:n])
+    if account.tenant_id is not None:
+        account.tenant = model_from_row(Tenant, _TENANT_FIELDS, account_rows[0][n:])
+    replay_of = results[3][0][0] if len(results) > 3 and results[3] else None
     n = len(_POSITION_FIELDS)
     token_column = _POSITION_FIELDS.index("token_id")
     value_columns = [_POSITION_FIELDS.index(name) for name in _VALUE_FIELDS]
     position, others = None, []
     for r in rows:
-        if r[token_column] == token_id:
+        if r[token_column] == token_key:
             position = model_from_row(Position, _POSITION_FIELDS, r[:n])
         else:
             others.append(
                 _value_row(convert_row(Position, _VALUE_FIELDS, [r[i] for i in value_columns]))
             )
-    if rows:
-        return position, others, {"previous_filled_at": db_datetime(rows[0][n])}
-    return position, others, {}
+    # Empty when no row came back to carry the last fill's time: fills_number looks it up.
+    previous = {"previous_filled_at": db_datetime(rows[0][n])} if rows else {}
+    return _Locked(account, token, position, others, previous, replay_of)
 
 
 def _fee_params(market: Market) -> tuple[Decimal, Decimal]:
@@ -497,19 +520,18 @@ def order_place(
     expiration: Any = None,
     post_only: bool = False,
     client_order_id: str | None = None,
-    account: Account | None = None,
-    token: Token | _NotRead | None = NOT_READ,
+    owner: Any = None,
 ) -> PlacedOrder:
     """Place an order: validate, fill what crosses as taker at entry, rest or cancel the rest.
 
-    `account`, when the caller has already loaded the row of `account_id` (the trader API
-    has, with its tenant), saves reading it again; it is only used for the checks before the
-    lock and the tenant's day boundary — everything that moves money re-reads it locked.
-    `token`, likewise, is the caller's read of `token_id` with its market (`token_statement`
-    / `token_from_row`; None: no such token), when it had it read with its own.
+    `owner`, the trader API's caller: the account must be theirs (NOT_FOUND otherwise, as a
+    missing one), open (ACCOUNT_CLOSED) and, for a firm's account, its firm enabled
+    (TENANT_DISABLED), and those checks come before the order's own. Without it the order's
+    shape is checked first, before any I/O, then the token, then the account.
 
-    Locking: reads the book (ONE bus read) before taking the account row lock; everything
-    that moves money happens in one transaction under that lock (retried on deadlock or
+    Locking: reads the book (ONE bus read), then takes the account row lock and reads the
+    token, the positions and any client_order_id twin with it (ONE round trip); every check
+    and everything that moves money happens in that one transaction (retried on deadlock or
     serialization failure). Depletion is taken with a compare-and-set outside the DB.
     Idempotency: with `client_order_id`, a retry with the same content returns the first
     order (created=False) — or raises the same error if it was stored as rejected —, and
@@ -517,7 +539,8 @@ def order_place(
     Raises the engine's DomainErrors (core.errors.ENGINE_ERROR_CODES) and NOT_FOUND.
     """
     now = timezone.now()
-    req = order_request(
+    shape = functools.partial(
+        order_request,
         token_id=token_id,
         side=side,
         type=type,
@@ -530,29 +553,55 @@ def order_place(
         client_order_id=client_order_id,
         now=now,
     )
-    if isinstance(token, _NotRead) or (token is not None and token.token_id != req.token_id):
-        token = _token_with_market(req.token_id)
+    req = shape() if owner is None else None  # no I/O for a malformed order
+    # Before the lock: the book may be read for an order that is then refused.
+    top, live = get_bus().latest_live(token_id) if isinstance(token_id, str) else (None, False)
+    outcome = _place_locked(
+        account_id=account_id,
+        token_id=token_id,
+        client_order_id=client_order_id,
+        owner=owner,
+        req=req or shape,
+        top=top,
+        live=live,
+    )
+    if outcome.error is not None:
+        raise outcome.error
+    assert outcome.placed is not None
+    return outcome.placed
+
+
+def _checked(
+    locked: _Locked,
+    req: OrderRequest | Callable[[], OrderRequest],
+    top: BookTop | None,
+    live: bool,
+    owner: Any,
+) -> tuple[Account, OrderRequest, Token] | _Outcome:
+    """The checks before the engine decides, in their order (see order_place); raises the
+    refusals nothing is stored for, returns the outcome of a client_order_id replay."""
+    account = locked.account
+    if owner is not None:
+        if account is None:
+            raise errors.NotFound()
+        ensure_account_tradable(account)
+    if not isinstance(req, OrderRequest):
+        req = req()
+    token = locked.token
     if token is None:
         raise _invalid("token_id", "unknown token")
-    market = token.market
-    if account is None or str(account.pk) != str(account_id):
-        try:
-            account = Account.objects.filter(pk=uuid.UUID(str(account_id))).first()
-        except ValueError:
-            account = None
     if account is None:
         raise errors.NotFound("No such account.")
-    if req.client_order_id is not None:
-        existing = Order.objects.filter(
-            account=account, client_order_id=req.client_order_id
-        ).first()
-        if existing is not None:
-            return _replay(existing, req)
+    if locked.replay_of is not None:
+        try:
+            return _Outcome(placed=_replay(Order.objects.get(pk=locked.replay_of), req))
+        except errors.DomainError as exc:
+            return _Outcome(error=exc)
     if account.is_closed:
         raise errors.AccountClosed()
+    market = token.market
     if market.closed or market.status != market_states.OPEN or not market.accepting_orders:
         raise errors.MarketClosed()
-    top, live = get_bus().latest_live(req.token_id)
     if top is None:
         raise errors.MarketNotReady()
     req = _with_price(req, _tick(top, market))
@@ -565,19 +614,7 @@ def order_place(
     )
     if not live and takes_liquidity:
         raise errors.StaleBook()
-    outcome = _place_locked(
-        account_id=account.pk,
-        req=req,
-        market=market,
-        token=token,
-        top=top,
-        live=live,
-        tenant=account.tenant if account.tenant_id is not None else None,
-    )
-    if outcome.error is not None:
-        raise outcome.error
-    assert outcome.placed is not None
-    return outcome.placed
+    return account, req, token
 
 
 # --- 4. under the lock ------------------------------------------------------------------------
@@ -614,31 +651,27 @@ def _reject(order: Order, error: errors.DomainError) -> _Outcome:
 def _place_locked(
     *,
     account_id: Any,
-    req: OrderRequest,
-    market: Market,
-    token: Token,
-    top: BookTop,
+    token_id: Any,
+    client_order_id: Any,
+    owner: Any,
+    req: OrderRequest | Callable[[], OrderRequest],
+    top: BookTop | None,
     live: bool,
-    tenant: Any = None,
 ) -> _Outcome:
-    account = _lock_account(account_id)
-    if req.client_order_id is not None:
-        existing = Order.objects.filter(
-            account_id=account.pk, client_order_id=req.client_order_id
-        ).first()
-        if existing is not None:  # a concurrent twin committed while we waited for the lock
-            try:
-                return _Outcome(placed=_replay(existing, req))
-            except errors.DomainError as exc:
-                return _Outcome(error=exc)
-    if account.is_closed:
-        return _Outcome(error=errors.AccountClosed())
+    locked = _lock_and_read(account_id, token_id, client_order_id, owner)
+    checked = _checked(locked, req, top, live, owner)
+    if isinstance(checked, _Outcome):  # a replay of client_order_id
+        return checked
+    account, req, token = checked
+    assert top is not None
+    market = token.market
+    tenant = account.tenant if account.tenant_id is not None else None
     assert req.price is not None
     now = timezone.now()
     order = _new_order(account, req, market, now)
     rate, exponent = _fee_params(market)
 
-    position, others, previous = _locked_positions(account, req.token_id)
+    position, others, previous = locked.position, locked.others, locked.previous
     if req.is_buy:
         need = req.amount if req.amount is not None else None
         if need is None:
