@@ -610,9 +610,9 @@ def test_a_fills_writes_are_one_statement_the_driver_parses_once(book, monkeypat
     from trading.services import matching
 
     sent = []
-    real = matching.run_bound
+    real = matching._run_bound
     monkeypatch.setattr(
-        matching, "run_bound", lambda db, sql, v: sent.append((sql, v)) or real(db, sql, v)
+        matching, "_run_bound", lambda db, sql, v: sent.append((sql, v)) or real(db, sql, v)
     )
     account = open_account("100")
     matcher = new_matcher()

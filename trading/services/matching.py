@@ -365,7 +365,7 @@ def _run_writes(
     (the driver's C adapters convert the values: merging them into the text costs several
     times more), elsewhere one statement each."""
     if db.vendor == "postgresql":
-        run_bound(db, _fill_writes_pg(created), values)
+        _run_bound(db, _fill_writes_pg(created), values)
         return
     statements = []
     for write in writes:
@@ -374,7 +374,7 @@ def _run_writes(
     run_statements(statements)
 
 
-def run_bound(db: BaseDatabaseWrapper, sql: str, params: dict[str, Any]) -> None:
+def _run_bound(db: BaseDatabaseWrapper, sql: str, params: dict[str, Any]) -> None:
     """Execute one statement with server-side binding (PostgreSQL: psycopg's `Cursor`, not
     the client-side `ClientCursor` Django uses), through Django's cursor wrapper (errors,
     execute wrappers, query logging). Runs inside the caller's transaction."""
