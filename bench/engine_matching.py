@@ -86,6 +86,11 @@ finally:
 _PROFILE = (
     ["-c", _PROFILE_CHILD, os.environ["BENCH_PROFILE"]] if os.environ.get("BENCH_PROFILE") else []
 )
+# BENCH_MATCHER_PREFIX="valgrind --tool=callgrind --callgrind-out-file=F": the matcher runs under
+# that command (instructions per update and per fill, independent of the machine's load: the
+# totals of a run at two crossing fractions, same seed, give the instructions per fill). It
+# then processes the updates as a backlog, slowly: run short scenarios (--seconds).
+_PREFIX = shlex.split(os.environ.get("BENCH_MATCHER_PREFIX", ""))
 
 
 # --- database --------------------------------------------------------------------------------
@@ -317,7 +322,7 @@ def run(
 
     stats_path = Path(tempfile.mkdtemp()) / "matcher.json"
     proc = subprocess.Popen(
-        [sys.executable, *_PROFILE, "manage.py", "trading", "match", "--shard", "0/1",
+        [*_PREFIX, sys.executable, *_PROFILE, "manage.py", "trading", "match", "--shard", "0/1",
          "--stats-file", str(stats_path)],
         cwd=ROOT, env=_env(db_url, redis_url), stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -368,13 +373,16 @@ def run(
             s = _read_stats(stats_path)
             if s["entries"] >= entries_sent and bus.pending_count(0, "matcher") == 0:
                 break
-            if time.monotonic() > deadline + seconds + 120:
+            if time.monotonic() > deadline + seconds + (3600 if _PREFIX else 120):
                 raise RuntimeError(f"matcher did not catch up: {s['entries']}/{entries_sent}")
+            if time.monotonic() - last_beat >= 1.0:  # the feed stays alive while it catches up
+                bus.heartbeat(0)
+                last_beat = time.monotonic()
             time.sleep(0.2)
         cpu1 = _cpu_seconds(proc.pid)
     finally:
         proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=60)
+        proc.communicate(timeout=600 if _PREFIX else 60)
     final = _read_stats(stats_path)
     violations = ledger_audit()
     connections.close_all()

@@ -21,6 +21,7 @@ tests; one process only).
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Final, Protocol
@@ -42,6 +43,32 @@ for i = 1, n do
   redis.call('SET', KEYS[i], ARGV[2 * i], 'EX', ttl)
 end
 return 1
+"""
+
+# `_CAS_LUA` for the first ARGV[1] keys (their ARGV shifted by one), then the values of the
+# other keys (nil where unset) after the result: {1 or 0, value, ...}.
+_CAS_GET_LUA: Final = """
+local n = tonumber(ARGV[1])
+local ok = 1
+for i = 1, n do
+  local cur = redis.call('GET', KEYS[i])
+  if cur == false then cur = '' end
+  if cur ~= ARGV[2 * i] then
+    ok = 0
+    break
+  end
+end
+if ok == 1 then
+  local ttl = tonumber(ARGV[2 * n + 2])
+  for i = 1, n do
+    redis.call('SET', KEYS[i], ARGV[2 * i + 1], 'EX', ttl)
+  end
+end
+local out = {ok}
+for i = n + 1, #KEYS do
+  out[#out + 1] = redis.call('GET', KEYS[i])
+end
+return out
 """
 
 
@@ -93,6 +120,16 @@ class DepletionStore(Protocol):
     def clear(self) -> None: ...
 
 
+def _cas_args(takes: list[Take]) -> list[str]:
+    """The compare-and-set script's ARGV for these takes: each one's value read and new
+    value, then the TTL."""
+    args: list[str] = []
+    for t in takes:
+        args += [t.raw, t.new_value()]
+    args.append(str(TTL_SECONDS))
+    return args
+
+
 def memories(store: DepletionStore, keys: list[str], published: list[Decimal]) -> list[LevelMemory]:
     return memories_of(store.read(keys), published)
 
@@ -128,6 +165,7 @@ class RedisDepletion:
     def __init__(self, client: Any) -> None:
         self.client = client
         self._cas = client.register_script(_CAS_LUA)
+        self._cas_get = client.register_script(_CAS_GET_LUA)
 
     @classmethod
     def from_url(cls, url: str) -> RedisDepletion:
@@ -143,11 +181,19 @@ class RedisDepletion:
     def commit(self, takes: list[Take]) -> bool:
         if not takes:
             return True
-        args: list[str] = []
-        for t in takes:
-            args += [t.raw, t.new_value()]
-        args.append(str(TTL_SECONDS))
-        return bool(self._cas(keys=[t.key for t in takes], args=args))
+        return bool(self._cas(keys=[t.key for t in takes], args=_cas_args(takes)))
+
+    def commit_and_get(
+        self, takes: list[Take], keys: Sequence[str]
+    ) -> tuple[bool, list[str | None]]:
+        """`commit`, and the values of other `keys` of this Redis (None where unset), in ONE
+        command: for a caller that needs both at one moment (a maker fill: its takes, and its
+        positions' marks from the price bus, which lives on the same Redis)."""
+        if not keys:
+            return self.commit(takes), []
+        args = [str(len(takes)), *_cas_args(takes)] if takes else ["0", str(TTL_SECONDS)]
+        reply = self._cas_get(keys=[*(t.key for t in takes), *keys], args=args)
+        return bool(reply[0]), list(reply[1:])
 
     def clear(self) -> None:
         keys = list(self.client.scan_iter(match=f"{KEY_PREFIX}*"))

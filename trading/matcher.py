@@ -49,7 +49,7 @@ from typing import Any
 
 import orjson
 from django.conf import settings
-from django.db import close_old_connections, connection, connections
+from django.db import DEFAULT_DB_ALIAS, close_old_connections, connections
 from django.utils import timezone
 
 from core.money import ZERO
@@ -618,7 +618,10 @@ class Matcher:
     def _parallel(self) -> bool:
         # Worker threads have their own connections: they must not be used while this thread
         # is inside a transaction (they could not see its rows) nor on SQLite (one writer).
-        return self.workers > 1 and connection.vendor != "sqlite" and not connection.in_atomic_block
+        if self.workers <= 1:
+            return False
+        db = connections[DEFAULT_DB_ALIAS]  # one thread-local lookup, not one per attribute
+        return db.vendor != "sqlite" and not db.in_atomic_block
 
     def _dispatch(self, token: str, work: Callable[[], object], batch: _Batch | None) -> None:
         """Run `work` after every earlier work item of the same token (fills of one token in

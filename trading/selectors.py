@@ -113,13 +113,20 @@ MARK_MAX_SPREAD = Decimal("0.10")
 def book_mark(top: BookTop) -> tuple[Decimal, str] | None:
     """How Polymarket itself displays a price: the midpoint, or the last trade when the
     spread is wider than 0.10 (or a side is empty). None when the book offers neither."""
-    bid, ask = top.best_bid, top.best_ask
-    if bid is not None and ask is not None:
-        mid = (Decimal(bid) + Decimal(ask)) / 2
-        if Decimal(ask) - Decimal(bid) <= MARK_MAX_SPREAD:
-            return mid, "mid"
-    if top.last_trade_price:
-        return Decimal(top.last_trade_price), "last_trade"
+    return mark_of(top.best_bid, top.best_ask, top.last_trade_price)
+
+
+def mark_of(
+    best_bid: str | None, best_ask: str | None, last_trade_price: str | None
+) -> tuple[Decimal, str] | None:
+    """`book_mark` from those three fields of a top (decimal strings), for a caller that
+    holds them without a BookTop (the maker fill values its positions from the raw tops)."""
+    if best_bid is not None and best_ask is not None:
+        bid, ask = Decimal(best_bid), Decimal(best_ask)
+        if ask - bid <= MARK_MAX_SPREAD:
+            return (bid + ask) / 2, "mid"
+    if last_trade_price:
+        return Decimal(last_trade_price), "last_trade"
     return None
 
 

@@ -195,6 +195,33 @@ def test_depletion_on_redis(settings, redis_url):
     assert keys  # the memory lives in Redis, shared by every process
 
 
+@pytest.mark.redis
+def test_redis_depletion_commit_and_get(redis_url):
+    # The maker fill's one round trip: its takes set (compare-and-set, as `commit`), and
+    # other keys of the same Redis read (its positions' marks on the price bus).
+    import redis
+
+    from trading.depletion import RedisDepletion, Take
+
+    store = RedisDepletion.from_url(redis_url)
+    client = redis.Redis.from_url(redis_url)
+    client.set("other", b"x")
+    key = "dep:t:asks:0.5"
+    take = Take(key, "", D("100"), D("0"), D("4"))
+    assert store.commit_and_get([take], ["other", "nope"]) == (True, ["x", None])
+    assert store.read([key]) == ["100|4"]
+    # What was read is no longer there: nothing is set; the other keys are still read.
+    assert store.commit_and_get([take], ["other"]) == (False, ["x"])
+    assert store.read([key]) == ["100|4"]
+    # The server lost its scripts (a restart, SCRIPT FLUSH): loaded again and sent again.
+    client.script_flush()
+    more = Take(key, "100|4", D("100"), D("4"), D("1"))
+    assert store.commit_and_get([more], []) == (True, [])
+    assert store.read([key]) == ["100|5"]
+    assert store.commit_and_get([], ["other"]) == (True, ["x"])
+    assert store.commit_and_get([], []) == (True, [])
+
+
 # --- the pure model ----------------------------------------------------------------------
 def test_fee_formula_floors_to_5_decimals():
     # 10 × 0.25 × (0.5 × 0.5)^2 = 10 × 0.25 × 0.0625 = 0.15625 exactly

@@ -9,26 +9,30 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 from decimal import Decimal as D
 
 import pytest
 from django.db import connection
 from django.test import TestCase
 
-from accounts.models import Account, LedgerEntry, Position
-from marketdata.bus import BusMessage, get_bus
+from accounts.models import Account, EquitySnapshot, LedgerEntry, Position
+from marketdata.book import OrderBook
+from marketdata.bus import BookTop, BusMessage, get_bus, reset_bus
 from tests.trading.conftest import (
     audit_clean,
+    feed_alive,
     feed_dead,
     make_market,
     open_account,
     publish_book,
     publish_trade,
 )
+from trading.depletion import reset_depletion
 from trading.fillmodel import buy_reservation
 from trading.matcher import Matcher, Resting, RestingIndex, parse_shard
 from trading.models import Fill
-from trading.orderevents import get_order_events
+from trading.orderevents import get_order_events, reset_order_events
 from trading.services import order_cancel, order_place
 
 pytestmark = pytest.mark.django_db
@@ -88,6 +92,20 @@ def maker_fills(order) -> list[Fill]:
 def refreshed(obj):
     obj.refresh_from_db()
     return obj
+
+
+@pytest.fixture(params=["in_process", pytest.param("redis", marks=pytest.mark.redis)])
+def engine(request, settings):
+    """The engine's shared state in this process, or on Redis as deployed: the price bus,
+    the depletion memory and the order events on settings.REDIS_URL (where a maker fill sets
+    its takes and reads its positions' marks in one round trip). Ask for it before `book`."""
+    if request.param == "redis":
+        settings.REDIS_URL = request.getfixturevalue("redis_url")
+        reset_bus()
+        reset_depletion()
+        reset_order_events()
+        feed_alive()
+    return request.param
 
 
 @pytest.fixture
@@ -163,7 +181,7 @@ def test_resting_sell_fills_when_the_bid_rises_and_realizes_pnl(book):
     audit_clean()
 
 
-def test_price_then_time_priority_and_depletion_across_orders(book):
+def test_price_then_time_priority_and_depletion_across_orders(engine, book):
     a1, a2, a3 = open_account("100"), open_account("100"), open_account("100")
     matcher = new_matcher()
     first = place(a1, book, "BUY", "0.50", "10")
@@ -190,7 +208,7 @@ def test_price_then_time_priority_and_depletion_across_orders(book):
     audit_clean()
 
 
-def test_depletion_is_shared_with_a_taker_order(book):
+def test_depletion_is_shared_with_a_taker_order(engine, book):
     maker_acc, taker_acc = open_account("100"), open_account("100")
     matcher = new_matcher()
     resting = place(maker_acc, book, "BUY", "0.50", "10")
@@ -201,6 +219,100 @@ def test_depletion_is_shared_with_a_taker_order(book):
     matcher.step()
     assert [f.size for f in maker_fills(resting)] == [D("4")]
     audit_clean()
+
+
+def test_a_depletion_record_of_another_size_does_not_hold_back_a_maker_fill(engine, book):
+    # A taker took from 0.49 while it showed 10; the feed now shows 8 there: the memory
+    # resets (all 8 available), though its record is still stored under that level.
+    maker_acc, taker_acc = open_account("100"), open_account("100")
+    matcher = new_matcher()
+    resting = place(maker_acc, book, "BUY", "0.50", "10")
+    publish_book(book.token_id, bids=[("0.48", "100")], asks=[("0.49", "10")])
+    taker = place(taker_acc, book, "BUY", "0.49", "6", time_in_force="FAK")
+    assert refreshed(taker).filled_size == D("6")
+    matcher.step()
+    publish_book(book.token_id, bids=[("0.48", "100")], asks=[("0.49", "8")])
+    matcher.step()
+    assert [f.size for f in maker_fills(resting)] == [D("4"), D("6")]
+    audit_clean()
+
+
+def test_the_equity_snapshot_of_a_maker_fill_values_every_open_position(engine):
+    # Hand-computed: marks are the midpoint (spread ≤ 0.10), else the position's cost.
+    (_, a, _), (_, b, _), (_, c, _) = make_market(), make_market(), make_market()
+    publish_book(a.token_id, bids=[("0.39", "100")], asks=[("0.40", "100")])
+    publish_book(b.token_id, bids=[("0.59", "100")], asks=[("0.60", "100")])
+    publish_book(c.token_id, bids=[("0.48", "100")], asks=[("0.52", "100")])
+    account = open_account("100")
+    place(account, a, "BUY", "0.40", "10")  # takers at entry: 4.00 and 6.00
+    place(account, b, "BUY", "0.60", "10")
+    matcher = new_matcher()
+    resting = place(account, c, "BUY", "0.50", "10")
+    sell_a = place(account, a, "SELL", "0.50", "10")
+    publish_book(a.token_id, bids=[("0.44", "100")], asks=[("0.46", "100")])  # mid 0.45
+    publish_book(b.token_id, bids=[("0.60", "100")], asks=[("0.90", "100")])  # too wide
+    publish_book(c.token_id, bids=[("0.48", "100")], asks=[("0.49", "4")])  # mid 0.485
+    matcher.step()
+    assert [f.size for f in maker_fills(resting)] == [D("4")]
+    snap = EquitySnapshot.objects.filter(account=account).latest("at", "id")
+    # cash 100 − 4 − 6 − 2 = 88; A 10 × 0.45, B 10 × 0.60 (cost), C 4 × 0.485.
+    assert (snap.cash, snap.positions_value, snap.equity) == (D("88"), D("12.44"), D("100.44"))
+
+    # A SELL that empties a position: it no longer counts; the others at their marks now.
+    publish_book(a.token_id, bids=[("0.51", "10")], asks=[("0.53", "100")])
+    matcher.step()
+    assert [f.size for f in maker_fills(sell_a)] == [D("10")]
+    snap = EquitySnapshot.objects.filter(account=account).latest("at", "id")
+    assert (snap.cash, snap.positions_value, snap.equity) == (D("93"), D("7.94"), D("100.94"))
+    audit_clean()
+
+
+def test_a_maker_fill_values_positions_as_open_positions_does():
+    # The fill values its positions from the tops' mark fields, without the selectors' row
+    # and mark objects: the same numbers, case by case (hand-computed on the right).
+    from trading.selectors import PositionRow
+    from trading.services.fills import positions_value
+    from trading.services.matching import _Holding, _positions_value
+
+    def top(token, bids, asks, last=None):
+        t = BookTop.from_book(
+            OrderBook.from_snapshot(
+                {
+                    "market": "0xcond",
+                    "asset_id": token,
+                    "timestamp": "1",
+                    "hash": "h",
+                    "bids": [{"price": p, "size": "10"} for p in bids],
+                    "asks": [{"price": p, "size": "10"} for p in asks],
+                    "tick_size": "0.01",
+                }
+            )
+        )
+        return replace(t, last_trade_price=last)
+
+    tops = {
+        "mid": top("mid", ["0.40"], ["0.44"]),  # 0.42
+        "wide": top("wide", ["0.30"], ["0.60"], last="0.55"),  # last trade 0.55
+        "wide_no_trade": top("wide_no_trade", ["0.30"], ["0.60"]),  # cost 0.50
+        "one_side": top("one_side", ["0.30"], [], last="0.35"),  # last trade 0.35
+        "empty": top("empty", [], []),  # stored mark 0.20
+    }
+    held = [
+        _Holding(1, "mid", size=D("10"), avg_price=D("0.5"), cost_basis=D("5")),
+        _Holding(2, "wide", size=D("3"), avg_price=D("0.5"), cost_basis=D("1.5")),
+        _Holding(3, "wide_no_trade", size=D("7.5"), avg_price=D("0.5"), cost_basis=D("3.75")),
+        _Holding(4, "one_side", size=D("1"), avg_price=D("0.5"), cost_basis=D("0.5")),
+        _Holding(5, "empty", size=D("2"), avg_price=D("0.5"), cost_basis=D("1"),
+                 last_mark=D("0.2")),
+        _Holding(6, "no_top", size=D("4"), avg_price=D("0.123456"), cost_basis=D("0.49")),
+    ]  # fmt: skip
+    rows = [
+        PositionRow(h.token_id, "", "", "", h.size, h.avg_price, h.cost_basis, h.last_mark, None)
+        for h in held
+    ]
+    marks = {t: (x.best_bid, x.best_ask, x.last_trade_price) for t, x in tops.items()}
+    expected = D("4.2") + D("1.65") + D("3.75") + D("0.35") + D("0.4") + D("0.493824")
+    assert _positions_value(held, marks) == positions_value(rows, tops) == expected
 
 
 def test_no_fill_without_a_cross_and_none_on_stale_books_or_a_dead_feed(book):
@@ -235,7 +347,7 @@ def test_a_book_older_than_the_order_never_fills_it(book):
 
 
 # --- trades -----------------------------------------------------------------------------------
-def test_trade_through_fills_up_to_the_trade_size(book):
+def test_trade_through_fills_up_to_the_trade_size(engine, book):
     account = open_account("100")
     matcher = new_matcher()
     order = place(account, book, "BUY", "0.50", "10")
@@ -446,9 +558,9 @@ def test_index_reaches_exactly_when_crossing_finds_orders():
 
 
 def test_fill_rows_when_statements_run_one_by_one(book, monkeypatch):
-    # PostgreSQL sends a fill's reads, and its writes, as one multi-statement query each;
-    # with server-side binding (and on SQLite) they run one by one. Both write the same
-    # rows — including text that looks like placeholders or needs quoting.
+    # PostgreSQL sends a fill's reads as one multi-statement query (merged by the driver);
+    # with server-side binding (and on SQLite) they run one by one. Both read the same
+    # rows, and the writes store text that looks like placeholders or needs quoting as is.
     from core import sqlrows
 
     monkeypatch.setattr(sqlrows, "_multi_statement", lambda cursor: False)
@@ -477,8 +589,8 @@ def test_fill_rows_when_statements_run_one_by_one(book, monkeypatch):
 
 
 def test_fill_rows_with_quotes_and_percent_signs_in_one_round_trip(book):
-    # The values are merged into the statements by the driver: text that looks like
-    # placeholders or needs quoting is written as it is.
+    # The values are bound (PostgreSQL: by the server, in one statement of every write):
+    # text that looks like placeholders or needs quoting is written as it is.
     _m, yes, _ = make_market(question="50% 'odds' %s or %(x)s? \\ done")
     publish_book(yes.token_id, bids=[("0.48", "100")], asks=[("0.52", "100")])
     account = open_account("100")
@@ -490,6 +602,34 @@ def test_fill_rows_with_quotes_and_percent_signs_in_one_round_trip(book):
     assert fill.market_question == "50% 'odds' %s or %(x)s? \\ done"
     entry = LedgerEntry.objects.get(account=account, kind="TRADE")
     assert (entry.memo, entry.amount) == ("BUY 4.00 @ 0.500000 (maker)", D("-2"))
+    audit_clean()
+
+
+@pytest.mark.postgres
+def test_a_fills_writes_are_one_statement_the_driver_parses_once(book, monkeypatch):
+    # psycopg caches how it parses a statement only up to a length and a number of values;
+    # past them it would parse the text again on every fill.
+    from psycopg import _queries
+
+    from trading.services import matching
+
+    sent = []
+    real = matching._run_bound
+    monkeypatch.setattr(
+        matching, "_run_bound", lambda db, sql, v: sent.append((sql, v)) or real(db, sql, v)
+    )
+    account = open_account("100")
+    matcher = new_matcher()
+    order = place(account, book, "BUY", "0.50", "10")
+    publish_book(book.token_id, bids=[("0.48", "100")], asks=[("0.49", "4"), ("0.52", "100")])
+    matcher.step()  # a new position
+    publish_book(book.token_id, bids=[("0.48", "100")], asks=[("0.49", "5"), ("0.52", "100")])
+    matcher.step()  # the same position again
+    assert [f.size for f in maker_fills(order)] == [D("4"), D("5")]
+    assert len(sent) == 2 and sent[0][0] != sent[1][0]
+    for sql, values in sent:
+        assert len(sql) <= _queries.MAX_CACHED_STATEMENT_LENGTH
+        assert len(values) <= _queries.MAX_CACHED_STATEMENT_PARAMS
     audit_clean()
 
 

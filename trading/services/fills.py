@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 from accounts.models import Account, Position
 from core.money import ZERO, cash
@@ -19,8 +19,18 @@ from trading.selectors import MarkedPosition, PositionRow, position_mark
 PRICE_Q = Decimal("0.000001")
 
 
+class PositionState(Protocol):
+    """What `position_apply` reads and changes: a Position, or the plain row a fixed-SQL fill
+    path holds (trading.services.matching)."""
+
+    size: Decimal
+    avg_price: Decimal
+    cost_basis: Decimal
+    realized_pnl: Decimal
+
+
 def position_apply(
-    position: Position, *, side: str, size: Decimal, notional: Decimal, fee: Decimal
+    position: PositionState, *, side: str, size: Decimal, notional: Decimal, fee: Decimal
 ) -> Decimal:
     """Fold one fill into the position in memory (the caller saves it) and return the P&L
     it realizes: a BUY adds at cost (its fee is a realized cost; avg price excludes fees),

@@ -17,44 +17,61 @@ position rows (the order of every other path, C1); one transaction per trigger a
 retried on deadlock/serialization failure.
 
 A fill is on the matcher's critical path (p99 from book update to committed fill < 100 ms),
-so it is fixed SQL in two round trips on PostgreSQL besides BEGIN and COMMIT. The locking
-reads, in lock order: the account row (with its tenant's day boundary), the order row (with
-the duplicate check, the order's market and the account's last fill time), and every
-position the fill needs (the filled one and the account's other open ones, which the equity
-snapshot values). The writes: the position, the ledger's TRADE entry, the fill, the order,
-the equity snapshot, and the account row once (cash, reservations, P&L, fill numbering,
-high-water mark together). The rules of the shared helpers that would write through the
-ORM (`ledger_post`, `fills_append`, `equity_snapshot_record`) are applied here in memory.
+and its client CPU is what a matcher spends per fill, so it is fixed SQL in two round trips
+on PostgreSQL besides BEGIN and COMMIT, and one Redis command. The locking reads, in lock
+order, as one multi-statement query: the account row (with its tenant's day boundary), the
+order row (with the duplicate check, the order's market and the account's last fill time),
+and every position the fill needs (the filled one and the account's other open ones, which
+the equity snapshot values: only the columns it uses). The rows are plain values, not model
+instances. Then the depletion takes and the positions' marks: one Redis command sets the
+takes (compare-and-set) and reads the marks' tops. The writes: the position, the ledger's
+TRADE entry, the fill, the order, the equity snapshot, and the account row once (cash,
+reservations, P&L, fill numbering, high-water mark together) — on PostgreSQL ONE statement
+bound by the server (data-modifying WITH queries), elsewhere one statement each. The rules
+of the shared helpers that would write through the ORM (`ledger_post`, `fills_append`,
+`equity_snapshot_record`) are applied here in memory.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Decimal
 from functools import cache
 from typing import Any
 
-from django.db import IntegrityError, connection, transaction
+import orjson
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, connections, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils import timezone
 from django.utils.dateparse import parse_time
 
 from accounts.models import Account, EquitySnapshot, LedgerEntry, Position
-from core import errors
+from core import errors, sqlrows
 from core.clock import trading_day
-from core.db import db_datetime, db_param_uuid, retry_on_conflict
+from core.db import db_datetime, retry_on_conflict
 from core.money import CASH_QUANTUM, ZERO, cash, pct
-from core.sqlrows import fetch_statements, model_from_row, run_statements
+from core.sqlrows import Statement, convert_row, fetch_statements, run_statements
 from marketdata import states as market_states
-from marketdata.bus import BookTop, TradePrint, get_bus
+from marketdata.bus import BookTop, RedisBus, TradePrint, get_bus
 from marketdata.models import Market, Token
 from partners.models import Tenant
 from trading import states
-from trading.depletion import Take, get_depletion_store, level_key, memories
+from trading.depletion import (
+    DepletionStore,
+    RedisDepletion,
+    Take,
+    get_depletion_store,
+    level_key,
+    memories_of,
+)
 from trading.fillmodel import crosses, walk_book
 from trading.models import Fill, Order, Side
-from trading.services.fills import open_position_rows, position_apply, positions_value
+from trading.selectors import mark_of
+from trading.services.fills import position_apply
 
 PRICE_Q = Decimal("0.000001")
 DEPLETION_ATTEMPTS = 16
@@ -74,7 +91,70 @@ class MakerResult:
     fill_id: uuid.UUID | None = None  # the fill's, when `filled`
 
 
-def _remaining(order: Order) -> Decimal:
+# --- the rows a fill works on -------------------------------------------------------------------
+# Plain values read under the row locks, not model instances: building an instance (every
+# field of the model initialised, deferred or not) costs several times converting the row.
+@dataclass(slots=True)
+class _AccountRow:
+    """The account columns a fill reads (`_ACCOUNT_READ`, in order) and its tenant's day
+    boundary; the fill changes them in memory and writes them back once."""
+
+    id: uuid.UUID
+    tenant_id: Any
+    status: str
+    epoch: int
+    cash: Decimal
+    reserved_cash: Decimal
+    realized_pnl: Decimal
+    high_water_mark: Decimal
+    max_drawdown: Decimal
+    max_drawdown_pct: Decimal
+    trading_days: int
+    last_trading_day: dt.date | None
+    last_fill_seq: int
+    tenant_tz: str | None
+    tenant_time: Any  # dt.time (SQLite: text)
+
+
+@dataclass(slots=True)
+class _OrderRow:
+    """The order columns a fill reads (`_ORDER_READ`, in order)."""
+
+    id: uuid.UUID
+    account_id: uuid.UUID
+    epoch: int
+    token_id: str
+    market_id: str
+    side: str
+    price: Decimal
+    size: Decimal | None
+    expiration: dt.datetime | None
+    status: str
+    filled_size: Decimal
+    filled_notional: Decimal
+    reserved_cash: Decimal
+    reserved_shares: Decimal
+    queue_ahead: Decimal
+    queue_trigger: str
+
+
+@dataclass(slots=True)
+class _Holding:
+    """The position the fill changes (`position_apply`): its row (`_POSITION_READ`), or a new
+    one (`id` None) inserted by the fill."""
+
+    id: Any
+    token_id: str
+    status: str = Position.Status.OPEN
+    size: Decimal = ZERO
+    reserved_size: Decimal = ZERO
+    avg_price: Decimal = ZERO
+    cost_basis: Decimal = ZERO
+    realized_pnl: Decimal = ZERO
+    last_mark: Decimal | None = None
+
+
+def _remaining(order: _OrderRow) -> Decimal:
     assert order.size is not None
     return order.size - order.filled_size
 
@@ -83,13 +163,15 @@ def _remaining(order: Order) -> Decimal:
 class _Locked:
     """What a maker fill works on, read under the account, order and position row locks."""
 
-    account: Account
-    order: Order
+    db: BaseDatabaseWrapper  # this thread's connection, in the fill's transaction
+    account: _AccountRow
+    order: _OrderRow
     outcome: str  # the order token's outcome label
     market_id: str
     question: str
     previous_filled_at: dt.datetime | None  # the account's last fill's (fills_append)
-    positions: list[Position]  # the order token's (if any) and every other open one
+    position: _Holding | None  # the order token's, if the account holds one
+    others: list[_Holding]  # the account's other open positions with shares (their value)
 
 
 # --- fixed SQL ---------------------------------------------------------------------------------
@@ -117,10 +199,11 @@ _ORDER_READ = (
     "status", "filled_size", "filled_notional", "reserved_cash", "reserved_shares",
     "queue_ahead", "queue_trigger",
 )  # fmt: skip
+# Positions: what `position_apply` changes and what the equity snapshot values (no labels, no
+# times: those are only written, for a new position, from the order's market).
 _POSITION_READ = (
-    "id", "account_id", "epoch", "token_id", "market_id", "market_question", "outcome",
-    "status", "size", "reserved_size", "avg_price", "cost_basis", "realized_pnl", "last_mark",
-    "last_mark_at", "opened_at",
+    "id", "token_id", "status", "size", "reserved_size", "avg_price", "cost_basis",
+    "realized_pnl", "last_mark",
 )  # fmt: skip
 
 
@@ -170,66 +253,186 @@ def _reads(for_update_of: bool) -> tuple[str, str, str]:
     return account_sql, order_sql, positions_sql
 
 
-_POSITION_INSERT = [
-    "account_id", "epoch", "token_id", "market_id", "market_question", "outcome", "status",
-    "size", "reserved_size", "avg_price", "cost_basis", "realized_pnl", "last_mark",
-    "last_mark_at", "opened_at", "updated_at",
-]  # fmt: skip
-_POSITION_UPDATE = [
-    "size", "reserved_size", "avg_price", "cost_basis", "realized_pnl", "updated_at",
-]  # fmt: skip
-_LEDGER_INSERT = [
-    "account_id", "epoch", "kind", "amount", "balance_after", "order_id", "fill_id", "memo",
-    "created_at",
-]  # fmt: skip
-_ORDER_UPDATE = [
-    "status", "filled_size", "filled_notional", "reserved_cash", "reserved_shares",
-    "queue_ahead", "queue_trigger", "updated_at",
-]  # fmt: skip
-_ORDER_QUEUE_UPDATE = ["queue_ahead", "queue_trigger"]
-_SNAPSHOT_INSERT = ["account_id", "epoch", "at", "equity", "cash", "positions_value"]
-_ACCOUNT_UPDATE = [
-    "cash", "reserved_cash", "realized_pnl", "last_fill_seq", "trading_days",
-    "last_trading_day", "high_water_mark", "max_drawdown", "max_drawdown_pct", "updated_at",
-]  # fmt: skip
+@dataclass(frozen=True)
+class _Const:
+    """A value written into the SQL text: one of our own constants (a choice's value),
+    never input."""
+
+    value: str
+
+    def sql(self) -> str:
+        if not self.value.replace("_", "").isalnum():
+            raise ValueError(f"not a plain constant: {self.value!r}")
+        return f"'{self.value}'"
 
 
-def _insert_sql(model: type[Any], columns: list[str]) -> str:
-    marks = ", ".join(["%s"] * len(columns))
-    return f"INSERT INTO {model._meta.db_table} ({', '.join(columns)}) VALUES ({marks})"
-
-
-def _update_sql(model: type[Any], columns: list[str]) -> str:
-    sets = ", ".join(f"{c} = %s" for c in columns)
-    return f"UPDATE {model._meta.db_table} SET {sets} WHERE {model._meta.pk.column} = %s"
+# The writes of a fill: (model, [(column, value)], the value of the primary key to update or
+# None to insert). A value is the name of an entry of the fill's values (`_apply`), a
+# `_Const`, or None (NULL).
+_Write = tuple[type[Any], tuple[tuple[str, "str | _Const | None"], ...], str | None]
+_POSITION_INSERT: _Write = (Position, (
+    ("account_id", "account"), ("epoch", "epoch"), ("token_id", "token"),
+    ("market_id", "market"), ("market_question", "question"), ("outcome", "outcome"),
+    ("status", _Const(Position.Status.OPEN)), ("size", "p_size"),
+    ("reserved_size", "p_reserved"), ("avg_price", "p_avg"), ("cost_basis", "p_cost"),
+    ("realized_pnl", "p_realized"), ("last_mark", None), ("last_mark_at", None),
+    ("opened_at", "now"), ("updated_at", "now"),
+), None)  # fmt: skip
+_POSITION_UPDATE: _Write = (Position, (
+    ("size", "p_size"), ("reserved_size", "p_reserved"), ("avg_price", "p_avg"),
+    ("cost_basis", "p_cost"), ("realized_pnl", "p_realized"), ("updated_at", "now"),
+), "p_id")  # fmt: skip
+_LEDGER_INSERT: _Write = (LedgerEntry, (
+    ("account_id", "account"), ("epoch", "epoch"), ("kind", _Const(LedgerEntry.Kind.TRADE)),
+    ("amount", "amount"), ("balance_after", "cash"), ("order_id", "order"),
+    ("fill_id", "fill"), ("memo", "memo"), ("created_at", "now"),
+), None)  # fmt: skip
+_FILL_INSERT: _Write = (Fill, (
+    ("id", "fill"), ("account_id", "account"), ("seq", "seq"), ("epoch", "epoch"),
+    ("kind", _Const(Fill.Kind.FILL)), ("order_id", "order"), ("token_id", "token"),
+    ("market_id", "order_market"), ("market_question", "question"), ("outcome", "outcome"),
+    ("side", "side"), ("price", "price"), ("size", "size"), ("notional", "notional"),
+    ("fee", _Const("0")), ("fee_rate_bps", _Const("0")),
+    ("liquidity", _Const(Fill.Liquidity.MAKER)), ("realized_pnl", "realized"),
+    ("price_source", "price_source"), ("book_as_of", "book_as_of"),
+    ("book_hash", "book_hash"), ("levels", "levels"), ("vwap", "price"),
+    ("mid_gap", "mid_gap"), ("trigger_key", "trigger"), ("filled_at", "filled_at"),
+), None)  # fmt: skip
+_ORDER_UPDATE: _Write = (Order, (
+    ("status", "o_status"), ("filled_size", "o_filled_size"),
+    ("filled_notional", "o_filled_notional"), ("reserved_cash", "o_reserved_cash"),
+    ("reserved_shares", "o_reserved_shares"), ("queue_ahead", "o_queue_ahead"),
+    ("queue_trigger", "o_queue_trigger"), ("updated_at", "now"),
+), "order")  # fmt: skip
+_ORDER_QUEUE_UPDATE: _Write = (Order, (
+    ("queue_ahead", "o_queue_ahead"), ("queue_trigger", "o_queue_trigger"),
+), "order")  # fmt: skip
+_SNAPSHOT_INSERT: _Write = (EquitySnapshot, (
+    ("account_id", "account"), ("epoch", "epoch"), ("at", "now"), ("equity", "equity"),
+    ("cash", "cash"), ("positions_value", "positions_value"),
+), None)  # fmt: skip
+_ACCOUNT_UPDATE: _Write = (Account, (
+    ("cash", "cash"), ("reserved_cash", "a_reserved"), ("realized_pnl", "a_realized"),
+    ("last_fill_seq", "seq"), ("trading_days", "trading_days"),
+    ("last_trading_day", "last_trading_day"), ("high_water_mark", "hwm"),
+    ("max_drawdown", "max_dd"), ("max_drawdown_pct", "max_dd_pct"), ("updated_at", "now"),
+), "account")  # fmt: skip
 
 
 @cache
-def _writes() -> dict[str, str]:
-    """The writes of a fill; every value is a bound parameter."""
-    return {
-        "position_insert": _insert_sql(Position, _POSITION_INSERT),
-        "position_update": _update_sql(Position, _POSITION_UPDATE),
-        "ledger": _insert_sql(LedgerEntry, _LEDGER_INSERT),
-        "fill": _insert_sql(Fill, _fill_columns()),
-        "order": _update_sql(Order, _ORDER_UPDATE),
-        "order_queue": _update_sql(Order, _ORDER_QUEUE_UPDATE),
-        "snapshot": _insert_sql(EquitySnapshot, _SNAPSHOT_INSERT),
-        "account": _update_sql(Account, _ACCOUNT_UPDATE),
-    }
+def _write_sql(write: _Write, named: bool) -> tuple[str, tuple[str, ...]]:
+    """One write as SQL, and the names of its values in placeholder order. `named`:
+    `%(name)s` placeholders (PostgreSQL binds each name once however often it appears);
+    else `%s`."""
+    model, pairs, key = write
+    if model is Fill and {c for c, _ in pairs} != set(_fill_columns()):
+        raise AssertionError("_FILL_INSERT must write every column of Fill")
+    names: list[str] = []
+
+    def mark(value: str | _Const | None) -> str:
+        if value is None:
+            return "NULL"
+        if isinstance(value, _Const):
+            return value.sql()
+        names.append(value)
+        return f"%({value})s" if named else "%s"
+
+    table = model._meta.db_table
+    if key is None:
+        columns = ", ".join(c for c, _ in pairs)
+        sql = f"INSERT INTO {table} ({columns}) VALUES ({', '.join(mark(v) for _, v in pairs)})"
+    else:
+        sets = ", ".join(f"{c} = {mark(v)}" for c, v in pairs)
+        sql = f"UPDATE {table} SET {sets} WHERE {model._meta.pk.column} = {mark(key)}"
+    return sql, tuple(names)
 
 
-def _params(*values: Any) -> list[Any]:
+@cache
+def _fill_writes_pg(created: bool) -> str:
+    """PostgreSQL: every write of a fill as ONE statement (data-modifying WITH queries: each
+    runs exactly once, all in this statement; they touch different rows, and the rows the
+    fill updates are already locked), with named values, bound by the server."""
+    first = _POSITION_INSERT if created else _POSITION_UPDATE
+    writes = [first, _LEDGER_INSERT, _FILL_INSERT, _ORDER_UPDATE, _SNAPSHOT_INSERT]
+    ctes = ", ".join(f"w{i} AS ({_write_sql(w, True)[0]})" for i, w in enumerate(writes))
+    return f"WITH {ctes} {_write_sql(_ACCOUNT_UPDATE, True)[0]}"
+
+
+def _run_writes(
+    db: BaseDatabaseWrapper, writes: list[_Write], values: dict[str, Any], *, created: bool
+) -> None:
+    """Run a fill's writes with `values`: on PostgreSQL one statement bound by the server
+    (the driver's C adapters convert the values: merging them into the text costs several
+    times more), elsewhere one statement each."""
+    if db.vendor == "postgresql":
+        _run_bound(db, _fill_writes_pg(created), values)
+        return
+    statements = []
+    for write in writes:
+        sql, names = _write_sql(write, False)
+        statements.append((sql, _params(db, *(values[n] for n in names))))
+    run_statements(statements)
+
+
+def _run_bound(db: BaseDatabaseWrapper, sql: str, params: dict[str, Any]) -> None:
+    """Execute one statement with server-side binding (PostgreSQL: psycopg's `Cursor`, not
+    the client-side `ClientCursor` Django uses), through Django's cursor wrapper (errors,
+    execute wrappers, query logging). Runs inside the caller's transaction."""
+    import psycopg
+    from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
+
+    wrapper = CursorDebugWrapper if db.queries_logged else CursorWrapper
+    cursor = wrapper(psycopg.Cursor(db.connection), db)
+    with cursor:
+        cursor.execute(sql, params)
+
+
+def _params(db: BaseDatabaseWrapper, *values: Any) -> list[Any]:
     """Python values as this connection's driver takes them for the fixed SQL: PostgreSQL as
     they are; SQLite naive-UTC datetime text and UUID hex, as the ORM writes them."""
-    if connection.vendor == "postgresql":
+    if db.vendor == "postgresql":
         return list(values)
     return [
-        connection.ops.adapt_datetimefield_value(v)
+        db.ops.adapt_datetimefield_value(v)
         if isinstance(v, dt.datetime)
         else (v.hex if isinstance(v, uuid.UUID) else v)
         for v in values
     ]
+
+
+def _fetch(db: BaseDatabaseWrapper, statements: list[Statement]) -> list[list[tuple[Any, ...]]]:
+    """`fetch_statements` for the fill's reads. On PostgreSQL with Django's client-side binding
+    cursor, the statements as ONE text merged with all their values in one pass: short and
+    with few values, so psycopg keeps its parse cached (sqlrows merges statement by statement,
+    the right choice for long ones) — a third of the merging's cost."""
+    if db.vendor == "postgresql":
+        with db.cursor() as cursor:
+            raw = cursor.cursor
+            if sqlrows._multi_statement(cursor):
+                sql = _joined(tuple(sql for sql, _ in statements))
+                cursor.execute(sql, [p for _, params in statements for p in params])
+                with db.wrap_database_errors:
+                    out = [raw.fetchall()]
+                    while raw.nextset():
+                        out.append(raw.fetchall())
+                if len(out) != len(statements):
+                    raise AssertionError(f"{len(out)} results for {len(statements)} statements")
+                return out
+    return fetch_statements(statements)
+
+
+@cache
+def _joined(statements: tuple[str, ...]) -> str:
+    return ";\n".join(statements)
+
+
+def _values(
+    db: BaseDatabaseWrapper, model: type[Any], names: tuple[str, ...], row: Sequence[Any]
+) -> Sequence[Any]:
+    """A row's values as the ORM would load them: PostgreSQL's driver returns them so already
+    for the columns a fill reads (numeric, text, integer, uuid, timestamptz, date); SQLite's
+    go through `convert_row` (float decimals, text datetimes, hex UUIDs)."""
+    return row if db.vendor == "postgresql" else convert_row(model, names, row)
 
 
 def _locked(order_id: Any, account_id: Any, trigger_key: str) -> _Locked | MakerResult:
@@ -238,30 +441,35 @@ def _locked(order_id: Any, account_id: Any, trigger_key: str) -> _Locked | Maker
     orders, not past its GTD expiration); `duplicate` if `trigger_key` was already applied
     (read after the account lock: every fill of the account commits under it). One round
     trip on PostgreSQL."""
-    account_sql, order_sql, positions_sql = _reads(connection.features.has_select_for_update_of)
+    db = connections[DEFAULT_DB_ALIAS]  # itself: each read through the proxy is a lookup
+    account_sql, order_sql, positions_sql = _reads(db.features.has_select_for_update_of)
     try:
-        account_key = db_param_uuid(uuid.UUID(str(account_id)))
-        order_key = db_param_uuid(uuid.UUID(str(order_id)))
+        account_key: Any = uuid.UUID(str(account_id))
+        order_key: Any = uuid.UUID(str(order_id))
     except ValueError:
         return MakerResult("gone", ZERO, ZERO, ZERO)
-    accounts, orders, position_rows = fetch_statements(
+    if db.vendor != "postgresql":  # hex text, as the ORM stores UUIDs there
+        account_key, order_key = account_key.hex, order_key.hex
+    accounts, orders, position_rows = _fetch(
+        db,
         [
             (account_sql, [account_key]),
             (order_sql, [trigger_key, order_key, account_key]),
             (positions_sql, [account_key, order_key, order_key, Position.Status.OPEN]),
-        ]
+        ],
     )
     if not accounts or not orders:
         return MakerResult("gone", ZERO, ZERO, ZERO)
-    account = model_from_row(Account, _ACCOUNT_READ, accounts[0][: len(_ACCOUNT_READ)])
-    account.tenant_tz, account.tenant_time = accounts[0][-2:]  # type: ignore[attr-defined]
-    order = model_from_row(Order, _ORDER_READ, orders[0][: len(_ORDER_READ)])
+    account = _AccountRow(
+        *_values(db, Account, _ACCOUNT_READ, accounts[0][: len(_ACCOUNT_READ)]), *accounts[0][-2:]
+    )
+    order = _OrderRow(*_values(db, Order, _ORDER_READ, orders[0][: len(_ORDER_READ)]))
     duplicate, previous, outcome, market_id, question, closed, status, accepting = orders[0][-8:]
     if (
         order.status != Order.Status.LIVE
         or order.size is None
         or _remaining(order) <= 0
-        or account.is_closed
+        or account.status == Account.Status.CLOSED
         or order.epoch != account.epoch
         or (order.expiration is not None and order.expiration <= timezone.now())
     ):
@@ -270,14 +478,15 @@ def _locked(order_id: Any, account_id: Any, trigger_key: str) -> _Locked | Maker
         return MakerResult("gone", ZERO, _remaining(order), order.queue_ahead)
     if duplicate:
         return MakerResult("duplicate", ZERO, _remaining(order), order.queue_ahead)
+    position, others = None, []
+    for row in position_rows:
+        held = _Holding(*_values(db, Position, _POSITION_READ, row))
+        if held.token_id == order.token_id:
+            position = held
+        else:  # the query returns other positions only when open with shares
+            others.append(held)
     return _Locked(
-        account,
-        order,
-        outcome,
-        market_id,
-        question,
-        db_datetime(previous),
-        [model_from_row(Position, _POSITION_READ, row) for row in position_rows],
+        db, account, order, outcome, market_id, question, db_datetime(previous), position, others
     )
 
 
@@ -312,8 +521,18 @@ def order_fill_maker_cross(
     book_side = "asks" if order.side == Side.BUY else "bids"
     store = get_depletion_store()
     keys = [level_key(order.token_id, book_side, p) for p, _ in crossing]
-    for _ in range(DEPLETION_ATTEMPTS):
-        mems = memories(store, keys, [s for _, s in crossing])
+    published = [s for _, s in crossing]
+    # The first walk assumes that no crossing level has a depletion record (the common case:
+    # simulated takers seldom took from exactly these levels at these sizes) and its
+    # compare-and-set checks it, in one round trip with the marks' read. A record there
+    # fails the set, and the levels are read and walked again.
+    raws = [""] * len(keys)
+    marks: dict[str, _TopMark] | None = None
+    marks_read = False
+    for attempt in range(DEPLETION_ATTEMPTS):
+        if attempt:
+            raws = store.read(keys)
+        mems = memories_of(raws, published)
         walk = walk_book(
             side=order.side,
             levels=[(p, s, s - m.taken) for (p, s), m in zip(crossing, mems, strict=True)],
@@ -328,7 +547,12 @@ def order_fill_maker_cross(
                  mems[index[t.price]].taken, t.size)
             for t in walk.takes
         ]  # fmt: skip
-        if store.commit(takes):
+        if marks_read:
+            ok = store.commit(takes)
+        else:
+            ok, marks = _commit_with_marks(store, takes, _valued_tokens(got))
+            marks_read = True
+        if ok:
             break
     else:
         raise errors.ServiceUnavailable("The book is too busy; retry.")
@@ -339,6 +563,7 @@ def order_fill_maker_cross(
         price_source="book",
         top=top,
         levels=[[str(t.price), str(t.size)] for t in walk.takes],
+        marks=marks,
     )
     return MakerResult("filled", walk.filled, _remaining(order), order.queue_ahead, fill_id)
 
@@ -385,8 +610,9 @@ def order_fill_maker_trade(
     take = take.quantize(Decimal("0.01"), rounding=ROUND_DOWN)
     if take <= 0:
         if at_price:  # the queue advance alone (a fill writes it with the order's update)
-            queue = _params(order.queue_ahead, order.queue_trigger, order.pk)
-            run_statements([(_writes()["order_queue"], queue)])
+            sql, _ = _write_sql(_ORDER_QUEUE_UPDATE, False)
+            queue = _params(got.db, order.queue_ahead, order.queue_trigger, order.id)
+            run_statements([(sql, queue)])
         return MakerResult("none", ZERO, remaining, order.queue_ahead)
     fill_id = _apply(
         got,
@@ -400,7 +626,54 @@ def order_fill_maker_trade(
     return MakerResult("filled", take, _remaining(order), order.queue_ahead, fill_id)
 
 
-def _release_buy(order: Order, size: Decimal) -> Decimal:
+def _valued_tokens(locked: _Locked) -> list[str]:
+    """The tokens whose marks the fill's equity snapshot may need: the order's (its position
+    after the fill) and the account's other open positions'."""
+    return [locked.order.token_id, *(h.token_id for h in locked.others)]
+
+
+# What a position's mark needs of its token's top (`trading.selectors.mark_of`): the best bid,
+# the best ask and the last trade price.
+_TopMark = tuple[str | None, str | None, str | None]
+
+
+def _commit_with_marks(
+    store: DepletionStore, takes: list[Take], tokens: list[str]
+) -> tuple[bool, dict[str, _TopMark] | None]:
+    """`store.commit(takes)`, and when the depletion memory and the price bus share one Redis
+    (both live on settings.REDIS_URL) the latest tops of `tokens` read in the same command;
+    None otherwise (the fill reads them when it values the positions). A top's JSON is the
+    BookTop's fields: only the mark's are taken from it."""
+    bus = get_bus()
+    if not (isinstance(bus, RedisBus) and isinstance(store, RedisDepletion)):
+        return store.commit(takes), None
+    ids = list(dict.fromkeys(tokens))
+    ok, blobs = store.commit_and_get(takes, [bus.book_key(t) for t in ids])
+    marks = {}
+    for token, blob in zip(ids, blobs, strict=True):
+        if blob is not None:
+            top = orjson.loads(blob)
+            marks[token] = (top.get("best_bid"), top.get("best_ask"), top.get("last_trade_price"))
+    return ok, marks
+
+
+def _positions_value(held: list[_Holding], marks: Mapping[str, _TopMark]) -> Decimal:
+    """The market value of these open positions with shares, exactly as
+    `trading.selectors.open_positions` values them (`position_mark`: the book's mark, else
+    the stored one, else cost; `MarkedPosition.market_value`: size × mark price in cash)."""
+    total = ZERO
+    for h in held:
+        top = marks.get(h.token_id)
+        priced = mark_of(*top) if top is not None else None
+        if priced is not None:
+            price = priced[0]
+        else:
+            price = h.last_mark if h.last_mark is not None else h.avg_price
+        total += cash(h.size * price)
+    return total
+
+
+def _release_buy(order: _OrderRow, size: Decimal) -> Decimal:
     """Cash a BUY's reservation gives back when `size` of it fills as maker: the notional at
     its limit price plus the matching share of the taker-fee cushion it reserved (floored,
     so what stays reserved always covers price × remaining); all of it on the last fill."""
@@ -422,9 +695,12 @@ def _apply(
     top: BookTop | None,
     levels: list[list[str]],
     trade: TradePrint | None = None,
+    marks: Mapping[str, _TopMark] | None = None,
 ) -> uuid.UUID:
     """Move the money of one maker fill and snapshot the account's equity, under the row
     locks `_locked` took; its writes in one round trip on PostgreSQL. Returns the fill's id.
+    `marks`: the marks' fields of the latest tops of `_valued_tokens` if the caller read them
+    already (else read here, one round trip).
 
     The rules are those of the shared helpers, applied here in memory and written with the
     fill's own statements: `ledger_post` (a TRADE entry; never below zero available cash),
@@ -434,22 +710,12 @@ def _apply(
     now = timezone.now()
     price = order.price
     notional = price * size
-    positions = locked.positions
-    position = next((p for p in positions if p.token_id == order.token_id), None)
+    position = locked.position
     created = position is None
     if position is None:
         if order.side == Side.SELL:  # a live SELL always has its reserved position
-            raise IntegrityError(f"live SELL {order.pk} has no position")
-        position = Position(
-            account_id=account.pk,
-            epoch=order.epoch,
-            token_id=order.token_id,
-            market_id=locked.market_id,
-            market_question=locked.question,
-            outcome=locked.outcome,
-            opened_at=now,
-        )
-        positions.append(position)
+            raise IntegrityError(f"live SELL {order.id} has no position")
+        position = _Holding(None, order.token_id)
     if order.side == Side.BUY:
         release = _release_buy(order, size)
         order.reserved_cash -= release
@@ -476,7 +742,10 @@ def _apply(
     if balance < account.reserved_cash:
         raise errors.ValidationFailed(
             "cash movement would leave negative available cash",
-            details={"amount": [str(amount)], "available": [str(account.available_cash)]},
+            details={
+                "amount": [str(amount)],
+                "available": [str(account.cash - account.reserved_cash)],
+            },
         )
     account.cash = balance
 
@@ -493,47 +762,23 @@ def _apply(
     as_of_ms = (
         trade.timestamp_ms if trade is not None else (top.timestamp_ms if top is not None else None)
     )
-    fill = {
-        "id": fill_id,
-        "account_id": account.pk,
-        "seq": account.last_fill_seq,
-        "epoch": order.epoch,
-        "kind": Fill.Kind.FILL,
-        "order_id": order.pk,
-        "token_id": order.token_id,
-        "market_id": order.market_id,
-        "market_question": locked.question,
-        "outcome": locked.outcome,
-        "side": order.side,
-        "price": price,
-        "size": size,
-        "notional": notional,
-        "fee": ZERO,
-        "fee_rate_bps": ZERO,
-        "liquidity": Fill.Liquidity.MAKER,
-        "realized_pnl": realized,
-        "price_source": price_source,
-        "book_as_of": dt.datetime.fromtimestamp(as_of_ms / 1000, dt.UTC) if as_of_ms else None,
-        "book_hash": top.hash if top is not None and price_source == "book" else "",
-        "levels": Fill._meta.get_field("levels").get_db_prep_save(levels, connection),
-        "vwap": price,
-        "mid_gap": mid_gap,
-        "trigger_key": trigger_key,
-        "filled_at": filled_at,
-    }
+    book_as_of = dt.datetime.fromtimestamp(as_of_ms / 1000, dt.UTC) if as_of_ms else None
 
     account.realized_pnl += realized
     day = _trading_day(account, now)
     if account.last_trading_day != day:
         account.trading_days += 1
         account.last_trading_day = day
-    # The equity snapshot (equity_snapshot_record's rules).
-    # A mark's price does not depend on whether its book is live (only its label does), so
-    # the tops are read with one MGET, without the feed heartbeats `latest_many_live` adds.
-    rows = open_position_rows(positions)
-    marked_value = positions_value(
-        rows, get_bus().latest_many([r.token_id for r in rows]) if rows else {}
-    )
+    # The equity snapshot (equity_snapshot_record's rules): the open positions with shares,
+    # valued as `trading.selectors.open_positions` values them. A mark's price does not
+    # depend on whether its book is live (only its label does), so the tops are read with
+    # one MGET, without the feed heartbeats `latest_many_live` adds.
+    valued = position.status == Position.Status.OPEN and position.size > 0
+    held = [position, *locked.others] if valued else locked.others
+    if marks is None:
+        tops = get_bus().latest_many([h.token_id for h in held]) if held else {}
+        marks = {t: (top.best_bid, top.best_ask, top.last_trade_price) for t, top in tops.items()}
+    marked_value = _positions_value(held, marks)
     equity = account.cash + marked_value
     hwm = max(account.high_water_mark, equity)
     drawdown = hwm - equity
@@ -542,50 +787,72 @@ def _apply(
         account.max_drawdown = drawdown
         account.max_drawdown_pct = pct(drawdown, hwm)
 
-    sql = _writes()
-    p = position
-    run_statements(
-        [
-            (
-                (sql["position_insert"], _params(
-                    account.pk, p.epoch, p.token_id, p.market_id, p.market_question, p.outcome,
-                    p.status, p.size, p.reserved_size, p.avg_price, p.cost_basis,
-                    p.realized_pnl, p.last_mark, p.last_mark_at, p.opened_at, now,
-                ))
-                if created
-                else (sql["position_update"], _params(
-                    p.size, p.reserved_size, p.avg_price, p.cost_basis, p.realized_pnl, now,
-                    p.pk,
-                ))
-            ),
-            (sql["ledger"], _params(
-                account.pk, account.epoch, LedgerEntry.Kind.TRADE, amount, balance, order.pk,
-                fill_id, f"{order.side} {size} @ {price} (maker)", now,
-            )),
-            (sql["fill"], _params(*(fill[c] for c in _fill_columns()))),
-            (sql["order"], _params(
-                order.status, order.filled_size, order.filled_notional, order.reserved_cash,
-                order.reserved_shares, order.queue_ahead, order.queue_trigger, now, order.pk,
-            )),
-            (sql["snapshot"], _params(
-                account.pk, account.epoch, now, equity, account.cash, marked_value,
-            )),
-            (sql["account"], _params(
-                account.cash, account.reserved_cash, account.realized_pnl,
-                account.last_fill_seq, account.trading_days, account.last_trading_day,
-                account.high_water_mark, account.max_drawdown, account.max_drawdown_pct, now,
-                account.pk,
-            )),
-        ]
-    )  # fmt: skip
+    # Every value of the writes, by name (see the `_Write`s).
+    values = {
+        "account": account.id,
+        "epoch": order.epoch,  # the account's: `_locked` checked they are the same
+        "now": now,
+        "token": order.token_id,
+        "market": locked.market_id,
+        "question": locked.question,
+        "outcome": locked.outcome,
+        "p_id": position.id,
+        "p_size": position.size,
+        "p_reserved": position.reserved_size,
+        "p_avg": position.avg_price,
+        "p_cost": position.cost_basis,
+        "p_realized": position.realized_pnl,
+        "amount": amount,
+        "cash": account.cash,  # the ledger entry's balance_after and the snapshot's cash
+        "order": order.id,
+        "fill": fill_id,
+        "memo": f"{order.side} {size} @ {price} (maker)",
+        "seq": account.last_fill_seq,
+        "order_market": order.market_id,
+        "side": order.side,
+        "price": price,
+        "size": size,
+        "notional": notional,
+        "realized": realized,
+        "price_source": price_source,
+        "book_as_of": book_as_of,
+        "book_hash": top.hash if top is not None and price_source == "book" else "",
+        "levels": json.dumps(levels),  # as the JSONField writes it
+        "mid_gap": mid_gap,
+        "trigger": trigger_key,
+        "filled_at": filled_at,
+        "o_status": order.status,
+        "o_filled_size": order.filled_size,
+        "o_filled_notional": order.filled_notional,
+        "o_reserved_cash": order.reserved_cash,
+        "o_reserved_shares": order.reserved_shares,
+        "o_queue_ahead": order.queue_ahead,
+        "o_queue_trigger": order.queue_trigger,
+        "equity": equity,
+        "positions_value": marked_value,
+        "a_reserved": account.reserved_cash,
+        "a_realized": account.realized_pnl,
+        "trading_days": account.trading_days,
+        "last_trading_day": account.last_trading_day,
+        "hwm": account.high_water_mark,
+        "max_dd": account.max_drawdown,
+        "max_dd_pct": account.max_drawdown_pct,
+    }
+    first = _POSITION_INSERT if created else _POSITION_UPDATE
+    _run_writes(
+        locked.db,
+        [first, _LEDGER_INSERT, _FILL_INSERT, _ORDER_UPDATE, _SNAPSHOT_INSERT, _ACCOUNT_UPDATE],
+        values,
+        created=created,
+    )
     return fill_id
 
 
-def _trading_day(account: Account, now: dt.datetime) -> dt.date:
+def _trading_day(account: _AccountRow, now: dt.datetime) -> dt.date:
     """The account's trading day now; the tenant's boundary came with the account row."""
-    if account.tenant_id is None:
+    if account.tenant_id is None or account.tenant_tz is None:
         return trading_day(now, "UTC", dt.time(0, 0))
-    at = account.tenant_time  # type: ignore[attr-defined]
+    at = account.tenant_time
     boundary = at if isinstance(at, dt.time) else parse_time(str(at))
     assert boundary is not None
-    return trading_day(now, account.tenant_tz, boundary)  # type: ignore[attr-defined]
+    return trading_day(now, account.tenant_tz, boundary)
