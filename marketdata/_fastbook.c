@@ -805,8 +805,10 @@ static int set_level(PyObject *levels, PyObject *order, PyObject *price, PyObjec
 /* ---------------------------------------------------------------------------------------- */
 /* Levels: one book's levels held in C (fastbook.NativeOrderBook)                             */
 /*
- * Each side is one array sorted ascending by exact price value (best bid last, best ask
- * first, as OrderBook's price lists). A level keeps its canonical price str (shared by every
+ * Each side is one array sorted by exact price value with its best level LAST: bids
+ * ascending, asks descending (the reverse of OrderBook's ascending `_ask_px`), so that a change
+ * near the best price, where nearly all of them land, moves only the few levels behind it.
+ * A level keeps its canonical price str (shared by every
  * book: hot in cache), the price's value in 1e-18 units for ordering (a longer price is
  * truncated there and compared exactly on ties) and its size's exact text inline: applying an
  * entry, encoding a top and building the hash text walk one contiguous array, not a dict,
@@ -885,35 +887,31 @@ static int dec_cmp(const char *a, Py_ssize_t na, const char *b, Py_ssize_t nb) {
     return la == lb ? 0 : (la < lb ? -1 : 1);
 }
 
-static inline int lvl_cmp(const level_t *l, int64_t key, const char *p, Py_ssize_t n) {
-    if (l->key != key) return l->key < key ? -1 : 1;
-    return dec_cmp((const char *)PyUnicode_DATA(l->price), PyUnicode_GET_LENGTH(l->price), p, n);
+/* The order of a level against a price in its side's order (ascending for bids, descending for
+ * asks): < 0 if the level comes before it. */
+static inline int lvl_cmp(const level_t *l, int asc, int64_t key, const char *p, Py_ssize_t n) {
+    int c = l->key != key ? (l->key < key ? -1 : 1)
+                          : dec_cmp((const char *)PyUnicode_DATA(l->price),
+                                    PyUnicode_GET_LENGTH(l->price), p, n);
+    return asc ? c : -c;
 }
 
-/* The first level >= the price (bisect_left). Most changes land near the best price, so it
- * first walks a few levels in from the best end (bids: the array's end, asks: its start:
+/* The first level not before the price in the side's order (bisect_left). Most changes land
+ * near the best price, so it first walks a few levels in from the best end (the array's end:
  * one or two cache lines), then bisects what is left. */
 #define SCAN_STEPS 8
-static Py_ssize_t side_lower(const side_t *s, int64_t key, const char *p, Py_ssize_t n,
-                             int from_end) {
-    Py_ssize_t lo = 0, hi = s->n;
-    if (from_end) {
-        Py_ssize_t i = s->n;
-        for (int steps = 0;; steps++) {
-            if (i == 0 || lvl_cmp(&s->v[i - 1], key, p, n) < 0) return i;
-            if (steps == SCAN_STEPS) break;
-            i--;
-        }
-        hi = i; /* v[i:] >= the price, and v[i - 1] too */
-    } else {
-        Py_ssize_t i = 0;
-        for (; i < SCAN_STEPS; i++)
-            if (i == s->n || lvl_cmp(&s->v[i], key, p, n) >= 0) return i;
-        lo = i; /* v[:i] < the price */
+static Py_ssize_t side_lower(const side_t *s, int asc, int64_t key, const char *p,
+                             Py_ssize_t n) {
+    Py_ssize_t lo = 0, hi = s->n, i = s->n;
+    for (int steps = 0;; steps++) {
+        if (i == 0 || lvl_cmp(&s->v[i - 1], asc, key, p, n) < 0) return i;
+        if (steps == SCAN_STEPS) break;
+        i--;
     }
+    hi = i; /* v[i:] are not before the price, and v[i - 1] neither */
     while (lo < hi) {
         Py_ssize_t mid = (lo + hi) / 2;
-        if (lvl_cmp(&s->v[mid], key, p, n) < 0)
+        if (lvl_cmp(&s->v[mid], asc, key, p, n) < 0)
             lo = mid + 1;
         else
             hi = mid;
@@ -933,12 +931,12 @@ static void side_clear(side_t *s) {
 }
 
 /* A level at index i (before the change; n levels before it) was changed, removed, or
- * inserted there: drop the cached top if that is among its best top_depth levels. A bid
- * side's best level is its last (distance n - 1 - i from the best), an ask side's its first
- * (distance i); an insert at i lands at that distance or one further, a removal shifts the
- * levels behind it, so the top changes only when the distance is below top_depth. */
-static inline void side_touched(side_t *s, int is_bid, Py_ssize_t i, Py_ssize_t n) {
-    if (s->top_valid && (is_bid ? n - 1 - i : i) < s->top_depth) s->top_valid = 0;
+ * inserted there: drop the cached top if that is among its best top_depth levels. The best
+ * level is the last (distance n - 1 - i from the best); an insert at i lands at that distance
+ * or one further, a removal shifts the levels before it, so the top changes only when the
+ * distance is below top_depth. */
+static inline void side_touched(side_t *s, Py_ssize_t i, Py_ssize_t n) {
+    if (s->top_valid && n - 1 - i < s->top_depth) s->top_valid = 0;
 }
 
 /* The size text: inline when short, else as a str (size_obj given, or made from the text). */
@@ -978,19 +976,17 @@ static inline void level_size_text(const level_t *l, const char **p, Py_ssize_t 
     }
 }
 
-/* OrderBook._set_level on a C side: `price` is the canonical str of a validated price, the
- * size a validated plain decimal; zero deletes, the same value spelled differently takes the
- * newest spelling (one level per value). */
-static int side_set(side_t *s, int from_end, PyObject *price, const char *sp, Py_ssize_t sn,
+/* OrderBook._set_level on a C side (asc: 1 for bids, 0 for asks): `price` is the canonical
+ * str of a validated price, the size a validated plain decimal; zero deletes, the same value
+ * spelled differently takes the newest spelling (one level per value). */
+static int side_set(side_t *s, int asc, PyObject *price, const char *sp, Py_ssize_t sn,
                     PyObject *size_obj, int zero) {
     const char *pp = (const char *)PyUnicode_DATA(price);
     Py_ssize_t pn = PyUnicode_GET_LENGTH(price);
     int64_t key = key_of(pp, pn);
-    Py_ssize_t i = side_lower(s, key, pp, pn, from_end);
-    int exists = i < s->n && lvl_cmp(&s->v[i], key, pp, pn) == 0;
-    /* from_end is the side (bids scan from the end) except when Levels_load fills a new
-     * side, which has no cached top to drop. */
-    if (exists || !zero) side_touched(s, from_end, i, s->n);
+    Py_ssize_t i = side_lower(s, asc, key, pp, pn);
+    int exists = i < s->n && (s->v[i].price == price || lvl_cmp(&s->v[i], asc, key, pp, pn) == 0);
+    if (exists || !zero) side_touched(s, i, s->n);
     if (zero) {
         if (exists) {
             level_release(&s->v[i]);
@@ -1122,7 +1118,8 @@ static PyObject *Levels_load(LevelsObject *self, PyObject *const *args, Py_ssize
     side_t fresh = {NULL, 0, 0, NULL, 0, 0, 0, 0};
     Py_ssize_t n = PyList_GET_SIZE(args[2]);
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *price = PyList_GET_ITEM(args[2], i);
+        /* In the side's order (asks descending): each level is appended at the end. */
+        PyObject *price = PyList_GET_ITEM(args[2], bid ? i : n - 1 - i);
         PyObject *size = PyDict_GetItemWithError(args[1], price);
         if (!size) {
             if (!PyErr_Occurred()) PyErr_SetObject(PyExc_KeyError, price);
@@ -1132,7 +1129,7 @@ static PyObject *Levels_load(LevelsObject *self, PyObject *const *args, Py_ssize
         PyObject *canon = canonical_price(price);
         if (!canon) goto fail;
         const char *sp = (const char *)PyUnicode_DATA(size);
-        int r = side_set(&fresh, 1, canon, sp, PyUnicode_GET_LENGTH(size), size, 0); /* ascending */
+        int r = side_set(&fresh, bid, canon, sp, PyUnicode_GET_LENGTH(size), size, 0);
         Py_DECREF(canon);
         if (r < 0) goto fail;
     }
@@ -1149,6 +1146,11 @@ fail:
     return NULL;
 }
 
+/* The i-th level of a side in ascending price order (asks are held descending). */
+static inline const level_t *level_asc(const side_t *s, int bid, Py_ssize_t i) {
+    return &s->v[bid ? i : s->n - 1 - i];
+}
+
 static PyObject *Levels_prices(LevelsObject *self, PyObject *arg) {
     int bid = side_arg(arg);
     if (bid < 0) return NULL;
@@ -1156,8 +1158,9 @@ static PyObject *Levels_prices(LevelsObject *self, PyObject *arg) {
     PyObject *out = PyList_New(s->n);
     if (!out) return NULL;
     for (Py_ssize_t i = 0; i < s->n; i++) {
-        Py_INCREF(s->v[i].price);
-        PyList_SET_ITEM(out, i, s->v[i].price);
+        PyObject *price = level_asc(s, bid, i)->price;
+        Py_INCREF(price);
+        PyList_SET_ITEM(out, i, price);
     }
     return out;
 }
@@ -1169,8 +1172,9 @@ static PyObject *Levels_sizes(LevelsObject *self, PyObject *arg) {
     PyObject *out = PyDict_New();
     if (!out) return NULL;
     for (Py_ssize_t i = 0; i < s->n; i++) {
-        PyObject *size = level_size_str(&s->v[i]);
-        if (!size || PyDict_SetItem(out, s->v[i].price, size) < 0) {
+        const level_t *l = level_asc(s, bid, i);
+        PyObject *size = level_size_str(l);
+        if (!size || PyDict_SetItem(out, l->price, size) < 0) {
             Py_XDECREF(size);
             Py_DECREF(out);
             return NULL;
@@ -1185,7 +1189,7 @@ static PyObject *Levels_best(LevelsObject *self, PyObject *arg) {
     if (bid < 0) return NULL;
     side_t *s = &self->side[bid];
     if (!s->n) Py_RETURN_NONE;
-    PyObject *p = s->v[bid ? s->n - 1 : 0].price;
+    PyObject *p = s->v[s->n - 1].price;
     Py_INCREF(p);
     return p;
 }
@@ -1212,8 +1216,8 @@ static PyObject *Levels_size(LevelsObject *self, PyObject *const *args, Py_ssize
     const char *pp = (const char *)PyUnicode_DATA(price);
     Py_ssize_t pn = PyUnicode_GET_LENGTH(price);
     int64_t key = key_of(pp, pn);
-    Py_ssize_t i = side_lower(s, key, pp, pn, bid);
-    if (i < s->n && lvl_cmp(&s->v[i], key, pp, pn) == 0) {
+    Py_ssize_t i = side_lower(s, bid, key, pp, pn);
+    if (i < s->n && lvl_cmp(&s->v[i], bid, key, pp, pn) == 0) {
         int same = PyUnicode_Compare(s->v[i].price, price);
         if (same == -1 && PyErr_Occurred()) return NULL;
         if (same == 0) return level_size_str(&s->v[i]);
@@ -1236,7 +1240,7 @@ static PyObject *Levels_top(LevelsObject *self, PyObject *const *args, Py_ssize_
     PyObject *out = PyList_New(count);
     if (!out) return NULL;
     for (Py_ssize_t k = 0; k < count; k++) {
-        level_t *l = &s->v[bid ? s->n - 1 - k : k];
+        level_t *l = &s->v[s->n - 1 - k];
         PyObject *size = level_size_str(l);
         PyObject *pair = size ? PyList_New(2) : NULL;
         if (!pair) {
@@ -1705,7 +1709,7 @@ static inline ms_slot_t *ms_slot(PyObject *bid, PyObject *ask) {
 static int put_core_top(buf_t *b, side_t *s, int bid, Py_ssize_t depth) {
     if (s->top_valid && s->top_depth == depth) return buf_put(b, s->top, s->top_n);
     Py_ssize_t count = s->n < depth ? s->n : depth, start = b->n;
-    if (put_core_side(b, s, bid ? s->n - 1 : 0, count, bid ? -1 : 1, 0) < 0) return -1;
+    if (put_core_side(b, s, s->n - 1, count, -1, 0) < 0) return -1;
     Py_ssize_t n = b->n - start;
     if (n > s->top_cap) {
         char *c = PyMem_Realloc(s->top, (size_t)n);
@@ -1773,7 +1777,7 @@ static int encode_top_into(buf_t *b, PyObject *book, PyObject *fresh, PyObject *
     PyObject *best_bid = !nb ? Py_None
                          : core ? core->side[1].v[nb - 1].price
                                 : PyList_GET_ITEM(bid_px, nb - 1);
-    PyObject *best_ask = !na ? Py_None : core ? core->side[0].v[0].price : PyList_GET_ITEM(ask_px, 0);
+    PyObject *best_ask = !na ? Py_None : core ? core->side[0].v[na - 1].price : PyList_GET_ITEM(ask_px, 0);
     PyObject *mid = Py_None, *spread = Py_None;
     int mid_done = 0;
     top_cache_t *tc = core ? &core->tc : NULL;
@@ -1926,7 +1930,7 @@ static PyObject *hash_text(PyObject *self, PyObject *const *args, Py_ssize_t nar
         (core ? put_core_side(&b, &core->side[1], 0, nb, 1, 1)
               : put_side(&b, bids, bid_px, 0, nb, 1, 1)) < 0 ||
         BUF_LIT(&b, ",\"asks\":") < 0 ||
-        (core ? put_core_side(&b, &core->side[0], na - 1, na, -1, 1)
+        (core ? put_core_side(&b, &core->side[0], 0, na, 1, 1) /* held descending */
               : put_side(&b, asks, ask_px, na - 1, na, -1, 1)) < 0 ||
         put_key_str(&b, ",\"min_order_size\":", mos) < 0 ||
         put_key_str(&b, ",\"tick_size\":", tick) < 0 ||
