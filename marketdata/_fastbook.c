@@ -6,14 +6,18 @@
  * path in messages.py / book.py / bus.py does the same work. tests/marketdata/test_fastbook.py
  * replays the same frames through both and requires identical books, hashes, tops and counters.
  *
- * It works on the BookKeeper's own Python state (its dicts, sets and FeedStats), so the rest
- * of the keeper (snapshots, hash checks, resyncs) stays in Python unchanged. Books: a
- * fastbook.NativeOrderBook keeps its levels in a `Levels` (below: one sorted C array per side),
- * which the feed, the top encoder and the hash text use directly; a plain OrderBook (dicts and
- * sorted price lists) is handled too, through its slots.
+ * Books: a fastbook.NativeOrderBook keeps its levels in a `Levels` (below: one sorted C array
+ * per side), with its timestamp and hash, which the feed, the top encoder and the hash text
+ * use directly (encode_top and hash_text take a plain OrderBook too, through its slots). A
+ * compiled BookKeeper keeps the per-token state the feed and the flush need in a `Tokens`
+ * table and on each book's Levels (the pending hash claim, the dirty mark, and a copy of the
+ * token's liveness, freshness and last trade side); everything else of the keeper (snapshots,
+ * hash checks, resyncs, FeedStats) stays in Python.
  *
  * Levels()
  *     One book's levels held in C, with the OrderBook operations NativeOrderBook needs.
+ * Tokens()
+ *     A compiled BookKeeper's tracked tokens, keyed by the token id's bytes (see below).
  * feed_price_change(keeper, raw) -> bool
  *     A strict scanner for exactly the `price_change` frame Polymarket sends (reference §2:
  *     {market, price_changes:[{asset_id, price, size, side, hash, best_bid, best_ask}],
@@ -23,14 +27,15 @@
  *     keys, a missing field, a bad side, price or size, malformed JSON) it returns False having
  *     changed nothing, and the caller runs the Python path, which counts and rejects exactly as
  *     it always did. Otherwise it applies every entry with the effects of
- *     BookKeeper._feed_price_change (same counters, same claims, same dirty set, the same
+ *     BookKeeper._feed_price_change (same counters, same claims, same dirty tokens, the same
  *     level rules as OrderBook._set_level) and returns True.
  * encode_top(book, fresh, last_trade_side, depth, published_at, mid_spread) -> bytes | None
  *     bus.encode_top byte for byte; None when a field needs the Python encoder (e.g. a
  *     timestamp too long for a 64-bit int), and the caller then uses it.
  * encode_tops(...), pack_publish(...), encode_pack(...)
- *     The flush: BookKeeper.drain_tops_json's loop, publisher.pack_publish, and both in one
- *     pass (BookKeeper.drain_tops_packed: each top written straight into the Redis payload).
+ *     The flush: BookKeeper.drain_tops_json's loop over a Tokens table, publisher.pack_publish,
+ *     and both in one pass (BookKeeper.drain_tops_packed: each top written straight into the
+ *     Redis payload).
  *     A NativeOrderBook's Levels keeps what its next top will reuse: each side's top levels
  *     until a change lands among them, the top's head (token id, market), mid and spread
  *     for the same best prices, its Redis key and shard.
@@ -60,12 +65,11 @@ static inline uint64_t has_zero(uint64_t x) { return (x - ONES) & ~x & HIGHS; }
 /* ---------------------------------------------------------------------------------------- */
 /* interned names and module state (single-phase init: one interpreter)                      */
 
-static PyObject *s_stats, *s_live, *s_meta, *s_claims, *s_dirty, *s_verify, *s_frames,
-    *s_events, *s_entries_applied, *s_entries_untracked, *s_entries_skipped_resync, *s_bids,
-    *s_asks, *s_bid_px, *s_ask_px, *s_bid_hash_json, *s_bid_top_json, *s_ask_hash_json,
-    *s_ask_top_json, *s_timestamp, *s_hash, *s_set_level, *s_verify_m, *s_price_change,
-    *s_flush, *s_entry, *s_empty, *s_asset_id, *s_market, *s_last_trade_price, *s_tick_size,
-    *s_min_order_size, *s_neg_risk;
+static PyObject *s_stats, *s_tokens, *s_verify, *s_frames, *s_events, *s_entries_applied,
+    *s_entries_untracked, *s_entries_skipped_resync, *s_bids, *s_asks, *s_bid_px, *s_ask_px,
+    *s_bid_hash_json, *s_bid_top_json, *s_ask_hash_json, *s_ask_top_json, *s_timestamp, *s_hash,
+    *s_verify_m, *s_price_change, *s_flush, *s_entry, *s_asset_id, *s_market,
+    *s_last_trade_price, *s_tick_size, *s_min_order_size, *s_neg_risk;
 
 static PyObject *g_price_strs = NULL;   /* book._PRICE_STRS */
 static PyObject *g_parse_price = NULL;  /* book.parse_price */
@@ -98,20 +102,6 @@ static inline PyObject *book_get(PyObject *book, int f) {
         }
     }
     return PyObject_GetAttr(book, *g_field_names[f]);
-}
-
-static inline int book_set(PyObject *book, int f, PyObject *value) {
-    PyObject *type = (PyObject *)Py_TYPE(book);
-    if ((type == g_book_type || type == g_native_type) && g_offsets[f] >= 0) {
-        PyObject **slot = (PyObject **)((char *)book + g_offsets[f]);
-        PyObject *old = *slot;
-        if (old == value) return 0;
-        Py_INCREF(value);
-        *slot = value;
-        Py_XDECREF(old);
-        return 0;
-    }
-    return PyObject_SetAttr(book, *g_field_names[f], value);
 }
 
 static int bind_book_type(PyObject *cls) {
@@ -182,37 +172,53 @@ static inline int buf_put(buf_t *b, const char *s, Py_ssize_t n) {
 
 #define BUF_LIT(b, lit) buf_put((b), (lit), (Py_ssize_t)(sizeof(lit) - 1))
 
-/* A str as orjson.dumps writes it. Plain printable ASCII without '"' or '\\' (every id,
- * price, size and hash Polymarket sends) is copied as is; anything else asks orjson. */
+/* 1 if ASCII text can be written as a JSON string as it is: no '"', '\\', control byte or DEL
+ * (orjson escapes those). Every id, price, size and hash Polymarket sends is. */
+static int json_plain(const char *p, Py_ssize_t n) {
+    Py_ssize_t i = 0;
+    for (; i + 8 <= n; i += 8) { /* a word without '"', '\\', control bytes or DEL */
+        uint64_t x;
+        memcpy(&x, p + i, 8);
+        if (has_zero(x ^ (ONES * '"')) | has_zero(x ^ (ONES * '\\')) |
+            ((x - ONES * 0x20) & ~x & HIGHS) | has_zero(x ^ (ONES * 0x7f)))
+            break;
+    }
+    for (; i < n; i++) {
+        unsigned char c = (unsigned char)p[i];
+        if (c < 0x20 || c == '"' || c == '\\' || c == 0x7f) return 0;
+    }
+    return 1;
+}
+
+static int buf_quoted(buf_t *b, const char *p, Py_ssize_t n) {
+    if (buf_reserve(b, n + 2) < 0) return -1;
+    b->p[b->n++] = '"';
+    memcpy(b->p + b->n, p, (size_t)n);
+    b->n += n;
+    b->p[b->n++] = '"';
+    return 0;
+}
+
+/* A str as orjson.dumps writes it: plain text is copied as is; anything else asks orjson. */
 static int buf_json_str(buf_t *b, PyObject *s) {
     if (s == Py_None) return BUF_LIT(b, "null");
-    if (PyUnicode_CheckExact(s) && STR_READY(s) && PyUnicode_IS_ASCII(s)) {
-        const char *p = (const char *)PyUnicode_DATA(s);
-        Py_ssize_t n = PyUnicode_GET_LENGTH(s), i = 0;
-        for (; i + 8 <= n; i += 8) { /* a word without '"', '\\', control bytes or DEL */
-            uint64_t x;
-            memcpy(&x, p + i, 8);
-            if (has_zero(x ^ (ONES * '"')) | has_zero(x ^ (ONES * '\\')) |
-                ((x - ONES * 0x20) & ~x & HIGHS) | has_zero(x ^ (ONES * 0x7f)))
-                break;
-        }
-        for (; i < n; i++) {
-            unsigned char c = (unsigned char)p[i];
-            if (c < 0x20 || c == '"' || c == '\\' || c == 0x7f) break;
-        }
-        if (i == n) {
-            if (buf_reserve(b, n + 2) < 0) return -1;
-            b->p[b->n++] = '"';
-            memcpy(b->p + b->n, p, (size_t)n);
-            b->n += n;
-            b->p[b->n++] = '"';
-            return 0;
-        }
-    }
+    if (PyUnicode_CheckExact(s) && STR_READY(s) && PyUnicode_IS_ASCII(s) &&
+        json_plain((const char *)PyUnicode_DATA(s), PyUnicode_GET_LENGTH(s)))
+        return buf_quoted(b, (const char *)PyUnicode_DATA(s), PyUnicode_GET_LENGTH(s));
     PyObject *enc = PyObject_CallOneArg(g_dumps, s);
     if (!enc) return -1;
     int r = buf_put(b, PyBytes_AS_STRING(enc), PyBytes_GET_SIZE(enc));
     Py_DECREF(enc);
+    return r;
+}
+
+/* The same for ASCII text held as bytes. */
+static int buf_json_ascii(buf_t *b, const char *p, Py_ssize_t n) {
+    if (json_plain(p, n)) return buf_quoted(b, p, n);
+    PyObject *s = PyUnicode_DecodeASCII(p, n, NULL);
+    if (!s) return -1;
+    int r = buf_json_str(b, s);
+    Py_DECREF(s);
     return r;
 }
 
@@ -490,11 +496,10 @@ static inline PyObject *ascii_str(span_t sp) {
     return s;
 }
 
-/* Interned strs for the byte strings that recur on every frame (token ids, prices): a
- * repeated id costs a hash of its bytes and a compare, not a new str whose hash the dicts
- * must compute again. Open addressing, doubled when half full (it stays small, so in
- * cache), and cleared instead past TABLE_MAX slots: bounded whatever the feed sends. The
- * prices are the canonical objects of book._PRICE_STRS. */
+/* The canonical price strs (book._PRICE_STRS) by their bytes: a price that recurs on every
+ * frame costs a hash of its few bytes and a compare, not a new str and a dict lookup. Open
+ * addressing, doubled when half full (it stays small, so in cache), and cleared instead past
+ * TABLE_MAX slots: bounded whatever the feed sends. */
 #define TABLE_MIN (1 << 12)
 #define TABLE_MAX (1 << 18)
 typedef struct {
@@ -553,11 +558,11 @@ static int table_make_room(void) {
 
 static inline PyObject *ascii_str(span_t sp);
 
-/* A new reference to the str for `sp`; kind 1 = a price (canonical, registered). */
-static PyObject *interned(span_t sp, int is_price) {
+/* A new reference to the canonical str of the validated price `sp` (registered through
+ * book.parse_price when new, as validation in Python does). */
+static PyObject *price_str(span_t sp) {
     if (table_make_room() < 0) return NULL;
     uint64_t h = hash_bytes(sp.p, sp.n) | 1; /* 0 marks an empty slot */
-    h = is_price ? h | 2 : h & ~(uint64_t)2;   /* ids and prices never share a slot */
     size_t mask = (size_t)(g_slots - 1), i = (size_t)h & mask;
     for (;;) {
         slot_t *slot = &g_table[i];
@@ -571,39 +576,37 @@ static PyObject *interned(span_t sp, int is_price) {
     }
     PyObject *s = ascii_str(sp);
     if (!s) return NULL;
-    if (is_price) {
-        PyObject *canon = PyDict_GetItemWithError(g_price_strs, s);
-        if (!canon) {
-            if (PyErr_Occurred()) goto fail;
-            /* A price never seen: register it the way validation in Python does. */
-            PyObject *value = PyObject_CallOneArg(g_parse_price, s);
-            if (!value) goto fail;
-            int ok = value != Py_None;
-            Py_DECREF(value);
-            if (!ok) {
-                PyErr_Format(PyExc_RuntimeError, "_fastbook and parse_price disagree on %R", s);
-                goto fail;
-            }
-            canon = PyDict_GetItemWithError(g_price_strs, s);
-            if (!canon) {
-                if (!PyErr_Occurred())
-                    PyErr_SetString(PyExc_RuntimeError, "parse_price did not register");
-                goto fail;
-            }
+    PyObject *canon = PyDict_GetItemWithError(g_price_strs, s);
+    if (!canon) {
+        if (PyErr_Occurred()) goto fail;
+        /* A price never seen: register it the way validation in Python does. */
+        PyObject *value = PyObject_CallOneArg(g_parse_price, s);
+        if (!value) goto fail;
+        int ok = value != Py_None;
+        Py_DECREF(value);
+        if (!ok) {
+            PyErr_Format(PyExc_RuntimeError, "_fastbook and parse_price disagree on %R", s);
+            goto fail;
         }
-        Py_INCREF(canon);
-        Py_SETREF(s, canon);
-        /* parse_price ran Python code: another thread may have changed the table since the
-         * probe above (inserted this very string, grown or cleared it). Probe again. */
-        if (table_make_room() < 0) goto fail;
-        mask = (size_t)(g_slots - 1);
-        for (i = (size_t)h & mask; g_table[i].s; i = (i + 1) & mask) {
-            if (g_table[i].h == h && PyUnicode_GET_LENGTH(g_table[i].s) == sp.n &&
-                memcmp(PyUnicode_DATA(g_table[i].s), sp.p, (size_t)sp.n) == 0) {
-                Py_DECREF(s);
-                Py_INCREF(g_table[i].s);
-                return g_table[i].s;
-            }
+        canon = PyDict_GetItemWithError(g_price_strs, s);
+        if (!canon) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_RuntimeError, "parse_price did not register");
+            goto fail;
+        }
+    }
+    Py_INCREF(canon);
+    Py_SETREF(s, canon);
+    /* parse_price may have run Python code: another thread may have changed the table since
+     * the probe above (inserted this very string, grown or cleared it). Probe again. */
+    if (table_make_room() < 0) goto fail;
+    mask = (size_t)(g_slots - 1);
+    for (i = (size_t)h & mask; g_table[i].s; i = (i + 1) & mask) {
+        if (g_table[i].h == h && PyUnicode_GET_LENGTH(g_table[i].s) == sp.n &&
+            memcmp(PyUnicode_DATA(g_table[i].s), sp.p, (size_t)sp.n) == 0) {
+            Py_DECREF(s);
+            Py_INCREF(g_table[i].s);
+            return g_table[i].s;
         }
     }
     g_table[i].h = h; /* a free slot of the current table (no Python code ran since) */
@@ -745,63 +748,6 @@ static int price_key(PyObject *price, int64_t *out) {
     return 1;
 }
 
-/* bisect_left over an ascending list of prices by exact value; -2 if a key is unsupported. */
-static Py_ssize_t bisect_price(PyObject *order, int64_t key) {
-    Py_ssize_t lo = 0, hi = PyList_GET_SIZE(order);
-    while (lo < hi) {
-        Py_ssize_t mid = (lo + hi) / 2;
-        int64_t k;
-        if (!price_key(PyList_GET_ITEM(order, mid), &k)) return -2;
-        if (k < key)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return lo;
-}
-
-/* OrderBook._set_level on the level dict and sorted price list of one side (see book.py for
- * the rules: a zero size deletes, a new price is inserted in order, the same value spelled
- * differently replaces the old spelling). 1 done, 0 not handled (nothing changed), -1 error. */
-static int set_level(PyObject *levels, PyObject *order, PyObject *price, PyObject *size,
-                     int zero) {
-    int64_t key, k;
-    if (!PyDict_CheckExact(levels) || !PyList_CheckExact(order) || !price_key(price, &key))
-        return 0;
-    Py_ssize_t i = bisect_price(order, key), n = PyList_GET_SIZE(order);
-    if (i == -2) return 0;
-    PyObject *at = i < n ? PyList_GET_ITEM(order, i) : NULL; /* borrowed */
-    int same_value = 0;
-    if (at) {
-        if (!price_key(at, &k)) return 0;
-        same_value = k == key;
-    }
-    int present = PyDict_Contains(levels, price);
-    if (present < 0) return -1;
-    if (zero) {
-        if (present) {
-            if (PyDict_DelItem(levels, price) < 0) return -1;
-            /* Python deletes order[bisect_left(...)]: the level's own entry. */
-            if (PyList_SetSlice(order, i, i + 1, NULL) < 0) return -1;
-        } else if (same_value && PyDict_GET_SIZE(levels)) {
-            if (PyDict_DelItem(levels, at) < 0) return -1;
-            if (PyList_SetSlice(order, i, i + 1, NULL) < 0) return -1;
-        }
-        return 1;
-    }
-    if (!present) {
-        if (same_value) {
-            if (PyDict_DelItem(levels, at) < 0) return -1;
-            Py_INCREF(price);
-            PyList_SET_ITEM(order, i, price); /* steals; drops the old spelling below */
-            Py_DECREF(at);
-        } else if (PyList_Insert(order, i, price) < 0) {
-            return -1;
-        }
-    }
-    return PyDict_SetItem(levels, price, size) < 0 ? -1 : 1;
-}
-
 /* ---------------------------------------------------------------------------------------- */
 /* Levels: one book's levels held in C (fastbook.NativeOrderBook)                             */
 /*
@@ -848,8 +794,25 @@ typedef struct {
     Py_ssize_t key_n;
 } top_cache_t;
 
+/* A book's timestamp and hash change with nearly every entry: the scanner writes their text
+ * inline (while it is short ASCII) instead of making a str per entry; a str is made only when
+ * Python reads the attribute (NativeOrderBook's properties), and kept for the next read. */
+#define TS_CAP 24
+#define HASH_CAP 48
+
 typedef struct {
-    PyObject_HEAD side_t side[2]; /* [0] asks, [1] bids */
+    PyObject_HEAD
+    /* The keeper's state of this token, for the compiled feed and flush (see Tokens):
+     * mirrored from BookKeeper (Tokens.sync) except `dirty` and `claim`, held here only. */
+    uint8_t live;         /* in BookKeeper._live: deltas are applied to it */
+    uint8_t fresh;        /* published fresh: live and not in an unproven trade burst */
+    uint8_t dirty;        /* touched since the last drain, listed in its Tokens' dirty list */
+    int16_t ts_n, hash_n; /* the inline text's length, or -1: the value is ts_obj/hash_obj */
+    PyObject *claim;      /* flush mode: the price of the last hash-carrying entry, unchecked */
+    PyObject *trade_side; /* the side of the token's last trade, NULL for None */
+    PyObject *ts_obj, *hash_obj; /* the value as an object: a cache of the text, or the value */
+    char ts[TS_CAP], hash[HASH_CAP];
+    side_t side[2]; /* [0] asks, [1] bids */
     top_cache_t tc;
 } LevelsObject;
 
@@ -1040,7 +1003,7 @@ static PyObject *canonical_price(PyObject *price) {
         PyErr_Format(PyExc_ValueError, "invalid price %R", price);
         return NULL;
     }
-    return interned(sp, 1);
+    return price_str(sp);
 }
 
 static int check_size(PyObject *size) {
@@ -1073,6 +1036,10 @@ static void top_cache_clear(top_cache_t *tc) {
 }
 
 static void Levels_dealloc(LevelsObject *self) {
+    Py_CLEAR(self->claim);
+    Py_CLEAR(self->trade_side);
+    Py_CLEAR(self->ts_obj);
+    Py_CLEAR(self->hash_obj);
     for (int k = 0; k < 2; k++) {
         side_clear(&self->side[k]);
         PyMem_Free(self->side[k].v);
@@ -1080,6 +1047,71 @@ static void Levels_dealloc(LevelsObject *self) {
     }
     top_cache_clear(&self->tc);
     Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* Text fields (timestamp, hash): `obj`, `n` and `buf` of one of them. */
+#define TEXT_FIELD(core, f) &(core)->f##_obj, &(core)->f##_n, (core)->f, (Py_ssize_t)sizeof((core)->f)
+
+/* The scanner's text: inline if it fits, else as a str. 0, or -1 on error (unchanged then). */
+static inline int text_put(PyObject **obj, int16_t *n, char *buf, Py_ssize_t cap, const char *p,
+                           Py_ssize_t len) {
+    if (len <= cap) {
+        memcpy(buf, p, (size_t)len);
+        *n = (int16_t)len;
+        Py_CLEAR(*obj);
+        return 0;
+    }
+    PyObject *s = ascii_str((span_t){p, len});
+    if (!s) return -1;
+    Py_XSETREF(*obj, s);
+    *n = -1;
+    return 0;
+}
+
+/* A value set from Python: an ASCII str that fits is kept inline too (and as the object). */
+static void text_assign(PyObject **obj, int16_t *n, char *buf, Py_ssize_t cap, PyObject *value) {
+    *n = -1;
+    if (PyUnicode_CheckExact(value) && STR_READY(value) && PyUnicode_IS_ASCII(value) &&
+        PyUnicode_GET_LENGTH(value) <= cap) {
+        memcpy(buf, PyUnicode_DATA(value), (size_t)PyUnicode_GET_LENGTH(value));
+        *n = (int16_t)PyUnicode_GET_LENGTH(value);
+    }
+    Py_INCREF(value);
+    Py_XSETREF(*obj, value);
+}
+
+/* The value as an object (a new reference), made from the inline text once and kept. */
+static PyObject *text_get(PyObject **obj, int16_t *n, char *buf, Py_ssize_t cap) {
+    /* n >= 0 without the object (n < 0 always has it) */
+    if (!*obj && !(*obj = ascii_str((span_t){buf, *n > 0 ? *n : 0}))) return NULL;
+    Py_INCREF(*obj);
+    return *obj;
+}
+
+static PyObject *Levels_get_timestamp(LevelsObject *self, void *closure) {
+    return text_get(TEXT_FIELD(self, ts));
+}
+
+static PyObject *Levels_get_hash(LevelsObject *self, void *closure) {
+    return text_get(TEXT_FIELD(self, hash));
+}
+
+static int Levels_set_timestamp(LevelsObject *self, PyObject *value, void *closure) {
+    if (!value) {
+        PyErr_SetString(PyExc_AttributeError, "timestamp cannot be deleted");
+        return -1;
+    }
+    text_assign(TEXT_FIELD(self, ts), value);
+    return 0;
+}
+
+static int Levels_set_hash(LevelsObject *self, PyObject *value, void *closure) {
+    if (!value) {
+        PyErr_SetString(PyExc_AttributeError, "hash cannot be deleted");
+        return -1;
+    }
+    text_assign(TEXT_FIELD(self, hash), value);
+    return 0;
 }
 
 static int side_arg(PyObject *arg) {
@@ -1281,13 +1313,22 @@ static PyMethodDef Levels_methods[] = {
     {"__sizeof__", (PyCFunction)Levels_sizeof, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL}};
 
+static PyGetSetDef Levels_getset[] = {
+    {"timestamp", (getter)Levels_get_timestamp, (setter)Levels_set_timestamp,
+     "The book's timestamp (NativeOrderBook.timestamp).", NULL},
+    {"hash", (getter)Levels_get_hash, (setter)Levels_set_hash,
+     "The book's last stated hash (NativeOrderBook.hash).", NULL},
+    {NULL, NULL, NULL, NULL, NULL}};
+
 static PyTypeObject Levels_Type = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "marketdata._fastbook.Levels",
     .tp_basicsize = sizeof(LevelsObject),
     .tp_dealloc = (destructor)Levels_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "One order book's levels, both sides, held in C (see fastbook.NativeOrderBook).",
+    .tp_doc = "One order book's levels, both sides, held in C (see fastbook.NativeOrderBook), "
+              "with its timestamp and hash, and its token's state in a BookKeeper (Tokens).",
     .tp_methods = Levels_methods,
+    .tp_getset = Levels_getset,
     .tp_new = Levels_new,
 };
 
@@ -1298,117 +1339,440 @@ static inline LevelsObject *core_of(PyObject *book) {
     return core && Py_TYPE(core) == &Levels_Type ? (LevelsObject *)core : NULL;
 }
 
+/* ---------------------------------------------------------------------------------------- */
+/* Tokens: a compiled BookKeeper's per-token table                                            */
+/*
+ * Keyed by the token id's bytes, so that the scanner finds an entry's book without making a
+ * str or probing the keeper's dicts; one row per tracked token (BookKeeper._meta), with its
+ * NativeOrderBook once it had a snapshot. The token's state the feed and the flush read lives
+ * on the book's Levels (live, fresh, trade side: mirrored from BookKeeper by `sync`; the
+ * pending hash claim and the dirty flag: held there only), so that an entry touches one row,
+ * one Levels and its side's array. BookKeeper keeps everything else (meta, resync reasons,
+ * bursts, hash checks) in Python and reaches the claims through `claim`/`set_claim`, the
+ * dirty tokens through `take_dirty`.
+ *
+ * Open addressing with linear probing, doubled at half full, backward-shift deletion.
+ */
+typedef struct {
+    uint64_t h;          /* hash_bytes of the id's UTF-8 | 1; 0: an empty slot */
+    PyObject *asset;     /* the token id (a str, strong) */
+    const char *key;     /* its UTF-8 bytes (owned by `asset`) */
+    Py_ssize_t key_n;
+    PyObject *book;      /* its NativeOrderBook (strong), NULL before the first snapshot */
+    LevelsObject *core;  /* the book's Levels (strong), NULL with it */
+} tok_t;
+
+typedef struct {
+    PyObject *asset;     /* strong */
+    LevelsObject *core;  /* strong; listed when its dirty flag was set */
+} dirty_t;
+
+typedef struct {
+    PyObject_HEAD
+    tok_t *slots;
+    Py_ssize_t n_slots, used;
+    dirty_t *dirty;      /* cores whose dirty flag was set, in order (a cleared one is skipped) */
+    Py_ssize_t n_dirty, cap_dirty;
+    Py_ssize_t claims;   /* cores with a claim */
+} TokensObject;
+
+static PyTypeObject Tokens_Type;
+
+static inline tok_t *tok_find(TokensObject *T, const char *p, Py_ssize_t n, uint64_t h) {
+    if (!T->n_slots) return NULL;
+    size_t mask = (size_t)T->n_slots - 1;
+    for (size_t i = (size_t)h & mask;; i = (i + 1) & mask) {
+        tok_t *t = &T->slots[i];
+        if (!t->h) return NULL;
+        if (t->h == h && t->key_n == n && memcmp(t->key, p, (size_t)n) == 0) return t;
+    }
+}
+
+/* The row of a token id given as a str (NULL, with no error set, if it has none). */
+static tok_t *tok_find_str(TokensObject *T, PyObject *asset) {
+    if (!PyUnicode_Check(asset)) {
+        PyErr_SetString(PyExc_TypeError, "token ids must be str");
+        return NULL;
+    }
+    Py_ssize_t n;
+    const char *p = PyUnicode_AsUTF8AndSize(asset, &n);
+    if (!p) return NULL;
+    return tok_find(T, p, n, hash_bytes(p, n) | 1);
+}
+
+/* The row of a tracked token, or NULL with KeyError set. */
+static tok_t *tok_get(TokensObject *T, PyObject *asset) {
+    tok_t *t = tok_find_str(T, asset);
+    if (!t && !PyErr_Occurred()) PyErr_SetObject(PyExc_KeyError, asset);
+    return t;
+}
+
+static void core_set_claim(TokensObject *T, LevelsObject *core, PyObject *price) {
+    if (!core->claim == !price) {
+        if (price && core->claim != price) {
+            Py_INCREF(price);
+            Py_SETREF(core->claim, price);
+        }
+        return;
+    }
+    T->claims += price ? 1 : -1;
+    Py_XINCREF(price);
+    Py_XSETREF(core->claim, price);
+}
+
+static int core_mark_dirty(TokensObject *T, PyObject *asset, LevelsObject *core) {
+    if (core->dirty) return 0;
+    if (T->n_dirty == T->cap_dirty) {
+        Py_ssize_t cap = T->cap_dirty ? T->cap_dirty * 2 : 256;
+        dirty_t *d = PyMem_Realloc(T->dirty, sizeof(dirty_t) * (size_t)cap);
+        if (!d) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        T->dirty = d;
+        T->cap_dirty = cap;
+    }
+    Py_INCREF(asset);
+    Py_INCREF(core);
+    T->dirty[T->n_dirty++] = (dirty_t){asset, core};
+    core->dirty = 1;
+    return 0;
+}
+
+/* A row's book goes (untrack, or another book): its Levels no longer speaks for the token. */
+static void tok_drop_book(TokensObject *T, tok_t *t) {
+    if (t->core) {
+        core_set_claim(T, t->core, NULL);
+        t->core->dirty = t->core->live = t->core->fresh = 0;
+    }
+    Py_CLEAR(t->book);
+    Py_CLEAR(t->core);
+}
+
+static int tokens_grow(TokensObject *T) {
+    Py_ssize_t n = T->n_slots ? T->n_slots * 2 : 1024;
+    tok_t *slots = PyMem_Calloc((size_t)n, sizeof(tok_t));
+    if (!slots) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t k = 0; k < T->n_slots; k++) {
+        tok_t *t = &T->slots[k];
+        if (!t->h) continue;
+        size_t i = (size_t)t->h & (size_t)(n - 1);
+        while (slots[i].h) i = (i + 1) & (size_t)(n - 1);
+        slots[i] = *t;
+    }
+    PyMem_Free(T->slots);
+    T->slots = slots;
+    T->n_slots = n;
+    return 0;
+}
+
+static PyObject *Tokens_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    if (PyTuple_GET_SIZE(args) || (kwds && PyDict_GET_SIZE(kwds))) {
+        PyErr_SetString(PyExc_TypeError, "Tokens() takes no arguments");
+        return NULL;
+    }
+    return type->tp_alloc(type, 0);
+}
+
+static void Tokens_dealloc(TokensObject *T) {
+    for (Py_ssize_t k = 0; k < T->n_slots; k++) {
+        if (!T->slots[k].h) continue;
+        tok_drop_book(T, &T->slots[k]);
+        Py_CLEAR(T->slots[k].asset);
+    }
+    for (Py_ssize_t k = 0; k < T->n_dirty; k++) {
+        Py_DECREF(T->dirty[k].asset);
+        Py_DECREF(T->dirty[k].core);
+    }
+    PyMem_Free(T->slots);
+    PyMem_Free(T->dirty);
+    Py_TYPE(T)->tp_free((PyObject *)T);
+}
+
+/* track(token_id): a row for the token (no-op if it has one). */
+static PyObject *Tokens_track(TokensObject *T, PyObject *asset) {
+    tok_t *t = tok_find_str(T, asset);
+    if (t) Py_RETURN_NONE;
+    if (PyErr_Occurred()) return NULL;
+    if ((T->used + 1) * 2 > T->n_slots && tokens_grow(T) < 0) return NULL;
+    Py_ssize_t n;
+    const char *p = PyUnicode_AsUTF8AndSize(asset, &n);
+    if (!p) return NULL;
+    uint64_t h = hash_bytes(p, n) | 1;
+    size_t mask = (size_t)T->n_slots - 1, i = (size_t)h & mask;
+    while (T->slots[i].h) i = (i + 1) & mask;
+    Py_INCREF(asset);
+    T->slots[i] = (tok_t){h, asset, p, n, NULL, NULL};
+    T->used++;
+    Py_RETURN_NONE;
+}
+
+/* untrack(token_id): drop its row (no-op if it has none). */
+static PyObject *Tokens_untrack(TokensObject *T, PyObject *asset) {
+    tok_t *t = tok_find_str(T, asset);
+    if (!t) {
+        if (PyErr_Occurred()) return NULL;
+        Py_RETURN_NONE;
+    }
+    tok_drop_book(T, t);
+    PyObject *gone = t->asset;
+    /* Backward-shift deletion: pull later rows of the probe run into the hole. */
+    size_t mask = (size_t)T->n_slots - 1, hole = (size_t)(t - T->slots), i = hole;
+    for (;;) {
+        i = (i + 1) & mask;
+        tok_t *u = &T->slots[i];
+        if (!u->h) break;
+        size_t home = (size_t)u->h & mask;
+        /* u stays if its home lies cyclically in (hole, i] */
+        if (hole <= i ? (home > hole && home <= i) : (home > hole || home <= i)) continue;
+        T->slots[hole] = *u;
+        hole = i;
+    }
+    memset(&T->slots[hole], 0, sizeof(tok_t));
+    T->used--;
+    Py_DECREF(gone);
+    Py_RETURN_NONE;
+}
+
+/* set_book(token_id, book): the NativeOrderBook of a tracked token (its first snapshot). */
+static PyObject *Tokens_set_book(TokensObject *T, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "set_book(token_id, book)");
+        return NULL;
+    }
+    LevelsObject *core = core_of(args[1]);
+    if (!core) {
+        PyErr_SetString(PyExc_TypeError, "set_book: not a NativeOrderBook");
+        return NULL;
+    }
+    tok_t *t = tok_get(T, args[0]);
+    if (!t) return NULL;
+    if (t->book == args[1]) Py_RETURN_NONE;
+    tok_drop_book(T, t);
+    Py_INCREF(args[1]);
+    Py_INCREF(core);
+    t->book = args[1];
+    t->core = core;
+    Py_RETURN_NONE;
+}
+
+/* sync(token_id, live, fresh, trade_side): BookKeeper's view of the token, for the feed and
+ * the flush (no-op for a token without a book). */
+static PyObject *Tokens_sync(TokensObject *T, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "sync(token_id, live, fresh, trade_side)");
+        return NULL;
+    }
+    tok_t *t = tok_find_str(T, args[0]);
+    if (!t) {
+        if (PyErr_Occurred()) return NULL;
+        Py_RETURN_NONE;
+    }
+    if (!t->core) Py_RETURN_NONE;
+    int live = PyObject_IsTrue(args[1]), fresh = live < 0 ? -1 : PyObject_IsTrue(args[2]);
+    if (fresh < 0) return NULL;
+    LevelsObject *core = t->core;
+    core->live = (uint8_t)live;
+    core->fresh = (uint8_t)fresh;
+    PyObject *side = args[3] == Py_None ? NULL : args[3];
+    Py_XINCREF(side);
+    Py_XSETREF(core->trade_side, side);
+    Py_RETURN_NONE;
+}
+
+/* claim(token_id): the token's pending claim (a price), or None. */
+static PyObject *Tokens_claim(TokensObject *T, PyObject *asset) {
+    tok_t *t = tok_find_str(T, asset);
+    if (!t && PyErr_Occurred()) return NULL;
+    PyObject *price = t && t->core && t->core->claim ? t->core->claim : Py_None;
+    Py_INCREF(price);
+    return price;
+}
+
+/* set_claim(token_id, price | None) -> the previous claim or None. */
+static PyObject *Tokens_set_claim(TokensObject *T, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "set_claim(token_id, price)");
+        return NULL;
+    }
+    PyObject *price = args[1] == Py_None ? NULL : args[1];
+    tok_t *t = tok_find_str(T, args[0]);
+    if ((!t || !t->core) && !PyErr_Occurred() && price) /* a claim needs a book */
+        PyErr_SetObject(PyExc_KeyError, args[0]);
+    if (PyErr_Occurred()) return NULL;
+    if (!t || !t->core) Py_RETURN_NONE;
+    PyObject *old = t->core->claim ? t->core->claim : Py_None;
+    Py_INCREF(old);
+    core_set_claim(T, t->core, price);
+    return old;
+}
+
+/* claimed(): the tokens with a pending claim. */
+static PyObject *Tokens_claimed(TokensObject *T, PyObject *unused) {
+    PyObject *out = PyList_New(0);
+    for (Py_ssize_t k = 0; out && k < T->n_slots; k++) {
+        tok_t *t = &T->slots[k];
+        if (t->h && t->core && t->core->claim && PyList_Append(out, t->asset) < 0) Py_CLEAR(out);
+    }
+    return out;
+}
+
+static PyObject *Tokens_claim_count(TokensObject *T, PyObject *unused) {
+    return PyLong_FromSsize_t(T->claims);
+}
+
+/* The tokens of the dirty list whose flag is still set (not untracked since): appended to a
+ * list, or added to a set and taken off the list (the drain). */
+static int dirty_collect(TokensObject *T, PyObject *into, int take) {
+    for (Py_ssize_t k = 0; k < T->n_dirty; k++) {
+        dirty_t *d = &T->dirty[k];
+        if (!d->core->dirty) continue;
+        if ((take ? PySet_Add(into, d->asset) : PyList_Append(into, d->asset)) < 0) return -1;
+    }
+    if (take) {
+        for (Py_ssize_t k = 0; k < T->n_dirty; k++) {
+            T->dirty[k].core->dirty = 0;
+            Py_DECREF(T->dirty[k].asset);
+            Py_DECREF(T->dirty[k].core);
+        }
+        T->n_dirty = 0;
+    }
+    return 0;
+}
+
+/* dirty(): the tokens the compiled feed touched since the last take_dirty. */
+static PyObject *Tokens_dirty(TokensObject *T, PyObject *unused) {
+    PyObject *out = PyList_New(0);
+    if (out && dirty_collect(T, out, 0) < 0) Py_CLEAR(out);
+    return out;
+}
+
+/* take_dirty(into: set): move them into the set (the drain). */
+static PyObject *Tokens_take_dirty(TokensObject *T, PyObject *into) {
+    if (!PySet_Check(into)) {
+        PyErr_SetString(PyExc_TypeError, "take_dirty(into: set)");
+        return NULL;
+    }
+    if (dirty_collect(T, into, 1) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* state(token_id) -> (has_book, live, fresh, dirty, claim, trade_side), for the tests. */
+static PyObject *Tokens_state(TokensObject *T, PyObject *asset) {
+    tok_t *t = tok_get(T, asset);
+    if (!t) return NULL;
+    LevelsObject *c = t->core;
+    if (!c) return Py_BuildValue("(OOOOOO)", Py_False, Py_False, Py_False, Py_False, Py_None,
+                                 Py_None);
+    return Py_BuildValue("(OOOOOO)", Py_True, c->live ? Py_True : Py_False,
+                         c->fresh ? Py_True : Py_False, c->dirty ? Py_True : Py_False,
+                         c->claim ? c->claim : Py_None, c->trade_side ? c->trade_side : Py_None);
+}
+
+static Py_ssize_t Tokens_len(TokensObject *T) { return T->used; }
+
+static PyMethodDef Tokens_methods[] = {
+    {"track", (PyCFunction)Tokens_track, METH_O, "track(token_id): a row for the token."},
+    {"untrack", (PyCFunction)Tokens_untrack, METH_O, "untrack(token_id): drop its row."},
+    {"set_book", (PyCFunction)(void (*)(void))Tokens_set_book, METH_FASTCALL,
+     "set_book(token_id, book): the token's NativeOrderBook."},
+    {"sync", (PyCFunction)(void (*)(void))Tokens_sync, METH_FASTCALL,
+     "sync(token_id, live, fresh, trade_side): the keeper's view of the token."},
+    {"claim", (PyCFunction)Tokens_claim, METH_O, "claim(token_id): its pending claim or None."},
+    {"set_claim", (PyCFunction)(void (*)(void))Tokens_set_claim, METH_FASTCALL,
+     "set_claim(token_id, price | None) -> the previous claim or None."},
+    {"claimed", (PyCFunction)Tokens_claimed, METH_NOARGS, "claimed(): tokens with a claim."},
+    {"claim_count", (PyCFunction)Tokens_claim_count, METH_NOARGS, "The number of claims."},
+    {"dirty", (PyCFunction)Tokens_dirty, METH_NOARGS, "dirty(): tokens touched in C."},
+    {"take_dirty", (PyCFunction)Tokens_take_dirty, METH_O,
+     "take_dirty(into: set): move the tokens touched in C into the set."},
+    {"state", (PyCFunction)Tokens_state, METH_O,
+     "state(token_id) -> (has_book, live, fresh, dirty, claim, trade_side)."},
+    {NULL, NULL, 0, NULL}};
+
+static PySequenceMethods Tokens_as_sequence = {.sq_length = (lenfunc)Tokens_len};
+
+static PyTypeObject Tokens_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "marketdata._fastbook.Tokens",
+    .tp_basicsize = sizeof(TokensObject),
+    .tp_dealloc = (destructor)Tokens_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A compiled BookKeeper's tracked tokens, keyed by the token id's bytes.",
+    .tp_methods = Tokens_methods,
+    .tp_as_sequence = &Tokens_as_sequence,
+    .tp_new = Tokens_new,
+};
+
 static int apply_entries(PyObject *keeper, scan_t *sc) {
     int rc = -1;
-    PyObject *stats = NULL, *live = NULL, *meta = NULL, *claims = NULL, *dirty = NULL,
-             *verify = NULL, *ts = NULL, *events = NULL, *kd = NULL, *sd = NULL;
+    PyObject *stats = NULL, *tokens = NULL, *verify = NULL, *ts = NULL, *events = NULL,
+             *kd = NULL, *sd = NULL;
     Py_ssize_t applied = 0, untracked = 0, skipped = 0;
     kd = PyObject_GenericGetDict(keeper, NULL);
     if (!kd) PyErr_Clear(); /* no instance dict: the attribute protocol below */
     if (!(stats = inst_get(keeper, kd, s_stats))) goto done;
-    if (!(live = inst_get(keeper, kd, s_live))) goto done;
-    if (!(meta = inst_get(keeper, kd, s_meta))) goto done;
-    if (!(claims = inst_get(keeper, kd, s_claims))) goto done;
-    if (!(dirty = inst_get(keeper, kd, s_dirty))) goto done;
+    if (!(tokens = inst_get(keeper, kd, s_tokens))) goto done;
     if (!(verify = inst_get(keeper, kd, s_verify))) goto done;
     sd = PyObject_GenericGetDict(stats, NULL);
     if (!sd) PyErr_Clear();
     if (!(events = inst_get(stats, sd, s_events))) goto done;
-    if (!PyDict_Check(live) || !PyDict_Check(meta) || !PyDict_Check(claims) ||
-        !PySet_Check(dirty) || !PyDict_Check(events)) {
+    if (Py_TYPE(tokens) != &Tokens_Type || !PyDict_Check(events)) {
         PyErr_SetString(PyExc_TypeError, "_fastbook: unexpected BookKeeper state");
         goto done;
     }
+    TokensObject *T = (TokensObject *)tokens;
     int record = PyUnicode_Check(verify) && PyUnicode_Compare(verify, s_flush) == 0;
     int entry_mode = PyUnicode_Check(verify) && PyUnicode_Compare(verify, s_entry) == 0;
     if (PyErr_Occurred()) goto done;
     if (add_attr(stats, sd, s_frames, 1) < 0) goto done;
     if (dict_incr(events, s_price_change) < 0) goto done;
-    if (!(ts = ascii_str(sc->ts))) goto done;
 
     for (Py_ssize_t i = 0; i < sc->count; i++) {
         entry_t *e = &sc->entries[i];
-        PyObject *asset = interned(e->asset, 0), *price = NULL, *size = NULL, *levels = NULL,
-                 *order = NULL, *hash = NULL;
-        int ok = 0;
-        if (!asset) goto entry_done;
-        /* Registering a new price happens in validation in the Python path too. */
-        if (!(price = interned(e->price, 1))) goto entry_done;
-        PyObject *book = PyDict_GetItemWithError(live, asset); /* borrowed */
-        if (!book) {
-            if (PyErr_Occurred()) goto entry_done;
-            int tracked = PyDict_Contains(meta, asset);
-            if (tracked < 0) goto entry_done;
-            if (tracked)
+        /* Registering a new price happens in validation in the Python path too; it may run
+         * Python code, so it comes before the row is looked up. */
+        PyObject *price = price_str(e->price);
+        if (!price) goto done;
+        tok_t *t = tok_find(T, e->asset.p, e->asset.n, hash_bytes(e->asset.p, e->asset.n) | 1);
+        LevelsObject *core = t ? t->core : NULL;
+        if (!core || !core->live) {
+            if (t)
                 skipped++;
             else
                 untracked++;
-            ok = 1;
-            goto entry_done;
+            Py_DECREF(price);
+            continue;
         }
-        Py_INCREF(book);
-        LevelsObject *core = core_of(book);
-        if (core) { /* levels held in C: no size str, no dict, no list */
-            if (side_set(&core->side[e->is_bid], e->is_bid, price, e->size.p, e->size.n, NULL,
-                         is_zero_size(e->size)) < 0)
-                goto book_done;
-            goto applied;
-        }
-        if (!(size = ascii_str(e->size))) goto book_done;
-        if (!(levels = book_get(book, e->is_bid ? F_BIDS : F_ASKS))) goto book_done;
-        if (book_set(book, e->is_bid ? F_BID_HASH_JSON : F_ASK_HASH_JSON, Py_None) < 0)
-            goto book_done;
-        if (book_set(book, e->is_bid ? F_BID_TOP_JSON : F_ASK_TOP_JSON, Py_None) < 0)
-            goto book_done;
-        int in_place = 0, zero = is_zero_size(e->size);
-        if (!zero && PyDict_CheckExact(levels)) {
-            in_place = PyDict_Contains(levels, price);
-            if (in_place < 0) goto book_done;
-        }
-        if (in_place) {
-            if (PyDict_SetItem(levels, price, size) < 0) goto book_done;
-        } else if (!(order = book_get(book, e->is_bid ? F_BID_PX : F_ASK_PX))) {
-            goto book_done;
-        } else if ((in_place = set_level(levels, order, price, size, zero)) < 0) {
-            goto book_done;
-        } else if (!in_place) {
-            PyObject *r = PyObject_CallMethodObjArgs(
-                book, s_set_level, e->is_bid ? Py_True : Py_False, price, size, NULL);
-            if (!r) goto book_done;
-            Py_DECREF(r);
-        }
-    applied:
-        if (book_set(book, F_TIMESTAMP, ts) < 0) goto book_done;
-        applied++;
-        if (PySet_Add(dirty, asset) < 0) goto book_done;
-        if (e->has_hash) {
-            if (!(hash = ascii_str(e->hash))) goto book_done;
-            if (book_set(book, F_HASH, hash) < 0) goto book_done;
+        int ok = side_set(&core->side[e->is_bid], e->is_bid, price, e->size.p, e->size.n, NULL,
+                          is_zero_size(e->size)) == 0 &&
+                 text_put(TEXT_FIELD(core, ts), sc->ts.p, sc->ts.n) == 0 &&
+                 core_mark_dirty(T, t->asset, core) == 0 &&
+                 (e->has_hash ? text_put(TEXT_FIELD(core, hash), e->hash.p, e->hash.n)
+                              : text_put(TEXT_FIELD(core, hash), "", 0)) == 0;
+        if (ok) {
+            applied++;
             if (record) {
-                if (PyDict_SetItem(claims, asset, price) < 0) goto book_done;
-            } else if (entry_mode) {
-                PyObject *r = PyObject_CallMethodObjArgs(keeper, s_verify_m, asset, book, hash,
-                                                         ts, price, NULL);
-                if (!r) goto book_done;
-                Py_DECREF(r);
-            }
-        } else {
-            if (book_set(book, F_HASH, s_empty) < 0) goto book_done;
-            if (record && PyDict_DelItem(claims, asset) < 0) {
-                if (!PyErr_ExceptionMatches(PyExc_KeyError)) goto book_done;
-                PyErr_Clear();
+                core_set_claim(T, core, e->has_hash ? price : NULL);
+            } else if (entry_mode && e->has_hash) {
+                /* Python code: `t` and `core` may not be valid after it. */
+                PyObject *asset = t->asset, *book = t->book, *hash = ascii_str(e->hash);
+                Py_INCREF(asset);
+                Py_INCREF(book);
+                if (!ts) ts = ascii_str(sc->ts);
+                PyObject *r = hash && ts ? PyObject_CallMethodObjArgs(keeper, s_verify_m, asset,
+                                                                      book, hash, ts, price, NULL)
+                                         : NULL;
+                ok = r != NULL;
+                Py_XDECREF(r);
+                Py_XDECREF(hash);
+                Py_DECREF(asset);
+                Py_DECREF(book);
             }
         }
-        ok = 1;
-    book_done:
-        Py_DECREF(book);
-    entry_done:
-        Py_XDECREF(asset);
-        Py_XDECREF(price);
-        Py_XDECREF(size);
-        Py_XDECREF(levels);
-        Py_XDECREF(order);
-        Py_XDECREF(hash);
+        Py_DECREF(price);
         if (!ok) goto done;
     }
     /* Like the Python loop: the counts are added once the whole frame went through. */
@@ -1419,10 +1783,7 @@ static int apply_entries(PyObject *keeper, scan_t *sc) {
     rc = 0;
 done:
     Py_XDECREF(stats);
-    Py_XDECREF(live);
-    Py_XDECREF(meta);
-    Py_XDECREF(claims);
-    Py_XDECREF(dirty);
+    Py_XDECREF(tokens);
     Py_XDECREF(verify);
     Py_XDECREF(events);
     Py_XDECREF(ts);
@@ -1593,6 +1954,35 @@ static inline int put_key_price_n(buf_t *b, const char *key, Py_ssize_t n, PyObj
 #define put_key_price(b, key, price) \
     put_key_price_n((b), (key), (Py_ssize_t)(sizeof(key) - 1), (price))
 
+/* A text field of a book (F_TIMESTAMP or F_HASH): *p and *n when it is ASCII text (a
+ * NativeOrderBook's inline text, or an ASCII str), with *obj = the str or NULL; else *obj = the
+ * value (None or a str). A new reference in *obj; -1 on error (any other type is one). */
+static PyObject *str_attr(PyObject *book, int f);
+static int book_text(PyObject *book, LevelsObject *core, int f, const char **p, Py_ssize_t *n,
+                     PyObject **obj) {
+    *p = NULL;
+    *n = 0;
+    *obj = NULL;
+    if (core && (f == F_TIMESTAMP ? core->ts_n : core->hash_n) >= 0) {
+        *p = f == F_TIMESTAMP ? core->ts : core->hash;
+        *n = f == F_TIMESTAMP ? core->ts_n : core->hash_n;
+        return 0;
+    }
+    *obj = core ? (f == F_TIMESTAMP ? text_get(TEXT_FIELD(core, ts)) : text_get(TEXT_FIELD(core, hash)))
+                : str_attr(book, f);
+    if (!*obj) return -1;
+    if (*obj != Py_None && !PyUnicode_Check(*obj)) {
+        PyErr_Format(PyExc_TypeError, "_fastbook: OrderBook.%U is not a str", *g_field_names[f]);
+        Py_CLEAR(*obj);
+        return -1;
+    }
+    if (PyUnicode_Check(*obj) && PyUnicode_IS_ASCII(*obj)) {
+        *p = (const char *)PyUnicode_DATA(*obj);
+        *n = PyUnicode_GET_LENGTH(*obj);
+    }
+    return 0;
+}
+
 /* str field, or None; anything else is an error (the caller falls back). */
 static PyObject *str_attr(PyObject *book, int f) {
     PyObject *v = book_get(book, f);
@@ -1706,7 +2096,7 @@ static inline ms_slot_t *ms_slot(PyObject *bid, PyObject *ask) {
 
 /* The best `count` levels of a C-held side as the bus writes them, from the side's cached
  * copy when nothing among them changed since it was made (side_touched). */
-static int put_core_top(buf_t *b, side_t *s, int bid, Py_ssize_t depth) {
+static int put_core_top(buf_t *b, side_t *s, Py_ssize_t depth) {
     if (s->top_valid && s->top_depth == depth) return buf_put(b, s->top, s->top_n);
     Py_ssize_t count = s->n < depth ? s->n : depth, start = b->n;
     if (put_core_side(b, s, s->n - 1, count, -1, 0) < 0) return -1;
@@ -1743,9 +2133,12 @@ static int encode_top_into(buf_t *b, PyObject *book, PyObject *fresh, PyObject *
     LevelsObject *core = core_of(book);
     if (!core && (side_of(book, 1, &bids, &bid_px) < 0 || side_of(book, 0, &asks, &ask_px) < 0))
         goto done;
+    const char *tsp, *hp; /* the timestamp's and the hash's text, when ASCII */
+    Py_ssize_t tsn, hn;
     if (!(asset = str_attr(book, F_ASSET_ID)) || !(market = str_attr(book, F_MARKET)) ||
         !(ltp = str_attr(book, F_LAST_TRADE_PRICE)) || !(tick = str_attr(book, F_TICK_SIZE)) ||
-        !(ts = str_attr(book, F_TIMESTAMP)) || !(hash = str_attr(book, F_HASH)))
+        book_text(book, core, F_TIMESTAMP, &tsp, &tsn, &ts) < 0 ||
+        book_text(book, core, F_HASH, &hp, &hn, &hash) < 0)
         goto done;
     if (ts == Py_None || asset == Py_None || market == Py_None || hash == Py_None) {
         rc = 0; /* not a shape we encode: the Python encoder decides */
@@ -1754,9 +2147,9 @@ static int encode_top_into(buf_t *b, PyObject *book, PyObject *fresh, PyObject *
     /* timestamp_ms: int(ts) if ts.isascii() and ts.isdigit() else None */
     long long ts_ms = -1;
     {
-        Py_ssize_t n = PyUnicode_GET_LENGTH(ts);
-        if (PyUnicode_IS_ASCII(ts) && n > 0) {
-            const char *p = (const char *)PyUnicode_DATA(ts);
+        Py_ssize_t n = tsn;
+        if (tsp && n > 0) {
+            const char *p = tsp;
             Py_ssize_t i = 0;
             for (; i < n && p[i] >= '0' && p[i] <= '9'; i++)
                 ;
@@ -1833,16 +2226,17 @@ static int encode_top_into(buf_t *b, PyObject *book, PyObject *fresh, PyObject *
         put_key_str(b, ",\"tick_size\":", tick) < 0 || BUF_LIT(b, ",\"timestamp_ms\":") < 0)
         goto done;
     if ((ts_ms < 0 ? BUF_LIT(b, "null") : buf_uint(b, (unsigned long long)ts_ms)) < 0) goto done;
-    if (put_key_str(b, ",\"hash\":", hash) < 0) goto done;
+    if (BUF_LIT(b, ",\"hash\":") < 0 || (hp ? buf_json_ascii(b, hp, hn) : buf_json_str(b, hash)) < 0)
+        goto done;
     int is_fresh = PyObject_IsTrue(fresh);
     if (is_fresh < 0) goto done;
     if ((is_fresh ? BUF_LIT(b, ",\"fresh\":true") : BUF_LIT(b, ",\"fresh\":false")) < 0)
         goto done;
     if (BUF_LIT(b, ",\"bids\":") < 0 ||
-        (core ? put_core_top(b, &core->side[1], 1, depth)
+        (core ? put_core_top(b, &core->side[1], depth)
               : put_side(b, bids, bid_px, nb - 1, nb < depth ? nb : depth, -1, 0)) < 0 ||
         BUF_LIT(b, ",\"asks\":") < 0 ||
-        (core ? put_core_top(b, &core->side[0], 0, depth)
+        (core ? put_core_top(b, &core->side[0], depth)
               : put_side(b, asks, ask_px, 0, na < depth ? na : depth, 1, 0)) < 0 ||
         BUF_LIT(b, ",\"published_at\":") < 0 || buf_put(b, pa, pan) < 0 || BUF_LIT(b, "}") < 0)
         goto done;
@@ -1977,80 +2371,65 @@ static PyObject *bind(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
 /* ---------------------------------------------------------------------------------------- */
 /* encode_tops and pack_publish: the flush, per token touched                                 */
 
-static PyObject *s_last_trade, *s_side;
-
-/* What a token's top says besides its book: the side of its last trade (a new reference,
-   Py_None when it has none) and whether the token is live. 0, or -1 with an exception set
-   and *side left NULL. */
-static int
-top_context(PyObject *meta, PyObject *live, PyObject *token, PyObject **side, int *fresh)
-{
-    *side = NULL;
-    PyObject *m = PyDict_GetItemWithError(meta, token); /* borrowed */
-    if (!m) {
-        if (!PyErr_Occurred()) PyErr_SetObject(PyExc_KeyError, token);
-        return -1;
-    }
-    PyObject *last = PyObject_GetAttr(m, s_last_trade);
-    if (!last) return -1;
-    if (last == Py_None) {
-        *side = last;
-    } else {
-        *side = PyObject_GetAttr(last, s_side);
-        Py_DECREF(last);
-        if (!*side) return -1;
-    }
-    *fresh = PySequence_Contains(live, token);
-    if (*fresh < 0) {
-        Py_CLEAR(*side);
-        return -1;
-    }
+/* What a token's top needs from its row: its book (a new reference), and from the book's
+ * Levels whether it is published fresh and the side of its last trade (a new reference, None
+ * when it has none). 0 with *book NULL when the token has no row or no book yet; -1 on error. */
+static int top_context(TokensObject *T, PyObject *token, PyObject **book, PyObject **fresh,
+                       PyObject **side) {
+    *book = *side = NULL;
+    tok_t *t = tok_find_str(T, token);
+    if (!t || !t->book) return PyErr_Occurred() ? -1 : 0;
+    *book = Py_NewRef(t->book);
+    *fresh = t->core->fresh ? Py_True : Py_False;
+    *side = Py_NewRef(t->core->trade_side ? t->core->trade_side : Py_None);
     return 0;
 }
 
-/* encode_tops(tokens, books, live, meta, depth, published_at, mid_spread, fallback)
- * -> [(token_id, top JSON), ...]: BookKeeper.drain_tops_json's loop. `fallback(book, fresh,
- * last_trade_side, depth, published_at)` encodes what encode_top leaves to Python. */
+static TokensObject *tokens_arg(PyObject *arg) {
+    if (Py_TYPE(arg) != &Tokens_Type) {
+        PyErr_SetString(PyExc_TypeError, "expected a _fastbook.Tokens");
+        return NULL;
+    }
+    return (TokensObject *)arg;
+}
+
+/* encode_tops(tokens, table, depth, published_at, mid_spread, fallback)
+ * -> [(token_id, top JSON), ...]: BookKeeper.drain_tops_json's loop over the tokens of a
+ * Tokens table (those without a book are skipped). `fallback(book, fresh, last_trade_side,
+ * depth, published_at)` encodes what encode_top leaves to Python. */
 static PyObject *encode_tops(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 8) {
-        PyErr_SetString(PyExc_TypeError, "encode_tops(tokens, books, live, meta, depth, "
-                                         "published_at, mid_spread, fallback)");
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "encode_tops(tokens, table, depth, published_at, "
+                                         "mid_spread, fallback)");
         return NULL;
     }
-    PyObject *tokens = args[0], *books = args[1], *live = args[2], *meta = args[3];
-    PyObject *mid_spread = args[6], *fallback = args[7];
-    if (!PyDict_Check(books) || !PyDict_Check(meta)) {
-        PyErr_SetString(PyExc_TypeError, "books and meta must be dicts");
-        return NULL;
-    }
-    Py_ssize_t depth = PyLong_AsSsize_t(args[4]);
+    PyObject *tokens = args[0], *mid_spread = args[4], *fallback = args[5];
+    TokensObject *T = tokens_arg(args[1]);
+    if (!T) return NULL;
+    Py_ssize_t depth = PyLong_AsSsize_t(args[2]);
     if (depth == -1 && PyErr_Occurred()) return NULL;
-    long long published_at = PyLong_AsLongLong(args[5]);
+    long long published_at = PyLong_AsLongLong(args[3]);
     if (published_at == -1 && PyErr_Occurred()) return NULL;
     PyObject *out = PyList_New(0), *it = PyObject_GetIter(tokens), *token;
     if (!out || !it) goto fail;
     while ((token = PyIter_Next(it))) {
-        PyObject *book = PyDict_GetItemWithError(books, token), *blob = NULL, *side = NULL;
+        PyObject *book, *f, *side, *blob = NULL;
         int ok = 0;
-        if (!book) {
+        if (top_context(T, token, &book, &f, &side) < 0 || !book) {
             Py_DECREF(token);
             if (PyErr_Occurred()) goto fail;
             continue;
         }
-        Py_INCREF(book);
-        int fresh;
-        if (top_context(meta, live, token, &side, &fresh) < 0) goto next;
-        PyObject *f = fresh ? Py_True : Py_False;
         blob = encode_top_impl(book, f, side, depth, published_at, mid_spread);
         if (blob == Py_None) {
             Py_DECREF(blob);
             blob = PyObject_CallFunction(fallback, "OOOnL", book, f, side, depth, published_at);
         }
-        if (!blob) goto next;
-        PyObject *pair = PyTuple_Pack(2, token, blob);
-        ok = pair && PyList_Append(out, pair) == 0;
-        Py_XDECREF(pair);
-    next:
+        if (blob) {
+            PyObject *pair = PyTuple_Pack(2, token, blob);
+            ok = pair && PyList_Append(out, pair) == 0;
+            Py_XDECREF(pair);
+        }
         Py_DECREF(book);
         Py_XDECREF(side);
         Py_XDECREF(blob);
@@ -2312,30 +2691,29 @@ static Py_ssize_t resp_len_size(Py_ssize_t n) {
     return d + 3;
 }
 
-/* encode_pack(tokens, books, live, meta, depth, published_at, mid_spread, fallback, n_shards,
- *             maxlen, book_prefix, stream_prefix) -> (payload, replies, tops)
+/* encode_pack(tokens, table, depth, published_at, mid_spread, fallback, n_shards, maxlen,
+ *             book_prefix, stream_prefix) -> (payload, replies, tops)
  * encode_tops followed by pack_publish, byte for byte, in one pass and without a bytes
  * object per top: `tokens` are distinct token ids (BookKeeper's dirty set); each one with a
  * book gives one top, written straight into the MSET and into its shard's XADD entry. */
 static PyObject *encode_pack(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 12 || !PyDict_Check(args[1]) || !PyDict_Check(args[3]) ||
-        !PyBytes_Check(args[10]) || !PyBytes_Check(args[11])) {
+    if (nargs != 10 || !PyBytes_Check(args[8]) || !PyBytes_Check(args[9])) {
         PyErr_SetString(PyExc_TypeError,
-                        "encode_pack(tokens, books: dict, live, meta: dict, depth, published_at, "
-                        "mid_spread, fallback, n_shards, maxlen, book_prefix: bytes, "
-                        "stream_prefix: bytes)");
+                        "encode_pack(tokens, table, depth, published_at, mid_spread, fallback, "
+                        "n_shards, maxlen, book_prefix: bytes, stream_prefix: bytes)");
         return NULL;
     }
-    PyObject *tokens = args[0], *books = args[1], *live = args[2], *meta = args[3];
-    PyObject *mid_spread = args[6], *fallback = args[7], *book_prefix = args[10],
-             *stream_prefix = args[11];
-    Py_ssize_t depth = PyLong_AsSsize_t(args[4]);
+    TokensObject *T = tokens_arg(args[1]);
+    if (!T) return NULL;
+    PyObject *tokens = args[0], *mid_spread = args[4], *fallback = args[5],
+             *book_prefix = args[8], *stream_prefix = args[9];
+    Py_ssize_t depth = PyLong_AsSsize_t(args[2]);
     if (depth == -1 && PyErr_Occurred()) return NULL;
-    long long published_at = PyLong_AsLongLong(args[5]);
+    long long published_at = PyLong_AsLongLong(args[3]);
     if (published_at == -1 && PyErr_Occurred()) return NULL;
-    Py_ssize_t n_shards = PyLong_AsSsize_t(args[8]);
+    Py_ssize_t n_shards = PyLong_AsSsize_t(args[6]);
     if (n_shards == -1 && PyErr_Occurred()) return NULL;
-    long long maxlen = PyLong_AsLongLong(args[9]);
+    long long maxlen = PyLong_AsLongLong(args[7]);
     if (maxlen == -1 && PyErr_Occurred()) return NULL;
     if (n_shards < 1) n_shards = 1;
     if (PyBytes_GET_SIZE(stream_prefix) > 100) {
@@ -2377,17 +2755,13 @@ static PyObject *encode_pack(PyObject *self, PyObject *const *args, Py_ssize_t n
                 goto done;
             }
         }
-        PyObject *book = PyDict_GetItemWithError(books, token), *side = NULL;
+        PyObject *book, *f, *side;
+        if (top_context(T, token, &book, &f, &side) < 0) goto done;
         if (!book) {
-            if (PyErr_Occurred()) goto done;
             Py_CLEAR(token);
             continue;
         }
-        Py_INCREF(book);
         int ok = 0, r;
-        int fresh;
-        if (top_context(meta, live, token, &side, &fresh) < 0) goto next;
-        PyObject *f = fresh ? Py_True : Py_False;
         top->n = 0;
         r = encode_top_into(top, book, f, side, depth, pa, pan, mid_spread);
         if (r < 0) goto next;
@@ -2548,12 +2922,12 @@ static PyMethodDef methods[] = {
     {"encode_top", (PyCFunction)(void (*)(void))encode_top, METH_FASTCALL,
      "encode_top(book, fresh, last_trade_side, depth, published_at, mid_spread) -> bytes|None"},
     {"encode_tops", (PyCFunction)(void (*)(void))encode_tops, METH_FASTCALL,
-     "encode_tops(tokens, books, live, meta, depth, published_at, mid_spread, fallback)"},
+     "encode_tops(tokens, table, depth, published_at, mid_spread, fallback)"},
     {"pack_publish", (PyCFunction)(void (*)(void))pack_publish, METH_FASTCALL,
      "pack_publish(items, n_shards, maxlen, book_prefix, stream_prefix) -> (bytes, replies)"},
     {"encode_pack", (PyCFunction)(void (*)(void))encode_pack, METH_FASTCALL,
-     "encode_pack(tokens, books, live, meta, depth, published_at, mid_spread, fallback, "
-     "n_shards, maxlen, book_prefix, stream_prefix) -> (payload, replies, tops)"},
+     "encode_pack(tokens, table, depth, published_at, mid_spread, fallback, n_shards, maxlen, "
+     "book_prefix, stream_prefix) -> (payload, replies, tops)"},
     {"hash_text", (PyCFunction)(void (*)(void))hash_text, METH_FASTCALL,
      "hash_text(book, timestamp, last_trade_price) -> bytes: the book hash's SHA-1 input."},
     {NULL, NULL, 0, NULL}};
@@ -2568,10 +2942,7 @@ static struct PyModuleDef moduledef = {
 
 PyMODINIT_FUNC PyInit__fastbook(void) {
     INTERN(s_stats, "stats");
-    INTERN(s_live, "_live");
-    INTERN(s_meta, "_meta");
-    INTERN(s_claims, "_claims");
-    INTERN(s_dirty, "_dirty");
+    INTERN(s_tokens, "_tokens");
     INTERN(s_verify, "verify");
     INTERN(s_frames, "frames");
     INTERN(s_events, "events");
@@ -2588,28 +2959,30 @@ PyMODINIT_FUNC PyInit__fastbook(void) {
     INTERN(s_ask_top_json, "_ask_top_json");
     INTERN(s_timestamp, "timestamp");
     INTERN(s_hash, "hash");
-    INTERN(s_set_level, "_set_level");
     INTERN(s_verify_m, "_verify");
     INTERN(s_price_change, "price_change");
     INTERN(s_flush, "flush");
     INTERN(s_entry, "entry");
-    INTERN(s_empty, "");
     INTERN(s_asset_id, "asset_id");
     INTERN(s_market, "market");
     INTERN(s_last_trade_price, "last_trade_price");
     INTERN(s_tick_size, "tick_size");
     INTERN(s_min_order_size, "min_order_size");
     INTERN(s_neg_risk, "neg_risk");
-    INTERN(s_last_trade, "last_trade");
-    INTERN(s_side, "side");
     crc_init();
     pack_bufs_init(&g_pack);
-    if (PyType_Ready(&Levels_Type) < 0) return NULL;
+    if (PyType_Ready(&Levels_Type) < 0 || PyType_Ready(&Tokens_Type) < 0) return NULL;
     PyObject *m = PyModule_Create(&moduledef);
     if (!m) return NULL;
     Py_INCREF(&Levels_Type);
     if (PyModule_AddObject(m, "Levels", (PyObject *)&Levels_Type) < 0) {
         Py_DECREF(&Levels_Type);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&Tokens_Type);
+    if (PyModule_AddObject(m, "Tokens", (PyObject *)&Tokens_Type) < 0) {
+        Py_DECREF(&Tokens_Type);
         Py_DECREF(m);
         return NULL;
     }

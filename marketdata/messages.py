@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Container, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypedDict
 
@@ -554,6 +554,41 @@ class _TokenMeta:
     verified_at: float = float("-inf")  # monotonic seconds of the last flush-mode check
 
 
+class _NativeClaims(MutableMapping[str, str]):
+    """`BookKeeper._claims` on the compiled path: each token's pending claim is held by its
+    book's C object, where the compiled feed writes it (`_fastbook.Tokens`); this is the
+    dict-like view the keeper's Python code uses (the same code as on the pure path)."""
+
+    __slots__ = ("_tokens",)
+
+    def __init__(self, tokens: Any) -> None:
+        self._tokens = tokens
+
+    def __getitem__(self, token_id: str) -> str:
+        price: str | None = self._tokens.claim(token_id)
+        if price is None:
+            raise KeyError(token_id)
+        return price
+
+    def __setitem__(self, token_id: str, price: str) -> None:
+        self._tokens.set_claim(token_id, price)
+
+    def __delitem__(self, token_id: str) -> None:
+        if self._tokens.set_claim(token_id, None) is None:
+            raise KeyError(token_id)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tokens.claimed())
+
+    def __len__(self) -> int:
+        return self._tokens.claim_count()  # type: ignore[no-any-return]
+
+    def pop(self, token_id: str, default: Any = None) -> Any:  # type: ignore[override]
+        """One call instead of MutableMapping's lookup + delete."""
+        price = self._tokens.set_claim(token_id, None)
+        return default if price is None else price
+
+
 class BookKeeper:
     """Owns the local books of the tracked tokens and applies feed events to them.
 
@@ -588,7 +623,11 @@ class BookKeeper:
       `parse_frame` + `normalise` + `apply`, fused for `price_change` frames.
     * `native`: use the compiled path (marketdata/fastbook.py) for `price_change` frames and
       top encoding: None (default) = when it is built and not switched off, False = never,
-      True = required (ValueError if unavailable). Same results either way.
+      True = required (ValueError if unavailable). Same results either way. Compiled, the
+      per-token state the feed and the flush use is held in C (`_tokens`, a
+      `_fastbook.Tokens`): the claims (`_claims` is a view on it), the tokens the compiled
+      feed touched (merged into `_dirty` at a drain, see `_take_dirty`) and a copy of each
+      token's liveness, freshness and last trade side (`_sync`, after every change to them).
     """
 
     def __init__(
@@ -623,10 +662,15 @@ class BookKeeper:
         self._meta: dict[str, _TokenMeta] = {}
         self._books: dict[str, OrderBook] = {}  # every token that ever had a valid snapshot
         self._live: dict[str, OrderBook] = {}  # the in-sync ones: deltas are applied to these
+        # The compiled path's table of the tracked tokens (see the class docstring).
+        self._tokens: Any = self._native.Tokens() if self._native is not None else None
         # flush mode: token -> price of its last hash-carrying entry, whose hash (book.hash)
         # and timestamp (book.timestamp) are not checked yet.
-        self._claims: dict[str, str] = {}
-        self._dirty: set[str] = set()  # touched since the last drain
+        self._claims: MutableMapping[str, str] = (
+            _NativeClaims(self._tokens) if self._tokens is not None else {}
+        )
+        # touched since the last drain (compiled: plus those in `_tokens`, see _take_dirty)
+        self._dirty: set[str] = set()
         self.last_hash_result: dict[str, HashCheck] = {}  # token -> outcome of its last check
         self._trades: list[EncodedTrade] = []  # trade prints since the last drain_trades_json
 
@@ -646,6 +690,8 @@ class BookKeeper:
         meta = self._meta.get(token_id)
         if meta is None:
             self._meta[token_id] = _TokenMeta(market, min_order_size, neg_risk, tick_size)
+            if self._tokens is not None:
+                self._tokens.track(token_id)
             return
         meta.market = market or meta.market
         meta.min_order_size, meta.neg_risk = min_order_size, neg_risk
@@ -663,6 +709,8 @@ class BookKeeper:
         self._claims.pop(token_id, None)
         self._bursts.pop(token_id, None)
         self._dirty.discard(token_id)
+        if self._tokens is not None:
+            self._tokens.untrack(token_id)  # its claim and dirty flag go with it
 
     def tracked(self) -> set[str]:
         return set(self._meta)
@@ -701,6 +749,32 @@ class BookKeeper:
         self._live.pop(token_id, None)
         self._claims.pop(token_id, None)
         self._dirty.add(token_id)  # publish it as not fresh
+        self._sync(token_id)
+
+    def _sync(self, token_id: str) -> None:
+        """Compiled path: copy the token's liveness, freshness (live and not in an unproven
+        trade burst) and last trade side to `_tokens`, where the compiled feed and flush read
+        them. Called after every change to `_live`, `_bursts` or a token's last trade."""
+        tokens = self._tokens
+        if tokens is not None:
+            meta = self._meta.get(token_id)
+            last = meta.last_trade if meta is not None else None
+            live = token_id in self._live
+            fresh = live and token_id not in self._bursts
+            tokens.sync(token_id, live, fresh, last.side if last is not None else None)
+
+    def _take_dirty(self) -> set[str]:
+        """The tokens touched since the last drain, now taken (the drain's input)."""
+        dirty, self._dirty = self._dirty, set()
+        if self._tokens is not None:
+            self._tokens.take_dirty(dirty)
+        return dirty
+
+    def _dirty_tokens(self) -> set[str]:
+        """The tokens touched since the last drain, left in place (tests, tools)."""
+        if self._tokens is None:
+            return set(self._dirty)
+        return self._dirty | set(self._tokens.dirty())
 
     # --- applying events --------------------------------------------------------------------
 
@@ -888,6 +962,8 @@ class BookKeeper:
                 if not book.last_trade_price and meta.last_trade is not None:
                     book.last_trade_price = meta.last_trade.price
                 self._books[asset_id] = book
+                if self._tokens is not None:
+                    self._tokens.set_book(asset_id, book)
             else:
                 book.replace_from_snapshot(msg)
         except ValueError as exc:
@@ -904,6 +980,7 @@ class BookKeeper:
         self._bursts.pop(asset_id, None)
         self._live[asset_id] = book
         self._dirty.add(asset_id)
+        self._sync(asset_id)
         if self.verify != "off" and book.hash:
             extra = (claimed_price,) if claimed_price else ()
             meta.verified_at = self._clock()  # counts as the token's check for the interval
@@ -937,6 +1014,7 @@ class BookKeeper:
         if book is not None:
             book.last_trade_price = price
         self._dirty.add(asset_id)
+        self._sync(asset_id)
         return {asset_id}
 
     # --- hash checks ------------------------------------------------------------------------
@@ -1034,6 +1112,7 @@ class BookKeeper:
             stats.reject("hash_mismatch", f"{asset_id[:16]}… ts={ts} expected {expected}")
             self._hold(asset_id, meta, "hash mismatch")
         self.last_hash_result[asset_id] = result
+        self._sync(asset_id)
         return result
 
     # --- output -----------------------------------------------------------------------------
@@ -1055,8 +1134,7 @@ class BookKeeper:
         """Check the due hash claims, then the tops of every token touched since the last
         drain (for `PriceBus.publish`). Tokens without any valid snapshot are skipped."""
         self.verify_pending()
-        dirty, self._dirty = self._dirty, set()
-        return [top for top in (self.top(t, depth) for t in dirty) if top is not None]
+        return [top for top in (self.top(t, depth) for t in self._take_dirty()) if top is not None]
 
     def drain_trades_json(self) -> list[EncodedTrade]:
         """The trade prints applied since the last call, in feed order, encoded for
@@ -1064,24 +1142,18 @@ class BookKeeper:
         trades, self._trades = self._trades, []
         return trades
 
-    def _drain_dirty(self) -> tuple[set[str], Container[str], int]:
-        """For the drain_tops_* methods: check the due hash claims, then take the tokens
-        touched since the last drain; with the tokens published fresh and published_at."""
+    def drain_tops_json(self, depth: int = DEFAULT_DEPTH) -> list[EncodedTop]:
+        """`drain_tops`, already encoded for `PriceBus.publish_json` (the feed's hot path)."""
         self.verify_pending()
-        dirty, self._dirty = self._dirty, set()
+        dirty, published_at, native = self._take_dirty(), now_ms(), self._native
+        if native is not None:  # the same loop in C, over the tokens' state in `_tokens`
+            return native.encode_tops(  # type: ignore[no-any-return]
+                dirty, self._tokens, depth, published_at, mid_spread, _encode_top_kw
+            )
+        books, meta = self._books, self._meta
         live: Container[str] = self._live
         if self._bursts:  # books in an unproven trade burst are published not fresh
             live = {t: b for t, b in self._live.items() if t not in self._bursts}
-        return dirty, live, now_ms()
-
-    def drain_tops_json(self, depth: int = DEFAULT_DEPTH) -> list[EncodedTop]:
-        """`drain_tops`, already encoded for `PriceBus.publish_json` (the feed's hot path)."""
-        dirty, live, published_at = self._drain_dirty()
-        books, meta, native = self._books, self._meta, self._native
-        if native is not None:  # the same loop in C
-            return native.encode_tops(  # type: ignore[no-any-return]
-                dirty, books, live, meta, depth, published_at, mid_spread, _encode_top_kw
-            )
         out: list[EncodedTop] = []
         for token_id in dirty:
             book = books.get(token_id)
@@ -1110,14 +1182,12 @@ class BookKeeper:
                 return b"", 0, 0
             payload, replies = pack_publish(items, n_shards, maxlen)
             return payload, replies, len(items)
-        dirty, live, published_at = self._drain_dirty()
+        self.verify_pending()
         return native.encode_pack(  # type: ignore[no-any-return]
-            dirty,
-            self._books,
-            live,
-            self._meta,
+            self._take_dirty(),
+            self._tokens,
             depth,
-            published_at,
+            now_ms(),
             mid_spread,
             _encode_top_kw,
             n_shards,
