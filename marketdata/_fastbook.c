@@ -1362,9 +1362,9 @@ typedef struct {
     LevelsObject *core;  /* the book's Levels (strong), NULL with it */
 } tok_t;
 
-typedef struct {
-    PyObject *asset;     /* strong */
-    LevelsObject *core;  /* strong; listed when its dirty flag was set */
+typedef struct { /* all strong */
+    PyObject *asset, *book;
+    LevelsObject *core; /* listed when its dirty flag was set */
 } dirty_t;
 
 typedef struct {
@@ -1420,7 +1420,8 @@ static void core_set_claim(TokensObject *T, LevelsObject *core, PyObject *price)
     Py_XSETREF(core->claim, price);
 }
 
-static int core_mark_dirty(TokensObject *T, PyObject *asset, LevelsObject *core) {
+static int core_mark_dirty(TokensObject *T, tok_t *t) {
+    LevelsObject *core = t->core;
     if (core->dirty) return 0;
     if (T->n_dirty == T->cap_dirty) {
         Py_ssize_t cap = T->cap_dirty ? T->cap_dirty * 2 : 256;
@@ -1432,11 +1433,21 @@ static int core_mark_dirty(TokensObject *T, PyObject *asset, LevelsObject *core)
         T->dirty = d;
         T->cap_dirty = cap;
     }
-    Py_INCREF(asset);
+    Py_INCREF(t->asset);
+    Py_INCREF(t->book);
     Py_INCREF(core);
-    T->dirty[T->n_dirty++] = (dirty_t){asset, core};
+    T->dirty[T->n_dirty++] = (dirty_t){t->asset, t->book, core};
     core->dirty = 1;
     return 0;
+}
+
+static void dirty_release(dirty_t *v, Py_ssize_t n) {
+    for (Py_ssize_t k = 0; k < n; k++) {
+        Py_DECREF(v[k].asset);
+        Py_DECREF(v[k].book);
+        Py_DECREF(v[k].core);
+    }
+    PyMem_Free(v);
 }
 
 /* A row's book goes (untrack, or another book): its Levels no longer speaks for the token. */
@@ -1483,12 +1494,8 @@ static void Tokens_dealloc(TokensObject *T) {
         tok_drop_book(T, &T->slots[k]);
         Py_CLEAR(T->slots[k].asset);
     }
-    for (Py_ssize_t k = 0; k < T->n_dirty; k++) {
-        Py_DECREF(T->dirty[k].asset);
-        Py_DECREF(T->dirty[k].core);
-    }
+    dirty_release(T->dirty, T->n_dirty);
     PyMem_Free(T->slots);
-    PyMem_Free(T->dirty);
     Py_TYPE(T)->tp_free((PyObject *)T);
 }
 
@@ -1633,12 +1640,10 @@ static int dirty_collect(TokensObject *T, PyObject *into, int take) {
         if ((take ? PySet_Add(into, d->asset) : PyList_Append(into, d->asset)) < 0) return -1;
     }
     if (take) {
-        for (Py_ssize_t k = 0; k < T->n_dirty; k++) {
-            T->dirty[k].core->dirty = 0;
-            Py_DECREF(T->dirty[k].asset);
-            Py_DECREF(T->dirty[k].core);
-        }
-        T->n_dirty = 0;
+        for (Py_ssize_t k = 0; k < T->n_dirty; k++) T->dirty[k].core->dirty = 0;
+        dirty_release(T->dirty, T->n_dirty);
+        T->dirty = NULL;
+        T->n_dirty = T->cap_dirty = 0;
     }
     return 0;
 }
@@ -1749,7 +1754,7 @@ static int apply_entries(PyObject *keeper, scan_t *sc) {
         int ok = side_set(&core->side[e->is_bid], e->is_bid, price, e->size.p, e->size.n, NULL,
                           is_zero_size(e->size)) == 0 &&
                  text_put(TEXT_FIELD(core, ts), sc->ts.p, sc->ts.n) == 0 &&
-                 core_mark_dirty(T, t->asset, core) == 0 &&
+                 core_mark_dirty(T, t) == 0 &&
                  (e->has_hash ? text_put(TEXT_FIELD(core, hash), e->hash.p, e->hash.n)
                               : text_put(TEXT_FIELD(core, hash), "", 0)) == 0;
         if (ok) {
@@ -2371,18 +2376,90 @@ static PyObject *bind(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
 /* ---------------------------------------------------------------------------------------- */
 /* encode_tops and pack_publish: the flush, per token touched                                 */
 
-/* What a token's top needs from its row: its book (a new reference), and from the book's
- * Levels whether it is published fresh and the side of its last trade (a new reference, None
- * when it has none). 0 with *book NULL when the token has no row or no book yet; -1 on error. */
-static int top_context(TokensObject *T, PyObject *token, PyObject **book, PyObject **fresh,
-                       PyObject **side) {
-    *book = *side = NULL;
-    tok_t *t = tok_find_str(T, token);
-    if (!t || !t->book) return PyErr_Occurred() ? -1 : 0;
-    *book = Py_NewRef(t->book);
-    *fresh = t->core->fresh ? Py_True : Py_False;
-    *side = Py_NewRef(t->core->trade_side ? t->core->trade_side : Py_None);
+/* What a token's top needs: its book and from the book's Levels whether it is published fresh
+ * and the side of its last trade (None when it has none). */
+static void top_of(PyObject *book, LevelsObject *core, PyObject **out_book, PyObject **fresh,
+                   PyObject **side) {
+    *out_book = Py_NewRef(book);
+    *fresh = core->fresh ? Py_True : Py_False;
+    *side = Py_NewRef(core->trade_side ? core->trade_side : Py_None);
+}
+
+/* The tokens a flush publishes: those given (BookKeeper._dirty, marked by Python code), then
+ * those of the table's dirty list (marked by the compiled feed) not among them. The list is
+ * taken at the start (marks made meanwhile go to a new one), and every token of it is taken,
+ * published or not (as Python's drain swaps its set out first). */
+typedef struct {
+    PyObject *it, *seen; /* over the tokens given; seen: to refuse repeats, or NULL */
+    TokensObject *T;
+    dirty_t *v;          /* the dirty list taken */
+    Py_ssize_t n, k;
+} tops_iter_t;
+
+/* 0, or -1 with nothing taken. */
+static int tops_begin(tops_iter_t *ti, PyObject *tokens, TokensObject *T, int distinct) {
+    ti->seen = NULL;
+    if (!(ti->it = PyObject_GetIter(tokens))) return -1;
+    if (distinct && !PyAnySet_Check(tokens) && !(ti->seen = PySet_New(NULL))) {
+        Py_CLEAR(ti->it);
+        return -1;
+    }
+    ti->T = T;
+    ti->v = T->dirty;
+    ti->n = T->n_dirty;
+    ti->k = 0;
+    T->dirty = NULL;
+    T->n_dirty = T->cap_dirty = 0;
     return 0;
+}
+
+/* The next token with a book: 1 with new references in *token, *book, *side (and *fresh), 0
+ * when there are no more, -1 on error. */
+static int tops_next(tops_iter_t *ti, PyObject **token, PyObject **book, PyObject **fresh,
+                     PyObject **side) {
+    PyObject *t;
+    while (ti->it && (t = PyIter_Next(ti->it))) {
+        int dup = 0;
+        if (!PyUnicode_Check(t)) {
+            PyErr_SetString(PyExc_TypeError, "token ids must be str");
+        } else if (ti->seen && (dup = PySet_Contains(ti->seen, t)) == 0) {
+            dup = PySet_Add(ti->seen, t);
+        } else if (dup > 0) {
+            PyErr_SetString(PyExc_ValueError, "tokens must be distinct");
+        }
+        tok_t *row = PyErr_Occurred() ? NULL : tok_find_str(ti->T, t);
+        if (PyErr_Occurred()) {
+            Py_DECREF(t);
+            return -1;
+        }
+        if (row && row->book) {
+            row->core->dirty = 0; /* published now: not again from the dirty list */
+            *token = t;
+            top_of(row->book, row->core, book, fresh, side);
+            return 1;
+        }
+        Py_DECREF(t);
+    }
+    if (ti->it) {
+        if (PyErr_Occurred()) return -1;
+        Py_CLEAR(ti->it);
+    }
+    while (ti->k < ti->n) {
+        dirty_t *d = &ti->v[ti->k++];
+        if (!d->core->dirty) continue; /* published above, or untracked since */
+        d->core->dirty = 0;
+        *token = Py_NewRef(d->asset);
+        top_of(d->book, d->core, book, fresh, side);
+        return 1;
+    }
+    return 0;
+}
+
+static void tops_end(tops_iter_t *ti) {
+    for (Py_ssize_t j = ti->k; j < ti->n; j++) ti->v[j].core->dirty = 0; /* taken all the same */
+    dirty_release(ti->v, ti->n);
+    Py_CLEAR(ti->it);
+    Py_CLEAR(ti->seen);
 }
 
 static TokensObject *tokens_arg(PyObject *arg) {
@@ -2394,9 +2471,9 @@ static TokensObject *tokens_arg(PyObject *arg) {
 }
 
 /* encode_tops(tokens, table, depth, published_at, mid_spread, fallback)
- * -> [(token_id, top JSON), ...]: BookKeeper.drain_tops_json's loop over the tokens of a
- * Tokens table (those without a book are skipped). `fallback(book, fresh, last_trade_side,
- * depth, published_at)` encodes what encode_top leaves to Python. */
+ * -> [(token_id, top JSON), ...]: BookKeeper.drain_tops_json's loop over `tokens` and the
+ * table's dirty tokens (tops_iter_t; those without a book are skipped). `fallback(book, fresh,
+ * last_trade_side, depth, published_at)` encodes what encode_top leaves to Python. */
 static PyObject *encode_tops(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 6) {
         PyErr_SetString(PyExc_TypeError, "encode_tops(tokens, table, depth, published_at, "
@@ -2410,17 +2487,14 @@ static PyObject *encode_tops(PyObject *self, PyObject *const *args, Py_ssize_t n
     if (depth == -1 && PyErr_Occurred()) return NULL;
     long long published_at = PyLong_AsLongLong(args[3]);
     if (published_at == -1 && PyErr_Occurred()) return NULL;
-    PyObject *out = PyList_New(0), *it = PyObject_GetIter(tokens), *token;
-    if (!out || !it) goto fail;
-    while ((token = PyIter_Next(it))) {
-        PyObject *book, *f, *side, *blob = NULL;
+    PyObject *out = PyList_New(0), *token, *book, *f, *side;
+    if (!out) return NULL;
+    tops_iter_t ti;
+    if (tops_begin(&ti, tokens, T, 0) < 0) goto fail;
+    int more;
+    while ((more = tops_next(&ti, &token, &book, &f, &side)) > 0) {
+        PyObject *blob = encode_top_impl(book, f, side, depth, published_at, mid_spread);
         int ok = 0;
-        if (top_context(T, token, &book, &f, &side) < 0 || !book) {
-            Py_DECREF(token);
-            if (PyErr_Occurred()) goto fail;
-            continue;
-        }
-        blob = encode_top_impl(book, f, side, depth, published_at, mid_spread);
         if (blob == Py_None) {
             Py_DECREF(blob);
             blob = PyObject_CallFunction(fallback, "OOOnL", book, f, side, depth, published_at);
@@ -2431,17 +2505,18 @@ static PyObject *encode_tops(PyObject *self, PyObject *const *args, Py_ssize_t n
             Py_XDECREF(pair);
         }
         Py_DECREF(book);
-        Py_XDECREF(side);
+        Py_DECREF(side);
         Py_XDECREF(blob);
         Py_DECREF(token);
-        if (!ok) goto fail;
+        if (!ok) {
+            more = -1;
+            break;
+        }
     }
-    if (PyErr_Occurred()) goto fail;
-    Py_DECREF(it);
-    return out;
+    tops_end(&ti);
+    if (more == 0) return out;
 fail:
-    Py_XDECREF(it);
-    Py_XDECREF(out);
+    Py_DECREF(out);
     return NULL;
 }
 
@@ -2723,7 +2798,9 @@ static PyObject *encode_pack(PyObject *self, PyObject *const *args, Py_ssize_t n
     char pa[32];
     Py_ssize_t pan = int_text(pa, published_at);
 
-    PyObject *result = NULL, *it = NULL, *token = NULL, *seen = NULL;
+    PyObject *result = NULL, *token = NULL, *book, *f, *side;
+    tops_iter_t ti;
+    int iterating = 0, more;
     pack_bufs_t own, *pb = &g_pack;
     int shared = !g_pack_busy;
     if (shared) {
@@ -2740,27 +2817,10 @@ static PyObject *encode_pack(PyObject *self, PyObject *const *args, Py_ssize_t n
     }
     if (pack_bufs_ready(pb, n_shards) < 0) goto done;
     buf_t *mset = &pb->mset, *top = &pb->top;
-    if (!PyAnySet_Check(tokens) && !(seen = PySet_New(NULL))) goto done;
-    if (!(it = PyObject_GetIter(tokens))) goto done;
-    while ((token = PyIter_Next(it))) {
-        if (!PyUnicode_Check(token)) {
-            PyErr_SetString(PyExc_TypeError, "token ids must be str");
-            goto done;
-        }
-        if (seen) { /* the MSET would keep one top per token but XADD every one */
-            int dup = PySet_Contains(seen, token);
-            if (dup < 0 || (!dup && PySet_Add(seen, token) < 0)) goto done;
-            if (dup) {
-                PyErr_SetString(PyExc_ValueError, "encode_pack: tokens must be distinct");
-                goto done;
-            }
-        }
-        PyObject *book, *f, *side;
-        if (top_context(T, token, &book, &f, &side) < 0) goto done;
-        if (!book) {
-            Py_CLEAR(token);
-            continue;
-        }
+    /* distinct: the MSET would keep one top per token but XADD every one */
+    if (tops_begin(&ti, tokens, T, 1) < 0) goto done;
+    iterating = 1;
+    while ((more = tops_next(&ti, &token, &book, &f, &side)) > 0) {
         int ok = 0, r;
         top->n = 0;
         r = encode_top_into(top, book, f, side, depth, pa, pan, mid_spread);
@@ -2797,11 +2857,11 @@ static PyObject *encode_pack(PyObject *self, PyObject *const *args, Py_ssize_t n
         ok = 1;
     next:
         Py_DECREF(book);
-        Py_XDECREF(side);
+        Py_DECREF(side);
         Py_CLEAR(token);
         if (!ok) goto done;
     }
-    if (PyErr_Occurred()) goto done;
+    if (more < 0) goto done;
     if (!tops) {
         result = Py_BuildValue("(y#nn)", "", (Py_ssize_t)0, (Py_ssize_t)0, (Py_ssize_t)0);
         goto done;
@@ -2875,8 +2935,7 @@ static PyObject *encode_pack(PyObject *self, PyObject *const *args, Py_ssize_t n
     }
 done:
     Py_XDECREF(token);
-    Py_XDECREF(it);
-    Py_XDECREF(seen);
+    if (iterating) tops_end(&ti);
     PyMem_Free(order);
     if (shared) {
         pack_bufs_trim(pb);

@@ -764,7 +764,8 @@ class BookKeeper:
             tokens.sync(token_id, live, fresh, last.side if last is not None else None)
 
     def _take_dirty(self) -> set[str]:
-        """The tokens touched since the last drain, now taken (the drain's input)."""
+        """The tokens touched since the last drain, now taken (the drain's input; the compiled
+        drain_tops_json/_packed take those of `_tokens` themselves, in C)."""
         dirty, self._dirty = self._dirty, set()
         if self._tokens is not None:
             self._tokens.take_dirty(dirty)
@@ -1145,11 +1146,13 @@ class BookKeeper:
     def drain_tops_json(self, depth: int = DEFAULT_DEPTH) -> list[EncodedTop]:
         """`drain_tops`, already encoded for `PriceBus.publish_json` (the feed's hot path)."""
         self.verify_pending()
-        dirty, published_at, native = self._take_dirty(), now_ms(), self._native
+        native = self._native
         if native is not None:  # the same loop in C, over the tokens' state in `_tokens`
+            dirty, self._dirty = self._dirty, set()  # with those of `_tokens`, taken in C
             return native.encode_tops(  # type: ignore[no-any-return]
-                dirty, self._tokens, depth, published_at, mid_spread, _encode_top_kw
+                dirty, self._tokens, depth, now_ms(), mid_spread, _encode_top_kw
             )
+        dirty, published_at = self._take_dirty(), now_ms()
         books, meta = self._books, self._meta
         live: Container[str] = self._live
         if self._bursts:  # books in an unproven trade burst are published not fresh
@@ -1183,8 +1186,9 @@ class BookKeeper:
             payload, replies = pack_publish(items, n_shards, maxlen)
             return payload, replies, len(items)
         self.verify_pending()
+        dirty, self._dirty = self._dirty, set()  # with those of `_tokens`, taken in C
         return native.encode_pack(  # type: ignore[no-any-return]
-            self._take_dirty(),
+            dirty,
             self._tokens,
             depth,
             now_ms(),
