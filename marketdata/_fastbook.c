@@ -249,49 +249,43 @@ static inline void skip_ws(scan_t *sc) {
         sc->s++;
 }
 
-/* A JSON string without escapes, printable ASCII only: its contents in *out. Eight bytes at
- * a time: a word with no '"', no '\\', no control byte and no byte >= 0x80 is skipped whole. */
-
-static int scan_str(scan_t *sc, span_t *out) {
-    if (sc->s >= sc->end || *sc->s != '"') return 0;
-    const char *start = ++sc->s;
+/* The end of a JSON string's contents from just after its opening quote: its closing quote,
+ * if what comes before it is printable ASCII without escapes; else NULL. */
+static inline const char *str_end(const char *s, const char *end) {
 #if defined(__SSE2__)
     /* Sixteen bytes at a time: the first '"', '\\', control byte or byte >= 0x80 (a signed
-     * byte below 0x20 is one of the last two). */
+     * byte below 0x20 is one of the last two) ends the run; only a '"' ends it well. */
     const __m128i quote = _mm_set1_epi8('"'), bslash = _mm_set1_epi8('\\'),
                   space = _mm_set1_epi8(0x20);
-    while (sc->end - sc->s >= 16) {
-        __m128i x = _mm_loadu_si128((const __m128i *)sc->s);
+    while (end - s >= 16) {
+        __m128i x = _mm_loadu_si128((const __m128i *)s);
         __m128i m = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, quote), _mm_cmpeq_epi8(x, bslash)),
                                  _mm_cmplt_epi8(x, space));
         int mask = _mm_movemask_epi8(m);
         if (mask) {
-            sc->s += __builtin_ctz((unsigned)mask);
-            break;
+            s += __builtin_ctz((unsigned)mask);
+            return *s == '"' ? s : NULL;
         }
-        sc->s += 16;
+        s += 16;
     }
 #endif
-    while (sc->end - sc->s >= 8) {
-        uint64_t x;
-        memcpy(&x, sc->s, 8);
-        uint64_t special = has_zero(x ^ (ONES * '"')) | has_zero(x ^ (ONES * '\\')) |
-                           ((x - ONES * 0x20) & ~x & HIGHS) | (x & HIGHS);
-        if (special) break;
-        sc->s += 8;
+    for (; s < end; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"') return s;
+        if (c == '\\' || c < 0x20 || c >= 0x80) return NULL;
     }
-    while (sc->s < sc->end) {
-        unsigned char c = (unsigned char)*sc->s;
-        if (c == '"') {
-            out->p = start;
-            out->n = sc->s - start;
-            sc->s++;
-            return 1;
-        }
-        if (c == '\\' || c < 0x20 || c >= 0x80) return 0;
-        sc->s++;
-    }
-    return 0;
+    return NULL;
+}
+
+/* A JSON string without escapes, printable ASCII only: its contents in *out. */
+static int scan_str(scan_t *sc, span_t *out) {
+    if (sc->s >= sc->end || *sc->s != '"') return 0;
+    const char *start = sc->s + 1, *q = str_end(start, sc->end);
+    if (!q) return 0;
+    out->p = start;
+    out->n = q - start;
+    sc->s = q + 1;
+    return 1;
 }
 
 static inline int span_is(span_t sp, const char *lit, Py_ssize_t n) {
@@ -330,6 +324,65 @@ static int valid_price(span_t v) {
         if (v.p[i] != '0') frac_nonzero = 1;
     if (int_nonzero) return int_is_one && !frac_nonzero; /* exactly 1 */
     return frac_nonzero;
+}
+
+/* The checks every entry passes: a token id, a side, a price and a size (book.py's rules). */
+static int entry_valid(entry_t *e, span_t side) {
+    if (e->asset.n == 0) return 0;
+    if (SPAN_IS(side, "BUY"))
+        e->is_bid = 1;
+    else if (SPAN_IS(side, "SELL"))
+        e->is_bid = 0;
+    else
+        return 0;
+    return valid_price(e->price) && plain_decimal(e->size);
+}
+
+/* An entry exactly as Polymarket writes it (compact, its keys in this order):
+ * {"asset_id":"..","price":"..","size":"..","side":"..","hash":"..","best_bid":"..",
+ * "best_ask":".."}. 1 with the entry read (sc->s past it), 0 with sc->s unchanged if the
+ * entry is not in that form (scan_entry reads any other form). */
+static int scan_entry_compact(scan_t *sc, entry_t *e) {
+    const char *s = sc->s, *end = sc->end, *q;
+    span_t side;
+#define LIT(lit)                                                                           \
+    do {                                                                                   \
+        if (end - s < (Py_ssize_t)sizeof(lit) - 1 || memcmp(s, lit, sizeof(lit) - 1)) return 0; \
+        s += sizeof(lit) - 1;                                                              \
+    } while (0)
+#define VAL(sp)                                       \
+    do {                                              \
+        if (!(q = str_end(s, end))) return 0;         \
+        (sp) = (span_t){s, q - s};                    \
+        s = q + 1;                                    \
+    } while (0)
+#define SKIP()                                        \
+    do {                                              \
+        if (!(q = str_end(s, end))) return 0;         \
+        s = q + 1;                                    \
+    } while (0)
+    LIT("{\"asset_id\":\"");
+    VAL(e->asset);
+    LIT(",\"price\":\"");
+    VAL(e->price);
+    LIT(",\"size\":\"");
+    VAL(e->size);
+    LIT(",\"side\":\"");
+    VAL(side);
+    LIT(",\"hash\":\"");
+    VAL(e->hash);
+    LIT(",\"best_bid\":\""); /* best_bid and best_ask: checked as strings, not used */
+    SKIP();
+    LIT(",\"best_ask\":\"");
+    SKIP();
+    LIT("}");
+#undef LIT
+#undef VAL
+#undef SKIP
+    e->has_hash = 1;
+    if (!entry_valid(e, side)) return 0;
+    sc->s = s;
+    return 1;
 }
 
 static int scan_entry(scan_t *sc, entry_t *e) {
@@ -388,14 +441,7 @@ static int scan_entry(scan_t *sc, entry_t *e) {
     }
     if ((seen & (K_ASSET | K_PRICE | K_SIZE | K_SIDE)) != (K_ASSET | K_PRICE | K_SIZE | K_SIDE))
         return 0;
-    if (e->asset.n == 0) return 0;
-    if (SPAN_IS(side, "BUY"))
-        e->is_bid = 1;
-    else if (SPAN_IS(side, "SELL"))
-        e->is_bid = 0;
-    else
-        return 0;
-    return valid_price(e->price) && plain_decimal(e->size);
+    return entry_valid(e, side);
 }
 
 static int scan_changes(scan_t *sc) {
@@ -421,7 +467,8 @@ static int scan_changes(scan_t *sc) {
             sc->entries = p;
             sc->cap = cap;
         }
-        if (!scan_entry(sc, &sc->entries[sc->count])) return 0;
+        entry_t *e = &sc->entries[sc->count];
+        if (!scan_entry_compact(sc, e) && !scan_entry(sc, e)) return 0;
         sc->count++;
         skip_ws(sc);
         if (sc->s >= sc->end) return 0;

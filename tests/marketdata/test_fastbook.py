@@ -165,13 +165,16 @@ def test_the_scanner_takes_every_recorded_price_change_frame(shared_dir):
 
 
 @pytest.mark.parametrize("odd", ['\\"', "\\u0041", "\x01", "\x1f", "é", "\x7f"])
-def test_the_scanner_leaves_any_escape_control_or_non_ascii_byte_to_python(odd):
-    """Wherever it sits in a string (the scanner tests 16 and 8 bytes at a time, then one by
-    one), an escape, a control byte or a non-ASCII character sends the frame to Python:
-    except DEL, which is plain ASCII to JSON and is taken."""
+@pytest.mark.parametrize("best", ["", ',"best_bid":"0.4","best_ask":"0.6"'])
+def test_the_scanner_leaves_any_escape_control_or_non_ascii_byte_to_python(odd, best):
+    """Wherever it sits in a string (the scanner tests 16 bytes at a time, then one by one),
+    an escape, a control byte or a non-ASCII character sends the frame to Python: except DEL,
+    which is plain ASCII to JSON and is taken. With best_bid/best_ask the entry has the exact
+    form Polymarket sends (read by the compact path), without them any other form."""
     for pos in range(0, 40):
         token = TOKEN_A[:pos] + odd + TOKEN_A[pos:]
         entry = '"asset_id":"' + token + '","price":"0.5","size":"1","side":"BUY","hash":"ab"'
+        entry += best
         frame = (
             '{"market":"0xm","price_changes":[{' + entry + '}],"timestamp":"1",'
             '"event_type":"price_change"}'
