@@ -230,7 +230,9 @@ SIZES = ["0", "0.0", ".0", "00", "100", "100.5", "5", "3.", "0.25", "12345678901
 BAD_SIZES = ["-1", "abc", "NaN", "", "1e3", "Infinity", "1,5"]
 TOKENS = [TOKEN_A, TOKEN_B, UNTRACKED, ""]
 
-hashes = st.sampled_from([None, "MISSING", "MISSING"] + [f"{i:040x}" for i in range(7)])
+# Hashes and timestamps longer than the C book keeps inline (48 and 24 characters) too.
+hashes = st.sampled_from([None, "MISSING", "MISSING", "ab" * 30] + [f"{i:040x}" for i in range(7)])
+timestamps = ["1790658674035"] * 4 + ["1790658674036", "", "0017", "0" * 20 + "1790658674035"]
 
 
 @st.composite
@@ -261,7 +263,7 @@ def price_change_frames(draw):
     msg = {
         "market": draw(st.sampled_from(["0xm"] * 8 + ['0x"q"', "0xé"])),
         "price_changes": draw(st.lists(entries(), max_size=4)),
-        "timestamp": draw(st.sampled_from(["1790658674035"] * 4 + ["1790658674036", "", "0017"])),
+        "timestamp": draw(st.sampled_from(timestamps)),
         "event_type": "price_change",
     }
     keys = list(msg)
