@@ -67,34 +67,34 @@ static inline uint64_t has_zero(uint64_t x) { return (x - ONES) & ~x & HIGHS; }
 
 static PyObject *s_stats, *s_tokens, *s_verify, *s_frames, *s_events, *s_entries_applied,
     *s_entries_untracked, *s_entries_skipped_resync, *s_bids, *s_asks, *s_bid_px, *s_ask_px,
-    *s_bid_hash_json, *s_bid_top_json, *s_ask_hash_json, *s_ask_top_json, *s_timestamp, *s_hash,
-    *s_verify_m, *s_price_change, *s_flush, *s_entry, *s_asset_id, *s_market,
-    *s_last_trade_price, *s_tick_size, *s_min_order_size, *s_neg_risk;
+    *s_timestamp, *s_hash, *s_verify_m, *s_price_change, *s_flush, *s_entry, *s_asset_id,
+    *s_market, *s_last_trade_price, *s_tick_size, *s_min_order_size, *s_neg_risk;
 
 static PyObject *g_price_strs = NULL;   /* book._PRICE_STRS */
 static PyObject *g_parse_price = NULL;  /* book.parse_price */
 static PyObject *g_dumps = NULL;        /* orjson.dumps */
 
-/* OrderBook's __slots__, read and written straight at their offsets when the object is
- * exactly an OrderBook (bind() finds the offsets from the class's member descriptors): the
- * generic attribute protocol costs more than the rest of an entry's work. */
+/* OrderBook's __slots__, read straight at their offsets when the object is exactly an
+ * OrderBook (bind() finds the offsets from the class's member descriptors): the generic
+ * attribute protocol costs more than the rest of a top's work. */
 enum {
-    F_BIDS, F_ASKS, F_BID_PX, F_ASK_PX, F_BID_HASH_JSON, F_BID_TOP_JSON, F_ASK_HASH_JSON,
-    F_ASK_TOP_JSON, F_TIMESTAMP, F_HASH, F_ASSET_ID, F_MARKET, F_LAST_TRADE_PRICE, F_TICK_SIZE,
-    F_MIN_ORDER_SIZE, F_NEG_RISK, F_COUNT
+    F_BIDS, F_ASKS, F_BID_PX, F_ASK_PX, F_TIMESTAMP, F_HASH, F_ASSET_ID, F_MARKET,
+    F_LAST_TRADE_PRICE, F_TICK_SIZE, F_MIN_ORDER_SIZE, F_NEG_RISK, F_COUNT
 };
 static PyObject *g_book_type = NULL;
-static PyObject *g_native_type = NULL; /* fastbook.NativeOrderBook: inherits these slots */
+/* fastbook.NativeOrderBook: inherits these slots, except that its timestamp and hash are
+ * properties over its Levels (the slots of those names stay empty) */
+static PyObject *g_native_type = NULL;
 static Py_ssize_t g_offsets[F_COUNT];
 static PyObject **g_field_names[F_COUNT] = {
-    &s_bids, &s_asks, &s_bid_px, &s_ask_px, &s_bid_hash_json, &s_bid_top_json,
-    &s_ask_hash_json, &s_ask_top_json, &s_timestamp, &s_hash, &s_asset_id, &s_market,
+    &s_bids, &s_asks, &s_bid_px, &s_ask_px, &s_timestamp, &s_hash, &s_asset_id, &s_market,
     &s_last_trade_price, &s_tick_size, &s_min_order_size, &s_neg_risk};
 
 /* New reference to book.<field>. */
 static inline PyObject *book_get(PyObject *book, int f) {
     PyObject *type = (PyObject *)Py_TYPE(book);
-    if ((type == g_book_type || type == g_native_type) && g_offsets[f] >= 0) {
+    if ((type == g_book_type || (type == g_native_type && f != F_TIMESTAMP && f != F_HASH)) &&
+        g_offsets[f] >= 0) {
         PyObject *v = *(PyObject **)((char *)book + g_offsets[f]);
         if (v) {
             Py_INCREF(v);
@@ -854,6 +854,7 @@ typedef struct {
     uint8_t live;         /* in BookKeeper._live: deltas are applied to it */
     uint8_t fresh;        /* published fresh: live and not in an unproven trade burst */
     uint8_t dirty;        /* touched since the last drain, listed in its Tokens' dirty list */
+    double verified_at;   /* its last flush-mode hash check (monotonic s; _TokenMeta's) */
     int16_t ts_n, hash_n; /* the inline text's length, or -1: the value is ts_obj/hash_obj */
     PyObject *claim;      /* flush mode: the price of the last hash-carrying entry, unchecked */
     PyObject *trade_side; /* the side of the token's last trade, NULL for None */
@@ -1068,6 +1069,7 @@ static PyObject *Levels_new(PyTypeObject *type, PyObject *args, PyObject *kwds) 
         return NULL;
     }
     LevelsObject *self = (LevelsObject *)type->tp_alloc(type, 0);
+    if (self) self->verified_at = -Py_HUGE_VAL;
     return (PyObject *)self;
 }
 
@@ -1391,12 +1393,13 @@ static inline LevelsObject *core_of(PyObject *book) {
 /*
  * Keyed by the token id's bytes, so that the scanner finds an entry's book without making a
  * str or probing the keeper's dicts; one row per tracked token (BookKeeper._meta), with its
- * NativeOrderBook once it had a snapshot. The token's state the feed and the flush read lives
- * on the book's Levels (live, fresh, trade side: mirrored from BookKeeper by `sync`; the
- * pending hash claim and the dirty flag: held there only), so that an entry touches one row,
- * one Levels and its side's array. BookKeeper keeps everything else (meta, resync reasons,
- * bursts, hash checks) in Python and reaches the claims through `claim`/`set_claim`, the
- * dirty tokens through `take_dirty`.
+ * NativeOrderBook once it had a snapshot. The token's state the feed, the flush and the
+ * claim sweep read lives on the book's Levels (live, fresh, trade side, last check time:
+ * mirrored from BookKeeper by `sync`; the pending hash claim and the dirty flag: held there
+ * only), so that an entry touches one row, one Levels and its side's array. BookKeeper keeps
+ * everything else (meta, resync reasons, bursts, hash checks) in Python and reaches the claims
+ * through `claim`/`set_claim`/`claimed`; the dirty tokens are taken by the compiled drains
+ * (encode_tops/encode_pack) or `take_dirty`.
  *
  * Open addressing with linear probing, doubled at half full, backward-shift deletion.
  */
@@ -1613,13 +1616,15 @@ static PyObject *Tokens_set_book(TokensObject *T, PyObject *const *args, Py_ssiz
     Py_RETURN_NONE;
 }
 
-/* sync(token_id, live, fresh, trade_side): BookKeeper's view of the token, for the feed and
- * the flush (no-op for a token without a book). */
+/* sync(token_id, live, fresh, trade_side, verified_at): BookKeeper's view of the token, for
+ * the feed, the flush and the claim sweep (no-op for a token without a book). */
 static PyObject *Tokens_sync(TokensObject *T, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "sync(token_id, live, fresh, trade_side)");
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "sync(token_id, live, fresh, trade_side, verified_at)");
         return NULL;
     }
+    double verified_at = PyFloat_AsDouble(args[4]);
+    if (verified_at == -1.0 && PyErr_Occurred()) return NULL;
     tok_t *t = tok_find_str(T, args[0]);
     if (!t) {
         if (PyErr_Occurred()) return NULL;
@@ -1631,6 +1636,7 @@ static PyObject *Tokens_sync(TokensObject *T, PyObject *const *args, Py_ssize_t 
     LevelsObject *core = t->core;
     core->live = (uint8_t)live;
     core->fresh = (uint8_t)fresh;
+    core->verified_at = verified_at;
     PyObject *side = args[3] == Py_None ? NULL : args[3];
     Py_XINCREF(side);
     Py_XSETREF(core->trade_side, side);
@@ -1664,12 +1670,21 @@ static PyObject *Tokens_set_claim(TokensObject *T, PyObject *const *args, Py_ssi
     return old;
 }
 
-/* claimed(): the tokens with a pending claim. */
-static PyObject *Tokens_claimed(TokensObject *T, PyObject *unused) {
+/* claimed(due=inf): the tokens with a pending claim whose last check was at or before `due`
+ * (BookKeeper's claim sweep: those due a check). */
+static PyObject *Tokens_claimed(TokensObject *T, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs > 1) {
+        PyErr_SetString(PyExc_TypeError, "claimed(due=inf)");
+        return NULL;
+    }
+    double due = nargs ? PyFloat_AsDouble(args[0]) : Py_HUGE_VAL;
+    if (due == -1.0 && PyErr_Occurred()) return NULL;
     PyObject *out = PyList_New(0);
     for (Py_ssize_t k = 0; out && k < T->n_slots; k++) {
         tok_t *t = &T->slots[k];
-        if (t->h && t->core && t->core->claim && PyList_Append(out, t->asset) < 0) Py_CLEAR(out);
+        if (t->h && t->core && t->core->claim && t->core->verified_at <= due &&
+            PyList_Append(out, t->asset) < 0)
+            Py_CLEAR(out);
     }
     return out;
 }
@@ -1712,16 +1727,18 @@ static PyObject *Tokens_take_dirty(TokensObject *T, PyObject *into) {
     Py_RETURN_NONE;
 }
 
-/* state(token_id) -> (has_book, live, fresh, dirty, claim, trade_side), for the tests. */
+/* state(token_id) -> (has_book, live, fresh, dirty, claim, trade_side, verified_at), for the
+ * tests (verified_at None without a book). */
 static PyObject *Tokens_state(TokensObject *T, PyObject *asset) {
     tok_t *t = tok_get(T, asset);
     if (!t) return NULL;
     LevelsObject *c = t->core;
-    if (!c) return Py_BuildValue("(OOOOOO)", Py_False, Py_False, Py_False, Py_False, Py_None,
-                                 Py_None);
-    return Py_BuildValue("(OOOOOO)", Py_True, c->live ? Py_True : Py_False,
+    if (!c) return Py_BuildValue("(OOOOOOO)", Py_False, Py_False, Py_False, Py_False, Py_None,
+                                 Py_None, Py_None);
+    return Py_BuildValue("(OOOOOOd)", Py_True, c->live ? Py_True : Py_False,
                          c->fresh ? Py_True : Py_False, c->dirty ? Py_True : Py_False,
-                         c->claim ? c->claim : Py_None, c->trade_side ? c->trade_side : Py_None);
+                         c->claim ? c->claim : Py_None, c->trade_side ? c->trade_side : Py_None,
+                         c->verified_at);
 }
 
 static Py_ssize_t Tokens_len(TokensObject *T) { return T->used; }
@@ -1732,11 +1749,12 @@ static PyMethodDef Tokens_methods[] = {
     {"set_book", (PyCFunction)(void (*)(void))Tokens_set_book, METH_FASTCALL,
      "set_book(token_id, book): the token's NativeOrderBook."},
     {"sync", (PyCFunction)(void (*)(void))Tokens_sync, METH_FASTCALL,
-     "sync(token_id, live, fresh, trade_side): the keeper's view of the token."},
+     "sync(token_id, live, fresh, trade_side, verified_at): the keeper's view of the token."},
     {"claim", (PyCFunction)Tokens_claim, METH_O, "claim(token_id): its pending claim or None."},
     {"set_claim", (PyCFunction)(void (*)(void))Tokens_set_claim, METH_FASTCALL,
      "set_claim(token_id, price | None) -> the previous claim or None."},
-    {"claimed", (PyCFunction)Tokens_claimed, METH_NOARGS, "claimed(): tokens with a claim."},
+    {"claimed", (PyCFunction)(void (*)(void))Tokens_claimed, METH_FASTCALL,
+     "claimed(due=inf): tokens with a claim, last checked at or before `due`."},
     {"claim_count", (PyCFunction)Tokens_claim_count, METH_NOARGS, "The number of claims."},
     {"dirty", (PyCFunction)Tokens_dirty, METH_NOARGS, "dirty(): tokens touched in C."},
     {"take_dirty", (PyCFunction)Tokens_take_dirty, METH_O,
@@ -3059,10 +3077,6 @@ PyMODINIT_FUNC PyInit__fastbook(void) {
     INTERN(s_asks, "asks");
     INTERN(s_bid_px, "_bid_px");
     INTERN(s_ask_px, "_ask_px");
-    INTERN(s_bid_hash_json, "_bid_hash_json");
-    INTERN(s_bid_top_json, "_bid_top_json");
-    INTERN(s_ask_hash_json, "_ask_hash_json");
-    INTERN(s_ask_top_json, "_ask_top_json");
     INTERN(s_timestamp, "timestamp");
     INTERN(s_hash, "hash");
     INTERN(s_verify_m, "_verify");

@@ -20,6 +20,7 @@ second). Pure Python, no Django.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
@@ -753,15 +754,20 @@ class BookKeeper:
 
     def _sync(self, token_id: str) -> None:
         """Compiled path: copy the token's liveness, freshness (live and not in an unproven
-        trade burst) and last trade side to `_tokens`, where the compiled feed and flush read
-        them. Called after every change to `_live`, `_bursts` or a token's last trade."""
+        trade burst), last trade side and last hash check time to `_tokens`, where the
+        compiled feed, flush and claim sweep read them. Called after every change to `_live`,
+        `_bursts`, a token's last trade, or its `verified_at` (followed by a check: `_verify`
+        ends with it)."""
         tokens = self._tokens
         if tokens is not None:
             meta = self._meta.get(token_id)
-            last = meta.last_trade if meta is not None else None
+            if meta is None:
+                return
+            last = meta.last_trade
             live = token_id in self._live
             fresh = live and token_id not in self._bursts
-            tokens.sync(token_id, live, fresh, last.side if last is not None else None)
+            side = last.side if last is not None else None
+            tokens.sync(token_id, live, fresh, side, meta.verified_at)
 
     def _take_dirty(self) -> set[str]:
         """The tokens touched since the last drain, now taken (the drain's input; the compiled
@@ -1037,11 +1043,14 @@ class BookKeeper:
             # Swept at most 8 times per interval: a claim waits at most interval/8 past its
             # due time, and a flush does not walk every token's claim each time.
             self._next_sweep = now + self.verify_interval_s / 8
-        due = 0.0 if force else now - self.verify_interval_s
-        meta = self._meta
-        for asset_id in list(self._claims):
-            if force or meta[asset_id].verified_at <= due:
-                self._verify_claim(asset_id)
+        due = math.inf if force else now - self.verify_interval_s
+        if self._tokens is not None:  # the claims and a copy of the last checks' times: in C
+            due_claims: list[str] = self._tokens.claimed(due)
+        else:
+            meta = self._meta
+            due_claims = [t for t in self._claims if meta[t].verified_at <= due]
+        for asset_id in due_claims:
+            self._verify_claim(asset_id)
 
     def next_deadline(self) -> float | None:
         """The monotonic time by which `verify_pending` must run again (a deferred mismatch

@@ -70,12 +70,13 @@ def state(keeper: BookKeeper) -> dict:
 def assert_mirrored(keeper: BookKeeper) -> None:
     """The compiled keeper's C table holds exactly its tracked tokens, and for each one what
     the Python state says: its book, liveness, freshness (live and not in an unproven trade
-    burst), last trade side; claims and dirty tokens only there, counted right."""
+    burst), last trade side, last hash check time; claims and dirty tokens only there,
+    counted right."""
     tokens = keeper._tokens
     assert len(tokens) == len(keeper._meta)
     claims = {}
     for token, meta in keeper._meta.items():
-        has_book, live, fresh, _dirty, claim, side = tokens.state(token)
+        has_book, live, fresh, _dirty, claim, side, verified_at = tokens.state(token)
         assert has_book == (token in keeper._books), token
         if not has_book:
             assert claim is None
@@ -83,6 +84,7 @@ def assert_mirrored(keeper: BookKeeper) -> None:
         assert live == (token in keeper._live), token
         assert fresh == (live and token not in keeper._bursts), token
         assert side == (meta.last_trade.side if meta.last_trade else None), token
+        assert verified_at == meta.verified_at, token
         if claim is not None:
             claims[token] = claim
     assert claims == dict(keeper._claims) and tokens.claim_count() == len(claims)
@@ -208,6 +210,26 @@ def test_golden_sequence_same_on_both_paths(shared_dir, verify, drain_every):
     assert fast.stats.entries_applied == 49 and fast.stats.rejected == {}
     if drain_every == 1000:
         assert [t for t, _ in tops] == [TOKEN_A]
+
+
+@pytest.mark.parametrize("interval_ms", [25, 60])
+def test_the_claim_sweep_checks_the_same_due_claims_on_both_paths(shared_dir, interval_ms):
+    """verify_interval_ms: a flush checks only the claims of tokens not checked within the
+    interval (compiled: picked in C from its copy of each token's last check time)."""
+    now = [0.0]
+    fast, pure = pair((TOKEN_A, TOKEN_B), verify_interval_ms=interval_ms, clock=lambda: now[0])
+    frames = recorded(shared_dir)
+    mirror = orjson.loads(frames[0]) | {"asset_id": TOKEN_B, "hash": ""}
+    feed_both(fast, pure, [frames[0], orjson.dumps(mirror)])
+    checks = []
+    for frame in frames[1:]:
+        feed_both(fast, pure, [frame])
+        now[0] += 0.01
+        (drain_packed_same if len(checks) % 2 else drain_same)(fast, pure)
+        checks.append(fast.stats.hash_checked)
+    assert fast.stats.hash_checked == pure.stats.hash_checked
+    # Not every drain checked: the interval held some claims back, and they were checked later.
+    assert 1 < len(set(checks)) < len(checks) and fast.stats.hash_checked > 2
 
 
 def test_golden_sequence_str_frames_as_the_websocket_delivers_them(shared_dir):
