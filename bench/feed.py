@@ -658,9 +658,9 @@ against a floor of
 {floor_us:.2f} µs. Both remaining costs are memory traffic more than instructions: an entry
 and a top touch a token's book, its C arrays and its strings, mostly not in the CPU cache with
 {2 * w.markets:,} books, on a machine whose other processes share the caches; then Redis. A
-longer flush interval helps (the {a.alt_flush_ms} ms row); keeping the keeper's per-token state
-(live/claims/dirty) in C as well, and a hash check without the Python round trip, are the
-next steps.
+longer flush interval helps (the {a.alt_flush_ms} ms row); a hash check without the Python
+round trip, fewer copies of each top on its way into the payload, and prefetching an entry's
+book while the frame is scanned are the next steps.
 """
     )
     return f"""{SECTION_TITLE}
@@ -718,10 +718,13 @@ to its book {step["apply"] - step["parse"]:.2f} µs more: interpreter work, so p
 `price_change` frame itself (a strict scanner for exactly the shape Polymarket sends; any
 other frame, or any entry it would reject, goes whole to the Python path, which counts and
 rejects exactly as before), validates, and applies each entry into books held in C (one sorted
-array per side: the shared price string and the size's exact text inline): {step["apply_c"]:.2f}
-µs per entry, {ratio["apply_c"]:.0%} of the floor. The rest is paid per flush, per token
-touched: draining it (encoding its top in C straight into the Redis pipeline's RESP, reusing
-what did not change since the book's last top: {enc_top:.1f} µs), a hash
+array per side, best level last: the shared price string and the size's exact text inline),
+finding each entry's book through the keeper's token table in C, where the token's state the
+feed and the flush need is kept too (its timestamp, hash, pending hash claim and dirty mark,
+and a copy of its liveness): {step["apply_c"]:.2f} µs per entry, {ratio["apply_c"]:.0%} of
+the floor. The rest is paid per flush, per token touched: draining it (encoding its top in C
+straight into the Redis pipeline's RESP, reusing what did not change since the book's last
+top: {enc_top:.1f} µs), a hash
 check when one is due ({hash_check:.1f} µs per check: the SHA-1 text built in C, OpenSSL's
 SHA-1, the check logic in Python, more than one SHA-1 when the last trade price must be
 inferred) and writing its share of the pipeline to Redis ({pub_top:.1f} µs; the replies are

@@ -6,14 +6,18 @@
  * path in messages.py / book.py / bus.py does the same work. tests/marketdata/test_fastbook.py
  * replays the same frames through both and requires identical books, hashes, tops and counters.
  *
- * It works on the BookKeeper's own Python state (its dicts, sets and FeedStats), so the rest
- * of the keeper (snapshots, hash checks, resyncs) stays in Python unchanged. Books: a
- * fastbook.NativeOrderBook keeps its levels in a `Levels` (below: one sorted C array per side),
- * which the feed, the top encoder and the hash text use directly; a plain OrderBook (dicts and
- * sorted price lists) is handled too, through its slots.
+ * Books: a fastbook.NativeOrderBook keeps its levels in a `Levels` (below: one sorted C array
+ * per side), with its timestamp and hash, which the feed, the top encoder and the hash text
+ * use directly (encode_top and hash_text take a plain OrderBook too, through its slots). A
+ * compiled BookKeeper keeps the per-token state the feed and the flush need in a `Tokens`
+ * table and on each book's Levels (the pending hash claim, the dirty mark, and a copy of the
+ * token's liveness, freshness and last trade side); everything else of the keeper (snapshots,
+ * hash checks, resyncs, FeedStats) stays in Python.
  *
  * Levels()
  *     One book's levels held in C, with the OrderBook operations NativeOrderBook needs.
+ * Tokens()
+ *     A compiled BookKeeper's tracked tokens, keyed by the token id's bytes (see below).
  * feed_price_change(keeper, raw) -> bool
  *     A strict scanner for exactly the `price_change` frame Polymarket sends (reference §2:
  *     {market, price_changes:[{asset_id, price, size, side, hash, best_bid, best_ask}],
@@ -23,14 +27,15 @@
  *     keys, a missing field, a bad side, price or size, malformed JSON) it returns False having
  *     changed nothing, and the caller runs the Python path, which counts and rejects exactly as
  *     it always did. Otherwise it applies every entry with the effects of
- *     BookKeeper._feed_price_change (same counters, same claims, same dirty set, the same
+ *     BookKeeper._feed_price_change (same counters, same claims, same dirty tokens, the same
  *     level rules as OrderBook._set_level) and returns True.
  * encode_top(book, fresh, last_trade_side, depth, published_at, mid_spread) -> bytes | None
  *     bus.encode_top byte for byte; None when a field needs the Python encoder (e.g. a
  *     timestamp too long for a 64-bit int), and the caller then uses it.
  * encode_tops(...), pack_publish(...), encode_pack(...)
- *     The flush: BookKeeper.drain_tops_json's loop, publisher.pack_publish, and both in one
- *     pass (BookKeeper.drain_tops_packed: each top written straight into the Redis payload).
+ *     The flush: BookKeeper.drain_tops_json's loop over a Tokens table, publisher.pack_publish,
+ *     and both in one pass (BookKeeper.drain_tops_packed: each top written straight into the
+ *     Redis payload).
  *     A NativeOrderBook's Levels keeps what its next top will reuse: each side's top levels
  *     until a change lands among them, the top's head (token id, market), mid and spread
  *     for the same best prices, its Redis key and shard.
@@ -60,37 +65,36 @@ static inline uint64_t has_zero(uint64_t x) { return (x - ONES) & ~x & HIGHS; }
 /* ---------------------------------------------------------------------------------------- */
 /* interned names and module state (single-phase init: one interpreter)                      */
 
-static PyObject *s_stats, *s_live, *s_meta, *s_claims, *s_dirty, *s_verify, *s_frames,
-    *s_events, *s_entries_applied, *s_entries_untracked, *s_entries_skipped_resync, *s_bids,
-    *s_asks, *s_bid_px, *s_ask_px, *s_bid_hash_json, *s_bid_top_json, *s_ask_hash_json,
-    *s_ask_top_json, *s_timestamp, *s_hash, *s_set_level, *s_verify_m, *s_price_change,
-    *s_flush, *s_entry, *s_empty, *s_asset_id, *s_market, *s_last_trade_price, *s_tick_size,
-    *s_min_order_size, *s_neg_risk;
+static PyObject *s_stats, *s_tokens, *s_verify, *s_frames, *s_events, *s_entries_applied,
+    *s_entries_untracked, *s_entries_skipped_resync, *s_bids, *s_asks, *s_bid_px, *s_ask_px,
+    *s_timestamp, *s_hash, *s_verify_m, *s_price_change, *s_flush, *s_entry, *s_asset_id,
+    *s_market, *s_last_trade_price, *s_tick_size, *s_min_order_size, *s_neg_risk;
 
 static PyObject *g_price_strs = NULL;   /* book._PRICE_STRS */
 static PyObject *g_parse_price = NULL;  /* book.parse_price */
 static PyObject *g_dumps = NULL;        /* orjson.dumps */
 
-/* OrderBook's __slots__, read and written straight at their offsets when the object is
- * exactly an OrderBook (bind() finds the offsets from the class's member descriptors): the
- * generic attribute protocol costs more than the rest of an entry's work. */
+/* OrderBook's __slots__, read straight at their offsets when the object is exactly an
+ * OrderBook (bind() finds the offsets from the class's member descriptors): the generic
+ * attribute protocol costs more than the rest of a top's work. */
 enum {
-    F_BIDS, F_ASKS, F_BID_PX, F_ASK_PX, F_BID_HASH_JSON, F_BID_TOP_JSON, F_ASK_HASH_JSON,
-    F_ASK_TOP_JSON, F_TIMESTAMP, F_HASH, F_ASSET_ID, F_MARKET, F_LAST_TRADE_PRICE, F_TICK_SIZE,
-    F_MIN_ORDER_SIZE, F_NEG_RISK, F_COUNT
+    F_BIDS, F_ASKS, F_BID_PX, F_ASK_PX, F_TIMESTAMP, F_HASH, F_ASSET_ID, F_MARKET,
+    F_LAST_TRADE_PRICE, F_TICK_SIZE, F_MIN_ORDER_SIZE, F_NEG_RISK, F_COUNT
 };
 static PyObject *g_book_type = NULL;
-static PyObject *g_native_type = NULL; /* fastbook.NativeOrderBook: inherits these slots */
+/* fastbook.NativeOrderBook: inherits these slots, except that its timestamp and hash are
+ * properties over its Levels (the slots of those names stay empty) */
+static PyObject *g_native_type = NULL;
 static Py_ssize_t g_offsets[F_COUNT];
 static PyObject **g_field_names[F_COUNT] = {
-    &s_bids, &s_asks, &s_bid_px, &s_ask_px, &s_bid_hash_json, &s_bid_top_json,
-    &s_ask_hash_json, &s_ask_top_json, &s_timestamp, &s_hash, &s_asset_id, &s_market,
+    &s_bids, &s_asks, &s_bid_px, &s_ask_px, &s_timestamp, &s_hash, &s_asset_id, &s_market,
     &s_last_trade_price, &s_tick_size, &s_min_order_size, &s_neg_risk};
 
 /* New reference to book.<field>. */
 static inline PyObject *book_get(PyObject *book, int f) {
     PyObject *type = (PyObject *)Py_TYPE(book);
-    if ((type == g_book_type || type == g_native_type) && g_offsets[f] >= 0) {
+    if ((type == g_book_type || (type == g_native_type && f != F_TIMESTAMP && f != F_HASH)) &&
+        g_offsets[f] >= 0) {
         PyObject *v = *(PyObject **)((char *)book + g_offsets[f]);
         if (v) {
             Py_INCREF(v);
@@ -98,20 +102,6 @@ static inline PyObject *book_get(PyObject *book, int f) {
         }
     }
     return PyObject_GetAttr(book, *g_field_names[f]);
-}
-
-static inline int book_set(PyObject *book, int f, PyObject *value) {
-    PyObject *type = (PyObject *)Py_TYPE(book);
-    if ((type == g_book_type || type == g_native_type) && g_offsets[f] >= 0) {
-        PyObject **slot = (PyObject **)((char *)book + g_offsets[f]);
-        PyObject *old = *slot;
-        if (old == value) return 0;
-        Py_INCREF(value);
-        *slot = value;
-        Py_XDECREF(old);
-        return 0;
-    }
-    return PyObject_SetAttr(book, *g_field_names[f], value);
 }
 
 static int bind_book_type(PyObject *cls) {
@@ -182,37 +172,53 @@ static inline int buf_put(buf_t *b, const char *s, Py_ssize_t n) {
 
 #define BUF_LIT(b, lit) buf_put((b), (lit), (Py_ssize_t)(sizeof(lit) - 1))
 
-/* A str as orjson.dumps writes it. Plain printable ASCII without '"' or '\\' (every id,
- * price, size and hash Polymarket sends) is copied as is; anything else asks orjson. */
+/* 1 if ASCII text can be written as a JSON string as it is: no '"', '\\', control byte or DEL
+ * (orjson escapes those). Every id, price, size and hash Polymarket sends is. */
+static int json_plain(const char *p, Py_ssize_t n) {
+    Py_ssize_t i = 0;
+    for (; i + 8 <= n; i += 8) { /* a word without '"', '\\', control bytes or DEL */
+        uint64_t x;
+        memcpy(&x, p + i, 8);
+        if (has_zero(x ^ (ONES * '"')) | has_zero(x ^ (ONES * '\\')) |
+            ((x - ONES * 0x20) & ~x & HIGHS) | has_zero(x ^ (ONES * 0x7f)))
+            break;
+    }
+    for (; i < n; i++) {
+        unsigned char c = (unsigned char)p[i];
+        if (c < 0x20 || c == '"' || c == '\\' || c == 0x7f) return 0;
+    }
+    return 1;
+}
+
+static int buf_quoted(buf_t *b, const char *p, Py_ssize_t n) {
+    if (buf_reserve(b, n + 2) < 0) return -1;
+    b->p[b->n++] = '"';
+    memcpy(b->p + b->n, p, (size_t)n);
+    b->n += n;
+    b->p[b->n++] = '"';
+    return 0;
+}
+
+/* A str as orjson.dumps writes it: plain text is copied as is; anything else asks orjson. */
 static int buf_json_str(buf_t *b, PyObject *s) {
     if (s == Py_None) return BUF_LIT(b, "null");
-    if (PyUnicode_CheckExact(s) && STR_READY(s) && PyUnicode_IS_ASCII(s)) {
-        const char *p = (const char *)PyUnicode_DATA(s);
-        Py_ssize_t n = PyUnicode_GET_LENGTH(s), i = 0;
-        for (; i + 8 <= n; i += 8) { /* a word without '"', '\\', control bytes or DEL */
-            uint64_t x;
-            memcpy(&x, p + i, 8);
-            if (has_zero(x ^ (ONES * '"')) | has_zero(x ^ (ONES * '\\')) |
-                ((x - ONES * 0x20) & ~x & HIGHS) | has_zero(x ^ (ONES * 0x7f)))
-                break;
-        }
-        for (; i < n; i++) {
-            unsigned char c = (unsigned char)p[i];
-            if (c < 0x20 || c == '"' || c == '\\' || c == 0x7f) break;
-        }
-        if (i == n) {
-            if (buf_reserve(b, n + 2) < 0) return -1;
-            b->p[b->n++] = '"';
-            memcpy(b->p + b->n, p, (size_t)n);
-            b->n += n;
-            b->p[b->n++] = '"';
-            return 0;
-        }
-    }
+    if (PyUnicode_CheckExact(s) && STR_READY(s) && PyUnicode_IS_ASCII(s) &&
+        json_plain((const char *)PyUnicode_DATA(s), PyUnicode_GET_LENGTH(s)))
+        return buf_quoted(b, (const char *)PyUnicode_DATA(s), PyUnicode_GET_LENGTH(s));
     PyObject *enc = PyObject_CallOneArg(g_dumps, s);
     if (!enc) return -1;
     int r = buf_put(b, PyBytes_AS_STRING(enc), PyBytes_GET_SIZE(enc));
     Py_DECREF(enc);
+    return r;
+}
+
+/* The same for ASCII text held as bytes. */
+static int buf_json_ascii(buf_t *b, const char *p, Py_ssize_t n) {
+    if (json_plain(p, n)) return buf_quoted(b, p, n);
+    PyObject *s = PyUnicode_DecodeASCII(p, n, NULL);
+    if (!s) return -1;
+    int r = buf_json_str(b, s);
+    Py_DECREF(s);
     return r;
 }
 
@@ -227,6 +233,10 @@ typedef struct {
 typedef struct {
     span_t asset, price, size, hash;
     int is_bid, has_hash;
+    /* apply_entries' */
+    PyObject *price_obj; /* the canonical price str (strong) */
+    uint64_t h;          /* the token id's hash */
+    void *row;           /* its table row, once looked up (a tok_t *) */
 } entry_t;
 
 typedef struct {
@@ -243,49 +253,43 @@ static inline void skip_ws(scan_t *sc) {
         sc->s++;
 }
 
-/* A JSON string without escapes, printable ASCII only: its contents in *out. Eight bytes at
- * a time: a word with no '"', no '\\', no control byte and no byte >= 0x80 is skipped whole. */
-
-static int scan_str(scan_t *sc, span_t *out) {
-    if (sc->s >= sc->end || *sc->s != '"') return 0;
-    const char *start = ++sc->s;
+/* The end of a JSON string's contents from just after its opening quote: its closing quote,
+ * if what comes before it is printable ASCII without escapes; else NULL. */
+static inline const char *str_end(const char *s, const char *end) {
 #if defined(__SSE2__)
     /* Sixteen bytes at a time: the first '"', '\\', control byte or byte >= 0x80 (a signed
-     * byte below 0x20 is one of the last two). */
+     * byte below 0x20 is one of the last two) ends the run; only a '"' ends it well. */
     const __m128i quote = _mm_set1_epi8('"'), bslash = _mm_set1_epi8('\\'),
                   space = _mm_set1_epi8(0x20);
-    while (sc->end - sc->s >= 16) {
-        __m128i x = _mm_loadu_si128((const __m128i *)sc->s);
+    while (end - s >= 16) {
+        __m128i x = _mm_loadu_si128((const __m128i *)s);
         __m128i m = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, quote), _mm_cmpeq_epi8(x, bslash)),
                                  _mm_cmplt_epi8(x, space));
         int mask = _mm_movemask_epi8(m);
         if (mask) {
-            sc->s += __builtin_ctz((unsigned)mask);
-            break;
+            s += __builtin_ctz((unsigned)mask);
+            return *s == '"' ? s : NULL;
         }
-        sc->s += 16;
+        s += 16;
     }
 #endif
-    while (sc->end - sc->s >= 8) {
-        uint64_t x;
-        memcpy(&x, sc->s, 8);
-        uint64_t special = has_zero(x ^ (ONES * '"')) | has_zero(x ^ (ONES * '\\')) |
-                           ((x - ONES * 0x20) & ~x & HIGHS) | (x & HIGHS);
-        if (special) break;
-        sc->s += 8;
+    for (; s < end; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"') return s;
+        if (c == '\\' || c < 0x20 || c >= 0x80) return NULL;
     }
-    while (sc->s < sc->end) {
-        unsigned char c = (unsigned char)*sc->s;
-        if (c == '"') {
-            out->p = start;
-            out->n = sc->s - start;
-            sc->s++;
-            return 1;
-        }
-        if (c == '\\' || c < 0x20 || c >= 0x80) return 0;
-        sc->s++;
-    }
-    return 0;
+    return NULL;
+}
+
+/* A JSON string without escapes, printable ASCII only: its contents in *out. */
+static int scan_str(scan_t *sc, span_t *out) {
+    if (sc->s >= sc->end || *sc->s != '"') return 0;
+    const char *start = sc->s + 1, *q = str_end(start, sc->end);
+    if (!q) return 0;
+    out->p = start;
+    out->n = q - start;
+    sc->s = q + 1;
+    return 1;
 }
 
 static inline int span_is(span_t sp, const char *lit, Py_ssize_t n) {
@@ -324,6 +328,65 @@ static int valid_price(span_t v) {
         if (v.p[i] != '0') frac_nonzero = 1;
     if (int_nonzero) return int_is_one && !frac_nonzero; /* exactly 1 */
     return frac_nonzero;
+}
+
+/* The checks every entry passes: a token id, a side, a price and a size (book.py's rules). */
+static int entry_valid(entry_t *e, span_t side) {
+    if (e->asset.n == 0) return 0;
+    if (SPAN_IS(side, "BUY"))
+        e->is_bid = 1;
+    else if (SPAN_IS(side, "SELL"))
+        e->is_bid = 0;
+    else
+        return 0;
+    return valid_price(e->price) && plain_decimal(e->size);
+}
+
+/* An entry exactly as Polymarket writes it (compact, its keys in this order):
+ * {"asset_id":"..","price":"..","size":"..","side":"..","hash":"..","best_bid":"..",
+ * "best_ask":".."}. 1 with the entry read (sc->s past it), 0 with sc->s unchanged if the
+ * entry is not in that form (scan_entry reads any other form). */
+static int scan_entry_compact(scan_t *sc, entry_t *e) {
+    const char *s = sc->s, *end = sc->end, *q;
+    span_t side;
+#define LIT(lit)                                                                           \
+    do {                                                                                   \
+        if (end - s < (Py_ssize_t)sizeof(lit) - 1 || memcmp(s, lit, sizeof(lit) - 1)) return 0; \
+        s += sizeof(lit) - 1;                                                              \
+    } while (0)
+#define VAL(sp)                                       \
+    do {                                              \
+        if (!(q = str_end(s, end))) return 0;         \
+        (sp) = (span_t){s, q - s};                    \
+        s = q + 1;                                    \
+    } while (0)
+#define SKIP()                                        \
+    do {                                              \
+        if (!(q = str_end(s, end))) return 0;         \
+        s = q + 1;                                    \
+    } while (0)
+    LIT("{\"asset_id\":\"");
+    VAL(e->asset);
+    LIT(",\"price\":\"");
+    VAL(e->price);
+    LIT(",\"size\":\"");
+    VAL(e->size);
+    LIT(",\"side\":\"");
+    VAL(side);
+    LIT(",\"hash\":\"");
+    VAL(e->hash);
+    LIT(",\"best_bid\":\""); /* best_bid and best_ask: checked as strings, not used */
+    SKIP();
+    LIT(",\"best_ask\":\"");
+    SKIP();
+    LIT("}");
+#undef LIT
+#undef VAL
+#undef SKIP
+    e->has_hash = 1;
+    if (!entry_valid(e, side)) return 0;
+    sc->s = s;
+    return 1;
 }
 
 static int scan_entry(scan_t *sc, entry_t *e) {
@@ -382,14 +445,7 @@ static int scan_entry(scan_t *sc, entry_t *e) {
     }
     if ((seen & (K_ASSET | K_PRICE | K_SIZE | K_SIDE)) != (K_ASSET | K_PRICE | K_SIZE | K_SIDE))
         return 0;
-    if (e->asset.n == 0) return 0;
-    if (SPAN_IS(side, "BUY"))
-        e->is_bid = 1;
-    else if (SPAN_IS(side, "SELL"))
-        e->is_bid = 0;
-    else
-        return 0;
-    return valid_price(e->price) && plain_decimal(e->size);
+    return entry_valid(e, side);
 }
 
 static int scan_changes(scan_t *sc) {
@@ -415,7 +471,8 @@ static int scan_changes(scan_t *sc) {
             sc->entries = p;
             sc->cap = cap;
         }
-        if (!scan_entry(sc, &sc->entries[sc->count])) return 0;
+        entry_t *e = &sc->entries[sc->count];
+        if (!scan_entry_compact(sc, e) && !scan_entry(sc, e)) return 0;
         sc->count++;
         skip_ws(sc);
         if (sc->s >= sc->end) return 0;
@@ -490,11 +547,10 @@ static inline PyObject *ascii_str(span_t sp) {
     return s;
 }
 
-/* Interned strs for the byte strings that recur on every frame (token ids, prices): a
- * repeated id costs a hash of its bytes and a compare, not a new str whose hash the dicts
- * must compute again. Open addressing, doubled when half full (it stays small, so in
- * cache), and cleared instead past TABLE_MAX slots: bounded whatever the feed sends. The
- * prices are the canonical objects of book._PRICE_STRS. */
+/* The canonical price strs (book._PRICE_STRS) by their bytes: a price that recurs on every
+ * frame costs a hash of its few bytes and a compare, not a new str and a dict lookup. Open
+ * addressing, doubled when half full (it stays small, so in cache), and cleared instead past
+ * TABLE_MAX slots: bounded whatever the feed sends. */
 #define TABLE_MIN (1 << 12)
 #define TABLE_MAX (1 << 18)
 typedef struct {
@@ -553,11 +609,11 @@ static int table_make_room(void) {
 
 static inline PyObject *ascii_str(span_t sp);
 
-/* A new reference to the str for `sp`; kind 1 = a price (canonical, registered). */
-static PyObject *interned(span_t sp, int is_price) {
+/* A new reference to the canonical str of the validated price `sp` (registered through
+ * book.parse_price when new, as validation in Python does). */
+static PyObject *price_str(span_t sp) {
     if (table_make_room() < 0) return NULL;
     uint64_t h = hash_bytes(sp.p, sp.n) | 1; /* 0 marks an empty slot */
-    h = is_price ? h | 2 : h & ~(uint64_t)2;   /* ids and prices never share a slot */
     size_t mask = (size_t)(g_slots - 1), i = (size_t)h & mask;
     for (;;) {
         slot_t *slot = &g_table[i];
@@ -571,39 +627,37 @@ static PyObject *interned(span_t sp, int is_price) {
     }
     PyObject *s = ascii_str(sp);
     if (!s) return NULL;
-    if (is_price) {
-        PyObject *canon = PyDict_GetItemWithError(g_price_strs, s);
-        if (!canon) {
-            if (PyErr_Occurred()) goto fail;
-            /* A price never seen: register it the way validation in Python does. */
-            PyObject *value = PyObject_CallOneArg(g_parse_price, s);
-            if (!value) goto fail;
-            int ok = value != Py_None;
-            Py_DECREF(value);
-            if (!ok) {
-                PyErr_Format(PyExc_RuntimeError, "_fastbook and parse_price disagree on %R", s);
-                goto fail;
-            }
-            canon = PyDict_GetItemWithError(g_price_strs, s);
-            if (!canon) {
-                if (!PyErr_Occurred())
-                    PyErr_SetString(PyExc_RuntimeError, "parse_price did not register");
-                goto fail;
-            }
+    PyObject *canon = PyDict_GetItemWithError(g_price_strs, s);
+    if (!canon) {
+        if (PyErr_Occurred()) goto fail;
+        /* A price never seen: register it the way validation in Python does. */
+        PyObject *value = PyObject_CallOneArg(g_parse_price, s);
+        if (!value) goto fail;
+        int ok = value != Py_None;
+        Py_DECREF(value);
+        if (!ok) {
+            PyErr_Format(PyExc_RuntimeError, "_fastbook and parse_price disagree on %R", s);
+            goto fail;
         }
-        Py_INCREF(canon);
-        Py_SETREF(s, canon);
-        /* parse_price ran Python code: another thread may have changed the table since the
-         * probe above (inserted this very string, grown or cleared it). Probe again. */
-        if (table_make_room() < 0) goto fail;
-        mask = (size_t)(g_slots - 1);
-        for (i = (size_t)h & mask; g_table[i].s; i = (i + 1) & mask) {
-            if (g_table[i].h == h && PyUnicode_GET_LENGTH(g_table[i].s) == sp.n &&
-                memcmp(PyUnicode_DATA(g_table[i].s), sp.p, (size_t)sp.n) == 0) {
-                Py_DECREF(s);
-                Py_INCREF(g_table[i].s);
-                return g_table[i].s;
-            }
+        canon = PyDict_GetItemWithError(g_price_strs, s);
+        if (!canon) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_RuntimeError, "parse_price did not register");
+            goto fail;
+        }
+    }
+    Py_INCREF(canon);
+    Py_SETREF(s, canon);
+    /* parse_price may have run Python code: another thread may have changed the table since
+     * the probe above (inserted this very string, grown or cleared it). Probe again. */
+    if (table_make_room() < 0) goto fail;
+    mask = (size_t)(g_slots - 1);
+    for (i = (size_t)h & mask; g_table[i].s; i = (i + 1) & mask) {
+        if (g_table[i].h == h && PyUnicode_GET_LENGTH(g_table[i].s) == sp.n &&
+            memcmp(PyUnicode_DATA(g_table[i].s), sp.p, (size_t)sp.n) == 0) {
+            Py_DECREF(s);
+            Py_INCREF(g_table[i].s);
+            return g_table[i].s;
         }
     }
     g_table[i].h = h; /* a free slot of the current table (no Python code ran since) */
@@ -745,68 +799,13 @@ static int price_key(PyObject *price, int64_t *out) {
     return 1;
 }
 
-/* bisect_left over an ascending list of prices by exact value; -2 if a key is unsupported. */
-static Py_ssize_t bisect_price(PyObject *order, int64_t key) {
-    Py_ssize_t lo = 0, hi = PyList_GET_SIZE(order);
-    while (lo < hi) {
-        Py_ssize_t mid = (lo + hi) / 2;
-        int64_t k;
-        if (!price_key(PyList_GET_ITEM(order, mid), &k)) return -2;
-        if (k < key)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return lo;
-}
-
-/* OrderBook._set_level on the level dict and sorted price list of one side (see book.py for
- * the rules: a zero size deletes, a new price is inserted in order, the same value spelled
- * differently replaces the old spelling). 1 done, 0 not handled (nothing changed), -1 error. */
-static int set_level(PyObject *levels, PyObject *order, PyObject *price, PyObject *size,
-                     int zero) {
-    int64_t key, k;
-    if (!PyDict_CheckExact(levels) || !PyList_CheckExact(order) || !price_key(price, &key))
-        return 0;
-    Py_ssize_t i = bisect_price(order, key), n = PyList_GET_SIZE(order);
-    if (i == -2) return 0;
-    PyObject *at = i < n ? PyList_GET_ITEM(order, i) : NULL; /* borrowed */
-    int same_value = 0;
-    if (at) {
-        if (!price_key(at, &k)) return 0;
-        same_value = k == key;
-    }
-    int present = PyDict_Contains(levels, price);
-    if (present < 0) return -1;
-    if (zero) {
-        if (present) {
-            if (PyDict_DelItem(levels, price) < 0) return -1;
-            /* Python deletes order[bisect_left(...)]: the level's own entry. */
-            if (PyList_SetSlice(order, i, i + 1, NULL) < 0) return -1;
-        } else if (same_value && PyDict_GET_SIZE(levels)) {
-            if (PyDict_DelItem(levels, at) < 0) return -1;
-            if (PyList_SetSlice(order, i, i + 1, NULL) < 0) return -1;
-        }
-        return 1;
-    }
-    if (!present) {
-        if (same_value) {
-            if (PyDict_DelItem(levels, at) < 0) return -1;
-            Py_INCREF(price);
-            PyList_SET_ITEM(order, i, price); /* steals; drops the old spelling below */
-            Py_DECREF(at);
-        } else if (PyList_Insert(order, i, price) < 0) {
-            return -1;
-        }
-    }
-    return PyDict_SetItem(levels, price, size) < 0 ? -1 : 1;
-}
-
 /* ---------------------------------------------------------------------------------------- */
 /* Levels: one book's levels held in C (fastbook.NativeOrderBook)                             */
 /*
- * Each side is one array sorted ascending by exact price value (best bid last, best ask
- * first, as OrderBook's price lists). A level keeps its canonical price str (shared by every
+ * Each side is one array sorted by exact price value with its best level LAST: bids
+ * ascending, asks descending (the reverse of OrderBook's ascending `_ask_px`), so that a change
+ * near the best price, where nearly all of them land, moves only the few levels behind it.
+ * A level keeps its canonical price str (shared by every
  * book: hot in cache), the price's value in 1e-18 units for ordering (a longer price is
  * truncated there and compared exactly on ties) and its size's exact text inline: applying an
  * entry, encoding a top and building the hash text walk one contiguous array, not a dict,
@@ -846,8 +845,26 @@ typedef struct {
     Py_ssize_t key_n;
 } top_cache_t;
 
+/* A book's timestamp and hash change with nearly every entry: the scanner writes their text
+ * inline (while it is short ASCII) instead of making a str per entry; a str is made only when
+ * Python reads the attribute (NativeOrderBook's properties), and kept for the next read. */
+#define TS_CAP 24
+#define HASH_CAP 48
+
 typedef struct {
-    PyObject_HEAD side_t side[2]; /* [0] asks, [1] bids */
+    PyObject_HEAD
+    /* The keeper's state of this token, for the compiled feed and flush (see Tokens):
+     * mirrored from BookKeeper (Tokens.sync) except `dirty` and `claim`, held here only. */
+    uint8_t live;         /* in BookKeeper._live: deltas are applied to it */
+    uint8_t fresh;        /* published fresh: live and not in an unproven trade burst */
+    uint8_t dirty;        /* touched since the last drain, listed in its Tokens' dirty list */
+    double verified_at;   /* its last flush-mode hash check (monotonic s; _TokenMeta's) */
+    int16_t ts_n, hash_n; /* the inline text's length, or -1: the value is ts_obj/hash_obj */
+    PyObject *claim;      /* flush mode: the price of the last hash-carrying entry, unchecked */
+    PyObject *trade_side; /* the side of the token's last trade, NULL for None */
+    PyObject *ts_obj, *hash_obj; /* the value as an object: a cache of the text, or the value */
+    char ts[TS_CAP], hash[HASH_CAP];
+    side_t side[2]; /* [0] asks, [1] bids */
     top_cache_t tc;
 } LevelsObject;
 
@@ -885,35 +902,31 @@ static int dec_cmp(const char *a, Py_ssize_t na, const char *b, Py_ssize_t nb) {
     return la == lb ? 0 : (la < lb ? -1 : 1);
 }
 
-static inline int lvl_cmp(const level_t *l, int64_t key, const char *p, Py_ssize_t n) {
-    if (l->key != key) return l->key < key ? -1 : 1;
-    return dec_cmp((const char *)PyUnicode_DATA(l->price), PyUnicode_GET_LENGTH(l->price), p, n);
+/* The order of a level against a price in its side's order (ascending for bids, descending for
+ * asks): < 0 if the level comes before it. */
+static inline int lvl_cmp(const level_t *l, int asc, int64_t key, const char *p, Py_ssize_t n) {
+    int c = l->key != key ? (l->key < key ? -1 : 1)
+                          : dec_cmp((const char *)PyUnicode_DATA(l->price),
+                                    PyUnicode_GET_LENGTH(l->price), p, n);
+    return asc ? c : -c;
 }
 
-/* The first level >= the price (bisect_left). Most changes land near the best price, so it
- * first walks a few levels in from the best end (bids: the array's end, asks: its start:
+/* The first level not before the price in the side's order (bisect_left). Most changes land
+ * near the best price, so it first walks a few levels in from the best end (the array's end:
  * one or two cache lines), then bisects what is left. */
 #define SCAN_STEPS 8
-static Py_ssize_t side_lower(const side_t *s, int64_t key, const char *p, Py_ssize_t n,
-                             int from_end) {
-    Py_ssize_t lo = 0, hi = s->n;
-    if (from_end) {
-        Py_ssize_t i = s->n;
-        for (int steps = 0;; steps++) {
-            if (i == 0 || lvl_cmp(&s->v[i - 1], key, p, n) < 0) return i;
-            if (steps == SCAN_STEPS) break;
-            i--;
-        }
-        hi = i; /* v[i:] >= the price, and v[i - 1] too */
-    } else {
-        Py_ssize_t i = 0;
-        for (; i < SCAN_STEPS; i++)
-            if (i == s->n || lvl_cmp(&s->v[i], key, p, n) >= 0) return i;
-        lo = i; /* v[:i] < the price */
+static Py_ssize_t side_lower(const side_t *s, int asc, int64_t key, const char *p,
+                             Py_ssize_t n) {
+    Py_ssize_t lo = 0, hi = s->n, i = s->n;
+    for (int steps = 0;; steps++) {
+        if (i == 0 || lvl_cmp(&s->v[i - 1], asc, key, p, n) < 0) return i;
+        if (steps == SCAN_STEPS) break;
+        i--;
     }
+    hi = i; /* v[i:] are not before the price, and v[i - 1] neither */
     while (lo < hi) {
         Py_ssize_t mid = (lo + hi) / 2;
-        if (lvl_cmp(&s->v[mid], key, p, n) < 0)
+        if (lvl_cmp(&s->v[mid], asc, key, p, n) < 0)
             lo = mid + 1;
         else
             hi = mid;
@@ -933,12 +946,12 @@ static void side_clear(side_t *s) {
 }
 
 /* A level at index i (before the change; n levels before it) was changed, removed, or
- * inserted there: drop the cached top if that is among its best top_depth levels. A bid
- * side's best level is its last (distance n - 1 - i from the best), an ask side's its first
- * (distance i); an insert at i lands at that distance or one further, a removal shifts the
- * levels behind it, so the top changes only when the distance is below top_depth. */
-static inline void side_touched(side_t *s, int is_bid, Py_ssize_t i, Py_ssize_t n) {
-    if (s->top_valid && (is_bid ? n - 1 - i : i) < s->top_depth) s->top_valid = 0;
+ * inserted there: drop the cached top if that is among its best top_depth levels. The best
+ * level is the last (distance n - 1 - i from the best); an insert at i lands at that distance
+ * or one further, a removal shifts the levels before it, so the top changes only when the
+ * distance is below top_depth. */
+static inline void side_touched(side_t *s, Py_ssize_t i, Py_ssize_t n) {
+    if (s->top_valid && n - 1 - i < s->top_depth) s->top_valid = 0;
 }
 
 /* The size text: inline when short, else as a str (size_obj given, or made from the text). */
@@ -978,19 +991,17 @@ static inline void level_size_text(const level_t *l, const char **p, Py_ssize_t 
     }
 }
 
-/* OrderBook._set_level on a C side: `price` is the canonical str of a validated price, the
- * size a validated plain decimal; zero deletes, the same value spelled differently takes the
- * newest spelling (one level per value). */
-static int side_set(side_t *s, int from_end, PyObject *price, const char *sp, Py_ssize_t sn,
+/* OrderBook._set_level on a C side (asc: 1 for bids, 0 for asks): `price` is the canonical
+ * str of a validated price, the size a validated plain decimal; zero deletes, the same value
+ * spelled differently takes the newest spelling (one level per value). */
+static int side_set(side_t *s, int asc, PyObject *price, const char *sp, Py_ssize_t sn,
                     PyObject *size_obj, int zero) {
     const char *pp = (const char *)PyUnicode_DATA(price);
     Py_ssize_t pn = PyUnicode_GET_LENGTH(price);
     int64_t key = key_of(pp, pn);
-    Py_ssize_t i = side_lower(s, key, pp, pn, from_end);
-    int exists = i < s->n && lvl_cmp(&s->v[i], key, pp, pn) == 0;
-    /* from_end is the side (bids scan from the end) except when Levels_load fills a new
-     * side, which has no cached top to drop. */
-    if (exists || !zero) side_touched(s, from_end, i, s->n);
+    Py_ssize_t i = side_lower(s, asc, key, pp, pn);
+    int exists = i < s->n && (s->v[i].price == price || lvl_cmp(&s->v[i], asc, key, pp, pn) == 0);
+    if (exists || !zero) side_touched(s, i, s->n);
     if (zero) {
         if (exists) {
             level_release(&s->v[i]);
@@ -1044,7 +1055,7 @@ static PyObject *canonical_price(PyObject *price) {
         PyErr_Format(PyExc_ValueError, "invalid price %R", price);
         return NULL;
     }
-    return interned(sp, 1);
+    return price_str(sp);
 }
 
 static int check_size(PyObject *size) {
@@ -1062,6 +1073,7 @@ static PyObject *Levels_new(PyTypeObject *type, PyObject *args, PyObject *kwds) 
         return NULL;
     }
     LevelsObject *self = (LevelsObject *)type->tp_alloc(type, 0);
+    if (self) self->verified_at = -Py_HUGE_VAL;
     return (PyObject *)self;
 }
 
@@ -1077,6 +1089,10 @@ static void top_cache_clear(top_cache_t *tc) {
 }
 
 static void Levels_dealloc(LevelsObject *self) {
+    Py_CLEAR(self->claim);
+    Py_CLEAR(self->trade_side);
+    Py_CLEAR(self->ts_obj);
+    Py_CLEAR(self->hash_obj);
     for (int k = 0; k < 2; k++) {
         side_clear(&self->side[k]);
         PyMem_Free(self->side[k].v);
@@ -1084,6 +1100,71 @@ static void Levels_dealloc(LevelsObject *self) {
     }
     top_cache_clear(&self->tc);
     Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* Text fields (timestamp, hash): `obj`, `n` and `buf` of one of them. */
+#define TEXT_FIELD(core, f) &(core)->f##_obj, &(core)->f##_n, (core)->f, (Py_ssize_t)sizeof((core)->f)
+
+/* The scanner's text: inline if it fits, else as a str. 0, or -1 on error (unchanged then). */
+static inline int text_put(PyObject **obj, int16_t *n, char *buf, Py_ssize_t cap, const char *p,
+                           Py_ssize_t len) {
+    if (len <= cap) {
+        memcpy(buf, p, (size_t)len);
+        *n = (int16_t)len;
+        Py_CLEAR(*obj);
+        return 0;
+    }
+    PyObject *s = ascii_str((span_t){p, len});
+    if (!s) return -1;
+    Py_XSETREF(*obj, s);
+    *n = -1;
+    return 0;
+}
+
+/* A value set from Python: an ASCII str that fits is kept inline too (and as the object). */
+static void text_assign(PyObject **obj, int16_t *n, char *buf, Py_ssize_t cap, PyObject *value) {
+    *n = -1;
+    if (PyUnicode_CheckExact(value) && STR_READY(value) && PyUnicode_IS_ASCII(value) &&
+        PyUnicode_GET_LENGTH(value) <= cap) {
+        memcpy(buf, PyUnicode_DATA(value), (size_t)PyUnicode_GET_LENGTH(value));
+        *n = (int16_t)PyUnicode_GET_LENGTH(value);
+    }
+    Py_INCREF(value);
+    Py_XSETREF(*obj, value);
+}
+
+/* The value as an object (a new reference), made from the inline text once and kept. */
+static PyObject *text_get(PyObject **obj, int16_t *n, char *buf, Py_ssize_t cap) {
+    /* n >= 0 without the object (n < 0 always has it) */
+    if (!*obj && !(*obj = ascii_str((span_t){buf, *n > 0 ? *n : 0}))) return NULL;
+    Py_INCREF(*obj);
+    return *obj;
+}
+
+static PyObject *Levels_get_timestamp(LevelsObject *self, void *closure) {
+    return text_get(TEXT_FIELD(self, ts));
+}
+
+static PyObject *Levels_get_hash(LevelsObject *self, void *closure) {
+    return text_get(TEXT_FIELD(self, hash));
+}
+
+static int Levels_set_timestamp(LevelsObject *self, PyObject *value, void *closure) {
+    if (!value) {
+        PyErr_SetString(PyExc_AttributeError, "timestamp cannot be deleted");
+        return -1;
+    }
+    text_assign(TEXT_FIELD(self, ts), value);
+    return 0;
+}
+
+static int Levels_set_hash(LevelsObject *self, PyObject *value, void *closure) {
+    if (!value) {
+        PyErr_SetString(PyExc_AttributeError, "hash cannot be deleted");
+        return -1;
+    }
+    text_assign(TEXT_FIELD(self, hash), value);
+    return 0;
 }
 
 static int side_arg(PyObject *arg) {
@@ -1122,7 +1203,8 @@ static PyObject *Levels_load(LevelsObject *self, PyObject *const *args, Py_ssize
     side_t fresh = {NULL, 0, 0, NULL, 0, 0, 0, 0};
     Py_ssize_t n = PyList_GET_SIZE(args[2]);
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *price = PyList_GET_ITEM(args[2], i);
+        /* In the side's order (asks descending): each level is appended at the end. */
+        PyObject *price = PyList_GET_ITEM(args[2], bid ? i : n - 1 - i);
         PyObject *size = PyDict_GetItemWithError(args[1], price);
         if (!size) {
             if (!PyErr_Occurred()) PyErr_SetObject(PyExc_KeyError, price);
@@ -1132,7 +1214,7 @@ static PyObject *Levels_load(LevelsObject *self, PyObject *const *args, Py_ssize
         PyObject *canon = canonical_price(price);
         if (!canon) goto fail;
         const char *sp = (const char *)PyUnicode_DATA(size);
-        int r = side_set(&fresh, 1, canon, sp, PyUnicode_GET_LENGTH(size), size, 0); /* ascending */
+        int r = side_set(&fresh, bid, canon, sp, PyUnicode_GET_LENGTH(size), size, 0);
         Py_DECREF(canon);
         if (r < 0) goto fail;
     }
@@ -1149,6 +1231,11 @@ fail:
     return NULL;
 }
 
+/* The i-th level of a side in ascending price order (asks are held descending). */
+static inline const level_t *level_asc(const side_t *s, int bid, Py_ssize_t i) {
+    return &s->v[bid ? i : s->n - 1 - i];
+}
+
 static PyObject *Levels_prices(LevelsObject *self, PyObject *arg) {
     int bid = side_arg(arg);
     if (bid < 0) return NULL;
@@ -1156,8 +1243,9 @@ static PyObject *Levels_prices(LevelsObject *self, PyObject *arg) {
     PyObject *out = PyList_New(s->n);
     if (!out) return NULL;
     for (Py_ssize_t i = 0; i < s->n; i++) {
-        Py_INCREF(s->v[i].price);
-        PyList_SET_ITEM(out, i, s->v[i].price);
+        PyObject *price = level_asc(s, bid, i)->price;
+        Py_INCREF(price);
+        PyList_SET_ITEM(out, i, price);
     }
     return out;
 }
@@ -1169,8 +1257,9 @@ static PyObject *Levels_sizes(LevelsObject *self, PyObject *arg) {
     PyObject *out = PyDict_New();
     if (!out) return NULL;
     for (Py_ssize_t i = 0; i < s->n; i++) {
-        PyObject *size = level_size_str(&s->v[i]);
-        if (!size || PyDict_SetItem(out, s->v[i].price, size) < 0) {
+        const level_t *l = level_asc(s, bid, i);
+        PyObject *size = level_size_str(l);
+        if (!size || PyDict_SetItem(out, l->price, size) < 0) {
             Py_XDECREF(size);
             Py_DECREF(out);
             return NULL;
@@ -1185,7 +1274,7 @@ static PyObject *Levels_best(LevelsObject *self, PyObject *arg) {
     if (bid < 0) return NULL;
     side_t *s = &self->side[bid];
     if (!s->n) Py_RETURN_NONE;
-    PyObject *p = s->v[bid ? s->n - 1 : 0].price;
+    PyObject *p = s->v[s->n - 1].price;
     Py_INCREF(p);
     return p;
 }
@@ -1212,8 +1301,8 @@ static PyObject *Levels_size(LevelsObject *self, PyObject *const *args, Py_ssize
     const char *pp = (const char *)PyUnicode_DATA(price);
     Py_ssize_t pn = PyUnicode_GET_LENGTH(price);
     int64_t key = key_of(pp, pn);
-    Py_ssize_t i = side_lower(s, key, pp, pn, bid);
-    if (i < s->n && lvl_cmp(&s->v[i], key, pp, pn) == 0) {
+    Py_ssize_t i = side_lower(s, bid, key, pp, pn);
+    if (i < s->n && lvl_cmp(&s->v[i], bid, key, pp, pn) == 0) {
         int same = PyUnicode_Compare(s->v[i].price, price);
         if (same == -1 && PyErr_Occurred()) return NULL;
         if (same == 0) return level_size_str(&s->v[i]);
@@ -1236,7 +1325,7 @@ static PyObject *Levels_top(LevelsObject *self, PyObject *const *args, Py_ssize_
     PyObject *out = PyList_New(count);
     if (!out) return NULL;
     for (Py_ssize_t k = 0; k < count; k++) {
-        level_t *l = &s->v[bid ? s->n - 1 - k : k];
+        level_t *l = &s->v[s->n - 1 - k];
         PyObject *size = level_size_str(l);
         PyObject *pair = size ? PyList_New(2) : NULL;
         if (!pair) {
@@ -1277,13 +1366,22 @@ static PyMethodDef Levels_methods[] = {
     {"__sizeof__", (PyCFunction)Levels_sizeof, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL}};
 
+static PyGetSetDef Levels_getset[] = {
+    {"timestamp", (getter)Levels_get_timestamp, (setter)Levels_set_timestamp,
+     "The book's timestamp (NativeOrderBook.timestamp).", NULL},
+    {"hash", (getter)Levels_get_hash, (setter)Levels_set_hash,
+     "The book's last stated hash (NativeOrderBook.hash).", NULL},
+    {NULL, NULL, NULL, NULL, NULL}};
+
 static PyTypeObject Levels_Type = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "marketdata._fastbook.Levels",
     .tp_basicsize = sizeof(LevelsObject),
     .tp_dealloc = (destructor)Levels_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "One order book's levels, both sides, held in C (see fastbook.NativeOrderBook).",
+    .tp_doc = "One order book's levels, both sides, held in C (see fastbook.NativeOrderBook), "
+              "with its timestamp and hash, and its token's state in a BookKeeper (Tokens).",
     .tp_methods = Levels_methods,
+    .tp_getset = Levels_getset,
     .tp_new = Levels_new,
 };
 
@@ -1294,131 +1392,512 @@ static inline LevelsObject *core_of(PyObject *book) {
     return core && Py_TYPE(core) == &Levels_Type ? (LevelsObject *)core : NULL;
 }
 
+/* ---------------------------------------------------------------------------------------- */
+/* Tokens: a compiled BookKeeper's per-token table                                            */
+/*
+ * Keyed by the token id's bytes, so that the scanner finds an entry's book without making a
+ * str or probing the keeper's dicts; one row per tracked token (BookKeeper._meta), with its
+ * NativeOrderBook once it had a snapshot. The token's state the feed, the flush and the
+ * claim sweep read lives on the book's Levels (live, fresh, trade side, last check time:
+ * mirrored from BookKeeper by `sync`; the pending hash claim and the dirty flag: held there
+ * only), so that an entry touches one row, one Levels and its side's array. BookKeeper keeps
+ * everything else (meta, resync reasons, bursts, hash checks) in Python and reaches the claims
+ * through `claim`/`set_claim`/`claimed`; the dirty tokens are taken by the compiled drains
+ * (encode_tops/encode_pack) or `take_dirty`.
+ *
+ * Open addressing with linear probing, doubled at half full, backward-shift deletion.
+ */
+typedef struct {
+    uint64_t h;          /* hash_bytes of the id's UTF-8 | 1; 0: an empty slot */
+    PyObject *asset;     /* the token id (a str, strong) */
+    const char *key;     /* its UTF-8 bytes (owned by `asset`) */
+    Py_ssize_t key_n;
+    PyObject *book;      /* its NativeOrderBook (strong), NULL before the first snapshot */
+    LevelsObject *core;  /* the book's Levels (strong), NULL with it */
+} tok_t;
+
+typedef struct { /* all strong */
+    PyObject *asset, *book;
+    LevelsObject *core; /* listed when its dirty flag was set */
+} dirty_t;
+
+typedef struct {
+    PyObject_HEAD
+    tok_t *slots;
+    Py_ssize_t n_slots, used;
+    dirty_t *dirty;      /* cores whose dirty flag was set, in order (a cleared one is skipped) */
+    Py_ssize_t n_dirty, cap_dirty;
+    Py_ssize_t claims;   /* cores with a claim */
+} TokensObject;
+
+static PyTypeObject Tokens_Type;
+
+/* The first row whose hash and length are those of a token id (its bytes not compared). */
+static inline tok_t *tok_probe(TokensObject *T, Py_ssize_t n, uint64_t h) {
+    if (!T->n_slots) return NULL;
+    size_t mask = (size_t)T->n_slots - 1;
+    for (size_t i = (size_t)h & mask;; i = (i + 1) & mask) {
+        tok_t *t = &T->slots[i];
+        if (!t->h) return NULL;
+        if (t->h == h && t->key_n == n) return t;
+    }
+}
+
+static inline tok_t *tok_find(TokensObject *T, const char *p, Py_ssize_t n, uint64_t h) {
+    if (!T->n_slots) return NULL;
+    size_t mask = (size_t)T->n_slots - 1;
+    for (size_t i = (size_t)h & mask;; i = (i + 1) & mask) {
+        tok_t *t = &T->slots[i];
+        if (!t->h) return NULL;
+        if (t->h == h && t->key_n == n && memcmp(t->key, p, (size_t)n) == 0) return t;
+    }
+}
+
+/* The row of a token id given as a str (NULL, with no error set, if it has none). */
+static tok_t *tok_find_str(TokensObject *T, PyObject *asset) {
+    if (!PyUnicode_Check(asset)) {
+        PyErr_SetString(PyExc_TypeError, "token ids must be str");
+        return NULL;
+    }
+    Py_ssize_t n;
+    const char *p = PyUnicode_AsUTF8AndSize(asset, &n);
+    if (!p) return NULL;
+    return tok_find(T, p, n, hash_bytes(p, n) | 1);
+}
+
+/* The row of a tracked token, or NULL with KeyError set. */
+static tok_t *tok_get(TokensObject *T, PyObject *asset) {
+    tok_t *t = tok_find_str(T, asset);
+    if (!t && !PyErr_Occurred()) PyErr_SetObject(PyExc_KeyError, asset);
+    return t;
+}
+
+static void core_set_claim(TokensObject *T, LevelsObject *core, PyObject *price) {
+    if (!core->claim == !price) {
+        if (price && core->claim != price) {
+            Py_INCREF(price);
+            Py_SETREF(core->claim, price);
+        }
+        return;
+    }
+    T->claims += price ? 1 : -1;
+    Py_XINCREF(price);
+    Py_XSETREF(core->claim, price);
+}
+
+static int core_mark_dirty(TokensObject *T, tok_t *t) {
+    LevelsObject *core = t->core;
+    if (core->dirty) return 0;
+    if (T->n_dirty == T->cap_dirty) {
+        Py_ssize_t cap = T->cap_dirty ? T->cap_dirty * 2 : 256;
+        dirty_t *d = PyMem_Realloc(T->dirty, sizeof(dirty_t) * (size_t)cap);
+        if (!d) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        T->dirty = d;
+        T->cap_dirty = cap;
+    }
+    Py_INCREF(t->asset);
+    Py_INCREF(t->book);
+    Py_INCREF(core);
+    T->dirty[T->n_dirty++] = (dirty_t){t->asset, t->book, core};
+    core->dirty = 1;
+    return 0;
+}
+
+static void dirty_release(dirty_t *v, Py_ssize_t n) {
+    for (Py_ssize_t k = 0; k < n; k++) {
+        Py_DECREF(v[k].asset);
+        Py_DECREF(v[k].book);
+        Py_DECREF(v[k].core);
+    }
+    PyMem_Free(v);
+}
+
+/* A row's book goes (untrack, or another book): its Levels no longer speaks for the token. */
+static void tok_drop_book(TokensObject *T, tok_t *t) {
+    if (t->core) {
+        core_set_claim(T, t->core, NULL);
+        t->core->dirty = t->core->live = t->core->fresh = 0;
+    }
+    Py_CLEAR(t->book);
+    Py_CLEAR(t->core);
+}
+
+static int tokens_grow(TokensObject *T) {
+    Py_ssize_t n = T->n_slots ? T->n_slots * 2 : 1024;
+    tok_t *slots = PyMem_Calloc((size_t)n, sizeof(tok_t));
+    if (!slots) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t k = 0; k < T->n_slots; k++) {
+        tok_t *t = &T->slots[k];
+        if (!t->h) continue;
+        size_t i = (size_t)t->h & (size_t)(n - 1);
+        while (slots[i].h) i = (i + 1) & (size_t)(n - 1);
+        slots[i] = *t;
+    }
+    PyMem_Free(T->slots);
+    T->slots = slots;
+    T->n_slots = n;
+    return 0;
+}
+
+static PyObject *Tokens_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    if (PyTuple_GET_SIZE(args) || (kwds && PyDict_GET_SIZE(kwds))) {
+        PyErr_SetString(PyExc_TypeError, "Tokens() takes no arguments");
+        return NULL;
+    }
+    return type->tp_alloc(type, 0);
+}
+
+static void Tokens_dealloc(TokensObject *T) {
+    for (Py_ssize_t k = 0; k < T->n_slots; k++) {
+        if (!T->slots[k].h) continue;
+        tok_drop_book(T, &T->slots[k]);
+        Py_CLEAR(T->slots[k].asset);
+    }
+    dirty_release(T->dirty, T->n_dirty);
+    PyMem_Free(T->slots);
+    Py_TYPE(T)->tp_free((PyObject *)T);
+}
+
+/* track(token_id): a row for the token (no-op if it has one). */
+static PyObject *Tokens_track(TokensObject *T, PyObject *asset) {
+    tok_t *t = tok_find_str(T, asset);
+    if (t) Py_RETURN_NONE;
+    if (PyErr_Occurred()) return NULL;
+    if ((T->used + 1) * 2 > T->n_slots && tokens_grow(T) < 0) return NULL;
+    Py_ssize_t n;
+    const char *p = PyUnicode_AsUTF8AndSize(asset, &n);
+    if (!p) return NULL;
+    uint64_t h = hash_bytes(p, n) | 1;
+    size_t mask = (size_t)T->n_slots - 1, i = (size_t)h & mask;
+    while (T->slots[i].h) i = (i + 1) & mask;
+    Py_INCREF(asset);
+    T->slots[i] = (tok_t){h, asset, p, n, NULL, NULL};
+    T->used++;
+    Py_RETURN_NONE;
+}
+
+/* untrack(token_id): drop its row (no-op if it has none). */
+static PyObject *Tokens_untrack(TokensObject *T, PyObject *asset) {
+    tok_t *t = tok_find_str(T, asset);
+    if (!t) {
+        if (PyErr_Occurred()) return NULL;
+        Py_RETURN_NONE;
+    }
+    tok_drop_book(T, t);
+    PyObject *gone = t->asset;
+    /* Backward-shift deletion: pull later rows of the probe run into the hole. */
+    size_t mask = (size_t)T->n_slots - 1, hole = (size_t)(t - T->slots), i = hole;
+    for (;;) {
+        i = (i + 1) & mask;
+        tok_t *u = &T->slots[i];
+        if (!u->h) break;
+        size_t home = (size_t)u->h & mask;
+        /* u stays if its home lies cyclically in (hole, i] */
+        if (hole <= i ? (home > hole && home <= i) : (home > hole || home <= i)) continue;
+        T->slots[hole] = *u;
+        hole = i;
+    }
+    memset(&T->slots[hole], 0, sizeof(tok_t));
+    T->used--;
+    Py_DECREF(gone);
+    Py_RETURN_NONE;
+}
+
+/* set_book(token_id, book): the NativeOrderBook of a tracked token (its first snapshot). */
+static PyObject *Tokens_set_book(TokensObject *T, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "set_book(token_id, book)");
+        return NULL;
+    }
+    LevelsObject *core = core_of(args[1]);
+    if (!core) {
+        PyErr_SetString(PyExc_TypeError, "set_book: not a NativeOrderBook");
+        return NULL;
+    }
+    tok_t *t = tok_get(T, args[0]);
+    if (!t) return NULL;
+    if (t->book == args[1]) Py_RETURN_NONE;
+    tok_drop_book(T, t);
+    Py_INCREF(args[1]);
+    Py_INCREF(core);
+    t->book = args[1];
+    t->core = core;
+    Py_RETURN_NONE;
+}
+
+/* sync(token_id, live, fresh, trade_side, verified_at): BookKeeper's view of the token, for
+ * the feed, the flush and the claim sweep (no-op for a token without a book). */
+static PyObject *Tokens_sync(TokensObject *T, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "sync(token_id, live, fresh, trade_side, verified_at)");
+        return NULL;
+    }
+    double verified_at = PyFloat_AsDouble(args[4]);
+    if (verified_at == -1.0 && PyErr_Occurred()) return NULL;
+    tok_t *t = tok_find_str(T, args[0]);
+    if (!t) {
+        if (PyErr_Occurred()) return NULL;
+        Py_RETURN_NONE;
+    }
+    if (!t->core) Py_RETURN_NONE;
+    int live = PyObject_IsTrue(args[1]), fresh = live < 0 ? -1 : PyObject_IsTrue(args[2]);
+    if (fresh < 0) return NULL;
+    LevelsObject *core = t->core;
+    core->live = (uint8_t)live;
+    core->fresh = (uint8_t)fresh;
+    core->verified_at = verified_at;
+    PyObject *side = args[3] == Py_None ? NULL : args[3];
+    Py_XINCREF(side);
+    Py_XSETREF(core->trade_side, side);
+    Py_RETURN_NONE;
+}
+
+/* claim(token_id): the token's pending claim (a price), or None. */
+static PyObject *Tokens_claim(TokensObject *T, PyObject *asset) {
+    tok_t *t = tok_find_str(T, asset);
+    if (!t && PyErr_Occurred()) return NULL;
+    PyObject *price = t && t->core && t->core->claim ? t->core->claim : Py_None;
+    Py_INCREF(price);
+    return price;
+}
+
+/* set_claim(token_id, price | None) -> the previous claim or None. */
+static PyObject *Tokens_set_claim(TokensObject *T, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "set_claim(token_id, price)");
+        return NULL;
+    }
+    PyObject *price = args[1] == Py_None ? NULL : args[1];
+    tok_t *t = tok_find_str(T, args[0]);
+    if ((!t || !t->core) && !PyErr_Occurred() && price) /* a claim needs a book */
+        PyErr_SetObject(PyExc_KeyError, args[0]);
+    if (PyErr_Occurred()) return NULL;
+    if (!t || !t->core) Py_RETURN_NONE;
+    PyObject *old = t->core->claim ? t->core->claim : Py_None;
+    Py_INCREF(old);
+    core_set_claim(T, t->core, price);
+    return old;
+}
+
+/* claimed(due=inf): the tokens with a pending claim whose last check was at or before `due`
+ * (BookKeeper's claim sweep: those due a check). */
+static PyObject *Tokens_claimed(TokensObject *T, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs > 1) {
+        PyErr_SetString(PyExc_TypeError, "claimed(due=inf)");
+        return NULL;
+    }
+    double due = nargs ? PyFloat_AsDouble(args[0]) : Py_HUGE_VAL;
+    if (due == -1.0 && PyErr_Occurred()) return NULL;
+    PyObject *out = PyList_New(0);
+    for (Py_ssize_t k = 0; out && k < T->n_slots; k++) {
+        tok_t *t = &T->slots[k];
+        if (t->h && t->core && t->core->claim && t->core->verified_at <= due &&
+            PyList_Append(out, t->asset) < 0)
+            Py_CLEAR(out);
+    }
+    return out;
+}
+
+static PyObject *Tokens_claim_count(TokensObject *T, PyObject *unused) {
+    return PyLong_FromSsize_t(T->claims);
+}
+
+/* The tokens of the dirty list whose flag is still set (not untracked since): appended to a
+ * list, or added to a set and taken off the list (the drain). */
+static int dirty_collect(TokensObject *T, PyObject *into, int take) {
+    for (Py_ssize_t k = 0; k < T->n_dirty; k++) {
+        dirty_t *d = &T->dirty[k];
+        if (!d->core->dirty) continue;
+        if ((take ? PySet_Add(into, d->asset) : PyList_Append(into, d->asset)) < 0) return -1;
+    }
+    if (take) {
+        for (Py_ssize_t k = 0; k < T->n_dirty; k++) T->dirty[k].core->dirty = 0;
+        dirty_release(T->dirty, T->n_dirty);
+        T->dirty = NULL;
+        T->n_dirty = T->cap_dirty = 0;
+    }
+    return 0;
+}
+
+/* dirty(): the tokens the compiled feed touched since the last take_dirty. */
+static PyObject *Tokens_dirty(TokensObject *T, PyObject *unused) {
+    PyObject *out = PyList_New(0);
+    if (out && dirty_collect(T, out, 0) < 0) Py_CLEAR(out);
+    return out;
+}
+
+/* take_dirty(into: set): move them into the set (the drain). */
+static PyObject *Tokens_take_dirty(TokensObject *T, PyObject *into) {
+    if (!PySet_Check(into)) {
+        PyErr_SetString(PyExc_TypeError, "take_dirty(into: set)");
+        return NULL;
+    }
+    if (dirty_collect(T, into, 1) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* state(token_id) -> (has_book, live, fresh, dirty, claim, trade_side, verified_at), for the
+ * tests (verified_at None without a book). */
+static PyObject *Tokens_state(TokensObject *T, PyObject *asset) {
+    tok_t *t = tok_get(T, asset);
+    if (!t) return NULL;
+    LevelsObject *c = t->core;
+    if (!c) return Py_BuildValue("(OOOOOOO)", Py_False, Py_False, Py_False, Py_False, Py_None,
+                                 Py_None, Py_None);
+    return Py_BuildValue("(OOOOOOd)", Py_True, c->live ? Py_True : Py_False,
+                         c->fresh ? Py_True : Py_False, c->dirty ? Py_True : Py_False,
+                         c->claim ? c->claim : Py_None, c->trade_side ? c->trade_side : Py_None,
+                         c->verified_at);
+}
+
+static Py_ssize_t Tokens_len(TokensObject *T) { return T->used; }
+
+static PyMethodDef Tokens_methods[] = {
+    {"track", (PyCFunction)Tokens_track, METH_O, "track(token_id): a row for the token."},
+    {"untrack", (PyCFunction)Tokens_untrack, METH_O, "untrack(token_id): drop its row."},
+    {"set_book", (PyCFunction)(void (*)(void))Tokens_set_book, METH_FASTCALL,
+     "set_book(token_id, book): the token's NativeOrderBook."},
+    {"sync", (PyCFunction)(void (*)(void))Tokens_sync, METH_FASTCALL,
+     "sync(token_id, live, fresh, trade_side, verified_at): the keeper's view of the token."},
+    {"claim", (PyCFunction)Tokens_claim, METH_O, "claim(token_id): its pending claim or None."},
+    {"set_claim", (PyCFunction)(void (*)(void))Tokens_set_claim, METH_FASTCALL,
+     "set_claim(token_id, price | None) -> the previous claim or None."},
+    {"claimed", (PyCFunction)(void (*)(void))Tokens_claimed, METH_FASTCALL,
+     "claimed(due=inf): tokens with a claim, last checked at or before `due`."},
+    {"claim_count", (PyCFunction)Tokens_claim_count, METH_NOARGS, "The number of claims."},
+    {"dirty", (PyCFunction)Tokens_dirty, METH_NOARGS, "dirty(): tokens touched in C."},
+    {"take_dirty", (PyCFunction)Tokens_take_dirty, METH_O,
+     "take_dirty(into: set): move the tokens touched in C into the set."},
+    {"state", (PyCFunction)Tokens_state, METH_O,
+     "state(token_id) -> (has_book, live, fresh, dirty, claim, trade_side)."},
+    {NULL, NULL, 0, NULL}};
+
+static PySequenceMethods Tokens_as_sequence = {.sq_length = (lenfunc)Tokens_len};
+
+static PyTypeObject Tokens_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "marketdata._fastbook.Tokens",
+    .tp_basicsize = sizeof(TokensObject),
+    .tp_dealloc = (destructor)Tokens_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A compiled BookKeeper's tracked tokens, keyed by the token id's bytes.",
+    .tp_methods = Tokens_methods,
+    .tp_as_sequence = &Tokens_as_sequence,
+    .tp_new = Tokens_new,
+};
+
 static int apply_entries(PyObject *keeper, scan_t *sc) {
     int rc = -1;
-    PyObject *stats = NULL, *live = NULL, *meta = NULL, *claims = NULL, *dirty = NULL,
-             *verify = NULL, *ts = NULL, *events = NULL, *kd = NULL, *sd = NULL;
-    Py_ssize_t applied = 0, untracked = 0, skipped = 0;
+    PyObject *stats = NULL, *tokens = NULL, *verify = NULL, *ts = NULL, *events = NULL,
+             *kd = NULL, *sd = NULL;
+    Py_ssize_t applied = 0, untracked = 0, skipped = 0, n_prices = 0;
     kd = PyObject_GenericGetDict(keeper, NULL);
     if (!kd) PyErr_Clear(); /* no instance dict: the attribute protocol below */
     if (!(stats = inst_get(keeper, kd, s_stats))) goto done;
-    if (!(live = inst_get(keeper, kd, s_live))) goto done;
-    if (!(meta = inst_get(keeper, kd, s_meta))) goto done;
-    if (!(claims = inst_get(keeper, kd, s_claims))) goto done;
-    if (!(dirty = inst_get(keeper, kd, s_dirty))) goto done;
+    if (!(tokens = inst_get(keeper, kd, s_tokens))) goto done;
     if (!(verify = inst_get(keeper, kd, s_verify))) goto done;
     sd = PyObject_GenericGetDict(stats, NULL);
     if (!sd) PyErr_Clear();
     if (!(events = inst_get(stats, sd, s_events))) goto done;
-    if (!PyDict_Check(live) || !PyDict_Check(meta) || !PyDict_Check(claims) ||
-        !PySet_Check(dirty) || !PyDict_Check(events)) {
+    if (Py_TYPE(tokens) != &Tokens_Type || !PyDict_Check(events)) {
         PyErr_SetString(PyExc_TypeError, "_fastbook: unexpected BookKeeper state");
         goto done;
     }
+    TokensObject *T = (TokensObject *)tokens;
     int record = PyUnicode_Check(verify) && PyUnicode_Compare(verify, s_flush) == 0;
     int entry_mode = PyUnicode_Check(verify) && PyUnicode_Compare(verify, s_entry) == 0;
     if (PyErr_Occurred()) goto done;
     if (add_attr(stats, sd, s_frames, 1) < 0) goto done;
     if (dict_incr(events, s_price_change) < 0) goto done;
-    if (!(ts = ascii_str(sc->ts))) goto done;
 
+    /* Registering a new price happens in validation in the Python path too; it may run
+     * Python code, so every price comes before any row is looked up. */
+    for (; n_prices < sc->count; n_prices++) {
+        entry_t *e = &sc->entries[n_prices];
+        if (!(e->price_obj = price_str(e->price))) goto release;
+    }
+    /* The rows, looked up for every entry before any is applied, each lookup's memory (the
+     * table slot, then the token id and the book's Levels) fetched ahead while the others'
+     * are: an entry's book is rarely in the CPU cache, and its misses now overlap. */
     for (Py_ssize_t i = 0; i < sc->count; i++) {
         entry_t *e = &sc->entries[i];
-        PyObject *asset = interned(e->asset, 0), *price = NULL, *size = NULL, *levels = NULL,
-                 *order = NULL, *hash = NULL;
-        int ok = 0;
-        if (!asset) goto entry_done;
-        /* Registering a new price happens in validation in the Python path too. */
-        if (!(price = interned(e->price, 1))) goto entry_done;
-        PyObject *book = PyDict_GetItemWithError(live, asset); /* borrowed */
-        if (!book) {
-            if (PyErr_Occurred()) goto entry_done;
-            int tracked = PyDict_Contains(meta, asset);
-            if (tracked < 0) goto entry_done;
-            if (tracked)
+        e->h = hash_bytes(e->asset.p, e->asset.n) | 1;
+        if (T->n_slots) __builtin_prefetch(&T->slots[e->h & (uint64_t)(T->n_slots - 1)]);
+    }
+    for (Py_ssize_t i = 0; i < sc->count; i++) {
+        entry_t *e = &sc->entries[i];
+        tok_t *t = tok_probe(T, e->asset.n, e->h);
+        e->row = t;
+        if (t) {
+            __builtin_prefetch(t->key);
+            __builtin_prefetch(t->key + t->key_n - 1);
+            if (t->core) {
+                __builtin_prefetch(t->core);
+                __builtin_prefetch((char *)t->core + 64);
+                __builtin_prefetch(&t->core->side[e->is_bid]);
+            }
+        }
+    }
+    int python_ran = 0; /* the rows looked up above may have moved since */
+    for (Py_ssize_t i = 0; i < sc->count; i++) {
+        entry_t *e = &sc->entries[i];
+        PyObject *price = e->price_obj;
+        tok_t *t = e->row;
+        if (python_ran || !t || memcmp(t->key, e->asset.p, (size_t)e->asset.n) != 0)
+            t = tok_find(T, e->asset.p, e->asset.n, e->h);
+        LevelsObject *core = t ? t->core : NULL;
+        if (!core || !core->live) {
+            if (t)
                 skipped++;
             else
                 untracked++;
-            ok = 1;
-            goto entry_done;
+            continue;
         }
-        Py_INCREF(book);
-        LevelsObject *core = core_of(book);
-        if (core) { /* levels held in C: no size str, no dict, no list */
-            if (side_set(&core->side[e->is_bid], e->is_bid, price, e->size.p, e->size.n, NULL,
-                         is_zero_size(e->size)) < 0)
-                goto book_done;
-            goto applied;
-        }
-        if (!(size = ascii_str(e->size))) goto book_done;
-        if (!(levels = book_get(book, e->is_bid ? F_BIDS : F_ASKS))) goto book_done;
-        if (book_set(book, e->is_bid ? F_BID_HASH_JSON : F_ASK_HASH_JSON, Py_None) < 0)
-            goto book_done;
-        if (book_set(book, e->is_bid ? F_BID_TOP_JSON : F_ASK_TOP_JSON, Py_None) < 0)
-            goto book_done;
-        int in_place = 0, zero = is_zero_size(e->size);
-        if (!zero && PyDict_CheckExact(levels)) {
-            in_place = PyDict_Contains(levels, price);
-            if (in_place < 0) goto book_done;
-        }
-        if (in_place) {
-            if (PyDict_SetItem(levels, price, size) < 0) goto book_done;
-        } else if (!(order = book_get(book, e->is_bid ? F_BID_PX : F_ASK_PX))) {
-            goto book_done;
-        } else if ((in_place = set_level(levels, order, price, size, zero)) < 0) {
-            goto book_done;
-        } else if (!in_place) {
-            PyObject *r = PyObject_CallMethodObjArgs(
-                book, s_set_level, e->is_bid ? Py_True : Py_False, price, size, NULL);
-            if (!r) goto book_done;
-            Py_DECREF(r);
-        }
-    applied:
-        if (book_set(book, F_TIMESTAMP, ts) < 0) goto book_done;
-        applied++;
-        if (PySet_Add(dirty, asset) < 0) goto book_done;
-        if (e->has_hash) {
-            if (!(hash = ascii_str(e->hash))) goto book_done;
-            if (book_set(book, F_HASH, hash) < 0) goto book_done;
+        int ok = side_set(&core->side[e->is_bid], e->is_bid, price, e->size.p, e->size.n, NULL,
+                          is_zero_size(e->size)) == 0 &&
+                 text_put(TEXT_FIELD(core, ts), sc->ts.p, sc->ts.n) == 0 &&
+                 core_mark_dirty(T, t) == 0 &&
+                 (e->has_hash ? text_put(TEXT_FIELD(core, hash), e->hash.p, e->hash.n)
+                              : text_put(TEXT_FIELD(core, hash), "", 0)) == 0;
+        if (ok) {
+            applied++;
             if (record) {
-                if (PyDict_SetItem(claims, asset, price) < 0) goto book_done;
-            } else if (entry_mode) {
-                PyObject *r = PyObject_CallMethodObjArgs(keeper, s_verify_m, asset, book, hash,
-                                                         ts, price, NULL);
-                if (!r) goto book_done;
-                Py_DECREF(r);
-            }
-        } else {
-            if (book_set(book, F_HASH, s_empty) < 0) goto book_done;
-            if (record && PyDict_DelItem(claims, asset) < 0) {
-                if (!PyErr_ExceptionMatches(PyExc_KeyError)) goto book_done;
-                PyErr_Clear();
+                core_set_claim(T, core, e->has_hash ? price : NULL);
+            } else if (entry_mode && e->has_hash) {
+                /* Python code: `t` and `core` may not be valid after it. */
+                PyObject *asset = t->asset, *book = t->book, *hash = ascii_str(e->hash);
+                Py_INCREF(asset);
+                Py_INCREF(book);
+                if (!ts) ts = ascii_str(sc->ts);
+                PyObject *r = hash && ts ? PyObject_CallMethodObjArgs(keeper, s_verify_m, asset,
+                                                                      book, hash, ts, price, NULL)
+                                         : NULL;
+                python_ran = 1;
+                ok = r != NULL;
+                Py_XDECREF(r);
+                Py_XDECREF(hash);
+                Py_DECREF(asset);
+                Py_DECREF(book);
             }
         }
-        ok = 1;
-    book_done:
-        Py_DECREF(book);
-    entry_done:
-        Py_XDECREF(asset);
-        Py_XDECREF(price);
-        Py_XDECREF(size);
-        Py_XDECREF(levels);
-        Py_XDECREF(order);
-        Py_XDECREF(hash);
-        if (!ok) goto done;
+        if (!ok) goto release;
     }
     /* Like the Python loop: the counts are added once the whole frame went through. */
     if (add_attr(stats, sd, s_entries_skipped_resync, skipped) < 0 ||
         add_attr(stats, sd, s_entries_untracked, untracked) < 0 ||
         add_attr(stats, sd, s_entries_applied, applied) < 0)
-        goto done;
+        goto release;
     rc = 0;
+release:
+    for (Py_ssize_t i = 0; i < n_prices; i++) Py_DECREF(sc->entries[i].price_obj);
 done:
     Py_XDECREF(stats);
-    Py_XDECREF(live);
-    Py_XDECREF(meta);
-    Py_XDECREF(claims);
-    Py_XDECREF(dirty);
+    Py_XDECREF(tokens);
     Py_XDECREF(verify);
     Py_XDECREF(events);
     Py_XDECREF(ts);
@@ -1589,6 +2068,35 @@ static inline int put_key_price_n(buf_t *b, const char *key, Py_ssize_t n, PyObj
 #define put_key_price(b, key, price) \
     put_key_price_n((b), (key), (Py_ssize_t)(sizeof(key) - 1), (price))
 
+/* A text field of a book (F_TIMESTAMP or F_HASH): *p and *n when it is ASCII text (a
+ * NativeOrderBook's inline text, or an ASCII str), with *obj = the str or NULL; else *obj = the
+ * value (None or a str). A new reference in *obj; -1 on error (any other type is one). */
+static PyObject *str_attr(PyObject *book, int f);
+static int book_text(PyObject *book, LevelsObject *core, int f, const char **p, Py_ssize_t *n,
+                     PyObject **obj) {
+    *p = NULL;
+    *n = 0;
+    *obj = NULL;
+    if (core && (f == F_TIMESTAMP ? core->ts_n : core->hash_n) >= 0) {
+        *p = f == F_TIMESTAMP ? core->ts : core->hash;
+        *n = f == F_TIMESTAMP ? core->ts_n : core->hash_n;
+        return 0;
+    }
+    *obj = core ? (f == F_TIMESTAMP ? text_get(TEXT_FIELD(core, ts)) : text_get(TEXT_FIELD(core, hash)))
+                : str_attr(book, f);
+    if (!*obj) return -1;
+    if (*obj != Py_None && !PyUnicode_Check(*obj)) {
+        PyErr_Format(PyExc_TypeError, "_fastbook: OrderBook.%U is not a str", *g_field_names[f]);
+        Py_CLEAR(*obj);
+        return -1;
+    }
+    if (PyUnicode_Check(*obj) && PyUnicode_IS_ASCII(*obj)) {
+        *p = (const char *)PyUnicode_DATA(*obj);
+        *n = PyUnicode_GET_LENGTH(*obj);
+    }
+    return 0;
+}
+
 /* str field, or None; anything else is an error (the caller falls back). */
 static PyObject *str_attr(PyObject *book, int f) {
     PyObject *v = book_get(book, f);
@@ -1702,10 +2210,10 @@ static inline ms_slot_t *ms_slot(PyObject *bid, PyObject *ask) {
 
 /* The best `count` levels of a C-held side as the bus writes them, from the side's cached
  * copy when nothing among them changed since it was made (side_touched). */
-static int put_core_top(buf_t *b, side_t *s, int bid, Py_ssize_t depth) {
+static int put_core_top(buf_t *b, side_t *s, Py_ssize_t depth) {
     if (s->top_valid && s->top_depth == depth) return buf_put(b, s->top, s->top_n);
     Py_ssize_t count = s->n < depth ? s->n : depth, start = b->n;
-    if (put_core_side(b, s, bid ? s->n - 1 : 0, count, bid ? -1 : 1, 0) < 0) return -1;
+    if (put_core_side(b, s, s->n - 1, count, -1, 0) < 0) return -1;
     Py_ssize_t n = b->n - start;
     if (n > s->top_cap) {
         char *c = PyMem_Realloc(s->top, (size_t)n);
@@ -1739,9 +2247,12 @@ static int encode_top_into(buf_t *b, PyObject *book, PyObject *fresh, PyObject *
     LevelsObject *core = core_of(book);
     if (!core && (side_of(book, 1, &bids, &bid_px) < 0 || side_of(book, 0, &asks, &ask_px) < 0))
         goto done;
+    const char *tsp, *hp; /* the timestamp's and the hash's text, when ASCII */
+    Py_ssize_t tsn, hn;
     if (!(asset = str_attr(book, F_ASSET_ID)) || !(market = str_attr(book, F_MARKET)) ||
         !(ltp = str_attr(book, F_LAST_TRADE_PRICE)) || !(tick = str_attr(book, F_TICK_SIZE)) ||
-        !(ts = str_attr(book, F_TIMESTAMP)) || !(hash = str_attr(book, F_HASH)))
+        book_text(book, core, F_TIMESTAMP, &tsp, &tsn, &ts) < 0 ||
+        book_text(book, core, F_HASH, &hp, &hn, &hash) < 0)
         goto done;
     if (ts == Py_None || asset == Py_None || market == Py_None || hash == Py_None) {
         rc = 0; /* not a shape we encode: the Python encoder decides */
@@ -1750,9 +2261,9 @@ static int encode_top_into(buf_t *b, PyObject *book, PyObject *fresh, PyObject *
     /* timestamp_ms: int(ts) if ts.isascii() and ts.isdigit() else None */
     long long ts_ms = -1;
     {
-        Py_ssize_t n = PyUnicode_GET_LENGTH(ts);
-        if (PyUnicode_IS_ASCII(ts) && n > 0) {
-            const char *p = (const char *)PyUnicode_DATA(ts);
+        Py_ssize_t n = tsn;
+        if (tsp && n > 0) {
+            const char *p = tsp;
             Py_ssize_t i = 0;
             for (; i < n && p[i] >= '0' && p[i] <= '9'; i++)
                 ;
@@ -1773,7 +2284,7 @@ static int encode_top_into(buf_t *b, PyObject *book, PyObject *fresh, PyObject *
     PyObject *best_bid = !nb ? Py_None
                          : core ? core->side[1].v[nb - 1].price
                                 : PyList_GET_ITEM(bid_px, nb - 1);
-    PyObject *best_ask = !na ? Py_None : core ? core->side[0].v[0].price : PyList_GET_ITEM(ask_px, 0);
+    PyObject *best_ask = !na ? Py_None : core ? core->side[0].v[na - 1].price : PyList_GET_ITEM(ask_px, 0);
     PyObject *mid = Py_None, *spread = Py_None;
     int mid_done = 0;
     top_cache_t *tc = core ? &core->tc : NULL;
@@ -1829,16 +2340,17 @@ static int encode_top_into(buf_t *b, PyObject *book, PyObject *fresh, PyObject *
         put_key_str(b, ",\"tick_size\":", tick) < 0 || BUF_LIT(b, ",\"timestamp_ms\":") < 0)
         goto done;
     if ((ts_ms < 0 ? BUF_LIT(b, "null") : buf_uint(b, (unsigned long long)ts_ms)) < 0) goto done;
-    if (put_key_str(b, ",\"hash\":", hash) < 0) goto done;
+    if (BUF_LIT(b, ",\"hash\":") < 0 || (hp ? buf_json_ascii(b, hp, hn) : buf_json_str(b, hash)) < 0)
+        goto done;
     int is_fresh = PyObject_IsTrue(fresh);
     if (is_fresh < 0) goto done;
     if ((is_fresh ? BUF_LIT(b, ",\"fresh\":true") : BUF_LIT(b, ",\"fresh\":false")) < 0)
         goto done;
     if (BUF_LIT(b, ",\"bids\":") < 0 ||
-        (core ? put_core_top(b, &core->side[1], 1, depth)
+        (core ? put_core_top(b, &core->side[1], depth)
               : put_side(b, bids, bid_px, nb - 1, nb < depth ? nb : depth, -1, 0)) < 0 ||
         BUF_LIT(b, ",\"asks\":") < 0 ||
-        (core ? put_core_top(b, &core->side[0], 0, depth)
+        (core ? put_core_top(b, &core->side[0], depth)
               : put_side(b, asks, ask_px, 0, na < depth ? na : depth, 1, 0)) < 0 ||
         BUF_LIT(b, ",\"published_at\":") < 0 || buf_put(b, pa, pan) < 0 || BUF_LIT(b, "}") < 0)
         goto done;
@@ -1926,7 +2438,7 @@ static PyObject *hash_text(PyObject *self, PyObject *const *args, Py_ssize_t nar
         (core ? put_core_side(&b, &core->side[1], 0, nb, 1, 1)
               : put_side(&b, bids, bid_px, 0, nb, 1, 1)) < 0 ||
         BUF_LIT(&b, ",\"asks\":") < 0 ||
-        (core ? put_core_side(&b, &core->side[0], na - 1, na, -1, 1)
+        (core ? put_core_side(&b, &core->side[0], 0, na, 1, 1) /* held descending */
               : put_side(&b, asks, ask_px, na - 1, na, -1, 1)) < 0 ||
         put_key_str(&b, ",\"min_order_size\":", mos) < 0 ||
         put_key_str(&b, ",\"tick_size\":", tick) < 0 ||
@@ -1973,92 +2485,147 @@ static PyObject *bind(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
 /* ---------------------------------------------------------------------------------------- */
 /* encode_tops and pack_publish: the flush, per token touched                                 */
 
-static PyObject *s_last_trade, *s_side;
+/* What a token's top needs: its book and from the book's Levels whether it is published fresh
+ * and the side of its last trade (None when it has none). */
+static void top_of(PyObject *book, LevelsObject *core, PyObject **out_book, PyObject **fresh,
+                   PyObject **side) {
+    *out_book = Py_NewRef(book);
+    *fresh = core->fresh ? Py_True : Py_False;
+    *side = Py_NewRef(core->trade_side ? core->trade_side : Py_None);
+}
 
-/* What a token's top says besides its book: the side of its last trade (a new reference,
-   Py_None when it has none) and whether the token is live. 0, or -1 with an exception set
-   and *side left NULL. */
-static int
-top_context(PyObject *meta, PyObject *live, PyObject *token, PyObject **side, int *fresh)
-{
-    *side = NULL;
-    PyObject *m = PyDict_GetItemWithError(meta, token); /* borrowed */
-    if (!m) {
-        if (!PyErr_Occurred()) PyErr_SetObject(PyExc_KeyError, token);
+/* The tokens a flush publishes: those given (BookKeeper._dirty, marked by Python code), then
+ * those of the table's dirty list (marked by the compiled feed) not among them. The list is
+ * taken at the start (marks made meanwhile go to a new one), and every token of it is taken,
+ * published or not (as Python's drain swaps its set out first). */
+typedef struct {
+    PyObject *it, *seen; /* over the tokens given; seen: to refuse repeats, or NULL */
+    TokensObject *T;
+    dirty_t *v;          /* the dirty list taken */
+    Py_ssize_t n, k;
+} tops_iter_t;
+
+/* 0, or -1 with nothing taken. */
+static int tops_begin(tops_iter_t *ti, PyObject *tokens, TokensObject *T, int distinct) {
+    ti->seen = NULL;
+    if (!(ti->it = PyObject_GetIter(tokens))) return -1;
+    if (distinct && !PyAnySet_Check(tokens) && !(ti->seen = PySet_New(NULL))) {
+        Py_CLEAR(ti->it);
         return -1;
     }
-    PyObject *last = PyObject_GetAttr(m, s_last_trade);
-    if (!last) return -1;
-    if (last == Py_None) {
-        *side = last;
-    } else {
-        *side = PyObject_GetAttr(last, s_side);
-        Py_DECREF(last);
-        if (!*side) return -1;
+    ti->T = T;
+    ti->v = T->dirty;
+    ti->n = T->n_dirty;
+    ti->k = 0;
+    T->dirty = NULL;
+    T->n_dirty = T->cap_dirty = 0;
+    return 0;
+}
+
+/* The next token with a book: 1 with new references in *token, *book, *side (and *fresh), 0
+ * when there are no more, -1 on error. */
+static int tops_next(tops_iter_t *ti, PyObject **token, PyObject **book, PyObject **fresh,
+                     PyObject **side) {
+    PyObject *t;
+    while (ti->it && (t = PyIter_Next(ti->it))) {
+        int dup = 0;
+        if (!PyUnicode_Check(t)) {
+            PyErr_SetString(PyExc_TypeError, "token ids must be str");
+        } else if (ti->seen && (dup = PySet_Contains(ti->seen, t)) == 0) {
+            dup = PySet_Add(ti->seen, t);
+        } else if (dup > 0) {
+            PyErr_SetString(PyExc_ValueError, "tokens must be distinct");
+        }
+        tok_t *row = PyErr_Occurred() ? NULL : tok_find_str(ti->T, t);
+        if (PyErr_Occurred()) {
+            Py_DECREF(t);
+            return -1;
+        }
+        if (row && row->book) {
+            row->core->dirty = 0; /* published now: not again from the dirty list */
+            *token = t;
+            top_of(row->book, row->core, book, fresh, side);
+            return 1;
+        }
+        Py_DECREF(t);
     }
-    *fresh = PySequence_Contains(live, token);
-    if (*fresh < 0) {
-        Py_CLEAR(*side);
-        return -1;
+    if (ti->it) {
+        if (PyErr_Occurred()) return -1;
+        Py_CLEAR(ti->it);
+    }
+    while (ti->k < ti->n) {
+        dirty_t *d = &ti->v[ti->k++];
+        if (!d->core->dirty) continue; /* published above, or untracked since */
+        d->core->dirty = 0;
+        *token = Py_NewRef(d->asset);
+        top_of(d->book, d->core, book, fresh, side);
+        return 1;
     }
     return 0;
 }
 
-/* encode_tops(tokens, books, live, meta, depth, published_at, mid_spread, fallback)
- * -> [(token_id, top JSON), ...]: BookKeeper.drain_tops_json's loop. `fallback(book, fresh,
+static void tops_end(tops_iter_t *ti) {
+    for (Py_ssize_t j = ti->k; j < ti->n; j++) ti->v[j].core->dirty = 0; /* taken all the same */
+    dirty_release(ti->v, ti->n);
+    Py_CLEAR(ti->it);
+    Py_CLEAR(ti->seen);
+}
+
+static TokensObject *tokens_arg(PyObject *arg) {
+    if (Py_TYPE(arg) != &Tokens_Type) {
+        PyErr_SetString(PyExc_TypeError, "expected a _fastbook.Tokens");
+        return NULL;
+    }
+    return (TokensObject *)arg;
+}
+
+/* encode_tops(tokens, table, depth, published_at, mid_spread, fallback)
+ * -> [(token_id, top JSON), ...]: BookKeeper.drain_tops_json's loop over `tokens` and the
+ * table's dirty tokens (tops_iter_t; those without a book are skipped). `fallback(book, fresh,
  * last_trade_side, depth, published_at)` encodes what encode_top leaves to Python. */
 static PyObject *encode_tops(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 8) {
-        PyErr_SetString(PyExc_TypeError, "encode_tops(tokens, books, live, meta, depth, "
-                                         "published_at, mid_spread, fallback)");
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "encode_tops(tokens, table, depth, published_at, "
+                                         "mid_spread, fallback)");
         return NULL;
     }
-    PyObject *tokens = args[0], *books = args[1], *live = args[2], *meta = args[3];
-    PyObject *mid_spread = args[6], *fallback = args[7];
-    if (!PyDict_Check(books) || !PyDict_Check(meta)) {
-        PyErr_SetString(PyExc_TypeError, "books and meta must be dicts");
-        return NULL;
-    }
-    Py_ssize_t depth = PyLong_AsSsize_t(args[4]);
+    PyObject *tokens = args[0], *mid_spread = args[4], *fallback = args[5];
+    TokensObject *T = tokens_arg(args[1]);
+    if (!T) return NULL;
+    Py_ssize_t depth = PyLong_AsSsize_t(args[2]);
     if (depth == -1 && PyErr_Occurred()) return NULL;
-    long long published_at = PyLong_AsLongLong(args[5]);
+    long long published_at = PyLong_AsLongLong(args[3]);
     if (published_at == -1 && PyErr_Occurred()) return NULL;
-    PyObject *out = PyList_New(0), *it = PyObject_GetIter(tokens), *token;
-    if (!out || !it) goto fail;
-    while ((token = PyIter_Next(it))) {
-        PyObject *book = PyDict_GetItemWithError(books, token), *blob = NULL, *side = NULL;
+    PyObject *out = PyList_New(0), *token, *book, *f, *side;
+    if (!out) return NULL;
+    tops_iter_t ti;
+    if (tops_begin(&ti, tokens, T, 0) < 0) goto fail;
+    int more;
+    while ((more = tops_next(&ti, &token, &book, &f, &side)) > 0) {
+        PyObject *blob = encode_top_impl(book, f, side, depth, published_at, mid_spread);
         int ok = 0;
-        if (!book) {
-            Py_DECREF(token);
-            if (PyErr_Occurred()) goto fail;
-            continue;
-        }
-        Py_INCREF(book);
-        int fresh;
-        if (top_context(meta, live, token, &side, &fresh) < 0) goto next;
-        PyObject *f = fresh ? Py_True : Py_False;
-        blob = encode_top_impl(book, f, side, depth, published_at, mid_spread);
         if (blob == Py_None) {
             Py_DECREF(blob);
             blob = PyObject_CallFunction(fallback, "OOOnL", book, f, side, depth, published_at);
         }
-        if (!blob) goto next;
-        PyObject *pair = PyTuple_Pack(2, token, blob);
-        ok = pair && PyList_Append(out, pair) == 0;
-        Py_XDECREF(pair);
-    next:
+        if (blob) {
+            PyObject *pair = PyTuple_Pack(2, token, blob);
+            ok = pair && PyList_Append(out, pair) == 0;
+            Py_XDECREF(pair);
+        }
         Py_DECREF(book);
-        Py_XDECREF(side);
+        Py_DECREF(side);
         Py_XDECREF(blob);
         Py_DECREF(token);
-        if (!ok) goto fail;
+        if (!ok) {
+            more = -1;
+            break;
+        }
     }
-    if (PyErr_Occurred()) goto fail;
-    Py_DECREF(it);
-    return out;
+    tops_end(&ti);
+    if (more == 0) return out;
 fail:
-    Py_XDECREF(it);
-    Py_XDECREF(out);
+    Py_DECREF(out);
     return NULL;
 }
 
@@ -2308,30 +2875,29 @@ static Py_ssize_t resp_len_size(Py_ssize_t n) {
     return d + 3;
 }
 
-/* encode_pack(tokens, books, live, meta, depth, published_at, mid_spread, fallback, n_shards,
- *             maxlen, book_prefix, stream_prefix) -> (payload, replies, tops)
+/* encode_pack(tokens, table, depth, published_at, mid_spread, fallback, n_shards, maxlen,
+ *             book_prefix, stream_prefix) -> (payload, replies, tops)
  * encode_tops followed by pack_publish, byte for byte, in one pass and without a bytes
  * object per top: `tokens` are distinct token ids (BookKeeper's dirty set); each one with a
  * book gives one top, written straight into the MSET and into its shard's XADD entry. */
 static PyObject *encode_pack(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 12 || !PyDict_Check(args[1]) || !PyDict_Check(args[3]) ||
-        !PyBytes_Check(args[10]) || !PyBytes_Check(args[11])) {
+    if (nargs != 10 || !PyBytes_Check(args[8]) || !PyBytes_Check(args[9])) {
         PyErr_SetString(PyExc_TypeError,
-                        "encode_pack(tokens, books: dict, live, meta: dict, depth, published_at, "
-                        "mid_spread, fallback, n_shards, maxlen, book_prefix: bytes, "
-                        "stream_prefix: bytes)");
+                        "encode_pack(tokens, table, depth, published_at, mid_spread, fallback, "
+                        "n_shards, maxlen, book_prefix: bytes, stream_prefix: bytes)");
         return NULL;
     }
-    PyObject *tokens = args[0], *books = args[1], *live = args[2], *meta = args[3];
-    PyObject *mid_spread = args[6], *fallback = args[7], *book_prefix = args[10],
-             *stream_prefix = args[11];
-    Py_ssize_t depth = PyLong_AsSsize_t(args[4]);
+    TokensObject *T = tokens_arg(args[1]);
+    if (!T) return NULL;
+    PyObject *tokens = args[0], *mid_spread = args[4], *fallback = args[5],
+             *book_prefix = args[8], *stream_prefix = args[9];
+    Py_ssize_t depth = PyLong_AsSsize_t(args[2]);
     if (depth == -1 && PyErr_Occurred()) return NULL;
-    long long published_at = PyLong_AsLongLong(args[5]);
+    long long published_at = PyLong_AsLongLong(args[3]);
     if (published_at == -1 && PyErr_Occurred()) return NULL;
-    Py_ssize_t n_shards = PyLong_AsSsize_t(args[8]);
+    Py_ssize_t n_shards = PyLong_AsSsize_t(args[6]);
     if (n_shards == -1 && PyErr_Occurred()) return NULL;
-    long long maxlen = PyLong_AsLongLong(args[9]);
+    long long maxlen = PyLong_AsLongLong(args[7]);
     if (maxlen == -1 && PyErr_Occurred()) return NULL;
     if (n_shards < 1) n_shards = 1;
     if (PyBytes_GET_SIZE(stream_prefix) > 100) {
@@ -2341,7 +2907,9 @@ static PyObject *encode_pack(PyObject *self, PyObject *const *args, Py_ssize_t n
     char pa[32];
     Py_ssize_t pan = int_text(pa, published_at);
 
-    PyObject *result = NULL, *it = NULL, *token = NULL, *seen = NULL;
+    PyObject *result = NULL, *token = NULL, *book, *f, *side;
+    tops_iter_t ti;
+    int iterating = 0, more;
     pack_bufs_t own, *pb = &g_pack;
     int shared = !g_pack_busy;
     if (shared) {
@@ -2358,32 +2926,11 @@ static PyObject *encode_pack(PyObject *self, PyObject *const *args, Py_ssize_t n
     }
     if (pack_bufs_ready(pb, n_shards) < 0) goto done;
     buf_t *mset = &pb->mset, *top = &pb->top;
-    if (!PyAnySet_Check(tokens) && !(seen = PySet_New(NULL))) goto done;
-    if (!(it = PyObject_GetIter(tokens))) goto done;
-    while ((token = PyIter_Next(it))) {
-        if (!PyUnicode_Check(token)) {
-            PyErr_SetString(PyExc_TypeError, "token ids must be str");
-            goto done;
-        }
-        if (seen) { /* the MSET would keep one top per token but XADD every one */
-            int dup = PySet_Contains(seen, token);
-            if (dup < 0 || (!dup && PySet_Add(seen, token) < 0)) goto done;
-            if (dup) {
-                PyErr_SetString(PyExc_ValueError, "encode_pack: tokens must be distinct");
-                goto done;
-            }
-        }
-        PyObject *book = PyDict_GetItemWithError(books, token), *side = NULL;
-        if (!book) {
-            if (PyErr_Occurred()) goto done;
-            Py_CLEAR(token);
-            continue;
-        }
-        Py_INCREF(book);
+    /* distinct: the MSET would keep one top per token but XADD every one */
+    if (tops_begin(&ti, tokens, T, 1) < 0) goto done;
+    iterating = 1;
+    while ((more = tops_next(&ti, &token, &book, &f, &side)) > 0) {
         int ok = 0, r;
-        int fresh;
-        if (top_context(meta, live, token, &side, &fresh) < 0) goto next;
-        PyObject *f = fresh ? Py_True : Py_False;
         top->n = 0;
         r = encode_top_into(top, book, f, side, depth, pa, pan, mid_spread);
         if (r < 0) goto next;
@@ -2419,11 +2966,11 @@ static PyObject *encode_pack(PyObject *self, PyObject *const *args, Py_ssize_t n
         ok = 1;
     next:
         Py_DECREF(book);
-        Py_XDECREF(side);
+        Py_DECREF(side);
         Py_CLEAR(token);
         if (!ok) goto done;
     }
-    if (PyErr_Occurred()) goto done;
+    if (more < 0) goto done;
     if (!tops) {
         result = Py_BuildValue("(y#nn)", "", (Py_ssize_t)0, (Py_ssize_t)0, (Py_ssize_t)0);
         goto done;
@@ -2497,8 +3044,7 @@ static PyObject *encode_pack(PyObject *self, PyObject *const *args, Py_ssize_t n
     }
 done:
     Py_XDECREF(token);
-    Py_XDECREF(it);
-    Py_XDECREF(seen);
+    if (iterating) tops_end(&ti);
     PyMem_Free(order);
     if (shared) {
         pack_bufs_trim(pb);
@@ -2544,12 +3090,12 @@ static PyMethodDef methods[] = {
     {"encode_top", (PyCFunction)(void (*)(void))encode_top, METH_FASTCALL,
      "encode_top(book, fresh, last_trade_side, depth, published_at, mid_spread) -> bytes|None"},
     {"encode_tops", (PyCFunction)(void (*)(void))encode_tops, METH_FASTCALL,
-     "encode_tops(tokens, books, live, meta, depth, published_at, mid_spread, fallback)"},
+     "encode_tops(tokens, table, depth, published_at, mid_spread, fallback)"},
     {"pack_publish", (PyCFunction)(void (*)(void))pack_publish, METH_FASTCALL,
      "pack_publish(items, n_shards, maxlen, book_prefix, stream_prefix) -> (bytes, replies)"},
     {"encode_pack", (PyCFunction)(void (*)(void))encode_pack, METH_FASTCALL,
-     "encode_pack(tokens, books, live, meta, depth, published_at, mid_spread, fallback, "
-     "n_shards, maxlen, book_prefix, stream_prefix) -> (payload, replies, tops)"},
+     "encode_pack(tokens, table, depth, published_at, mid_spread, fallback, n_shards, maxlen, "
+     "book_prefix, stream_prefix) -> (payload, replies, tops)"},
     {"hash_text", (PyCFunction)(void (*)(void))hash_text, METH_FASTCALL,
      "hash_text(book, timestamp, last_trade_price) -> bytes: the book hash's SHA-1 input."},
     {NULL, NULL, 0, NULL}};
@@ -2564,10 +3110,7 @@ static struct PyModuleDef moduledef = {
 
 PyMODINIT_FUNC PyInit__fastbook(void) {
     INTERN(s_stats, "stats");
-    INTERN(s_live, "_live");
-    INTERN(s_meta, "_meta");
-    INTERN(s_claims, "_claims");
-    INTERN(s_dirty, "_dirty");
+    INTERN(s_tokens, "_tokens");
     INTERN(s_verify, "verify");
     INTERN(s_frames, "frames");
     INTERN(s_events, "events");
@@ -2578,34 +3121,32 @@ PyMODINIT_FUNC PyInit__fastbook(void) {
     INTERN(s_asks, "asks");
     INTERN(s_bid_px, "_bid_px");
     INTERN(s_ask_px, "_ask_px");
-    INTERN(s_bid_hash_json, "_bid_hash_json");
-    INTERN(s_bid_top_json, "_bid_top_json");
-    INTERN(s_ask_hash_json, "_ask_hash_json");
-    INTERN(s_ask_top_json, "_ask_top_json");
     INTERN(s_timestamp, "timestamp");
     INTERN(s_hash, "hash");
-    INTERN(s_set_level, "_set_level");
     INTERN(s_verify_m, "_verify");
     INTERN(s_price_change, "price_change");
     INTERN(s_flush, "flush");
     INTERN(s_entry, "entry");
-    INTERN(s_empty, "");
     INTERN(s_asset_id, "asset_id");
     INTERN(s_market, "market");
     INTERN(s_last_trade_price, "last_trade_price");
     INTERN(s_tick_size, "tick_size");
     INTERN(s_min_order_size, "min_order_size");
     INTERN(s_neg_risk, "neg_risk");
-    INTERN(s_last_trade, "last_trade");
-    INTERN(s_side, "side");
     crc_init();
     pack_bufs_init(&g_pack);
-    if (PyType_Ready(&Levels_Type) < 0) return NULL;
+    if (PyType_Ready(&Levels_Type) < 0 || PyType_Ready(&Tokens_Type) < 0) return NULL;
     PyObject *m = PyModule_Create(&moduledef);
     if (!m) return NULL;
     Py_INCREF(&Levels_Type);
     if (PyModule_AddObject(m, "Levels", (PyObject *)&Levels_Type) < 0) {
         Py_DECREF(&Levels_Type);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&Tokens_Type);
+    if (PyModule_AddObject(m, "Tokens", (PyObject *)&Tokens_Type) < 0) {
+        Py_DECREF(&Tokens_Type);
         Py_DECREF(m);
         return NULL;
     }

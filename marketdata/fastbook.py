@@ -12,7 +12,9 @@ forced either way with `BookKeeper(native=False)`.
 
 `NativeOrderBook` (None without the module) is the OrderBook the compiled path keeps: the
 same API, its levels held in C (`_fastbook.Levels`: one sorted array per side), so that
-applying an entry, encoding a top and building the hash text walk one contiguous array.
+applying an entry, encoding a top and building the hash text walk one contiguous array. Its
+`timestamp` and `hash` are held there too (the compiled feed writes them with every entry
+without making a str), and so is its token's state in a compiled BookKeeper (`_fastbook.Tokens`).
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ class _NativeOrderBook(book.OrderBook):
     size's exact text, instead of a dict, a sorted list and a str per level. `bids`/`asks`
     and `_bid_px`/`_ask_px` are read-only snapshots built on access (a dict and a list, as
     OrderBook's); change a book through `apply_change`/`_set_level`/snapshots only.
+    `timestamp` and `hash` are properties over the same C object (OrderBook's slots of those
+    names stay unused).
     """
 
     __slots__ = ("_core",)
@@ -82,6 +86,22 @@ class _NativeOrderBook(book.OrderBook):
         self.timestamp = timestamp
         self.hash = hash
         self._top_depth = 0
+
+    @property  # type: ignore[override]
+    def timestamp(self) -> str:
+        return self._core.timestamp  # type: ignore[no-any-return]
+
+    @timestamp.setter
+    def timestamp(self, value: str) -> None:
+        self._core.timestamp = value
+
+    @property  # type: ignore[override]
+    def hash(self) -> str:
+        return self._core.hash  # type: ignore[no-any-return]
+
+    @hash.setter
+    def hash(self, value: str) -> None:
+        self._core.hash = value
 
     # The storage OrderBook's own methods read, built from the C arrays (read-only copies).
     @property

@@ -20,8 +20,9 @@ second). Pure Python, no Django.
 from __future__ import annotations
 
 import logging
+import math
 import time
-from collections.abc import Callable, Container, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypedDict
 
@@ -554,6 +555,41 @@ class _TokenMeta:
     verified_at: float = float("-inf")  # monotonic seconds of the last flush-mode check
 
 
+class _NativeClaims(MutableMapping[str, str]):
+    """`BookKeeper._claims` on the compiled path: each token's pending claim is held by its
+    book's C object, where the compiled feed writes it (`_fastbook.Tokens`); this is the
+    dict-like view the keeper's Python code uses (the same code as on the pure path)."""
+
+    __slots__ = ("_tokens",)
+
+    def __init__(self, tokens: Any) -> None:
+        self._tokens = tokens
+
+    def __getitem__(self, token_id: str) -> str:
+        price: str | None = self._tokens.claim(token_id)
+        if price is None:
+            raise KeyError(token_id)
+        return price
+
+    def __setitem__(self, token_id: str, price: str) -> None:
+        self._tokens.set_claim(token_id, price)
+
+    def __delitem__(self, token_id: str) -> None:
+        if self._tokens.set_claim(token_id, None) is None:
+            raise KeyError(token_id)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tokens.claimed())
+
+    def __len__(self) -> int:
+        return self._tokens.claim_count()  # type: ignore[no-any-return]
+
+    def pop(self, token_id: str, default: Any = None) -> Any:  # type: ignore[override]
+        """One call instead of MutableMapping's lookup + delete."""
+        price = self._tokens.set_claim(token_id, None)
+        return default if price is None else price
+
+
 class BookKeeper:
     """Owns the local books of the tracked tokens and applies feed events to them.
 
@@ -588,7 +624,11 @@ class BookKeeper:
       `parse_frame` + `normalise` + `apply`, fused for `price_change` frames.
     * `native`: use the compiled path (marketdata/fastbook.py) for `price_change` frames and
       top encoding: None (default) = when it is built and not switched off, False = never,
-      True = required (ValueError if unavailable). Same results either way.
+      True = required (ValueError if unavailable). Same results either way. Compiled, the
+      per-token state the feed and the flush use is held in C (`_tokens`, a
+      `_fastbook.Tokens`): the claims (`_claims` is a view on it), the tokens the compiled
+      feed touched (merged into `_dirty` at a drain, see `_take_dirty`) and a copy of each
+      token's liveness, freshness and last trade side (`_sync`, after every change to them).
     """
 
     def __init__(
@@ -623,10 +663,15 @@ class BookKeeper:
         self._meta: dict[str, _TokenMeta] = {}
         self._books: dict[str, OrderBook] = {}  # every token that ever had a valid snapshot
         self._live: dict[str, OrderBook] = {}  # the in-sync ones: deltas are applied to these
+        # The compiled path's table of the tracked tokens (see the class docstring).
+        self._tokens: Any = self._native.Tokens() if self._native is not None else None
         # flush mode: token -> price of its last hash-carrying entry, whose hash (book.hash)
         # and timestamp (book.timestamp) are not checked yet.
-        self._claims: dict[str, str] = {}
-        self._dirty: set[str] = set()  # touched since the last drain
+        self._claims: MutableMapping[str, str] = (
+            _NativeClaims(self._tokens) if self._tokens is not None else {}
+        )
+        # touched since the last drain (compiled: plus those in `_tokens`, see _take_dirty)
+        self._dirty: set[str] = set()
         self.last_hash_result: dict[str, HashCheck] = {}  # token -> outcome of its last check
         self._trades: list[EncodedTrade] = []  # trade prints since the last drain_trades_json
 
@@ -646,6 +691,8 @@ class BookKeeper:
         meta = self._meta.get(token_id)
         if meta is None:
             self._meta[token_id] = _TokenMeta(market, min_order_size, neg_risk, tick_size)
+            if self._tokens is not None:
+                self._tokens.track(token_id)
             return
         meta.market = market or meta.market
         meta.min_order_size, meta.neg_risk = min_order_size, neg_risk
@@ -663,6 +710,8 @@ class BookKeeper:
         self._claims.pop(token_id, None)
         self._bursts.pop(token_id, None)
         self._dirty.discard(token_id)
+        if self._tokens is not None:
+            self._tokens.untrack(token_id)  # its claim and dirty flag go with it
 
     def tracked(self) -> set[str]:
         return set(self._meta)
@@ -701,6 +750,38 @@ class BookKeeper:
         self._live.pop(token_id, None)
         self._claims.pop(token_id, None)
         self._dirty.add(token_id)  # publish it as not fresh
+        self._sync(token_id)
+
+    def _sync(self, token_id: str) -> None:
+        """Compiled path: copy the token's liveness, freshness (live and not in an unproven
+        trade burst), last trade side and last hash check time to `_tokens`, where the
+        compiled feed, flush and claim sweep read them. Called after every change to `_live`,
+        `_bursts`, a token's last trade, or its `verified_at` (followed by a check: `_verify`
+        ends with it)."""
+        tokens = self._tokens
+        if tokens is not None:
+            meta = self._meta.get(token_id)
+            if meta is None:
+                return
+            last = meta.last_trade
+            live = token_id in self._live
+            fresh = live and token_id not in self._bursts
+            side = last.side if last is not None else None
+            tokens.sync(token_id, live, fresh, side, meta.verified_at)
+
+    def _take_dirty(self) -> set[str]:
+        """The tokens touched since the last drain, now taken (the drain's input; the compiled
+        drain_tops_json/_packed take those of `_tokens` themselves, in C)."""
+        dirty, self._dirty = self._dirty, set()
+        if self._tokens is not None:
+            self._tokens.take_dirty(dirty)
+        return dirty
+
+    def _dirty_tokens(self) -> set[str]:
+        """The tokens touched since the last drain, left in place (tests, tools)."""
+        if self._tokens is None:
+            return set(self._dirty)
+        return self._dirty | set(self._tokens.dirty())
 
     # --- applying events --------------------------------------------------------------------
 
@@ -888,6 +969,8 @@ class BookKeeper:
                 if not book.last_trade_price and meta.last_trade is not None:
                     book.last_trade_price = meta.last_trade.price
                 self._books[asset_id] = book
+                if self._tokens is not None:
+                    self._tokens.set_book(asset_id, book)
             else:
                 book.replace_from_snapshot(msg)
         except ValueError as exc:
@@ -904,6 +987,7 @@ class BookKeeper:
         self._bursts.pop(asset_id, None)
         self._live[asset_id] = book
         self._dirty.add(asset_id)
+        self._sync(asset_id)
         if self.verify != "off" and book.hash:
             extra = (claimed_price,) if claimed_price else ()
             meta.verified_at = self._clock()  # counts as the token's check for the interval
@@ -937,6 +1021,7 @@ class BookKeeper:
         if book is not None:
             book.last_trade_price = price
         self._dirty.add(asset_id)
+        self._sync(asset_id)
         return {asset_id}
 
     # --- hash checks ------------------------------------------------------------------------
@@ -958,11 +1043,14 @@ class BookKeeper:
             # Swept at most 8 times per interval: a claim waits at most interval/8 past its
             # due time, and a flush does not walk every token's claim each time.
             self._next_sweep = now + self.verify_interval_s / 8
-        due = 0.0 if force else now - self.verify_interval_s
-        meta = self._meta
-        for asset_id in list(self._claims):
-            if force or meta[asset_id].verified_at <= due:
-                self._verify_claim(asset_id)
+        due = math.inf if force else now - self.verify_interval_s
+        if self._tokens is not None:  # the claims and a copy of the last checks' times: in C
+            due_claims: list[str] = self._tokens.claimed(due)
+        else:
+            meta = self._meta
+            due_claims = [t for t in self._claims if meta[t].verified_at <= due]
+        for asset_id in due_claims:
+            self._verify_claim(asset_id)
 
     def next_deadline(self) -> float | None:
         """The monotonic time by which `verify_pending` must run again (a deferred mismatch
@@ -1034,6 +1122,7 @@ class BookKeeper:
             stats.reject("hash_mismatch", f"{asset_id[:16]}… ts={ts} expected {expected}")
             self._hold(asset_id, meta, "hash mismatch")
         self.last_hash_result[asset_id] = result
+        self._sync(asset_id)
         return result
 
     # --- output -----------------------------------------------------------------------------
@@ -1055,8 +1144,7 @@ class BookKeeper:
         """Check the due hash claims, then the tops of every token touched since the last
         drain (for `PriceBus.publish`). Tokens without any valid snapshot are skipped."""
         self.verify_pending()
-        dirty, self._dirty = self._dirty, set()
-        return [top for top in (self.top(t, depth) for t in dirty) if top is not None]
+        return [top for top in (self.top(t, depth) for t in self._take_dirty()) if top is not None]
 
     def drain_trades_json(self) -> list[EncodedTrade]:
         """The trade prints applied since the last call, in feed order, encoded for
@@ -1064,24 +1152,20 @@ class BookKeeper:
         trades, self._trades = self._trades, []
         return trades
 
-    def _drain_dirty(self) -> tuple[set[str], Container[str], int]:
-        """For the drain_tops_* methods: check the due hash claims, then take the tokens
-        touched since the last drain; with the tokens published fresh and published_at."""
+    def drain_tops_json(self, depth: int = DEFAULT_DEPTH) -> list[EncodedTop]:
+        """`drain_tops`, already encoded for `PriceBus.publish_json` (the feed's hot path)."""
         self.verify_pending()
-        dirty, self._dirty = self._dirty, set()
+        native = self._native
+        if native is not None:  # the same loop in C, over the tokens' state in `_tokens`
+            dirty, self._dirty = self._dirty, set()  # with those of `_tokens`, taken in C
+            return native.encode_tops(  # type: ignore[no-any-return]
+                dirty, self._tokens, depth, now_ms(), mid_spread, _encode_top_kw
+            )
+        dirty, published_at = self._take_dirty(), now_ms()
+        books, meta = self._books, self._meta
         live: Container[str] = self._live
         if self._bursts:  # books in an unproven trade burst are published not fresh
             live = {t: b for t, b in self._live.items() if t not in self._bursts}
-        return dirty, live, now_ms()
-
-    def drain_tops_json(self, depth: int = DEFAULT_DEPTH) -> list[EncodedTop]:
-        """`drain_tops`, already encoded for `PriceBus.publish_json` (the feed's hot path)."""
-        dirty, live, published_at = self._drain_dirty()
-        books, meta, native = self._books, self._meta, self._native
-        if native is not None:  # the same loop in C
-            return native.encode_tops(  # type: ignore[no-any-return]
-                dirty, books, live, meta, depth, published_at, mid_spread, _encode_top_kw
-            )
         out: list[EncodedTop] = []
         for token_id in dirty:
             book = books.get(token_id)
@@ -1110,14 +1194,13 @@ class BookKeeper:
                 return b"", 0, 0
             payload, replies = pack_publish(items, n_shards, maxlen)
             return payload, replies, len(items)
-        dirty, live, published_at = self._drain_dirty()
+        self.verify_pending()
+        dirty, self._dirty = self._dirty, set()  # with those of `_tokens`, taken in C
         return native.encode_pack(  # type: ignore[no-any-return]
             dirty,
-            self._books,
-            live,
-            self._meta,
+            self._tokens,
             depth,
-            published_at,
+            now_ms(),
             mid_spread,
             _encode_top_kw,
             n_shards,

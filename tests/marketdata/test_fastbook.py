@@ -1,7 +1,9 @@
 """The compiled feed path (marketdata/_fastbook.c) against the pure-Python one: the same
 frames through `BookKeeper(native=True)` and `BookKeeper(native=False)` must leave identical
 books, claims, hash outcomes, counters and published tops; the C top encoder, hash text and
-mid/spread must equal the Python ones byte for byte.
+mid/spread must equal the Python ones byte for byte. The compiled keeper's per-token state in
+C (`_fastbook.Tokens`: claims, dirty tokens, and its copy of liveness, freshness and the last
+trade's side) is checked against its own Python state after every step.
 
 Skipped when the extension is not built or POLYSIM_FEED_PURE is set; REQUIRE_FASTBOOK=1
 (CI, after `make install` built it) turns that skip into a failure.
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import time
 from decimal import Decimal
 
 import orjson
@@ -44,6 +47,9 @@ def fixed_clock(monkeypatch):
 
 
 def pair(tokens=(TOKEN_A, TOKEN_B), **kwargs) -> tuple[BookKeeper, BookKeeper]:
+    # A deferred mismatch expires on the wall clock, read by each keeper at its own moment:
+    # out of reach here unless a test sets the grace (and the clock) itself.
+    kwargs.setdefault("burst_grace_ms", 3_600_000)
     keepers = BookKeeper(native=True, **kwargs), BookKeeper(native=False, **kwargs)
     for keeper in keepers:
         for token in tokens:
@@ -57,15 +63,40 @@ def state(keeper: BookKeeper) -> dict:
         "best": {t: (b.best_bid_str(), b.best_ask_str()) for t, b in keeper._books.items()},
         "live": sorted(keeper._live),
         "claims": dict(keeper._claims),
-        "dirty": sorted(keeper._dirty),
+        "dirty": sorted(keeper._dirty_tokens()),
         "hash_results": dict(keeper.last_hash_result),
         "stats": keeper.stats.as_dict(),
         "ltp": {t: b.last_trade_price for t, b in keeper._books.items()},
     }
 
 
+def assert_mirrored(keeper: BookKeeper) -> None:
+    """The compiled keeper's C table holds exactly its tracked tokens, and for each one what
+    the Python state says: its book, liveness, freshness (live and not in an unproven trade
+    burst), last trade side, last hash check time; claims and dirty tokens only there,
+    counted right."""
+    tokens = keeper._tokens
+    assert len(tokens) == len(keeper._meta)
+    claims = {}
+    for token, meta in keeper._meta.items():
+        has_book, live, fresh, _dirty, claim, side, verified_at = tokens.state(token)
+        assert has_book == (token in keeper._books), token
+        if not has_book:
+            assert claim is None
+            continue
+        assert live == (token in keeper._live), token
+        assert fresh == (live and token not in keeper._bursts), token
+        assert side == (meta.last_trade.side if meta.last_trade else None), token
+        assert verified_at == meta.verified_at, token
+        if claim is not None:
+            claims[token] = claim
+    assert claims == dict(keeper._claims) and tokens.claim_count() == len(claims)
+    assert set(tokens.dirty()) <= set(keeper._meta)
+
+
 def assert_same(fast: BookKeeper, pure: BookKeeper) -> None:
     assert state(fast) == state(pure)
+    assert_mirrored(fast)
 
 
 def drain_same(fast: BookKeeper, pure: BookKeeper) -> list[tuple[str, bytes]]:
@@ -139,13 +170,16 @@ def test_the_scanner_takes_every_recorded_price_change_frame(shared_dir):
 
 
 @pytest.mark.parametrize("odd", ['\\"', "\\u0041", "\x01", "\x1f", "é", "\x7f"])
-def test_the_scanner_leaves_any_escape_control_or_non_ascii_byte_to_python(odd):
-    """Wherever it sits in a string (the scanner tests 16 and 8 bytes at a time, then one by
-    one), an escape, a control byte or a non-ASCII character sends the frame to Python:
-    except DEL, which is plain ASCII to JSON and is taken."""
+@pytest.mark.parametrize("best", ["", ',"best_bid":"0.4","best_ask":"0.6"'])
+def test_the_scanner_leaves_any_escape_control_or_non_ascii_byte_to_python(odd, best):
+    """Wherever it sits in a string (the scanner tests 16 bytes at a time, then one by one),
+    an escape, a control byte or a non-ASCII character sends the frame to Python: except DEL,
+    which is plain ASCII to JSON and is taken. With best_bid/best_ask the entry has the exact
+    form Polymarket sends (read by the compact path), without them any other form."""
     for pos in range(0, 40):
         token = TOKEN_A[:pos] + odd + TOKEN_A[pos:]
         entry = '"asset_id":"' + token + '","price":"0.5","size":"1","side":"BUY","hash":"ab"'
+        entry += best
         frame = (
             '{"market":"0xm","price_changes":[{' + entry + '}],"timestamp":"1",'
             '"event_type":"price_change"}'
@@ -181,6 +215,26 @@ def test_golden_sequence_same_on_both_paths(shared_dir, verify, drain_every):
         assert [t for t, _ in tops] == [TOKEN_A]
 
 
+@pytest.mark.parametrize("interval_ms", [25, 60])
+def test_the_claim_sweep_checks_the_same_due_claims_on_both_paths(shared_dir, interval_ms):
+    """verify_interval_ms: a flush checks only the claims of tokens not checked within the
+    interval (compiled: picked in C from its copy of each token's last check time)."""
+    now = [0.0]
+    fast, pure = pair((TOKEN_A, TOKEN_B), verify_interval_ms=interval_ms, clock=lambda: now[0])
+    frames = recorded(shared_dir)
+    mirror = orjson.loads(frames[0]) | {"asset_id": TOKEN_B, "hash": ""}
+    feed_both(fast, pure, [frames[0], orjson.dumps(mirror)])
+    checks = []
+    for frame in frames[1:]:
+        feed_both(fast, pure, [frame])
+        now[0] += 0.01
+        (drain_packed_same if len(checks) % 2 else drain_same)(fast, pure)
+        checks.append(fast.stats.hash_checked)
+    assert fast.stats.hash_checked == pure.stats.hash_checked
+    # Not every drain checked: the interval held some claims back, and they were checked later.
+    assert 1 < len(set(checks)) < len(checks) and fast.stats.hash_checked > 2
+
+
 def test_golden_sequence_str_frames_as_the_websocket_delivers_them(shared_dir):
     fast, pure = pair((TOKEN_A,))
     for frame in recorded(shared_dir):
@@ -201,7 +255,9 @@ SIZES = ["0", "0.0", ".0", "00", "100", "100.5", "5", "3.", "0.25", "12345678901
 BAD_SIZES = ["-1", "abc", "NaN", "", "1e3", "Infinity", "1,5"]
 TOKENS = [TOKEN_A, TOKEN_B, UNTRACKED, ""]
 
-hashes = st.sampled_from([None, "MISSING", "MISSING"] + [f"{i:040x}" for i in range(7)])
+# Hashes and timestamps longer than the C book keeps inline (48 and 24 characters) too.
+hashes = st.sampled_from([None, "MISSING", "MISSING", "ab" * 30] + [f"{i:040x}" for i in range(7)])
+timestamps = ["1790658674035"] * 4 + ["1790658674036", "", "0017", "0" * 20 + "1790658674035"]
 
 
 @st.composite
@@ -232,7 +288,7 @@ def price_change_frames(draw):
     msg = {
         "market": draw(st.sampled_from(["0xm"] * 8 + ['0x"q"', "0xé"])),
         "price_changes": draw(st.lists(entries(), max_size=4)),
-        "timestamp": draw(st.sampled_from(["1790658674035"] * 4 + ["1790658674036", "", "0017"])),
+        "timestamp": draw(st.sampled_from(timestamps)),
         "event_type": "price_change",
     }
     keys = list(msg)
@@ -295,9 +351,26 @@ def other_frames(draw):
     return draw(st.sampled_from([b"PONG", b"{oops", b"[]", b"42", b'{"event_type":"x"}']))
 
 
-frames_strategy = st.lists(
-    st.one_of(price_change_frames(), price_change_frames(), other_frames()), max_size=25
+# What the ingester does to a keeper between frames: (un)track a token, put it on hold.
+keeper_actions = st.tuples(
+    st.sampled_from(["untrack", "track", "require_resync"]), st.sampled_from([TOKEN_A, TOKEN_B])
 )
+
+frames_strategy = st.lists(
+    st.one_of(price_change_frames(), price_change_frames(), other_frames(), keeper_actions),
+    max_size=25,
+)
+
+
+def step(keeper: BookKeeper, frame: bytes | str | tuple[str, str]) -> None:
+    if not isinstance(frame, tuple):
+        keeper.feed(frame)
+    elif frame[0] == "untrack":
+        keeper.untrack(frame[1])
+    elif frame[0] == "track":
+        keeper.track(frame[1], market="0xm")
+    else:
+        keeper.require_resync([frame[1]])
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -321,14 +394,149 @@ def test_random_frames_same_on_both_paths(frames, verify, drains):
     for keeper in (fast, pure):
         keeper.feed(snapshot)
     for i, frame in enumerate(frames):
-        fast.feed(frame)
-        pure.feed(frame)
+        step(fast, frame)
+        step(pure, frame)
         assert_same(fast, pure)
         if i in drains:
             (drain_packed_same if i % 2 else drain_same)(fast, pure)
     fast.verify_pending(force=True)
     pure.verify_pending(force=True)
     drain_packed_same(fast, pure)
+
+
+def feed_both(fast: BookKeeper, pure: BookKeeper, frames: list[bytes], *, each=True) -> None:
+    for frame in frames:
+        fast.feed(frame)
+        pure.feed(frame)
+        if each:
+            assert_same(fast, pure)
+    assert_same(fast, pure)
+
+
+@pytest.mark.parametrize("ending", ["proven", "expired"])
+def test_a_burst_mismatch_reaches_the_compiled_tops_as_python_publishes_it(
+    shared_dir, monkeypatch, ending
+):
+    """The recorded trade burst's first claim is a deferred mismatch on a crossed book: the
+    compiled flush publishes the token not fresh from its copy of the token's state, then fresh
+    once the burst's next messages prove the book, or held once the grace has passed."""
+    raw = recorded(shared_dir)
+    fast, pure = pair((TOKEN_A,), burst_grace_ms=500)
+    feed_both(fast, pure, raw[:48])
+    tops = dict(drain_same(fast, pure))
+    assert fast.last_hash_result[TOKEN_A] == "deferred" and fast.next_deadline() is not None
+    assert b'"fresh":false' in tops[TOKEN_A]
+    assert fast._tokens.state(TOKEN_A)[1:3] == (True, False)  # live, not fresh
+    if ending == "proven":
+        feed_both(fast, pure, raw[48:50])
+        tops = dict(drain_same(fast, pure))
+        assert fast.last_hash_result[TOKEN_A] == "inferred" and b'"fresh":true' in tops[TOKEN_A]
+        assert fast._tokens.state(TOKEN_A)[1:3] == (True, True)
+        feed_both(fast, pure, raw[50:])
+        drain_packed_same(fast, pure)
+    else:
+        deadline = max(fast.next_deadline(), pure.next_deadline())
+        real_monotonic = time.monotonic
+        monkeypatch.setattr(time, "monotonic", lambda: max(real_monotonic(), deadline + 0.001))
+        tops = dict(drain_same(fast, pure))
+        assert fast.needs_resync(TOKEN_A) and b'"fresh":false' in tops[TOKEN_A]
+        assert fast._tokens.state(TOKEN_A)[1:3] == (False, False)
+        feed_both(fast, pure, raw[48:])  # skipped while on hold
+        assert fast.stats.entries_skipped_resync > 0
+        drain_packed_same(fast, pure)
+
+
+def test_untrack_and_track_again_reset_the_compiled_token_state(shared_dir):
+    """Untracking drops the token's row in C with its claim and dirty mark; its entries count
+    as untracked; tracked again, it waits for a snapshot like a new token."""
+    raw = recorded(shared_dir)
+    fast, pure = pair((TOKEN_A, TOKEN_B))
+    feed_both(fast, pure, raw[:10])
+    assert fast._claims and TOKEN_A in fast._dirty_tokens()
+    for keeper in (fast, pure):
+        keeper.untrack(TOKEN_A)
+        keeper.untrack(TOKEN_A)  # twice: no-op
+    assert_same(fast, pure)
+    assert not fast._claims and fast._dirty_tokens() == set()
+    with pytest.raises(KeyError):
+        fast._tokens.state(TOKEN_A)
+    feed_both(fast, pure, raw[10:20])
+    assert fast.stats.entries_untracked > 0 and fast.stats.entries_skipped_resync > 0
+    for keeper in (fast, pure):
+        keeper.track(TOKEN_A, market="0xm")
+    feed_both(fast, pure, raw[20:30])  # no snapshot yet: skipped
+    assert fast._tokens.state(TOKEN_A)[0] is False
+    feed_both(fast, pure, raw[:1])  # the subscription snapshot again: a new book, live
+    assert fast._tokens.state(TOKEN_A)[:3] == (True, True, True)
+    drain_packed_same(fast, pure)
+    # The recording's later deltas do not fit that old book: held at the next hash check,
+    # until the recording's last frame, a book, brings it back in sync.
+    feed_both(fast, pure, raw[30:-1])
+    drain_same(fast, pure)
+    assert fast.needs_resync(TOKEN_A) and fast._tokens.state(TOKEN_A)[1] is False
+    feed_both(fast, pure, raw[-1:])
+    drain_same(fast, pure)
+    assert not fast.needs_resync(TOKEN_A) and fast._tokens.state(TOKEN_A)[1] is True
+
+
+@pytest.mark.parametrize("verify", ["flush", "off"])
+def test_many_tokens_tracked_untracked_and_held_same_on_both_paths(verify):
+    """1,500 tokens: the C table grows past its first size and loses rows from the middle of
+    its probe runs (untrack), the dirty list spans many tokens between drains, claims come and
+    go, mismatches hold tokens and snapshots bring them back: the same books, state, counters
+    and published tops on both paths."""
+    rng = random.Random(20260929)
+    tokens = [str(rng.getrandbits(250)).rjust(77, "1") for _ in range(1500)]
+    fast, pure = pair(tokens, verify=verify)
+    prices = [f"0.{i:02d}" for i in range(1, 100)]
+
+    def snapshot(token: str) -> bytes:
+        bids = rng.sample(prices[:45], 5)
+        asks = rng.sample(prices[55:], 5)
+        return orjson.dumps(
+            {"event_type": "book", "market": "0xm", "asset_id": token, "timestamp": "1",
+             "bids": [{"price": p, "size": "10"} for p in bids],
+             "asks": [{"price": p, "size": "10"} for p in asks]}
+        )  # fmt: skip
+
+    feed_both(fast, pure, [snapshot(t) for t in tokens[:1400]], each=False)  # 100 without
+    tracked = set(tokens)
+    for i in range(1, 1001):
+        entries = []
+        for _ in range(rng.randint(1, 3)):
+            entry = {
+                "asset_id": rng.choice(tokens),
+                "price": rng.choice(prices),
+                "size": rng.choice(["0", "5", "12.5"]),
+                "side": rng.choice(["BUY", "SELL"]),
+            }
+            if rng.random() < 0.02:  # a (wrong) hash: a claim, a mismatch at the next check
+                entry["hash"] = f"{rng.getrandbits(160):040x}"
+            entries.append(entry)
+        frame = {"market": "0xm", "price_changes": entries, "timestamp": str(i),
+                 "event_type": "price_change"}  # fmt: skip
+        fast.feed(orjson.dumps(frame))
+        pure.feed(orjson.dumps(frame))
+        if i % 97 == 0:  # the ingester: drop some tokens, take back others, resync the held
+            gone = set(rng.sample(sorted(tracked), 40))
+            out = sorted(set(tokens) - tracked)
+            back = set(rng.sample(out, min(30, len(out))))
+            held = sorted(fast.resync_wanted() - gone)[:50]
+            for keeper in (fast, pure):
+                for token in sorted(gone):
+                    keeper.untrack(token)
+                for token in sorted(back):
+                    keeper.track(token, market="0xm")
+            tracked = (tracked - gone) | back
+            feed_both(fast, pure, [snapshot(t) for t in held + sorted(back)], each=False)
+        if i % 50 == 0:
+            (drain_packed_same if i % 100 else drain_same)(fast, pure)
+    drain_packed_same(fast, pure)
+    assert fast.stats.entries_applied > 1000 and fast.stats.entries_untracked > 0
+    assert fast.stats.entries_skipped_resync > 0
+    assert len(fast._tokens) == len(tracked) > 1024 // 2  # grown at least once
+    if verify == "flush":
+        assert fast.stats.hash_mismatched > 0
 
 
 def test_a_bad_entry_sends_the_whole_frame_to_python_and_is_counted_once():
@@ -548,23 +756,28 @@ def test_encode_pack_is_pack_publish_of_encode_tops_byte_for_byte(n_shards):
     tokens = sorted(keeper._books)
     long_ts = keeper._books[f"3{TOKEN_A[1:]}"]
     assert native.encode_top(long_ts, True, None, 10, 1, mid_spread) is None
-    keeper._meta[tokens[2]].last_trade = messages.LastTrade("0.5", "SELL", "3", "1")
-    live = {t: b for t, b in keeper._live.items() if t != tokens[5]}  # one published stale
+    trade = {"event_type": "last_trade_price", "market": "0xm2", "asset_id": tokens[2]}
+    trade |= {"price": "0.5", "side": "SELL", "size": "3", "timestamp": "1"}
+    keeper.feed(orjson.dumps(trade))
+    keeper.require_resync([tokens[5]])  # one published stale
+    keeper.track("tracked, no book yet")
+    assert keeper.last_trade(tokens[2]) is not None and keeper.needs_resync(tokens[5])
     for round_ in range(6):
-        order = rng.sample(tokens, len(tokens) - round_)  # some with no book, some left out
-        order.insert(1, "not tracked")
-        args = (keeper._books, live, keeper._meta, 10, 1234 + round_, mid_spread)
+        order = rng.sample(tokens, len(tokens) - round_)  # some left out
+        order[1:1] = ["not tracked", "tracked, no book yet"]
+        args = (keeper._tokens, 10, 1234 + round_, mid_spread)
         items = native.encode_tops(order, *args, messages._encode_top_kw)
         packed = native.encode_pack(
             order, *args, messages._encode_top_kw, n_shards, 77, b"md:book:", b"md:updates:"
         )
         assert packed == (*pack_publish(items, n_shards, 77), len(items))
+        assert [t for t, _ in items] == [t for t in order if t in keeper._books]
         for token, blob in items:  # the C encoder's tops are the Python encoder's
             book = keeper._books[token]
             last = keeper._meta[token].last_trade
             assert blob == encode_top(
                 book,
-                fresh=token in live,
+                fresh=token != tokens[5],
                 last_trade_side=last.side if last else None,
                 depth=10,
                 published_at=1234 + round_,
