@@ -30,8 +30,8 @@
  *     BookKeeper._feed_price_change (same counters, same claims, same dirty tokens, the same
  *     level rules as OrderBook._set_level) and returns True.
  * encode_top(book, fresh, last_trade_side, depth, published_at, mid_spread) -> bytes | None
- *     bus.encode_top byte for byte; None when a field needs the Python encoder (e.g. a
- *     timestamp too long for a 64-bit int), and the caller then uses it.
+ *     bus.encode_top byte for byte; None when a field needs the Python encoder, and the
+ *     caller then uses it.
  * encode_tops(...), pack_publish(...), encode_pack(...)
  *     The flush: BookKeeper.drain_tops_json's loop over a Tokens table, publisher.pack_publish,
  *     and both in one pass (BookKeeper.drain_tops_packed: each top written straight into the
@@ -2258,7 +2258,7 @@ static int encode_top_into(buf_t *b, PyObject *book, PyObject *fresh, PyObject *
         rc = 0; /* not a shape we encode: the Python encoder decides */
         goto done;
     }
-    /* timestamp_ms: int(ts) if ts.isascii() and ts.isdigit() else None */
+    /* timestamp_ms: bus.timestamp_ms(ts), null beyond 18 significant digits */
     long long ts_ms = -1;
     {
         Py_ssize_t n = tsn;
@@ -2270,12 +2270,10 @@ static int encode_top_into(buf_t *b, PyObject *book, PyObject *fresh, PyObject *
             if (i == n) {
                 Py_ssize_t z = 0;
                 while (z < n - 1 && p[z] == '0') z++;
-                if (n - z > 18) { /* may not fit: let Python (and orjson) decide */
-                    rc = 0;
-                    goto done;
+                if (n - z <= 18) { /* longer: not a time, published as null */
+                    ts_ms = 0;
+                    for (i = z; i < n; i++) ts_ms = ts_ms * 10 + (p[i] - '0');
                 }
-                ts_ms = 0;
-                for (i = z; i < n; i++) ts_ms = ts_ms * 10 + (p[i] - '0');
             }
         }
     }

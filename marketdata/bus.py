@@ -84,6 +84,15 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def timestamp_ms(ts: str) -> int | None:
+    """The exchange's timestamp text as epoch ms, or None when it is not a plain digit string
+    of at most 18 significant digits (anything longer cannot be a time, and would not fit the
+    64-bit integer a reader's JSON parser may expect)."""
+    if ts.isascii() and ts.isdigit() and len(ts.lstrip("0")) <= 18:
+        return int(ts)
+    return None
+
+
 # (best_bid, best_ask) -> (mid, spread) as strings: the same few pairs recur all day, and the
 # Decimal arithmetic plus formatting costs more than the lookup. Bounded by clearing.
 _MID_SPREAD: dict[tuple[str, str], tuple[str, str]] = {}
@@ -169,7 +178,7 @@ class BookTop:
             book.last_trade_price or None,
             last_trade_side,
             book.tick_size,
-            int(ts) if ts.isascii() and ts.isdigit() else None,
+            timestamp_ms(ts),
             book.hash,
             fresh,
             bids,
@@ -298,7 +307,7 @@ def encode_top(
             "last_trade_price": book.last_trade_price or None,
             "last_trade_side": last_trade_side,
             "tick_size": book.tick_size,
-            "timestamp_ms": int(ts) if ts.isascii() and ts.isdigit() else None,
+            "timestamp_ms": timestamp_ms(ts),
             "hash": book.hash,
             "fresh": fresh,
         }

@@ -48,6 +48,7 @@ from marketdata.bus import (
     encode_top,
     mid_spread,
     now_ms,
+    timestamp_ms,
 )
 from marketdata.publisher import pack_publish
 
@@ -528,7 +529,7 @@ def _trade_json(asset_id: str, trade: LastTrade) -> bytes:
         trade.price,
         trade.size,
         trade.side,
-        int(ts) if ts.isascii() and ts.isdigit() else None,
+        timestamp_ms(ts),
         now_ms(),
     ).to_json()
 

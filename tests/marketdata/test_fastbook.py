@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from marketdata import fastbook, messages
 from marketdata.book import OrderBook, book_from_levels
-from marketdata.bus import _MID_SPREAD, encode_top, mid_spread
+from marketdata.bus import _MID_SPREAD, BookTop, encode_top, mid_spread
 from marketdata.messages import BookKeeper
 
 if fastbook.native is None:
@@ -257,7 +257,9 @@ TOKENS = [TOKEN_A, TOKEN_B, UNTRACKED, ""]
 
 # Hashes and timestamps longer than the C book keeps inline (48 and 24 characters) too.
 hashes = st.sampled_from([None, "MISSING", "MISSING", "ab" * 30] + [f"{i:040x}" for i in range(7)])
-timestamps = ["1790658674035"] * 4 + ["1790658674036", "", "0017", "0" * 20 + "1790658674035"]
+timestamps = ["1790658674035"] * 4 + [
+    "1790658674036", "", "0017", "0" * 20 + "1790658674035", "9" * 25
+]  # fmt: skip
 
 
 @st.composite
@@ -444,6 +446,34 @@ def test_a_burst_mismatch_reaches_the_compiled_tops_as_python_publishes_it(
         feed_both(fast, pure, raw[48:])  # skipped while on hold
         assert fast.stats.entries_skipped_resync > 0
         drain_packed_same(fast, pure)
+
+
+@pytest.mark.parametrize("ts", ["9" * 19, "9" * 25, "1" + "0" * 5000])
+def test_a_timestamp_too_long_for_a_time_is_published_as_null_on_both_paths(shared_dir, ts):
+    """A frame whose timestamp is digits but far too long to be epoch ms still applies (it is
+    the book's claimed time, hashed as sent), and its top says timestamp_ms null: the flush
+    neither crashes (orjson refuses ints beyond 64 bits; int() refuses 4,300+ digits) nor
+    publishes a number no reader can hold."""
+    raw = recorded(shared_dir)
+    fast, pure = pair((TOKEN_A,))
+    feed_both(fast, pure, raw[:1])
+    drain_same(fast, pure)
+    frame = orjson.dumps(
+        {
+            "market": "0xm",
+            "price_changes": [{"asset_id": TOKEN_A, "price": "0.5", "size": "10", "side": "BUY"}],
+            "timestamp": ts,
+            "event_type": "price_change",
+        }
+    )
+    feed_both(fast, pure, [frame])
+    assert fast.stats.entries_applied == pure.stats.entries_applied > 0
+    assert fast.book(TOKEN_A).timestamp == pure.book(TOKEN_A).timestamp == ts
+    assert b'"timestamp_ms":null' in dict(drain_same(fast, pure))[TOKEN_A]
+    assert b'"timestamp_ms":null' in encode_top(pure.book(TOKEN_A))
+    assert BookTop.from_book(pure.book(TOKEN_A)).timestamp_ms is None
+    feed_both(fast, pure, [frame])
+    drain_packed_same(fast, pure)
 
 
 def test_untrack_and_track_again_reset_the_compiled_token_state(shared_dir):
@@ -737,7 +767,7 @@ def keeper_with_books(rng: random.Random, n: int) -> BookKeeper:
                     "event_type": "book",
                     "market": f"0xm{i % 3}",
                     "asset_id": token,
-                    # 19 digits: the C encoder leaves that token's top to the Python one
+                    # 19 digits: not a time, published as null (bus.timestamp_ms)
                     "timestamp": "1" + "0" * 18 if i == 3 else "1790658674000",
                     "bids": [{"price": p, "size": rng.choice(SIZES[1:])} for p in PRICES[:4]],
                     "asks": [{"price": p, "size": rng.choice(SIZES[1:])} for p in PRICES[4:]],
@@ -755,7 +785,9 @@ def test_encode_pack_is_pack_publish_of_encode_tops_byte_for_byte(n_shards):
     keeper = keeper_with_books(rng, 12)
     tokens = sorted(keeper._books)
     long_ts = keeper._books[f"3{TOKEN_A[1:]}"]
-    assert native.encode_top(long_ts, True, None, 10, 1, mid_spread) is None
+    long_top = native.encode_top(long_ts, True, None, 10, 1, mid_spread)
+    assert long_top == encode_top(long_ts, fresh=True, depth=10, published_at=1)
+    assert b'"timestamp_ms":null' in long_top
     trade = {"event_type": "last_trade_price", "market": "0xm2", "asset_id": tokens[2]}
     trade |= {"price": "0.5", "side": "SELL", "size": "3", "timestamp": "1"}
     keeper.feed(orjson.dumps(trade))
