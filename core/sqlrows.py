@@ -257,14 +257,24 @@ def run_statements(statements: Sequence[Statement]) -> None:
             cursor.execute(sql, params)
 
 
-def fetch_statements(statements: Sequence[Statement]) -> list[list[tuple[Any, ...]]]:
+def fetch_statements(
+    statements: Sequence[Statement], *, joined: bool = False, db: Any = None
+) -> list[list[tuple[Any, ...]]]:
     """The rows of each of these SELECTs, in ONE round trip on PostgreSQL (as
     `run_statements`; the driver hands back one result per statement), one by one
-    elsewhere."""
+    elsewhere. `joined`: for a few SHORT statements with few values, send them as one text
+    merged with all the values in one pass, which psycopg keeps parsed in its cache (at most
+    50 values and 4,096 characters); the default merges statement by statement, the right
+    choice for long ones, whose joined text would be parsed on every call. `db`: the
+    connection, when the caller already holds it (default: the default connection)."""
     out: list[list[tuple[Any, ...]]] = []
-    with connection.cursor() as cursor:
+    with (connection if db is None else db).cursor() as cursor:
         if len(statements) > 1 and _multi_statement(cursor):
-            cursor.execute(_merged(cursor, statements))
+            if joined:
+                sql = _joined(tuple(sql for sql, _ in statements))
+                cursor.execute(sql, [p for _, params in statements for p in params])
+            else:
+                cursor.execute(_merged(cursor, statements))
             out.append(cursor.fetchall())
             while cursor.nextset():
                 out.append(cursor.fetchall())
@@ -275,6 +285,25 @@ def fetch_statements(statements: Sequence[Statement]) -> list[list[tuple[Any, ..
             cursor.execute(sql, params)
             out.append(cursor.fetchall())
     return out
+
+
+@cache
+def _joined(statements: tuple[str, ...]) -> str:
+    return ";\n".join(statements)
+
+
+def run_bound(db: Any, sql: str, params: dict[str, Any]) -> None:
+    """Execute one PostgreSQL statement with server-side binding (psycopg's `Cursor`, not the
+    client-side `ClientCursor` Django uses: the values go apart from the text, converted by
+    the driver's C adapters, and no text is merged), through Django's cursor wrapper (errors,
+    execute wrappers, query logging). Runs inside the caller's transaction."""
+    import psycopg
+    from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
+
+    wrapper = CursorDebugWrapper if db.queries_logged else CursorWrapper
+    cursor = wrapper(psycopg.Cursor(db.connection), db)
+    with cursor:
+        cursor.execute(sql, params)
 
 
 def _merged(cursor: Any, statements: Sequence[Statement]) -> str:

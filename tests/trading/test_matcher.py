@@ -614,9 +614,9 @@ def test_a_fills_writes_are_one_statement_the_driver_parses_once(book, monkeypat
     from trading.services import matching
 
     sent = []
-    real = matching._run_bound
+    real = matching.run_bound
     monkeypatch.setattr(
-        matching, "_run_bound", lambda db, sql, v: sent.append((sql, v)) or real(db, sql, v)
+        matching, "run_bound", lambda db, sql, v: sent.append((sql, v)) or real(db, sql, v)
     )
     account = open_account("100")
     matcher = new_matcher()

@@ -50,11 +50,11 @@ from django.utils import timezone
 from django.utils.dateparse import parse_time
 
 from accounts.models import Account, EquitySnapshot, LedgerEntry, Position
-from core import errors, sqlrows
+from core import errors
 from core.clock import trading_day
 from core.db import db_datetime, retry_on_conflict
 from core.money import CASH_QUANTUM, ZERO, cash, pct
-from core.sqlrows import Statement, convert_row, fetch_statements, run_statements
+from core.sqlrows import convert_row, fetch_statements, run_bound, run_statements
 from marketdata import states as market_states
 from marketdata.bus import BookTop, RedisBus, TradePrint, get_bus
 from marketdata.models import Market, Token
@@ -365,26 +365,13 @@ def _run_writes(
     (the driver's C adapters convert the values: merging them into the text costs several
     times more), elsewhere one statement each."""
     if db.vendor == "postgresql":
-        _run_bound(db, _fill_writes_pg(created), values)
+        run_bound(db, _fill_writes_pg(created), values)
         return
     statements = []
     for write in writes:
         sql, names = _write_sql(write, False)
         statements.append((sql, _params(db, *(values[n] for n in names))))
     run_statements(statements)
-
-
-def _run_bound(db: BaseDatabaseWrapper, sql: str, params: dict[str, Any]) -> None:
-    """Execute one statement with server-side binding (PostgreSQL: psycopg's `Cursor`, not
-    the client-side `ClientCursor` Django uses), through Django's cursor wrapper (errors,
-    execute wrappers, query logging). Runs inside the caller's transaction."""
-    import psycopg
-    from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
-
-    wrapper = CursorDebugWrapper if db.queries_logged else CursorWrapper
-    cursor = wrapper(psycopg.Cursor(db.connection), db)
-    with cursor:
-        cursor.execute(sql, params)
 
 
 def _params(db: BaseDatabaseWrapper, *values: Any) -> list[Any]:
@@ -398,32 +385,6 @@ def _params(db: BaseDatabaseWrapper, *values: Any) -> list[Any]:
         else (v.hex if isinstance(v, uuid.UUID) else v)
         for v in values
     ]
-
-
-def _fetch(db: BaseDatabaseWrapper, statements: list[Statement]) -> list[list[tuple[Any, ...]]]:
-    """`fetch_statements` for the fill's reads. On PostgreSQL with Django's client-side binding
-    cursor, the statements as ONE text merged with all their values in one pass: short and
-    with few values, so psycopg keeps its parse cached (sqlrows merges statement by statement,
-    the right choice for long ones) — a third of the merging's cost."""
-    if db.vendor == "postgresql":
-        with db.cursor() as cursor:
-            raw = cursor.cursor
-            if sqlrows._multi_statement(cursor):
-                sql = _joined(tuple(sql for sql, _ in statements))
-                cursor.execute(sql, [p for _, params in statements for p in params])
-                with db.wrap_database_errors:
-                    out = [raw.fetchall()]
-                    while raw.nextset():
-                        out.append(raw.fetchall())
-                if len(out) != len(statements):
-                    raise AssertionError(f"{len(out)} results for {len(statements)} statements")
-                return out
-    return fetch_statements(statements)
-
-
-@cache
-def _joined(statements: tuple[str, ...]) -> str:
-    return ";\n".join(statements)
 
 
 def _values(
@@ -450,13 +411,15 @@ def _locked(order_id: Any, account_id: Any, trigger_key: str) -> _Locked | Maker
         return MakerResult("gone", ZERO, ZERO, ZERO)
     if db.vendor != "postgresql":  # hex text, as the ORM stores UUIDs there
         account_key, order_key = account_key.hex, order_key.hex
-    accounts, orders, position_rows = _fetch(
-        db,
+    # Three short reads with eight values: one text merged in one pass (psycopg keeps it parsed).
+    accounts, orders, position_rows = fetch_statements(
         [
             (account_sql, [account_key]),
             (order_sql, [trigger_key, order_key, account_key]),
             (positions_sql, [account_key, order_key, order_key, Position.Status.OPEN]),
         ],
+        joined=True,
+        db=db,
     )
     if not accounts or not orders:
         return MakerResult("gone", ZERO, ZERO, ZERO)
