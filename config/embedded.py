@@ -68,7 +68,7 @@ def socket_dir_for(root: Path, socket_name: str) -> Path:
     preferred = root / "run"
     if len(str(preferred / socket_name)) <= _SUN_PATH_MAX:
         return preferred
-    digest = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:12]
+    digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]
     return Path(tempfile.gettempdir()) / f"polysim-{digest}"
 
 
