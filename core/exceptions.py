@@ -34,8 +34,9 @@ RETRY_AFTER_SECONDS = 2
 
 def service_unavailable(exc: BaseException) -> errors.DomainError | None:
     """SERVICE_UNAVAILABLE (with Retry-After and the service in `details`) when `exc` says
-    PostgreSQL or Redis cannot serve (core.errors.service_down); None for any other exception. Logged as a warning
-    without a traceback: an outage produces one line per request, not a page each."""
+    PostgreSQL or Redis cannot serve (core.errors.service_down); None for any other
+    exception. Logged as a warning without a traceback: an outage produces one line per
+    request, not a page each."""
     service = errors.service_down(exc)
     if service is None:
         return None
