@@ -291,6 +291,12 @@ def test_postgres_restart_under_orders_is_503_then_recovers_within_10_s(stack: S
         # and cannot fill; it must fill once PostgreSQL is back.
         crossing = feed.set_book(yes, bids=[("0.40", "100000")], asks=[("0.48", "100000")])
         wait_for(lambda: len(pump.since(503, down)) >= 3, "503s while PostgreSQL is down", 10)
+        with stack.trader() as trader:
+            api = trader.get("/v1/markets")
+            assert api.status_code == 503, api.text
+            assert api.json()["details"] == {"service": "postgresql"}
+            page = trader.get("/markets/")
+            assert page.status_code == 503 and "text/html" in page.headers["content-type"]
         wait_for(
             lambda: stack.matcher_state().get("state") == "waiting for postgresql",
             "the matcher noticing",
