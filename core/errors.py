@@ -7,7 +7,11 @@ Services never build HTTP responses and never import DRF.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
+
+import psycopg
+import redis
+from django.db import InterfaceError, OperationalError
 
 
 class DomainError(Exception):
@@ -177,3 +181,34 @@ ENGINE_ERROR_CODES: tuple[type[DomainError], ...] = (
     AccountClosed,
     ValidationFailed,
 )
+
+
+# --- A backing service is down (docs/operations.md "When PostgreSQL or Redis is down") --------
+# Exceptions that mean "PostgreSQL or Redis cannot serve right now", not "the request or the
+# code is wrong". Redis: refused or reset connections, timeouts, LOADING while it reads its
+# dump (BusyLoadingError is a ConnectionError), a replica that became read-only. PostgreSQL:
+# Django's wrapped OperationalError/InterfaceError (connection refused or lost, server
+# shutting down; also deadlocks and serialization failures that outlived the services'
+# retries: all transient) and the driver's own, for the few calls Django does not wrap.
+# Code that talks to a service lets these propagate (or catches them to degrade on purpose);
+# it never wraps them in another type, so the web answers 503 and the processes recover.
+REDIS_UNAVAILABLE: tuple[type[Exception], ...] = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.exceptions.ReadOnlyError,
+)
+DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
+    OperationalError,
+    InterfaceError,
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+)
+
+
+def service_down(exc: BaseException) -> Literal["redis", "postgresql"] | None:
+    """Which backing service `exc` says is unreachable, or None for any other exception."""
+    if isinstance(exc, REDIS_UNAVAILABLE):
+        return "redis"
+    if isinstance(exc, DATABASE_UNAVAILABLE):
+        return "postgresql"
+    return None

@@ -8,11 +8,15 @@ import uuid
 from collections.abc import Callable
 
 from django.core.exceptions import BadRequest, PermissionDenied, SuspiciousOperation
-from django.db import OperationalError
 from django.http import Http404, HttpRequest, HttpResponse
 
 from core import errors
-from core.exceptions import error_response, is_api_path
+from core.exceptions import (
+    error_response,
+    is_api_path,
+    service_unavailable,
+    service_unavailable_page,
+)
 
 logger = logging.getLogger("polysim.errors")
 
@@ -49,8 +53,9 @@ class RequestIdMiddleware:
 
 class ApiErrorMiddleware:
     """On /v1/ paths: uncaught exceptions become INTERNAL_ERROR (or SERVICE_UNAVAILABLE when
-    the database is unreachable) and any error response Django produced outside DRF is
-    rewritten into the envelope. Never an HTML page or a traceback, even with DEBUG on."""
+    PostgreSQL or Redis is unreachable) and any error response Django produced outside DRF is
+    rewritten into the envelope. Never an HTML page or a traceback, even with DEBUG on. On
+    every other path (the web UI) an unreachable service is a plain 503 page, not a 500."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
@@ -70,13 +75,13 @@ class ApiErrorMiddleware:
         return response
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        down = service_unavailable(exception)
+        if down is not None:
+            return error_response(down) if is_api_path(request) else service_unavailable_page()
         if not is_api_path(request):
             return None
         if isinstance(exception, (Http404, PermissionDenied, SuspiciousOperation, BadRequest)):
             return None  # Django renders its 4xx; __call__ rewrites it into the envelope
-        if isinstance(exception, OperationalError):
-            logger.exception("database unavailable on %s", request.path)
-            return error_response(errors.ServiceUnavailable())
         logger.exception(
             "unhandled error on %s %s (request %s)",
             request.method,

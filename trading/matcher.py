@@ -28,6 +28,16 @@ workers never queue on each other's account row locks. After a restart the match
 its own pending entries and claims entries left pending by a dead consumer
 (MATCHER_CLAIM_IDLE_SECONDS). Replays are harmless: each fill's trigger key is (bus entry,
 item, order) and is unique in the DB.
+
+Outages (docs/operations.md "When PostgreSQL or Redis is down"): the loop never dies of one.
+An error that says Redis or PostgreSQL is unreachable (core.errors.service_down) or that the
+consumer group is gone (NOGROUP: Redis came back without its data) puts the matcher in
+`waiting for <service>`: it retries with capped, jittered backoff, and its first success
+re-synchronises (`resync`): consumer groups re-created, order-event positions noted, the
+index re-loaded from PostgreSQL, and every resting order checked against its token's latest
+live top, so an order that a book crossed while the matcher could not see it fills at once
+instead of waiting for the book to move. `health` (also in the stats file) and one log line
+per change of state say what it is doing.
 """
 
 from __future__ import annotations
@@ -36,6 +46,7 @@ import bisect
 import datetime as dt
 import functools
 import logging
+import random
 import socket
 import threading
 import time
@@ -48,10 +59,12 @@ from queue import SimpleQueue
 from typing import Any
 
 import orjson
+import redis
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, close_old_connections, connections
 from django.utils import timezone
 
+from core.errors import service_down
 from core.money import ZERO
 from marketdata.bus import (
     BookTop,
@@ -59,6 +72,7 @@ from marketdata.bus import (
     InProcessBus,
     PriceBus,
     TradePrint,
+    latest_many_live,
     now_ms,
     top_token_id,
 )
@@ -77,6 +91,11 @@ RECONCILE_MARGIN = dt.timedelta(seconds=60)  # longer than any order transaction
 MAX_LATENCY_SAMPLES = 200_000
 ACCOUNT_STRIPES = 256
 MAX_IN_FLIGHT = 2_000  # queued work items before the reader waits for the workers
+# Retries while a service is down: 0.1 s doubling to 1 s (jittered), so the matcher is back
+# well within 10 s of the service's return without hammering it meanwhile.
+BACKOFF_FIRST_SECONDS = 0.1
+BACKOFF_CAP_SECONDS = 1.0
+STILL_WAITING_LOG_SECONDS = 10.0  # how often "still waiting" is logged during an outage
 
 
 # --- the index --------------------------------------------------------------------------------
@@ -241,6 +260,13 @@ class MatcherStats:
     reconciles: int = 0
     loaded: int = 0
     load_seconds: float = 0.0
+    # Health: "starting", "running", "waiting for redis", "waiting for postgresql",
+    # "waiting for redis (consumer group lost)"; since when (epoch s); recoveries so far.
+    state: str = "starting"
+    state_since: float = field(default_factory=time.time)
+    last_error: str = ""
+    resyncs: int = 0
+    swept_crossing: int = 0
     # publish → commit latency of each fill (ms): the top's / print's `published_at` (the
     # publisher's clock) to the moment the fill's transaction returned.
     latencies_ms: list[float] = field(default_factory=list)
@@ -307,6 +333,38 @@ class _Pool:
             t.join(timeout=30)
 
 
+# --- outages ---------------------------------------------------------------------------------
+def outage_of(exc: BaseException) -> str | None:
+    """What an exception says about the services: "redis" or "postgresql" when one is
+    unreachable, "redis-data" when the consumer group is gone (Redis restarted without its
+    data), None for anything else (a bug, to log with its traceback)."""
+    if isinstance(exc, redis.ResponseError) and str(exc).startswith("NOGROUP"):
+        return "redis-data"
+    return service_down(exc)
+
+
+_OUTAGE_STATES = {
+    "redis": "waiting for redis",
+    "postgresql": "waiting for postgresql",
+    "redis-data": "waiting for redis (consumer group lost)",
+}
+
+
+class _Backoff:
+    """Capped exponential delays with jitter (half fixed, half random)."""
+
+    def __init__(self, first: float = BACKOFF_FIRST_SECONDS, cap: float = BACKOFF_CAP_SECONDS):
+        self.first, self.cap, self.attempts = first, cap, 0
+
+    def next(self) -> float:
+        delay = min(self.cap, self.first * 2**self.attempts)
+        self.attempts += 1
+        return delay * (0.5 + random.random() / 2)
+
+    def reset(self) -> None:
+        self.attempts = 0
+
+
 # --- the matcher ------------------------------------------------------------------------------
 class Matcher:
     def __init__(
@@ -355,6 +413,10 @@ class Matcher:
         self._reconciled_at = 0.0
         self._watermark: dt.datetime | None = None
         self._started = False
+        # Set (to the outage's kind) by any thread that saw a service fail; the loop then
+        # waits for the service and re-synchronises before it reads again.
+        self._outage: str | None = None
+        self._outage_started = self._last_waiting_log = 0.0
 
     # --- ownership
     def owns(self, token_id: str) -> bool:
@@ -362,11 +424,7 @@ class Matcher:
 
     # --- start: groups, index, pending entries
     def start(self) -> None:
-        for shard in self.shards:
-            # "$": a new group starts at the stream's end — old books never fill new orders.
-            self.bus.ensure_group(shard, self.group, start_id="$")
-            self._event_ids[shard] = self.events.last_id(shard)
-        self.load()
+        self.resync()
         self._started = True
         for shard in self.shards:  # our own unacknowledged entries, from before a restart
             while True:
@@ -379,6 +437,50 @@ class Matcher:
                 if len(pending) < self.batch:
                     break
         self.claim()
+
+    def resync(self) -> int:
+        """Consumer groups, order-event positions and the index, from scratch; then every
+        resting order against its token's latest live top. At start and after every outage.
+        Returns how many tokens' tops crossed an order (their fills are dispatched)."""
+        for shard in self.shards:
+            # "$": a new group starts at the stream's end — old books never fill new orders.
+            # After Redis lost its data this re-creates it; a top published before that is
+            # still seen below, as its token's latest top.
+            self.bus.ensure_group(shard, self.group, start_id="$")
+            self._event_ids[shard] = self.events.last_id(shard)  # before the load: no gap
+        self.load()
+        swept = self._sweep_latest()
+        with self._mutex:
+            self.stats.resyncs += 1
+            self.stats.swept_crossing += swept
+        logger.info(
+            "matcher %s: %d resting orders indexed from PostgreSQL in %.2f s; "
+            "%d tokens' latest tops cross orders",
+            self.consumer,
+            self.stats.loaded,
+            self.stats.load_seconds,
+            swept,
+        )
+        return swept
+
+    def _sweep_latest(self) -> int:
+        """Dispatch a fill for each resting order its token's latest LIVE top crosses (and
+        is not older than). The trigger key is that top's own (its publish time, suffix
+        `s`): a second sweep of the same top replays nothing, and depletion keeps a stream
+        entry carrying the same top from taking the same shown shares twice."""
+        with self._mutex:
+            tokens = sorted(self.index.token_ids())
+        if not tokens:
+            return 0
+        crossing = 0
+        for token, top in latest_many_live(self.bus, tokens).items():
+            if not top.fresh or not self._candidates(top):
+                continue
+            shard = self.bus.shard_of(token)
+            base = f"{entry_key(self.scope_ms, shard, f'{top.published_at}-0')}00000s"
+            self._dispatch(token, functools.partial(self._on_top, top, base), None)
+            crossing += 1
+        return crossing
 
     def load(self) -> None:
         """Every resting limit order of our shards' tokens, from the DB (the source of truth)."""
@@ -427,7 +529,9 @@ class Matcher:
         """Re-read every order changed since the last reconcile (less a margin)."""
         assert self._watermark is not None
         since = self._watermark - RECONCILE_MARGIN
-        self._watermark = timezone.now()
+        # Advanced only once the read succeeded: a reconcile cut short by an outage must
+        # not skip the orders changed meanwhile.
+        next_watermark = timezone.now()
         n = 0
         for order in Order.objects.filter(updated_at__gte=since, size__isnull=False).only(
             "pk",
@@ -444,6 +548,7 @@ class Matcher:
             if self.owns(order.token_id):
                 self._apply_event(order_event(order), check_last_top=False)
                 n += 1
+        self._watermark = next_watermark
         self._reconciled_at = time.monotonic()
         self.stats.reconciles += 1
         return n
@@ -458,23 +563,112 @@ class Matcher:
 
     # --- the loop
     def run(self, stop: threading.Event, *, block_ms: int = 200) -> None:
-        """Until `stop` is set: read, match, ack; reconcile and claim now and then."""
+        """Until `stop` is set: read, match, ack; reconcile and claim now and then. Starts
+        (and re-synchronises after an outage) inside the loop, so a service that is down at
+        start or goes away later only makes it wait (module docstring, "Outages")."""
+        backoff = _Backoff()
         try:
-            if not self._started:
-                self.start()
             while not stop.is_set():
                 try:
+                    if not self._started or self._outage is not None:
+                        self._recover()
+                    self._running()
+                    backoff.reset()
                     self._step(block_ms=block_ms, flush=False)
                     if time.monotonic() - self._reconciled_at >= self.reconcile_seconds:
                         close_old_connections()
                         self.reconcile()
                         self.claim()
-                except Exception:
-                    logger.exception("matcher: step failed; retrying")
-                    close_old_connections()
-                    stop.wait(1.0)
+                except Exception as exc:
+                    self._failed(exc)
+                    stop.wait(backoff.next())
         finally:
             self.close()
+
+    def wait_started(self, stop: threading.Event) -> bool:
+        """`start`, retried with backoff while a service is down (each attempt's failure
+        logged as in `run`); False if `stop` was set first."""
+        backoff = _Backoff()
+        while not stop.is_set():
+            try:
+                self._recover()
+            except Exception as exc:
+                self._failed(exc)
+                stop.wait(backoff.next())
+            else:
+                self._running()
+                return True
+        return False
+
+    def _set_state(self, state: str, error: str = "") -> None:
+        with self._mutex:
+            self.stats.state, self.stats.state_since = state, time.time()
+            if error:
+                self.stats.last_error = error
+
+    def _running(self) -> None:
+        if self.stats.state != "running":
+            self._set_state("running")
+            logger.info("matcher %s: running", self.consumer)
+
+    def _failed(self, exc: BaseException) -> None:
+        """Note an exception of the loop (or a worker): an outage changes the state and
+        is logged once, then every STILL_WAITING_LOG_SECONDS; anything else is logged with
+        its traceback. Broken DB connections are closed either way."""
+        close_old_connections()
+        kind = outage_of(exc)
+        error = f"{type(exc).__name__}: {str(exc)[:200]}"
+        if kind is None:
+            logger.error("matcher %s: step failed; retrying", self.consumer, exc_info=exc)
+            return
+        now = time.monotonic()
+        state = _OUTAGE_STATES[kind]
+        with self._mutex:
+            first = self._outage is None
+            if first or kind == "redis-data":
+                self._outage = kind
+            if first:
+                self._outage_started = self._last_waiting_log = now
+        if first or self.stats.state != state:
+            self._set_state(state, error)
+            logger.warning(
+                "matcher %s: %s (%s); retrying with backoff, then re-synchronising",
+                self.consumer,
+                state,
+                error,
+            )
+        elif now - self._last_waiting_log >= STILL_WAITING_LOG_SECONDS:
+            self._last_waiting_log = now
+            logger.warning(
+                "matcher %s: still %s after %.0f s (%s)",
+                self.consumer,
+                state,
+                now - self._outage_started,
+                error,
+            )
+
+    def _recover(self) -> None:
+        """Start, or re-synchronise after an outage: wait for the in-flight work (it fails
+        fast while a service is down), then `start` or `resync`. Raises while a service is
+        still down; the loop backs off and calls again."""
+        with self._mutex:
+            while self._in_flight:
+                self._progress.wait()
+            kind = self._outage
+        if self._started:
+            self.resync()
+        else:
+            self.start()
+        with self._mutex:
+            self._outage = None
+        if kind is None:
+            return
+        logger.warning(
+            "matcher %s: recovered from %s after %.1f s",
+            self.consumer,
+            _OUTAGE_STATES.get(kind or "", kind),
+            time.monotonic() - self._outage_started,
+        )
 
     def close(self) -> None:
         """Finish and acknowledge the queued work, then stop the worker threads (each closes
@@ -656,8 +850,13 @@ class Matcher:
             try:
                 work()
                 failed = False
-            except Exception:
-                logger.exception("matcher: work on token %s failed", token)
+            except Exception as exc:
+                # An outage is noted for the loop (which re-synchronises once the service is
+                # back, sweeping this token's crossing orders again); anything else is a bug.
+                if outage_of(exc) is None:
+                    logger.exception("matcher: work on token %s failed", token)
+                else:
+                    self._failed(exc)
                 failed = True
             with self._mutex:
                 finished = [queued.popleft()]

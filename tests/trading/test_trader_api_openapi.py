@@ -62,3 +62,25 @@ def test_reference_page_is_served():
     response = APIClient().get("/v1/docs")
     assert response.status_code == 200
     assert "openapi.json" in response.content.decode()
+
+
+@pytest.mark.parametrize("url", ["/v1/openapi.json", "/v1/partner/openapi.json"])
+def test_every_operation_documents_503_service_unavailable(url):
+    """Every operation reads PostgreSQL (authentication at least), so each can answer 503
+    SERVICE_UNAVAILABLE with Retry-After while a service is down (docs/operations.md)."""
+    document = APIClient().get(url).json()
+    assert "Error" in document["components"]["schemas"]
+    operations = [
+        op
+        for item in document["paths"].values()
+        for method, op in item.items()
+        if method in {"get", "post", "patch", "put", "delete"}
+    ]
+    assert operations
+    for op in operations:
+        unavailable = op["responses"]["503"]
+        assert "SERVICE_UNAVAILABLE: PostgreSQL or Redis" in unavailable["description"]
+        assert "Retry-After" in unavailable["headers"]
+    book = document["paths"].get("/v1/book")
+    if book is not None:  # its own 503 (MARKET_NOT_READY) is kept, the outage added to it
+        assert book["get"]["responses"]["503"]["description"].startswith("MARKET_NOT_READY")

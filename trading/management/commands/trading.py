@@ -60,7 +60,10 @@ class Command(BaseCommand):
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda signum, frame: stop.set())
         stats_path = Path(options["stats_file"]) if options.get("stats_file") else None
-        matcher.start()
+        # Waits (logging what for) while PostgreSQL or Redis is down at start, rather than
+        # exiting: the process heals by itself (docs/operations.md).
+        if not matcher.wait_started(stop):
+            return
         if stats_path is not None:
             _write_stats(matcher, stats_path)
             threading.Thread(
