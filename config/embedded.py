@@ -15,8 +15,8 @@ process that started them exits; `python -m config.embedded stop` (`make stop`) 
 PostgreSQL refuses to run as root: as root, the server runs as the system user
 `polysim-embedded`, created on first use, and the folders above `var/` get o+x (traverse only).
 
-Embedded servers are tuned for development, not durability (fsync off): production sets the
-URLs and never runs this module.
+Embedded servers are tuned for development (fsync off: a crash of the machine, not of the
+server, may lose data); production sets the URLs and never runs this module.
 """
 
 from __future__ import annotations
@@ -219,8 +219,9 @@ class PostgresServer:
                 "-c listen_addresses=''",
                 f"-c unix_socket_directories='{self.socket_dir}'",
                 f"-c max_connections={self.max_connections}",
-                # Development data: speed over durability (see the module docstring).
-                "-c fsync=off -c synchronous_commit=off -c full_page_writes=off",
+                # Development data: no flush to disk (an OS crash may lose data), but every
+                # commit a client saw is in the WAL, so a server crash loses none of them.
+                "-c fsync=off -c full_page_writes=off",
             ]
         )
         log = str(self.log)

@@ -236,11 +236,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     try:
         pg.start()
         pg.ensure_database("polysim")
-        # The embedded server trades durability for speed (synchronous_commit off): a crash
-        # would lose commits it had acknowledged. These tests crash it and count every
-        # acknowledged order, so their database commits durably, as production's does.
-        with psycopg.connect(pg.url("postgres"), autocommit=True) as conn:
-            conn.execute("ALTER DATABASE polysim SET synchronous_commit = on")
         rd.start()
         migrated = s.manage("migrate", "--noinput", timeout=300)
         assert migrated.returncode == 0, migrated.stderr[-3000:]
