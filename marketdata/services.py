@@ -35,6 +35,10 @@ PRICE_QUANTUM = Decimal("0.000001")  # price_field has 6 decimals
 # (manual resolution of an ambiguous market). Receivers should only enqueue work: the row and
 # its `consumed_at` stay the source of truth (at-least-once; settle idempotently).
 resolution_recorded = Signal()
+# Sent after a commit that halted a market (open → closed, result pending), with
+# `condition_id`: trading cancels the market's resting orders (docs/fill-model.md, "Closed
+# and resolved markets"). marketdata imports no app, so the receiver lives in trading.
+market_halted = Signal()
 
 _M = TypeVar("_M", bound=models.Model)
 
@@ -240,6 +244,8 @@ def _close_pending(market: Market, verdict: rs.ResolutionVerdict, source: str) -
     market.status = states.CLOSED
     market.status_changed_at = timezone.now()
     market.save(update_fields=["status", "status_changed_at", "updated_at"])
+    condition_id = market.condition_id
+    transaction.on_commit(lambda: market_halted.send(Market, condition_id=condition_id))
     logger.info(
         "market %s (%s) closed, result pending [%s: %s]",
         market.pk,

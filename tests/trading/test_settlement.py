@@ -239,3 +239,63 @@ def test_signal_path_leaves_an_unheld_market_to_the_sweep(
     assert tasks.settle_pending() == 0
     resolution.refresh_from_db()
     assert resolution.consumed_at is not None
+
+
+def halt(m, yes, no) -> None:
+    verdict = rs.ResolutionVerdict(rs.CLOSED_PENDING, m.condition_id, (yes.token_id, no.token_id))
+    assert market_apply_verdict(market=m, verdict=verdict, source="clob") is None
+
+
+def test_a_market_closing_cancels_its_resting_orders_on_commit(
+    market, django_capture_on_commit_callbacks
+):
+    m, yes, no = market
+    _other, other_yes, _ = make_market()
+    publish_book(other_yes.token_id, asks=[("0.60", "100")], bids=[("0.10", "100")])
+    account = open_account("1000")
+    buy(account, yes, "100", "0.40")  # a position: it waits for the result, untouched
+    resting = buy(account, no, "10", "0.30").order  # reserves 3.00
+    elsewhere = buy(account, other_yes, "10", "0.20").order  # another market: stays live
+    with django_capture_on_commit_callbacks(execute=True):
+        halt(m, yes, no)
+    m.refresh_from_db()
+    assert m.status == "closed"
+    resting.refresh_from_db()
+    assert (resting.status, resting.reason, resting.reserved_cash) == (
+        "canceled",
+        "MARKET_RESOLVED",
+        D(0),
+    )
+    elsewhere.refresh_from_db()
+    assert elsewhere.status == "live"
+    a = refreshed(account)
+    assert a.reserved_cash == D("2.00") and a.cash == D("960.00")
+    position = Position.objects.get(account=account, token_id=yes.token_id)
+    assert (position.status, position.size) == ("open", D(100))
+    audit_clean()
+
+
+def test_the_sweep_cancels_orders_a_lost_signal_left_live_in_halted_markets(market):
+    m, yes, no = market
+    account = open_account("1000")
+    resting = buy(account, yes, "10", "0.30").order
+    other_outcome = buy(account, no, "10", "0.50").order
+    halt(m, yes, no)  # no on-commit callbacks run here: as if the signal's task was lost
+    resting.refresh_from_db()
+    assert resting.status == "live"
+    assert tasks.orders_cancel_halted() == 2
+    assert tasks.orders_cancel_halted() == 0  # idempotent
+    for order in (resting, other_outcome):
+        order.refresh_from_db()
+        assert (order.status, order.reason) == ("canceled", "MARKET_RESOLVED")
+    assert refreshed(account).reserved_cash == 0
+    audit_clean()
+
+
+def test_the_sweep_leaves_open_markets_alone(market):
+    _m, yes, _no = market
+    account = open_account("1000")
+    resting = buy(account, yes, "10", "0.30").order
+    assert tasks.orders_cancel_halted() == 0
+    resting.refresh_from_db()
+    assert resting.status == "live"
