@@ -299,3 +299,60 @@ def test_the_sweep_leaves_open_markets_alone(market):
     assert tasks.orders_cancel_halted() == 0
     resting.refresh_from_db()
     assert resting.status == "live"
+
+
+# --- A resolution only one REST source reports ---------------------------------------------------
+@pytest.fixture
+def fake_polymarket(settings):
+    from marketdata.fakepoly import DEMO_DATA_DIR, FakePolymarket
+    from marketdata.tasks import discover_markets
+
+    server = FakePolymarket(DEMO_DATA_DIR, seed=3).start_in_thread()
+    settings.POLYMARKET_GAMMA_URL = server.gamma_url
+    settings.POLYMARKET_CLOB_URL = server.clob_url
+    try:
+        discover_markets(include_closed=True)
+        yield server
+    finally:
+        server.stop()
+
+
+def held_demo_market(fake):
+    from marketdata.models import Market, Token
+
+    market = Market.objects.get(slug__startswith="synthetic-port-ellis")
+    yes_id, no_id = fake.pairs[market.condition_id]
+    yes = Token.objects.get(token_id=yes_id)
+    publish_book(yes_id, asks=[("0.40", "1000")], bids=[("0.38", "1000")])
+    account = open_account("1000")
+    buy(account, yes, "100", "0.40")  # cost 40.00
+    return market, yes_id, no_id, account
+
+
+@pytest.mark.parametrize("source", ["gamma", "clob"])
+def test_a_held_market_resolved_on_one_rest_source_alone_is_settled(
+    fake_polymarket, source, django_capture_on_commit_callbacks
+):
+    from marketdata.tasks import check_held_markets
+
+    market, yes_id, _no_id, account = held_demo_market(fake_polymarket)
+    fake_polymarket.resolve_market(market.condition_id, yes_id, sources=(source,))
+    with django_capture_on_commit_callbacks(execute=True):
+        check_held_markets()
+    market.refresh_from_db()
+    assert market.status == "resolved"
+    assert market.resolution.source == source
+    assert refreshed(account).cash == D("1060.00")  # 960 + 100 × 1
+    assert Fill.objects.filter(account=account, kind="settlement").count() == 1
+    audit_clean()
+
+
+def test_the_held_market_check_leaves_open_markets_open(fake_polymarket):
+    from marketdata.tasks import check_held_markets
+
+    market, _yes_id, _no_id, account = held_demo_market(fake_polymarket)
+    result = check_held_markets()
+    assert result["markets_seen"] == 1 and not result["errors"]
+    market.refresh_from_db()
+    assert market.status == "open"
+    assert Position.objects.get(account=account, token_id=_yes_id).status == "open"
