@@ -131,7 +131,9 @@ CELERY_BEAT_SCHEDULE = {
     "outbox-sweep": {"task": "accounts.tasks.outbox_sweep", "schedule": 60.0},
     "idempotency-purge": {"task": "partners.tasks.idempotency_purge", "schedule": 3600.0},
     "marketdata-discover": {"task": "marketdata.tasks.discover_markets", "schedule": 600.0},
+    "marketdata-check-held": {"task": "marketdata.tasks.check_held_markets", "schedule": 30.0},
     "orders-expire": {"task": "trading.tasks.orders_expire", "schedule": 15.0},
+    "orders-cancel-halted": {"task": "trading.tasks.orders_cancel_halted", "schedule": 15.0},
     "settle-pending": {"task": "trading.tasks.settle_pending", "schedule": 30.0},
     "equity-snapshots": {"task": "trading.tasks.equity_snapshots", "schedule": 60.0},
 }

@@ -821,16 +821,23 @@ class FakePolymarket:
                 await asyncio.sleep(interval_s)
         return sent
 
-    def resolve_market(self, condition_id: str, winning_token_id: str | None) -> dict[str, Any]:
+    def resolve_market(
+        self,
+        condition_id: str,
+        winning_token_id: str | None,
+        *,
+        sources: tuple[str, ...] = ("ws", "clob", "gamma"),
+    ) -> dict[str, Any]:
         """Resolve a market everywhere: websocket `market_resolved` (custom-feature subscribers
         of its tokens), CLOB `closed` + winner flags, Gamma `closed` + one-hot outcomePrices +
         umaResolutionStatus "resolved"; the books are removed (/book answers 404). With
         `winning_token_id=None` it resolves 50-50: prices 0.5/0.5, CLOB `is_50_50_outcome`, and
         a market_resolved without a winner (its real shape for 50-50 is not documented).
-        Returns the market_resolved message."""
+        `sources` narrows who tells (the socket's message is known not to arrive reliably).
+        Returns the market_resolved message (sent only when "ws" is among the sources)."""
 
         async def resolve() -> dict[str, Any]:
-            return self._resolve(condition_id, winning_token_id)
+            return self._resolve(condition_id, winning_token_id, frozenset(sources))
 
         result = self._call(resolve)
         return result if result is not None else {}
@@ -849,7 +856,7 @@ class FakePolymarket:
         }
 
     # --- Resolution -----------------------------------------------------------------------------
-    def _resolve(self, cid: str, winner: str | None) -> dict[str, Any]:
+    def _resolve(self, cid: str, winner: str | None, sources: frozenset[str]) -> dict[str, Any]:
         tokens = self.pairs.get(cid)
         if not tokens:
             raise KeyError(f"unknown condition id {cid}")
@@ -860,7 +867,7 @@ class FakePolymarket:
             t.get("outcome", "") for t in self.clob.get(cid, {}).get("tokens") or []
         ]
         closed_time = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S+00")
-        if cid in self.gamma:
+        if cid in self.gamma and "gamma" in sources:
             self.gamma[cid].update(
                 closed=True,
                 acceptingOrders=False,
@@ -869,7 +876,7 @@ class FakePolymarket:
                 umaResolutionStatuses=json.dumps(["proposed", "resolved"]),
                 closedTime=closed_time,
             )
-        if cid in self.clob:
+        if cid in self.clob and "clob" in sources:
             clob = self.clob[cid]
             clob.update(closed=True, accepting_orders=False, is_50_50_outcome=winner is None)
             for token, price in zip(clob.get("tokens") or [], prices, strict=False):
@@ -889,9 +896,10 @@ class FakePolymarket:
             "timestamp": now_ms(),
             "tags": [],
         }
-        self._broadcast(
-            json.dumps(message, separators=(",", ":")), assets=set(tokens), custom_only=True
-        )
+        if "ws" in sources:
+            self._broadcast(
+                json.dumps(message, separators=(",", ":")), assets=set(tokens), custom_only=True
+            )
         logger.info("fakepoly: resolved %s (winner %s)", cid, winner or "50-50")
         return message
 

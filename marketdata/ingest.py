@@ -62,7 +62,6 @@ import websockets
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import close_old_connections, connection
-from django.utils.module_loading import import_string
 
 from marketdata import resolution, services, watchlist
 from marketdata.bus import PriceBus, TradePrint, get_bus, shard_of
@@ -116,10 +115,7 @@ def token_infos(token_ids: Iterable[str]) -> dict[str, TokenInfo]:
 
 def wanted_tokens(*, shard: int, shards: int) -> dict[str, TokenInfo]:
     """The tokens this shard should stream now (see the module docstring)."""
-    ids: set[str] = set()
-    for path in getattr(settings, "MARKETDATA_TOKEN_SOURCES", []):
-        source: Callable[[], Iterable[str]] = import_string(path)
-        ids.update(source())
+    ids = services.tokens_in_use()
     top = int(getattr(settings, "MARKETDATA_TOP_MARKETS", 50))
     if top:
         active = (

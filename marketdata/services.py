@@ -10,15 +10,17 @@ MarketResolution (unique on market), later reports are logged no-ops.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any, NamedTuple, TypeVar
 
+from django.conf import settings
 from django.db import IntegrityError, models, transaction
 from django.dispatch import Signal
 from django.utils import timezone
+from django.utils.module_loading import import_string
 
 from core.money import CASH_QUANTUM
 from marketdata import resolution as rs
@@ -35,6 +37,10 @@ PRICE_QUANTUM = Decimal("0.000001")  # price_field has 6 decimals
 # (manual resolution of an ambiguous market). Receivers should only enqueue work: the row and
 # its `consumed_at` stay the source of truth (at-least-once; settle idempotently).
 resolution_recorded = Signal()
+# Sent after a commit that halted a market (open → closed, result pending), with
+# `condition_id`: trading cancels the market's resting orders (docs/fill-model.md, "Closed
+# and resolved markets"). marketdata imports no app, so the receiver lives in trading.
+market_halted = Signal()
 
 _M = TypeVar("_M", bound=models.Model)
 
@@ -240,6 +246,8 @@ def _close_pending(market: Market, verdict: rs.ResolutionVerdict, source: str) -
     market.status = states.CLOSED
     market.status_changed_at = timezone.now()
     market.save(update_fields=["status", "status_changed_at", "updated_at"])
+    condition_id = market.condition_id
+    transaction.on_commit(lambda: market_halted.send(Market, condition_id=condition_id))
     logger.info(
         "market %s (%s) closed, result pending [%s: %s]",
         market.pk,
@@ -500,11 +508,45 @@ def discover(
     return result
 
 
+def tokens_in_use() -> set[str]:
+    """Tokens trading needs now (live orders, open positions): the union of the functions
+    named in MARKETDATA_TOKEN_SOURCES, a setting so that marketdata imports no other app."""
+    ids: set[str] = set()
+    for path in getattr(settings, "MARKETDATA_TOKEN_SOURCES", []):
+        source: Callable[[], Iterable[str]] = import_string(path)
+        ids.update(source())
+    return ids
+
+
+def markets_check_held(*, gamma: GammaClient, clob: ClobClient) -> DiscoveryResult:
+    """Re-read from Gamma and the CLOB every market not final yet in which an account holds a
+    position or a live order, and apply their verdicts: discovery asks Gamma for open markets
+    only and the websocket's `market_resolved` is known not to arrive reliably, so this is
+    what notices a resolution reported by one REST source alone (docs/operations.md). Run
+    every 30 s by beat (`marketdata-check-held`)."""
+    held = (
+        Market.objects.filter(tokens__token_id__in=sorted(tokens_in_use()))
+        .exclude(status__in=sorted(states.FINAL))
+        .values_list("condition_id", flat=True)
+        .distinct()
+    )
+    wanted = sorted(held)
+    if not wanted:
+        return DiscoveryResult()
+    return discover_by_condition_ids(gamma=gamma, clob=clob, condition_ids=wanted, ask_clob=True)
+
+
 def discover_by_condition_ids(
-    *, gamma: GammaClient, clob: ClobClient, condition_ids: Iterable[str]
+    *,
+    gamma: GammaClient,
+    clob: ClobClient,
+    condition_ids: Iterable[str],
+    ask_clob: bool = False,
 ) -> DiscoveryResult:
     """Discovery of named markets (e.g. announced by the websocket's `new_market`): the same
-    upserts and verdicts as `discover`, for just these condition ids, open or closed.
+    upserts and verdicts as `discover`, for just these condition ids, open or closed. With
+    `ask_clob`, the CLOB's verdict is read for every market not final yet (not only for closed
+    ones), so a market resolved on the CLOB before Gamma says so is noticed.
 
     Idempotent, one short transaction per market, no transaction across an HTTP call. Ids
     Gamma does not know (yet) are reported in `errors`; Gamma unreachable raises.
@@ -518,7 +560,7 @@ def discover_by_condition_ids(
         label = str(data.get("conditionId") or data.get("id") or "?")
         try:
             market = _discover_market(data, events=events, result=result)
-            _fill_from_clob(market, clob=clob, result=result)
+            _fill_from_clob(market, clob=clob, result=result, ask_verdict=ask_clob)
         except (PolymarketError, ValueError, IntegrityError) as exc:
             logger.warning("discovery skipped market %s: %s", label, exc)
             result.errors.append(f"{label}: {exc}")
@@ -554,8 +596,11 @@ def _discover_market(
     return market
 
 
-def _fill_from_clob(market: Market, *, clob: ClobClient, result: DiscoveryResult) -> None:
-    """Trading rules Gamma left out, from the CLOB; a pending market's CLOB verdict too."""
+def _fill_from_clob(
+    market: Market, *, clob: ClobClient, result: DiscoveryResult, ask_verdict: bool = False
+) -> None:
+    """Trading rules Gamma left out, from the CLOB; a pending market's CLOB verdict too (any
+    market's, with `ask_verdict`)."""
     if market.status in states.FINAL or market.status == states.AMBIGUOUS:
         return  # nothing left to trade: no need for trading rules
     if not market.enable_order_book:
@@ -563,7 +608,12 @@ def _fill_from_clob(market: Market, *, clob: ClobClient, result: DiscoveryResult
 
     fill: dict[str, Any] = {}
     # A closed-but-pending market: the CLOB's winner flags may already be there.
-    if market.tick_size is None or market.min_order_size is None or market.status == states.CLOSED:
+    if (
+        ask_verdict
+        or market.tick_size is None
+        or market.min_order_size is None
+        or market.status == states.CLOSED
+    ):
         clob_market = clob.market(market.condition_id)
         if market.tick_size is None:
             fill["tick_size"] = _price(clob_market.get("minimum_tick_size"))

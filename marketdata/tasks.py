@@ -12,7 +12,7 @@ from typing import Any
 from celery import shared_task
 
 from marketdata.clients import ClobClient, GammaClient
-from marketdata.services import discover, discover_by_condition_ids
+from marketdata.services import discover, discover_by_condition_ids, markets_check_held
 
 # Markets per scheduled run (open markets come first; Gamma's keyset pages hold 100).
 DISCOVERY_LIMIT = 2000
@@ -34,3 +34,11 @@ def discover_new_markets(condition_ids: list[str]) -> dict[str, Any]:
     with GammaClient() as gamma, ClobClient() as clob:
         result = discover_by_condition_ids(gamma=gamma, clob=clob, condition_ids=condition_ids)
     return result.as_dict()
+
+
+@shared_task(name="marketdata.tasks.check_held_markets")
+def check_held_markets() -> dict[str, Any]:
+    """Every 30 s (CELERY_BEAT_SCHEDULE): apply Gamma's and the CLOB's verdicts to every market
+    accounts hold, so a resolution is settled within a minute of either showing it."""
+    with GammaClient() as gamma, ClobClient() as clob:
+        return markets_check_held(gamma=gamma, clob=clob).as_dict()

@@ -28,13 +28,26 @@ def _enqueue_settlement(sender: Any, *, resolution_id: int, **kwargs: Any) -> No
     transaction.on_commit(enqueue)
 
 
+def _enqueue_halt_cancels(sender: Any, *, condition_id: str, **kwargs: Any) -> None:
+    """`marketdata.services.market_halted` (sent after the halt committed): cancel the
+    market's resting orders. Logged, never raised into marketdata: the beat sweep
+    (`orders-cancel-halted`) cancels whatever this misses within 15 s."""
+    from trading.tasks import orders_cancel_halted
+
+    try:
+        orders_cancel_halted.delay(condition_id)
+    except Exception:
+        logger.exception("cancels for halted market %s not enqueued/failed", condition_id)
+
+
 class TradingConfig(AppConfig):
     name = "trading"
     verbose_name = "Trading"
 
     def ready(self) -> None:
-        from marketdata.services import resolution_recorded
+        from marketdata.services import market_halted, resolution_recorded
 
+        market_halted.connect(_enqueue_halt_cancels, dispatch_uid="trading.cancel_on_halt")
         resolution_recorded.connect(
             _enqueue_settlement, dispatch_uid="trading.settle_on_resolution"
         )

@@ -16,6 +16,16 @@ def orders_expire() -> int:
     return services.orders_expire()
 
 
+@shared_task(name="trading.tasks.orders_cancel_halted")
+def orders_cancel_halted(condition_id: str | None = None) -> int:
+    """Enqueued when a market halts (the `market_halted` signal, after its commit), and every
+    15 s for all markets (CELERY_BEAT_SCHEDULE) as the backstop: cancel the live orders of
+    markets that no longer trade. Idempotent; returns how many orders this run cancelled."""
+    return services.orders_cancel_halted(
+        market_ids=[condition_id] if condition_id is not None else None
+    )
+
+
 @shared_task(name="trading.tasks.settle_market")
 def settle_market(resolution_id: int) -> int:
     """Enqueued when marketdata records a resolution (the `resolution_recorded` signal, after

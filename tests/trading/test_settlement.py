@@ -239,3 +239,120 @@ def test_signal_path_leaves_an_unheld_market_to_the_sweep(
     assert tasks.settle_pending() == 0
     resolution.refresh_from_db()
     assert resolution.consumed_at is not None
+
+
+def halt(m, yes, no) -> None:
+    verdict = rs.ResolutionVerdict(rs.CLOSED_PENDING, m.condition_id, (yes.token_id, no.token_id))
+    assert market_apply_verdict(market=m, verdict=verdict, source="clob") is None
+
+
+def test_a_market_closing_cancels_its_resting_orders_on_commit(
+    market, django_capture_on_commit_callbacks
+):
+    m, yes, no = market
+    _other, other_yes, _ = make_market()
+    publish_book(other_yes.token_id, asks=[("0.60", "100")], bids=[("0.10", "100")])
+    account = open_account("1000")
+    buy(account, yes, "100", "0.40")  # a position: it waits for the result, untouched
+    resting = buy(account, no, "10", "0.30").order  # reserves 3.00
+    elsewhere = buy(account, other_yes, "10", "0.20").order  # another market: stays live
+    with django_capture_on_commit_callbacks(execute=True):
+        halt(m, yes, no)
+    m.refresh_from_db()
+    assert m.status == "closed"
+    resting.refresh_from_db()
+    assert (resting.status, resting.reason, resting.reserved_cash) == (
+        "canceled",
+        "MARKET_RESOLVED",
+        D(0),
+    )
+    elsewhere.refresh_from_db()
+    assert elsewhere.status == "live"
+    a = refreshed(account)
+    assert a.reserved_cash == D("2.00") and a.cash == D("960.00")
+    position = Position.objects.get(account=account, token_id=yes.token_id)
+    assert (position.status, position.size) == ("open", D(100))
+    audit_clean()
+
+
+def test_the_sweep_cancels_orders_a_lost_signal_left_live_in_halted_markets(market):
+    m, yes, no = market
+    account = open_account("1000")
+    resting = buy(account, yes, "10", "0.30").order
+    other_outcome = buy(account, no, "10", "0.50").order
+    halt(m, yes, no)  # no on-commit callbacks run here: as if the signal's task was lost
+    resting.refresh_from_db()
+    assert resting.status == "live"
+    assert tasks.orders_cancel_halted() == 2
+    assert tasks.orders_cancel_halted() == 0  # idempotent
+    for order in (resting, other_outcome):
+        order.refresh_from_db()
+        assert (order.status, order.reason) == ("canceled", "MARKET_RESOLVED")
+    assert refreshed(account).reserved_cash == 0
+    audit_clean()
+
+
+def test_the_sweep_leaves_open_markets_alone(market):
+    _m, yes, _no = market
+    account = open_account("1000")
+    resting = buy(account, yes, "10", "0.30").order
+    assert tasks.orders_cancel_halted() == 0
+    resting.refresh_from_db()
+    assert resting.status == "live"
+
+
+# --- A resolution only one REST source reports ---------------------------------------------------
+@pytest.fixture
+def fake_polymarket(settings):
+    from marketdata.fakepoly import DEMO_DATA_DIR, FakePolymarket
+    from marketdata.tasks import discover_markets
+
+    server = FakePolymarket(DEMO_DATA_DIR, seed=3).start_in_thread()
+    settings.POLYMARKET_GAMMA_URL = server.gamma_url
+    settings.POLYMARKET_CLOB_URL = server.clob_url
+    try:
+        discover_markets(include_closed=True)
+        yield server
+    finally:
+        server.stop()
+
+
+def held_demo_market(fake):
+    from marketdata.models import Market, Token
+
+    market = Market.objects.get(slug__startswith="synthetic-port-ellis")
+    yes_id, no_id = fake.pairs[market.condition_id]
+    yes = Token.objects.get(token_id=yes_id)
+    publish_book(yes_id, asks=[("0.40", "1000")], bids=[("0.38", "1000")])
+    account = open_account("1000")
+    buy(account, yes, "100", "0.40")  # cost 40.00
+    return market, yes_id, no_id, account
+
+
+@pytest.mark.parametrize("source", ["gamma", "clob"])
+def test_a_held_market_resolved_on_one_rest_source_alone_is_settled(
+    fake_polymarket, source, django_capture_on_commit_callbacks
+):
+    from marketdata.tasks import check_held_markets
+
+    market, yes_id, _no_id, account = held_demo_market(fake_polymarket)
+    fake_polymarket.resolve_market(market.condition_id, yes_id, sources=(source,))
+    with django_capture_on_commit_callbacks(execute=True):
+        check_held_markets()
+    market.refresh_from_db()
+    assert market.status == "resolved"
+    assert market.resolution.source == source
+    assert refreshed(account).cash == D("1060.00")  # 960 + 100 × 1
+    assert Fill.objects.filter(account=account, kind="settlement").count() == 1
+    audit_clean()
+
+
+def test_the_held_market_check_leaves_open_markets_open(fake_polymarket):
+    from marketdata.tasks import check_held_markets
+
+    market, _yes_id, _no_id, account = held_demo_market(fake_polymarket)
+    result = check_held_markets()
+    assert result["markets_seen"] == 1 and not result["errors"]
+    market.refresh_from_db()
+    assert market.status == "open"
+    assert Position.objects.get(account=account, token_id=_yes_id).status == "open"

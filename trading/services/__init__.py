@@ -7,6 +7,7 @@ from trading.services.cancel import (
     order_cancel_account,
     order_cancel_all,
     order_cancel_market,
+    orders_cancel_halted,
     orders_expire,
     release_orders,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "order_cancel_market",
     "order_place",
     "order_request",
+    "orders_cancel_halted",
     "orders_expire",
     "release_orders",
 ]

@@ -17,6 +17,8 @@ from accounts.services.wallets import account_lock
 from core import errors
 from core.db import retry_on_conflict
 from core.money import ZERO
+from marketdata import states as market_states
+from marketdata.models import Market
 from trading import states
 from trading.models import Order
 from trading.orderevents import order_events_publish_on_commit
@@ -111,6 +113,34 @@ def _expire_account(*, account_id: Any, now: dt.datetime) -> int:
         account, time_in_force=Order.TimeInForce.GTD, expiration__isnull=False, expiration__lte=now
     )
     return release_orders(account=account, orders=orders, status=states.EXPIRED, reason="EXPIRED")
+
+
+# Why a resting order left the book when its market stopped trading (closed, resolved, void or
+# ambiguous); settlement uses the same reason for the orders it finds.
+MARKET_HALTED_REASON = "MARKET_RESOLVED"
+
+
+def orders_cancel_halted(*, market_ids: list[str] | None = None) -> int:
+    """Cancel every live order in a market that no longer trades (status closed, resolved,
+    void or ambiguous), releasing its reservations, reason MARKET_RESOLVED; `market_ids`
+    narrows it to those markets (condition ids). One transaction per account and market, each
+    under the account row lock; idempotent, so the signal path and the beat sweep may both run
+    it. Returns how many orders were cancelled."""
+    halted = Market.objects.filter(status__in=sorted(market_states.HALTED))
+    if market_ids is not None:
+        halted = halted.filter(condition_id__in=market_ids)
+    pairs = sorted(
+        set(
+            Order.objects.filter(
+                status=Order.Status.LIVE,
+                market_id__in=halted.values("condition_id"),
+            ).values_list("account_id", "market_id")
+        )
+    )
+    return sum(
+        order_cancel_market(account_id=account_id, market_id=market_id, reason=MARKET_HALTED_REASON)
+        for account_id, market_id in pairs
+    )
 
 
 def orders_expire(*, now: dt.datetime | None = None) -> int:

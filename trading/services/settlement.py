@@ -41,13 +41,12 @@ from marketdata.services import market_resolution_mark_consumed
 from trading import states
 from trading.models import Fill, Order, Side
 from trading.selectors import open_positions
-from trading.services.cancel import release_orders
+from trading.services.cancel import MARKET_HALTED_REASON, release_orders
 from trading.services.fills import fills_append
 
 logger = logging.getLogger(__name__)
 
 SETTLEABLE = frozenset({MarketResolution.State.RESOLVED, MarketResolution.State.VOID})
-CANCEL_REASON = "MARKET_RESOLVED"
 
 
 @dataclass(frozen=True)
@@ -85,7 +84,7 @@ def _settle_account(
         .order_by("pk")
     )
     cancelled = release_orders(
-        account=account, orders=live, status=states.CANCELED, reason=CANCEL_REASON
+        account=account, orders=live, status=states.CANCELED, reason=MARKET_HALTED_REASON
     )
     positions = list(
         Position.objects.select_for_update()
