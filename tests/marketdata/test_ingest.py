@@ -1,5 +1,5 @@
 """The websocket ingester end to end: the real websocket and REST clients against the fake
-Polymarket on loopback, publishing to the in-process price bus."""
+Polymarket on loopback, publishing to the price bus on the test's Redis."""
 
 from __future__ import annotations
 
@@ -50,23 +50,25 @@ class RunningIngester:
         tokens: list[str],
         ping: float = 0.3,
         heartbeat: float = 0.1,
+        **config: float,
     ) -> None:
         self.bus = RedisBus.from_url(redis_url, client_options=FEED_CLIENT)
         infos = {t: TokenInfo(t, CONDITION, "5", False, None) for t in tokens}
+        options = {
+            "ping_seconds": ping,
+            "dead_seconds": ping * 1.5,
+            "backoff_base": 0.05,
+            "backoff_cap": 0.5,
+            "refresh_seconds": 3600,
+            "health_seconds": 3600,
+            "heartbeat_seconds": heartbeat,
+        }
+        self.infos = infos
         self.ingester = Ingester(
-            config=IngestConfig(
-                ws_url=fake.ws_url,
-                ping_seconds=ping,
-                dead_seconds=ping * 1.5,
-                backoff_base=0.05,
-                backoff_cap=0.5,
-                refresh_seconds=3600,
-                health_seconds=3600,
-                heartbeat_seconds=heartbeat,
-            ),
+            config=IngestConfig(ws_url=fake.ws_url, **(options | config)),  # type: ignore[arg-type]
             clob=ClobClient(fake.clob_url),
             bus=self.bus,
-            token_source=lambda: infos,
+            token_source=lambda: self.infos,
         )
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self._run, daemon=True)
