@@ -238,7 +238,8 @@ _FIELD_NAMES: Final = tuple(f.name for f in fields(BookTop))
 class TradePrint:
     """One `last_trade_price` event as the feed saw it: a real trade on the exchange.
     `side` is the taker's (BUY lifted asks, SELL hit bids; None if the exchange omitted it),
-    `timestamp_ms` the exchange's, `published_at` ours (epoch ms). Exact decimal strings."""
+    `timestamp_ms` the exchange's, `published_at` ours (epoch ms), `fee_rate_bps` the
+    exchange's fee rate on that trade (None when it omitted it). Exact decimal strings."""
 
     token_id: str
     price: str
@@ -246,6 +247,7 @@ class TradePrint:
     side: str | None
     timestamp_ms: int | None
     published_at: int
+    fee_rate_bps: str | None = None
 
     def to_json(self) -> bytes:
         return orjson.dumps(self)
@@ -260,6 +262,7 @@ class TradePrint:
             d.get("side"),
             d.get("timestamp_ms"),
             d["published_at"],
+            d.get("fee_rate_bps"),
         )
 
     def price_value(self) -> Decimal:

@@ -515,6 +515,7 @@ def _trade_json(asset_id: str, trade: LastTrade) -> bytes:
         trade.side,
         timestamp_ms(ts),
         now_ms(),
+        trade.fee_rate_bps,
     ).to_json()
 
 
@@ -524,6 +525,7 @@ class LastTrade:
     side: str | None  # the taker's side
     size: str
     timestamp: str
+    fee_rate_bps: str | None = None
 
 
 @dataclass(slots=True)
@@ -815,7 +817,9 @@ class BookKeeper:
             return set()
         price = event["price"]
         self._verify_claim(asset_id, (price,))  # made before this trade price was known
-        meta.last_trade = LastTrade(price, event["side"], event["size"], event["timestamp"])
+        meta.last_trade = LastTrade(
+            price, event["side"], event["size"], event["timestamp"], event["fee_rate_bps"]
+        )
         self._trades.append((asset_id, _trade_json(asset_id, meta.last_trade)))
         if len(self._trades) > MAX_UNDRAINED_TRADES:  # nobody drains (tools, tests): stay bounded
             del self._trades[: len(self._trades) - MAX_UNDRAINED_TRADES]

@@ -430,3 +430,87 @@ def test_discover_markets_by_condition_id_reports_ids_gamma_does_not_know(fake, 
     assert result.markets_created == 1 and result.markets_seen == 1
     assert result.errors == ["0xnope: not on Gamma yet"]
     assert list(Market.objects.values_list("condition_id", flat=True)) == [known]
+
+
+# --- the protocol as it is now (polymarket.md §9, docs/operations.md "Feed") -----------------
+
+BOOKLESS = "9" * 77  # a listed market's token the exchange has no book for
+
+
+def sent_messages(fake: FakePolymarket) -> list[dict | str]:
+    return [json.loads(f) if f.startswith("{") else f for f in fake.client_frames]
+
+
+@pytest.mark.redis
+def test_subscribes_with_initial_dump_and_level_and_pings_only_after(fake, running):
+    runner = running([TOKEN_A], ping=0.2)
+    wait_for(runner.fresh, what="first snapshot")
+    wait_for(lambda: "PING" in fake.client_frames, what="a PING")
+    first, *later = sent_messages(fake)
+    assert first == {
+        "assets_ids": [TOKEN_A],
+        "custom_feature_enabled": True,
+        "type": "market",
+        "initial_dump": True,
+        "level": 2,
+    }
+    assert "PING" in later and fake.connection_count == 1  # answered: the socket is kept
+
+
+@pytest.mark.redis
+def test_token_changes_go_on_the_open_socket_without_reconnecting(fake, running):
+    runner = running([TOKEN_A], ping=0.2)
+    wait_for(runner.fresh, what="first snapshot")
+    dk = "98022490269692409998126496127597032490334070080325855126491859374983463996227"
+    runner.infos = {**runner.infos, dk: TokenInfo(dk, "0xdk", "5", False, None)}
+    runner.loop.call_soon_threadsafe(
+        lambda: runner.loop.create_task(runner.ingester.set_tokens(runner.infos))
+    )
+    wait_for(lambda: runner.fresh(dk), what="the added token's book")
+    runner.infos = {dk: runner.infos[dk]}  # TOKEN_A dropped
+    runner.loop.call_soon_threadsafe(
+        lambda: runner.loop.create_task(runner.ingester.set_tokens(runner.infos))
+    )
+    wait_for(lambda: not runner.fresh(TOKEN_A), what="the dropped token published stale")
+    wait_for(
+        lambda: {"operation": "unsubscribe", "assets_ids": [TOKEN_A],
+                 "custom_feature_enabled": True} in sent_messages(fake),
+        what="an unsubscribe operation",
+    )  # fmt: skip
+    operations = [m for m in sent_messages(fake) if isinstance(m, dict)]
+    assert operations[1] == {
+        "assets_ids": [dk],
+        "custom_feature_enabled": True,
+        "operation": "subscribe",
+    }
+    assert sum(1 for m in operations if m.get("type") == "market") == 1  # one connection
+    assert runner.ingester.health.reconnects == 0 and fake.connection_count == 1
+    assert runner.fresh(dk) and runner.live(dk)
+
+
+@pytest.mark.redis
+def test_a_market_without_a_book_is_refetched_with_a_capped_backoff(fake, running):
+    """Every 100 ms without the backoff (40 POST /books in 4 s); with it, 0.1 s doubling to a
+    0.8 s cap: about 8. The backoff ends when a book arrives."""
+    runner = running([TOKEN_A], ping=0.5)
+    runner.ingester.config.resync_min_interval = 0.1
+    runner.ingester.config.resync_max_interval = 0.8
+    wait_for(runner.fresh, what="the first token set subscribed")
+    runner.infos = {**runner.infos, BOOKLESS: TokenInfo(BOOKLESS, CONDITION, "5", False, None)}
+    runner.loop.call_soon_threadsafe(
+        lambda: runner.loop.create_task(runner.ingester.set_tokens(runner.infos))
+    )
+    wait_for(lambda: BOOKLESS in runner.ingester.tokens, what="the bookless token tracked")
+    start = time.monotonic()
+    time.sleep(4)
+    asked = [ids for ids in list(fake.books_requested) if BOOKLESS in ids]
+    assert 3 <= len(asked) <= 10, len(asked)
+    assert time.monotonic() - start < 6
+    fake.replay(
+        [{"event_type": "book", "market": CONDITION, "asset_id": BOOKLESS, "hash": "",
+          "timestamp": str(now_ms()), "bids": [{"price": "0.4", "size": "10"}], "asks": []}]
+    )  # fmt: skip
+    wait_for(lambda: runner.fresh(BOOKLESS), what="its book, at last")
+    before = sum(1 for ids in list(fake.books_requested) if BOOKLESS in ids)
+    time.sleep(1.0)
+    assert sum(1 for ids in list(fake.books_requested) if BOOKLESS in ids) == before

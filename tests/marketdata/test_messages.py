@@ -613,7 +613,7 @@ def test_trade_prints_are_drained_once_in_feed_order():
 
     keeper = BookKeeper(verify="off")
     keeper.track("tok", market="0xm")
-    for price, size, side in (("0.5", "10", "SELL"), ("0.51", "2.5", "BUY")):
+    for price, size, side, fee in (("0.5", "10", "SELL", "0"), ("0.51", "2.5", "BUY", "175")):
         keeper.apply(
             {
                 "event_type": "last_trade_price",
@@ -622,7 +622,7 @@ def test_trade_prints_are_drained_once_in_feed_order():
                 "price": price,
                 "side": side,
                 "size": size,
-                "fee_rate_bps": "0",
+                "fee_rate_bps": fee,
                 "timestamp": "1790658827000",
                 "transaction_hash": None,
             }
@@ -642,8 +642,10 @@ def test_trade_prints_are_drained_once_in_feed_order():
     )
     drained = keeper.drain_trades_json()
     prints = [TradePrint.from_json(blob) for _, blob in drained]
-    assert [(p.token_id, p.price, p.size, p.side, p.timestamp_ms) for p in prints] == [
-        ("tok", "0.5", "10", "SELL", 1790658827000),
-        ("tok", "0.51", "2.5", "BUY", 1790658827000),
+    assert [
+        (p.token_id, p.price, p.size, p.side, p.timestamp_ms, p.fee_rate_bps) for p in prints
+    ] == [
+        ("tok", "0.5", "10", "SELL", 1790658827000, "0"),
+        ("tok", "0.51", "2.5", "BUY", 1790658827000, "175"),
     ]
     assert keeper.drain_trades_json() == []
