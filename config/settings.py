@@ -262,7 +262,7 @@ MARKETDATA_WS_MAX_TOKENS = env.int("MARKETDATA_WS_MAX_TOKENS", default=400)
 MARKETDATA_TOP_MARKETS = env.int("MARKETDATA_TOP_MARKETS", default=50)
 # Conflation: the feed publishes each token's latest top at most once per this many ms (0 =
 # after every frame); and checks each token's book hash at most once per MARKETDATA_HASH_CHECK_MS.
-MARKETDATA_FLUSH_MS = env.int("MARKETDATA_FLUSH_MS", default=20)
+MARKETDATA_FLUSH_MS = env.int("MARKETDATA_FLUSH_MS", default=5)
 MARKETDATA_HASH_CHECK_MS = env.int("MARKETDATA_HASH_CHECK_MS", default=1000)
 # Functions returning token ids the feed must stream (the trading app's live orders and
 # positions); a setting, so that marketdata imports nothing of ours.

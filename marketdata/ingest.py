@@ -25,7 +25,7 @@ most MARKETDATA_WS_MAX_TOKENS each. Per connection (the protocol: docs/operation
 * `new_market` enqueues the discovery of that market (`discover_new_markets`), off the
   loop, so a new market is listed without waiting for the scheduled discovery.
 
-Publishing is conflated (MARKETDATA_FLUSH_MS, default 20 ms): a frame is published at once
+Publishing is conflated (MARKETDATA_FLUSH_MS, default 5 ms): a frame is published at once
 if the last publish is at least that old, otherwise the latest state of every token touched
 meanwhile goes out when it is; a busy feed publishes each token at most once per interval,
 and no update waits longer than that. Stale marks are published at once. Book hashes are

@@ -499,7 +499,7 @@ _HANDLERS: Final[dict[str, Any]] = {
 
 # The ingester's publishing defaults (IngestConfig; MARKETDATA_FLUSH_MS, MARKETDATA_HASH_CHECK_MS),
 # kept here so that Django-free tools (bench/feed.py) measure the production policy.
-DEFAULT_FLUSH_MS: Final = 20
+DEFAULT_FLUSH_MS: Final = 5
 DEFAULT_HASH_CHECK_MS: Final = 1000
 
 HashCheck = Literal["match", "inferred", "deferred", "mismatch"]
