@@ -58,7 +58,6 @@ from marketdata.bus import (
     BusMessage,
     PriceBus,
     TradePrint,
-    now_ms,
     top_token_id,
 )
 from trading.models import Order, Side
