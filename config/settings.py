@@ -254,23 +254,27 @@ POLYMARKET_CLOB_URL = env.str("POLYMARKET_CLOB_URL", default="https://clob.polym
 POLYMARKET_WS_URL = env.str(
     "POLYMARKET_WS_URL", default="wss://ws-subscriptions-clob.polymarket.com/ws/market"
 )
-# The ingester (manage.py marketdata stream): text PING interval, tokens per websocket
-# connection, how many of the most active open markets to stream besides held tokens.
-MARKETDATA_WS_PING_SECONDS = env.float("MARKETDATA_WS_PING_SECONDS", default=10.0)
+# The ingester (manage.py marketdata stream): text PING interval, how long a socket may stay
+# silent (no frame, not even a PONG) before it is declared dead and its books stale, tokens
+# per websocket connection, how many of the most active open markets to stream besides held
+# tokens. PING 2 s + dead 5 s bound a silent socket's tops to ~5 s fresh (docs/operations.md).
+MARKETDATA_WS_PING_SECONDS = env.float("MARKETDATA_WS_PING_SECONDS", default=2.0)
+MARKETDATA_WS_DEAD_SECONDS = env.float("MARKETDATA_WS_DEAD_SECONDS", default=5.0)
 MARKETDATA_WS_MAX_TOKENS = env.int("MARKETDATA_WS_MAX_TOKENS", default=400)
 MARKETDATA_TOP_MARKETS = env.int("MARKETDATA_TOP_MARKETS", default=50)
 # Conflation: the feed publishes each token's latest top at most once per this many ms (0 =
 # after every frame); and checks each token's book hash at most once per MARKETDATA_HASH_CHECK_MS.
-MARKETDATA_FLUSH_MS = env.int("MARKETDATA_FLUSH_MS", default=20)
+MARKETDATA_FLUSH_MS = env.int("MARKETDATA_FLUSH_MS", default=5)
 MARKETDATA_HASH_CHECK_MS = env.int("MARKETDATA_HASH_CHECK_MS", default=1000)
 # Functions returning token ids the feed must stream (the trading app's live orders and
 # positions); a setting, so that marketdata imports nothing of ours.
 MARKETDATA_TOKEN_SOURCES = ["trading.selectors.feed_tokens_wanted"]
 # Streams of book updates on the price bus (md:updates:<i>); feed and matchers must agree.
 PRICE_BUS_SHARDS = env.int("PRICE_BUS_SHARDS", default=1)
-# A top is live only while its shard's feed heartbeat (md:heartbeat:<i>, beaten every second)
-# is younger than this; older, its books take no taker orders (STALE_BOOK) even if `fresh`.
-PRICE_BUS_HEARTBEAT_STALE_SECONDS = env.float("PRICE_BUS_HEARTBEAT_STALE_SECONDS", default=5.0)
+# A top is live only while its shard's feed heartbeat (md:heartbeat:<i>, beaten every 500 ms
+# while the feed is healthy) is younger than this; older, its books take no taker orders
+# (STALE_BOOK) even if `fresh`.
+PRICE_BUS_HEARTBEAT_STALE_SECONDS = env.float("PRICE_BUS_HEARTBEAT_STALE_SECONDS", default=2.0)
 # The maker matcher (`manage.py trading match`): how often it re-reads the orders changed
 # since its last pass (catching up on lost order events and other processes' fills), and how
 # long a bus entry may sit unacknowledged on a dead matcher before another claims it.

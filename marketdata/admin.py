@@ -261,6 +261,8 @@ class FeedHealthAdmin(ViewOnlyMixin, admin.ModelAdmin):
         "resyncs",
         "hash_mismatches",
         "reconnects",
+        "bus_failures",
+        "bus_error",
         "reported",
     )
     ordering = ("shard",)

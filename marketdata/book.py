@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from typing import Any, Final, Literal
 
@@ -35,14 +35,10 @@ TWO: Final = Decimal(2)
 # stays small (10,000 prices at the finest 0.0001 tick, times a few spellings).
 _PRICE_VALUES: dict[str, Decimal] = {}
 _price_value = _PRICE_VALUES.__getitem__
-# The same prices, each mapped to ONE shared str object: snapshot levels (and the compiled
-# path's) key their books with it, so all books share a few thousand hot price strings
-# instead of a copy per level (fewer cache misses; the compiled path compares by identity).
+# The same prices, each mapped to ONE shared str object: snapshot levels key their books with
+# it, so all books share a few thousand price strings instead of a copy per level (memory:
+# docs/benchmarks.md, "Market data feed").
 _PRICE_STRS: dict[str, str] = {}
-
-# `OrderBook._hash_text` compiled (`_fastbook.hash_text`), installed by marketdata.fastbook
-# when the extension is loaded; None means the pure-Python builder.
-_native_hash_text: Callable[[OrderBook, str, str], bytes] | None = None
 
 
 def _is_plain_decimal(text: str) -> bool:
@@ -265,7 +261,8 @@ class OrderBook:
         else:
             levels, order = self.asks, self._ask_px
             self._ask_hash_json = self._ask_top_json = None
-        if size == "0" or is_zero_size(size):
+        head = size[0]  # validated: a non-empty plain decimal
+        if (head == "0" or head == ".") and is_zero_size(size):
             if levels.pop(price, None) is not None:
                 del order[bisect_left(order, _PRICE_VALUES[price], key=_price_value)]
             elif levels:
@@ -405,13 +402,10 @@ class OrderBook:
         """
         ts = self.timestamp if timestamp is None else timestamp
         ltp = self.last_trade_price if last_trade_price is None else last_trade_price
-        native = _native_hash_text
-        text = native(self, ts, ltp) if native is not None else self._hash_text(ts, ltp)
-        return hashlib.sha1(text, usedforsecurity=False).hexdigest()
+        return hashlib.sha1(self._hash_text(ts, ltp), usedforsecurity=False).hexdigest()
 
     def _hash_text(self, ts: str, ltp: str) -> bytes:
-        """The SHA-1 input of `compute_hash` (pure Python; `_fastbook.hash_text` builds the
-        same bytes in C when it is loaded, see marketdata/fastbook.py)."""
+        """The SHA-1 input of `compute_hash` (each side's text cached until that side changes)."""
         bid_json = self._bid_hash_json
         if bid_json is None:
             bids = self.bids

@@ -1,9 +1,10 @@
 """The price bus: the latest top of book per token for readers, and a stream of updates per
 shard for the matcher (ARCHITECTURE.md, "Price bus").
 
-Two implementations of one `PriceBus` protocol with the same semantics:
+One implementation, `RedisBus`, in every mode (ARCHITECTURE.md: no in-process stand-in for
+Redis; `PriceBus` is its name for type hints):
 
-* `RedisBus` (production). The latest top of each token is one key `md:book:<token_id>`
+* The latest top of each token is one key `md:book:<token_id>`
   holding its JSON, so N tokens are read with ONE `MGET`. Updates go to one Redis Stream per
   shard, `md:updates:<shard>`, trimmed with `MAXLEN ~`. One stream entry carries the tops of
   one `publish()` call for that shard (field `tops`: one BookTop JSON per line), so a batch
@@ -16,9 +17,6 @@ Two implementations of one `PriceBus` protocol with the same semantics:
   publish (field `trades`: one TradePrint JSON per line): events, not state, so they are
   only on the stream, never in the latest-top keys (the maker matcher's trade-through
   rule, trading-engine.md §4).
-* `InProcessBus` (embedded demo, tests): a thread-safe dict plus a bounded deque per shard
-  with the same consumer-group bookkeeping. Tops are stored as the same JSON bytes, so a
-  reader can never see a publisher's later mutation, exactly as with Redis.
 
 Prices and sizes are the exchange's exact decimal strings everywhere on the bus; the
 `*_value()` methods give Decimals for trading math. Never float.
@@ -28,19 +26,20 @@ and machines (Python's `hash()` of a str is randomised per process).
 
 Liveness (trading-engine.md §8): a top's `fresh` flag is only as good as the feed process that
 maintains it: a feed that dies or hangs without closing its sockets never publishes its books
-stale. So each feed also calls `heartbeat(shard)` every second, and a top is *live* only when
-it is fresh AND its shard's heartbeat is younger than `heartbeat_stale_ms`
-(PRICE_BUS_HEARTBEAT_STALE_SECONDS, default 5 s). Readers that act on a book (the engine's
+stale. So each feed also calls `heartbeat(shard)` while it is healthy (every 500 ms), and a
+top is *live* only when it is fresh AND its shard's heartbeat is younger than
+`heartbeat_stale_ms` (PRICE_BUS_HEARTBEAT_STALE_SECONDS, default 2 s). That rule is
+`_live_tops`, the one place every reader's answer comes from (`live`, `latest_live`,
+`latest_many_live`, `latest_many_live_and_get`); readers that act on a book (the engine's
 STALE_BOOK rule) use `latest_live()`: the top and its shard's heartbeat in ONE round trip.
 
-* Redis: `md:heartbeat:<shard>` holds the epoch ms of the last beat, taken from the Redis
+`md:heartbeat:<shard>` holds the epoch ms of the last beat, taken from the Redis
   server's clock (`TIME` inside a small script), and `latest_live()` reads the current
   server `TIME` in the same pipeline as its `MGET`. The age is therefore measured on one
   clock, the Redis server's: skew between feed, web and matcher hosts does not matter. Only a
   step of the Redis host's own clock does: forward, books read stale until the next beat (at
   most a second); backward by S, a heartbeat "from the future" counts as just written, so a
   feed that died right then is noticed up to S late.
-* In process: a dict of the same ms timestamps on the process's wall clock.
 
 A heartbeat newer than the reading clock (negative age) counts as age 0 (see above).
 """
@@ -50,11 +49,10 @@ from __future__ import annotations
 import threading
 import time
 import zlib
-from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields, replace
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 import orjson
 
@@ -66,7 +64,7 @@ if TYPE_CHECKING:
 BOOK_KEY: Final = "md:book:"  # + token_id
 STREAM_KEY: Final = "md:updates:"  # + shard number
 HEARTBEAT_KEY: Final = "md:heartbeat:"  # + shard number -> epoch ms of the feed's last beat
-DEFAULT_HEARTBEAT_STALE_MS: Final = 5_000
+DEFAULT_HEARTBEAT_STALE_MS: Final = 2_000
 DEFAULT_MAXLEN: Final = 100_000  # stream entries (batches) kept per shard, approximately
 DEFAULT_DEPTH: Final = 10
 TRADES_KEY: Final = "md:trades:"  # + token_id -> its last trade prints, newest first
@@ -161,29 +159,15 @@ class BookTop:
         depth: int = DEFAULT_DEPTH,
         published_at: int | None = None,
     ) -> BookTop:
-        bids, asks = book.top_levels("BUY", depth), book.top_levels("SELL", depth)
-        best_bid = bids[0][0] if bids else None
-        best_ask = asks[0][0] if asks else None
-        mid = spread = None
-        if best_bid is not None and best_ask is not None:
-            mid, spread = mid_spread(best_bid, best_ask)
-        ts = book.timestamp
-        return cls(
-            book.asset_id,
-            book.market,
-            best_bid,
-            best_ask,
-            mid,
-            spread,
-            book.last_trade_price or None,
-            last_trade_side,
-            book.tick_size,
-            timestamp_ms(ts),
-            book.hash,
-            fresh,
-            bids,
-            asks,
-            now_ms() if published_at is None else published_at,
+        """The top as the feed publishes it (decoded from `encode_top`: one encoder)."""
+        return cls.from_json(
+            encode_top(
+                book,
+                fresh=fresh,
+                last_trade_side=last_trade_side,
+                depth=depth,
+                published_at=published_at,
+            )
         )
 
     # --- JSON --------------------------------------------------------------------------------
@@ -234,13 +218,15 @@ class BookTop:
 
 
 _FIELD_NAMES: Final = tuple(f.name for f in fields(BookTop))
+_Fragment = orjson.Fragment
 
 
 @dataclass(frozen=True, slots=True)
 class TradePrint:
     """One `last_trade_price` event as the feed saw it: a real trade on the exchange.
     `side` is the taker's (BUY lifted asks, SELL hit bids; None if the exchange omitted it),
-    `timestamp_ms` the exchange's, `published_at` ours (epoch ms). Exact decimal strings."""
+    `timestamp_ms` the exchange's, `published_at` ours (epoch ms), `fee_rate_bps` the
+    exchange's fee rate on that trade (None when it omitted it). Exact decimal strings."""
 
     token_id: str
     price: str
@@ -248,6 +234,7 @@ class TradePrint:
     side: str | None
     timestamp_ms: int | None
     published_at: int
+    fee_rate_bps: str | None = None
 
     def to_json(self) -> bytes:
         return orjson.dumps(self)
@@ -262,6 +249,7 @@ class TradePrint:
             d.get("side"),
             d.get("timestamp_ms"),
             d["published_at"],
+            d.get("fee_rate_bps"),
         )
 
     def price_value(self) -> Decimal:
@@ -286,17 +274,14 @@ def encode_top(
     depth: int = DEFAULT_DEPTH,
     published_at: int | None = None,
 ) -> bytes:
-    """`orjson.dumps(BookTop.from_book(...))`, byte for byte, without building the BookTop:
-    the feed's hot path (the levels' JSON is cached per book side until that side changes).
-    """
-    bids = book.top_levels_json("BUY", depth)
-    asks = book.top_levels_json("SELL", depth)
+    """A book's top as published on the bus: `BookTop`'s JSON (its field order; a test holds
+    the two equal), built without a BookTop on the feed's hot path; the levels' JSON is cached
+    per book side until that side changes, and spliced in unparsed (orjson.Fragment)."""
     best_bid, best_ask = book.best_bid_str(), book.best_ask_str()
     mid = spread = None
     if best_bid is not None and best_ask is not None:
         mid, spread = mid_spread(best_bid, best_ask)
-    ts = book.timestamp
-    head = orjson.dumps(
+    return orjson.dumps(
         {
             "token_id": book.asset_id,
             "market": book.market,
@@ -307,16 +292,13 @@ def encode_top(
             "last_trade_price": book.last_trade_price or None,
             "last_trade_side": last_trade_side,
             "tick_size": book.tick_size,
-            "timestamp_ms": timestamp_ms(ts),
+            "timestamp_ms": timestamp_ms(book.timestamp),
             "hash": book.hash,
             "fresh": fresh,
+            "bids": _Fragment(book.top_levels_json("BUY", depth)),
+            "asks": _Fragment(book.top_levels_json("SELL", depth)),
+            "published_at": now_ms() if published_at is None else published_at,
         }
-    )
-    return b'%b,"bids":%b,"asks":%b,"published_at":%d}' % (
-        head[:-1],
-        bids,
-        asks,
-        now_ms() if published_at is None else published_at,
     )
 
 
@@ -328,9 +310,15 @@ class LiveTop(NamedTuple):
     live: bool
 
 
-def heartbeat_is_young(beat_ms: int | None, now: int, stale_ms: int) -> bool:
-    """A heartbeat counts while younger than stale_ms; a missing one never does."""
-    return beat_ms is not None and now - beat_ms < stale_ms
+def top_is_live(top: BookTop, beat_ms: int | None, now: int, stale_ms: int) -> bool:
+    """THE freshness rule readers apply (module docstring, "Liveness"): the feed published the
+    top `fresh` and its shard's heartbeat is younger than stale_ms (a missing one never is;
+    one from the future counts as just written)."""
+    return top.fresh and beat_ms is not None and now - beat_ms < stale_ms
+
+
+def _not_fresh(top: BookTop) -> BookTop:
+    return top.with_fresh(False, published_at=top.published_at)
 
 
 class BusMessage(NamedTuple):
@@ -396,356 +384,6 @@ def _by_shard(
     return latest, by_shard
 
 
-@runtime_checkable
-class PriceBus(Protocol):
-    n_shards: int
-
-    def publish(self, tops: Sequence[BookTop]) -> None:
-        """Store each top as its token's latest and append them to their shards' streams,
-        in ONE round trip for the whole batch."""
-
-    def publish_json(
-        self, items: Sequence[EncodedTop], trades: Sequence[EncodedTrade] = ()
-    ) -> None:
-        """`publish` for tops already encoded (`encode_top`, `BookKeeper.drain_tops_json`),
-        with the trade prints seen since the last publish (`BookKeeper.drain_trades_json`):
-        they ride in the same stream entry as their shard's tops."""
-
-    def latest(self, token_id: str) -> BookTop | None: ...
-
-    def latest_many(self, token_ids: Iterable[str]) -> dict[str, BookTop]:
-        """The latest top of each token that has one, in ONE round trip."""
-
-    def mark_stale(self, token_ids: Iterable[str]) -> list[BookTop]:
-        """Republish the latest tops of these tokens with fresh=False (and stream them so
-        the matcher stops). Meant for the feed that owns the tokens (their only writer)."""
-
-    heartbeat_stale_ms: int
-
-    def heartbeat(self, shard: int, *, at_ms: int | None = None) -> None:
-        """The feed of `shard` is alive and maintains its tokens' `fresh` flags. Called by
-        the feed every second; `at_ms` (tests, tools) backdates the beat."""
-
-    def heartbeat_age_ms(self, shard: int) -> int | None:
-        """Milliseconds since the shard's last heartbeat (None: never beat)."""
-
-    def live(self, top_or_token: BookTop | str) -> bool:
-        """Whether a top (or a token's latest top) is fresh with a young shard heartbeat."""
-
-    def latest_live(self, token_id: str) -> LiveTop:
-        """The latest top and its liveness, in ONE round trip (the engine's only read)."""
-
-    def shard_of(self, token_id: str) -> int: ...
-
-    def ensure_group(self, shard: int, group: str, *, start_id: str = "0") -> None: ...
-
-    def read(
-        self,
-        shard: int,
-        group: str,
-        consumer: str,
-        count: int = 100,
-        block_ms: int | None = None,
-        *,
-        raw: bool = False,
-    ) -> list[BusMessage]:
-        """New entries for this group (XREADGROUP `>`); they stay pending until acked.
-        block_ms None: return at once; 0: wait forever (as Redis). `raw`: tops left encoded
-        in `raw_tops` (every read method takes it)."""
-
-    def read_pending(
-        self, shard: int, group: str, consumer: str, count: int = 100, *, raw: bool = False
-    ) -> list[BusMessage]:
-        """This consumer's delivered-but-unacked entries (after a restart)."""
-
-    def claim_stale(
-        self,
-        shard: int,
-        group: str,
-        consumer: str,
-        min_idle_ms: int,
-        count: int = 100,
-        *,
-        raw: bool = False,
-    ) -> list[BusMessage]:
-        """Take over entries pending on any consumer for at least min_idle_ms (XAUTOCLAIM);
-        entries trimmed from the stream meanwhile are dropped from the pending list."""
-
-    def ack(self, shard: int, group: str, ids: Sequence[str]) -> int: ...
-
-    def pending_count(self, shard: int, group: str) -> int: ...
-
-    def stream_length(self, shard: int) -> int: ...
-
-    def record_trades(self, prints: Sequence[TradePrint]) -> None:
-        """Prepend each print to its token's capped ring (newest first), in ONE round trip."""
-
-    def recent_trades_many(
-        self, token_ids: Iterable[str], limit: int = DEFAULT_TRADES_KEPT
-    ) -> dict[str, list[TradePrint]]:
-        """Each token's latest prints, newest first, in ONE round trip."""
-
-
-# --- in process -------------------------------------------------------------------------------
-
-
-class _Group:
-    __slots__ = ("last_seq", "pending")
-
-    def __init__(self, last_seq: int) -> None:
-        self.last_seq = last_seq
-        # seq -> [consumer, last delivery (monotonic ms), delivery count]
-        self.pending: dict[int, list[Any]] = {}
-
-
-class _Stream:
-    __slots__ = ("entries", "first_seq", "groups", "next_seq")
-
-    def __init__(self, maxlen: int) -> None:
-        self.entries: deque[bytes] = deque(maxlen=maxlen)
-        self.first_seq = 1  # seq of entries[0]
-        self.next_seq = 1
-        self.groups: dict[str, _Group] = {}
-
-    def get(self, seq: int) -> bytes | None:
-        i = seq - self.first_seq
-        return self.entries[i] if 0 <= i < len(self.entries) else None
-
-    def append(self, blob: bytes) -> None:
-        if len(self.entries) == self.entries.maxlen:
-            self.first_seq += 1
-        self.entries.append(blob)
-        self.next_seq += 1
-
-
-def _mono_ms() -> int:
-    return time.monotonic_ns() // 1_000_000
-
-
-def _decode_entry(entry_id: str, blob: bytes, raw: bool = False) -> BusMessage:
-    tops, _, trades = blob.partition(b"\0")
-    if raw:
-        return BusMessage(entry_id, [], _decode_trades(trades), _split_tops(tops))
-    return BusMessage(entry_id, _decode_tops(tops), _decode_trades(trades))
-
-
-def _entry_id(seq: int) -> str:
-    return f"{seq}-0"
-
-
-def _entry_seq(entry_id: str) -> int:
-    return int(entry_id.split("-", 1)[0])
-
-
-class InProcessBus:
-    """The bus inside one process (embedded demo, tests): same semantics as RedisBus."""
-
-    def __init__(
-        self,
-        *,
-        n_shards: int = 1,
-        maxlen: int = DEFAULT_MAXLEN,
-        heartbeat_stale_ms: int = DEFAULT_HEARTBEAT_STALE_MS,
-    ) -> None:
-        if n_shards < 1:
-            raise ValueError("n_shards must be >= 1")
-        self.n_shards = n_shards
-        self.maxlen = maxlen
-        self.heartbeat_stale_ms = heartbeat_stale_ms
-        self._latest: dict[str, bytes] = {}
-        self._heartbeats: dict[int, int] = {}  # shard -> epoch ms of its last beat
-        self._streams = [_Stream(maxlen) for _ in range(n_shards)]
-        self._cond = threading.Condition()
-        self._trades: dict[str, deque[bytes]] = {}  # token -> prints, newest first
-
-    def shard_of(self, token_id: str) -> int:
-        return shard_of(token_id, self.n_shards)
-
-    def publish(self, tops: Sequence[BookTop]) -> None:
-        self.publish_json([(t.token_id, orjson.dumps(t)) for t in tops])
-
-    def publish_json(
-        self, items: Sequence[EncodedTop], trades: Sequence[EncodedTrade] = ()
-    ) -> None:
-        if not items and not trades:
-            return
-        latest, by_shard = _by_shard(items, self.n_shards)
-        trades_by = _trades_by_shard(trades, self.n_shards) if trades else {}
-        with self._cond:
-            self._latest.update(latest)
-            for shard in sorted(by_shard.keys() | trades_by.keys()):
-                entry = b"\n".join(by_shard.get(shard, ()))
-                if shard in trades_by:
-                    # In process, an entry is `tops` + NUL + `trades` (JSON never holds a NUL).
-                    entry += b"\0" + b"\n".join(trades_by[shard])
-                self._streams[shard].append(entry)
-            self._cond.notify_all()
-
-    def latest(self, token_id: str) -> BookTop | None:
-        blob = self._latest.get(token_id)
-        return BookTop.from_json(blob) if blob is not None else None
-
-    def latest_many(self, token_ids: Iterable[str]) -> dict[str, BookTop]:
-        with self._cond:
-            blobs = [(t, self._latest.get(t)) for t in token_ids]
-        return {t: BookTop.from_json(b) for t, b in blobs if b is not None}
-
-    def mark_stale(self, token_ids: Iterable[str]) -> list[BookTop]:
-        now = now_ms()
-        stale = [
-            t.with_fresh(False, published_at=now) for t in self.latest_many(token_ids).values()
-        ]
-        self.publish(stale)
-        return stale
-
-    def heartbeat(self, shard: int, *, at_ms: int | None = None) -> None:
-        self._heartbeats[shard] = now_ms() if at_ms is None else at_ms
-
-    def heartbeat_age_ms(self, shard: int) -> int | None:
-        beat = self._heartbeats.get(shard)
-        return None if beat is None else max(0, now_ms() - beat)
-
-    def _beating(self, token_id: str) -> bool:
-        beat = self._heartbeats.get(self.shard_of(token_id))
-        return heartbeat_is_young(beat, now_ms(), self.heartbeat_stale_ms)
-
-    def live(self, top_or_token: BookTop | str) -> bool:
-        if isinstance(top_or_token, str):
-            return self.latest_live(top_or_token).live
-        return top_or_token.fresh and self._beating(top_or_token.token_id)
-
-    def latest_live(self, token_id: str) -> LiveTop:
-        blob = self._latest.get(token_id)
-        if blob is None:
-            return LiveTop(None, False)
-        top = BookTop.from_json(blob)
-        return LiveTop(top, top.fresh and self._beating(token_id))
-
-    def ensure_group(self, shard: int, group: str, *, start_id: str = "0") -> None:
-        with self._cond:
-            stream = self._streams[shard]
-            if group not in stream.groups:
-                last = stream.next_seq - 1 if start_id == "$" else _entry_seq(start_id)
-                stream.groups[group] = _Group(last)
-
-    def _group(self, shard: int, group: str) -> tuple[_Stream, _Group]:
-        stream = self._streams[shard]
-        grp = stream.groups.get(group)
-        if grp is None:
-            raise LookupError(f"NOGROUP no consumer group {group!r} on shard {shard}")
-        return stream, grp
-
-    def read(
-        self,
-        shard: int,
-        group: str,
-        consumer: str,
-        count: int = 100,
-        block_ms: int | None = None,
-        *,
-        raw: bool = False,
-    ) -> list[BusMessage]:
-        deadline = None if not block_ms else time.monotonic() + block_ms / 1000
-        with self._cond:
-            stream, grp = self._group(shard, group)
-            while grp.last_seq >= stream.next_seq - 1 and block_ms is not None:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    break
-                self._cond.wait(remaining)
-            out: list[BusMessage] = []
-            now = _mono_ms()
-            seq = max(grp.last_seq + 1, stream.first_seq)
-            while seq < stream.next_seq and len(out) < count:
-                blob = stream.get(seq)
-                if blob is not None:
-                    grp.pending[seq] = [consumer, now, 1]
-                    out.append(_decode_entry(_entry_id(seq), blob, raw))
-                grp.last_seq = seq
-                seq += 1
-            return out
-
-    def read_pending(
-        self, shard: int, group: str, consumer: str, count: int = 100, *, raw: bool = False
-    ) -> list[BusMessage]:
-        with self._cond:
-            stream, grp = self._group(shard, group)
-            out: list[BusMessage] = []
-            now = _mono_ms()
-            for seq in sorted(grp.pending):
-                if len(out) >= count:
-                    break
-                info = grp.pending[seq]
-                if info[0] != consumer:
-                    continue
-                blob = stream.get(seq)
-                info[1], info[2] = now, info[2] + 1
-                # Redis returns a trimmed entry as (id, nil): we return it without tops so the
-                # consumer can ack it.
-                out.append(
-                    _decode_entry(_entry_id(seq), blob, raw)
-                    if blob
-                    else BusMessage(_entry_id(seq), [])
-                )
-            return out
-
-    def claim_stale(
-        self,
-        shard: int,
-        group: str,
-        consumer: str,
-        min_idle_ms: int,
-        count: int = 100,
-        *,
-        raw: bool = False,
-    ) -> list[BusMessage]:
-        with self._cond:
-            stream, grp = self._group(shard, group)
-            out: list[BusMessage] = []
-            now = _mono_ms()
-            for seq in sorted(grp.pending):
-                if len(out) >= count:
-                    break
-                info = grp.pending[seq]
-                if now - info[1] < min_idle_ms:
-                    continue
-                blob = stream.get(seq)
-                if blob is None:  # trimmed away: XAUTOCLAIM drops it from the pending list
-                    del grp.pending[seq]
-                    continue
-                grp.pending[seq] = [consumer, now, info[2] + 1]
-                out.append(_decode_entry(_entry_id(seq), blob, raw))
-            return out
-
-    def ack(self, shard: int, group: str, ids: Sequence[str]) -> int:
-        with self._cond:
-            _, grp = self._group(shard, group)
-            return sum(grp.pending.pop(_entry_seq(i), None) is not None for i in ids)
-
-    def pending_count(self, shard: int, group: str) -> int:
-        with self._cond:
-            return len(self._group(shard, group)[1].pending)
-
-    def stream_length(self, shard: int) -> int:
-        with self._cond:
-            return len(self._streams[shard].entries)
-
-    def record_trades(self, prints: Sequence[TradePrint]) -> None:
-        with self._cond:
-            for p in prints:
-                ring = self._trades.get(p.token_id)
-                if ring is None:
-                    ring = self._trades[p.token_id] = deque(maxlen=DEFAULT_TRADES_KEPT)
-                ring.appendleft(p.to_json())
-
-    def recent_trades_many(
-        self, token_ids: Iterable[str], limit: int = DEFAULT_TRADES_KEPT
-    ) -> dict[str, list[TradePrint]]:
-        with self._cond:
-            rings = {t: list(self._trades.get(t, ()))[:limit] for t in token_ids}
-        return {t: [TradePrint.from_json(b) for b in blobs] for t, blobs in rings.items()}
-
-
 # --- Redis ------------------------------------------------------------------------------------
 
 
@@ -754,11 +392,19 @@ def _text(value: bytes | str) -> str:
 
 
 # Stamp a shard's heartbeat with the Redis server's clock (one round trip; EVALSHA after the
-# first call). Scripts may call TIME before writing since Redis 5 (effects replication).
+# first call), or with ARGV[2] when given. With ARGV[1] non-empty, write only over that value
+# (the beat the caller wrote last) and return 0 otherwise: the feed learns that Redis lost or
+# replaced its writes. Scripts may call TIME before writing since Redis 5 (effects replication).
 _HEARTBEAT_LUA: Final = """
-local t = redis.call('TIME')
-local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('SET', KEYS[1], ms)
+if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+local ms = tonumber(ARGV[2])
+if not ms then
+  local t = redis.call('TIME')
+  ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+redis.call('SET', KEYS[1], string.format('%d', ms))
 return ms
 """
 
@@ -793,11 +439,16 @@ class RedisBus:
         self._heartbeat_script = client.register_script(_HEARTBEAT_LUA)
 
     @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> RedisBus:
+    def from_url(
+        cls, url: str, *, client_options: dict[str, Any] | None = None, **kwargs: Any
+    ) -> RedisBus:
+        """`client_options` go to redis-py (the feed sets socket timeouts: a Redis that stops
+        answering must not hold its event loop for long, see marketdata/ingest.py)."""
         import redis
 
         # Raw bytes in and out: orjson parses bytes directly.
-        return cls(redis.Redis.from_url(url, decode_responses=False), **kwargs)
+        client = redis.Redis.from_url(url, decode_responses=False, **(client_options or {}))
+        return cls(client, **kwargs)
 
     def shard_of(self, token_id: str) -> int:
         return shard_of(token_id, self.n_shards)
@@ -815,11 +466,16 @@ class RedisBus:
         return f"{HEARTBEAT_KEY}{shard}"
 
     def publish(self, tops: Sequence[BookTop]) -> None:
+        """Store each top as its token's latest and append them to their shards' streams."""
         self.publish_json([(t.token_id, orjson.dumps(t)) for t in tops])
 
     def publish_json(
         self, items: Sequence[EncodedTop], trades: Sequence[EncodedTrade] = ()
     ) -> None:
+        """`publish` for tops already encoded (`BookKeeper.drain_tops_json`), with the trade
+        prints seen since the last publish (`BookKeeper.drain_trades_json`), which ride in
+        their shard's stream entry: ONE pipeline, one round trip (MSET of the latest tops,
+        then one XADD per shard touched)."""
         if not items and not trades:
             return
         latest, by_shard = _by_shard(items, self.n_shards)
@@ -844,6 +500,7 @@ class RedisBus:
         return BookTop.from_json(blob) if blob is not None else None  # type: ignore[arg-type]
 
     def latest_many(self, token_ids: Iterable[str]) -> dict[str, BookTop]:
+        """The latest top of each token that has one, as published, in ONE MGET."""
         ids = list(dict.fromkeys(token_ids))
         if not ids:
             return {}
@@ -855,6 +512,8 @@ class RedisBus:
         }
 
     def mark_stale(self, token_ids: Iterable[str]) -> list[BookTop]:
+        """Republish the latest tops of these tokens with fresh=False (and stream them so the
+        matcher stops). Tests and tools; the feed publishes its own books stale."""
         now = now_ms()
         stale = [
             t.with_fresh(False, published_at=now) for t in self.latest_many(token_ids).values()
@@ -862,43 +521,36 @@ class RedisBus:
         self.publish(stale)
         return stale
 
-    def heartbeat(self, shard: int, *, at_ms: int | None = None) -> None:
-        if at_ms is None:
-            self._heartbeat_script(keys=[self.heartbeat_key(shard)])
-        else:
-            self.client.set(self.heartbeat_key(shard), at_ms)
+    def heartbeat(
+        self, shard: int, *, at_ms: int | None = None, expect: int | None = None
+    ) -> int | None:
+        """The feed of `shard` is healthy and maintains its tokens' `fresh` flags; returns the
+        beat written (epoch ms). `at_ms` (tests, tools) backdates it. `expect` (the feed: its
+        last beat) writes only over that value, else writes nothing and returns None."""
+        args = ["" if expect is None else str(expect), "" if at_ms is None else str(at_ms)]
+        written = int(self._heartbeat_script(keys=[self.heartbeat_key(shard)], args=args))
+        return written or None
 
     def heartbeat_age_ms(self, shard: int) -> int | None:
+        """Milliseconds since the shard's last heartbeat on the server clock (None: never)."""
         pipe = self.client.pipeline(transaction=False)
         pipe.get(self.heartbeat_key(shard))
         pipe.time()
         beat, now = pipe.execute()
         return None if beat is None else max(0, _time_ms(now) - int(beat))
 
-    def live(self, top_or_token: BookTop | str) -> bool:
-        if isinstance(top_or_token, str):
-            return self.latest_live(top_or_token).live
-        if not top_or_token.fresh:
-            return False
-        age = self.heartbeat_age_ms(self.shard_of(top_or_token.token_id))
-        return age is not None and age < self.heartbeat_stale_ms
-
     def latest_live(self, token_id: str) -> LiveTop:
-        """ONE round trip: a pipeline of `MGET md:book:<token> md:heartbeat:<shard>` and
-        `TIME` (the server clock the heartbeat was stamped with)."""
-        pipe = self.client.pipeline(transaction=False)
-        pipe.mget([BOOK_KEY + token_id, self.heartbeat_key(self.shard_of(token_id))])
-        pipe.time()
-        (blob, beat), now = pipe.execute()
-        if blob is None:
+        """The latest top as published and whether it may be acted on now, in ONE round trip
+        (the engine's only read of a book)."""
+        found = self._read_live([token_id], ())[0]
+        if not found:
             return LiveTop(None, False)
-        top = BookTop.from_json(blob)
-        young = heartbeat_is_young(_int_or_none(beat), _time_ms(now), self.heartbeat_stale_ms)
-        return LiveTop(top, top.fresh and young)
+        top, live = found[token_id]
+        return LiveTop(top, live)
 
     def latest_many_live(self, token_ids: Iterable[str]) -> dict[str, BookTop]:
-        """`latest_many_live(bus, token_ids)` in ONE round trip: a pipeline of the tops'
-        MGET, the MGET of their shards' heartbeats and `TIME`."""
+        """The latest tops, each one's `fresh` narrowed to "live", in ONE round trip: for
+        displays that must not show a dead feed's books as healthy."""
         return self.latest_many_live_and_get(token_ids, [])[0]
 
     def latest_many_live_and_get(
@@ -907,12 +559,22 @@ class RedisBus:
         """`latest_many_live`, and the raw values of other `keys` of this Redis (None where
         unset), in the same ONE round trip: for a caller that needs both at one moment
         (the order placement: its positions' marks and its depletion memories)."""
-        ids = list(dict.fromkeys(token_ids))
+        found, raws = self._read_live(list(dict.fromkeys(token_ids)), keys)
+        return {
+            token_id: top if live or not top.fresh else _not_fresh(top)
+            for token_id, (top, live) in found.items()
+        }, raws
+
+    def _read_live(
+        self, ids: list[str], keys: Sequence[str]
+    ) -> tuple[dict[str, tuple[BookTop, bool]], list[bytes | None]]:
+        """Every liveness answer comes from here: one pipeline of ONE MGET of the tops and
+        their shards' heartbeats, `TIME` (the clock the beats were stamped with) and the MGET
+        of any other `keys`; a top is live when `top_is_live` says so."""
         pipe = self.client.pipeline(transaction=False)
+        shards = sorted({self.shard_of(t) for t in ids})
         if ids:
-            shards = sorted({self.shard_of(t) for t in ids})
-            pipe.mget([BOOK_KEY + t for t in ids])
-            pipe.mget([self.heartbeat_key(s) for s in shards])
+            pipe.mget([BOOK_KEY + t for t in ids] + [self.heartbeat_key(s) for s in shards])
             pipe.time()
         if keys:
             pipe.mget(list(keys))
@@ -920,20 +582,16 @@ class RedisBus:
         raws: list[bytes | None] = list(replies[-1]) if keys else []
         if not ids:
             return {}, raws
-        blobs, beats, now = replies[:3]
+        values, now = replies[0], replies[1]
+        blobs, beats = values[: len(ids)], values[len(ids) :]
+        beat_of = dict(zip(shards, (_int_or_none(b) for b in beats), strict=True))
         now_ms_ = _time_ms(now)
-        young = {
-            shard: heartbeat_is_young(_int_or_none(beat), now_ms_, self.heartbeat_stale_ms)
-            for shard, beat in zip(shards, beats, strict=True)
-        }
-        out: dict[str, BookTop] = {}
+        out: dict[str, tuple[BookTop, bool]] = {}
         for token_id, blob in zip(ids, blobs, strict=True):
-            if blob is None:
-                continue
-            top = BookTop.from_json(blob)
-            if top.fresh and not young[self.shard_of(token_id)]:
-                top = top.with_fresh(False, published_at=top.published_at)
-            out[token_id] = top
+            if blob is not None:
+                top = BookTop.from_json(blob)
+                beat = beat_of[self.shard_of(token_id)]
+                out[token_id] = (top, top_is_live(top, beat, now_ms_, self.heartbeat_stale_ms))
         return out, raws
 
     def ensure_group(self, shard: int, group: str, *, start_id: str = "0") -> None:
@@ -1042,64 +700,60 @@ class RedisBus:
 
 # --- the process-wide bus ---------------------------------------------------------------------
 
+# The one type of price bus (kept as a name for type hints across the apps).
+PriceBus = RedisBus
+
 _bus_lock = threading.Lock()
-_in_process: InProcessBus | None = None
 _redis_buses: dict[tuple[str, int], RedisBus] = {}
 
 
-def get_bus() -> PriceBus:
-    """RedisBus when settings.REDIS_URL is set, else the process's InProcessBus.
-
-    `PRICE_BUS_SHARDS` (default 1) must be the same for the feed and the matchers.
-    `PRICE_BUS_HEARTBEAT_STALE_SECONDS` (default 5) is re-read on every call.
-    """
+def bus_from_settings(client_options: dict[str, Any] | None = None) -> RedisBus:
+    """A new RedisBus on settings.REDIS_URL. `PRICE_BUS_SHARDS` (default 1) must be the same
+    for the feed and the matchers; `PRICE_BUS_HEARTBEAT_STALE_SECONDS` (default 2) is the
+    liveness threshold."""
     from django.conf import settings
+    from django.core.exceptions import ImproperlyConfigured
 
     url = getattr(settings, "REDIS_URL", "") or ""
-    n_shards = int(getattr(settings, "PRICE_BUS_SHARDS", 1) or 1)
-    stale_seconds = getattr(settings, "PRICE_BUS_HEARTBEAT_STALE_SECONDS", None)
-    stale_ms = (
-        DEFAULT_HEARTBEAT_STALE_MS if stale_seconds is None else int(float(stale_seconds) * 1000)
+    if not url:
+        raise ImproperlyConfigured("REDIS_URL is not set: the price bus lives in Redis")
+    return RedisBus.from_url(
+        url,
+        n_shards=_n_shards(settings),
+        heartbeat_stale_ms=_stale_ms(settings),
+        client_options=client_options,
     )
-    global _in_process
-    bus: InProcessBus | RedisBus
+
+
+def _n_shards(settings: Any) -> int:
+    return int(getattr(settings, "PRICE_BUS_SHARDS", 1) or 1)
+
+
+def _stale_ms(settings: Any) -> int:
+    seconds = getattr(settings, "PRICE_BUS_HEARTBEAT_STALE_SECONDS", None)
+    return DEFAULT_HEARTBEAT_STALE_MS if seconds is None else int(float(seconds) * 1000)
+
+
+def get_bus() -> RedisBus:
+    """The process's RedisBus for settings.REDIS_URL (one per URL and shard count; the
+    heartbeat threshold is re-read on every call)."""
+    from django.conf import settings
+
+    key = (getattr(settings, "REDIS_URL", "") or "", _n_shards(settings))
     with _bus_lock:
-        if url:
-            found = _redis_buses.get((url, n_shards))
-            if found is None:
-                found = _redis_buses[(url, n_shards)] = RedisBus.from_url(url, n_shards=n_shards)
-            bus = found
-        else:
-            if _in_process is None or _in_process.n_shards != n_shards:
-                _in_process = InProcessBus(n_shards=n_shards)
-            bus = _in_process
-        bus.heartbeat_stale_ms = stale_ms
+        bus = _redis_buses.get(key)
+        if bus is None:
+            bus = _redis_buses[key] = bus_from_settings()
+        bus.heartbeat_stale_ms = _stale_ms(settings)
         return bus
 
 
 def reset_bus() -> None:
     """Forget the process-wide buses (tests)."""
-    global _in_process
     with _bus_lock:
-        _in_process = None
         _redis_buses.clear()
 
 
-def latest_many_live(bus: PriceBus, token_ids: Iterable[str]) -> dict[str, BookTop]:
-    """`latest_many`, with each top's `fresh` narrowed to "live" (fresh AND its shard's feed
-    heartbeat is young), for displays that must not show a dead feed's books as healthy: one
-    `latest_many` plus one heartbeat read per distinct shard (ONE round trip in all on the
-    Redis bus)."""
-    if isinstance(bus, RedisBus):
-        return bus.latest_many_live(token_ids)
-    tops = bus.latest_many(token_ids)
-    young = {}
-    for shard in {bus.shard_of(token_id) for token_id in tops}:
-        age = bus.heartbeat_age_ms(shard)
-        young[shard] = age is not None and age < bus.heartbeat_stale_ms
-    return {
-        token_id: top
-        if (not top.fresh or young[bus.shard_of(token_id)])
-        else top.with_fresh(False, published_at=top.published_at)
-        for token_id, top in tops.items()
-    }
+def latest_many_live(bus: RedisBus, token_ids: Iterable[str]) -> dict[str, BookTop]:
+    """`bus.latest_many_live(token_ids)` (the name the apps import)."""
+    return bus.latest_many_live(token_ids)

@@ -4,8 +4,11 @@
     /clob/...      CLOB public reads: /book, POST /books, /markets[/{cid}], /clob-markets/{cid},
                    /tick-size, /neg-risk, /fee-rate, /prices-history, /midpoint, /spread,
                    /last-trade-price, /time, /ok, /
-    /ws/market     the market channel: subscribe / (un)subscribe operations, book snapshots
-                   as an array frame, text PING → PONG, replayed and walked events
+    /ws/market     the market channel as it is now (polymarket.md §9): a subscription with
+                   `initial_dump` (books as one array frame, the default) and `level`, then
+                   (un)subscribe operations on the open socket; text PING → PONG once a
+                   valid subscription came, a PING before it closes the socket (1008);
+                   replayed and walked events
     /fakepoly/meta what is loaded and what is synthetic
 
 Everything is served from a fixtures directory kept in memory: the shared recorded layout
@@ -378,6 +381,7 @@ class _WsConn:
     protocol: ServerProtocol
     assets: set[str] = field(default_factory=set)
     custom: bool = False
+    subscribed: bool = False  # a valid subscription came (PING is refused before)
     fragments: list[bytes] = field(default_factory=list)
 
     def flush(self) -> None:
@@ -459,6 +463,10 @@ class FakePolymarket:
         self._failures: list[_Failure] = []
         # (method, path?query) of the latest HTTP requests, for tests and debugging.
         self.requests: deque[tuple[str, str]] = deque(maxlen=10_000)
+        # The token ids of each POST /books, in order (tests count what a client re-fetches).
+        self.books_requested: deque[tuple[str, ...]] = deque(maxlen=10_000)
+        # Every text frame the clients sent on the websocket, in order (for tests).
+        self.client_frames: deque[str] = deque(maxlen=10_000)
         self.frames_sent = 0
         self.frames_dropped = 0
         self.synthetic_tokens: set[str] = set()
@@ -934,8 +942,13 @@ class FakePolymarket:
             self._send(conn, json.dumps(books, separators=(",", ":")))
 
     def _on_text(self, conn: _WsConn, text: str) -> None:
+        self.client_frames.append(text)
         if text.strip() == "PING":
-            self._send(conn, "PONG")
+            if conn.subscribed:
+                self._send(conn, "PONG")
+            elif conn.protocol.state is State.OPEN:  # a PING first closes the socket
+                conn.protocol.send_close(1008, "subscribe before PING")
+                conn.flush()
             return
         try:
             message = json.loads(text)
@@ -944,16 +957,22 @@ class FakePolymarket:
             return
         if not isinstance(message, dict):
             return
-        ids = [str(a) for a in message.get("assets_ids") or message.get("asset_ids") or []]
+        raw_ids = message.get("assets_ids", message.get("asset_ids"))
+        if not isinstance(raw_ids, list):
+            logger.info("fakepoly: ignoring a subscription without assets_ids")
+            return
+        ids = [str(a) for a in raw_ids]
         if "custom_feature_enabled" in message:
             conn.custom = bool(message["custom_feature_enabled"])
         operation = str(message.get("operation") or "").lower()
         if operation == "unsubscribe":
             conn.assets.difference_update(ids)
         elif operation == "subscribe" or str(message.get("type") or "").lower() == "market":
+            conn.subscribed = True
             new = [a for a in dict.fromkeys(ids) if a not in conn.assets]
             conn.assets.update(new)
-            self._snapshot(conn, new)
+            if message.get("initial_dump", True):  # `level` 2 is the only book we keep
+                self._snapshot(conn, new)
 
     async def _serve_ws(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes
@@ -1473,6 +1492,7 @@ class FakePolymarket:
             if len(items) > 500:
                 raise _HttpError(400, "Too many token ids; the limit is 500")
             ids = [str(i.get("token_id")) for i in items if isinstance(i, dict)]
+            self.books_requested.append(tuple(ids))
             return 200, [self.books[t].rest() for t in ids if t in self.books], {}
         if method != "GET":
             raise _HttpError(405, "method not allowed")

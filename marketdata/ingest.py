@@ -1,15 +1,22 @@
 """The websocket ingester: Polymarket's market channel → local books → the price bus.
 
 One process runs one shard (`manage.py marketdata stream --shard i/N`); a shard owns the
-tokens whose `shard_of(token_id, N) == i` and spreads them over several connections when
-there are more than MARKETDATA_WS_MAX_TOKENS. Per connection:
+tokens whose `shard_of(token_id, N) == i` and spreads them over several connections of at
+most MARKETDATA_WS_MAX_TOKENS each. Per connection (the protocol: docs/operations.md, "Feed"):
 
-* subscribe with custom features on (best_bid_ask, new_market, market_resolved);
+* subscribe with `{"type": "market", "assets_ids": [...], "initial_dump": true, "level": 2,
+  "custom_feature_enabled": true}` (books on subscribe; best_bid_ask, new_market and
+  market_resolved on); later changes to the token set go on the open socket as
+  `{"operation": "subscribe" | "unsubscribe", ...}`, never by reconnecting;
+* text `PING` every MARKETDATA_WS_PING_SECONDS (2 s), only once the subscription is sent (a
+  PING first closes the socket); a socket with no frame at all (not even a PONG) for
+  MARKETDATA_WS_DEAD_SECONDS (5 s) is dead: its tokens are published stale at once and it is
+  replaced. A silent socket therefore leaves its tops fresh at most ~5 s;
 * every token is stale from the moment a connection is (re)made until it has a fresh
-  snapshot: the channel's own `book` on subscribe, and a REST `/books` fetch after every
-  (re)connect, whichever is newer, so nothing older than what we hold is ever installed;
-* text `PING` every MARKETDATA_WS_PING_SECONDS; a connection silent for 1.5 of those is
-  presumed dead, its tokens published stale at once, and it is replaced;
+  snapshot: the channel's own `book` (initial dump), or a REST `/books` fetch, whichever is
+  newer, so nothing older than what we hold is ever installed. REST runs beside the socket
+  (the socket is read meanwhile). A token REST has no book for (a listed market without one)
+  is asked again after a capped exponential backoff, reset when a book arrives;
 * a closed or dead connection marks its tokens stale immediately, then reconnects after a
   capped exponential backoff with full jitter (no two ingesters reconnect in lockstep);
 * a book-hash mismatch (found by the BookKeeper) holds that token's deltas and triggers a
@@ -18,25 +25,32 @@ there are more than MARKETDATA_WS_MAX_TOKENS. Per connection:
 * `new_market` enqueues the discovery of that market (`discover_new_markets`), off the
   loop, so a new market is listed without waiting for the scheduled discovery.
 
-Publishing is conflated (MARKETDATA_FLUSH_MS, default 20 ms): a frame is published at once
+Publishing is conflated (MARKETDATA_FLUSH_MS, default 5 ms): a frame is published at once
 if the last publish is at least that old, otherwise the latest state of every token touched
 meanwhile goes out when it is; a busy feed publishes each token at most once per interval,
 and no update waits longer than that. Stale marks are published at once. Book hashes are
-checked at most once per token per MARKETDATA_HASH_CHECK_MS (default 1 s). On a RedisBus
-the publishes are pipelined (marketdata/publisher.py): written at once, their replies read at
-the next publish, so the feed does not wait for Redis.
+checked at most once per token per MARKETDATA_HASH_CHECK_MS (default 1 s). A publish is one
+redis-py pipeline (`RedisBus.publish_json`).
 
-Heartbeat: while `run()` is running, the ingester calls `bus.heartbeat(shard)` every
-`heartbeat_seconds` (1 s) from a task on its own event loop, and stops the moment it is
-stopped. The heartbeat means "the feed process for this shard is alive and maintains its
-tokens' `fresh` flags"; it does NOT mean "the shard has live connections": a lost or silent
-connection already publishes its tokens stale (above), so the ingester keeps beating with
-zero connections. What only the heartbeat covers is the process itself dying or hanging
-without closing its sockets (kill -9, OOM, a wedged event loop, a partitioned host): its last
-tops would otherwise stay `fresh: true` forever. Because the beat runs on the same loop that
-publishes, a blocked loop stops both, and readers (`PriceBus.latest_live`) treat every
-token of the shard as stale once the beat is older than PRICE_BUS_HEARTBEAT_STALE_SECONDS.
-The embedded demo runs one ingester for all tokens (`shards=1`): it beats every bus shard.
+Redis outages: no feed task ever ends on a Redis error. A failed publish or heartbeat marks
+the bus down (logged, and in the feed health); the socket is still read and the local books
+kept current, and every heartbeat interval the feed tries again with a capped backoff. Once
+Redis answers, every book is republished in full (fresh or not as the keeper knows it), then
+the heartbeat resumes. The heartbeat also notices a Redis that lost or replaced our writes
+without an error reaching us (restarted empty or from an older dump between two publishes):
+its beat is written only over the value we wrote last, and when that is not there every book
+is republished first.
+
+Heartbeat: every 500 ms the ingester calls `bus.heartbeat(shard)`, but only while it is
+healthy: Redis took its last publish, and every connection task is running (a task that ended
+is replaced, and logged). The heartbeat means "this shard's process is alive and its tops'
+`fresh` flags are current"; a lost or silent connection publishes its tokens stale by itself.
+What only the heartbeat covers is the process dying or hanging without closing its sockets
+(kill -9, OOM, a wedged event loop, a partitioned host): readers (`RedisBus.latest_live`)
+treat every token of the shard as stale once the beat is older than
+PRICE_BUS_HEARTBEAT_STALE_SECONDS (2 s). The beat runs on the loop that publishes, so a
+blocked loop stops both. The embedded demo runs one ingester for all tokens (`shards=1`): it
+beats every bus shard.
 
 Which tokens: the union of the sources named in MARKETDATA_TOKEN_SOURCES (dotted paths to
 functions returning token ids; the trading app contributes tokens with live orders or open
@@ -64,8 +78,8 @@ from django.conf import settings
 from django.db import close_old_connections, connection
 
 from marketdata import resolution, services, watchlist
-from marketdata.bus import PriceBus, TradePrint, get_bus, shard_of
-from marketdata.clients import ClobClient, PolymarketError
+from marketdata.bus import RedisBus, TradePrint, bus_from_settings, shard_of
+from marketdata.clients import ClobClient
 from marketdata.messages import (
     DEFAULT_FLUSH_MS,
     DEFAULT_HASH_CHECK_MS,
@@ -74,7 +88,6 @@ from marketdata.messages import (
     parse_events,
 )
 from marketdata.models import Market, Token
-from marketdata.publisher import publisher_for
 from marketdata.tasks import discover_new_markets
 
 logger = logging.getLogger("polysim.feed")
@@ -139,28 +152,34 @@ class ShardHealth:
     resyncs: int = 0
     reconnects: int = 0
     new_markets: int = 0  # `new_market` announcements handed to discovery
+    bus_error: str = ""  # why Redis is not taking our writes now ("" = it is)
+    bus_failures: int = 0  # failed publishes/heartbeats since the process started
+    tasks_replaced: int = 0  # connection tasks found ended and started again
 
 
 @dataclass
 class IngestConfig:
     ws_url: str
-    ping_seconds: float = 10.0
+    ping_seconds: float = 2.0
+    dead_seconds: float = 5.0  # no frame (not even a PONG) for this long: the socket is dead
     max_tokens_per_connection: int = 400
     backoff_base: float = 0.5
     backoff_cap: float = 30.0
     refresh_seconds: float = 30.0
+    # REST resnapshots of one token: at most once per resync_min_interval; a token REST has
+    # no book for waits twice as long each time, up to resync_max_interval.
     resync_min_interval: float = 2.0
+    resync_max_interval: float = 60.0
     health_seconds: float = 5.0
-    heartbeat_seconds: float = 1.0
+    heartbeat_seconds: float = 0.5
+    # Redis retries while it is down: capped exponential backoff from the heartbeat loop.
+    bus_retry_base: float = 0.25
+    bus_retry_cap: float = 2.0
     # Conflation: tops are published at most once per flush_ms (the latest state of every
     # token touched since the last publish); 0 publishes after every frame.
     flush_ms: int = DEFAULT_FLUSH_MS
     # Book-hash check of a token at most once per hash_check_ms (BookKeeper verify_interval_ms).
     hash_check_ms: int = DEFAULT_HASH_CHECK_MS
-
-    @property
-    def dead_after(self) -> float:
-        return self.ping_seconds * 1.5
 
 
 def backoff_delay(attempt: int, *, base: float, cap: float, rng: random.Random) -> float:
@@ -168,12 +187,25 @@ def backoff_delay(attempt: int, *, base: float, cap: float, rng: random.Random) 
     return rng.uniform(0, min(cap, base * (2**attempt)))
 
 
-@dataclass
+def _subscription(tokens: list[str], operation: str | None = None) -> str:
+    """The market channel's subscribe message, or an (un)subscribe operation on an open
+    socket (docs/operations.md, "Feed")."""
+    message: dict[str, Any] = {"assets_ids": tokens, "custom_feature_enabled": True}
+    if operation is None:
+        message |= {"type": "market", "initial_dump": True, "level": 2}
+    else:
+        message["operation"] = operation
+    return orjson.dumps(message).decode()
+
+
+@dataclass(eq=False)
 class _Connection:
     tokens: list[str]
     task: asyncio.Task[None] | None = None
-    ws: Any = None
-    last_rest: dict[str, float] = field(default_factory=dict)
+    ws: Any = None  # set once the subscription is sent on the open socket
+    rest_task: asyncio.Task[None] | None = None
+    rest_next: dict[str, float] = field(default_factory=dict)  # token -> earliest next REST
+    rest_misses: dict[str, int] = field(default_factory=dict)  # REST asks without a book
 
 
 class Ingester:
@@ -185,7 +217,7 @@ class Ingester:
         *,
         config: IngestConfig,
         clob: ClobClient,
-        bus: PriceBus,
+        bus: RedisBus,
         shard: int = 0,
         shards: int = 1,
         token_source: Callable[[], dict[str, TokenInfo]] | None = None,
@@ -203,7 +235,6 @@ class Ingester:
         self.keeper = BookKeeper(
             stats=stats or FeedStats(), verify_interval_ms=config.hash_check_ms
         )
-        self._publisher = publisher_for(bus)  # RedisBus: writes without waiting for replies
         self._last_publish = float("-inf")  # monotonic seconds
         self._flush_timer: asyncio.TimerHandle | None = None
         self.health = ShardHealth()
@@ -212,11 +243,14 @@ class Ingester:
         self._connections: list[_Connection] = []
         self._stop = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()  # fire-and-forget work, kept alive
+        self._bus_attempts = 0  # consecutive failed attempts while Redis is down
+        self._bus_retry_at = 0.0  # monotonic time of the next attempt while it is down
+        self._beats: dict[int, int] = {}  # bus shard -> the heartbeat value we wrote last
 
     # --- lifecycle ------------------------------------------------------------------------
     async def run(self) -> None:
         """Until `stop()`: keep the subscriptions in step with the wanted tokens, publish
-        health, resync books that need it."""
+        health, resync books that need it, beat while healthy."""
         tasks = [
             asyncio.create_task(self._refresh_loop(), name="feed-refresh"),
             asyncio.create_task(self._health_loop(), name="feed-health"),
@@ -234,11 +268,7 @@ class Ingester:
                     await task
             if self._flush_timer is not None:  # publish what is still held back
                 self._flush_timer.cancel()
-                self._flush_due()
-            try:
-                self._publisher.flush()
-            except Exception:
-                logger.exception("feed shard %d: the last publish failed", self.shard)
+            self._publish()
             # A last health record and any announced-market discovery still running, but
             # shutdown must not hang on a busy database or a slow Gamma.
             with contextlib.suppress(TimeoutError):
@@ -254,7 +284,7 @@ class Ingester:
         """Sleep until `seconds` pass or stop() is called, whichever is first. Uses
         asyncio.timeout, not asyncio.wait_for: on Python 3.11 wait_for can swallow a
         cancellation that arrives as the inner wait completes, and a task cancelled then
-        (shutdown, or a connection replaced when the token set changes) would never end."""
+        would never end."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
                 await self._stop.wait()
@@ -270,8 +300,9 @@ class Ingester:
             await self._sleep(self.config.refresh_seconds)
 
     async def set_tokens(self, wanted: dict[str, TokenInfo]) -> None:
-        """Track exactly `wanted`; connections whose token set changes are replaced (a fresh
-        socket per changed chunk, the fallback the reference recommends over unsubscribe)."""
+        """Track exactly `wanted`. Dropped tokens are published stale, then unsubscribed on
+        their open socket; new ones go to a connection with room (a subscribe operation on
+        its open socket) or to new connections. A connection left without tokens closes."""
         for token_id, info in wanted.items():
             self.keeper.track(
                 token_id,
@@ -280,20 +311,60 @@ class Ingester:
                 neg_risk=info.neg_risk,
                 tick_size=info.tick_size,
             )
-        for token_id in set(self.tokens) - set(wanted):
-            self.keeper.untrack(token_id)
+        gone = set(self.tokens) - set(wanted)
+        if gone:  # their last tops must not stay fresh on the bus once nobody maintains them
+            self._mark_stale(gone, "unsubscribed")
+            for token_id in gone:
+                self.keeper.untrack(token_id)
+        added = sorted(set(wanted) - set(self.tokens))
         self.tokens = dict(wanted)
         size = max(1, self.config.max_tokens_per_connection)
-        ordered = sorted(wanted)
-        chunks = [ordered[i : i + size] for i in range(0, len(ordered), size)]
-        current = {tuple(c.tokens): c for c in self._connections}
-        keep = [current[tuple(chunk)] for chunk in chunks if tuple(chunk) in current]
-        dropped = [c for c in self._connections if c not in keep]
-        await self._close_connections(dropped)
-        started = [_Connection(tokens=chunk) for chunk in chunks if tuple(chunk) not in current]
-        for conn in started:
-            conn.task = asyncio.create_task(self._connection_loop(conn), name="feed-conn")
-        self._connections = keep + started
+        emptied = []
+        for conn in self._connections:
+            dropped = [t for t in conn.tokens if t in gone]
+            if dropped:
+                conn.tokens = [t for t in conn.tokens if t not in gone]
+                for token_id in dropped:
+                    conn.rest_next.pop(token_id, None)
+                    conn.rest_misses.pop(token_id, None)
+                if not conn.tokens:
+                    emptied.append(conn)
+                else:
+                    await self._send_operation(conn, dropped, "unsubscribe")
+        self._connections = [c for c in self._connections if c not in emptied]
+        await self._close_connections(emptied)
+        for conn in self._connections:
+            room = size - len(conn.tokens)
+            if room > 0 and added:
+                joining, added = added[:room], added[room:]
+                conn.tokens.extend(joining)
+                await self._send_operation(conn, joining, "subscribe")
+        for i in range(0, len(added), size):
+            conn = _Connection(tokens=added[i : i + size])
+            self._start(conn)
+            self._connections.append(conn)
+
+    async def _send_operation(self, conn: _Connection, tokens: list[str], operation: str) -> None:
+        """Change an open socket's subscription. A connection that is not subscribed right now
+        sends its whole token list when it is; a send that fails ends the session, and the
+        next one subscribes with the whole list too."""
+        ws = conn.ws
+        if ws is None:
+            return
+        if operation == "subscribe":
+            self._mark_stale(tokens, "subscribed")  # new tokens wait for their first book
+        try:
+            await ws.send(_subscription(tokens, operation))
+        except Exception as exc:
+            logger.warning(
+                "feed shard %d: could not %s on its socket: %s", self.shard, operation, exc
+            )
+            return
+        if operation == "subscribe":
+            self._resync_if_needed(conn)
+
+    def _start(self, conn: _Connection) -> None:
+        conn.task = asyncio.create_task(self._connection_loop(conn), name="feed-conn")
 
     async def _close_connections(self, connections: list[_Connection]) -> None:
         for conn in connections:
@@ -304,8 +375,29 @@ class Ingester:
                 with contextlib.suppress(asyncio.CancelledError):
                     await conn.task
 
+    def _supervise(self) -> bool:
+        """Replace any connection task that ended (it never should: a bug or a cancellation
+        from outside); True when every connection task is running."""
+        healthy = True
+        for conn in self._connections:
+            task = conn.task
+            if task is None or not task.done() or self._stop.is_set():
+                continue
+            healthy = False
+            error = None if task.cancelled() else task.exception()
+            logger.error(
+                "feed shard %d: a connection task ended (%r); starting it again",
+                self.shard,
+                error,
+            )
+            self.health.tasks_replaced += 1
+            self._mark_stale(conn.tokens, "connection task ended")
+            self._start(conn)
+        return healthy
+
     # --- one connection -------------------------------------------------------------------
     async def _connection_loop(self, conn: _Connection) -> None:
+        """Sessions, one after the other, until cancelled: nothing else ends this loop."""
         attempt = 0
         while not self._stop.is_set():
             ok = False
@@ -314,12 +406,15 @@ class Ingester:
             except asyncio.CancelledError:
                 self._mark_stale(conn.tokens, "unsubscribed")
                 raise
-            except (OSError, TimeoutError, websockets.WebSocketException, PolymarketError) as exc:
+            except (OSError, TimeoutError, websockets.WebSocketException) as exc:
                 logger.warning("feed shard %d: connection lost: %s", self.shard, exc)
             except Exception:
                 logger.exception("feed shard %d: connection failed", self.shard)
             finally:
                 conn.ws = None
+                if conn.rest_task is not None:
+                    conn.rest_task.cancel()
+                    conn.rest_task = None
             self._mark_stale(conn.tokens, "disconnected")
             self.health.reconnects += 1
             attempt = 0 if ok else attempt + 1
@@ -329,8 +424,9 @@ class Ingester:
             await self._sleep(delay)
 
     async def _session(self, conn: _Connection) -> bool:
-        """One websocket session; returns True if it got as far as fresh books (so the next
+        """One websocket session; returns True if it got as far as a frame (so the next
         reconnect starts its backoff from the beginning)."""
+        got_frame = False
         async with websockets.connect(
             self.config.ws_url,
             ping_interval=None,  # the channel wants text PINGs, not protocol pings
@@ -338,30 +434,31 @@ class Ingester:
             open_timeout=10,
             close_timeout=2,
         ) as ws:
-            conn.ws = ws
             self.health.connections += 1
             try:
-                self._mark_stale(conn.tokens, "resubscribe")
-                await ws.send(
-                    orjson.dumps(
-                        {
-                            "type": "market",
-                            "assets_ids": conn.tokens,
-                            "custom_feature_enabled": True,
-                        }
-                    ).decode()
-                )
-                await self._rest_snapshot(conn, conn.tokens)
+                sent = list(conn.tokens)
+                self._mark_stale(sent, "resubscribe")
+                await ws.send(_subscription(sent))
+                conn.ws = ws
+                # Changes made while the subscription was being sent go out as operations.
+                later = [t for t in conn.tokens if t not in set(sent)]
+                if later:
+                    await self._send_operation(conn, later, "subscribe")
+                dropped = [t for t in sent if t not in set(conn.tokens)]
+                if dropped:
+                    await self._send_operation(conn, dropped, "unsubscribe")
+                self._resync_if_needed(conn)
+                dead_after = self.config.dead_seconds
                 last_frame = time.monotonic()
                 next_ping = last_frame + self.config.ping_seconds
                 while True:
                     now = time.monotonic()
-                    if now - last_frame > self.config.dead_after:
+                    if now - last_frame > dead_after:
                         raise TimeoutError(f"no frame for {now - last_frame:.1f}s")
                     if now >= next_ping:
                         await ws.send("PING")
                         next_ping = now + self.config.ping_seconds
-                    wake = min(next_ping, last_frame + self.config.dead_after)
+                    wake = min(next_ping, last_frame + dead_after)
                     # A deferred in-burst mismatch expires even if no frame ever comes.
                     deadline = self.keeper.next_deadline()
                     if deadline is not None:
@@ -372,13 +469,15 @@ class Ingester:
                     except TimeoutError:
                         if deadline is not None and time.monotonic() >= deadline:
                             self._publish()  # expires it: held, published stale
-                            await self._resync_if_needed(conn)
+                            self._resync_if_needed(conn)
                         continue
                     last_frame = time.monotonic()
+                    got_frame = True
                     await self._on_frame(raw)
-                    await self._resync_if_needed(conn)
+                    self._resync_if_needed(conn)
             finally:
                 self.health.connections -= 1
+        return got_frame
 
     async def _on_frame(self, raw: str | bytes) -> None:
         self.health.messages += 1
@@ -386,7 +485,7 @@ class Ingester:
         text = raw if isinstance(raw, str) else raw.decode("utf-8", "replace")
         if "market_resolved" in text or "new_market" in text:
             announced: list[str] = []
-            for event in parse_events(text, self.keeper.stats):
+            for event in parse_events(text, FeedStats()):  # counted once, by keeper.feed
                 if event["event_type"] == "market_resolved":
                     await sync_to_async(_apply_resolution, thread_sensitive=False)(dict(event))
                 elif event["event_type"] == "new_market" and event["market"]:
@@ -416,38 +515,108 @@ class Ingester:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    # --- the bus --------------------------------------------------------------------------
+    @property
+    def bus_ok(self) -> bool:
+        return not self.health.bus_error
+
     def _publish(self) -> None:
+        """Publish the due tops and trade prints in one pipeline. Never raises: a failure marks
+        the bus down, and the heartbeat loop republishes every book once Redis is back."""
         self._last_publish = time.monotonic()
+        if not self.bus_ok:
+            self.keeper.verify_pending()  # hash checks and burst expiry go on meanwhile
+            lost = self.keeper.drain_trades_json()
+            if lost:
+                logger.info(
+                    "feed shard %d: %d trade prints not published (Redis down)",
+                    self.shard,
+                    len(lost),
+                )
+            return
+        try:
+            self._publish_now()
+        except Exception as exc:
+            self._bus_lost(exc)
+
+    def _publish_now(self) -> int:
+        """Drain and publish (raises what Redis raises); returns the number of tops."""
+        tops = self.keeper.drain_tops_json()
         trades = self.keeper.drain_trades_json()
-        # Called even with nothing to send: it also collects the previous publish's replies.
-        self._publisher.publish_keeper(self.keeper, trades)
+        if tops or trades:
+            self.bus.publish_json(tops, trades)
         if trades:  # the market-wide prints, also kept for the market page's recent trades
             self.bus.record_trades([TradePrint.from_json(blob) for _, blob in trades])
+        return len(tops)
 
-    def _mark_stale(self, tokens: Iterable[str], reason: str) -> None:
-        self.keeper.require_resync(tokens, reason)
-        self._publish()
+    def _bus_lost(self, exc: BaseException) -> None:
+        """Redis did not take a write: stop beating, retry later, republish all then."""
+        first = self.bus_ok
+        self.health.bus_failures += 1
+        self.health.bus_error = f"{type(exc).__name__}: {exc}"[:300]
+        self._bus_retry_at = time.monotonic() + min(
+            self.config.bus_retry_cap, self.config.bus_retry_base * 2**self._bus_attempts
+        )
+        self._bus_attempts += 1
+        self._beats.clear()
+        self.keeper.touch_all()  # whatever Redis holds now, every book goes out again
+        if first:
+            logger.error(
+                "feed shard %d: Redis unavailable (%s); retrying, heartbeat stopped",
+                self.shard,
+                self.health.bus_error,
+            )
 
-    async def _resync_if_needed(self, conn: _Connection) -> None:
+    def _recover_bus(self) -> None:
+        """While the bus is down: at most once per backoff step, republish every book; on
+        success the bus is up again (the caller beats next)."""
+        if time.monotonic() < self._bus_retry_at:
+            return
+        try:
+            self.keeper.touch_all()
+            published = self._publish_now()
+        except Exception as exc:
+            self._bus_lost(exc)
+            return
+        logger.warning(
+            "feed shard %d: Redis is back after %d failed attempt(s); republished %d books",
+            self.shard,
+            self._bus_attempts,
+            published,
+        )
+        self.health.bus_error = ""
+        self._bus_attempts = 0
+
+    # --- REST resnapshots -----------------------------------------------------------------
+    def _resync_if_needed(self, conn: _Connection) -> None:
+        """Start a REST `/books` fetch (beside the socket) for this connection's tokens held
+        for a snapshot and not in their backoff; one fetch per connection at a time."""
+        if conn.rest_task is not None and not conn.rest_task.done():
+            return
         wanted = self.keeper.resync_wanted() & set(conn.tokens)
+        for token_id in set(conn.rest_misses) - wanted:  # a book arrived: backoff over
+            del conn.rest_misses[token_id]
+            conn.rest_next.pop(token_id, None)
         if not wanted:
             return
         now = time.monotonic()
-        due = [
-            t
-            for t in wanted
-            if now - conn.last_rest.get(t, -1e9) >= self.config.resync_min_interval
-        ]
+        due = sorted(t for t in wanted if now >= conn.rest_next.get(t, 0.0))
         if due:
-            await self._rest_snapshot(conn, due)
+            for token_id in due:  # until the fetch ends, no second one for these
+                conn.rest_next[token_id] = float("inf")
+            conn.rest_task = asyncio.get_running_loop().create_task(
+                self._rest_snapshot(conn, due), name="feed-rest"
+            )
 
     async def _rest_snapshot(self, conn: _Connection, tokens: list[str]) -> None:
         """REST `/books` for tokens held for resync; a snapshot older than the book the
-        channel already gave us is not installed (no update applied out of order)."""
-        now = time.monotonic()
-        for token_id in tokens:
-            conn.last_rest[token_id] = now
-        books = await asyncio.to_thread(self.clob.books, tokens)
+        channel already gave us is not installed (no update applied out of order). A token
+        still without a book afterwards waits resync_min_interval · 2^misses (capped)."""
+        books: list[dict[str, Any]] = []
+        try:
+            books = await asyncio.to_thread(self.clob.books, tokens)
+        except Exception as exc:
+            logger.warning("feed shard %d: REST /books failed: %s", self.shard, exc)
         for snapshot in books:
             asset = snapshot.get("asset_id")
             if not isinstance(asset, str) or asset not in self.tokens:
@@ -464,6 +633,20 @@ class Ingester:
                 # A resync replaces a book we held (reconnect, hash mismatch); a token's very
                 # first snapshot is not one.
                 self.health.resyncs += 1
+        now, cfg = time.monotonic(), self.config
+        for token_id in tokens:
+            if not self.keeper.needs_resync(token_id) or token_id not in self.tokens:
+                conn.rest_misses.pop(token_id, None)
+                conn.rest_next.pop(token_id, None)
+                continue
+            misses = conn.rest_misses.get(token_id, 0)
+            conn.rest_misses[token_id] = misses + 1
+            wait = min(cfg.resync_max_interval, cfg.resync_min_interval * 2**misses)
+            conn.rest_next[token_id] = now + wait
+        self._publish()
+
+    def _mark_stale(self, tokens: Iterable[str], reason: str) -> None:
+        self.keeper.require_resync(tokens, reason)
         self._publish()
 
     # --- heartbeat ------------------------------------------------------------------------
@@ -474,15 +657,38 @@ class Ingester:
         return list(range(self.bus.n_shards)) if self.shards == 1 else [self.shard]
 
     async def _heartbeat_loop(self) -> None:
-        """Beat at once, then every heartbeat_seconds until stopped (see the module
-        docstring). Runs on the ingester's loop on purpose: a wedged loop must stop it."""
+        """Every heartbeat_seconds until stopped: replace ended connection tasks, bring the
+        bus back if it is down, and beat only if all of that is well (module docstring).
+        Runs on the ingester's loop on purpose: a wedged loop must stop it."""
         while not self._stop.is_set():
             try:
-                for shard in self.heartbeat_shards:
-                    self.bus.heartbeat(shard)
-            except Exception:
-                logger.exception("feed shard %d: could not publish its heartbeat", self.shard)
+                self._tick()
+            except Exception:  # a bug here must not end the beat's supervision for good
+                logger.exception("feed shard %d: heartbeat step failed", self.shard)
             await self._sleep(self.config.heartbeat_seconds)
+
+    def _tick(self) -> None:
+        tasks_ok = self._supervise()
+        if not self.bus_ok:
+            self._recover_bus()
+        if not self.bus_ok or not tasks_ok:
+            return
+        try:
+            for shard in self.heartbeat_shards:
+                beat = self.bus.heartbeat(shard, expect=self._beats.get(shard))
+                if beat is None:  # not the beat we wrote last: Redis lost or replaced data
+                    logger.warning(
+                        "feed shard %d: Redis lost our writes (restarted?); "
+                        "republishing every book",
+                        self.shard,
+                    )
+                    self.keeper.touch_all()
+                    self._publish_now()
+                    beat = self.bus.heartbeat(shard)
+                if beat is not None:
+                    self._beats[shard] = beat
+        except Exception as exc:
+            self._bus_lost(exc)
 
     # --- health ---------------------------------------------------------------------------
     async def _health_loop(self) -> None:
@@ -504,6 +710,8 @@ class Ingester:
                 resyncs=self.health.resyncs,
                 hash_mismatches=int(stats.rejected.get("hash_mismatch", 0)),
                 reconnects=self.health.reconnects,
+                bus_error=self.health.bus_error,
+                bus_failures=self.health.bus_failures,
             )
         except Exception:
             logger.exception("feed shard %d: could not record health", self.shard)
@@ -556,7 +764,8 @@ def _apply_resolution_now(event: dict[str, Any]) -> None:
 def config_from_settings() -> IngestConfig:
     return IngestConfig(
         ws_url=settings.POLYMARKET_WS_URL,
-        ping_seconds=float(getattr(settings, "MARKETDATA_WS_PING_SECONDS", 10)),
+        ping_seconds=float(getattr(settings, "MARKETDATA_WS_PING_SECONDS", 2)),
+        dead_seconds=float(getattr(settings, "MARKETDATA_WS_DEAD_SECONDS", 5)),
         max_tokens_per_connection=int(getattr(settings, "MARKETDATA_WS_MAX_TOKENS", 400)),
         flush_ms=int(getattr(settings, "MARKETDATA_FLUSH_MS", DEFAULT_FLUSH_MS)),
         hash_check_ms=int(getattr(settings, "MARKETDATA_HASH_CHECK_MS", DEFAULT_HASH_CHECK_MS)),
@@ -570,7 +779,9 @@ def run_stream(*, shard: int = 0, shards: int = 1) -> None:
         ingester = Ingester(
             config=config_from_settings(),
             clob=ClobClient(),
-            bus=get_bus(),
+            # Short socket timeouts: the bus is called from the feed's event loop, and a Redis
+            # that stops answering must cost a failed publish, not a frozen loop.
+            bus=bus_from_settings({"socket_timeout": 2.0, "socket_connect_timeout": 1.0}),
             shard=shard,
             shards=shards,
         )

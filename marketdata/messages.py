@@ -22,13 +22,12 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Container, Iterable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypedDict
 
 import orjson
 
-from marketdata import fastbook
 from marketdata.book import (
     _PRICE_VALUES,
     BUY,
@@ -38,27 +37,21 @@ from marketdata.book import (
     parse_price,
 )
 from marketdata.bus import (
-    BOOK_KEY,
     DEFAULT_DEPTH,
-    STREAM_KEY,
     BookTop,
     EncodedTop,
     EncodedTrade,
     TradePrint,
     encode_top,
-    mid_spread,
     now_ms,
     timestamp_ms,
 )
-from marketdata.publisher import pack_publish
 
 logger = logging.getLogger("polysim.marketdata")
 
 LOG_EVERY_S: Final = 10.0
 MAX_UNDRAINED_TRADES: Final = 1_000  # BookKeeper.drain_trades_json backlog bound
 
-_loads = orjson.loads
-_BOOK_PREFIX, _STREAM_PREFIX = BOOK_KEY.encode(), STREAM_KEY.encode()
 
 # --- events -----------------------------------------------------------------------------------
 
@@ -504,18 +497,9 @@ _HANDLERS: Final[dict[str, Any]] = {
 # --- the book keeper --------------------------------------------------------------------------
 
 
-def _encode_top_kw(
-    book: OrderBook, fresh: bool, side: str | None, depth: int, published_at: int
-) -> bytes:
-    """`encode_top` for the compiled loop's rare fallback (a field only Python encodes)."""
-    return encode_top(
-        book, fresh=fresh, last_trade_side=side, depth=depth, published_at=published_at
-    )
-
-
 # The ingester's publishing defaults (IngestConfig; MARKETDATA_FLUSH_MS, MARKETDATA_HASH_CHECK_MS),
 # kept here so that Django-free tools (bench/feed.py) measure the production policy.
-DEFAULT_FLUSH_MS: Final = 20
+DEFAULT_FLUSH_MS: Final = 5
 DEFAULT_HASH_CHECK_MS: Final = 1000
 
 HashCheck = Literal["match", "inferred", "deferred", "mismatch"]
@@ -531,6 +515,7 @@ def _trade_json(asset_id: str, trade: LastTrade) -> bytes:
         trade.side,
         timestamp_ms(ts),
         now_ms(),
+        trade.fee_rate_bps,
     ).to_json()
 
 
@@ -540,6 +525,7 @@ class LastTrade:
     side: str | None  # the taker's side
     size: str
     timestamp: str
+    fee_rate_bps: str | None = None
 
 
 @dataclass(slots=True)
@@ -554,41 +540,6 @@ class _TokenMeta:
     resync_reason: str | None = "no snapshot yet"
     burst_ts: str | None = None  # set while a mismatch is deferred inside a trade burst
     verified_at: float = float("-inf")  # monotonic seconds of the last flush-mode check
-
-
-class _NativeClaims(MutableMapping[str, str]):
-    """`BookKeeper._claims` on the compiled path: each token's pending claim is held by its
-    book's C object, where the compiled feed writes it (`_fastbook.Tokens`); this is the
-    dict-like view the keeper's Python code uses (the same code as on the pure path)."""
-
-    __slots__ = ("_tokens",)
-
-    def __init__(self, tokens: Any) -> None:
-        self._tokens = tokens
-
-    def __getitem__(self, token_id: str) -> str:
-        price: str | None = self._tokens.claim(token_id)
-        if price is None:
-            raise KeyError(token_id)
-        return price
-
-    def __setitem__(self, token_id: str, price: str) -> None:
-        self._tokens.set_claim(token_id, price)
-
-    def __delitem__(self, token_id: str) -> None:
-        if self._tokens.set_claim(token_id, None) is None:
-            raise KeyError(token_id)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._tokens.claimed())
-
-    def __len__(self) -> int:
-        return self._tokens.claim_count()  # type: ignore[no-any-return]
-
-    def pop(self, token_id: str, default: Any = None) -> Any:  # type: ignore[override]
-        """One call instead of MutableMapping's lookup + delete."""
-        price = self._tokens.set_claim(token_id, None)
-        return default if price is None else price
 
 
 class BookKeeper:
@@ -621,15 +572,8 @@ class BookKeeper:
       The exchange moves its last trade price at the trade, before the `last_trade_price`
       event reaches us: when the hash matches only with last_trade_price = the entry's own
       price or the new best bid/ask, that price is adopted (a SHA-1 match proves it).
-    * `feed(raw)` is the hot path for the websocket: the same validation and effects as
-      `parse_frame` + `normalise` + `apply`, fused for `price_change` frames.
-    * `native`: use the compiled path (marketdata/fastbook.py) for `price_change` frames and
-      top encoding: None (default) = when it is built and not switched off, False = never,
-      True = required (ValueError if unavailable). Same results either way. Compiled, the
-      per-token state the feed and the flush use is held in C (`_tokens`, a
-      `_fastbook.Tokens`): the claims (`_claims` is a view on it), the tokens the compiled
-      feed touched (merged into `_dirty` at a drain, see `_take_dirty`) and a copy of each
-      token's liveness, freshness and last trade side (`_sync`, after every change to them).
+    * `feed(raw)` is the websocket's entry point: `parse_frame` + `normalise` + `apply`, the
+      one path every frame takes (docs/benchmarks.md, "Market data feed", for its cost).
     """
 
     def __init__(
@@ -639,20 +583,10 @@ class BookKeeper:
         verify: VerifyMode = "flush",
         verify_interval_ms: int = 0,
         burst_grace_ms: int = 1000,
-        native: bool | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if verify not in ("entry", "flush", "off"):
             raise ValueError(f"verify must be entry, flush or off, not {verify!r}")
-        if native and fastbook.native is None:
-            raise ValueError("the compiled feed path (marketdata._fastbook) is not available")
-        self._native = fastbook.native if native is not False else None
-        # The compiled path keeps its books' levels in C as well (fastbook.NativeOrderBook).
-        self._book_cls: type[OrderBook] = (
-            fastbook.NativeOrderBook
-            if self._native is not None and fastbook.NativeOrderBook is not None
-            else OrderBook
-        )
         self.stats = stats if stats is not None else FeedStats()
         self.verify: VerifyMode = verify
         self.verify_interval_s = verify_interval_ms / 1000
@@ -664,15 +598,10 @@ class BookKeeper:
         self._meta: dict[str, _TokenMeta] = {}
         self._books: dict[str, OrderBook] = {}  # every token that ever had a valid snapshot
         self._live: dict[str, OrderBook] = {}  # the in-sync ones: deltas are applied to these
-        # The compiled path's table of the tracked tokens (see the class docstring).
-        self._tokens: Any = self._native.Tokens() if self._native is not None else None
         # flush mode: token -> price of its last hash-carrying entry, whose hash (book.hash)
         # and timestamp (book.timestamp) are not checked yet.
-        self._claims: MutableMapping[str, str] = (
-            _NativeClaims(self._tokens) if self._tokens is not None else {}
-        )
-        # touched since the last drain (compiled: plus those in `_tokens`, see _take_dirty)
-        self._dirty: set[str] = set()
+        self._claims: dict[str, str] = {}
+        self._dirty: set[str] = set()  # touched since the last drain
         self.last_hash_result: dict[str, HashCheck] = {}  # token -> outcome of its last check
         self._trades: list[EncodedTrade] = []  # trade prints since the last drain_trades_json
 
@@ -692,8 +621,6 @@ class BookKeeper:
         meta = self._meta.get(token_id)
         if meta is None:
             self._meta[token_id] = _TokenMeta(market, min_order_size, neg_risk, tick_size)
-            if self._tokens is not None:
-                self._tokens.track(token_id)
             return
         meta.market = market or meta.market
         meta.min_order_size, meta.neg_risk = min_order_size, neg_risk
@@ -711,8 +638,6 @@ class BookKeeper:
         self._claims.pop(token_id, None)
         self._bursts.pop(token_id, None)
         self._dirty.discard(token_id)
-        if self._tokens is not None:
-            self._tokens.untrack(token_id)  # its claim and dirty flag go with it
 
     def tracked(self) -> set[str]:
         return set(self._meta)
@@ -751,144 +676,25 @@ class BookKeeper:
         self._live.pop(token_id, None)
         self._claims.pop(token_id, None)
         self._dirty.add(token_id)  # publish it as not fresh
-        self._sync(token_id)
 
-    def _sync(self, token_id: str) -> None:
-        """Compiled path: copy the token's liveness, freshness (live and not in an unproven
-        trade burst), last trade side and last hash check time to `_tokens`, where the
-        compiled feed, flush and claim sweep read them. Called after every change to `_live`,
-        `_bursts`, a token's last trade, or its `verified_at` (followed by a check: `_verify`
-        ends with it)."""
-        tokens = self._tokens
-        if tokens is not None:
-            meta = self._meta.get(token_id)
-            if meta is None:
-                return
-            last = meta.last_trade
-            live = token_id in self._live
-            fresh = live and token_id not in self._bursts
-            side = last.side if last is not None else None
-            tokens.sync(token_id, live, fresh, side, meta.verified_at)
+    def touch_all(self) -> None:
+        """Every book is published again at the next drain (after Redis lost or replaced what
+        we wrote: marketdata/ingest.py)."""
+        self._dirty.update(self._books)
 
     def _take_dirty(self) -> set[str]:
-        """The tokens touched since the last drain, now taken (the drain's input; the compiled
-        drain_tops_json/_packed take those of `_tokens` themselves, in C)."""
         dirty, self._dirty = self._dirty, set()
-        if self._tokens is not None:
-            self._tokens.take_dirty(dirty)
         return dirty
-
-    def _dirty_tokens(self) -> set[str]:
-        """The tokens touched since the last drain, left in place (tests, tools)."""
-        if self._tokens is None:
-            return set(self._dirty)
-        return self._dirty | set(self._tokens.dirty())
 
     # --- applying events --------------------------------------------------------------------
 
     def feed(self, raw: str | bytes) -> None:
-        """One websocket frame: parse_frame + normalise + apply, with the price_change path
-        fused (no intermediate event) because it carries nearly all of the feed's volume."""
-        native = self._native
-        if native is not None and native.feed_price_change(self, raw):
-            return  # applied in C; anything it does not handle exactly falls through
-        stats = self.stats
-        try:
-            data = _loads(raw)
-        except (orjson.JSONDecodeError, TypeError):
-            stats.frames += 1
-            _not_json(raw, stats)
-            return
-        stats.frames += 1
-        if type(data) is dict and data.get("event_type") == "price_change":
-            events = stats.events
-            events["price_change"] = events.get("price_change", 0) + 1
-            changes = data.get("price_changes")
-            if type(changes) is list:
-                self._feed_price_change(data, changes)
-            else:
-                _normalise_price_change(data, stats)  # counts the legacy/malformed shape
-            return
-        for obj in _objects(data, stats):
-            event = normalise(obj, stats)
+        """One websocket frame: parse_frame + normalise + apply (the one path; nothing here
+        raises on feed input)."""
+        for obj in parse_frame(raw, self.stats):
+            event = normalise(obj, self.stats)
             if event is not None:
                 self.apply(event)
-
-    def _feed_price_change(self, msg: dict[str, Any], raw_changes: list[Any]) -> None:
-        # Keep in step with _normalise_price_change + _apply_price_change (a test replays
-        # the same frames through both and compares books and counters).
-        stats = self.stats
-        ts = msg.get("timestamp")
-        if type(ts) is not str or not ts:
-            stats.reject("missing_timestamp", msg)
-            return
-        prices, live, claims, dirty = _PRICE_VALUES, self._live, self._claims, self._dirty
-        record = self.verify == "flush"
-        entry_mode = self.verify == "entry"
-        applied = 0
-        for entry in raw_changes:
-            try:
-                asset_id = entry["asset_id"]
-                price = entry["price"]
-                size = entry["size"]
-                side = entry["side"]
-                if type(asset_id) is not str or not asset_id:
-                    stats.reject("bad_asset_id", entry)
-                    continue
-                if side == "BUY":
-                    is_bid = True
-                elif side == "SELL":
-                    is_bid = False
-                else:
-                    stats.reject("bad_side", entry)
-                    continue
-                if price not in prices and parse_price(price) is None:
-                    stats.reject("bad_price", entry)
-                    continue
-                if not (
-                    type(size) is str and size.isascii() and size.replace(".", "", 1).isdigit()
-                ):
-                    stats.reject("bad_size", entry)
-                    continue
-                entry_hash = entry.get("hash")
-            except (KeyError, TypeError, AttributeError):
-                stats.reject("malformed_entry", entry)
-                continue
-            book = live.get(asset_id)
-            if book is None:
-                if asset_id in self._meta:
-                    stats.entries_skipped_resync += 1
-                else:
-                    stats.entries_untracked += 1
-                continue
-            if type(book) is not OrderBook:  # levels held elsewhere (fastbook.NativeOrderBook)
-                book._set_level(is_bid, price, size)
-            else:  # inline fast path of OrderBook._set_level: non-zero size, existing level
-                head = size[0]
-                if is_bid:
-                    levels = book.bids
-                    book._bid_hash_json = book._bid_top_json = None
-                else:
-                    levels = book.asks
-                    book._ask_hash_json = book._ask_top_json = None
-                if head != "0" and head != "." and price in levels:
-                    levels[price] = size
-                else:
-                    book._set_level(is_bid, price, size)
-            book.timestamp = ts
-            applied += 1
-            dirty.add(asset_id)
-            if type(entry_hash) is str:
-                book.hash = entry_hash
-                if record:
-                    claims[asset_id] = price
-                elif entry_mode:
-                    self._verify(asset_id, book, entry_hash, ts, price)
-            else:
-                book.hash = ""
-                if record:
-                    claims.pop(asset_id, None)
-        stats.entries_applied += applied
 
     def apply(self, event: MarketEvent) -> set[str]:
         """Apply one normalised event; returns the tracked tokens whose state changed."""
@@ -961,7 +767,7 @@ class BookKeeper:
         book = self._books.get(asset_id)
         try:
             if book is None:
-                book = self._book_cls.from_snapshot(
+                book = OrderBook.from_snapshot(
                     msg,
                     min_order_size=meta.min_order_size,
                     neg_risk=meta.neg_risk,
@@ -970,8 +776,6 @@ class BookKeeper:
                 if not book.last_trade_price and meta.last_trade is not None:
                     book.last_trade_price = meta.last_trade.price
                 self._books[asset_id] = book
-                if self._tokens is not None:
-                    self._tokens.set_book(asset_id, book)
             else:
                 book.replace_from_snapshot(msg)
         except ValueError as exc:
@@ -988,7 +792,6 @@ class BookKeeper:
         self._bursts.pop(asset_id, None)
         self._live[asset_id] = book
         self._dirty.add(asset_id)
-        self._sync(asset_id)
         if self.verify != "off" and book.hash:
             extra = (claimed_price,) if claimed_price else ()
             meta.verified_at = self._clock()  # counts as the token's check for the interval
@@ -1014,7 +817,9 @@ class BookKeeper:
             return set()
         price = event["price"]
         self._verify_claim(asset_id, (price,))  # made before this trade price was known
-        meta.last_trade = LastTrade(price, event["side"], event["size"], event["timestamp"])
+        meta.last_trade = LastTrade(
+            price, event["side"], event["size"], event["timestamp"], event["fee_rate_bps"]
+        )
         self._trades.append((asset_id, _trade_json(asset_id, meta.last_trade)))
         if len(self._trades) > MAX_UNDRAINED_TRADES:  # nobody drains (tools, tests): stay bounded
             del self._trades[: len(self._trades) - MAX_UNDRAINED_TRADES]
@@ -1022,7 +827,6 @@ class BookKeeper:
         if book is not None:
             book.last_trade_price = price
         self._dirty.add(asset_id)
-        self._sync(asset_id)
         return {asset_id}
 
     # --- hash checks ------------------------------------------------------------------------
@@ -1045,11 +849,8 @@ class BookKeeper:
             # due time, and a flush does not walk every token's claim each time.
             self._next_sweep = now + self.verify_interval_s / 8
         due = math.inf if force else now - self.verify_interval_s
-        if self._tokens is not None:  # the claims and a copy of the last checks' times: in C
-            due_claims: list[str] = self._tokens.claimed(due)
-        else:
-            meta = self._meta
-            due_claims = [t for t in self._claims if meta[t].verified_at <= due]
+        meta = self._meta
+        due_claims = [t for t in self._claims if meta[t].verified_at <= due]
         for asset_id in due_claims:
             self._verify_claim(asset_id)
 
@@ -1123,7 +924,6 @@ class BookKeeper:
             stats.reject("hash_mismatch", f"{asset_id[:16]}… ts={ts} expected {expected}")
             self._hold(asset_id, meta, "hash mismatch")
         self.last_hash_result[asset_id] = result
-        self._sync(asset_id)
         return result
 
     # --- output -----------------------------------------------------------------------------
@@ -1156,12 +956,6 @@ class BookKeeper:
     def drain_tops_json(self, depth: int = DEFAULT_DEPTH) -> list[EncodedTop]:
         """`drain_tops`, already encoded for `PriceBus.publish_json` (the feed's hot path)."""
         self.verify_pending()
-        native = self._native
-        if native is not None:  # the same loop in C, over the tokens' state in `_tokens`
-            dirty, self._dirty = self._dirty, set()  # with those of `_tokens`, taken in C
-            return native.encode_tops(  # type: ignore[no-any-return]
-                dirty, self._tokens, depth, now_ms(), mid_spread, _encode_top_kw
-            )
         dirty, published_at = self._take_dirty(), now_ms()
         books, meta = self._books, self._meta
         live: Container[str] = self._live
@@ -1179,33 +973,3 @@ class BookKeeper:
                 )
                 out.append((token_id, blob))
         return out
-
-    def drain_tops_packed(
-        self, n_shards: int, maxlen: int, depth: int = DEFAULT_DEPTH
-    ) -> tuple[bytes, int, int]:
-        """`drain_tops_json` packed for Redis as `publisher.pack_publish` packs it:
-        (the RESP payload, the number of replies it gets, the number of tops), or
-        (b"", 0, 0) when no top is due. The pipelined publisher's hot path
-        (`PipelinedPublisher.publish_keeper`): compiled, it is one C pass that writes each top
-        straight into the payload, reusing what did not change since the book's last top."""
-        native = self._native
-        if native is None:
-            items = self.drain_tops_json(depth)
-            if not items:
-                return b"", 0, 0
-            payload, replies = pack_publish(items, n_shards, maxlen)
-            return payload, replies, len(items)
-        self.verify_pending()
-        dirty, self._dirty = self._dirty, set()  # with those of `_tokens`, taken in C
-        return native.encode_pack(  # type: ignore[no-any-return]
-            dirty,
-            self._tokens,
-            depth,
-            now_ms(),
-            mid_spread,
-            _encode_top_kw,
-            n_shards,
-            maxlen,
-            _BOOK_PREFIX,
-            _STREAM_PREFIX,
-        )

@@ -239,6 +239,10 @@ class FeedHealth(models.Model):
     resyncs = models.PositiveBigIntegerField(default=0)
     hash_mismatches = models.PositiveBigIntegerField(default=0)
     reconnects = models.PositiveBigIntegerField(default=0)
+    # Why Redis is not taking the feed's writes right now ("" = it is), and how often it
+    # failed since the process started (the feed retries by itself: marketdata/ingest.py).
+    bus_error = models.CharField(max_length=300, blank=True, default="")
+    bus_failures = models.PositiveBigIntegerField(default=0)
     updated_at = models.DateTimeField(default=timezone.now)
 
     class Meta:

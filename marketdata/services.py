@@ -434,6 +434,8 @@ def feed_health_report(
     resyncs: int,
     hash_mismatches: int,
     reconnects: int,
+    bus_error: str = "",
+    bus_failures: int = 0,
 ) -> FeedHealth:
     """Upsert one shard's counters (the ingester calls this every few seconds; last write
     wins, no lock needed: one process owns a shard)."""
@@ -449,6 +451,8 @@ def feed_health_report(
             "resyncs": resyncs,
             "hash_mismatches": hash_mismatches,
             "reconnects": reconnects,
+            "bus_error": bus_error,
+            "bus_failures": bus_failures,
             "updated_at": timezone.now(),
         },
     )

@@ -69,11 +69,9 @@ from core.money import ZERO
 from marketdata.bus import (
     BookTop,
     BusMessage,
-    InProcessBus,
     PriceBus,
     TradePrint,
     latest_many_live,
-    now_ms,
     top_token_id,
 )
 from trading.models import Order, Side
@@ -238,9 +236,7 @@ _scopes: dict[int, int] = {}
 
 
 def bus_scope_ms(bus: PriceBus) -> int:
-    """0 for Redis; for an in-process bus, when this process first matched on it."""
-    if isinstance(bus, InProcessBus):
-        return _scopes.setdefault(id(bus), now_ms())
+    """0: the bus is Redis, whose entry ids are time-based already."""
     return 0
 
 

@@ -1,4 +1,4 @@
-"""The price bus contract, run against both implementations (Redis tests need a server)."""
+"""The price bus on a real Redis (the `redis_url` fixture: the test's own, flushed database)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from pathlib import Path
 
 import orjson
 import pytest
+from django.core.exceptions import ImproperlyConfigured
 
 from marketdata.book import book_from_levels
 from marketdata.bus import (
     BookTop,
-    InProcessBus,
     LiveTop,
     PriceBus,
     RedisBus,
@@ -47,15 +47,14 @@ def make_top(token_id: str, bid: str = "0.48", ask: str = "0.52", **changes) -> 
     return top if not changes else BookTop.from_dict({**orjson.loads(top.to_json()), **changes})
 
 
-@pytest.fixture(params=["inprocess", pytest.param("redis", marks=pytest.mark.redis)])
-def bus(request) -> Iterator[PriceBus]:
-    if request.param == "inprocess":
-        yield InProcessBus(n_shards=4)
-    else:
-        url = request.getfixturevalue("redis_url")
-        redis_bus = RedisBus.from_url(url, n_shards=4)
-        yield redis_bus
-        redis_bus.client.close()
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+def bus(redis_url) -> Iterator[PriceBus]:
+    redis_bus = RedisBus.from_url(redis_url, n_shards=4)
+    yield redis_bus
+    redis_bus.client.close()
 
 
 def command_calls(bus: PriceBus) -> dict[str, int]:
@@ -119,7 +118,6 @@ def test_a_later_publish_replaces_the_latest(bus):
     assert latest is not None and latest.best_bid == "0.47"
 
 
-@pytest.mark.redis
 def test_redis_latest_many_is_one_mget(redis_url):
     bus = RedisBus.from_url(redis_url, n_shards=4)
     bus.publish([make_top(t) for t in TOKENS])
@@ -128,7 +126,6 @@ def test_redis_latest_many_is_one_mget(redis_url):
     assert commands_sent(before, command_calls(bus)) == {"mget": 1}
 
 
-@pytest.mark.redis
 def test_redis_publish_is_one_pipeline_of_one_mset_and_one_xadd_per_shard(redis_url):
     bus = RedisBus.from_url(redis_url, n_shards=4)
     tops = [make_top(t) for t in TOKENS]
@@ -275,13 +272,11 @@ def test_mark_stale_republishes_with_fresh_false(bus):
 
 
 def test_stream_is_trimmed(bus):
-    bus.maxlen = 5  # type: ignore[attr-defined]
-    if isinstance(bus, InProcessBus):  # the deque's bound is set at construction
-        bus = InProcessBus(n_shards=4, maxlen=5)
+    bus.maxlen = 5
     token = TOKENS[0]
     for i in range(200):
         bus.publish([make_top(token, bid=f"0.{100 + i}")])
-    # Redis trims approximately (whole macro nodes), the deque exactly: both stay bounded.
+    # Redis trims approximately (whole macro nodes): bounded, not exact.
     assert 5 <= bus.stream_length(bus.shard_of(token)) < 200
 
 
@@ -298,29 +293,41 @@ def test_a_fresh_top_is_live_only_while_its_shard_heartbeat_is_young(bus):
     # No heartbeat yet: fresh, but nobody vouches for it.
     assert bus.heartbeat_age_ms(shard) is None
     assert bus.latest_live(token) == LiveTop(top, False)
-    assert not bus.live(top) and not bus.live(token)
 
     bus.heartbeat(shard)
     age = bus.heartbeat_age_ms(shard)
     assert age is not None and 0 <= age < 1_000
     assert bus.latest_live(token) == LiveTop(top, True)
-    assert bus.live(top) and bus.live(token)
     # Only the token's own shard counts.
-    assert not bus.live(other) and bus.latest_live(other).live is False
+    assert bus.latest_live(other).live is False
 
     # A feed that stopped beating 10 s ago: its fresh tops are not live.
     bus.heartbeat(shard, at_ms=now_ms() - 10_000)
     age = bus.heartbeat_age_ms(shard)
     assert age is not None and 9_000 < age < 12_000
     assert bus.latest_live(token) == LiveTop(top, False)
-    assert not bus.live(top)
 
     # A young heartbeat does not make a stale top live.
     bus.heartbeat(shard)
     bus.mark_stale([token])
     stale = bus.latest_live(token)
     assert stale.top is not None and not stale.top.fresh and not stale.live
-    assert bus.latest_live("unknown") == LiveTop(None, False) and not bus.live("unknown")
+    assert bus.latest_live("unknown") == LiveTop(None, False)
+
+
+def test_a_conditional_heartbeat_writes_only_over_the_beat_it_expects(bus):
+    """The feed's way to learn that Redis lost or replaced its writes (restarted empty, or
+    from an older dump): its beat is written only over the one it wrote last."""
+    shard = 1
+    first = bus.heartbeat(shard, at_ms=now_ms() - 100)
+    assert first is not None
+    second = bus.heartbeat(shard, expect=first)
+    assert second is not None and second >= first
+    assert bus.heartbeat(shard, expect=first) is None  # not the latest beat any more
+    assert bus.heartbeat_age_ms(shard) is not None and bus.heartbeat_age_ms(shard) < 1_000
+    bus.client.flushdb()  # Redis came back empty
+    assert bus.heartbeat(shard, expect=second) is None
+    assert bus.heartbeat_age_ms(shard) is None  # nothing written: the feed republishes first
 
 
 def test_heartbeat_goes_stale_after_the_threshold(bus):
@@ -336,7 +343,6 @@ def test_heartbeat_goes_stale_after_the_threshold(bus):
     assert bus.latest_live(token).live
 
 
-@pytest.mark.redis
 def test_redis_latest_live_is_one_round_trip_on_the_server_clock(redis_url, monkeypatch):
     import redis
 
@@ -368,9 +374,9 @@ def test_redis_latest_live_is_one_round_trip_on_the_server_clock(redis_url, monk
     assert round_trips == [2]  # ONE pipeline: MGET book + heartbeat, TIME
 
 
-def test_get_bus_reads_the_heartbeat_threshold_from_settings(settings):
+def test_get_bus_reads_the_heartbeat_threshold_from_settings(settings, redis_url):
     reset_bus()
-    settings.REDIS_URL = ""
+    settings.REDIS_URL = redis_url
     settings.PRICE_BUS_HEARTBEAT_STALE_SECONDS = 0.25
     bus = get_bus()
     assert bus.heartbeat_stale_ms == 250
@@ -403,16 +409,13 @@ def test_shard_of_is_stable_across_processes():
     assert shard_of(TOKENS[0], 1) == 0
 
 
-def test_get_bus_is_in_process_without_redis(settings):
+def test_get_bus_refuses_to_run_without_redis(settings):
     reset_bus()
     settings.REDIS_URL = ""
-    bus = get_bus()
-    assert isinstance(bus, InProcessBus)
-    assert get_bus() is bus
-    reset_bus()
+    with pytest.raises(ImproperlyConfigured, match="REDIS_URL"):
+        get_bus()
 
 
-@pytest.mark.redis
 def test_get_bus_is_redis_with_a_url(settings, redis_url):
     reset_bus()
     settings.REDIS_URL = redis_url
@@ -425,9 +428,8 @@ def test_get_bus_is_redis_with_a_url(settings, redis_url):
 
 
 def test_latest_many_live_narrows_fresh_to_live_per_shard(bus):
-    """The Redis bus answers in one pipeline; both buses give what `latest_many` and the
-    shards' heartbeats say: fresh only where the shard's feed beats, stale tops stay stale,
-    unknown tokens are absent."""
+    """One pipeline gives what `latest_many` and the shards' heartbeats say: fresh only
+    where the shard's feed beats, stale tops stay stale, unknown tokens are absent."""
     beating = TOKENS[0]
     shard = bus.shard_of(beating)
     dead = next(t for t in TOKENS if bus.shard_of(t) != shard)
@@ -446,7 +448,6 @@ def test_latest_many_live_narrows_fresh_to_live_per_shard(bus):
     assert latest_many_live(bus, []) == {}
 
 
-@pytest.mark.redis
 def test_redis_latest_many_live_and_get_reads_other_keys_in_the_same_round_trip(redis_url):
     import redis
 

@@ -7,18 +7,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from marketdata.bus import DEFAULT_TRADES_KEPT, InProcessBus, PriceBus, RedisBus, TradePrint
+from marketdata.bus import DEFAULT_TRADES_KEPT, RedisBus, TradePrint
 from marketdata.messages import BookKeeper, normalise
 
 
-@pytest.fixture(params=["inprocess", pytest.param("redis", marks=pytest.mark.redis)])
-def bus(request) -> Iterator[PriceBus]:
-    if request.param == "inprocess":
-        yield InProcessBus(n_shards=4)
-    else:
-        redis_bus = RedisBus.from_url(request.getfixturevalue("redis_url"), n_shards=4)
-        yield redis_bus
-        redis_bus.client.close()
+@pytest.fixture
+def bus(redis_url) -> Iterator[RedisBus]:
+    redis_bus = RedisBus.from_url(redis_url, n_shards=4)
+    yield redis_bus
+    redis_bus.client.close()
 
 
 def _print(token: str, n: int) -> TradePrint:
@@ -26,6 +23,7 @@ def _print(token: str, n: int) -> TradePrint:
     return TradePrint(token, f"0.{40 + n % 50:02d}", f"{n}.5", side, n, 1_800_000_000_000 + n)
 
 
+@pytest.mark.redis
 def test_prints_come_back_newest_first_per_token(bus):
     bus.record_trades([_print("a", 1), _print("b", 2), _print("a", 3)])
     got = bus.recent_trades_many(["a", "b", "c"])
@@ -33,6 +31,7 @@ def test_prints_come_back_newest_first_per_token(bus):
     assert bus.recent_trades_many(["a"], limit=1) == {"a": [_print("a", 3)]}
 
 
+@pytest.mark.redis
 def test_the_ring_is_capped(bus):
     bus.record_trades([_print("a", n) for n in range(DEFAULT_TRADES_KEPT + 7)])
     ring = bus.recent_trades_many(["a"])["a"]
@@ -40,6 +39,7 @@ def test_the_ring_is_capped(bus):
     assert ring[0].timestamp_ms == DEFAULT_TRADES_KEPT + 6 and ring[-1].timestamp_ms == 7
 
 
+@pytest.mark.redis
 def test_no_prints_and_no_tokens(bus):
     bus.record_trades([])
     assert bus.recent_trades_many([]) == {}

@@ -136,17 +136,16 @@ def test_fakepoly_command_serves_until_interrupted():
     assert proc.returncode == 0
 
 
-@pytest.mark.postgres
-@pytest.mark.redis
-@pytest.mark.django_db(transaction=True)
-def test_stream_process_publishes_fresh_books_and_stops_cleanly(settings, redis_url):
-    """`manage.py marketdata stream --shard 0/1` as a real process: discovered markets in the
-    database, the fake Polymarket as the exchange, books on the Redis price bus."""
+@pytest.fixture
+def stream(settings, redis_url):
+    """`manage.py marketdata stream --shard 0/1` as a real process on the default feed
+    settings: discovered markets in the database, the fake Polymarket as the exchange, books
+    on the Redis price bus. Yields (the process, a token it streams, the bus)."""
     from django.db import connection
 
     from marketdata.bus import RedisBus
     from marketdata.clients import ClobClient, GammaClient
-    from marketdata.models import FeedHealth, Token
+    from marketdata.models import Token
     from marketdata.services import discover
 
     server = FakePolymarket(DEMO_DATA_DIR).start_in_thread()
@@ -165,31 +164,57 @@ def test_stream_process_publishes_fresh_books_and_stops_cleanly(settings, redis_
             "POLYMARKET_GAMMA_URL": server.gamma_url,
             "POLYMARKET_CLOB_URL": server.clob_url,
             "POLYMARKET_WS_URL": server.ws_url,
-            "MARKETDATA_WS_PING_SECONDS": "1",
         }
+        for name in ("MARKETDATA_WS_PING_SECONDS", "PRICE_BUS_HEARTBEAT_STALE_SECONDS"):
+            env.pop(name, None)  # the defaults are under test
         proc = subprocess.Popen(
             [sys.executable, "manage.py", "marketdata", "stream", "--shard", "0/1"],
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )  # fmt: skip
         bus = RedisBus.from_url(redis_url)
         deadline = time.monotonic() + 20
-        while True:
-            top = bus.latest(token)
-            if top is not None and top.fresh:
-                break
+        while not bus.latest_live(token).live:
             assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-            assert time.monotonic() < deadline, "no fresh book on the bus"
-            time.sleep(0.1)
-        assert top.best_bid is not None or top.best_ask is not None
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(20) == 0, proc.stderr.read().decode()[-2000:]
-        health = FeedHealth.objects.get(shard=0)
-        assert health.messages > 0 and health.subscribed_tokens > 0
+            assert time.monotonic() < deadline, "no live book on the bus"
+            time.sleep(0.05)
+        yield proc, token, bus
     finally:
         if proc is not None and proc.poll() is None:
             proc.kill()
             proc.wait(5)
         server.stop()
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+def test_stream_process_publishes_fresh_books_and_stops_cleanly(stream):
+    from marketdata.models import FeedHealth
+
+    proc, token, bus = stream
+    top = bus.latest(token)
+    assert top is not None and (top.best_bid is not None or top.best_ask is not None)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 0, proc.stderr.read().decode()[-2000:]
+    health = FeedHealth.objects.get(shard=0)
+    assert health.messages > 0 and health.subscribed_tokens > 0 and health.bus_error == ""
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+def test_a_killed_stream_process_leaves_no_live_book_after_2_s(stream):
+    """kill -9: nothing publishes the books stale, they stay `fresh`; the heartbeat stops, so
+    within PRICE_BUS_HEARTBEAT_STALE_SECONDS (2 s) of the last beat no reader may act on them."""
+    proc, token, bus = stream
+    proc.kill()
+    killed = time.monotonic()
+    while bus.latest_live(token).live:
+        assert time.monotonic() - killed < 3, "still live 3 s after the kill"
+        time.sleep(0.01)
+    assert time.monotonic() - killed < 2.0 + 0.1  # 2 s after the last beat, before the kill
+    top = bus.latest(token)
+    assert top is not None and top.fresh
 
 
 @pytest.mark.parametrize("shard", ["2/2", "-1/3", "1/0", "x/2", "3"])

@@ -35,8 +35,14 @@ def demo():
         server.stop()
 
 
-def subscribe(ws, assets, custom=True):
-    ws.send(json.dumps({"type": "market", "assets_ids": assets, "custom_feature_enabled": custom}))
+def subscribe(ws, assets, custom=True, initial_dump=True):
+    """The subscription as clients send it now (polymarket.md §9)."""
+    ws.send(
+        json.dumps(
+            {"type": "market", "assets_ids": assets, "custom_feature_enabled": custom,
+             "initial_dump": initial_dump, "level": 2}
+        )
+    )  # fmt: skip
 
 
 def recv_json(ws, timeout=3):
@@ -92,10 +98,28 @@ def test_subscribe_sends_book_snapshots_as_one_array(fake, fixtures_dir):
     assert by_asset[DK_TOKEN]["hash"] == "abf87d01d46fbb3a5227f2af0f80492dcb345638"
 
 
-def test_ping_pong(fake):
+def test_ping_pong_after_a_subscription(fake):
     with connect(fake.ws_url) as ws:
+        subscribe(ws, [])
         ws.send("PING")
         assert ws.recv(timeout=2) == "PONG"
+
+
+def test_a_ping_before_any_subscription_closes_the_socket(fake):
+    with connect(fake.ws_url) as ws:
+        ws.send('{"operation": "noise"}')  # not a subscription either
+        ws.send("PING")
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=2)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+
+
+def test_initial_dump_false_sends_no_books(fake):
+    with connect(fake.ws_url) as ws:
+        subscribe(ws, [DK_TOKEN], initial_dump=False)
+        expect_silence(ws)
+        ws.send("PING")
+        assert ws.recv(timeout=2) == "PONG"  # subscribed all the same
 
 
 def test_replay_of_the_recorded_sequence_arrives_in_order(fake, fixtures_dir):
@@ -143,6 +167,7 @@ def test_subscribe_and_unsubscribe_operations(fake):
 def test_drop_connections_closes_every_socket(fake):
     with connect(fake.ws_url) as first, connect(fake.ws_url) as second:
         for ws in (first, second):
+            subscribe(ws, [])
             ws.send("PING")
             assert ws.recv(timeout=2) == "PONG"
 
@@ -153,12 +178,14 @@ def test_drop_connections_closes_every_socket(fake):
                 ws.recv(timeout=2)
     # and the server keeps accepting new ones
     with connect(fake.ws_url) as ws:
+        subscribe(ws, [])
         ws.send("PING")
         assert ws.recv(timeout=2) == "PONG"
 
 
 def test_send_raw_delivers_malformed_text(fake):
     with connect(fake.ws_url) as ws:
+        subscribe(ws, [])
         ws.send("PING")
         ws.recv(timeout=2)
 
@@ -169,6 +196,7 @@ def test_send_raw_delivers_malformed_text(fake):
 
 def test_pause_stops_sending_without_closing(fake):
     with connect(fake.ws_url) as ws:
+        subscribe(ws, [])
         fake.pause()
         ws.send("PING")
         expect_silence(ws)
@@ -183,6 +211,7 @@ def test_pause_stops_sending_without_closing(fake):
 
 def test_client_messages_that_are_not_json_are_ignored(fake):
     with connect(fake.ws_url) as ws:
+        subscribe(ws, [])
         ws.send("{oops")
         ws.send("PING")
         assert ws.recv(timeout=2) == "PONG"
@@ -334,6 +363,7 @@ def test_async_start_and_stop():
         await server.start()
         try:
             async with websockets.connect(server.ws_url) as ws:
+                await ws.send('{"type": "market", "assets_ids": []}')
                 await ws.send("PING")
                 return await asyncio.wait_for(ws.recv(), 2)
         finally:

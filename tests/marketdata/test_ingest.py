@@ -1,5 +1,5 @@
 """The websocket ingester end to end: the real websocket and REST clients against the fake
-Polymarket on loopback, publishing to the in-process price bus."""
+Polymarket on loopback, publishing to the price bus on the test's Redis."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
-from marketdata.bus import InProcessBus, now_ms
+from marketdata.bus import RedisBus, now_ms
 from marketdata.clients import ClobClient
 from marketdata.fakepoly import FakePolymarket
 from marketdata.ingest import IngestConfig, Ingester, TokenInfo, backoff_delay
@@ -36,27 +36,39 @@ def sequence(shared_dir):
     return [json.loads(line) for line in lines if line.strip()]
 
 
+# What run_stream gives the feed's client: a Redis that stops answering fails a call quickly.
+FEED_CLIENT = {"socket_timeout": 2.0, "socket_connect_timeout": 1.0}
+
+
 class RunningIngester:
     """An Ingester on its own event loop in a background thread."""
 
     def __init__(
-        self, fake: FakePolymarket, tokens: list[str], ping: float = 0.3, heartbeat: float = 0.1
+        self,
+        fake: FakePolymarket,
+        redis_url: str,
+        tokens: list[str],
+        ping: float = 0.3,
+        heartbeat: float = 0.1,
+        **config: float,
     ) -> None:
-        self.bus = InProcessBus()
+        self.bus = RedisBus.from_url(redis_url, client_options=FEED_CLIENT)
         infos = {t: TokenInfo(t, CONDITION, "5", False, None) for t in tokens}
+        options = {
+            "ping_seconds": ping,
+            "dead_seconds": ping * 1.5,
+            "backoff_base": 0.05,
+            "backoff_cap": 0.5,
+            "refresh_seconds": 3600,
+            "health_seconds": 3600,
+            "heartbeat_seconds": heartbeat,
+        }
+        self.infos = infos
         self.ingester = Ingester(
-            config=IngestConfig(
-                ws_url=fake.ws_url,
-                ping_seconds=ping,
-                backoff_base=0.05,
-                backoff_cap=0.5,
-                refresh_seconds=3600,
-                health_seconds=3600,
-                heartbeat_seconds=heartbeat,
-            ),
+            config=IngestConfig(ws_url=fake.ws_url, **(options | config)),  # type: ignore[arg-type]
             clob=ClobClient(fake.clob_url),
             bus=self.bus,
-            token_source=lambda: infos,
+            token_source=lambda: self.infos,
         )
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -77,6 +89,10 @@ class RunningIngester:
     def fresh(self, token: str = TOKEN_A) -> bool:
         top = self.top(token)
         return top is not None and top.fresh
+
+    def live(self, token: str = TOKEN_A) -> bool:
+        """What a trader's order would see: fresh, and the shard's feed beating."""
+        return self.bus.latest_live(token).live
 
     def beat_at(self, shard: int = 0) -> int | None:
         """Epoch ms of the shard's last heartbeat (to within a millisecond)."""
@@ -110,11 +126,11 @@ class RunningIngester:
 
 
 @pytest.fixture
-def running(fake, django_db_blocker):
+def running(fake, redis_url, django_db_blocker):
     started: list[RunningIngester] = []
 
     def start(tokens: list[str], ping: float = 0.3, heartbeat: float = 0.1) -> RunningIngester:
-        runner = RunningIngester(fake, tokens, ping, heartbeat)
+        runner = RunningIngester(fake, redis_url, tokens, ping, heartbeat)
         started.append(runner)
         return runner
 
@@ -125,6 +141,7 @@ def running(fake, django_db_blocker):
             runner.stop()
 
 
+@pytest.mark.redis
 def test_golden_replay_through_the_real_websocket_rebuilds_the_final_book(fake, running, sequence):
     runner = running([TOKEN_A])
     wait_for(runner.fresh, what="first snapshot")
@@ -146,6 +163,7 @@ def test_golden_replay_through_the_real_websocket_rebuilds_the_final_book(fake, 
     assert runner.ingester.keeper.stats.total_rejected() == 0
 
 
+@pytest.mark.redis
 def test_dropped_connection_goes_stale_at_once_then_resnapshots_and_is_fresh_again(fake, running):
     runner = running([TOKEN_A], ping=0.5)
     wait_for(runner.fresh, what="first snapshot")
@@ -164,6 +182,7 @@ def test_dropped_connection_goes_stale_at_once_then_resnapshots_and_is_fresh_aga
     assert fresh.hash == runner.ingester.keeper.book(TOKEN_A).compute_hash()
 
 
+@pytest.mark.redis
 def test_silent_connection_is_presumed_dead_and_replaced(fake, running):
     runner = running([TOKEN_A], ping=0.3)
     wait_for(runner.fresh, what="first snapshot")
@@ -172,18 +191,19 @@ def test_silent_connection_is_presumed_dead_and_replaced(fake, running):
     fake.pause()  # the server stops answering, PONGs included, without closing
     try:
         stale = runner.wait_published(lambda top: not top.fresh, timeout=5, what="stale")
-        # Presumed dead after 1.5 heartbeats of silence (a PING is due within one).
-        assert stale.published_at - paused_at_ms < (0.3 + 0.45) * 1000 + 500
+        # Presumed dead after dead_seconds (0.45 s here) without a frame, PONGs included.
+        assert stale.published_at - paused_at_ms < 0.45 * 1000 + 500
     finally:
         fake.resume()
     runner.wait_published(lambda top: top.fresh, timeout=10, what="fresh on a new connection")
     assert runner.ingester.health.reconnects >= 1
 
 
+@pytest.mark.redis
 def test_heartbeat_advances_while_running_and_stops_with_the_ingester(running):
     runner = running([TOKEN_A], heartbeat=0.1)
     wait_for(runner.fresh, what="first snapshot")
-    assert runner.bus.live(TOKEN_A)
+    assert runner.live()
     first = runner.beat_at()
     assert first is not None
     wait_for(lambda: (runner.beat_at() or 0) >= first + 200, timeout=5, what="new beats")
@@ -193,24 +213,25 @@ def test_heartbeat_advances_while_running_and_stops_with_the_ingester(running):
     time.sleep(0.5)  # five intervals
     assert abs((runner.beat_at() or 0) - last) <= 2  # no beat after stop() (ms rounding)
     runner.bus.heartbeat_stale_ms = 300
-    assert not runner.bus.live(TOKEN_A)
+    assert not runner.live()
 
 
+@pytest.mark.redis
 def test_a_hung_feed_loop_makes_its_fresh_books_not_live(running):
     # The feed process wedges without closing its sockets: nothing republishes its books
     # stale, the last top keeps saying fresh, and only the missing heartbeat tells.
     runner = running([TOKEN_A], ping=5, heartbeat=0.1)
     runner.bus.heartbeat_stale_ms = 400
     wait_for(runner.fresh, what="first snapshot")
-    wait_for(lambda: runner.bus.live(TOKEN_A), what="live")
+    wait_for(runner.live, what="live")
     runner.loop.call_soon_threadsafe(time.sleep, 1.5)  # wedge the ingester's event loop
-    wait_for(lambda: not runner.bus.live(TOKEN_A), timeout=1.2, what="not live")
+    wait_for(lambda: not runner.live(), timeout=1.2, what="not live")
     assert runner.fresh()  # the flag alone would still trade on it
-    wait_for(lambda: runner.bus.live(TOKEN_A), timeout=5, what="live again")
+    wait_for(runner.live, timeout=5, what="live again")
 
 
 def test_an_ingester_streaming_every_token_beats_every_bus_shard():
-    bus = InProcessBus(n_shards=3)
+    bus = RedisBus.from_url("redis://127.0.0.1:1/0", n_shards=3)  # never called
     config = IngestConfig(ws_url="ws://unused")
     every = Ingester(config=config, clob=ClobClient("http://unused"), bus=bus)
     assert every.heartbeat_shards == [0, 1, 2]  # the embedded demo: shards=1
@@ -218,6 +239,7 @@ def test_an_ingester_streaming_every_token_beats_every_bus_shard():
     assert one.heartbeat_shards == [2]
 
 
+@pytest.mark.redis
 def test_bad_frames_are_counted_and_never_applied(fake, running, sequence):
     runner = running([TOKEN_A])
     wait_for(runner.fresh, what="first snapshot")
@@ -251,6 +273,7 @@ def test_bad_frames_are_counted_and_never_applied(fake, running, sequence):
     }  # fmt: skip
 
 
+@pytest.mark.redis
 def test_hash_mismatch_holds_the_token_and_resyncs_it_from_rest(fake, running):
     runner = running([TOKEN_A])
     wait_for(runner.fresh, what="first snapshot")
@@ -332,6 +355,7 @@ def test_wanted_tokens_are_held_ordered_active_and_watched_split_by_shard(settin
 
 @pytest.mark.postgres  # the ingester writes from its own thread while the test reads
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.redis
 def test_market_resolved_on_the_websocket_is_applied_once(fake, running):
     from marketdata.models import Market, MarketResolution, Token
 
@@ -355,6 +379,7 @@ def test_market_resolved_on_the_websocket_is_applied_once(fake, running):
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.redis
 def test_new_market_on_the_websocket_is_discovered_without_waiting_for_the_schedule(
     fake, running, fixtures_dir, settings
 ):
@@ -405,3 +430,87 @@ def test_discover_markets_by_condition_id_reports_ids_gamma_does_not_know(fake, 
     assert result.markets_created == 1 and result.markets_seen == 1
     assert result.errors == ["0xnope: not on Gamma yet"]
     assert list(Market.objects.values_list("condition_id", flat=True)) == [known]
+
+
+# --- the protocol as it is now (polymarket.md §9, docs/operations.md "Feed") -----------------
+
+BOOKLESS = "9" * 77  # a listed market's token the exchange has no book for
+
+
+def sent_messages(fake: FakePolymarket) -> list[dict | str]:
+    return [json.loads(f) if f.startswith("{") else f for f in fake.client_frames]
+
+
+@pytest.mark.redis
+def test_subscribes_with_initial_dump_and_level_and_pings_only_after(fake, running):
+    runner = running([TOKEN_A], ping=0.2)
+    wait_for(runner.fresh, what="first snapshot")
+    wait_for(lambda: "PING" in fake.client_frames, what="a PING")
+    first, *later = sent_messages(fake)
+    assert first == {
+        "assets_ids": [TOKEN_A],
+        "custom_feature_enabled": True,
+        "type": "market",
+        "initial_dump": True,
+        "level": 2,
+    }
+    assert "PING" in later and fake.connection_count == 1  # answered: the socket is kept
+
+
+@pytest.mark.redis
+def test_token_changes_go_on_the_open_socket_without_reconnecting(fake, running):
+    runner = running([TOKEN_A], ping=0.2)
+    wait_for(runner.fresh, what="first snapshot")
+    dk = "98022490269692409998126496127597032490334070080325855126491859374983463996227"
+    runner.infos = {**runner.infos, dk: TokenInfo(dk, "0xdk", "5", False, None)}
+    runner.loop.call_soon_threadsafe(
+        lambda: runner.loop.create_task(runner.ingester.set_tokens(runner.infos))
+    )
+    wait_for(lambda: runner.fresh(dk), what="the added token's book")
+    runner.infos = {dk: runner.infos[dk]}  # TOKEN_A dropped
+    runner.loop.call_soon_threadsafe(
+        lambda: runner.loop.create_task(runner.ingester.set_tokens(runner.infos))
+    )
+    wait_for(lambda: not runner.fresh(TOKEN_A), what="the dropped token published stale")
+    wait_for(
+        lambda: {"operation": "unsubscribe", "assets_ids": [TOKEN_A],
+                 "custom_feature_enabled": True} in sent_messages(fake),
+        what="an unsubscribe operation",
+    )  # fmt: skip
+    operations = [m for m in sent_messages(fake) if isinstance(m, dict)]
+    assert operations[1] == {
+        "assets_ids": [dk],
+        "custom_feature_enabled": True,
+        "operation": "subscribe",
+    }
+    assert sum(1 for m in operations if m.get("type") == "market") == 1  # one connection
+    assert runner.ingester.health.reconnects == 0 and fake.connection_count == 1
+    assert runner.fresh(dk) and runner.live(dk)
+
+
+@pytest.mark.redis
+def test_a_market_without_a_book_is_refetched_with_a_capped_backoff(fake, running):
+    """Every 100 ms without the backoff (40 POST /books in 4 s); with it, 0.1 s doubling to a
+    0.8 s cap: about 8. The backoff ends when a book arrives."""
+    runner = running([TOKEN_A], ping=0.5)
+    runner.ingester.config.resync_min_interval = 0.1
+    runner.ingester.config.resync_max_interval = 0.8
+    wait_for(runner.fresh, what="the first token set subscribed")
+    runner.infos = {**runner.infos, BOOKLESS: TokenInfo(BOOKLESS, CONDITION, "5", False, None)}
+    runner.loop.call_soon_threadsafe(
+        lambda: runner.loop.create_task(runner.ingester.set_tokens(runner.infos))
+    )
+    wait_for(lambda: BOOKLESS in runner.ingester.tokens, what="the bookless token tracked")
+    start = time.monotonic()
+    time.sleep(4)
+    asked = [ids for ids in list(fake.books_requested) if BOOKLESS in ids]
+    assert 3 <= len(asked) <= 10, len(asked)
+    assert time.monotonic() - start < 6
+    fake.replay(
+        [{"event_type": "book", "market": CONDITION, "asset_id": BOOKLESS, "hash": "",
+          "timestamp": str(now_ms()), "bids": [{"price": "0.4", "size": "10"}], "asks": []}]
+    )  # fmt: skip
+    wait_for(lambda: runner.fresh(BOOKLESS), what="its book, at last")
+    before = sum(1 for ids in list(fake.books_requested) if BOOKLESS in ids)
+    time.sleep(1.0)
+    assert sum(1 for ids in list(fake.books_requested) if BOOKLESS in ids) == before

@@ -320,36 +320,6 @@ def test_each_entry_walks_its_own_tokens_book_only(shared_dir):
     ]
 
 
-def test_feed_and_parse_normalise_apply_agree(shared_dir):
-    """The fused hot path must do exactly what the three public steps do."""
-    raw = frames(shared_dir)
-    bad = [
-        b"PONG",
-        b'{"event_type":"price_change","market":"m","timestamp":"1","price_changes":['
-        b'{"asset_id":"%s","price":"0.5","size":"-1","side":"BUY"},'
-        b'{"asset_id":"%s","price":"0.5","size":"abc","side":"BUY"},'
-        b'{"asset_id":"%s","price":"NaN","size":"1","side":"BUY"},'
-        b'{"asset_id":"%s","size":"1","side":"BUY"}]}' % ((TOKEN_A.encode(),) * 4),
-        (shared_dir / WS / "nt_ws_price_change_LEGACY_pre2025-09.json").read_bytes(),
-        b'{"event_type":"mystery"}',
-        b"{oops",
-    ]
-    sequence = raw[:10] + bad + raw[10:]
-    for verify in ("entry", "flush", "off"):
-        fused = keeper_for(TOKEN_A, verify=verify)
-        stepwise = keeper_for(TOKEN_A, verify=verify)
-        for frame in sequence:
-            fused.feed(frame)
-            for event in parse_events(frame, stepwise.stats):
-                stepwise.apply(event)
-        fused.verify_pending(force=True)
-        stepwise.verify_pending(force=True)
-        a, b = fused.book(TOKEN_A), stepwise.book(TOKEN_A)
-        assert a is not None and b is not None
-        assert a.to_wire() == b.to_wire()
-        assert fused.stats.as_dict() == stepwise.stats.as_dict()
-
-
 # --- bad input never reaches a book -----------------------------------------------------------
 
 
@@ -392,18 +362,13 @@ def bad_price_change(size: str | None, *, drop: str | None = None) -> bytes:
         (b'{"event_type":"book","asset_id":"x"}', ("rejected", "malformed_book")),
     ],
 )
-@pytest.mark.parametrize("path", ["feed", "events"])
-def test_bad_input_is_counted_and_never_applied(shared_dir, frame, counter, path):
+def test_bad_input_is_counted_and_never_applied(shared_dir, frame, counter):
     keeper = keeper_for(TOKEN_A)
     keeper.feed(frames(shared_dir)[0])
     book = keeper.book(TOKEN_A)
     assert book is not None
     before = copy.deepcopy(book.to_wire())
-    if path == "feed":
-        keeper.feed(frame)
-    else:
-        for event in parse_events(frame, keeper.stats):
-            keeper.apply(event)
+    keeper.feed(frame)
     assert book.to_wire() == before
     assert keeper.stats.entries_applied == 0
     field, reason = counter
@@ -648,7 +613,7 @@ def test_trade_prints_are_drained_once_in_feed_order():
 
     keeper = BookKeeper(verify="off")
     keeper.track("tok", market="0xm")
-    for price, size, side in (("0.5", "10", "SELL"), ("0.51", "2.5", "BUY")):
+    for price, size, side, fee in (("0.5", "10", "SELL", "0"), ("0.51", "2.5", "BUY", "175")):
         keeper.apply(
             {
                 "event_type": "last_trade_price",
@@ -657,7 +622,7 @@ def test_trade_prints_are_drained_once_in_feed_order():
                 "price": price,
                 "side": side,
                 "size": size,
-                "fee_rate_bps": "0",
+                "fee_rate_bps": fee,
                 "timestamp": "1790658827000",
                 "transaction_hash": None,
             }
@@ -677,8 +642,10 @@ def test_trade_prints_are_drained_once_in_feed_order():
     )
     drained = keeper.drain_trades_json()
     prints = [TradePrint.from_json(blob) for _, blob in drained]
-    assert [(p.token_id, p.price, p.size, p.side, p.timestamp_ms) for p in prints] == [
-        ("tok", "0.5", "10", "SELL", 1790658827000),
-        ("tok", "0.51", "2.5", "BUY", 1790658827000),
+    assert [
+        (p.token_id, p.price, p.size, p.side, p.timestamp_ms, p.fee_rate_bps) for p in prints
+    ] == [
+        ("tok", "0.5", "10", "SELL", 1790658827000, "0"),
+        ("tok", "0.51", "2.5", "BUY", 1790658827000, "175"),
     ]
     assert keeper.drain_trades_json() == []
