@@ -232,9 +232,6 @@ def entry_key(scope_ms: int, shard: int, entry_id: str) -> str:
     return f"{scope_ms:013d}{shard:03d}{int(ms):015d}{int(seq or 0):08d}"
 
 
-_scopes: dict[int, int] = {}
-
-
 def bus_scope_ms(bus: PriceBus) -> int:
     """0: the bus is Redis, whose entry ids are time-based already."""
     return 0
