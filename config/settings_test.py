@@ -4,7 +4,8 @@ with a test-only SECRET_KEY and a Redis database of its own.
 The suite flushes its Redis database between tests, so it must never be the one a developer's
 demo (or anything else) keeps data in: tests use database TEST_REDIS_DB (default 15) of the
 configured Redis. pytest-django creates its own `test_<name>` PostgreSQL database likewise.
-Celery tasks run eagerly by default; a test opts in to a real worker (tests/accounts/test_worker.py).
+Celery tasks run eagerly by default; a test opts in to a real worker
+(tests/accounts/test_worker.py).
 """
 
 import os

@@ -56,10 +56,8 @@ from core.money import ZERO
 from marketdata.bus import (
     BookTop,
     BusMessage,
-    InProcessBus,
     PriceBus,
     TradePrint,
-    now_ms,
     top_token_id,
 )
 from trading.models import Order, Side
@@ -207,22 +205,12 @@ def _decimal(text: str | None) -> Decimal | None:
 
 
 # --- trigger keys -----------------------------------------------------------------------------
-def entry_key(scope_ms: int, shard: int, entry_id: str) -> str:
-    """A bus entry as a fixed-width string that sorts like the stream: Redis ids are
-    "<ms>-<seq>" (time-based already, scope 0); an in-process bus numbers entries from 1 per
-    process, so its creation time is the scope that keeps keys unique across restarts."""
+def entry_key(shard: int, entry_id: str) -> str:
+    """A bus entry as a fixed-width string that sorts like the stream (Redis ids are
+    "<ms>-<seq>", time-based). The 13 leading zeros keep the width of the keys fills already
+    store (a scope an in-process bus once needed), so old and new keys compare."""
     ms, _, seq = entry_id.partition("-")
-    return f"{scope_ms:013d}{shard:03d}{int(ms):015d}{int(seq or 0):08d}"
-
-
-_scopes: dict[int, int] = {}
-
-
-def bus_scope_ms(bus: PriceBus) -> int:
-    """0 for Redis; for an in-process bus, when this process first matched on it."""
-    if isinstance(bus, InProcessBus):
-        return _scopes.setdefault(id(bus), now_ms())
-    return 0
+    return f"{0:013d}{shard:03d}{int(ms):015d}{int(seq or 0):08d}"
 
 
 # --- stats ------------------------------------------------------------------------------------
@@ -348,7 +336,6 @@ class Matcher:
         self._in_flight = 0
         self.index = RestingIndex()
         self.stats = MatcherStats()
-        self.scope_ms = bus_scope_ms(bus)
         self._event_ids: dict[int, str] = {}
         # token -> (its last top, still encoded until someone needs it; trigger base)
         self._last_top: dict[str, tuple[BookTop | bytes, str]] = {}
@@ -575,7 +562,7 @@ class Matcher:
         batch = _Batch(shard, [m.id for m in msgs])
         self._batches.append(batch)
         for msg in msgs:
-            base = entry_key(self.scope_ms, shard, msg.id)
+            base = entry_key(shard, msg.id)
             for i, trade in enumerate(msg.trades):
                 self.stats.trades += 1
                 if self.index.has_token(trade.token_id):
@@ -617,11 +604,10 @@ class Matcher:
 
     def _parallel(self) -> bool:
         # Worker threads have their own connections: they must not be used while this thread
-        # is inside a transaction (they could not see its rows) nor on SQLite (one writer).
+        # is inside a transaction (they could not see its rows).
         if self.workers <= 1:
             return False
-        db = connections[DEFAULT_DB_ALIAS]  # one thread-local lookup, not one per attribute
-        return db.vendor != "sqlite" and not db.in_atomic_block
+        return not connections[DEFAULT_DB_ALIAS].in_atomic_block
 
     def _dispatch(self, token: str, work: Callable[[], object], batch: _Batch | None) -> None:
         """Run `work` after every earlier work item of the same token (fills of one token in
