@@ -170,7 +170,6 @@ def test_too_many_requests_from_one_ip_is_a_clear_429_and_creates_no_user(client
     assert ask(client, "three@example.com", ip="198.51.100.9").status_code == 302
 
 
-@pytest.mark.redis
 def test_the_ip_limit_is_shared_through_redis(client, settings, redis_url):
     settings.REDIS_URL = redis_url
     settings.LOGIN_REQUESTS_PER_IP_PER_HOUR = 1

@@ -375,7 +375,6 @@ def _start_blocked_first_call(
     return thread, entered, release, outcome
 
 
-@pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 class TestPostgres:
     def test_same_key_while_the_first_runs_is_in_use_without_waiting(self, tenant):

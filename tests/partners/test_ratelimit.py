@@ -247,7 +247,6 @@ def test_reset_local_forgets_the_windows(local_clock):
 # --- Redis only ---------------------------------------------------------------------------------
 
 
-@pytest.mark.redis
 def test_redis_burst_never_admits_more_than_the_limit_in_any_second(redis_backend):
     """100 real threads released by a barrier, in 10 waves of 10 simultaneous requests spread
     over 2 s, against 5/s."""
@@ -288,7 +287,6 @@ def test_redis_burst_never_admits_more_than_the_limit_in_any_second(redis_backen
     assert all(later - earlier >= 1_000_000 for earlier, later in zip(scores, scores[5:]))
 
 
-@pytest.mark.redis
 def test_redis_keys_share_one_hash_tag_per_tenant(redis_backend):
     check(tenant=42, key="keyzzzzz")
 
@@ -297,7 +295,6 @@ def test_redis_keys_share_one_hash_tag_per_tenant(redis_backend):
     assert all(k.startswith("rl:{t42}:") for k in keys)
 
 
-@pytest.mark.redis
 def test_redis_clients_of_different_processes_share_the_counts(redis_backend, settings):
     for _ in range(3):
         assert check().allowed
@@ -403,7 +400,6 @@ class FlakyProxy:
         self.listener.close()
 
 
-@pytest.mark.redis
 def test_redis_outage_fails_open_then_limiting_resumes_after_the_breaker(
     redis_url, settings, monkeypatch, caplog
 ):

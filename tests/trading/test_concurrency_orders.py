@@ -37,7 +37,6 @@ FUNDED_FOR = 50
 MAX_CONNECTIONS = 40
 
 
-@pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_200_concurrent_market_buys_spend_exactly_the_balance():
     _market, yes, _ = make_market()

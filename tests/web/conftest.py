@@ -49,8 +49,8 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 @pytest.fixture(autouse=True)
 def _fresh_bus(_fresh_process_state: None) -> Iterator[None]:
-    """A fresh in-process bus with every shard's feed beating (the tests' feed is alive), and
-    no cached categories or price histories from another test."""
+    """Fresh bus clients on the emptied test Redis, every shard's feed beating (the tests'
+    feed is alive), and no cached categories or price histories from another test."""
     cache.clear()
     _watched_at.clear()
     reset_bus()
