@@ -55,9 +55,11 @@ def _fresh_process_state(settings) -> Iterator[None]:
     """Nothing a test leaves behind in a process cache or in Redis reaches the next one."""
     from accounts.services import trader_keys
     from partners import keys
+    from partners.ratelimit import rate_limit_breaker_reset
 
     keys.key_cache.clear()
     trader_keys.key_cache.clear()
+    rate_limit_breaker_reset()
     redis_flush()
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
     settings.CELERY_TASK_ALWAYS_EAGER = True

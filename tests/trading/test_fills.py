@@ -181,12 +181,7 @@ def _depletion_scenario():
     audit_clean()
 
 
-def test_depletion_in_process():
-    _depletion_scenario()
-
-
-def test_depletion_on_redis(settings, redis_url):
-    settings.REDIS_URL = redis_url
+def test_depletion_on_redis(redis_url):
     _depletion_scenario()
     import redis
 

@@ -29,10 +29,8 @@ def _fresh_state():
     key_cache.clear()
     reset_bus()
     feed_alive()  # a running feed beats every shard; tests of a dead feed age it on purpose
-    watchlist.clear_local()
     yield
     reset_bus()
-    watchlist.clear_local()
 
 
 @pytest.fixture

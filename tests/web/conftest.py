@@ -17,7 +17,6 @@ import pytest
 from django.core.cache import cache
 
 from marketdata.bus import reset_bus
-from marketdata.watchlist import clear_local
 from tests.trading.conftest import feed_alive
 from trading.depletion import reset_depletion
 from web.markets.views import _watched_at
@@ -55,9 +54,7 @@ def _fresh_bus(_fresh_process_state: None) -> Iterator[None]:
     _watched_at.clear()
     reset_bus()
     reset_depletion()
-    clear_local()
     feed_alive()
     yield
     reset_bus()
     reset_depletion()
-    clear_local()

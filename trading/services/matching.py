@@ -61,7 +61,6 @@ from marketdata.models import Market, Token
 from partners.models import Tenant
 from trading import states
 from trading.depletion import (
-    DepletionStore,
     RedisDepletion,
     Take,
     get_depletion_store,
@@ -559,14 +558,14 @@ _TopMark = tuple[str | None, str | None, str | None]
 
 
 def _commit_with_marks(
-    store: DepletionStore, takes: list[Take], tokens: list[str]
+    store: RedisDepletion, takes: list[Take], tokens: list[str]
 ) -> tuple[bool, dict[str, _TopMark] | None]:
-    """`store.commit(takes)`, and when the depletion memory and the price bus share one Redis
-    (both live on settings.REDIS_URL) the latest tops of `tokens` read in the same command;
-    None otherwise (the fill reads them when it values the positions). A top's JSON is the
-    BookTop's fields: only the mark's are taken from it."""
+    """`store.commit(takes)` and, as the depletion memory and the price bus share one Redis
+    (settings.REDIS_URL), the latest tops of `tokens` read in the same command. None for the
+    marks only while the bus is not the Redis one (the fill then reads them when it values
+    the positions). A top's JSON is the BookTop's fields: only the mark's are taken from it."""
     bus = get_bus()
-    if not (isinstance(bus, RedisBus) and isinstance(store, RedisDepletion)):
+    if not isinstance(bus, RedisBus):
         return store.commit(takes), None
     ids = list(dict.fromkeys(tokens))
     ok, blobs = store.commit_and_get(takes, [bus.book_key(t) for t in ids])

@@ -66,7 +66,6 @@ from marketdata.bus import BookTop, RedisBus, get_bus
 from marketdata.models import Market, Token
 from trading import states
 from trading.depletion import (
-    RedisDepletion,
     Take,
     get_depletion_store,
     level_key,
@@ -803,11 +802,11 @@ def _trading_day(account: Account, now: dt.datetime, tenant: Any = None) -> dt.d
 def _marks_and_memories(
     token_ids: list[str], keys: list[str]
 ) -> tuple[dict[str, BookTop] | None, list[str] | None]:
-    """When the price bus and the depletion memory are both on Redis (settings.REDIS_URL
-    puts them on the same server): the live tops of `token_ids` and the raw depletion
-    records of `keys`, in ONE round trip. Elsewhere (None, None): each is read when used."""
-    bus, store = get_bus(), get_depletion_store()
-    if not (isinstance(bus, RedisBus) and isinstance(store, RedisDepletion)):
+    """The live tops of `token_ids` and the raw depletion records of `keys`, in ONE round trip
+    (the price bus and the depletion memory share settings.REDIS_URL). (None, None) only
+    while the bus is not the Redis one: each is then read when used."""
+    bus = get_bus()
+    if not isinstance(bus, RedisBus):
         return None, None
     tops, raws = bus.latest_many_live_and_get(token_ids, keys)
     return tops, ["" if r is None else r.decode() for r in raws]
