@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, ParamSpec, TypeVar
+from urllib.parse import quote
 
 from django.db import IntegrityError, OperationalError, transaction
 
@@ -97,3 +98,17 @@ def db_uuid(value: Any) -> uuid.UUID | None:
     if value is not None and not isinstance(value, uuid.UUID):
         raise TypeError(f"not a UUID: {value!r}")
     return value
+
+
+def database_url(settings_dict: dict[str, Any]) -> str:
+    """A Django database's settings as a DATABASE_URL (for child processes on the same
+    database): TCP host and port, or a Unix socket directory as the embedded server uses."""
+    user = quote(str(settings_dict["USER"] or ""), safe="")
+    secret = settings_dict.get("PASSWORD") or ""
+    password = f":{quote(str(secret), safe='')}" if secret else ""
+    host = str(settings_dict.get("HOST") or "")
+    port = str(settings_dict.get("PORT") or "")
+    name = quote(str(settings_dict["NAME"]), safe="")
+    if host.startswith("/"):
+        return f"postgres://{user}{password}@/{name}?host={quote(host, safe='/')}"
+    return f"postgres://{user}{password}@{host or '127.0.0.1'}:{port or '5432'}/{name}"

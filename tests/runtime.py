@@ -4,24 +4,12 @@ our own commands as child processes on the same PostgreSQL and Redis databases."
 from __future__ import annotations
 
 import os
-from typing import Any
-from urllib.parse import quote
 
 import redis
 from django.conf import settings
 from django.db import connection
 
-
-def database_url(settings_dict: dict[str, Any] | None = None) -> str:
-    """The URL of the database this test process is connected to (pytest-django's test
-    database): TCP host and port, or a Unix socket directory (the embedded server)."""
-    db = settings_dict or connection.settings_dict
-    user = quote(str(db["USER"]), safe="")
-    password = f":{quote(str(db['PASSWORD']), safe='')}" if db.get("PASSWORD") else ""
-    host, port, name = str(db["HOST"] or ""), str(db["PORT"] or ""), str(db["NAME"])
-    if host.startswith("/"):
-        return f"postgres://{user}{password}@/{name}?host={quote(host, safe='/')}"
-    return f"postgres://{user}{password}@{host or '127.0.0.1'}:{port or '5432'}/{name}"
+from core.db import database_url
 
 
 def child_env(**extra: str) -> dict[str, str]:
@@ -30,7 +18,7 @@ def child_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "CELERY_BROKER_URL"}
     env.update(
         DJANGO_SETTINGS_MODULE="config.settings",
-        DATABASE_URL=database_url(),
+        DATABASE_URL=database_url(connection.settings_dict),
         REDIS_URL=str(settings.REDIS_URL),
         SECRET_KEY=str(settings.SECRET_KEY),
         PYTHONUNBUFFERED="1",

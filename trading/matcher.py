@@ -826,22 +826,3 @@ def default_consumer(shards: list[int]) -> str:
     entries at once; a matcher that never comes back has them claimed by another after
     MATCHER_CLAIM_IDLE_SECONDS."""
     return f"matcher-{'-'.join(map(str, shards))}@{socket.gethostname()}"
-
-
-def run_in_thread(stop: threading.Event, *, make: Callable[[], Matcher] | None = None) -> None:
-    """The embedded demo's matcher: every shard, in this process, until `stop`."""
-    from marketdata.bus import get_bus
-    from trading.orderevents import get_order_events
-
-    bus = get_bus()
-    matcher = (
-        make()
-        if make is not None
-        else Matcher(bus=bus, events=get_order_events(), shards=range(bus.n_shards))
-    )
-    try:
-        matcher.run(stop)
-    finally:
-        connections.close_all()  # this thread's connections
-        summary = {k: v for k, v in matcher.stats.as_dict().items() if k != "latencies_ms"}
-        logger.info("matcher stopped: %s", summary)

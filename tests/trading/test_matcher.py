@@ -778,33 +778,3 @@ def test_trading_match_command_fills_from_the_redis_bus(tmp_path):
     assert "matcher stopped" in out
     assert bus.pending_count(0, "matcher") == 0
     audit_clean()
-
-
-@pytest.mark.django_db(transaction=True)
-def test_the_demo_runs_the_matcher_in_process(book):
-    """`make demo`'s matcher: a background component on the in-process bus and order
-    events, filling a resting order with no other service running."""
-    import time
-
-    from core.management.commands import demo
-
-    command = demo.Command(stdout=None)
-    command.no_feed = False
-    names = [c.name for c in command.background_components()]
-    assert names == ["market data", "matcher"]
-
-    account = open_account("100")
-    component = demo.matcher_component()
-    component.start()
-    try:
-        order = place(account, book, "BUY", "0.50", "10")
-        deadline = time.monotonic() + 30
-        while not maker_fills(order):
-            assert time.monotonic() < deadline
-            # Republished until the matcher (started asynchronously) has its group.
-            publish_book(book.token_id, bids=[("0.48", "100")], asks=[("0.49", "4")])
-            time.sleep(0.2)
-    finally:
-        component.stop()
-    assert [f.size for f in maker_fills(order)] == [D("4")]
-    audit_clean()
