@@ -544,7 +544,7 @@ def test_index_reaches_exactly_when_crossing_finds_orders():
 
 def test_fill_rows_when_statements_run_one_by_one(book, monkeypatch):
     # PostgreSQL sends a fill's reads as one multi-statement query (merged by the driver);
-    # with server-side binding (and on SQLite) they run one by one. Both read the same
+    # with server-side binding they run one by one. Both read the same
     # rows, and the writes store text that looks like placeholders or needs quoting as is.
     from core import sqlrows
 
