@@ -144,7 +144,6 @@ REDIS_URL = env.str("REDIS_URL", default="") or _EMBEDDED_URLS["REDIS_URL"]
 # Celery always goes through a broker (a real worker runs the tasks, in the demo too); by
 # default the same Redis.
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="") or celery_broker_url_for(REDIS_URL)
-CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1

@@ -19,4 +19,5 @@ TEST_REDIS_DB = int(os.environ.get("TEST_REDIS_DB", "15"))
 REDIS_URL = redis_url_with_db(REDIS_URL, TEST_REDIS_DB)
 CELERY_BROKER_URL = celery_broker_url_for(REDIS_URL)
 CELERY_TASK_ALWAYS_EAGER = True
+CELERY_TASK_EAGER_PROPAGATES = True  # a failing task fails the test that ran it
 EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
