@@ -8,16 +8,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha1sum requirements.lock 2>/dev/null | cut -c1-12)
 
-.PHONY: install demo test lint bench lock clean fastbook
+.PHONY: install demo test stop lint bench lock clean
 
-install: $(STAMP) fastbook
-
-# The optional compiled feed path (marketdata/_fastbook.c). Without a C compiler the build
-# fails, make says so and carries on: the pure-Python path does the same work, slower.
-fastbook: $(STAMP)
-	@mkdir -p var; $(BIN)/python setup.py --quiet build_ext --inplace >/dev/null 2>var/fastbook-build.log \
-		&& rm -f var/fastbook-build.log \
-		|| { echo "note: marketdata/_fastbook (the compiled feed path) was not built, the pure-Python path will be used; see var/fastbook-build.log"; true; }
+install: $(STAMP)
 
 $(STAMP): requirements.lock
 	@test -n "$(PY)" || { echo "Python >= 3.11 is required (python3.11+ not found on PATH)"; exit 1; }
@@ -26,15 +19,21 @@ $(STAMP): requirements.lock
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
+# Every target runs on the embedded PostgreSQL and Redis under var/ (started on first use,
+# left running for the next command) unless DATABASE_URL / REDIS_URL are set.
+PORT ?= 8000
 demo: install
 	$(BIN)/python manage.py migrate --noinput
-	$(BIN)/python manage.py demo
+	$(BIN)/python manage.py demo --port $(PORT)
 
-# The whole suite (compiled feed path when built), then the market-data tests again on the
-# pure-Python path (POLYSIM_FEED_PURE=1), so both paths stay tested.
+# The whole suite, once.
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
-	POLYSIM_FEED_PURE=1 $(BIN)/python -m pytest $(PYTEST_ARGS) tests/marketdata
+
+# Stop the embedded servers (their data stays under var/; `rm -rf var/postgres var/redis`
+# after this resets it).
+stop:
+	@if test -x $(BIN)/python; then $(BIN)/python -m config.embedded stop; fi
 
 lint: install
 	$(BIN)/ruff check .
@@ -54,4 +53,5 @@ lock: install
 		--no-emit-index-url --no-emit-find-links -o requirements.lock pyproject.toml
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache build marketdata/_fastbook*.so
+	@if test -x $(BIN)/python; then $(BIN)/python -m config.embedded stop; fi
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache build

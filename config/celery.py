@@ -1,5 +1,6 @@
-"""The Celery app. Without a broker (CELERY_BROKER_URL / REDIS_URL unset) tasks run eagerly
-in the calling process, so the embedded demo and the test suite need no Redis."""
+"""The Celery app. Its broker is always Redis (CELERY_BROKER_URL, by default REDIS_URL: the
+embedded redis-server when no URL is set), and a `celery worker` runs the tasks in every mode;
+only the test suite runs them eagerly unless a test asks for a real worker."""
 
 import os
 

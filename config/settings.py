@@ -1,14 +1,16 @@
 """polysim settings, read from the environment (12-factor).
 
-Every variable is documented in deploy/.env.example. With nothing set, the project runs
-embedded: a SQLite file under var/, in-process price bus and rate limiter, eager Celery tasks
-and emails written to files, so `make demo` needs nothing but Python.
+Every variable is documented in deploy/.env.example. With `DATABASE_URL` / `REDIS_URL` unset
+the project starts the checkout's embedded PostgreSQL / Redis (config/embedded.py, real servers
+from pip packages under var/) and uses them exactly as production uses its own: one code path
+in every mode (docs/operations.md, "Embedded servers").
 """
 
 from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
@@ -21,12 +23,22 @@ if (BASE_DIR / ".env").is_file():  # local convenience only; never committed
     environ.Env.read_env(BASE_DIR / ".env")
 
 DEBUG = env.bool("DEBUG", default=False)
-# Embedded = the self-contained setup of `make demo`/`make test` (SQLite, no services). It
-# is the default only on SQLite: a deployment on PostgreSQL with DEBUG=0 and no SECRET_KEY
-# refuses to start.
-EMBEDDED = env.bool(
-    "POLYSIM_EMBEDDED", default=env.str("DATABASE_URL", default="sqlite:").startswith("sqlite:")
-)
+# POLYSIM_EMBEDDED=1 (the default) lets an unset DATABASE_URL / REDIS_URL start the checkout's
+# embedded server; production sets 0, so a missing URL stops the process instead of quietly
+# running a private PostgreSQL inside a container. EMBEDDED: the data lives in the embedded
+# PostgreSQL under var/ (a development checkout); only then (or with DEBUG) may the built-in
+# development SECRET_KEY stand in for a real one.
+_UNSET_URLS = [name for name in ("DATABASE_URL", "REDIS_URL") if not env.str(name, default="")]
+if _UNSET_URLS and not env.bool("POLYSIM_EMBEDDED", default=True):
+    raise ImproperlyConfigured(f"{' and '.join(_UNSET_URLS)} must be set when POLYSIM_EMBEDDED=0")
+EMBEDDED = "DATABASE_URL" in _UNSET_URLS
+_EMBEDDED_URLS: dict[str, str] = {}
+if _UNSET_URLS:
+    from config import embedded
+
+    _EMBEDDED_URLS = embedded.ensure(
+        postgres="DATABASE_URL" in _UNSET_URLS, redis="REDIS_URL" in _UNSET_URLS
+    )
 SECRET_KEY = env.str("SECRET_KEY", default="")
 if not SECRET_KEY:
     if not DEBUG and not EMBEDDED:
@@ -88,38 +100,50 @@ TEMPLATES = [
 ]
 
 # --- Database -----------------------------------------------------------------------------
-DATABASES = {
-    "default": env.db_url("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'polysim.sqlite3'}"),
-}
+DATABASE_URL = env.str("DATABASE_URL", default="") or _EMBEDDED_URLS["DATABASE_URL"]
+DATABASES = {"default": env.db_url_config(DATABASE_URL)}
 _db = DATABASES["default"]
-if _db["ENGINE"] == "django.db.backends.sqlite3":
-    if _db["NAME"] and _db["NAME"] != ":memory:":
-        Path(_db["NAME"]).parent.mkdir(parents=True, exist_ok=True)
-    # WAL + a busy timeout let the embedded demo's threads (web, feed, matcher) share the file.
-    _db.setdefault("OPTIONS", {}).update(
-        {"timeout": 20, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL;"}
-    )
-else:
-    if _db["ENGINE"] == "django.db.backends.postgresql":
-        # Django's, with a health check that skips its SELECT 1 round trip while the
-        # connection's socket shows the server has not closed it (core/dbbackends).
-        _db["ENGINE"] = "core.dbbackends.postgresql"
-    _db["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=60)
-    _db["CONN_HEALTH_CHECKS"] = True
-    _db.setdefault("OPTIONS", {}).setdefault(
-        "connect_timeout", env.int("DB_CONNECT_TIMEOUT", default=5)
-    )
+if _db["ENGINE"] != "django.db.backends.postgresql":
+    raise ImproperlyConfigured("DATABASE_URL must be a PostgreSQL URL (postgres://...)")
+# Django's, with a health check that skips its SELECT 1 round trip while the connection's
+# socket shows the server has not closed it (core/dbbackends).
+_db["ENGINE"] = "core.dbbackends.postgresql"
+if not _db["HOST"] and "host" in _db.get("OPTIONS", {}):  # a Unix socket dir, as embedded uses
+    _db["HOST"] = _db["OPTIONS"].pop("host")
+_db["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=60)
+_db["CONN_HEALTH_CHECKS"] = True
+_db.setdefault("OPTIONS", {}).setdefault(
+    "connect_timeout", env.int("DB_CONNECT_TIMEOUT", default=5)
+)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_USER_MODEL = "accounts.User"
 
+
 # --- Redis, Celery ------------------------------------------------------------------------
-REDIS_URL = env.str("REDIS_URL", default="")
-CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL)
-CELERY_TASK_ALWAYS_EAGER = not CELERY_BROKER_URL
-if CELERY_TASK_ALWAYS_EAGER:
-    # Never used for delivery; naming a host keeps kombu from warning that it guessed one.
-    CELERY_BROKER_URL = "memory://localhost/"
-CELERY_TASK_EAGER_PROPAGATES = True
+def redis_url_with_db(url: str, db: int) -> str:
+    """`url` pointing at database number `db` (redis:// and rediss:// in the path, unix:// in
+    the query, as redis-py reads them)."""
+    parts = urlsplit(url)
+    query = [(key, value) for key, value in parse_qsl(parts.query) if key != "db"]
+    if parts.scheme == "unix":  # urlunsplit would drop the empty authority: unix:/path
+        return f"unix://{parts.netloc}{parts.path}?{urlencode([*query, ('db', str(db))])}"
+    return urlunsplit(parts._replace(path=f"/{db}", query=urlencode(query)))
+
+
+def celery_broker_url_for(redis_url: str) -> str:
+    """Kombu's spelling of a Redis URL: a Unix socket is `redis+socket://<path>?virtual_host=N`
+    (kombu does not read redis-py's `unix://...?db=N`); TCP URLs are the same in both."""
+    parts = urlsplit(redis_url)
+    if parts.scheme != "unix":
+        return redis_url
+    db = dict(parse_qsl(parts.query)).get("db", "0")
+    return f"redis+socket://{parts.path}?virtual_host={db}"
+
+
+REDIS_URL = env.str("REDIS_URL", default="") or _EMBEDDED_URLS["REDIS_URL"]
+# Celery always goes through a broker (a real worker runs the tasks, in the demo too); by
+# default the same Redis.
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="") or celery_broker_url_for(REDIS_URL)
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1

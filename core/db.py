@@ -12,9 +12,9 @@ import uuid
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, ParamSpec, TypeVar
+from urllib.parse import quote
 
-from django.db import IntegrityError, OperationalError, connection, transaction
-from django.utils.dateparse import parse_datetime
+from django.db import IntegrityError, OperationalError, transaction
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -23,7 +23,6 @@ logger = logging.getLogger("polysim.db")
 
 # SQLSTATEs Postgres asks clients to retry (serialization_failure, deadlock_detected).
 RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
-_SIX_PLACES = Decimal("0.000001")
 
 
 def create_or_get(create: Callable[[], T], get: Callable[[], T | None]) -> tuple[T, bool]:
@@ -70,43 +69,46 @@ def retry_on_conflict(attempts: int = 5) -> Callable[[Callable[P, T]], Callable[
     return decorator
 
 
-# --- Raw row values → Python, the same on PostgreSQL and SQLite -------------------------------
+# --- Raw row values → Python -------------------------------------------------------------------
 # Hot read paths use fixed SQL instead of the ORM (building a query costs more than running
-# it). These turn driver values into what the ORM would have returned.
+# it). These turn psycopg's values into what the ORM would have returned.
 def db_decimal(value: Any) -> Decimal | None:
-    """NUMERIC → Decimal. SQLite hands back int/float for decimal columns; those are converted
-    through their shortest repr and quantized to the 6 places every money column has, which
-    is what Django's own SQLite converter does."""
+    """NUMERIC → Decimal (psycopg hands numeric back as Decimal; an integer expression such
+    as a COALESCE(..., 0) comes back as int)."""
     if value is None or isinstance(value, Decimal):
         return value
     if isinstance(value, float):
-        return Decimal(repr(value)).quantize(_SIX_PLACES)
+        raise TypeError(f"money is never a float: {value!r}")
     return Decimal(value)
 
 
 def db_datetime(value: Any) -> dt.datetime | None:
-    """timestamptz (aware) or SQLite's naive-UTC text → aware UTC datetime."""
-    if value is None or (isinstance(value, dt.datetime) and value.tzinfo is not None):
-        return value
-    if isinstance(value, str):
-        parsed = parse_datetime(value)
-        if parsed is None:
-            raise ValueError(f"not a datetime: {value!r}")
-        value = parsed
-    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value
+    """timestamptz → aware datetime (psycopg already returns one; None stays None)."""
+    if value is not None and (not isinstance(value, dt.datetime) or value.tzinfo is None):
+        raise TypeError(f"not an aware datetime: {value!r}")
+    return value
 
 
 def db_json(value: Any) -> Any:
-    """jsonb/JSON text → Python (Django registers no jsonb loader, so both are text)."""
+    """jsonb → Python (Django registers no jsonb loader, so it arrives as text)."""
     return json.loads(value) if isinstance(value, (str, bytes)) else value
 
 
 def db_uuid(value: Any) -> uuid.UUID | None:
-    if value is None or isinstance(value, uuid.UUID):
-        return value
-    return uuid.UUID(str(value))
+    if value is not None and not isinstance(value, uuid.UUID):
+        raise TypeError(f"not a UUID: {value!r}")
+    return value
 
 
-def db_param_uuid(value: uuid.UUID) -> Any:
-    """A UUID as this connection's driver wants it (native uuid, or hex text on SQLite)."""
-    return value if connection.vendor == "postgresql" else value.hex
+def database_url(settings_dict: dict[str, Any]) -> str:
+    """A Django database's settings as a DATABASE_URL (for child processes on the same
+    database): TCP host and port, or a Unix socket directory as the embedded server uses."""
+    user = quote(str(settings_dict["USER"] or ""), safe="")
+    secret = settings_dict.get("PASSWORD") or ""
+    password = f":{quote(str(secret), safe='')}" if secret else ""
+    host = str(settings_dict.get("HOST") or "")
+    port = str(settings_dict.get("PORT") or "")
+    name = quote(str(settings_dict["NAME"]), safe="")
+    if host.startswith("/"):
+        return f"postgres://{user}{password}@/{name}?host={quote(host, safe='/')}"
+    return f"postgres://{user}{password}@{host or '127.0.0.1'}:{port or '5432'}/{name}"

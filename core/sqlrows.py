@@ -4,8 +4,8 @@ Building an ORM query (compiling the SELECT, the INSERT of a bulk_create, an UPD
 queryset) costs more CPU than running it on a small indexed statement; the order placement
 path runs a dozen of them per order. These helpers keep the ORM's *values* semantics — every
 value written goes through its field's `get_db_prep_save` (so UUIDs, datetimes, decimals and
-JSON are stored exactly as the ORM stores them, on PostgreSQL and on SQLite; the values it
-hands back unchanged skip the call), and values read go through core.db's converters — but
+JSON are stored exactly as the ORM stores them; the values it hands back unchanged skip the
+call), and values read go through core.db's converters — but
 the SQL text is built once per shape and cached.
 
 `run_statements` sends several statements in ONE round trip on PostgreSQL (values merged
@@ -13,7 +13,8 @@ into the text as psycopg's client-side binding cursor merges them — `mogrify`,
 its `execute` does; `literal` writes the common types the same way for less CPU — and the
 list sent with the simple query protocol, which takes a `;`-separated list; they run in
 order inside the caller's transaction and the first error aborts it, as separate
-statements would), and one by one elsewhere.
+statements would), and one by one with server-side binding (which takes one statement per
+query).
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from functools import cache
 from typing import Any, TypeVar
 
 from django.db import DEFAULT_DB_ALIAS, connection, connections, models
-from django.utils.dateparse import parse_date, parse_time
 
 from core.db import db_datetime, db_json, db_uuid
 
@@ -40,25 +40,14 @@ def _decimal_converter(places: int | None) -> Callable[[Any], Any]:
 
     def convert(value: Any) -> Any:
         if value is None or isinstance(value, Decimal):
-            return value  # PostgreSQL: numeric already, at the column's scale
-        # SQLite hands back int/float: through the shortest repr, at the field's places (as
-        # Django's own SQLite converter quantizes).
-        d = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
+            return value  # numeric already, at the column's scale
+        if isinstance(value, float):
+            raise TypeError(f"money is never a float: {value!r}")
+        # An integer expression (a COALESCE(..., 0)): at the field's places, as the column.
+        d = Decimal(value)
         return d.quantize(quantum) if quantum is not None else d
 
     return convert
-
-
-def _date(value: Any) -> Any:
-    return parse_date(value) if isinstance(value, str) else value
-
-
-def _time(value: Any) -> Any:
-    return parse_time(value) if isinstance(value, str) else value
-
-
-def _bool(value: Any) -> Any:
-    return value if value is None or isinstance(value, bool) else bool(value)
 
 
 def _identity(value: Any) -> Any:
@@ -75,15 +64,9 @@ def field_converter(field: models.Field[Any, Any]) -> Callable[[Any], Any]:
         return db_uuid
     if isinstance(field, models.DateTimeField):
         return db_datetime
-    if isinstance(field, models.DateField):
-        return _date
-    if isinstance(field, models.TimeField):
-        return _time
     if isinstance(field, models.JSONField):
         return db_json
-    if isinstance(field, models.BooleanField):
-        return _bool
-    return _identity
+    return _identity  # psycopg's date, time, bool, int and text are what the ORM holds
 
 
 def _field(model: type[models.Model], name: str) -> models.Field[Any, Any]:
@@ -145,8 +128,8 @@ def _has_pre_save(field: models.Field[Any, Any]) -> bool:
     return type(field).pre_save is not models.Field.pre_save
 
 
-# Field classes whose get_db_prep_save hands values of one type back unchanged on
-# PostgreSQL (to_python and the backend's adapt_* are identities for them there).
+# Field classes whose get_db_prep_save hands values of one type back unchanged (to_python and
+# PostgreSQL's adapt_* are identities for them).
 _PLAIN_TYPES: dict[type, type] = {
     models.CharField: str,
     models.TextField: str,
@@ -164,10 +147,10 @@ def _plain_type(field: models.Field[Any, Any]) -> type | None:
 
 def _prep(field: models.Field[Any, Any], plain: type | None, value: Any, conn: Any) -> Any:
     """`field.get_db_prep_save(value, conn)`, without the call where it returns the value
-    unchanged: on PostgreSQL, None for a nullable field, and a value of the field's plain
+    unchanged: None for a nullable field, and a value of the field's plain
     type — any str for text fields (choices members included), a finite Decimal, a UUID,
     an aware datetime, a bool. Tests compare the statements with the full call's."""
-    if plain is not None and conn.vendor == "postgresql":
+    if plain is not None:
         if value is None:
             if field.null:
                 return None
@@ -242,8 +225,8 @@ def update_fields(model: type[models.Model], pk: Any, values: dict[str, Any]) ->
 
 
 def run_statements(statements: Sequence[Statement]) -> None:
-    """Execute these writes in order, in ONE round trip on PostgreSQL (see the module
-    docstring), one by one on other databases. Runs inside the caller's transaction."""
+    """Execute these writes in order, in ONE round trip (see the module docstring; one by one
+    with server-side binding). Runs inside the caller's transaction."""
     if not statements:
         return
     with connection.cursor() as cursor:
@@ -260,13 +243,13 @@ def run_statements(statements: Sequence[Statement]) -> None:
 def fetch_statements(
     statements: Sequence[Statement], *, joined: bool = False, db: Any = None
 ) -> list[list[tuple[Any, ...]]]:
-    """The rows of each of these SELECTs, in ONE round trip on PostgreSQL (as
-    `run_statements`; the driver hands back one result per statement), one by one
-    elsewhere. `joined`: for a few SHORT statements with few values, send them as one text
-    merged with all the values in one pass, which psycopg keeps parsed in its cache (at most
-    50 values and 4,096 characters); the default merges statement by statement, the right
-    choice for long ones, whose joined text would be parsed on every call. `db`: the
-    connection, when the caller already holds it (default: the default connection)."""
+    """The rows of each of these SELECTs, in ONE round trip (as `run_statements`; the driver
+    hands back one result per statement). `joined`: for a few SHORT statements with few
+    values, send them as one text merged with all the values in one pass, which psycopg
+    keeps parsed in its cache (at most 50 values and 4,096 characters); the default merges
+    statement by statement, the right choice for long ones, whose joined text would be parsed
+    on every call. `db`: the connection, when the caller already holds it (default: the
+    default connection)."""
     out: list[list[tuple[Any, ...]]] = []
     with (connection if db is None else db).cursor() as cursor:
         if len(statements) > 1 and _multi_statement(cursor):
@@ -384,10 +367,8 @@ def literal(value: Any) -> str | None:
 
 def _multi_statement(cursor: Any) -> bool:
     """Whether this cursor sends a `;`-separated list in one round trip: psycopg's
-    client-side binding cursor (Django's default on PostgreSQL) does; server-side binding
-    (OPTIONS server_side_binding) and other drivers do not."""
-    if connection.vendor != "postgresql":
-        return False
+    client-side binding cursor (Django's default) does; server-side binding (OPTIONS
+    server_side_binding) does not."""
     from psycopg import ClientCursor
 
     return isinstance(cursor.cursor, ClientCursor)

@@ -16,9 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -54,9 +52,8 @@ def idempotent_call(
     function's `transaction.atomic()`, and the IdempotencyRecord is inserted in that same
     transaction, so the effect and the record commit together or not at all.
 
-    Locking: a non-blocking lock per (tenant, key) is held for the whole transaction:
-    `pg_try_advisory_xact_lock` on PostgreSQL, a process-local registry elsewhere (SQLite, the
-    embedded single-process mode). A second request with the same key never waits; it gets
+    Locking: a non-blocking lock per (tenant, key), `pg_try_advisory_xact_lock`, is held for
+    the whole transaction. A second request with the same key never waits; it gets
     IdempotencyKeyInUse (409) while the first runs.
 
     Idempotency: with `key` None this is just `call()`. A stored, unexpired record with the same
@@ -79,13 +76,12 @@ def idempotent_call(
     scope: dict[str, Any] = {"tenant": tenant} if tenant is not None else {"user": user}
     lock_id = _lock_id(tenant.pk, key) if tenant is not None else _lock_id(f"u{user.pk}", key)
     committed_error: BaseException | None = None
-    with _local_key_lock(lock_id), transaction.atomic():
-        if connection.vendor == "postgresql":
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [lock_id])
-                (acquired,) = cursor.fetchone()
-            if not acquired:
-                raise errors.IdempotencyKeyInUse()
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [lock_id])
+            (acquired,) = cursor.fetchone()
+        if not acquired:
+            raise errors.IdempotencyKeyInUse()
 
         now = timezone.now()
         record = IdempotencyRecord.objects.filter(**scope, key=key).first()
@@ -204,27 +200,3 @@ def _render(data: Any) -> str:
     (Decimals, UUIDs and datetimes included). Stored as text, not as a JSON object, because
     PostgreSQL's jsonb reorders object keys: replays must be byte-identical to the original."""
     return json.dumps(data, cls=DrfJSONEncoder, ensure_ascii=False, allow_nan=False)
-
-
-# Process-local key locks for databases without advisory locks. Taken before the transaction
-# begins and released after it ends: SQLite serialises write transactions (BEGIN IMMEDIATE),
-# so taking it inside would make a concurrent duplicate wait for the database instead of
-# failing fast with 409.
-_local_locks: set[int] = set()
-_local_locks_guard = threading.Lock()
-
-
-@contextmanager
-def _local_key_lock(lock_id: int) -> Iterator[None]:
-    if connection.vendor == "postgresql":
-        yield
-        return
-    with _local_locks_guard:
-        if lock_id in _local_locks:
-            raise errors.IdempotencyKeyInUse()
-        _local_locks.add(lock_id)
-    try:
-        yield
-    finally:
-        with _local_locks_guard:
-            _local_locks.discard(lock_id)

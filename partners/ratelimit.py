@@ -6,26 +6,22 @@ buckets use the tenant's limits (partner-api.md §3). A request is admitted only
 windows have room; only admitted requests are recorded, so a client hammering a full window
 does not extend its own ban.
 
-With settings.REDIS_URL set the logs are Redis sorted sets updated by one Lua script, with the
-Redis server's clock, so every web process shares the counts and agrees on time. DRF's throttles
-do a read-modify-write on the cache and admit more than the limit under concurrency
-(reliability.md T8); the script cannot. Without REDIS_URL (embedded mode, tests) an in-process
-log with the same semantics is used.
+The logs are Redis sorted sets (settings.REDIS_URL) updated by one Lua script, with the Redis
+server's clock, so every web process shares the counts and agrees on time. DRF's throttles do a
+read-modify-write on the cache and admit more than the limit under concurrency (reliability.md
+T8); the script cannot.
 
-If Redis cannot be reached the request passes (fail open) and a warning is logged; a circuit
-breaker then skips Redis for BREAKER_SECONDS so an outage costs one timeout per process per
-period instead of one per request.
+If Redis cannot be reached the request passes (fail open, docs/operations.md) and a warning is
+logged; a circuit breaker then skips Redis for BREAKER_SECONDS so an outage costs one timeout
+per process per period instead of one per request.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 import uuid
-from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
@@ -40,8 +36,6 @@ MINUTE_WINDOW_S = 60
 BREAKER_SECONDS = 2.0
 REDIS_CONNECT_TIMEOUT_S = 0.2
 REDIS_SOCKET_TIMEOUT_S = 0.2
-# The in-process limiter drops buckets nobody touched for a full window this often.
-LOCAL_SWEEP_INTERVAL_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -78,20 +72,15 @@ def rate_limit_check(
     """Count one request of API key `key_prefix` of tenant `tenant_id` against the tenant's
     limits and say whether it may proceed.
 
-    Atomic: the check and the recording of all four windows happen in one Redis script (or
-    under one process lock in embedded mode), so N concurrent callers can never all see the
-    last free slot. Not idempotent: every call that is admitted consumes a slot.
+    Atomic: the check and the recording of all four windows happen in one Redis script, so N
+    concurrent callers can never all see the last free slot. Not idempotent: every call that
+    is admitted consumes a slot.
     Never raises for store failures: an unreachable Redis yields allowed=True, degraded=True.
     """
     if per_second <= 0 or per_minute <= 0:
         raise ValueError("rate limits must be positive")
-    url = str(getattr(settings, "REDIS_URL", "") or "")
-    if not url:
-        return _local.check(
-            tenant_id=tenant_id, key_prefix=key_prefix, per_second=per_second, per_minute=per_minute
-        )
     return _redis_check(
-        url,
+        str(settings.REDIS_URL),
         tenant_id=tenant_id,
         key_prefix=key_prefix,
         per_second=per_second,
@@ -99,10 +88,8 @@ def rate_limit_check(
     )
 
 
-def rate_limit_reset_local() -> None:
-    """Forget all process-local limiter state: the in-process windows and the Redis circuit
-    breaker (tests)."""
-    _local.clear()
+def rate_limit_breaker_reset() -> None:
+    """Close this process's circuit breaker: the next call tries Redis again (tests)."""
     _breaker.reset()
 
 
@@ -298,96 +285,3 @@ def _redis_check(
         retry_after=None if allowed else max(1, _ceil_div(retry_us, 1_000_000)),
         degraded=False,
     )
-
-
-# --- In-process -----------------------------------------------------------------------------
-
-# Seam for tests: the in-process windows run on this monotonic clock.
-_clock: Callable[[], float] = time.monotonic
-
-# (tenant_id, key_prefix or None for the tenant bucket, window seconds)
-_BucketId = tuple[int, str | None, int]
-
-
-class _LocalLimiter:
-    """Same semantics as the script, for one process: a deque of admission times per bucket,
-    all under one lock. Memory is bounded: a bucket holds at most `limit` entries and is
-    dropped once its window is empty."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._buckets: dict[_BucketId, deque[float]] = {}
-        self._next_sweep = 0.0
-
-    def clear(self) -> None:
-        with self._lock:
-            self._buckets.clear()
-            self._next_sweep = 0.0
-
-    def _trim(self, bucket: _BucketId, now: float) -> deque[float] | None:
-        log = self._buckets.get(bucket)
-        if log is None:
-            return None
-        cutoff = now - bucket[2]
-        while log and log[0] <= cutoff:
-            log.popleft()
-        if not log:
-            del self._buckets[bucket]
-            return None
-        return log
-
-    def _sweep(self, now: float) -> None:
-        for bucket in list(self._buckets):
-            self._trim(bucket, now)
-        self._next_sweep = now + LOCAL_SWEEP_INTERVAL_S
-
-    def check(
-        self, *, tenant_id: int, key_prefix: str, per_second: int, per_minute: int
-    ) -> RateLimitResult:
-        specs: list[tuple[_BucketId, int]] = [
-            ((tenant_id, None, SECOND_WINDOW_S), per_second),
-            ((tenant_id, None, MINUTE_WINDOW_S), per_minute),
-            ((tenant_id, key_prefix, SECOND_WINDOW_S), per_second),
-            ((tenant_id, key_prefix, MINUTE_WINDOW_S), per_minute),
-        ]
-        with self._lock:
-            now = _clock()
-            wall = time.time()
-            if now >= self._next_sweep:
-                self._sweep(now)
-            counts: list[int] = []
-            allowed = True
-            wait = 0.0
-            for bucket, limit in specs:
-                log = self._trim(bucket, now)
-                n = len(log) if log is not None else 0
-                counts.append(n)
-                if log is not None and n >= limit:
-                    allowed = False
-                    wait = max(wait, log[n - limit] + bucket[2] - now)
-            if allowed:
-                for i, (bucket, _limit) in enumerate(specs):
-                    self._buckets.setdefault(bucket, deque()).append(now)
-                    counts[i] += 1
-            oldest: float | None = None
-            for bucket, _limit in (specs[1], specs[3]):
-                log = self._buckets.get(bucket)
-                if log and (oldest is None or log[0] < oldest):
-                    oldest = log[0]
-        if oldest is None:
-            reset_at = int(wall) + MINUTE_WINDOW_S
-        else:
-            reset_at = math.ceil(wall + (oldest + MINUTE_WINDOW_S - now))
-        return RateLimitResult(
-            allowed=allowed,
-            limit_per_second=per_second,
-            remaining_per_second=max(0, min(per_second - counts[0], per_second - counts[2])),
-            limit_per_minute=per_minute,
-            remaining_per_minute=max(0, min(per_minute - counts[1], per_minute - counts[3])),
-            reset_at=reset_at,
-            retry_after=None if allowed else max(1, math.ceil(wait)),
-            degraded=False,
-        )
-
-
-_local = _LocalLimiter()

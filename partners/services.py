@@ -23,7 +23,7 @@ from accounts.services.wallets import (
     user_ensure,
 )
 from core import errors
-from core.db import create_or_get, db_param_uuid
+from core.db import create_or_get
 from core.sqlrows import model_from_row
 from partners import keys
 from partners.models import ALL_SCOPES, ApiKey, Tenant, TenantUser
@@ -176,7 +176,7 @@ _MAPPING_GET = (
 )
 _MAPPING_INSERT = (
     'INSERT INTO "partners_tenantuser" ("id", "tenant_id", "user_id", "external_id", '
-    '"metadata", "created_at") VALUES (%s, %s, %s, %s, {json}, %s) '
+    '"metadata", "created_at") VALUES (%s, %s, %s, %s, CAST(%s AS jsonb), %s) '
     'ON CONFLICT DO NOTHING RETURNING "id"'
 )
 
@@ -227,17 +227,16 @@ def trader_register(
     pk = uuid.uuid4()
     created_at = timezone.now()
     metadata = metadata or {}
-    is_pg = connection.vendor == "postgresql"
     with connection.cursor() as cursor:
         cursor.execute(
-            _MAPPING_INSERT.format(json="CAST(%s AS jsonb)" if is_pg else "%s"),
+            _MAPPING_INSERT,
             [
-                db_param_uuid(pk),
+                pk,
                 tenant.pk,
                 user.pk,
                 external_id,
                 json.dumps(metadata),
-                connection.ops.adapt_datetimefield_value(created_at),
+                created_at,
             ],
         )
         inserted = cursor.fetchone() is not None

@@ -13,9 +13,8 @@ still exactly what was read (compare-and-set over all of them at once), else not
 False — the caller re-reads and walks again. So two orders inside one book update can never
 both take the same shares, whichever accounts (and therefore row locks) they belong to.
 
-Backends: Redis (a Lua script, keys `dep:<token>:<side>:<price>`, 1 h TTL) when
-settings.REDIS_URL is set; otherwise a process-local dict behind a lock (embedded demo and
-tests; one process only).
+Stored on Redis (settings.REDIS_URL, shared by every web and worker process): a Lua script,
+keys `dep:<token>:<side>:<price>`, 1 h TTL.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 from core.money import ZERO
 
@@ -110,16 +109,6 @@ class Take:
         return f"{norm(self.published)}|{norm(self.taken_before + self.size)}"
 
 
-class DepletionStore(Protocol):
-    def read(self, keys: list[str]) -> list[str]:
-        """The raw records of these keys ("" where none), in ONE round trip."""
-
-    def commit(self, takes: list[Take]) -> bool:
-        """Compare-and-set all takes atomically; False (and nothing written) on any change."""
-
-    def clear(self) -> None: ...
-
-
 def _cas_args(takes: list[Take]) -> list[str]:
     """The compare-and-set script's ARGV for these takes: each one's value read and new
     value, then the TTL."""
@@ -130,35 +119,13 @@ def _cas_args(takes: list[Take]) -> list[str]:
     return args
 
 
-def memories(store: DepletionStore, keys: list[str], published: list[Decimal]) -> list[LevelMemory]:
+def memories(store: RedisDepletion, keys: list[str], published: list[Decimal]) -> list[LevelMemory]:
     return memories_of(store.read(keys), published)
 
 
 def memories_of(raws: list[str], published: list[Decimal]) -> list[LevelMemory]:
     """The memories of records already read (`read`'s values: "" where none)."""
     return [LevelMemory(raw, _parse(raw, size)) for raw, size in zip(raws, published, strict=True)]
-
-
-class InProcessDepletion:
-    def __init__(self) -> None:
-        self._data: dict[str, str] = {}
-        self._lock = threading.Lock()
-
-    def read(self, keys: list[str]) -> list[str]:
-        with self._lock:
-            return [self._data.get(k, "") for k in keys]
-
-    def commit(self, takes: list[Take]) -> bool:
-        with self._lock:
-            if any(self._data.get(t.key, "") != t.raw for t in takes):
-                return False
-            for t in takes:
-                self._data[t.key] = t.new_value()
-            return True
-
-    def clear(self) -> None:
-        with self._lock:
-            self._data.clear()
 
 
 class RedisDepletion:
@@ -201,19 +168,15 @@ class RedisDepletion:
             self.client.delete(*keys)
 
 
-_in_process = InProcessDepletion()
 _redis: dict[str, RedisDepletion] = {}
 _redis_lock = threading.Lock()
 
 
-def get_depletion_store() -> DepletionStore:
-    """Redis when settings.REDIS_URL is set (shared by every web and worker process), else
-    this process's in-memory store."""
+def get_depletion_store() -> RedisDepletion:
+    """The depletion memory on settings.REDIS_URL (one client per URL and process)."""
     from django.conf import settings
 
-    url = getattr(settings, "REDIS_URL", "") or ""
-    if not url:
-        return _in_process
+    url = str(settings.REDIS_URL)
     with _redis_lock:
         store = _redis.get(url)
         if store is None:
@@ -222,7 +185,6 @@ def get_depletion_store() -> DepletionStore:
 
 
 def reset_depletion() -> None:
-    """Forget the in-process memory and Redis clients (tests)."""
-    _in_process.clear()
+    """Forget this process's Redis clients (tests)."""
     with _redis_lock:
         _redis.clear()

@@ -224,17 +224,12 @@ def _decimal(text: str | None) -> Decimal | None:
 
 
 # --- trigger keys -----------------------------------------------------------------------------
-def entry_key(scope_ms: int, shard: int, entry_id: str) -> str:
-    """A bus entry as a fixed-width string that sorts like the stream: Redis ids are
-    "<ms>-<seq>" (time-based already, scope 0); an in-process bus numbers entries from 1 per
-    process, so its creation time is the scope that keeps keys unique across restarts."""
+def entry_key(shard: int, entry_id: str) -> str:
+    """A bus entry as a fixed-width string that sorts like the stream (Redis ids are
+    "<ms>-<seq>", time-based). The 13 leading zeros keep the width of the keys fills already
+    store (a scope an in-process bus once needed), so old and new keys compare."""
     ms, _, seq = entry_id.partition("-")
-    return f"{scope_ms:013d}{shard:03d}{int(ms):015d}{int(seq or 0):08d}"
-
-
-def bus_scope_ms(bus: PriceBus) -> int:
-    """0: the bus is Redis, whose entry ids are time-based already."""
-    return 0
+    return f"{0:013d}{shard:03d}{int(ms):015d}{int(seq or 0):08d}"
 
 
 # --- stats ------------------------------------------------------------------------------------
@@ -399,7 +394,6 @@ class Matcher:
         self._in_flight = 0
         self.index = RestingIndex()
         self.stats = MatcherStats()
-        self.scope_ms = bus_scope_ms(bus)
         self._event_ids: dict[int, str] = {}
         # token -> (its last top, still encoded until someone needs it; trigger base)
         self._last_top: dict[str, tuple[BookTop | bytes, str]] = {}
@@ -470,7 +464,7 @@ class Matcher:
             if not top.fresh or not self._candidates(top):
                 continue
             shard = self.bus.shard_of(token)
-            base = f"{entry_key(self.scope_ms, shard, f'{top.published_at}-0')}00000s"
+            base = f"{entry_key(shard, f'{top.published_at}-0')}00000s"
             self._dispatch(token, functools.partial(self._on_top, top, base), None)
             crossing += 1
         return crossing
@@ -762,7 +756,7 @@ class Matcher:
         batch = _Batch(shard, [m.id for m in msgs])
         self._batches.append(batch)
         for msg in msgs:
-            base = entry_key(self.scope_ms, shard, msg.id)
+            base = entry_key(shard, msg.id)
             for i, trade in enumerate(msg.trades):
                 self.stats.trades += 1
                 if self.index.has_token(trade.token_id):
@@ -804,11 +798,10 @@ class Matcher:
 
     def _parallel(self) -> bool:
         # Worker threads have their own connections: they must not be used while this thread
-        # is inside a transaction (they could not see its rows) nor on SQLite (one writer).
+        # is inside a transaction (they could not see its rows).
         if self.workers <= 1:
             return False
-        db = connections[DEFAULT_DB_ALIAS]  # one thread-local lookup, not one per attribute
-        return db.vendor != "sqlite" and not db.in_atomic_block
+        return not connections[DEFAULT_DB_ALIAS].in_atomic_block
 
     def _dispatch(self, token: str, work: Callable[[], object], batch: _Batch | None) -> None:
         """Run `work` after every earlier work item of the same token (fills of one token in
@@ -1032,22 +1025,3 @@ def default_consumer(shards: list[int]) -> str:
     entries at once; a matcher that never comes back has them claimed by another after
     MATCHER_CLAIM_IDLE_SECONDS."""
     return f"matcher-{'-'.join(map(str, shards))}@{socket.gethostname()}"
-
-
-def run_in_thread(stop: threading.Event, *, make: Callable[[], Matcher] | None = None) -> None:
-    """The embedded demo's matcher: every shard, in this process, until `stop`."""
-    from marketdata.bus import get_bus
-    from trading.orderevents import get_order_events
-
-    bus = get_bus()
-    matcher = (
-        make()
-        if make is not None
-        else Matcher(bus=bus, events=get_order_events(), shards=range(bus.n_shards))
-    )
-    try:
-        matcher.run(stop)
-    finally:
-        connections.close_all()  # this thread's connections
-        summary = {k: v for k, v in matcher.stats.as_dict().items() if k != "latencies_ms"}
-        logger.info("matcher stopped: %s", summary)

@@ -9,9 +9,8 @@ every fill re-reads and locks the order row.
 
 One stream per price-bus shard (the shard of the order's token), so a matcher reads only
 its shard's events, with plain XREAD from the last id it saw (no consumer group: every
-matcher of a shard needs every event). Backends as the price bus: Redis streams
-`trading:orders:<shard>` (trimmed with MAXLEN ~) when settings.REDIS_URL is set, else a
-bounded in-process log (embedded demo, tests).
+matcher of a shard needs every event). Stored, like the price bus, on Redis
+(settings.REDIS_URL): streams `trading:orders:<shard>`, trimmed with MAXLEN ~.
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
-from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -97,33 +95,6 @@ class OrderEventLog(Protocol):
         """Events after `after_id`, oldest first, at most `count` (non-blocking)."""
 
 
-class InProcessOrderEvents:
-    def __init__(self, *, n_shards: int = 1, maxlen: int = DEFAULT_MAXLEN) -> None:
-        self.n_shards = n_shards
-        self._logs: list[deque[tuple[int, bytes]]] = [deque(maxlen=maxlen) for _ in range(n_shards)]
-        self._next = [1] * n_shards
-        self._lock = threading.Lock()
-
-    def publish(self, events: Sequence[OrderEvent]) -> None:
-        with self._lock:
-            for event in events:
-                shard = shard_of(event.token_id, self.n_shards)
-                self._logs[shard].append((self._next[shard], event.to_json()))
-                self._next[shard] += 1
-
-    def last_id(self, shard: int) -> str:
-        with self._lock:
-            return f"{self._next[shard] - 1}-0"
-
-    def read_after(
-        self, shard: int, after_id: str, count: int = 1000
-    ) -> list[tuple[str, OrderEvent]]:
-        after = int(after_id.split("-", 1)[0])
-        with self._lock:
-            rows = [(n, blob) for n, blob in self._logs[shard] if n > after][:count]
-        return [(f"{n}-0", OrderEvent.from_json(blob)) for n, blob in rows]
-
-
 class RedisOrderEvents:
     def __init__(self, client: Any, *, n_shards: int = 1, maxlen: int = DEFAULT_MAXLEN) -> None:
         self.client = client
@@ -172,34 +143,26 @@ class RedisOrderEvents:
 
 
 _lock = threading.Lock()
-_in_process: InProcessOrderEvents | None = None
 _redis: dict[tuple[str, int], RedisOrderEvents] = {}
 
 
-def get_order_events() -> OrderEventLog:
-    """Redis when settings.REDIS_URL is set, else this process's log; sharded like the price
-    bus (PRICE_BUS_SHARDS)."""
+def get_order_events() -> RedisOrderEvents:
+    """The order-event streams on settings.REDIS_URL, sharded like the price bus
+    (PRICE_BUS_SHARDS); one client per URL and process."""
     from django.conf import settings
 
-    url = getattr(settings, "REDIS_URL", "") or ""
+    url = str(settings.REDIS_URL)
     n_shards = int(getattr(settings, "PRICE_BUS_SHARDS", 1) or 1)
-    global _in_process
     with _lock:
-        if url:
-            found = _redis.get((url, n_shards))
-            if found is None:
-                found = _redis[(url, n_shards)] = RedisOrderEvents.from_url(url, n_shards=n_shards)
-            return found
-        if _in_process is None or _in_process.n_shards != n_shards:
-            _in_process = InProcessOrderEvents(n_shards=n_shards)
-        return _in_process
+        found = _redis.get((url, n_shards))
+        if found is None:
+            found = _redis[(url, n_shards)] = RedisOrderEvents.from_url(url, n_shards=n_shards)
+        return found
 
 
 def reset_order_events() -> None:
-    """Forget the process-wide logs and clients (tests)."""
-    global _in_process
+    """Forget this process's Redis clients (tests)."""
     with _lock:
-        _in_process = None
         _redis.clear()
 
 

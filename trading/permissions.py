@@ -16,7 +16,6 @@ from django.db import connection
 
 from accounts.models import Account, User
 from core import errors
-from core.db import db_param_uuid
 from core.sqlrows import Statement, model_from_row
 from partners.models import Tenant
 
@@ -62,10 +61,7 @@ def account_for_trader_statement(
         key = account_id if isinstance(account_id, uuid.UUID) else uuid.UUID(str(account_id))
     except (ValueError, TypeError, AttributeError):
         raise errors.NotFound() from None
-    lock = ""
-    if for_update and connection.features.has_select_for_update:
-        lock = "FOR UPDATE OF a" if connection.features.has_select_for_update_of else "FOR UPDATE"
-    return _sql(lock), [db_param_uuid(key), user.pk]
+    return _sql("FOR UPDATE OF a" if for_update else ""), [key, user.pk]
 
 
 def account_for_trader_from_row(row: Sequence[Any] | None) -> Account:

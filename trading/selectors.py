@@ -27,7 +27,7 @@ from django.utils import timezone
 
 from accounts.models import Account, EquitySnapshot, Position
 from core.clock import day_boundary
-from core.db import db_datetime, db_decimal, db_json, db_param_uuid, db_uuid
+from core.db import db_datetime, db_decimal, db_json, db_uuid
 from core.money import ZERO, cash, pct
 from marketdata.bus import BookTop, get_bus, latest_many_live
 from trading.fillmodel import walk_book
@@ -237,7 +237,7 @@ def _sql() -> tuple[str, str]:
 
 def _load_positions(account_id: uuid.UUID, epoch: int) -> list[MarkedPosition]:
     with connection.cursor() as cursor:
-        cursor.execute(_sql()[1], [db_param_uuid(account_id), epoch, Position.Status.OPEN])
+        cursor.execute(_sql()[1], [account_id, epoch, Position.Status.OPEN])
         rows = cursor.fetchall()
     # One bus read for all of them: the live books of the positions' tokens.
     tops = latest_many_live(get_bus(), [r[0] for r in rows]) if rows else {}
@@ -289,9 +289,9 @@ def _load_account(
     sql = _sql()[0].replace("{tenant_condition}", condition)
     params = [
         Order.Status.LIVE,
-        connection.ops.adapt_datetimefield_value(boundary),  # SQLite compares text
+        boundary,
         Position.Status.OPEN,
-        db_param_uuid(key),
+        key,
         *scope,
     ]
     with connection.cursor() as cursor:

@@ -21,34 +21,12 @@ PG_REVERSE = """
 DROP TRIGGER IF EXISTS ledger_append_only ON accounts_ledgerentry;
 DROP FUNCTION IF EXISTS polysim_ledger_append_only();
 """
-SQLITE_FORWARD = [
-    """CREATE TRIGGER ledger_no_update BEFORE UPDATE ON accounts_ledgerentry
-       BEGIN SELECT RAISE(ABORT, 'accounts_ledgerentry is append-only (UPDATE refused)'); END;""",
-    """CREATE TRIGGER ledger_no_delete BEFORE DELETE ON accounts_ledgerentry
-       BEGIN SELECT RAISE(ABORT, 'accounts_ledgerentry is append-only (DELETE refused)'); END;""",
-]
-SQLITE_REVERSE = [
-    "DROP TRIGGER IF EXISTS ledger_no_update;",
-    "DROP TRIGGER IF EXISTS ledger_no_delete;",
-]
-
-
 def forward(apps, schema_editor):
-    vendor = schema_editor.connection.vendor
-    if vendor == "postgresql":
-        schema_editor.execute(PG_FORWARD, params=None)
-    elif vendor == "sqlite":
-        for statement in SQLITE_FORWARD:
-            schema_editor.execute(statement)
+    schema_editor.execute(PG_FORWARD, params=None)
 
 
 def reverse(apps, schema_editor):
-    vendor = schema_editor.connection.vendor
-    if vendor == "postgresql":
-        schema_editor.execute(PG_REVERSE, params=None)
-    elif vendor == "sqlite":
-        for statement in SQLITE_REVERSE:
-            schema_editor.execute(statement)
+    schema_editor.execute(PG_REVERSE, params=None)
 
 
 class Migration(migrations.Migration):

@@ -16,7 +16,6 @@ import hashlib
 import logging
 import math
 import secrets
-import threading
 import time
 import unicodedata
 from functools import partial
@@ -301,28 +300,6 @@ IP_WINDOW_S = 3600
 _REDIS_TIMEOUT_S = 0.2
 
 
-class _LocalIpCounter:
-    """Embedded mode (no REDIS_URL): per-process counts per (ip, window). Old windows are
-    dropped whenever the window changes, so memory is bounded by one hour of clients."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._window = -1
-        self._counts: dict[str, int] = {}
-
-    def hit(self, ip: str, window: int) -> int:
-        with self._lock:
-            if window != self._window:
-                self._window, self._counts = window, {}
-            self._counts[ip] = self._counts.get(ip, 0) + 1
-            return self._counts[ip]
-
-    def clear(self) -> None:
-        with self._lock:
-            self._window, self._counts = -1, {}
-
-
-_local_ip_counter = _LocalIpCounter()
 _redis_clients: dict[str, redis.Redis] = {}
 
 
@@ -336,38 +313,29 @@ def _redis_client(url: str) -> redis.Redis:
     return client
 
 
-def login_ip_throttle_reset_local() -> None:
-    """Forget the in-process per-IP counts (tests)."""
-    _local_ip_counter.clear()
-
-
 def login_ip_throttle_hit(*, client_ip: str) -> int | None:
     """Count one sign-in link request from `client_ip` in the current clock hour; return the
     seconds until that hour ends when the count is over LOGIN_REQUESTS_PER_IP_PER_HOUR, else
     None.
 
-    A fixed window (one INCR, atomic in Redis, shared by every web process; a locked dict in
-    embedded mode): at a window edge a client can get up to twice the limit within an hour,
-    which is acceptable for an abuse cap whose real guard is the per-email throttle. Counts
-    denied requests too, so hammering the form does not help. Fails open (logs a warning)
-    when Redis is unreachable: sign-in must not depend on the limiter's store."""
+    A fixed window (one INCR, atomic in Redis, shared by every web process): at a window edge
+    a client can get up to twice the limit within an hour, which is acceptable for an abuse
+    cap whose real guard is the per-email throttle. Counts denied requests too, so hammering
+    the form does not help. Fails open (logs a warning) when Redis is unreachable: sign-in
+    must not depend on the limiter's store."""
     limit = int(settings.LOGIN_REQUESTS_PER_IP_PER_HOUR)
     now = time.time()
     window = int(now // IP_WINDOW_S)
     retry_after = max(1, math.ceil((window + 1) * IP_WINDOW_S - now))
-    url = str(getattr(settings, "REDIS_URL", "") or "")
-    if url:
-        key = f"login:ip:{client_ip}:{window}"
-        try:
-            pipe = _redis_client(url).pipeline(transaction=True)
-            pipe.incr(key)
-            pipe.expire(key, IP_WINDOW_S + 60)
-            count = int(pipe.execute()[0])
-        except redis.RedisError as exc:
-            logger.warning("login IP throttle store unreachable, failing open: %s", exc)
-            return None
-    else:
-        count = _local_ip_counter.hit(client_ip, window)
+    key = f"login:ip:{client_ip}:{window}"
+    try:
+        pipe = _redis_client(str(settings.REDIS_URL)).pipeline(transaction=True)
+        pipe.incr(key)
+        pipe.expire(key, IP_WINDOW_S + 60)
+        count = int(pipe.execute()[0])
+    except redis.RedisError as exc:
+        logger.warning("login IP throttle store unreachable, failing open: %s", exc)
+        return None
     return retry_after if count > limit else None
 
 

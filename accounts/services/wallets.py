@@ -45,7 +45,7 @@ _USER_INSERT = (
 # the CTE's own insert (a new one, returned by RETURNING): exactly one row either way. Only
 # when a concurrent insert of the same email commits while this one waits on the unique index
 # does it return nothing; a second SELECT (a new snapshot) then reads the winner's row.
-_USER_UPSERT_PG = (
+_USER_UPSERT = (
     f"WITH ins AS ({_USER_INSERT} RETURNING {_USER_SELECT}) "
     f'SELECT {_USER_SELECT} FROM ins UNION ALL SELECT {_USER_SELECT} FROM "accounts_user" '
     'WHERE "email" = %s'
@@ -57,23 +57,17 @@ def user_ensure(*, email: str) -> User:
     """The one user of a normalized email, created if needed. Race-safe and idempotent:
     INSERT … ON CONFLICT DO NOTHING and a read back, so a concurrent insert of the same email
     waits for the other transaction and yields its row — no savepoint, and the same
-    statements whether or not the email existed (callers must not leak which): one on
-    PostgreSQL, two on SQLite (which has no INSERT inside WITH).
+    statements whether or not the email existed (callers must not leak which).
 
     Fixed SQL, not the ORM: registration and sign-in requests are hot writes, and building
     the two ORM queries cost several times more CPU than running them (docs/benchmarks.md)."""
     normalized = normalize_email(email)
-    joined = connection.ops.adapt_datetimefield_value(timezone.now())
+    joined = timezone.now()
     insert_params: list[Any] = [make_password(None), False, normalized, True, False, joined]
     with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            cursor.execute(_USER_UPSERT_PG, [*insert_params, normalized])
-            row = cursor.fetchone()
-            if row is None:  # lost a race with a concurrent insert of the same email
-                cursor.execute(_USER_BY_EMAIL, [normalized])
-                row = cursor.fetchone()
-        else:
-            cursor.execute(_USER_INSERT, insert_params)
+        cursor.execute(_USER_UPSERT, [*insert_params, normalized])
+        row = cursor.fetchone()
+        if row is None:  # lost a race with a concurrent insert of the same email
             cursor.execute(_USER_BY_EMAIL, [normalized])
             row = cursor.fetchone()
     if row is None:  # the insert was refused by something other than the email's uniqueness

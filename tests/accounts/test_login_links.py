@@ -653,7 +653,6 @@ def run_in_threads(count, work):
     return results
 
 
-@pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 class TestUnderConcurrency:
     def test_eight_simultaneous_consumes_of_one_token_give_exactly_one_winner(self):

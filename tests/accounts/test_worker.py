@@ -1,35 +1,36 @@
-"""With a broker configured, tasks go through a real Celery worker process: the login-link
-email is queued on commit, picked up from Redis by `celery worker`, sent through the
-configured email backend and its outbox row marked sent."""
+"""Tasks go through a real Celery worker process (as in the demo and production; the suite
+runs them eagerly unless a test opts in here): the login-link email is queued on commit,
+picked up from Redis by `celery worker`, sent through the configured email backend and its
+outbox row marked sent."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from django.db import connection
 from kombu import pools as kombu_pools
 
 from accounts.models import EmailOutbox
 from tests.factories import TenantFactory, make_partner_client
+from tests.runtime import child_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
-pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.django_db(transaction=True)]
 
 
 @pytest.fixture
 def real_broker(settings, redis_url):
-    """Point this process's Celery app at Redis (no eager execution) for one test."""
+    """This process's Celery app publishing to its Redis broker (no eager execution) for one
+    test."""
     from config.celery import app
 
     def drop_cached_pools():
-        # Celery caches its connection and producer pools on first use, bound to the broker
-        # URL of that moment (memory:// in eager tests); each configuration needs its own.
+        # Celery caches its connection and producer pools on first use, bound to the
+        # configuration of that moment; each configuration needs its own.
         # kombu keeps them in process-wide registries keyed by connection: closing one without
         # clearing the registry leaves a closed pool that every later task call (eager ones
         # too: Celery acquires a producer even then) fails on with "Acquire on closed pool".
@@ -37,29 +38,21 @@ def real_broker(settings, redis_url):
         app._pool = None
         app.amqp._producer_pool = None
 
-    saved = (app.conf.task_always_eager, app.conf.broker_url)
+    saved = app.conf.task_always_eager
     drop_cached_pools()
     app.conf.task_always_eager = False
-    app.conf.broker_url = redis_url
     settings.CELERY_TASK_ALWAYS_EAGER = False
-    yield redis_url
+    yield app.conf.broker_url
     drop_cached_pools()
-    app.conf.task_always_eager, app.conf.broker_url = saved
+    app.conf.task_always_eager = saved
 
 
 def test_login_link_email_is_sent_by_a_real_worker(settings, real_broker, tmp_path):
     mail_dir = tmp_path / "mail"
-    db = connection.settings_dict
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "config.settings",
-        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-        "SECRET_KEY": settings.SECRET_KEY,
-        "CELERY_BROKER_URL": real_broker,
-        "REDIS_URL": "",
-        "EMAIL_BACKEND": "django.core.mail.backends.filebased.EmailBackend",
-        "EMAIL_FILE_PATH": str(mail_dir),
-    }
+    env = child_env(
+        EMAIL_BACKEND="django.core.mail.backends.filebased.EmailBackend",
+        EMAIL_FILE_PATH=str(mail_dir),
+    )
     worker = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "config", "worker", "--pool=solo",
          "--without-heartbeat", "--without-gossip", "--without-mingle", "--loglevel=WARNING"],

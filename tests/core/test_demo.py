@@ -4,15 +4,19 @@ web server that serves the admin's static files even with DEBUG=0."""
 from __future__ import annotations
 
 import re
-import signal
+import socket
+import time
 from decimal import Decimal
 from io import StringIO
 
+import httpx
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 
-from accounts.models import Account, LedgerEntry, User
+from accounts.models import Account, EmailOutbox, LedgerEntry, User
 from core.management.commands import demo
+from core.management.commands.demo import TRADER_EMAIL
+from core.supervisor import group_alive
 from partners import keys
 from partners.models import ALL_SCOPES, ApiKey, Tenant, TenantUser
 
@@ -144,36 +148,98 @@ def test_links_follow_the_served_port_unless_a_public_url_is_configured(settings
     assert demo.base_url_for("0.0.0.0", 9000) == "https://demo.example"
 
 
-def test_serving_runs_background_components_around_runserver_with_static_files(monkeypatch):
-    events: list[object] = []
+def test_a_busy_port_is_refused_before_the_banner_and_the_seed():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        out = StringIO()
+        with pytest.raises(CommandError, match=rf"port {port} .* in use.*make demo PORT="):
+            call_command("demo", "--port", str(port), stdout=out, stderr=StringIO())
+    assert "API key" not in out.getvalue()
+    assert not Tenant.objects.exists()
 
-    class Component:
-        name = "probe"
 
-        def start(self):
-            events.append("start")
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
-        def stop(self):
-            events.append("stop")
 
-    def fake_call_command(name, *args, **options):
-        events.append((name, args, options))
+def _wait_for(check, what: str, supervisor, timeout: float = 90.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        failure = supervisor.poll()
+        assert failure is None, failure
+        assert time.monotonic() < deadline, f"{what}: not within {timeout:.0f} s\n" + "\n".join(
+            f"{c.name}:\n{supervisor.tail(c.name)}" for c in supervisor.children
+        )
+        time.sleep(0.25)
 
-    monkeypatch.setattr(demo, "call_command", fake_call_command)
-    command = demo.Command(stdout=StringIO())
-    monkeypatch.setattr(command, "background_components", lambda: [Component()])
 
-    sigterm_before = signal.getsignal(signal.SIGTERM)
+def _get(url: str) -> httpx.Response | None:
+    try:
+        return httpx.get(url, timeout=5, follow_redirects=True)
+    except httpx.HTTPError:
+        return None
 
-    command.serve("127.0.0.1", 8123)
 
-    assert signal.getsignal(signal.SIGTERM) is sigterm_before
-    assert events == [
-        "start",
-        (
-            "runserver",
-            ("127.0.0.1:8123",),
-            {"use_reloader": False, "use_ipv6": False, "insecure_serving": True},
-        ),
-        "stop",
-    ]
+@pytest.mark.django_db(transaction=True)
+def test_the_demo_runs_web_and_a_real_celery_worker_and_stops_every_process(tmp_path):
+    """The demo's supervisor with its real children (web, worker, beat, matcher; the feed
+    has its own tests): the site answers on the port, the admin's static files are served,
+    a login link requested through the web process is emailed by the Celery worker process,
+    and stopping leaves no process behind."""
+    port = _free_port()
+    output = run_demo("--port", str(port))
+    key = banner_value(output, "API key")
+    user_id = TenantUser.objects.get().user_id
+    mail_dir = tmp_path / "mail"
+    supervisor = demo.Command(stdout=StringIO(), stderr=StringIO()).supervisor(
+        "127.0.0.1",
+        port,
+        feed=False,
+        var_dir=tmp_path,
+        extra_env={
+            "EMAIL_BACKEND": "django.core.mail.backends.filebased.EmailBackend",
+            "EMAIL_FILE_PATH": str(mail_dir),
+            # Nothing here may reach out: a scheduled discovery fails at once.
+            "POLYMARKET_GAMMA_URL": "http://127.0.0.1:9/gamma",
+            "POLYMARKET_CLOB_URL": "http://127.0.0.1:9/clob",
+        },
+    )
+    assert [c.name for c in supervisor.children] == ["worker", "beat", "matcher", "web"]
+    base = f"http://127.0.0.1:{port}"
+    supervisor.start()
+    try:
+        home = _wait_for(lambda: _get(f"{base}/"), "the site", supervisor)
+        assert home.status_code == 200
+        css = _get(f"{base}/static/admin/css/base.css")
+        assert (
+            css is not None and css.status_code == 200 and "text/css" in css.headers["content-type"]
+        )
+
+        before = list(EmailOutbox.objects.values_list("pk", flat=True))  # the seed's link
+        sent = httpx.post(
+            f"{base}/v1/partner/users/{user_id}/login-link", headers={"X-API-Key": key}, timeout=10
+        )
+        assert sent.status_code == 202, sent.text
+        outbox = EmailOutbox.objects.exclude(pk__in=before).get(to_email=TRADER_EMAIL)
+        _wait_for(
+            lambda: EmailOutbox.objects.get(pk=outbox.pk).status == EmailOutbox.Status.SENT,
+            "the worker sending the email",
+            supervisor,
+        )
+        [message] = [m for m in mail_dir.iterdir() if TRADER_EMAIL in m.read_text()]
+        assert "/login/t/" in message.read_text()
+        assert all(c.proc.poll() is None for c in supervisor.children)  # beat and matcher too
+    finally:
+        supervisor.stop()
+    pids = [c.pid for c in supervisor.children]
+    assert all(c.proc.poll() is not None for c in supervisor.children)
+    assert not [pid for pid in pids if group_alive(pid)]  # gunicorn's and Celery's workers too
+    for name in ("web", "worker", "beat", "matcher"):
+        assert (tmp_path / "log" / f"{name}.log").stat().st_size > 0

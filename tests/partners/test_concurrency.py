@@ -4,7 +4,6 @@ test transaction that would hide races."""
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -15,15 +14,15 @@ from pathlib import Path
 
 import httpx
 import pytest
-from django.conf import settings
 from django.db import connection
 
 from accounts.models import Account, LedgerEntry, User
 from partners.models import TenantUser
 from partners.services import apikey_revoke
 from tests.factories import TenantFactory, make_partner_client
+from tests.runtime import child_env
 
-pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.django_db(transaction=True)]
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -134,9 +133,7 @@ def test_concurrent_idempotent_posts_apply_once():
     assert LedgerEntry.objects.filter(kind="RESET").count() == 1
 
 
-@pytest.mark.redis
-def test_hundred_concurrent_requests_against_five_per_second(settings, redis_url):
-    settings.REDIS_URL = redis_url
+def test_hundred_concurrent_requests_against_five_per_second(redis_url):
     tenant = TenantFactory(slug="acme", rate_limit_per_second=5, rate_limit_per_minute=1000)
     clients = [make_partner_client(tenant) for _ in range(4)]
     admitted: list[float] = []
@@ -180,14 +177,7 @@ def test_revoked_key_stops_working_within_five_seconds_across_processes():
     tenant = TenantFactory(slug="acme")
     client = make_partner_client(tenant)
     port = _free_port()
-    db = connection.settings_dict
-    env = {
-        **os.environ,
-        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-        "REDIS_URL": "",
-        "DJANGO_SETTINGS_MODULE": "config.settings",
-        "SECRET_KEY": settings.SECRET_KEY,
-    }
+    env = child_env()
     server = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "config.wsgi:application", "--workers", "2",
          "--bind", f"127.0.0.1:{port}", "--log-level", "warning"],

@@ -375,27 +375,6 @@ def _start_blocked_first_call(
     return thread, entered, release, outcome
 
 
-@pytest.mark.skipif(
-    connection.vendor != "sqlite", reason="the process-local lock is the SQLite path"
-)
-@pytest.mark.django_db(transaction=True)
-def test_sqlite_same_key_while_the_first_runs_is_in_use(tenant):
-    thread, _entered, release, outcome = _start_blocked_first_call(tenant, "in-flight")
-    try:
-        with pytest.raises(errors.IdempotencyKeyInUse) as caught:
-            run(tenant, Effect(), key="in-flight")
-        assert caught.value.status == 409
-    finally:
-        release.set()
-        thread.join(10)
-
-    assert "error" not in outcome, outcome
-    replay = run(tenant, Effect(), key="in-flight")
-    assert replay["Idempotent-Replayed"] == "true"
-    assert replay.data == outcome["response"].data
-
-
-@pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 class TestPostgres:
     def test_same_key_while_the_first_runs_is_in_use_without_waiting(self, tenant):

@@ -1,50 +1,36 @@
 """Sliding-window rate limits per tenant and per key (partner-api.md §3, reliability.md T8).
 
-The semantic tests run against both limiters: the in-process one and the Redis script
-(`redis` marker). Redis-only tests cover atomicity under real threads, a shared store across
-clients, and failing open with a circuit breaker while the store is down.
+The limiter is one Lua script on the suite's Redis: its semantics, atomicity under real
+threads, a store shared across clients, and failing open with a circuit breaker while the store
+is down (an unreachable address, a server that never answers, and the test's own redis-server
+stopped and restarted).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
 
+from config.embedded import RedisServer
 from partners import ratelimit
-from partners.ratelimit import RateLimitResult, rate_limit_check, rate_limit_reset_local
+from partners.ratelimit import RateLimitResult, rate_limit_breaker_reset, rate_limit_check
 
 CLOSED_PORT_URL = "redis://127.0.0.1:1/0"
 
 
 @pytest.fixture(autouse=True)
 def _fresh_limiter() -> Iterator[None]:
-    rate_limit_reset_local()
+    rate_limit_breaker_reset()
     yield
-    rate_limit_reset_local()
-
-
-@pytest.fixture(params=["local", pytest.param("redis", marks=pytest.mark.redis)])
-def backend(request, settings) -> str:
-    """Run the test against the in-process limiter and against Redis."""
-    if request.param == "redis":
-        settings.REDIS_URL = request.getfixturevalue("redis_url")
-    else:
-        settings.REDIS_URL = ""
-    return request.param
-
-
-@pytest.fixture
-def redis_backend(redis_url, settings) -> str:
-    settings.REDIS_URL = redis_url
-    return redis_url
+    rate_limit_breaker_reset()
 
 
 def check(
@@ -55,10 +41,10 @@ def check(
     )
 
 
-# --- semantics, both limiters -----------------------------------------------------------------
+# --- semantics ---------------------------------------------------------------------------------
 
 
-def test_admits_exactly_the_per_second_limit_and_counts_down(backend):
+def test_admits_exactly_the_per_second_limit_and_counts_down():
     results = [check() for _ in range(7)]
 
     assert [r.allowed for r in results] == [True] * 5 + [False] * 2
@@ -70,7 +56,7 @@ def test_admits_exactly_the_per_second_limit_and_counts_down(backend):
     assert all(r.retry_after == 1 for r in results[5:])
 
 
-def test_admits_exactly_the_per_minute_limit_with_retry_after_the_oldest_leaves(backend):
+def test_admits_exactly_the_per_minute_limit_with_retry_after_the_oldest_leaves():
     started = time.time()
     results = [check(per_second=100, per_minute=7) for _ in range(9)]
 
@@ -83,7 +69,7 @@ def test_admits_exactly_the_per_minute_limit_with_retry_after_the_oldest_leaves(
     assert math.floor(started) + 60 <= denied.reset_at <= math.ceil(time.time()) + 60
 
 
-def test_two_keys_of_one_tenant_share_the_tenant_bucket(backend):
+def test_two_keys_of_one_tenant_share_the_tenant_bucket():
     first_key = [check(key="keyaaaaa") for _ in range(3)]
     second_key = [check(key="keybbbbb") for _ in range(3)]
 
@@ -95,7 +81,7 @@ def test_two_keys_of_one_tenant_share_the_tenant_bucket(backend):
     assert check(key="keyaaaaa").allowed is False
 
 
-def test_tenants_do_not_share_buckets(backend):
+def test_tenants_do_not_share_buckets():
     assert all(check(tenant=1).allowed for _ in range(5))
     assert check(tenant=1).allowed is False
 
@@ -104,7 +90,7 @@ def test_tenants_do_not_share_buckets(backend):
     assert other.remaining_per_second == 4
 
 
-def test_second_window_slides(backend):
+def test_second_window_slides():
     assert all(check().allowed for _ in range(5))
     assert check().allowed is False
 
@@ -116,7 +102,7 @@ def test_second_window_slides(backend):
     assert again.remaining_per_minute == 100 - 6
 
 
-def test_reset_is_when_the_oldest_request_leaves_the_minute_window(backend):
+def test_reset_is_when_the_oldest_request_leaves_the_minute_window():
     before = time.time()
     first = check()
     after = time.time()
@@ -126,7 +112,7 @@ def test_reset_is_when_the_oldest_request_leaves_the_minute_window(backend):
     assert check().reset_at == first.reset_at
 
 
-def test_headers_carry_limits_and_retry_after_only_when_denied(backend):
+def test_headers_carry_limits_and_retry_after_only_when_denied():
     allowed = [check(per_second=2, per_minute=10) for _ in range(2)][-1]
     denied = check(per_second=2, per_minute=10)
 
@@ -141,7 +127,7 @@ def test_headers_carry_limits_and_retry_after_only_when_denied(backend):
     assert denied.headers()["X-RateLimit-Remaining"] == "8"
 
 
-def test_concurrent_requests_against_a_per_minute_limit_admit_exactly_the_limit(backend):
+def test_concurrent_requests_against_a_per_minute_limit_admit_exactly_the_limit():
     """T8: 2·L requests from 50 concurrent workers, alternating two keys of one tenant."""
     limit, workers, per_worker = 100, 50, 4
     barrier = threading.Barrier(workers)
@@ -170,85 +156,24 @@ def test_concurrent_requests_against_a_per_minute_limit_admit_exactly_the_limit(
     assert all("Retry-After" in r.headers() for r in denied)
 
 
-def test_limits_must_be_positive(backend):
+def test_limits_must_be_positive():
     with pytest.raises(ValueError):
         check(per_second=0)
 
 
-# --- in-process limiter only --------------------------------------------------------------------
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def local_clock(settings, monkeypatch) -> FakeClock:
-    settings.REDIS_URL = ""
-    clock = FakeClock()
-    monkeypatch.setattr(ratelimit, "_clock", clock)
-    return clock
-
-
-def test_local_minute_window_slides_on_the_clock(local_clock):
-    admitted = []
-    for offset in (0, 10, 20):
-        local_clock.now = 1000.0 + offset
-        admitted.append(check(per_minute=3).allowed)
-    assert admitted == [True, True, True]
-
-    local_clock.now = 1030.0
-    denied = check(per_minute=3)
-    assert denied.allowed is False
-    assert denied.retry_after == 30  # the request at t=0 leaves at t=60
-
-    local_clock.now = 1060.0
-    readmitted = check(per_minute=3)
-    assert readmitted.allowed is True
-    assert readmitted.remaining_per_minute == 0
-    # the oldest request still in the window is the one at t=10: it leaves in 10 s
-    assert abs(readmitted.reset_at - (time.time() + 10)) <= 1
-
-
-def test_local_retry_after_waits_for_every_full_window(local_clock):
+def test_retry_after_waits_for_every_full_window():
     for _ in range(3):
         check(per_second=3, per_minute=3)
-    local_clock.now += 0.5
+    time.sleep(0.5)
     denied = check(per_second=3, per_minute=3)
     assert denied.allowed is False
     assert denied.retry_after == 60  # the second window frees in 0.5 s, the minute one in 59.5 s
 
 
-def test_local_memory_is_bounded_by_dropping_empty_buckets(local_clock):
-    for tenant in range(1, 51):
-        check(tenant=tenant)
-    assert len(ratelimit._local._buckets) == 50 * 4
-
-    local_clock.now += 61  # every window has emptied; the next call sweeps
-    check(tenant=999)
-
-    assert len(ratelimit._local._buckets) == 4
-
-
-def test_reset_local_forgets_the_windows(local_clock):
-    for _ in range(5):
-        check()
-    assert check().allowed is False
-
-    rate_limit_reset_local()
-
-    assert check().allowed is True
-
-
 # --- Redis only ---------------------------------------------------------------------------------
 
 
-@pytest.mark.redis
-def test_redis_burst_never_admits_more_than_the_limit_in_any_second(redis_backend):
+def test_redis_burst_never_admits_more_than_the_limit_in_any_second(redis_url):
     """100 real threads released by a barrier, in 10 waves of 10 simultaneous requests spread
     over 2 s, against 5/s."""
     n, wave_size, wave_gap = 100, 10, 0.2
@@ -282,28 +207,25 @@ def test_redis_burst_never_admits_more_than_the_limit_in_any_second(redis_backen
         assert len(inside) <= 5
 
     # Exact, on the limiter's own clock: the tenant's minute log holds every admission time.
-    log = redis.Redis.from_url(redis_backend).zrange("rl:{t7}:m", 0, -1, withscores=True)
+    log = redis.Redis.from_url(redis_url).zrange("rl:{t7}:m", 0, -1, withscores=True)
     scores = sorted(int(score) for _, score in log)
     assert len(scores) == len(admitted)
     assert all(later - earlier >= 1_000_000 for earlier, later in zip(scores, scores[5:]))
 
 
-@pytest.mark.redis
-def test_redis_keys_share_one_hash_tag_per_tenant(redis_backend):
+def test_redis_keys_share_one_hash_tag_per_tenant(redis_url):
     check(tenant=42, key="keyzzzzz")
 
-    keys = sorted(k.decode() for k in redis.Redis.from_url(redis_backend).keys("rl:*"))
+    keys = sorted(k.decode() for k in redis.Redis.from_url(redis_url).keys("rl:*"))
     assert len(keys) == 4
     assert all(k.startswith("rl:{t42}:") for k in keys)
 
 
-@pytest.mark.redis
-def test_redis_clients_of_different_processes_share_the_counts(redis_backend, settings):
+def test_redis_clients_of_different_processes_share_the_counts(redis_url, monkeypatch):
     for _ in range(3):
         assert check().allowed
-    # Another spelling of the same server rebuilds the client: a fresh pool, as another web
-    # process would have.
-    settings.REDIS_URL = redis_backend.replace("127.0.0.1", "localhost")
+    # A fresh client and pool, as another web process has.
+    monkeypatch.setattr(ratelimit, "_handle", None)
 
     assert [check().allowed for _ in range(3)] == [True, True, False]
 
@@ -348,90 +270,34 @@ def test_a_redis_that_never_answers_times_out_fast_and_fails_open(settings, capl
     assert any(r.name == "polysim.ratelimit" for r in caplog.records)
 
 
-class FlakyProxy:
-    """A TCP proxy in front of the real Redis that can be cut and restored."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.up = True
-        self._sockets: list[socket.socket] = []
-        self._lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            if not self.up:
-                client.close()
-                continue
-            upstream = socket.create_connection(self.target)
-            with self._lock:
-                self._sockets += [client, upstream]
-            for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
-
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-
-    def cut(self) -> None:
-        self.up = False
-        with self._lock:
-            for s in self._sockets:
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-            self._sockets.clear()
-
-    def restore(self) -> None:
-        self.up = True
-
-    def close(self) -> None:
-        self.cut()
-        self.listener.close()
+@pytest.fixture
+def private_redis(tmp_path_factory) -> Iterator[RedisServer]:
+    """A redis-server of this test's own, which it may stop and restart."""
+    server = RedisServer(Path(tmp_path_factory.mktemp("redis")))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
-@pytest.mark.redis
-def test_redis_outage_fails_open_then_limiting_resumes_after_the_breaker(
-    redis_url, settings, monkeypatch, caplog
+def test_redis_stopped_fails_open_then_limiting_resumes_after_restart(
+    private_redis, settings, monkeypatch, caplog
 ):
     monkeypatch.setattr(ratelimit, "BREAKER_SECONDS", 0.3)
-    info = redis.connection.parse_url(redis_url)
-    proxy = FlakyProxy((info.get("host", "127.0.0.1"), int(info.get("port", 6379))))
-    try:
-        settings.REDIS_URL = f"redis://127.0.0.1:{proxy.port}/{info.get('db', 0)}"
-        assert [check(per_second=100, per_minute=5).allowed for _ in range(3)] == [True, True, True]
+    settings.REDIS_URL = private_redis.url(0)
+    assert [check(per_second=100, per_minute=5).allowed for _ in range(6)] == [True] * 5 + [False]
 
-        proxy.cut()
-        with caplog.at_level(logging.WARNING, logger="polysim.ratelimit"):
-            during = [check(per_second=100, per_minute=5) for _ in range(10)]
-        assert all(r.allowed and r.degraded for r in during)
-        assert caplog.records
+    private_redis.stop()
+    with caplog.at_level(logging.WARNING, logger="polysim.ratelimit"):
+        during = [check(per_second=100, per_minute=5) for _ in range(10)]
+    assert all(r.allowed and r.degraded for r in during)
+    warnings = [r for r in caplog.records if r.name == "polysim.ratelimit"]
+    assert warnings and all(r.levelno == logging.WARNING for r in warnings)
+    assert "failing open" in warnings[0].getMessage()
 
-        proxy.restore()
-        assert (
-            check(per_second=100, per_minute=5).degraded is True
-        )  # still inside the breaker period
-        time.sleep(0.35)
-        after = [check(per_second=100, per_minute=5) for _ in range(3)]
-    finally:
-        proxy.close()
-
-    # the three requests before the outage still count; the degraded ones were never recorded
-    assert [(r.allowed, r.degraded) for r in after] == [
-        (True, False),
-        (True, False),
-        (False, False),
-    ]
+    private_redis.start()  # back empty (nothing was saved): the windows start over
+    time.sleep(0.35)  # the breaker lets the next call probe Redis again
+    after = [check(per_second=100, per_minute=5) for _ in range(6)]
+    assert [(r.allowed, r.degraded) for r in after] == [(True, False)] * 5 + [(False, False)]
+    assert after[-1].retry_after is not None and 59 <= after[-1].retry_after <= 60

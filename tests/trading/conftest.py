@@ -27,8 +27,8 @@ _ids = itertools.count(1)
 
 @pytest.fixture(autouse=True)
 def _fresh_engine_state(_fresh_process_state: None) -> Iterator[None]:
-    # After the suite's own state fixture: it points settings.REDIS_URL at nothing, so the
-    # heartbeat below lands on the in-process bus the engine will read.
+    # After the suite's own state fixture, which emptied the test Redis: fresh clients, and
+    # the heartbeat below lands on the bus the engine will read.
     reset_bus()
     reset_depletion()
     reset_order_events()

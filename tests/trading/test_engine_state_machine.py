@@ -2,7 +2,7 @@
 
 A Hypothesis `RuleBasedStateMachine` drives the real services — order placement (BUY/SELL,
 market/limit, GTC/GTD/FOK/FAK, post-only, valid and invalid prices, sizes and amounts),
-cancels (one, all, by market), expiry, books published on the in-process price bus (fresh,
+cancels (one, all, by market), expiry, books published on the price bus (fresh,
 stale, dead feed, crossed, refreshed levels that reset depletion), market verdicts through
 marketdata's lifecycle service and settlement through the real settlement service (winner,
 loser, void 50-50, ambiguous then resolved by an operator, closed-pending), account resets and
@@ -45,11 +45,11 @@ from hypothesis.stateful import (
 from accounts.models import Account, Position
 from core import errors
 from marketdata import resolution as rs
-from marketdata.bus import get_bus, now_ms, reset_bus
+from marketdata.bus import get_bus, now_ms
 from marketdata.services import market_apply_verdict, market_resolve_manually
+from tests.runtime import redis_flush
 from tests.trading.conftest import feed_alive, make_market, open_account, publish_book
 from trading.audit import ledger_audit
-from trading.depletion import reset_depletion
 from trading.models import Order
 from trading.services import (
     account_close,
@@ -223,8 +223,7 @@ class EngineMachine(RuleBasedStateMachine):
         super().__init__()
         self._atomic = transaction.atomic()
         self._atomic.__enter__()
-        reset_bus()
-        reset_depletion()
+        redis_flush()  # each example starts with no books and no depletion memory
         feed_alive()
         self.markets: list[MMarket] = []
         self.books: dict[str, MBook] = {}
@@ -279,8 +278,7 @@ class EngineMachine(RuleBasedStateMachine):
     def teardown(self) -> None:
         transaction.set_rollback(True)
         self._atomic.__exit__(None, None, None)
-        reset_bus()
-        reset_depletion()
+        redis_flush()
 
     # --- helpers ---------------------------------------------------------------------------
     def _new_market(self, *, rate: Decimal, exponent: int) -> None:

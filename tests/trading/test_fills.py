@@ -181,13 +181,7 @@ def _depletion_scenario():
     audit_clean()
 
 
-def test_depletion_in_process():
-    _depletion_scenario()
-
-
-@pytest.mark.redis
-def test_depletion_on_redis(settings, redis_url):
-    settings.REDIS_URL = redis_url
+def test_depletion_on_redis(redis_url):
     _depletion_scenario()
     import redis
 
@@ -195,7 +189,6 @@ def test_depletion_on_redis(settings, redis_url):
     assert keys  # the memory lives in Redis, shared by every process
 
 
-@pytest.mark.redis
 def test_redis_depletion_commit_and_get(redis_url):
     # The maker fill's one round trip: its takes set (compare-and-set, as `commit`), and
     # other keys of the same Redis read (its positions' marks on the price bus).

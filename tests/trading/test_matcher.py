@@ -18,21 +18,20 @@ from django.test import TestCase
 
 from accounts.models import Account, EquitySnapshot, LedgerEntry, Position
 from marketdata.book import OrderBook
-from marketdata.bus import BookTop, BusMessage, get_bus, reset_bus
+from marketdata.bus import BookTop, BusMessage, get_bus
+from tests.runtime import child_env
 from tests.trading.conftest import (
     audit_clean,
-    feed_alive,
     feed_dead,
     make_market,
     open_account,
     publish_book,
     publish_trade,
 )
-from trading.depletion import reset_depletion
 from trading.fillmodel import buy_reservation
 from trading.matcher import Matcher, Resting, RestingIndex, parse_shard
 from trading.models import Fill
-from trading.orderevents import get_order_events, reset_order_events
+from trading.orderevents import get_order_events
 from trading.services import order_cancel, order_place
 
 pytestmark = pytest.mark.django_db
@@ -92,20 +91,6 @@ def maker_fills(order) -> list[Fill]:
 def refreshed(obj):
     obj.refresh_from_db()
     return obj
-
-
-@pytest.fixture(params=["in_process", pytest.param("redis", marks=pytest.mark.redis)])
-def engine(request, settings):
-    """The engine's shared state in this process, or on Redis as deployed: the price bus,
-    the depletion memory and the order events on settings.REDIS_URL (where a maker fill sets
-    its takes and reads its positions' marks in one round trip). Ask for it before `book`."""
-    if request.param == "redis":
-        settings.REDIS_URL = request.getfixturevalue("redis_url")
-        reset_bus()
-        reset_depletion()
-        reset_order_events()
-        feed_alive()
-    return request.param
 
 
 @pytest.fixture
@@ -181,7 +166,7 @@ def test_resting_sell_fills_when_the_bid_rises_and_realizes_pnl(book):
     audit_clean()
 
 
-def test_price_then_time_priority_and_depletion_across_orders(engine, book):
+def test_price_then_time_priority_and_depletion_across_orders(book):
     a1, a2, a3 = open_account("100"), open_account("100"), open_account("100")
     matcher = new_matcher()
     first = place(a1, book, "BUY", "0.50", "10")
@@ -208,7 +193,7 @@ def test_price_then_time_priority_and_depletion_across_orders(engine, book):
     audit_clean()
 
 
-def test_depletion_is_shared_with_a_taker_order(engine, book):
+def test_depletion_is_shared_with_a_taker_order(book):
     maker_acc, taker_acc = open_account("100"), open_account("100")
     matcher = new_matcher()
     resting = place(maker_acc, book, "BUY", "0.50", "10")
@@ -221,7 +206,7 @@ def test_depletion_is_shared_with_a_taker_order(engine, book):
     audit_clean()
 
 
-def test_a_depletion_record_of_another_size_does_not_hold_back_a_maker_fill(engine, book):
+def test_a_depletion_record_of_another_size_does_not_hold_back_a_maker_fill(book):
     # A taker took from 0.49 while it showed 10; the feed now shows 8 there: the memory
     # resets (all 8 available), though its record is still stored under that level.
     maker_acc, taker_acc = open_account("100"), open_account("100")
@@ -237,7 +222,7 @@ def test_a_depletion_record_of_another_size_does_not_hold_back_a_maker_fill(engi
     audit_clean()
 
 
-def test_the_equity_snapshot_of_a_maker_fill_values_every_open_position(engine):
+def test_the_equity_snapshot_of_a_maker_fill_values_every_open_position():
     # Hand-computed: marks are the midpoint (spread ≤ 0.10), else the position's cost.
     (_, a, _), (_, b, _), (_, c, _) = make_market(), make_market(), make_market()
     publish_book(a.token_id, bids=[("0.39", "100")], asks=[("0.40", "100")])
@@ -347,7 +332,7 @@ def test_a_book_older_than_the_order_never_fills_it(book):
 
 
 # --- trades -----------------------------------------------------------------------------------
-def test_trade_through_fills_up_to_the_trade_size(engine, book):
+def test_trade_through_fills_up_to_the_trade_size(book):
     account = open_account("100")
     matcher = new_matcher()
     order = place(account, book, "BUY", "0.50", "10")
@@ -559,7 +544,7 @@ def test_index_reaches_exactly_when_crossing_finds_orders():
 
 def test_fill_rows_when_statements_run_one_by_one(book, monkeypatch):
     # PostgreSQL sends a fill's reads as one multi-statement query (merged by the driver);
-    # with server-side binding (and on SQLite) they run one by one. Both read the same
+    # with server-side binding they run one by one. Both read the same
     # rows, and the writes store text that looks like placeholders or needs quoting as is.
     from core import sqlrows
 
@@ -605,7 +590,6 @@ def test_fill_rows_with_quotes_and_percent_signs_in_one_round_trip(book):
     audit_clean()
 
 
-@pytest.mark.postgres
 def test_a_fills_writes_are_one_statement_the_driver_parses_once(book, monkeypatch):
     # psycopg caches how it parses a statement only up to a length and a number of values;
     # past them it would parse the text again on every fill.
@@ -642,7 +626,6 @@ def test_parse_shard():
 
 
 # --- concurrency (Postgres) -------------------------------------------------------------------
-@pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_cancel_racing_a_fill_never_both(book):
     """Many resting orders, each cancelled by one thread while the matcher fills them in
@@ -698,7 +681,6 @@ def test_cancel_racing_a_fill_never_both(book):
     audit_clean()
 
 
-@pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_fills_of_many_tokens_run_on_workers_each_token_in_priority_order():
     """One bus entry crossing orders on several tokens, some accounts resting on two of
@@ -740,14 +722,11 @@ def test_fills_of_many_tokens_run_on_workers_each_token_in_priority_order():
 
 
 # --- the process, on the real services ------------------------------------------------------
-@pytest.mark.redis
-@pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
-def test_trading_match_command_fills_from_the_redis_bus(redis_url, settings, tmp_path):
+def test_trading_match_command_fills_from_the_redis_bus(tmp_path):
     """`manage.py trading match` as its own process on Redis + Postgres: a resting order,
     then a crossing book and a trade print published on the RedisBus; the fills commit
     within a bounded wait, SIGTERM stops it cleanly, and the audit is clean."""
-    import os
     import signal
     import subprocess
     import sys
@@ -756,14 +735,6 @@ def test_trading_match_command_fills_from_the_redis_bus(redis_url, settings, tmp
 
     from marketdata.bus import TradePrint, now_ms
 
-    settings.REDIS_URL = redis_url
-    from marketdata.bus import reset_bus
-    from trading.depletion import reset_depletion
-    from trading.orderevents import reset_order_events
-
-    reset_bus()
-    reset_depletion()
-    reset_order_events()
     bus = get_bus()
     bus.heartbeat(0)
     _m, yes, _ = make_market()
@@ -771,13 +742,7 @@ def test_trading_match_command_fills_from_the_redis_bus(redis_url, settings, tmp
     account = open_account("100")
     resting = place(account, yes, "BUY", "0.50", "10")  # before the process: loaded from DB
 
-    db = connection.settings_dict
-    env = {
-        **os.environ,
-        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-        "REDIS_URL": redis_url,
-        "PRICE_BUS_SHARDS": "1",
-    }
+    env = child_env(PRICE_BUS_SHARDS="1")
     root = Path(__file__).resolve().parents[2]
     stats = tmp_path / "stats.json"
     proc = subprocess.Popen(
@@ -812,35 +777,4 @@ def test_trading_match_command_fills_from_the_redis_bus(redis_url, settings, tmp
     assert proc.returncode == 0, err
     assert "matcher stopped" in out
     assert bus.pending_count(0, "matcher") == 0
-    audit_clean()
-
-
-@pytest.mark.postgres  # committed rows seen by the matcher's thread (SQLite cannot flush them)
-@pytest.mark.django_db(transaction=True)
-def test_the_demo_runs_the_matcher_in_process(book):
-    """`make demo`'s matcher: a background component on the in-process bus and order
-    events, filling a resting order with no other service running."""
-    import time
-
-    from core.management.commands import demo
-
-    command = demo.Command(stdout=None)
-    command.no_feed = False
-    names = [c.name for c in command.background_components()]
-    assert names == ["market data", "matcher"]
-
-    account = open_account("100")
-    component = demo.matcher_component()
-    component.start()
-    try:
-        order = place(account, book, "BUY", "0.50", "10")
-        deadline = time.monotonic() + 30
-        while not maker_fills(order):
-            assert time.monotonic() < deadline
-            # Republished until the matcher (started asynchronously) has its group.
-            publish_book(book.token_id, bids=[("0.48", "100")], asks=[("0.49", "4")])
-            time.sleep(0.2)
-    finally:
-        component.stop()
-    assert [f.size for f in maker_fills(order)] == [D("4")]
     audit_clean()

@@ -9,7 +9,6 @@ SETTLEMENT ledger entry per position, the right cash — and the audit must stay
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from decimal import Decimal as D
@@ -17,28 +16,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.db import connection
 
 from accounts.models import Account, LedgerEntry, Position
 from marketdata.models import MarketResolution
+from tests.runtime import child_env
 from tests.trading.conftest import audit_clean, make_market, open_account, publish_book
 from trading.models import Fill
 from trading.services import order_place
 
-pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.django_db(transaction=True)]
 
 ROOT = Path(__file__).resolve().parents[2]
 N_ACCOUNTS = 30
 
 
 def _worker_env() -> dict[str, str]:
-    db = connection.settings_dict
-    url = f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
-    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "CELERY_BROKER_URL")}
-    env.update(
-        DATABASE_URL=url, DJANGO_SETTINGS_MODULE="config.settings_test", PYTHONPATH=str(ROOT)
-    )
-    return env
+    return child_env(DJANGO_SETTINGS_MODULE="config.settings_test", PYTHONPATH=str(ROOT))
 
 
 def _race(argvs: list[list[str]], go_file: Path) -> list[dict[str, object]]:

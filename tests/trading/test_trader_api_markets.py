@@ -29,10 +29,8 @@ def _fresh_state():
     key_cache.clear()
     reset_bus()
     feed_alive()  # a running feed beats every shard; tests of a dead feed age it on purpose
-    watchlist.clear_local()
     yield
     reset_bus()
-    watchlist.clear_local()
 
 
 @pytest.fixture
@@ -165,14 +163,14 @@ def test_markets_keyset_pages_with_one_bus_read_per_page(client, monkeypatch):
     bus = get_bus()
     bus.publish([top(f"{n}001", "0.2", "0.3") for n in range(1, 8)])
     calls: list[list[str]] = []
-    real = bus.latest_many
+    real = bus.latest_many_live  # the tops and their shards' heartbeats in one round trip
 
     def counting(token_ids):
         ids = list(token_ids)
         calls.append(ids)
         return real(ids)
 
-    monkeypatch.setattr(bus, "latest_many", counting)
+    monkeypatch.setattr(bus, "latest_many_live", counting)
 
     seen: list[str] = []
     cursor = ""

@@ -158,7 +158,6 @@ def test_the_service_needs_exactly_one_scope(world):
                         body=b"", call=lambda: Response({}))  # fmt: skip
 
 
-@pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_retries_place_exactly_one_order():
     """Eight copies of one request with one key race on PostgreSQL: one places the order;

@@ -17,7 +17,6 @@ import pytest
 from django.core.cache import cache
 
 from marketdata.bus import reset_bus
-from marketdata.watchlist import clear_local
 from tests.trading.conftest import feed_alive
 from trading.depletion import reset_depletion
 from web.markets.views import _watched_at
@@ -49,15 +48,13 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 @pytest.fixture(autouse=True)
 def _fresh_bus(_fresh_process_state: None) -> Iterator[None]:
-    """A fresh in-process bus with every shard's feed beating (the tests' feed is alive), and
-    no cached categories or price histories from another test."""
+    """Fresh bus clients on the emptied test Redis, every shard's feed beating (the tests'
+    feed is alive), and no cached categories or price histories from another test."""
     cache.clear()
     _watched_at.clear()
     reset_bus()
     reset_depletion()
-    clear_local()
     feed_alive()
     yield
     reset_bus()
     reset_depletion()
-    clear_local()

@@ -37,7 +37,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Decimal
 from functools import cache
@@ -54,14 +54,13 @@ from core import errors
 from core.clock import trading_day
 from core.db import db_datetime, retry_on_conflict
 from core.money import CASH_QUANTUM, ZERO, cash, pct
-from core.sqlrows import convert_row, fetch_statements, run_bound, run_statements
+from core.sqlrows import fetch_statements, run_bound, run_statements
 from marketdata import states as market_states
 from marketdata.bus import BookTop, RedisBus, TradePrint, get_bus
 from marketdata.models import Market, Token
 from partners.models import Tenant
 from trading import states
 from trading.depletion import (
-    DepletionStore,
     RedisDepletion,
     Take,
     get_depletion_store,
@@ -113,7 +112,7 @@ class _AccountRow:
     last_trading_day: dt.date | None
     last_fill_seq: int
     tenant_tz: str | None
-    tenant_time: Any  # dt.time (SQLite: text)
+    tenant_time: dt.time | None
 
 
 @dataclass(slots=True)
@@ -178,8 +177,7 @@ class _Locked:
 # A fill is a handful of rows; building and compiling them with the ORM (RawQuerySet column
 # resolution, model saves, bulk_create) cost several times the database's own work. So the
 # reads and writes are fixed, parameterised SQL; only model table and column names are
-# interpolated. On PostgreSQL (client-side binding, Django's default) the statements of one
-# phase go in ONE round trip (several statements in one query); SQLite runs them one by one.
+# interpolated. The statements of one phase go in ONE round trip (core/sqlrows.py).
 
 
 @cache
@@ -208,11 +206,11 @@ _POSITION_READ = (
 
 
 @cache
-def _reads(for_update_of: bool) -> tuple[str, str, str]:
+def _reads() -> tuple[str, str, str]:
     """The three locking reads of a fill, in lock order (C1): the account (with its tenant's
     day boundary), the order (with the duplicate check, the account's last fill time, its
     token's outcome and market), and the positions the fill needs (the order token's and the
-    account's other open ones, for the equity snapshot). SQLite has no row locks."""
+    account's other open ones, for the equity snapshot)."""
     account, tenant = Account._meta.db_table, Tenant._meta.db_table
     order, fill = Order._meta.db_table, Fill._meta.db_table
     token, market = Token._meta.db_table, Market._meta.db_table
@@ -222,7 +220,7 @@ def _reads(for_update_of: bool) -> tuple[str, str, str]:
         return ", ".join(f"{alias}.{c}" for c in names)
 
     def lock(alias: str) -> str:
-        return f"FOR UPDATE OF {alias}" if for_update_of else ""
+        return f"FOR UPDATE OF {alias}"
 
     account_sql = f"""
         SELECT {cols(_ACCOUNT_READ, "a")}, t.day_boundary_tz, t.day_boundary_time
@@ -348,8 +346,8 @@ def _write_sql(write: _Write, named: bool) -> tuple[str, tuple[str, ...]]:
 
 
 @cache
-def _fill_writes_pg(created: bool) -> str:
-    """PostgreSQL: every write of a fill as ONE statement (data-modifying WITH queries: each
+def _fill_writes(created: bool) -> str:
+    """Every write of a fill as ONE statement (data-modifying WITH queries: each
     runs exactly once, all in this statement; they touch different rows, and the rows the
     fill updates are already locked), with named values, bound by the server."""
     first = _POSITION_INSERT if created else _POSITION_UPDATE
@@ -358,59 +356,19 @@ def _fill_writes_pg(created: bool) -> str:
     return f"WITH {ctes} {_write_sql(_ACCOUNT_UPDATE, True)[0]}"
 
 
-def _run_writes(
-    db: BaseDatabaseWrapper, writes: list[_Write], values: dict[str, Any], *, created: bool
-) -> None:
-    """Run a fill's writes with `values`: on PostgreSQL one statement bound by the server
-    (the driver's C adapters convert the values: merging them into the text costs several
-    times more), elsewhere one statement each."""
-    if db.vendor == "postgresql":
-        run_bound(db, _fill_writes_pg(created), values)
-        return
-    statements = []
-    for write in writes:
-        sql, names = _write_sql(write, False)
-        statements.append((sql, _params(db, *(values[n] for n in names))))
-    run_statements(statements)
-
-
-def _params(db: BaseDatabaseWrapper, *values: Any) -> list[Any]:
-    """Python values as this connection's driver takes them for the fixed SQL: PostgreSQL as
-    they are; SQLite naive-UTC datetime text and UUID hex, as the ORM writes them."""
-    if db.vendor == "postgresql":
-        return list(values)
-    return [
-        db.ops.adapt_datetimefield_value(v)
-        if isinstance(v, dt.datetime)
-        else (v.hex if isinstance(v, uuid.UUID) else v)
-        for v in values
-    ]
-
-
-def _values(
-    db: BaseDatabaseWrapper, model: type[Any], names: tuple[str, ...], row: Sequence[Any]
-) -> Sequence[Any]:
-    """A row's values as the ORM would load them: PostgreSQL's driver returns them so already
-    for the columns a fill reads (numeric, text, integer, uuid, timestamptz, date); SQLite's
-    go through `convert_row` (float decimals, text datetimes, hex UUIDs)."""
-    return row if db.vendor == "postgresql" else convert_row(model, names, row)
-
-
 def _locked(order_id: Any, account_id: Any, trigger_key: str) -> _Locked | MakerResult:
     """Account lock, then the order row lock, then the positions; `gone` unless the order
     (of that account) still rests and may trade (live, its epoch, an open market accepting
     orders, not past its GTD expiration); `duplicate` if `trigger_key` was already applied
     (read after the account lock: every fill of the account commits under it). One round
-    trip on PostgreSQL."""
+    trip."""
     db = connections[DEFAULT_DB_ALIAS]  # itself: each read through the proxy is a lookup
-    account_sql, order_sql, positions_sql = _reads(db.features.has_select_for_update_of)
+    account_sql, order_sql, positions_sql = _reads()
     try:
         account_key: Any = uuid.UUID(str(account_id))
         order_key: Any = uuid.UUID(str(order_id))
     except ValueError:
         return MakerResult("gone", ZERO, ZERO, ZERO)
-    if db.vendor != "postgresql":  # hex text, as the ORM stores UUIDs there
-        account_key, order_key = account_key.hex, order_key.hex
     # Three short reads with eight values: one text merged in one pass (psycopg keeps it parsed).
     accounts, orders, position_rows = fetch_statements(
         [
@@ -423,10 +381,10 @@ def _locked(order_id: Any, account_id: Any, trigger_key: str) -> _Locked | Maker
     )
     if not accounts or not orders:
         return MakerResult("gone", ZERO, ZERO, ZERO)
-    account = _AccountRow(
-        *_values(db, Account, _ACCOUNT_READ, accounts[0][: len(_ACCOUNT_READ)]), *accounts[0][-2:]
-    )
-    order = _OrderRow(*_values(db, Order, _ORDER_READ, orders[0][: len(_ORDER_READ)]))
+    # psycopg returns the columns a fill reads (numeric, text, integer, uuid, timestamptz,
+    # date) as the ORM would load them: no conversion.
+    account = _AccountRow(*accounts[0])
+    order = _OrderRow(*orders[0][: len(_ORDER_READ)])
     duplicate, previous, outcome, market_id, question, closed, status, accepting = orders[0][-8:]
     if (
         order.status != Order.Status.LIVE
@@ -443,7 +401,7 @@ def _locked(order_id: Any, account_id: Any, trigger_key: str) -> _Locked | Maker
         return MakerResult("duplicate", ZERO, _remaining(order), order.queue_ahead)
     position, others = None, []
     for row in position_rows:
-        held = _Holding(*_values(db, Position, _POSITION_READ, row))
+        held = _Holding(*row)
         if held.token_id == order.token_id:
             position = held
         else:  # the query returns other positions only when open with shares
@@ -574,8 +532,7 @@ def order_fill_maker_trade(
     if take <= 0:
         if at_price:  # the queue advance alone (a fill writes it with the order's update)
             sql, _ = _write_sql(_ORDER_QUEUE_UPDATE, False)
-            queue = _params(got.db, order.queue_ahead, order.queue_trigger, order.id)
-            run_statements([(sql, queue)])
+            run_statements([(sql, [order.queue_ahead, order.queue_trigger, order.id])])
         return MakerResult("none", ZERO, remaining, order.queue_ahead)
     fill_id = _apply(
         got,
@@ -601,14 +558,14 @@ _TopMark = tuple[str | None, str | None, str | None]
 
 
 def _commit_with_marks(
-    store: DepletionStore, takes: list[Take], tokens: list[str]
+    store: RedisDepletion, takes: list[Take], tokens: list[str]
 ) -> tuple[bool, dict[str, _TopMark] | None]:
-    """`store.commit(takes)`, and when the depletion memory and the price bus share one Redis
-    (both live on settings.REDIS_URL) the latest tops of `tokens` read in the same command;
-    None otherwise (the fill reads them when it values the positions). A top's JSON is the
-    BookTop's fields: only the mark's are taken from it."""
+    """`store.commit(takes)` and, as the depletion memory and the price bus share one Redis
+    (settings.REDIS_URL), the latest tops of `tokens` read in the same command. None for the
+    marks only while the bus is not the Redis one (the fill then reads them when it values
+    the positions). A top's JSON is the BookTop's fields: only the mark's are taken from it."""
     bus = get_bus()
-    if not (isinstance(bus, RedisBus) and isinstance(store, RedisDepletion)):
+    if not isinstance(bus, RedisBus):
         return store.commit(takes), None
     ids = list(dict.fromkeys(tokens))
     ok, blobs = store.commit_and_get(takes, [bus.book_key(t) for t in ids])
@@ -801,13 +758,7 @@ def _apply(
         "max_dd": account.max_drawdown,
         "max_dd_pct": account.max_drawdown_pct,
     }
-    first = _POSITION_INSERT if created else _POSITION_UPDATE
-    _run_writes(
-        locked.db,
-        [first, _LEDGER_INSERT, _FILL_INSERT, _ORDER_UPDATE, _SNAPSHOT_INSERT, _ACCOUNT_UPDATE],
-        values,
-        created=created,
-    )
+    run_bound(locked.db, _fill_writes(created), values)
     return fill_id
 
 

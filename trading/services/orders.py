@@ -43,14 +43,14 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from functools import cache
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import Account, LedgerEntry, Position
 from accounts.services.wallets import equity_snapshot_build, ledger_entries_build
 from core import errors
 from core.clock import trading_day
-from core.db import db_datetime, db_param_uuid, retry_on_conflict
+from core.db import db_datetime, retry_on_conflict
 from core.money import CASH_QUANTUM, SHARE_QUANTUM, ZERO, to_decimal
 from core.sqlrows import (
     Statement,
@@ -66,7 +66,6 @@ from marketdata.bus import BookTop, RedisBus, get_bus
 from marketdata.models import Market, Token
 from trading import states
 from trading.depletion import (
-    RedisDepletion,
     Take,
     get_depletion_store,
     level_key,
@@ -281,7 +280,7 @@ def _replay(existing: Order, req: OrderRequest) -> PlacedOrder:
 # --- 2/3. market and book -----------------------------------------------------------------------
 # Fixed SQL for the reads of one placement (building them with the ORM cost more CPU than
 # running them; docs/benchmarks.md). Only model table and column names are interpolated;
-# every value is a bound parameter. SQLite has no row locks (no FOR UPDATE).
+# every value is a bound parameter.
 _MARKET_FIELDS = (
     "id",
     "condition_id",
@@ -345,16 +344,14 @@ class _Sql:
 
 
 @cache
-def _sql(for_update: bool, for_update_of: bool, owned: bool) -> _Sql:
+def _sql(owned: bool) -> _Sql:
     """The reads of one placement. `owned`: the account and its positions only if they
     belong to the user of the last parameter (the trader API's caller)."""
     token_t, market_t = Token._meta.db_table, Market._meta.db_table
     account_t, position_t = Account._meta.db_table, Position._meta.db_table
     fill_t, order_t, tenant_t = Fill._meta.db_table, Order._meta.db_table, Tenant._meta.db_table
     owner = "AND a.owner_id = %s" if owned else ""
-    lock = ""
-    if for_update:  # only the account row: the tenant is on the nullable side of the join
-        lock = "FOR UPDATE OF a" if for_update_of else "FOR UPDATE"
+    lock = "FOR UPDATE OF a"  # only the account row: the tenant is on the nullable side
     token_sql = f"""
         SELECT {_columns(Token, "t", _TOKEN_FIELDS)}, {_columns(Market, "m", _MARKET_FIELDS)}
           FROM {token_t} t JOIN {market_t} m ON m.id = t.market_id
@@ -376,15 +373,10 @@ def _sql(for_update: bool, for_update_of: bool, owned: bool) -> _Sql:
           FROM {position_t} p JOIN {account_t} a ON a.id = p.account_id
          WHERE p.account_id = %s AND p.epoch = a.epoch {owner}
            AND (p.token_id = %s OR (p.status = %s AND p.size > 0))
-         ORDER BY p.opened_at, p.id {"FOR UPDATE OF p" if for_update_of else ""}
+         ORDER BY p.opened_at, p.id FOR UPDATE OF p
     """
     replay_sql = f"SELECT o.id FROM {order_t} o WHERE o.account_id = %s AND o.client_order_id = %s"
     return _Sql(token_sql, account_sql, positions_sql, replay_sql)
-
-
-def _statements(owned: bool) -> _Sql:
-    features = connection.features
-    return _sql(features.has_select_for_update, features.has_select_for_update_of, owned)
 
 
 def _token_from_row(row: Sequence[Any]) -> Token:
@@ -419,11 +411,11 @@ def _lock_and_read(
     that carries it. With an `owner`, the account and its positions only if they are that
     user's. A malformed account id reads as no account."""
     try:
-        account_key = db_param_uuid(uuid.UUID(str(account_id)))
+        account_key: uuid.UUID | None = uuid.UUID(str(account_id))
     except ValueError:
         account_key = None
     token_key = token_id if isinstance(token_id, str) else ""
-    sql = _statements(owned=owner is not None)
+    sql = _sql(owned=owner is not None)
     mine = [] if owner is None else [owner.pk]
     statements: list[Statement] = [(sql.token, [token_key])]
     if account_key is not None:
@@ -810,11 +802,11 @@ def _trading_day(account: Account, now: dt.datetime, tenant: Any = None) -> dt.d
 def _marks_and_memories(
     token_ids: list[str], keys: list[str]
 ) -> tuple[dict[str, BookTop] | None, list[str] | None]:
-    """When the price bus and the depletion memory are both on Redis (settings.REDIS_URL
-    puts them on the same server): the live tops of `token_ids` and the raw depletion
-    records of `keys`, in ONE round trip. Elsewhere (None, None): each is read when used."""
-    bus, store = get_bus(), get_depletion_store()
-    if not (isinstance(bus, RedisBus) and isinstance(store, RedisDepletion)):
+    """The live tops of `token_ids` and the raw depletion records of `keys`, in ONE round trip
+    (the price bus and the depletion memory share settings.REDIS_URL). (None, None) only
+    while the bus is not the Redis one: each is then read when used."""
+    bus = get_bus()
+    if not isinstance(bus, RedisBus):
         return None, None
     tops, raws = bus.latest_many_live_and_get(token_ids, keys)
     return tops, ["" if r is None else r.decode() for r in raws]

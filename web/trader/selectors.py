@@ -265,9 +265,9 @@ def leaderboard(*, viewer_id: int | None = None, now: dt.datetime | None = None)
     Active accounts only; ties share a rank (1, 2, 2, 4), ordered by the earlier account.
 
     One query with two correlated subqueries per account, each an index seek on
-    (account, epoch, at); ranking in Python with Decimal (SQLite has no exact decimal
-    arithmetic). Without `now` (live pages) the ranking is reused for
-    LEADERBOARD_CACHE_SECONDS per process; with it (tests, reports) it is always computed.
+    (account, epoch, at); ranking in Python with Decimal. Without `now` (live pages) the
+    ranking is reused for LEADERBOARD_CACHE_SECONDS per process; with it (tests, reports) it
+    is always computed.
     """
     start, end = season_bounds(now or timezone.now())
     scored = _season_scores(start) if now is not None else _cached_scores(start)

@@ -1,36 +1,41 @@
-"""`manage.py demo`: seed a ready-to-try tenant, print how to use it, then serve the site.
+"""`manage.py demo`: seed a ready-to-try tenant, print how to use it, then run the whole stack.
 
-Everything runs in this one process on the embedded stack (SQLite, in-process bus, eager
-tasks, emails written under var/mail), so `make demo` (= `migrate` + this) needs nothing but
-Python. The seed is idempotent: run it again and again; only the API key (whose full value is
-known only at creation), the operator password and the login link are new each run.
-
-Background components (the market-data feed, the matcher) are started before the web server
-and stopped after it: add them to `Command.background_components`.
+On the embedded PostgreSQL and Redis (or the URLs when set), as production runs it: the web
+server (gunicorn), the market-data feed, the maker matcher, a Celery worker and Celery beat,
+each a child process supervised here (core/supervisor.py) with its output in var/log/<name>.log,
+so the banner stays readable. Offline, the feed reads the fake Polymarket (synthetic demo
+dataset with a labelled price walk) served from a thread of this process. The seed is
+idempotent: run it again and again; only the API key (whose full value is known only at
+creation), the operator password and the login link are new each run. The banner's
+essentials also go to var/demo.txt. Ctrl-C or SIGTERM stops every child; a child that dies
+is restarted, and one that keeps dying stops the demo with its log's last lines
+(docs/operations.md, "The demo").
 """
 
 from __future__ import annotations
 
-import asyncio
+import logging
 import os
+import re
 import secrets
 import signal
+import socket
 import sys
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from django.conf import settings
-from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.migrations.executor import MigrationExecutor
 from django.utils import timezone
 
 from core import errors
+from core.supervisor import Supervisor
 
 if TYPE_CHECKING:
     from accounts.models import Account, User
@@ -57,55 +62,101 @@ DEFAULT_PORT = 8000
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
 
 
-# --- Background components -------------------------------------------------------------------
-class BackgroundComponent(Protocol):
-    """Something that runs beside the web server for the life of the demo."""
-
-    name: str
-
-    def start(self) -> None: ...
-
-    def stop(self) -> None: ...
+def _reachable(url: str, timeout: float = 2.0) -> bool:
+    try:
+        httpx.get(url, timeout=timeout)
+    except httpx.HTTPError:
+        return False
+    return True
 
 
-@dataclass
-class ThreadComponent:
-    """Runs `target(stop_event)` in a daemon thread; `target` returns once the event is set."""
-
-    name: str
-    target: Callable[[threading.Event], None]
-    join_timeout: float = 5.0
-    _stop: threading.Event = field(default_factory=threading.Event, init=False)
-    _thread: threading.Thread | None = field(default=None, init=False)
-
-    def start(self) -> None:
-        self._thread = threading.Thread(
-            target=self.target, args=(self._stop,), name=f"demo-{self.name}", daemon=True
-        )
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(self.join_timeout)
+def port_free(addr: str, port: int) -> bool:
+    """Whether `addr:port` can be listened on (as gunicorn will: SO_REUSEADDR set)."""
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((addr, port))
+        except OSError:
+            return False
+    return True
 
 
-class MarketDataComponent:
-    """The price feed of the demo: real Polymarket when it can be reached (or when
+def demo_children(
+    *, addr: str, port: int, feed: bool, var_dir: Path
+) -> list[tuple[str, list[str]]]:
+    """The demo's processes, in start order (stopped in reverse): the production commands of
+    docs/operations.md, sized for a laptop."""
+    py, manage = sys.executable, str(Path(settings.BASE_DIR) / "manage.py")
+    bind = f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+    children = [
+        ("worker", [py, "-m", "celery", "-A", "config", "worker", "--loglevel=INFO",
+                    "--concurrency=2", "--without-gossip", "--without-mingle",
+                    "--hostname=demo-worker@%h"]),
+        ("beat", [py, "-m", "celery", "-A", "config", "beat", "--loglevel=INFO",
+                  f"--schedule={var_dir / 'celerybeat-schedule'}"]),
+        ("matcher", [py, manage, "trading", "match"]),
+    ]  # fmt: skip
+    if feed:
+        children.append(("feed", [py, manage, "marketdata", "stream"]))
+    children.append(
+        ("web", [py, "-m", "gunicorn", "config.wsgi:application", "--bind", bind,
+                 "--workers", "2", "--threads", "4", "--graceful-timeout", "5",
+                 # ~/.gunicorn/gunicorn.ctl would be shared by every demo and test run.
+                 "--no-control-socket",
+                 "--access-logfile", "-", "--error-logfile", "-"])
+    )  # fmt: skip
+    return children
+
+
+def child_environment(**extra: str) -> dict[str, str]:
+    """The children's environment: this process's, with the database, Redis and secret key it
+    runs on spelled out (login links made here must verify in the web child)."""
+    from core.db import database_url
+
+    env = dict(os.environ)
+    if not os.environ.get("CELERY_BROKER_URL"):
+        env.pop("CELERY_BROKER_URL", None)
+    env.update(
+        DJANGO_SETTINGS_MODULE="config.settings",
+        DATABASE_URL=database_url(connections[DEFAULT_DB_ALIAS].settings_dict),
+        REDIS_URL=str(settings.REDIS_URL),
+        SECRET_KEY=str(settings.SECRET_KEY),
+        PUBLIC_BASE_URL=str(settings.PUBLIC_BASE_URL),
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+def _log_to_file(path: Path) -> None:
+    """Send this process's log records to `path` instead of the console, which keeps the
+    banner and the supervisor's reports."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.StreamHandler) and not isinstance(
+            handler, logging.FileHandler
+        ):
+            root.removeHandler(handler)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root.addHandler(handler)
+
+
+class MarketSource:
+    """Where the demo's prices come from: real Polymarket when it can be reached (or when
     POLYMARKET_* are set explicitly), otherwise the fake Polymarket serving our synthetic demo
-    dataset with its labelled price walk; then one discovery pass and a websocket ingester
-    publishing to the in-process price bus the web process reads."""
+    dataset with its labelled price walk, on a thread of this process. `start` runs one
+    discovery pass so the feed has markets to stream from its first second."""
 
-    name = "market data"
     ENV_VARS = ("POLYMARKET_GAMMA_URL", "POLYMARKET_CLOB_URL", "POLYMARKET_WS_URL")
 
     def __init__(self, *, discover_limit: int = 200) -> None:
         self.discover_limit = discover_limit
         self.fake: Any = None
-        self.source = ""
-        self._ingester: Any = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self.description = ""
+        self.env: dict[str, str] = {}
 
     def start(self) -> None:
         from marketdata.clients import ClobClient, GammaClient
@@ -114,13 +165,18 @@ class MarketDataComponent:
 
         explicit = any(os.environ.get(name) for name in self.ENV_VARS)
         if explicit or _reachable(f"{settings.POLYMARKET_CLOB_URL}/time"):
-            self.source = f"Polymarket at {settings.POLYMARKET_CLOB_URL} (live)"
+            self.description = f"Polymarket at {settings.POLYMARKET_CLOB_URL} (live)"
         else:
             self.fake = FakePolymarket(DEMO_DATA_DIR, walk=True).start_in_thread()
+            self.env = {
+                "POLYMARKET_GAMMA_URL": self.fake.gamma_url,
+                "POLYMARKET_CLOB_URL": self.fake.clob_url,
+                "POLYMARKET_WS_URL": self.fake.ws_url,
+            }
             settings.POLYMARKET_GAMMA_URL = self.fake.gamma_url
             settings.POLYMARKET_CLOB_URL = self.fake.clob_url
             settings.POLYMARKET_WS_URL = self.fake.ws_url
-            self.source = (
+            self.description = (
                 f"fake Polymarket on {self.fake.base_url}: SYNTHETIC price walk over the "
                 "demo dataset (Polymarket itself is not reachable)"
             )
@@ -128,43 +184,11 @@ class MarketDataComponent:
             result = discover(
                 gamma=gamma, clob=clob, limit=self.discover_limit, include_closed=False
             )
-        self.source += f"; {result.as_dict().get('markets_seen', 0)} markets discovered"
-        self._thread = threading.Thread(target=self._run, name="demo-feed", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        from marketdata.bus import get_bus
-        from marketdata.clients import ClobClient
-        from marketdata.ingest import Ingester, config_from_settings
-
-        self._loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(self._loop)
-        self._ingester = Ingester(config=config_from_settings(), clob=ClobClient(), bus=get_bus())
-        self._loop.run_until_complete(self._ingester.run())
+        self.description += f"; {result.as_dict().get('markets_seen', 0)} markets discovered"
 
     def stop(self) -> None:
-        if self._loop is not None and self._ingester is not None:
-            self._loop.call_soon_threadsafe(self._ingester.stop)
-        if self._thread is not None:
-            self._thread.join(10)
         if self.fake is not None:
             self.fake.stop()
-
-
-def matcher_component() -> ThreadComponent:
-    """The maker matcher (`manage.py trading match` in production) on a thread: every shard
-    of the process's price bus, with the order events of this process."""
-    from trading.matcher import run_in_thread
-
-    return ThreadComponent(name="matcher", target=run_in_thread, join_timeout=10.0)
-
-
-def _reachable(url: str, timeout: float = 2.0) -> bool:
-    try:
-        httpx.get(url, timeout=timeout)
-    except httpx.HTTPError:
-        return False
-    return True
 
 
 # --- Seed ---------------------------------------------------------------------------------------
@@ -284,11 +308,10 @@ def base_url_for(addr: str, port: int) -> str:
 
 
 class Command(BaseCommand):
-    no_feed = False
     help = (
         "Seed a demo tenant (key, trader, $10,000 challenge account, login link, operator "
-        "login), print how to use it, then serve the site with its static files. "
-        "Run `manage.py migrate` first."
+        "login), print how to use it, then run web, feed, matcher, Celery worker and beat "
+        "until Ctrl-C. Run `manage.py migrate` first."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -300,7 +323,7 @@ class Command(BaseCommand):
             "--no-serve", action="store_true", help="seed and print only (tests, scripting)"
         )
         parser.add_argument(
-            "--no-feed", action="store_true", help="serve without the market-data feed"
+            "--no-feed", action="store_true", help="run without the market-data feed"
         )
         parser.add_argument(
             "--admin-password",
@@ -310,8 +333,14 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         self._require_migrated()
-        self.no_feed = bool(options["no_feed"])
         addr, port = options["addr"], options["port"]
+        serve = not options["no_serve"]
+        if serve and not port_free(addr, port):
+            # Before the banner: its links would point at whatever holds the port.
+            raise CommandError(
+                f"port {port} on {addr} is in use (another demo?); pick another one: "
+                f"make demo PORT={port + 1}  (or manage.py demo --port {port + 1})"
+            )
         base_url = base_url_for(addr, port)
         if base_url != settings.PUBLIC_BASE_URL:
             # Login links are built from PUBLIC_BASE_URL: make them point where we serve.
@@ -320,9 +349,11 @@ class Command(BaseCommand):
             seed = seed_demo(admin_password=options["admin_password"])
         except errors.DomainError as exc:
             raise CommandError(f"demo seed failed: {exc.code}: {exc.message}") from exc
-        self._print_banner(seed, base_url)
-        if not options["no_serve"]:
-            self.serve(addr, port)
+        banner = self._banner(seed, base_url)
+        self.stdout.write(banner)
+        if serve:
+            self._save_banner(banner, Path(settings.VAR_DIR) / "demo.txt")
+            self.serve(addr, port, feed=not options["no_feed"])
 
     def _require_migrated(self) -> None:
         connection = connections[DEFAULT_DB_ALIAS]
@@ -330,7 +361,7 @@ class Command(BaseCommand):
         if executor.migration_plan(executor.loader.graph.leaf_nodes()):
             raise CommandError("the database has unapplied migrations: run `manage.py migrate`")
 
-    def _print_banner(self, seed: DemoSeed, base: str) -> None:
+    def _banner(self, seed: DemoSeed, base: str) -> str:
         rule = "=" * 78
         account_url = f"{base}/v1/partner/accounts/{seed.account.pk}"
         rows = [
@@ -356,48 +387,67 @@ class Command(BaseCommand):
             ("Login link", seed.login_link or "(none)"),
             ("", seed.login_note),
         ]
-        self.stdout.write(rule)
-        self.stdout.write(self.style.SUCCESS("polysim demo is ready"))
-        self.stdout.write(rule)
-        for label, value in rows:
-            self.stdout.write(f"  {label:<12} {value}")
-        self.stdout.write("")
-        self.stdout.write("  Try it:")
-        self.stdout.write(f'curl -s -H "X-API-Key: {seed.raw_key}" {account_url}')
-        self.stdout.write(rule)
+        lines = [rule, self.style.SUCCESS("polysim demo is ready"), rule]
+        lines += [f"  {label:<12} {value}" for label, value in rows]
+        lines += ["", "  Try it:", f'curl -s -H "X-API-Key: {seed.raw_key}" {account_url}', rule]
+        return "\n".join(lines)
+
+    @staticmethod
+    def _save_banner(banner: str, path: Path) -> None:
+        """The banner without terminal colours, readable only by this user (it holds a key
+        and a password)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = re.sub(r"\x1b\[[0-9;]*m", "", banner) + "\n"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
 
     # --- serving
-    def background_components(self) -> list[BackgroundComponent]:
-        """Started before the web server, stopped after it (reverse order): the feed, then
-        the maker matcher filling resting orders from the same in-process price bus."""
-        if self.no_feed:
-            return []
-        return [MarketDataComponent(), matcher_component()]
+    def supervisor(
+        self, addr: str, port: int, *, feed: bool, var_dir: Path, extra_env: dict[str, str]
+    ) -> Supervisor:
+        return Supervisor(
+            demo_children(addr=addr, port=port, feed=feed, var_dir=var_dir),
+            log_dir=var_dir / "log",
+            env=child_environment(**extra_env),
+            cwd=Path(settings.BASE_DIR),
+            report=lambda message: self.stderr.write(message),
+        )
 
-    def serve(self, addr: str, port: int) -> None:
-        previous_sigterm = None
-        if threading.current_thread() is threading.main_thread():
-            # SIGTERM (docker stop, CI) unwinds like Ctrl-C, so components are stopped too.
-            previous_sigterm = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
-        started: list[BackgroundComponent] = []
+    def serve(self, addr: str, port: int, *, feed: bool = True) -> None:
+        """Run the stack until Ctrl-C / SIGTERM, or until a child keeps dying (CommandError)."""
+        stop = threading.Event()
+        previous = {
+            sig: signal.signal(sig, lambda signum, frame: stop.set())
+            for sig in (signal.SIGINT, signal.SIGTERM)
+        }
+        source = MarketSource() if feed else None
+        supervisor: Supervisor | None = None
+        failure: str | None = None
+        var_dir = Path(settings.VAR_DIR)
+        _log_to_file(var_dir / "log" / "demo.log")  # the fake and discovery: off the console
         try:
-            for component in self.background_components():
-                component.start()
-                started.append(component)
-                detail = getattr(component, "source", "")
-                self.stdout.write(f"started {component.name}" + (f": {detail}" if detail else ""))
-            ipv6 = ":" in addr
-            # staticfiles' runserver with insecure_serving: the admin's CSS/JS are served
-            # straight from the apps even with DEBUG=0 (no collectstatic needed for the demo).
-            call_command(
-                "runserver",
-                f"[{addr}]:{port}" if ipv6 else f"{addr}:{port}",
-                use_reloader=False,
-                use_ipv6=ipv6,
-                insecure_serving=True,
+            if source is not None:
+                source.start()
+                self.stdout.write(f"market data: {source.description}")
+            supervisor = self.supervisor(
+                addr, port, feed=feed, var_dir=var_dir, extra_env=source.env if source else {}
             )
+            supervisor.start()
+            names = ", ".join(c.name for c in supervisor.children)
+            self.stdout.write(f"running {names}; logs in {var_dir / 'log'}/; Ctrl-C stops them")
+            while not stop.wait(0.5):
+                failure = supervisor.poll()
+                if failure is not None:
+                    break
         finally:
-            for component in reversed(started):
-                component.stop()
-            if previous_sigterm is not None:
-                signal.signal(signal.SIGTERM, previous_sigterm)
+            if supervisor is not None:
+                self.stdout.write("stopping the demo...")
+                supervisor.stop()
+            if source is not None:
+                source.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        if failure is not None:
+            raise CommandError(f"the demo stopped: {failure}")
+        self.stdout.write("demo stopped")

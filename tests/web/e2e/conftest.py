@@ -8,14 +8,12 @@ and uses a transactional database: the server thread must see what the test comm
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from django.db import connection
 
 from tests.web.conftest import ARTIFACTS_DIR, CHROMIUM_PATH
 from tests.web.e2e.harness import AppServer, Feed, chromium, session_cookie_for, start_feed
@@ -38,31 +36,9 @@ def _async_unsafe(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "1")
 
 
-def _ledger_migration() -> Any:
-    return importlib.import_module("accounts.migrations.0003_ledger_append_only")
-
-
 @pytest.fixture
-def _ledger_triggers_back(django_db_setup: None, django_db_blocker: Any) -> Iterator[None]:
-    """Set up BEFORE transactional_db, so torn down after its flush: puts the SQLite ledger
-    triggers back (see `e2e_db`)."""
-    yield
-    if connection.vendor == "sqlite":
-        with django_db_blocker.unblock(), connection.cursor() as cursor:
-            for statement in _ledger_migration().SQLITE_FORWARD:
-                cursor.execute(statement)
-
-
-@pytest.fixture
-def e2e_db(_ledger_triggers_back: None, transactional_db: None) -> Iterator[None]:
-    """A committed (transactional) database the server thread can see. On SQLite the flush
-    between such tests DELETEs every table, which the append-only ledger's triggers refuse
-    (PostgreSQL truncates, which they allow): the triggers are dropped just for the flush."""
-    yield
-    if connection.vendor == "sqlite":
-        with connection.cursor() as cursor:
-            for statement in _ledger_migration().SQLITE_REVERSE:
-                cursor.execute(statement)
+def e2e_db(transactional_db: None) -> None:
+    """A committed (transactional) database the server thread can see."""
 
 
 @pytest.fixture

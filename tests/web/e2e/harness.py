@@ -21,7 +21,6 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.staticfiles.handlers import StaticFilesHandler
-from django.db import connections
 from django.test.testcases import LiveServerThread
 
 HOST = "127.0.0.1"
@@ -44,22 +43,11 @@ def free_port(avoid: set[int] | None = None) -> int:
 
 class AppServer:
     """The Django app on a threaded WSGI server (Django's own LiveServerThread, static files
-    served from the apps as in the demo). For an in-memory SQLite test database the server
-    thread shares the test thread's connection, as Django's LiveServerTestCase does."""
+    served from the apps as in the demo), each request on its own database connection."""
 
     def __init__(self) -> None:
         self.port = free_port()
-        overrides = {
-            conn.alias: conn
-            for conn in connections.all()
-            if conn.vendor == "sqlite" and conn.is_in_memory_db()
-        }
-        for conn in overrides.values():
-            conn.inc_thread_sharing()
-        self._overrides = overrides
-        self.thread = LiveServerThread(
-            HOST, StaticFilesHandler, connections_override=overrides or None, port=self.port
-        )
+        self.thread = LiveServerThread(HOST, StaticFilesHandler, port=self.port)
         self.thread.daemon = True
 
     @property
@@ -75,14 +63,12 @@ class AppServer:
 
     def stop(self) -> None:
         self.thread.terminate()
-        # Requests still in flight (a poll the browser sent as it closed) finish on their own
-        # threads and close the shared connection: stop sharing it only after them.
+        # Requests still in flight (a poll the browser sent as it closed) finish first: their
+        # open transactions would hold locks the test's database flush waits for.
         deadline = time.monotonic() + 5
         for thread in threading.enumerate():
             if "process_request_thread" in thread.name:
                 thread.join(max(0.0, deadline - time.monotonic()))
-        for conn in self._overrides.values():
-            conn.dec_thread_sharing()
 
 
 @dataclass
