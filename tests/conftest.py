@@ -17,6 +17,7 @@ import pytest
 import redis
 from django.conf import settings as django_settings
 
+from config.embedded import RedisServer
 from tests.factories import make_partner_client
 from tests.runtime import redis_flush
 
@@ -38,6 +39,18 @@ def pytest_configure(config: pytest.Config) -> None:
 def redis_url() -> str:
     """The suite's Redis (settings.REDIS_URL: its own database, flushed before each test)."""
     return str(django_settings.REDIS_URL)
+
+
+@pytest.fixture
+def private_redis(tmp_path_factory) -> Iterator[RedisServer]:
+    """A redis-server of the test's own (config/embedded.py), which it may stop and start
+    again: empty, or from a dump it saved."""
+    server = RedisServer(Path(tmp_path_factory.mktemp("redis")))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
 
 
 @pytest.fixture

@@ -29,7 +29,6 @@ def operator(client):
     return client
 
 
-@pytest.mark.redis
 def test_market_list_shows_live_book_state_from_the_bus(operator, redis_url, settings):
     settings.REDIS_URL = redis_url
     reset_bus()

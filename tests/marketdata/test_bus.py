@@ -47,9 +47,6 @@ def make_top(token_id: str, bid: str = "0.48", ask: str = "0.52", **changes) -> 
     return top if not changes else BookTop.from_dict({**orjson.loads(top.to_json()), **changes})
 
 
-pytestmark = pytest.mark.redis
-
-
 @pytest.fixture
 def bus(redis_url) -> Iterator[PriceBus]:
     redis_bus = RedisBus.from_url(redis_url, n_shards=4)

@@ -11,8 +11,6 @@ import redis
 from marketdata.bus import RedisBus, shard_of
 from marketdata.messages import BookKeeper
 
-pytestmark = pytest.mark.redis
-
 
 def tops(n: int, tag: str) -> list[tuple[str, bytes]]:
     # Two entries for token 0: the latest wins in MSET, both are streamed.

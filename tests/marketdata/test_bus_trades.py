@@ -23,7 +23,6 @@ def _print(token: str, n: int) -> TradePrint:
     return TradePrint(token, f"0.{40 + n % 50:02d}", f"{n}.5", side, n, 1_800_000_000_000 + n)
 
 
-@pytest.mark.redis
 def test_prints_come_back_newest_first_per_token(bus):
     bus.record_trades([_print("a", 1), _print("b", 2), _print("a", 3)])
     got = bus.recent_trades_many(["a", "b", "c"])
@@ -31,7 +30,6 @@ def test_prints_come_back_newest_first_per_token(bus):
     assert bus.recent_trades_many(["a"], limit=1) == {"a": [_print("a", 3)]}
 
 
-@pytest.mark.redis
 def test_the_ring_is_capped(bus):
     bus.record_trades([_print("a", n) for n in range(DEFAULT_TRADES_KEPT + 7)])
     ring = bus.recent_trades_many(["a"])["a"]
@@ -39,7 +37,6 @@ def test_the_ring_is_capped(bus):
     assert ring[0].timestamp_ms == DEFAULT_TRADES_KEPT + 6 and ring[-1].timestamp_ms == 7
 
 
-@pytest.mark.redis
 def test_no_prints_and_no_tokens(bus):
     bus.record_trades([])
     assert bus.recent_trades_many([]) == {}

@@ -22,6 +22,7 @@ from marketdata import states
 from marketdata.fakepoly import DEMO_DATA_DIR, FakePolymarket
 from marketdata.models import Market, MarketResolution
 from marketdata.tasks import discover_markets
+from tests.runtime import child_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -141,7 +142,6 @@ def stream(settings, redis_url):
     """`manage.py marketdata stream --shard 0/1` as a real process on the default feed
     settings: discovered markets in the database, the fake Polymarket as the exchange, books
     on the Redis price bus. Yields (the process, a token it streams, the bus)."""
-    from django.db import connection
 
     from marketdata.bus import RedisBus
     from marketdata.clients import ClobClient, GammaClient
@@ -154,17 +154,11 @@ def stream(settings, redis_url):
         with GammaClient(server.gamma_url) as gamma, ClobClient(server.clob_url) as clob:
             discover(gamma=gamma, clob=clob, limit=100, include_closed=False)
         token = Token.objects.filter(market__status="open").first().token_id
-        db = connection.settings_dict
-        env = {
-            **os.environ,
-            "DJANGO_SETTINGS_MODULE": "config.settings",
-            "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-            "SECRET_KEY": settings.SECRET_KEY,
-            "REDIS_URL": redis_url,
-            "POLYMARKET_GAMMA_URL": server.gamma_url,
-            "POLYMARKET_CLOB_URL": server.clob_url,
-            "POLYMARKET_WS_URL": server.ws_url,
-        }
+        env = child_env(
+            POLYMARKET_GAMMA_URL=server.gamma_url,
+            POLYMARKET_CLOB_URL=server.clob_url,
+            POLYMARKET_WS_URL=server.ws_url,
+        )
         for name in ("MARKETDATA_WS_PING_SECONDS", "PRICE_BUS_HEARTBEAT_STALE_SECONDS"):
             env.pop(name, None)  # the defaults are under test
         proc = subprocess.Popen(
@@ -185,8 +179,6 @@ def stream(settings, redis_url):
         server.stop()
 
 
-@pytest.mark.postgres
-@pytest.mark.redis
 @pytest.mark.django_db(transaction=True)
 def test_stream_process_publishes_fresh_books_and_stops_cleanly(stream):
     from marketdata.models import FeedHealth
@@ -200,8 +192,6 @@ def test_stream_process_publishes_fresh_books_and_stops_cleanly(stream):
     assert health.messages > 0 and health.subscribed_tokens > 0 and health.bus_error == ""
 
 
-@pytest.mark.postgres
-@pytest.mark.redis
 @pytest.mark.django_db(transaction=True)
 def test_a_killed_stream_process_leaves_no_live_book_after_2_s(stream):
     """kill -9: nothing publishes the books stale, they stay `fresh`; the heartbeat stops, so

@@ -8,12 +8,11 @@ from __future__ import annotations
 import time
 
 import pytest
+import redis
 
 from marketdata.bus import RedisBus
 from tests.marketdata.test_ingest import FEED_CLIENT, TOKEN_A, RunningIngester, wait_for
 from tests.marketdata.test_ingest import sequence as sequence  # a fixture
-
-pytestmark = pytest.mark.redis  # the test's own redis-server (private_redis), not REDIS_URL
 
 
 @pytest.fixture
@@ -21,7 +20,7 @@ def feed(fake, private_redis, django_db_blocker):
     started: list[RunningIngester] = []
 
     def start(**config: float) -> RunningIngester:
-        runner = RunningIngester(fake, private_redis.url, [TOKEN_A], **config)
+        runner = RunningIngester(fake, private_redis.url(0), [TOKEN_A], **config)
         started.append(runner)
         return runner
 
@@ -33,7 +32,7 @@ def feed(fake, private_redis, django_db_blocker):
 
 def reader(private_redis) -> RedisBus:
     """A reader's bus (the web or the matcher), on the default 2 s heartbeat threshold."""
-    return RedisBus.from_url(private_redis.url, client_options=FEED_CLIENT)
+    return RedisBus.from_url(private_redis.url(0), client_options=FEED_CLIENT)
 
 
 def live_hash(bus: RedisBus) -> str | None:
@@ -49,13 +48,11 @@ def test_after_redis_restarts_the_books_are_live_again_and_moving_within_10_s(
     bus = reader(private_redis)
     wait_for(lambda: bus.latest_live(TOKEN_A).live, what="live before the outage")
     if restart == "from its dump":
-        private_redis.client().save()  # the dump holds this book, fresh, and a young beat
+        redis.Redis.from_url(private_redis.url(0)).save()  # the dump: this book, a young beat
         fake.replay(sequence[:20])  # the book moves on after the dump was written
         wait_for(lambda: runner.ingester.keeper.stats.entries_applied >= 19, what="moved")
         time.sleep(0.1)
-        private_redis.proc.terminate()
-        private_redis.proc.wait(10)
-        private_redis.proc = None
+        private_redis.kill()  # a crash: the next start loads the older dump
     else:
         private_redis.stop()
     time.sleep(1.0)  # down: the feed's publishes and beats fail meanwhile

@@ -141,7 +141,6 @@ def running(fake, redis_url, django_db_blocker):
             runner.stop()
 
 
-@pytest.mark.redis
 def test_golden_replay_through_the_real_websocket_rebuilds_the_final_book(fake, running, sequence):
     runner = running([TOKEN_A])
     wait_for(runner.fresh, what="first snapshot")
@@ -163,7 +162,6 @@ def test_golden_replay_through_the_real_websocket_rebuilds_the_final_book(fake, 
     assert runner.ingester.keeper.stats.total_rejected() == 0
 
 
-@pytest.mark.redis
 def test_dropped_connection_goes_stale_at_once_then_resnapshots_and_is_fresh_again(fake, running):
     runner = running([TOKEN_A], ping=0.5)
     wait_for(runner.fresh, what="first snapshot")
@@ -182,7 +180,6 @@ def test_dropped_connection_goes_stale_at_once_then_resnapshots_and_is_fresh_aga
     assert fresh.hash == runner.ingester.keeper.book(TOKEN_A).compute_hash()
 
 
-@pytest.mark.redis
 def test_silent_connection_is_presumed_dead_and_replaced(fake, running):
     runner = running([TOKEN_A], ping=0.3)
     wait_for(runner.fresh, what="first snapshot")
@@ -199,7 +196,6 @@ def test_silent_connection_is_presumed_dead_and_replaced(fake, running):
     assert runner.ingester.health.reconnects >= 1
 
 
-@pytest.mark.redis
 def test_heartbeat_advances_while_running_and_stops_with_the_ingester(running):
     runner = running([TOKEN_A], heartbeat=0.1)
     wait_for(runner.fresh, what="first snapshot")
@@ -216,7 +212,6 @@ def test_heartbeat_advances_while_running_and_stops_with_the_ingester(running):
     assert not runner.live()
 
 
-@pytest.mark.redis
 def test_a_hung_feed_loop_makes_its_fresh_books_not_live(running):
     # The feed process wedges without closing its sockets: nothing republishes its books
     # stale, the last top keeps saying fresh, and only the missing heartbeat tells.
@@ -239,7 +234,6 @@ def test_an_ingester_streaming_every_token_beats_every_bus_shard():
     assert one.heartbeat_shards == [2]
 
 
-@pytest.mark.redis
 def test_bad_frames_are_counted_and_never_applied(fake, running, sequence):
     runner = running([TOKEN_A])
     wait_for(runner.fresh, what="first snapshot")
@@ -273,7 +267,6 @@ def test_bad_frames_are_counted_and_never_applied(fake, running, sequence):
     }  # fmt: skip
 
 
-@pytest.mark.redis
 def test_hash_mismatch_holds_the_token_and_resyncs_it_from_rest(fake, running):
     runner = running([TOKEN_A])
     wait_for(runner.fresh, what="first snapshot")
@@ -340,7 +333,6 @@ def test_wanted_tokens_are_held_ordered_active_and_watched_split_by_shard(settin
         account=account, epoch=0, token_id="held-Yes", market_id="held", side="BUY", type="limit",
         time_in_force="GTC", price=Decimal("0.5"), size=Decimal("10"), status="live",
     )  # fmt: skip
-    watchlist.clear_local()
     watchlist.watch(["seen-No"])
     settings.MARKETDATA_TOP_MARKETS = 2
     everything = set(wanted_tokens(shard=0, shards=1))
@@ -350,12 +342,9 @@ def test_wanted_tokens_are_held_ordered_active_and_watched_split_by_shard(settin
     halves = [set(wanted_tokens(shard=i, shards=2)) for i in range(2)]
     assert halves[0] | halves[1] == everything and not halves[0] & halves[1]
     assert all(shard_of(t, 2) == i for i, half in enumerate(halves) for t in half)
-    watchlist.clear_local()
 
 
-@pytest.mark.postgres  # the ingester writes from its own thread while the test reads
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.redis
 def test_market_resolved_on_the_websocket_is_applied_once(fake, running):
     from marketdata.models import Market, MarketResolution, Token
 
@@ -379,7 +368,6 @@ def test_market_resolved_on_the_websocket_is_applied_once(fake, running):
 
 
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.redis
 def test_new_market_on_the_websocket_is_discovered_without_waiting_for_the_schedule(
     fake, running, fixtures_dir, settings
 ):
@@ -441,7 +429,6 @@ def sent_messages(fake: FakePolymarket) -> list[dict | str]:
     return [json.loads(f) if f.startswith("{") else f for f in fake.client_frames]
 
 
-@pytest.mark.redis
 def test_subscribes_with_initial_dump_and_level_and_pings_only_after(fake, running):
     runner = running([TOKEN_A], ping=0.2)
     wait_for(runner.fresh, what="first snapshot")
@@ -457,7 +444,6 @@ def test_subscribes_with_initial_dump_and_level_and_pings_only_after(fake, runni
     assert "PING" in later and fake.connection_count == 1  # answered: the socket is kept
 
 
-@pytest.mark.redis
 def test_token_changes_go_on_the_open_socket_without_reconnecting(fake, running):
     runner = running([TOKEN_A], ping=0.2)
     wait_for(runner.fresh, what="first snapshot")
@@ -488,7 +474,6 @@ def test_token_changes_go_on_the_open_socket_without_reconnecting(fake, running)
     assert runner.fresh(dk) and runner.live(dk)
 
 
-@pytest.mark.redis
 def test_a_market_without_a_book_is_refetched_with_a_capped_backoff(fake, running):
     """Every 100 ms without the backoff (40 POST /books in 4 s); with it, 0.1 s doubling to a
     0.8 s cap: about 8. The backoff ends when a book arrives."""

@@ -417,7 +417,6 @@ def test_feed_health_report_upserts_per_shard():
 
 
 # --- Concurrency (PostgreSQL row locks) ----------------------------------------------------------
-@pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_reports_from_three_sources_create_one_resolution(demo):
     run_discovery(demo)

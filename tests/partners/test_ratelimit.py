@@ -14,12 +14,10 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import redis
 
-from config.embedded import RedisServer
 from partners import ratelimit
 from partners.ratelimit import RateLimitResult, rate_limit_breaker_reset, rate_limit_check
 
@@ -268,17 +266,6 @@ def test_a_redis_that_never_answers_times_out_fast_and_fails_open(settings, capl
     assert all(r.allowed and r.degraded for r in results)
     assert elapsed < 1.0
     assert any(r.name == "polysim.ratelimit" for r in caplog.records)
-
-
-@pytest.fixture
-def private_redis(tmp_path_factory) -> Iterator[RedisServer]:
-    """A redis-server of this test's own, which it may stop and restart."""
-    server = RedisServer(Path(tmp_path_factory.mktemp("redis")))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def test_redis_stopped_fails_open_then_limiting_resumes_after_restart(
