@@ -400,6 +400,7 @@ class Matcher:
         self._reconciled_at = 0.0
         self._watermark: dt.datetime | None = None
         self._started = False
+        self._sweep_when_live = False  # resync found no live feed: sweep once it beats
         # Set (to the outage's kind) by any thread that saw a service fail; the loop then
         # waits for the service and re-synchronises before it reads again.
         self._outage: str | None = None
@@ -437,6 +438,9 @@ class Matcher:
             self._event_ids[shard] = self.events.last_id(shard)  # before the load: no gap
         self.load()
         swept = self._sweep_latest()
+        # A top the feed republished before the group existed, but before its heartbeat, is
+        # neither in our stream position nor live yet: sweep again once every feed beats.
+        self._sweep_when_live = not self._feeds_beating()
         with self._mutex:
             self.stats.resyncs += 1
             self.stats.swept_crossing += swept
@@ -449,6 +453,14 @@ class Matcher:
             swept,
         )
         return swept
+
+    def _feeds_beating(self) -> bool:
+        """Every shard of ours has a feed heartbeat young enough for its tops to be live."""
+        for shard in self.shards:
+            age = self.bus.heartbeat_age_ms(shard)
+            if age is None or age > self.bus.heartbeat_stale_ms:
+                return False
+        return True
 
     def _sweep_latest(self) -> int:
         """Dispatch a fill for each resting order its token's latest LIVE top crosses (and
@@ -562,6 +574,9 @@ class Matcher:
                     self._running()
                     backoff.reset()
                     self._step(block_ms=block_ms, flush=False)
+                    if self._sweep_when_live and self._feeds_beating():
+                        self._sweep_when_live = False
+                        self._sweep_latest()
                     if time.monotonic() - self._reconciled_at >= self.reconcile_seconds:
                         close_old_connections()
                         self.reconcile()

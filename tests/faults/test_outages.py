@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.faults.conftest import Stack, wait_for
+from tests.faults.conftest import FakeFeed, Stack, wait_for
 
 RECOVERY_SECONDS = 10.0
 # How long each outage lasts at least: long enough for many 503s and several of the matcher's
@@ -324,3 +324,47 @@ def test_postgres_restart_under_orders_is_503_then_recovers_within_10_s(stack: S
     print(f"\nPostgreSQL restart under orders: answers {counts}; outage {back - down:.1f} s; "
           f"first 201 {first[0].at - back:.2f} s, crossed order filled {filled_at - back:.2f} s "
           f"after PostgreSQL returned; crossing book {crossing}")  # fmt: skip
+
+
+def test_a_dead_feed_takes_no_taker_fill_after_2_s_then_trading_resumes(stack: Stack) -> None:
+    """The feed stops beating (its process died): within PRICE_BUS_HEARTBEAT_STALE_SECONDS (2 s
+    by default) every taker order is refused (503 STALE_BOOK) and nothing fills on the book it
+    left; a new feed makes orders fill again at once."""
+    yes = stack.seed["tokens"][0]
+    feed = stack.feed
+    assert feed is not None
+    left = feed.set_book(yes, bids=[("0.45", "100000")], asks=[("0.55", "100000")])
+    with OrderPump(stack, "d") as pump:
+        wait_for(lambda: len(pump.since(201, 0)) >= 4, "orders before the feed dies", 30)
+        feed.stop()  # no more beats, no more books: as if its process was killed
+        died = time.monotonic()
+        wall_deadline = time.time() + 2.0
+        wait_for(
+            lambda: [a for a in pump.since(503, died) if a.code == "STALE_BOOK"],
+            "STALE_BOOK after the feed died",
+            10,
+        )
+        time.sleep(1.0)  # more orders meet the dead feed
+        stack.feed = FakeFeed(stack.redis.url(0))
+        revived = time.monotonic()
+        stack.feed.set_book(yes, bids=[("0.45", "100000")], asks=[("0.55", "100000")])
+
+        def market(a: Answer) -> bool:
+            return bool(pump.bodies[a.coid]["type"] == "market")
+
+        wait_for(
+            lambda: [a for a in pump.since(201, revived) if market(a)],
+            "a market order filled on the new feed",
+            RECOVERY_SECONDS,
+        )
+    dead = [a for a in pump.answers if died + 2.0 <= a.at < revived and market(a)]
+    assert dead and {(a.status, a.code) for a in dead} == {(503, "STALE_BOOK")}
+    counts = check_orders(stack, pump, "d")
+    taken_late = stack.sql(
+        "SELECT count(*) FROM trading_fill WHERE book_hash = %s AND filled_at >= to_timestamp(%s)",
+        (left, wall_deadline),
+    )[0][0]
+    assert taken_late == 0
+    stack.alive()
+    stack.audit()
+    print(f"\nFeed dead under orders: answers {counts}")
