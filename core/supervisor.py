@@ -163,3 +163,27 @@ def group_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment of a child `manage.py`/`celery`/`gunicorn` of ours: this process's, with
+    the database, Redis and secret key it runs on spelled out, so the child uses the same
+    servers and databases (the embedded ones included) and its login links and sessions verify
+    here; Celery's broker follows REDIS_URL unless CELERY_BROKER_URL names one."""
+    from django.conf import settings
+    from django.db import DEFAULT_DB_ALIAS, connections
+
+    from core.db import database_url
+
+    env = dict(os.environ)
+    if not env.get("CELERY_BROKER_URL"):
+        env.pop("CELERY_BROKER_URL", None)
+    env.update(
+        DJANGO_SETTINGS_MODULE="config.settings",
+        DATABASE_URL=database_url(connections[DEFAULT_DB_ALIAS].settings_dict),
+        REDIS_URL=str(settings.REDIS_URL),
+        SECRET_KEY=str(settings.SECRET_KEY),
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env

@@ -3,28 +3,10 @@ our own commands as child processes on the same PostgreSQL and Redis databases."
 
 from __future__ import annotations
 
-import os
-
 import redis
 from django.conf import settings
-from django.db import connection
 
-from core.db import database_url
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    """The environment of a child `manage.py`/`celery`/`gunicorn` on the test's PostgreSQL
-    database and Redis database (production settings; Celery's broker follows REDIS_URL)."""
-    env = {k: v for k, v in os.environ.items() if k != "CELERY_BROKER_URL"}
-    env.update(
-        DJANGO_SETTINGS_MODULE="config.settings",
-        DATABASE_URL=database_url(connection.settings_dict),
-        REDIS_URL=str(settings.REDIS_URL),
-        SECRET_KEY=str(settings.SECRET_KEY),
-        PYTHONUNBUFFERED="1",
-    )
-    env.update(extra)
-    return env
+from core.supervisor import child_env as child_env  # the one recipe, re-exported for tests
 
 
 def redis_flush() -> None:

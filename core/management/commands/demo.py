@@ -35,7 +35,7 @@ from django.db.migrations.executor import MigrationExecutor
 from django.utils import timezone
 
 from core import errors
-from core.supervisor import Supervisor
+from core.supervisor import Supervisor, child_env
 
 if TYPE_CHECKING:
     from accounts.models import Account, User
@@ -107,26 +107,6 @@ def demo_children(
                  "--access-logfile", "-", "--error-logfile", "-"])
     )  # fmt: skip
     return children
-
-
-def child_environment(**extra: str) -> dict[str, str]:
-    """The children's environment: this process's, with the database, Redis and secret key it
-    runs on spelled out (login links made here must verify in the web child)."""
-    from core.db import database_url
-
-    env = dict(os.environ)
-    if not os.environ.get("CELERY_BROKER_URL"):
-        env.pop("CELERY_BROKER_URL", None)
-    env.update(
-        DJANGO_SETTINGS_MODULE="config.settings",
-        DATABASE_URL=database_url(connections[DEFAULT_DB_ALIAS].settings_dict),
-        REDIS_URL=str(settings.REDIS_URL),
-        SECRET_KEY=str(settings.SECRET_KEY),
-        PUBLIC_BASE_URL=str(settings.PUBLIC_BASE_URL),
-        PYTHONUNBUFFERED="1",
-    )
-    env.update(extra)
-    return env
 
 
 def _log_to_file(path: Path) -> None:
@@ -409,7 +389,7 @@ class Command(BaseCommand):
         return Supervisor(
             demo_children(addr=addr, port=port, feed=feed, var_dir=var_dir),
             log_dir=var_dir / "log",
-            env=child_environment(**extra_env),
+            env=child_env(PUBLIC_BASE_URL=str(settings.PUBLIC_BASE_URL), **extra_env),
             cwd=Path(settings.BASE_DIR),
             report=lambda message: self.stderr.write(message),
         )
