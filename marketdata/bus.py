@@ -218,7 +218,6 @@ class BookTop:
 
 
 _FIELD_NAMES: Final = tuple(f.name for f in fields(BookTop))
-_Fragment = orjson.Fragment
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,6 +265,24 @@ EncodedTrade = tuple[str, bytes]
 EncodedTop = tuple[str, bytes]
 
 
+# Pieces of a top's JSON that recur from one top to the next, cached by the values they encode
+# (each bounded by clearing): the token and market; the best bid/ask with their mid and spread;
+# the last trade and tick size; the exchange timestamp. Each piece is orjson's own output (a
+# dict's members, braces stripped), so the assembled top is byte-identical to BookTop's JSON.
+_HEAD_JSON: dict[tuple[str, str], bytes] = {}
+_QUOTE_JSON: dict[tuple[str | None, str | None], bytes] = {}
+_TRADE_JSON: dict[tuple[str | None, str | None, str | None], bytes] = {}
+_TS_JSON: dict[str, bytes] = {}
+_PIECES_MAX: Final = 50_000
+
+
+def _piece(cache: dict[Any, bytes], key: Any, members: dict[str, Any]) -> bytes:
+    if len(cache) >= _PIECES_MAX:
+        cache.clear()
+    piece = cache[key] = orjson.dumps(members)[1:-1]
+    return piece
+
+
 def encode_top(
     book: OrderBook,
     *,
@@ -275,30 +292,40 @@ def encode_top(
     published_at: int | None = None,
 ) -> bytes:
     """A book's top as published on the bus: `BookTop`'s JSON (its field order; a test holds
-    the two equal), built without a BookTop on the feed's hot path; the levels' JSON is cached
-    per book side until that side changes, and spliced in unparsed (orjson.Fragment)."""
-    best_bid, best_ask = book.best_bid_str(), book.best_ask_str()
-    mid = spread = None
-    if best_bid is not None and best_ask is not None:
-        mid, spread = mid_spread(best_bid, best_ask)
-    return orjson.dumps(
-        {
-            "token_id": book.asset_id,
-            "market": book.market,
-            "best_bid": best_bid,
-            "best_ask": best_ask,
-            "mid": mid,
-            "spread": spread,
-            "last_trade_price": book.last_trade_price or None,
-            "last_trade_side": last_trade_side,
-            "tick_size": book.tick_size,
-            "timestamp_ms": timestamp_ms(book.timestamp),
-            "hash": book.hash,
-            "fresh": fresh,
-            "bids": _Fragment(book.top_levels_json("BUY", depth)),
-            "asks": _Fragment(book.top_levels_json("SELL", depth)),
-            "published_at": now_ms() if published_at is None else published_at,
-        }
+    the two equal), built without a BookTop on the feed's hot path from cached pieces (above)
+    and the levels' JSON, cached per book side until that side changes."""
+    key = (book.asset_id, book.market)
+    head = _HEAD_JSON.get(key)
+    if head is None:
+        head = _piece(_HEAD_JSON, key, {"token_id": key[0], "market": key[1]})
+    quote_key = (book.best_bid_str(), book.best_ask_str())
+    quote = _QUOTE_JSON.get(quote_key)
+    if quote is None:
+        best_bid, best_ask = quote_key
+        mid = spread = None
+        if best_bid is not None and best_ask is not None:
+            mid, spread = mid_spread(best_bid, best_ask)
+        members = {"best_bid": best_bid, "best_ask": best_ask, "mid": mid, "spread": spread}
+        quote = _piece(_QUOTE_JSON, quote_key, members)
+    trade_key = (book.last_trade_price or None, last_trade_side, book.tick_size)
+    trade = _TRADE_JSON.get(trade_key)
+    if trade is None:
+        ltp, side, tick = trade_key
+        members = {"last_trade_price": ltp, "last_trade_side": side, "tick_size": tick}
+        trade = _piece(_TRADE_JSON, trade_key, members)
+    ts = _TS_JSON.get(book.timestamp)
+    if ts is None:
+        ts = _piece(_TS_JSON, book.timestamp, {"timestamp_ms": timestamp_ms(book.timestamp)})
+    return b'{%b,%b,%b,%b,"hash":%b,"fresh":%b,"bids":%b,"asks":%b,"published_at":%d}' % (
+        head,
+        quote,
+        trade,
+        ts,
+        orjson.dumps(book.hash),
+        b"true" if fresh else b"false",
+        book.top_levels_json("BUY", depth),
+        book.top_levels_json("SELL", depth),
+        now_ms() if published_at is None else published_at,
     )
 
 
