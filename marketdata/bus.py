@@ -67,6 +67,7 @@ HEARTBEAT_KEY: Final = "md:heartbeat:"  # + shard number -> epoch ms of the feed
 DEFAULT_HEARTBEAT_STALE_MS: Final = 2_000
 DEFAULT_MAXLEN: Final = 100_000  # stream entries (batches) kept per shard, approximately
 DEFAULT_DEPTH: Final = 10
+_ROUTES_MAX: Final = 200_000  # RedisBus._routes: tokens remembered (bounded by clearing)
 TRADES_KEY: Final = "md:trades:"  # + token_id -> its last trade prints, newest first
 DEFAULT_TRADES_KEPT: Final = 50  # prints kept per token (a display ring, not a history)
 
@@ -394,23 +395,6 @@ def _trades_by_shard(trades: Sequence[EncodedTrade], n_shards: int) -> dict[int,
     return out
 
 
-def _by_shard(
-    items: Sequence[EncodedTop], n_shards: int
-) -> tuple[dict[str, bytes], dict[int, list[bytes]]]:
-    """Latest JSON by token (a later top of the same token wins), and all of them by shard."""
-    latest: dict[str, bytes] = {}
-    by_shard: dict[int, list[bytes]] = {}
-    for token_id, blob in items:
-        latest[token_id] = blob
-        shard = shard_of(token_id, n_shards)
-        blobs = by_shard.get(shard)
-        if blobs is None:
-            by_shard[shard] = [blob]
-        else:
-            blobs.append(blob)
-    return latest, by_shard
-
-
 # --- Redis ------------------------------------------------------------------------------------
 
 
@@ -464,6 +448,8 @@ class RedisBus:
         self.maxlen = maxlen
         self.heartbeat_stale_ms = heartbeat_stale_ms
         self._heartbeat_script = client.register_script(_HEARTBEAT_LUA)
+        # token -> (its latest-top key, its shard): computed once per token, not per publish
+        self._routes: dict[str, tuple[str, int]] = {}
 
     @classmethod
     def from_url(
@@ -478,7 +464,32 @@ class RedisBus:
         return cls(client, **kwargs)
 
     def shard_of(self, token_id: str) -> int:
-        return shard_of(token_id, self.n_shards)
+        route = self._routes.get(token_id)
+        return self._route(token_id)[1] if route is None else route[1]
+
+    def _route(self, token_id: str) -> tuple[str, int]:
+        if len(self._routes) >= _ROUTES_MAX:
+            self._routes.clear()
+        route = self._routes[token_id] = (BOOK_KEY + token_id, shard_of(token_id, self.n_shards))
+        return route
+
+    def _by_shard(
+        self, items: Sequence[EncodedTop]
+    ) -> tuple[dict[str, bytes], dict[int, list[bytes]]]:
+        """Latest JSON by key (a later top of the same token wins), and all of them by shard."""
+        routes = self._routes
+        latest: dict[str, bytes] = {}
+        by_shard: dict[int, list[bytes]] = {}
+        for token_id, blob in items:
+            route = routes.get(token_id)
+            key, shard = self._route(token_id) if route is None else route
+            latest[key] = blob
+            blobs = by_shard.get(shard)
+            if blobs is None:
+                by_shard[shard] = [blob]
+            else:
+                blobs.append(blob)
+        return latest, by_shard
 
     @staticmethod
     def book_key(token_id: str) -> str:
@@ -505,11 +516,11 @@ class RedisBus:
         then one XADD per shard touched)."""
         if not items and not trades:
             return
-        latest, by_shard = _by_shard(items, self.n_shards)
+        latest, by_shard = self._by_shard(items)
         trades_by = _trades_by_shard(trades, self.n_shards) if trades else {}
         pipe = self.client.pipeline(transaction=False)
         if latest:
-            pipe.mset({BOOK_KEY + token_id: blob for token_id, blob in latest.items()})
+            pipe.mset(latest)  # type: ignore[arg-type]
         for shard in sorted(by_shard.keys() | trades_by.keys()):
             fields: dict[str, bytes] = {"tops": b"\n".join(by_shard.get(shard, ()))}
             if shard in trades_by:
