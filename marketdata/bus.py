@@ -67,6 +67,7 @@ HEARTBEAT_KEY: Final = "md:heartbeat:"  # + shard number -> epoch ms of the feed
 DEFAULT_HEARTBEAT_STALE_MS: Final = 2_000
 DEFAULT_MAXLEN: Final = 100_000  # stream entries (batches) kept per shard, approximately
 DEFAULT_DEPTH: Final = 10
+_ROUTES_MAX: Final = 200_000  # RedisBus._routes: tokens remembered (bounded by clearing)
 TRADES_KEY: Final = "md:trades:"  # + token_id -> its last trade prints, newest first
 DEFAULT_TRADES_KEPT: Final = 50  # prints kept per token (a display ring, not a history)
 
@@ -218,7 +219,6 @@ class BookTop:
 
 
 _FIELD_NAMES: Final = tuple(f.name for f in fields(BookTop))
-_Fragment = orjson.Fragment
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,6 +266,24 @@ EncodedTrade = tuple[str, bytes]
 EncodedTop = tuple[str, bytes]
 
 
+# Pieces of a top's JSON that recur from one top to the next, cached by the values they encode
+# (each bounded by clearing): the token and market; the best bid/ask with their mid and spread;
+# the last trade and tick size; the exchange timestamp. Each piece is orjson's own output (a
+# dict's members, braces stripped), so the assembled top is byte-identical to BookTop's JSON.
+_HEAD_JSON: dict[tuple[str, str], bytes] = {}
+_QUOTE_JSON: dict[tuple[str | None, str | None], bytes] = {}
+_TRADE_JSON: dict[tuple[str | None, str | None, str | None], bytes] = {}
+_TS_JSON: dict[str, bytes] = {}
+_PIECES_MAX: Final = 50_000
+
+
+def _piece(cache: dict[Any, bytes], key: Any, members: dict[str, Any]) -> bytes:
+    if len(cache) >= _PIECES_MAX:
+        cache.clear()
+    piece = cache[key] = orjson.dumps(members)[1:-1]
+    return piece
+
+
 def encode_top(
     book: OrderBook,
     *,
@@ -275,30 +293,40 @@ def encode_top(
     published_at: int | None = None,
 ) -> bytes:
     """A book's top as published on the bus: `BookTop`'s JSON (its field order; a test holds
-    the two equal), built without a BookTop on the feed's hot path; the levels' JSON is cached
-    per book side until that side changes, and spliced in unparsed (orjson.Fragment)."""
-    best_bid, best_ask = book.best_bid_str(), book.best_ask_str()
-    mid = spread = None
-    if best_bid is not None and best_ask is not None:
-        mid, spread = mid_spread(best_bid, best_ask)
-    return orjson.dumps(
-        {
-            "token_id": book.asset_id,
-            "market": book.market,
-            "best_bid": best_bid,
-            "best_ask": best_ask,
-            "mid": mid,
-            "spread": spread,
-            "last_trade_price": book.last_trade_price or None,
-            "last_trade_side": last_trade_side,
-            "tick_size": book.tick_size,
-            "timestamp_ms": timestamp_ms(book.timestamp),
-            "hash": book.hash,
-            "fresh": fresh,
-            "bids": _Fragment(book.top_levels_json("BUY", depth)),
-            "asks": _Fragment(book.top_levels_json("SELL", depth)),
-            "published_at": now_ms() if published_at is None else published_at,
-        }
+    the two equal), built without a BookTop on the feed's hot path from cached pieces (above)
+    and the levels' JSON, cached per book side until that side changes."""
+    key = (book.asset_id, book.market)
+    head = _HEAD_JSON.get(key)
+    if head is None:
+        head = _piece(_HEAD_JSON, key, {"token_id": key[0], "market": key[1]})
+    quote_key = (book.best_bid_str(), book.best_ask_str())
+    quote = _QUOTE_JSON.get(quote_key)
+    if quote is None:
+        best_bid, best_ask = quote_key
+        mid = spread = None
+        if best_bid is not None and best_ask is not None:
+            mid, spread = mid_spread(best_bid, best_ask)
+        members = {"best_bid": best_bid, "best_ask": best_ask, "mid": mid, "spread": spread}
+        quote = _piece(_QUOTE_JSON, quote_key, members)
+    trade_key = (book.last_trade_price or None, last_trade_side, book.tick_size)
+    trade = _TRADE_JSON.get(trade_key)
+    if trade is None:
+        ltp, side, tick = trade_key
+        members = {"last_trade_price": ltp, "last_trade_side": side, "tick_size": tick}
+        trade = _piece(_TRADE_JSON, trade_key, members)
+    ts = _TS_JSON.get(book.timestamp)
+    if ts is None:
+        ts = _piece(_TS_JSON, book.timestamp, {"timestamp_ms": timestamp_ms(book.timestamp)})
+    return b'{%b,%b,%b,%b,"hash":%b,"fresh":%b,"bids":%b,"asks":%b,"published_at":%d}' % (
+        head,
+        quote,
+        trade,
+        ts,
+        orjson.dumps(book.hash),
+        b"true" if fresh else b"false",
+        book.top_levels_json("BUY", depth),
+        book.top_levels_json("SELL", depth),
+        now_ms() if published_at is None else published_at,
     )
 
 
@@ -367,23 +395,6 @@ def _trades_by_shard(trades: Sequence[EncodedTrade], n_shards: int) -> dict[int,
     return out
 
 
-def _by_shard(
-    items: Sequence[EncodedTop], n_shards: int
-) -> tuple[dict[str, bytes], dict[int, list[bytes]]]:
-    """Latest JSON by token (a later top of the same token wins), and all of them by shard."""
-    latest: dict[str, bytes] = {}
-    by_shard: dict[int, list[bytes]] = {}
-    for token_id, blob in items:
-        latest[token_id] = blob
-        shard = shard_of(token_id, n_shards)
-        blobs = by_shard.get(shard)
-        if blobs is None:
-            by_shard[shard] = [blob]
-        else:
-            blobs.append(blob)
-    return latest, by_shard
-
-
 # --- Redis ------------------------------------------------------------------------------------
 
 
@@ -437,6 +448,8 @@ class RedisBus:
         self.maxlen = maxlen
         self.heartbeat_stale_ms = heartbeat_stale_ms
         self._heartbeat_script = client.register_script(_HEARTBEAT_LUA)
+        # token -> (its latest-top key, its shard): computed once per token, not per publish
+        self._routes: dict[str, tuple[str, int]] = {}
 
     @classmethod
     def from_url(
@@ -451,7 +464,32 @@ class RedisBus:
         return cls(client, **kwargs)
 
     def shard_of(self, token_id: str) -> int:
-        return shard_of(token_id, self.n_shards)
+        route = self._routes.get(token_id)
+        return self._route(token_id)[1] if route is None else route[1]
+
+    def _route(self, token_id: str) -> tuple[str, int]:
+        if len(self._routes) >= _ROUTES_MAX:
+            self._routes.clear()
+        route = self._routes[token_id] = (BOOK_KEY + token_id, shard_of(token_id, self.n_shards))
+        return route
+
+    def _by_shard(
+        self, items: Sequence[EncodedTop]
+    ) -> tuple[dict[str, bytes], dict[int, list[bytes]]]:
+        """Latest JSON by key (a later top of the same token wins), and all of them by shard."""
+        routes = self._routes
+        latest: dict[str, bytes] = {}
+        by_shard: dict[int, list[bytes]] = {}
+        for token_id, blob in items:
+            route = routes.get(token_id)
+            key, shard = self._route(token_id) if route is None else route
+            latest[key] = blob
+            blobs = by_shard.get(shard)
+            if blobs is None:
+                by_shard[shard] = [blob]
+            else:
+                blobs.append(blob)
+        return latest, by_shard
 
     @staticmethod
     def book_key(token_id: str) -> str:
@@ -478,11 +516,11 @@ class RedisBus:
         then one XADD per shard touched)."""
         if not items and not trades:
             return
-        latest, by_shard = _by_shard(items, self.n_shards)
+        latest, by_shard = self._by_shard(items)
         trades_by = _trades_by_shard(trades, self.n_shards) if trades else {}
         pipe = self.client.pipeline(transaction=False)
         if latest:
-            pipe.mset({BOOK_KEY + token_id: blob for token_id, blob in latest.items()})
+            pipe.mset(latest)  # type: ignore[arg-type]
         for shard in sorted(by_shard.keys() | trades_by.keys()):
             fields: dict[str, bytes] = {"tops": b"\n".join(by_shard.get(shard, ()))}
             if shard in trades_by:

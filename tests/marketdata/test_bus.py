@@ -95,6 +95,35 @@ def test_encode_top_is_byte_identical_to_dumping_the_dataclass():
     assert (top.mid, top.timestamp_ms, top.fresh, top.bids) == (None, None, False, [])
 
 
+def test_encode_top_cached_pieces_follow_the_book():
+    """Each piece of the top is cached by the values it encodes: a change of any of them shows."""
+    book = book_from_levels(
+        market='0x"m"\u00e9', asset_id=TOKENS[0], bids=[("0.1", "5")], asks=[("0.3", "1")]
+    )
+    for ts, ltp, tick, hash_, side, fresh in [
+        ("1790658827000", "", None, "", None, True),
+        ("1790658827001", "0.2", "0.01", "ab", "BUY", False),
+        ("1" * 19, "0.2", "0.001", 'a"b\\', "SELL", True),  # too long for epoch ms: null
+        ("17906588270x1", "0.25", "0.001", "ab", None, True),
+        ("1790658827000", "", None, "", None, True),
+    ]:
+        book.timestamp, book.last_trade_price, book.tick_size, book.hash = ts, ltp, tick, hash_
+        book.apply_change("BUY", "0.15", str(len(ts)))
+        blob = encode_top(book, fresh=fresh, last_trade_side=side, published_at=3)
+        assert blob == orjson.dumps(
+            BookTop.from_book(book, fresh=fresh, last_trade_side=side, published_at=3)
+        )
+        top = BookTop.from_json(blob)
+        assert (top.last_trade_price, top.tick_size, top.hash, top.fresh) == (
+            ltp or None,
+            tick,
+            hash_,
+            fresh,
+        )
+        assert top.timestamp_ms == (int(ts) if len(ts) <= 18 and ts.isdigit() else None)
+        assert (top.best_bid, top.last_trade_side) == ("0.15", side)
+
+
 # --- latest -----------------------------------------------------------------------------------
 
 
