@@ -400,7 +400,7 @@ class Matcher:
         self._reconciled_at = 0.0
         self._watermark: dt.datetime | None = None
         self._started = False
-        self._sweep_when_live = False  # resync found no live feed: sweep once it beats
+        self._sweep_when_live = False  # a recovery found no live feed: sweep once it beats
         # Set (to the outage's kind) by any thread that saw a service fail; the loop then
         # waits for the service and re-synchronises before it reads again.
         self._outage: str | None = None
@@ -438,9 +438,6 @@ class Matcher:
             self._event_ids[shard] = self.events.last_id(shard)  # before the load: no gap
         self.load()
         swept = self._sweep_latest()
-        # A top the feed republished before the group existed, but before its heartbeat, is
-        # neither in our stream position nor live yet: sweep again once every feed beats.
-        self._sweep_when_live = not self._feeds_beating()
         with self._mutex:
             self.stats.resyncs += 1
             self.stats.swept_crossing += swept
@@ -659,6 +656,11 @@ class Matcher:
             kind = self._outage
         if self._started:
             self.resync()
+            # After Redis lost its data, a top the feed republished before the group existed
+            # but before its first beat is neither in our stream position nor live for the
+            # resync's sweep: sweep again once every feed beats. (Not at start, where a feed
+            # that is not beating yet would make this one sweep a pause in the first fills.)
+            self._sweep_when_live = not self._feeds_beating()
         else:
             self.start()
         with self._mutex:
