@@ -5,29 +5,21 @@ book) and the published top."""
 
 from __future__ import annotations
 
+import functools
 import time
 
 import pytest
 import redis
 
 from marketdata.bus import RedisBus
-from tests.marketdata.test_ingest import FEED_CLIENT, TOKEN_A, RunningIngester, wait_for
+from tests.marketdata.test_ingest import FEED_CLIENT, TOKEN_A, ingesters, wait_for
 from tests.marketdata.test_ingest import sequence as sequence  # a fixture
 
 
 @pytest.fixture
 def feed(fake, private_redis, django_db_blocker):
-    started: list[RunningIngester] = []
-
-    def start(**config: float) -> RunningIngester:
-        runner = RunningIngester(fake, private_redis.url(0), [TOKEN_A], **config)
-        started.append(runner)
-        return runner
-
-    with django_db_blocker.unblock():
-        yield start
-        for runner in started:
-            runner.stop()
+    for start in ingesters(fake, private_redis.url(0), django_db_blocker):
+        yield functools.partial(start, [TOKEN_A])
 
 
 def reader(private_redis) -> RedisBus:

@@ -125,12 +125,13 @@ class RunningIngester:
         raise AssertionError(f"timed out waiting for a published top: {what}")
 
 
-@pytest.fixture
-def running(fake, redis_url, django_db_blocker):
+def ingesters(fake, url: str, django_db_blocker):
+    """Yields `start(tokens, **config)`, which runs an ingester against `fake` publishing on
+    `url`; every one started is stopped afterwards."""
     started: list[RunningIngester] = []
 
-    def start(tokens: list[str], ping: float = 0.3, heartbeat: float = 0.1) -> RunningIngester:
-        runner = RunningIngester(fake, redis_url, tokens, ping, heartbeat)
+    def start(tokens: list[str], **config: float) -> RunningIngester:
+        runner = RunningIngester(fake, url, tokens, **config)
         started.append(runner)
         return runner
 
@@ -139,6 +140,11 @@ def running(fake, redis_url, django_db_blocker):
         yield start
         for runner in started:
             runner.stop()
+
+
+@pytest.fixture
+def running(fake, redis_url, django_db_blocker):
+    yield from ingesters(fake, redis_url, django_db_blocker)
 
 
 def test_golden_replay_through_the_real_websocket_rebuilds_the_final_book(fake, running, sequence):
