@@ -20,10 +20,10 @@ keys `dep:<token>:<side>:<price>`, 1 h TTL.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from core.money import ZERO
 
@@ -188,3 +188,52 @@ def reset_depletion() -> None:
     """Forget this process's Redis clients (tests)."""
     with _redis_lock:
         _redis.clear()
+
+
+DEPLETION_ATTEMPTS: Final = 16
+T = TypeVar("T")
+
+
+def take_levels(
+    token_id: str,
+    book_side: str,
+    crossing: Sequence[tuple[Decimal, Decimal]],
+    plan: Callable[[list[Decimal]], tuple[T, Sequence[tuple[Decimal, Decimal]]]],
+    *,
+    raws: list[str] | None = None,
+    get: Sequence[str] = (),
+) -> tuple[T, list[Any]]:
+    """Take shares from the crossing levels of one side of a token's book, atomically: read
+    what depletion took of each level, let `plan` decide from those amounts (it returns its
+    result and the (price, size) it takes), and commit the takes with a compare-and-set; if
+    another order took from one of the levels meanwhile, read and plan again. Taker fills at
+    entry and maker fills both take through here.
+
+    `raws`: the records as the caller read them already (the first plan uses them); `get`:
+    other keys of this Redis read in the same command as the first commit (their values are
+    returned; [] when nothing was taken). Raises SERVICE_UNAVAILABLE when the levels keep
+    changing under it."""
+    from core import errors
+
+    store = get_depletion_store()
+    keys = [level_key(token_id, book_side, p) for p, _ in crossing]
+    published = [s for _, s in crossing]
+    index = {p: i for i, (p, _) in enumerate(crossing)}
+    got: list[Any] = []
+    for attempt in range(DEPLETION_ATTEMPTS):
+        mems = memories_of(store.read(keys) if raws is None else raws, published)
+        raws = None
+        result, planned = plan([m.taken for m in mems])
+        if not planned:
+            return result, []
+        takes = []
+        for price, size in planned:
+            i = index[price]
+            takes.append(Take(keys[i], mems[i].raw, published[i], mems[i].taken, size))
+        if get and attempt == 0:
+            ok, got = store.commit_and_get(takes, get)
+        else:
+            ok = store.commit(takes)
+        if ok:
+            return result, got
+    raise errors.ServiceUnavailable("The book is too busy; retry.")

@@ -30,6 +30,7 @@ from core.clock import day_boundary
 from core.db import db_datetime, db_decimal, db_json, db_uuid
 from core.money import ZERO, cash, pct
 from marketdata.bus import BookTop, get_bus, latest_many_live
+from trading.engine import book_mark, value_at
 from trading.fillmodel import walk_book
 from trading.models import Order
 
@@ -62,7 +63,7 @@ class MarkedPosition:
 
     @property
     def market_value(self) -> Decimal:
-        return cash(self.position.size * self.mark.price)
+        return value_at(self.position.size, self.mark.price)
 
     @property
     def unrealized_pnl(self) -> Decimal:
@@ -105,29 +106,6 @@ class AccountRow:
     first_equity: Decimal | None
     first_equity_at: dt.datetime | None
     has_positions: bool
-
-
-MARK_MAX_SPREAD = Decimal("0.10")
-
-
-def book_mark(top: BookTop) -> tuple[Decimal, str] | None:
-    """How Polymarket itself displays a price: the midpoint, or the last trade when the
-    spread is wider than 0.10 (or a side is empty). None when the book offers neither."""
-    return mark_of(top.best_bid, top.best_ask, top.last_trade_price)
-
-
-def mark_of(
-    best_bid: str | None, best_ask: str | None, last_trade_price: str | None
-) -> tuple[Decimal, str] | None:
-    """`book_mark` from those three fields of a top (decimal strings), for a caller that
-    holds them without a BookTop (the maker fill values its positions from the raw tops)."""
-    if best_bid is not None and best_ask is not None:
-        bid, ask = Decimal(best_bid), Decimal(best_ask)
-        if ask - bid <= MARK_MAX_SPREAD:
-            return (bid + ask) / 2, "mid"
-    if last_trade_price:
-        return Decimal(last_trade_price), "last_trade"
-    return None
 
 
 def position_mark(position: PositionRow, top: BookTop | None = None) -> Mark:

@@ -17,10 +17,11 @@ from django.contrib.auth.hashers import make_password
 from django.db import connection, transaction
 from django.utils import timezone
 
+from accounts.balances import cash_movement, equity_extremes
 from accounts.models import Account, EquitySnapshot, LedgerEntry, Position, User, normalize_email
 from core import errors
 from core.db import create_or_get
-from core.money import ZERO, cash, pct
+from core.money import ZERO, cash
 from core.sqlrows import model_from_row
 
 # --- Users --------------------------------------------------------------------------------
@@ -152,13 +153,7 @@ def ledger_post(
     Caller holds the lock. Refuses to take available cash below zero (L3); the DB CHECK
     constraints are the backstop. `save_account=False`: only `account.cash` is updated in
     memory and the caller writes it in its own account UPDATE, in this transaction."""
-    amount = cash(amount)
-    new_cash = account.cash + amount
-    if new_cash < account.reserved_cash:
-        raise errors.ValidationFailed(
-            "cash movement would leave negative available cash",
-            details={"amount": [str(amount)], "available": [str(account.available_cash)]},
-        )
+    amount, new_cash = cash_movement(account.cash, account.reserved_cash, amount)
     entry = LedgerEntry.objects.create(
         account=account,
         epoch=account.epoch,
@@ -173,57 +168,6 @@ def ledger_post(
     if save_account:
         Account.objects.filter(pk=account.pk).update(cash=new_cash, updated_at=timezone.now())
     return entry
-
-
-def ledger_post_many(
-    *, account: Account, entries: list[tuple[str, Decimal, Any, Any, str]]
-) -> list[LedgerEntry]:
-    """`ledger_post` for several movements of one event (a fill's TRADE and FEE…), in order:
-    each entry (kind, amount, order_id, fill_id, memo) gets its running `balance_after`; ONE
-    insert for all of them and ONE update of the cached cash. Same rules as ledger_post:
-    caller holds the lock; refuses (nothing written) if any step would take available cash
-    below zero."""
-    rows = ledger_entries_build(account=account, entries=entries)
-    if not rows:
-        return []
-    LedgerEntry.objects.bulk_create(rows)
-    Account.objects.filter(pk=account.pk).update(cash=account.cash, updated_at=timezone.now())
-    return rows
-
-
-def ledger_entries_build(
-    *, account: Account, entries: list[tuple[str, Decimal, Any, Any, str]]
-) -> list[LedgerEntry]:
-    """The unsaved LedgerEntry rows of `ledger_post_many`, with their running
-    `balance_after`, and `account.cash` moved in memory — for a caller that inserts them and
-    writes the account row itself, in this transaction (the order placement path). Same
-    rules: caller holds the lock; raises (account untouched) if any step would take
-    available cash below zero."""
-    rows = []
-    balance = account.cash
-    for kind, amount, order_id, fill_id, memo in entries:
-        amount = cash(amount)
-        balance += amount
-        if balance < account.reserved_cash:
-            raise errors.ValidationFailed(
-                "cash movement would leave negative available cash",
-                details={"amount": [str(amount)], "available": [str(account.available_cash)]},
-            )
-        rows.append(
-            LedgerEntry(
-                account=account,
-                epoch=account.epoch,
-                kind=kind,
-                amount=amount,
-                balance_after=balance,
-                order_id=order_id,
-                fill_id=fill_id,
-                memo=memo,
-            )
-        )
-    if rows:
-        account.cash = balance
-    return rows
 
 
 def equity_snapshot_record(
@@ -244,28 +188,21 @@ def equity_snapshot_record(
     return snapshot
 
 
-def equity_snapshot_build(
-    *, account: Account, positions_value: Decimal, at: dt.datetime | None = None
-) -> EquitySnapshot:
-    """`equity_snapshot_record(save_account=False)` without writing: the unsaved snapshot,
-    with the new high-water mark and drawdown set on `account` — for a caller that inserts
-    it and writes the account row itself, in this transaction. Caller holds the lock."""
-    return _equity_measure(account=account, positions_value=positions_value, at=at)[0]
-
-
 def _equity_measure(
     *, account: Account, positions_value: Decimal, at: dt.datetime | None
 ) -> tuple[EquitySnapshot, dict[str, Any]]:
     at = at or timezone.now()
     equity = account.cash + positions_value
-    hwm = max(account.high_water_mark, equity)
-    drawdown = hwm - equity
-    updates: dict[str, Any] = {}
-    if hwm != account.high_water_mark:
-        updates["high_water_mark"] = hwm
-    if drawdown > account.max_drawdown:
-        updates["max_drawdown"] = drawdown
-        updates["max_drawdown_pct"] = pct(drawdown, hwm)
+    extremes = equity_extremes(
+        account.high_water_mark, account.max_drawdown, account.max_drawdown_pct, equity
+    )
+    updates: dict[str, Any] = {
+        name: value
+        for name, value in zip(
+            ("high_water_mark", "max_drawdown", "max_drawdown_pct"), extremes, strict=True
+        )
+        if getattr(account, name) != value
+    }
     for field, value in updates.items():
         setattr(account, field, value)
     snapshot = EquitySnapshot(

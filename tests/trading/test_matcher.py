@@ -252,12 +252,11 @@ def test_the_equity_snapshot_of_a_maker_fill_values_every_open_position():
     audit_clean()
 
 
-def test_a_maker_fill_values_positions_as_open_positions_does():
-    # The fill values its positions from the tops' mark fields, without the selectors' row
-    # and mark objects: the same numbers, case by case (hand-computed on the right).
-    from trading.selectors import PositionRow
-    from trading.services.fills import positions_value
-    from trading.services.matching import _Holding, _positions_value
+def test_the_engine_values_positions_at_their_marks():
+    # The equity snapshot of every fill values the positions as the envelope shows them:
+    # the book's mark, else the stored mark, else cost (hand-computed on the right).
+    from trading.engine import PositionState, holdings_value
+    from trading.selectors import MarkedPosition, PositionRow, position_mark
 
     def top(token, bids, asks, last=None):
         t = BookTop.from_book(
@@ -283,21 +282,24 @@ def test_a_maker_fill_values_positions_as_open_positions_does():
         "empty": top("empty", [], []),  # stored mark 0.20
     }
     held = [
-        _Holding(1, "mid", size=D("10"), avg_price=D("0.5"), cost_basis=D("5")),
-        _Holding(2, "wide", size=D("3"), avg_price=D("0.5"), cost_basis=D("1.5")),
-        _Holding(3, "wide_no_trade", size=D("7.5"), avg_price=D("0.5"), cost_basis=D("3.75")),
-        _Holding(4, "one_side", size=D("1"), avg_price=D("0.5"), cost_basis=D("0.5")),
-        _Holding(5, "empty", size=D("2"), avg_price=D("0.5"), cost_basis=D("1"),
-                 last_mark=D("0.2")),
-        _Holding(6, "no_top", size=D("4"), avg_price=D("0.123456"), cost_basis=D("0.49")),
+        PositionState(1, "mid", size=D("10"), avg_price=D("0.5"), cost_basis=D("5")),
+        PositionState(2, "wide", size=D("3"), avg_price=D("0.5"), cost_basis=D("1.5")),
+        PositionState(3, "wide_no_trade", size=D("7.5"), avg_price=D("0.5"),
+                      cost_basis=D("3.75")),
+        PositionState(4, "one_side", size=D("1"), avg_price=D("0.5"), cost_basis=D("0.5")),
+        PositionState(5, "empty", size=D("2"), avg_price=D("0.5"), cost_basis=D("1"),
+                      last_mark=D("0.2")),
+        PositionState(6, "no_top", size=D("4"), avg_price=D("0.123456"), cost_basis=D("0.49")),
+        PositionState(7, "sold", size=D("0"), avg_price=D("0"), cost_basis=D("0")),
     ]  # fmt: skip
+    expected = D("4.2") + D("1.65") + D("3.75") + D("0.35") + D("0.4") + D("0.493824")
+    assert holdings_value(held, tops) == expected
     rows = [
         PositionRow(h.token_id, "", "", "", h.size, h.avg_price, h.cost_basis, h.last_mark, None)
         for h in held
     ]
-    marks = {t: (x.best_bid, x.best_ask, x.last_trade_price) for t, x in tops.items()}
-    expected = D("4.2") + D("1.65") + D("3.75") + D("0.35") + D("0.4") + D("0.493824")
-    assert _positions_value(held, marks) == positions_value(rows, tops) == expected
+    shown = [MarkedPosition(r, position_mark(r, tops.get(r.token_id))) for r in rows]
+    assert sum(m.market_value for m in shown) == expected
 
 
 def test_no_fill_without_a_cross_and_none_on_stale_books_or_a_dead_feed(book):
@@ -542,37 +544,6 @@ def test_index_reaches_exactly_when_crossing_finds_orders():
                 assert idx.reaches(token, bid, ask) is expected, (token, bid, ask)
 
 
-def test_fill_rows_when_statements_run_one_by_one(book, monkeypatch):
-    # PostgreSQL sends a fill's reads as one multi-statement query (merged by the driver);
-    # with server-side binding they run one by one. Both read the same
-    # rows, and the writes store text that looks like placeholders or needs quoting as is.
-    from core import sqlrows
-
-    monkeypatch.setattr(sqlrows, "_multi_statement", lambda cursor: False)
-    _m, yes, _ = make_market(question="50% 'odds' %s or %(x)s?")
-    publish_book(yes.token_id, bids=[("0.48", "100")], asks=[("0.52", "100")])
-    account = open_account("100")
-    matcher = new_matcher()
-    order = place(account, yes, "BUY", "0.50", "10")
-    publish_book(yes.token_id, bids=[("0.48", "100")], asks=[("0.49", "4"), ("0.52", "100")])
-    matcher.step()
-    (fill,) = maker_fills(order)
-    assert (fill.seq, fill.price, fill.size, fill.levels) == (
-        1,
-        D("0.50"),
-        D("4"),
-        [["0.49", "4.00"]],
-    )
-    assert fill.market_question == "50% 'odds' %s or %(x)s?"
-    pos = Position.objects.get(account=account, token_id=yes.token_id)
-    assert (pos.size, pos.avg_price, pos.market_question) == (
-        D("4"),
-        D("0.5"),
-        fill.market_question,
-    )
-    audit_clean()
-
-
 def test_fill_rows_with_quotes_and_percent_signs_in_one_round_trip(book):
     # The values are bound (PostgreSQL: by the server, in one statement of every write):
     # text that looks like placeholders or needs quoting is written as it is.
@@ -587,33 +558,6 @@ def test_fill_rows_with_quotes_and_percent_signs_in_one_round_trip(book):
     assert fill.market_question == "50% 'odds' %s or %(x)s? \\ done"
     entry = LedgerEntry.objects.get(account=account, kind="TRADE")
     assert (entry.memo, entry.amount) == ("BUY 4.00 @ 0.500000 (maker)", D("-2"))
-    audit_clean()
-
-
-def test_a_fills_writes_are_one_statement_the_driver_parses_once(book, monkeypatch):
-    # psycopg caches how it parses a statement only up to a length and a number of values;
-    # past them it would parse the text again on every fill.
-    from psycopg import _queries
-
-    from trading.services import matching
-
-    sent = []
-    real = matching.run_bound
-    monkeypatch.setattr(
-        matching, "run_bound", lambda db, sql, v: sent.append((sql, v)) or real(db, sql, v)
-    )
-    account = open_account("100")
-    matcher = new_matcher()
-    order = place(account, book, "BUY", "0.50", "10")
-    publish_book(book.token_id, bids=[("0.48", "100")], asks=[("0.49", "4"), ("0.52", "100")])
-    matcher.step()  # a new position
-    publish_book(book.token_id, bids=[("0.48", "100")], asks=[("0.49", "5"), ("0.52", "100")])
-    matcher.step()  # the same position again
-    assert [f.size for f in maker_fills(order)] == [D("4"), D("5")]
-    assert len(sent) == 2 and sent[0][0] != sent[1][0]
-    for sql, values in sent:
-        assert len(sql) <= _queries.MAX_CACHED_STATEMENT_LENGTH
-        assert len(values) <= _queries.MAX_CACHED_STATEMENT_PARAMS
     audit_clean()
 
 

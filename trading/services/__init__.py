@@ -9,7 +9,6 @@ from trading.services.cancel import (
     order_cancel_market,
     orders_cancel_halted,
     orders_expire,
-    release_orders,
 )
 from trading.services.lifecycle import account_close, account_reset
 from trading.services.orders import PlacedOrder, order_place, order_request
@@ -33,5 +32,4 @@ __all__ = [
     "order_request",
     "orders_cancel_halted",
     "orders_expire",
-    "release_orders",
 ]

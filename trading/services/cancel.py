@@ -1,6 +1,7 @@
 """Cancels and expiry: an order leaves `live` and releases exactly what it reserved — cash on
-the account (BUY), shares on the position (SELL). Every path takes the account row lock first
-and then the order rows (C1); status changes go through trading.states.ensure_transition.
+the account (BUY), shares on the position (SELL). Every path locks the account row first, then
+the order rows, then the positions (trading.store.lock, in one round trip); the effects are
+the engine's (trading.engine.release) and the writer's.
 """
 
 from __future__ import annotations
@@ -9,65 +10,45 @@ import datetime as dt
 from typing import Any
 
 from django.db import transaction
-from django.db.models import F
 from django.utils import timezone
 
-from accounts.models import Account, Position
-from accounts.services.wallets import account_lock
 from core import errors
 from core.db import retry_on_conflict
-from core.money import ZERO
 from marketdata import states as market_states
 from marketdata.models import Market
-from trading import states
+from trading import engine, states, store
+from trading.engine import Effects, OrderState
 from trading.models import Order
 from trading.orderevents import order_events_publish_on_commit
 
 
-def release_orders(*, account: Account, orders: list[Order], status: str, reason: str) -> int:
-    """Move live orders to `status` (canceled/expired) and release their reservations.
-    Caller holds the account lock and has locked the order rows. Returns how many changed."""
-    if not orders:
-        return 0
-    now = timezone.now()
-    released_cash = ZERO
-    for order in orders:
-        states.ensure_transition(order.status, status)
-        released_cash += order.reserved_cash
-        if order.reserved_shares:
-            Position.objects.filter(
-                account=account, token_id=order.token_id, epoch=order.epoch
-            ).update(reserved_size=F("reserved_size") - order.reserved_shares)
-        order.status = status
-        order.reason = reason
-        order.reserved_cash = ZERO
-        order.reserved_shares = ZERO
-    Order.objects.filter(pk__in=[o.pk for o in orders]).update(
-        status=status, reason=reason, reserved_cash=ZERO, reserved_shares=ZERO, updated_at=now
-    )
-    if released_cash:
-        account.reserved_cash -= released_cash
-        Account.objects.filter(pk=account.pk).update(
-            reserved_cash=account.reserved_cash, updated_at=now
-        )
-    order_events_publish_on_commit(orders)  # the maker matchers drop them from their index
-    return len(orders)
+def _release(
+    account_id: Any, *, status: str, reason: str, **which: Any
+) -> tuple[store.Locked, list[OrderState]]:
+    """Lock the account and the orders `which` selects (trading.store.lock's arguments),
+    move the live ones to `status` and give back exactly what each reserved, in this
+    transaction. Returns what was locked and the orders that changed."""
+    locked = store.lock(account_id, **which)
+    if locked.account is None:
+        return locked, []
+    live = [o for o in locked.orders or [] if o.status == states.LIVE]
+    if live:
+        fx = Effects(locked.account, timezone.now())
+        for order in live:
+            engine.release(fx, order, locked.position(order.token_id), status=status, reason=reason)
+        store.write(fx)
+        order_events_publish_on_commit(live)  # the maker matchers drop them from their index
+    return locked, live
 
 
-def _live(account: Account, **filters: Any) -> list[Order]:
-    return list(
-        Order.objects.select_for_update()
-        .filter(account=account, status=Order.Status.LIVE, **filters)
-        .order_by("pk")
-    )
-
-
-def order_cancel_all(*, account: Account, reason: str) -> int:
+def order_cancel_all(*, account_id: Any, reason: str) -> int:
     """Cancel every live order of the account, releasing exactly what each reserved (cash on
-    the account, shares on the position). Caller holds the account lock. Returns how many
+    the account, shares on the position), in the caller's transaction. Returns how many
     orders were cancelled."""
-    return release_orders(
-        account=account, orders=_live(account), status=states.CANCELED, reason=reason
+    return len(
+        _release(account_id, orders="live", positions=True, status=states.CANCELED, reason=reason)[
+            1
+        ]
     )
 
 
@@ -77,14 +58,19 @@ def order_cancel(*, account_id: Any, order_id: Any, reason: str = "USER") -> Ord
     """Cancel one order of the account. Takes the account row lock, then the order row.
     Idempotent for cancels: an already-canceled order is returned unchanged; a matched,
     expired or rejected order raises ILLEGAL_TRANSITION; another account's order NOT_FOUND."""
-    account = account_lock(account_id=account_id)
-    order = Order.objects.select_for_update().filter(account=account, pk=order_id).first()
-    if order is None:
+    locked = store.lock(account_id, order_id=order_id)
+    if locked.account is None or not locked.orders:
         raise errors.NotFound("No such order on this account.")
-    if order.status == Order.Status.CANCELED:
-        return order
-    release_orders(account=account, orders=[order], status=states.CANCELED, reason=reason)
-    return order
+    order = locked.orders[0]
+    if order.status != states.CANCELED:
+        fx = Effects(locked.account, timezone.now())
+        engine.release(
+            fx, order, locked.position(order.token_id), status=states.CANCELED, reason=reason
+        )
+        store.write(fx)
+        order_events_publish_on_commit([order])
+        return store.order_model(order, at=fx.now)
+    return Order.objects.get(pk=order.id)
 
 
 @retry_on_conflict()
@@ -92,27 +78,39 @@ def order_cancel(*, account_id: Any, order_id: Any, reason: str = "USER") -> Ord
 def order_cancel_market(*, account_id: Any, market_id: str, reason: str = "USER") -> int:
     """Cancel the account's live orders in one market (condition id). Takes the account row
     lock. Returns how many were cancelled (0 is not an error: idempotent)."""
-    account = account_lock(account_id=account_id)
-    orders = _live(account, market_id=market_id)
-    return release_orders(account=account, orders=orders, status=states.CANCELED, reason=reason)
+    return len(
+        _release(
+            account_id,
+            orders="market",
+            orders_arg=market_id,
+            positions=True,
+            status=states.CANCELED,
+            reason=reason,
+        )[1]
+    )
 
 
 @retry_on_conflict()
 @transaction.atomic
 def order_cancel_account(*, account_id: Any, reason: str = "USER") -> int:
-    """Cancel every live order of the account. Takes the account row lock (order_cancel_all
-    expects its caller to hold it). Idempotent: a second run cancels nothing and returns 0."""
-    return order_cancel_all(account=account_lock(account_id=account_id), reason=reason)
+    """Cancel every live order of the account. Takes the account row lock. Idempotent: a
+    second run cancels nothing and returns 0."""
+    return order_cancel_all(account_id=account_id, reason=reason)
 
 
 @retry_on_conflict()
 @transaction.atomic
 def _expire_account(*, account_id: Any, now: dt.datetime) -> int:
-    account = account_lock(account_id=account_id)
-    orders = _live(
-        account, time_in_force=Order.TimeInForce.GTD, expiration__isnull=False, expiration__lte=now
+    return len(
+        _release(
+            account_id,
+            orders="expired",
+            orders_arg=now,
+            positions=True,
+            status=states.EXPIRED,
+            reason="EXPIRED",
+        )[1]
     )
-    return release_orders(account=account, orders=orders, status=states.EXPIRED, reason="EXPIRED")
 
 
 # Why a resting order left the book when its market stopped trading (closed, resolved, void or

@@ -22,7 +22,8 @@ def account_close(*, account: Account) -> Account:
     locked = account_lock(account_id=account.pk)
     if locked.is_closed:
         return locked
-    order_cancel_all(account=locked, reason="ACCOUNT_CLOSED")
+    if order_cancel_all(account_id=locked.pk, reason="ACCOUNT_CLOSED"):
+        locked.refresh_from_db()
     return account_close_wallet(account=locked, equity=account_equity(account=locked))
 
 
@@ -36,5 +37,6 @@ def account_reset(*, account: Account) -> Account:
     locked = account_lock(account_id=account.pk)
     if locked.is_closed:
         raise errors.AccountClosed()
-    order_cancel_all(account=locked, reason="ACCOUNT_RESET")
+    if order_cancel_all(account_id=locked.pk, reason="ACCOUNT_RESET"):
+        locked.refresh_from_db()
     return account_reset_wallet(account=locked)

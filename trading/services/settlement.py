@@ -32,17 +32,17 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from accounts.models import Account, LedgerEntry, Position
-from accounts.services.wallets import account_lock, equity_snapshot_record, ledger_post
+from accounts.models import Position
 from core.db import retry_on_conflict
-from core.money import ZERO, cash
+from core.money import ZERO
+from marketdata.bus import BookTop, get_bus, latest_many_live
 from marketdata.models import MarketResolution
 from marketdata.services import market_resolution_mark_consumed
-from trading import states
-from trading.models import Fill, Order, Side
-from trading.selectors import open_positions
-from trading.services.cancel import MARKET_HALTED_REASON, release_orders
-from trading.services.fills import fills_append
+from trading import engine, states, store
+from trading.engine import Effects, PositionState
+from trading.models import Order
+from trading.orderevents import order_events_publish_on_commit
+from trading.services.cancel import MARKET_HALTED_REASON
 
 logger = logging.getLogger(__name__)
 
@@ -74,96 +74,55 @@ class _AccountResult:
 def _settle_account(
     *, account_id: Any, resolution: MarketResolution, payouts: dict[str, Decimal]
 ) -> _AccountResult:
-    account = account_lock(account_id=account_id)
-    if account.is_closed:
+    locked = store.lock(
+        account_id,
+        orders="market",
+        orders_arg=resolution.market.condition_id,
+        tokens=sorted(payouts),
+    )
+    account = locked.account
+    if account is None:
+        return _AccountResult()
+    if account.status == engine.CLOSED:
         return _AccountResult(closed=True)
-    market_id = resolution.market.condition_id
-    live = list(
-        Order.objects.select_for_update()
-        .filter(account=account, market_id=market_id, status=Order.Status.LIVE)
-        .order_by("pk")
-    )
-    cancelled = release_orders(
-        account=account, orders=live, status=states.CANCELED, reason=MARKET_HALTED_REASON
-    )
-    positions = list(
-        Position.objects.select_for_update()
-        .filter(
-            account=account,
-            token_id__in=list(payouts),
-            status=Position.Status.OPEN,
+    fx = Effects(account, timezone.now())
+    cancelled = locked.orders or []
+    for order in cancelled:
+        engine.release(
+            fx,
+            order,
+            locked.position(order.token_id),
+            status=states.CANCELED,
+            reason=MARKET_HALTED_REASON,
         )
-        .order_by("pk")
-    )
-    now = timezone.now()
-    fills: list[Fill] = []
     paid = ZERO
-    realized_total = ZERO
-    for position in positions:
-        price = payouts[position.token_id]
-        if position.size > 0:
-            payout = cash(position.size * price)
-            realized = payout - position.cost_basis
-            fill = Fill(
-                account=account,
-                seq=0,  # numbered by fills_append
-                epoch=position.epoch,
-                kind=Fill.Kind.SETTLEMENT,
-                order=None,
-                token_id=position.token_id,
-                market_id=position.market_id,
-                market_question=position.market_question,
-                outcome=position.outcome,
-                side=Side.SELL,
-                price=price,
-                size=position.size,
-                notional=payout,
-                fee=ZERO,
-                liquidity=None,
-                realized_pnl=realized,
-                price_source="resolution",
-                trigger_key=f"settle:{resolution.pk}:{position.pk}",
-                filled_at=now,
-            )
-            ledger_post(
-                account=account,
-                kind=LedgerEntry.Kind.SETTLEMENT,
-                amount=payout,
-                fill_id=fill.pk,
-                memo=f"settle {position.size} {position.outcome or position.token_id} @ {price}",
-            )
-            fills.append(fill)
-            paid += payout
-            realized_total += realized
-            position.realized_pnl += realized
-        position.status = Position.Status.SETTLED
-        position.size = ZERO
-        position.reserved_size = ZERO  # live SELLs were cancelled above; 0 already
-        position.cost_basis = ZERO
-        position.avg_price = ZERO
-        position.save(
-            update_fields=[
-                "status",
-                "size",
-                "reserved_size",
-                "cost_basis",
-                "avg_price",
-                "realized_pnl",
-                "updated_at",
-            ]
+    settled = 0
+    for position in list((locked.positions or {}).values()):
+        if position.token_id not in payouts or position.status != engine.OPEN:
+            continue
+        row = engine.settle(
+            fx,
+            position,
+            payouts[position.token_id],
+            trigger_key=f"settle:{resolution.pk}:{position.id}",
         )
-    if fills:
-        fills_append(account=account, fills=fills)
-        account.realized_pnl += realized_total
-        Account.objects.filter(pk=account.pk).update(
-            realized_pnl=account.realized_pnl,
-            last_fill_seq=account.last_fill_seq,
-            updated_at=now,
-        )
-    if fills or cancelled:
-        positions_value = sum((m.market_value for m in open_positions(account=account)), ZERO)
-        equity_snapshot_record(account=account, positions_value=positions_value, at=now)
-    return _AccountResult(positions=len(fills), orders_cancelled=cancelled, paid=paid)
+        if row is not None:
+            paid += row.notional
+            settled += 1
+    if fx.fills or cancelled:
+        held = list((locked.positions or {}).values())
+        engine.snapshot(fx, engine.holdings_value(held, latest_many(held)))
+    if fx.orders or fx.positions:
+        store.write(fx)
+    if cancelled:
+        order_events_publish_on_commit(cancelled)
+    return _AccountResult(positions=settled, orders_cancelled=len(cancelled), paid=paid)
+
+
+def latest_many(held: list[PositionState]) -> dict[str, BookTop]:
+    """The live tops of the positions that count in equity (one bus read; none without)."""
+    tokens = [p.token_id for p in held if p.valued]
+    return latest_many_live(get_bus(), tokens) if tokens else {}
 
 
 def resolution_has_holdings(*, resolution_id: int) -> bool:

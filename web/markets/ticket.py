@@ -1,11 +1,11 @@
 """The order ticket: what the form sends, the preview computed from the live book, and every
 engine error as a plain sentence next to the field it concerns.
 
-The preview applies the engine's own rules (trading.services.orders: shape checks, the tick
-and default worst price, the crossing levels, the fee parameters) and its fill model
-(trading.fillmodel.walk_book) to the published book, with no side effects: nothing is
-stored, no depletion is taken. It can therefore differ from the fill by what other simulated
-orders took from the same levels in the meantime, and the ticket says so.
+The preview is the engine's own quote (trading.quote: shape checks, the market checks, the
+balance or position check, post-only, the walk with fees, FOK) of the published book, with no
+side effects: nothing is stored, no depletion is taken. It can therefore differ from the fill
+by what other simulated orders took from the same levels in the meantime, and the ticket
+says so.
 
 Prices are entered in cents (45.5 = 0.455), as Polymarket's own ticket does; the engine gets
 dollars.
@@ -27,18 +27,9 @@ from core import errors
 from core.money import ZERO
 from marketdata.bus import BookTop
 from marketdata.models import Market, Token
-from trading.fillmodel import ONE, buy_reservation, walk_book
+from trading.fillmodel import ONE, buy_reservation
 from trading.models import Order, Side
-
-# The engine's own rule helpers: the preview must apply exactly the rules order_place applies.
-from trading.services.orders import (
-    OrderRequest,
-    _book_levels,
-    _fee_params,
-    _tick,
-    _with_price,
-    order_request,
-)
+from trading.quote import Quote, market_checks, order_request, quote, tick_of
 
 HUNDRED = Decimal("100")
 BIG_IMPACT = Decimal("0.05")  # average price this far (5¢) past the best level: warn
@@ -174,7 +165,7 @@ def error_sentences(
     target, template = ERROR_SENTENCES.get(exc.code, ("form", exc.message))
     tick = None
     if top is not None and market is not None:
-        tick = _tick(top, market)
+        tick = tick_of(top, market)
     elif market is not None and market.tick_size:
         tick = market.tick_size
     details = exc.details or {}
@@ -350,41 +341,40 @@ def order_preview(
     if token is None:
         preview.errors.add("outcome", "Choose an outcome.")
         return preview
-    if not market.is_tradable or market.closed or not market.accepting_orders:
-        preview.errors = error_sentences(errors.MarketClosed(), market=market)
-        return preview
     try:
-        req = order_request(**{**form.engine_args(), "client_order_id": None})
+        req = order_request(**{**form.engine_args(), "client_order_id": None}, now=timezone.now())
     except errors.DomainError as exc:
-        if _incomplete(form):
-            return preview  # still typing: no sentence yet
-        preview.errors = error_sentences(exc, market=market, top=top)
-        return preview
-    if top is None:
-        preview.errors = error_sentences(errors.MarketNotReady(), market=market)
+        if not market.is_tradable or market.closed or not market.accepting_orders:
+            preview.errors = error_sentences(errors.MarketClosed(), market=market)
+        elif not _incomplete(form):  # still typing: no sentence yet
+            preview.errors = error_sentences(exc, market=market, top=top)
         return preview
     try:
-        req = _with_price(req, _tick(top, market))
-        if market.min_order_size and req.size is not None and req.size < market.min_order_size:
-            raise errors.InvalidOrderMinSize()
+        req = market_checks(req, market, top, live)
     except errors.DomainError as exc:
         preview.errors = error_sentences(exc, market=market, top=top)
         return preview
-    assert req.price is not None
-    rate, exponent = _fee_params(market)
-    preview.fee_rate = rate
+    assert top is not None and req.price is not None
+    free = None
+    if account is not None:
+        free = ZERO
+        if position is not None and position.status == Position.Status.OPEN:
+            free = position.size - position.reserved_size
+    q = quote(
+        req,
+        market,
+        top,
+        live=live,
+        available_cash=account.available_cash if account is not None else None,
+        free_shares=free,
+    )
+    preview.fee_rate = q.rate
     preview.limit_price = req.price
-    crossing = _book_levels(top, req)
-    if req.post_only and crossing:
-        preview.errors = error_sentences(errors.InvalidPostOnlyOrder(), market=market, top=top)
+    if q.error is not None:
+        preview.errors = error_sentences(q.error, market=market, top=top)
         return preview
-    takes_liquidity = req.type == Order.Type.MARKET or (not req.post_only and bool(crossing))
-    if takes_liquidity and not live:
-        preview.errors = error_sentences(errors.StaleBook(), market=market, top=top)
-        return preview
-    _walk_into(preview, req, crossing, rate, exponent)
-    _money_checks(preview, req, account, position, rate, exponent)
-    preview.ready = not preview.errors
+    _walk_into(preview, q)
+    preview.ready = True
     return preview
 
 
@@ -398,37 +388,16 @@ def _incomplete(form: TicketForm) -> bool:
     return form.type == Order.Type.LIMIT and not form.price_cents
 
 
-def _walk_into(
-    preview: Preview,
-    req: OrderRequest,
-    crossing: list[tuple[Decimal, Decimal]],
-    rate: Decimal,
-    exponent: Decimal,
-) -> None:
+def _walk_into(preview: Preview, q: Quote) -> None:
+    """What the quote's walk means for the trader: what fills now, what rests, its cost."""
+    req, walk = q.req, q.walk
     assert req.price is not None
-    walk = walk_book(
-        side=req.side,
-        levels=[(p, s, s) for p, s in crossing],
-        limit=req.price,
-        size=req.size if req.amount is None else None,
-        amount=req.amount,
-        rate=rate,
-        exponent=exponent,
-    )
     preview.fill_now = walk.filled
     preview.notional = walk.notional
     preview.fee = walk.fees
     preview.avg_price = walk.vwap
-    tif = req.time_in_force
-    if req.amount is None:
-        assert req.size is not None
-        remaining = req.size - walk.filled
-    else:
-        remaining = ZERO
-    if tif == Order.TimeInForce.FOK and not walk.complete:
-        preview.errors = error_sentences(errors.FokOrderNotFilledError())
-        return
-    if tif in (Order.TimeInForce.GTC, Order.TimeInForce.GTD):
+    remaining = req.size - walk.filled if req.size is not None else ZERO
+    if req.rests:
         preview.rests = remaining
     elif not walk.complete:
         if walk.filled:
@@ -446,7 +415,7 @@ def _walk_into(
             )
     if req.is_buy:
         preview.reserved = (
-            buy_reservation(price=req.price, size=remaining, rate=rate, exponent=exponent)
+            buy_reservation(price=req.price, size=remaining, rate=q.rate, exponent=q.exponent)
             if preview.rests
             else ZERO
         )
@@ -454,36 +423,6 @@ def _walk_into(
         preview.max_payout = preview.fill_now + preview.rests  # $1 per share on a win
     else:
         preview.proceeds = preview.notional - preview.fee + req.price * preview.rests
-
-
-def _money_checks(
-    preview: Preview,
-    req: OrderRequest,
-    account: Account | None,
-    position: Position | None,
-    rate: Decimal,
-    exponent: Decimal,
-) -> None:
-    """The balance and position checks order_place makes under the lock, against what the
-    account shows now."""
-    if account is None or preview.errors:
-        return
-    if req.is_buy:
-        assert req.price is not None
-        if req.amount is not None:
-            need = req.amount
-        else:
-            assert req.size is not None
-            need = buy_reservation(price=req.price, size=req.size, rate=rate, exponent=exponent)
-        if account.available_cash < need:
-            preview.errors = error_sentences(errors.InvalidOrderNotEnoughBalance())
-    else:
-        held = ZERO
-        if position is not None and position.status == Position.Status.OPEN:
-            held = position.size - position.reserved_size
-        assert req.size is not None
-        if held < req.size:
-            preview.errors = error_sentences(errors.InsufficientPosition())
 
 
 def default_expiry(now: dt.datetime | None = None) -> str:

@@ -1,0 +1,441 @@
+"""The data-access module of the engine: the hot SQL, for PostgreSQL only, in one place.
+
+* The locking reads, each in ONE round trip: the account row (with its tenant's state and
+  trading-day boundary and its last fill's time), then — locked, in the order every path
+  takes them (account, orders, positions) — the orders and positions an event needs, and the
+  unlocked reads beside them (the token with its market, a client_order_id twin, a trigger
+  already applied).
+* The one writer, `write(effects)`: what trading.engine computed — new and changed orders
+  and positions, fills, ledger entries, the equity snapshot, the account row — in ONE round
+  trip.
+
+Both send several statements through psycopg's pipeline mode with server-side binding: the
+values travel apart from the SQL text (no client-side quoting), the statements are prepared
+by the server once they repeat, and the whole batch costs one network round trip. Only model
+table and column names are put into the SQL text. Everything else in the project uses the
+ORM; this module exists because a fill runs on the matcher's critical path and building
+these statements with the ORM cost several times the database's own work
+(docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from functools import cache
+from typing import Any
+
+from django.db import DEFAULT_DB_ALIAS, connections
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
+from django.utils import timezone
+from psycopg import Cursor
+from psycopg.types.json import Jsonb
+
+from accounts.models import Account, EquitySnapshot, LedgerEntry, Position
+from marketdata.models import Market, Token
+from trading.engine import (
+    AccountState,
+    Effects,
+    FillRow,
+    OrderState,
+    PositionState,
+    day_boundary_of,
+)
+from trading.models import Fill, Order
+
+Tenant: Any = Account._meta.get_field("tenant").related_model
+
+
+# --- running statements -------------------------------------------------------------------------
+@contextmanager
+def _batch(db: BaseDatabaseWrapper) -> Iterator[Any]:
+    """A pipeline on the connection: statements executed inside it are sent together; the
+    first fetch (or the end of the block) waits for their results. Errors come out as
+    Django's database errors (retry_on_conflict reads their SQLSTATE)."""
+    db.ensure_connection()
+    db.validate_no_broken_transaction()
+    with db.wrap_database_errors, db.connection.pipeline():
+        yield
+
+
+def _cursor(db: BaseDatabaseWrapper) -> CursorWrapper:
+    """A server-side binding cursor, through Django's wrapper (errors, query logging)."""
+    wrapper = CursorDebugWrapper if db.queries_logged else CursorWrapper
+    return wrapper(Cursor(db.connection), db)
+
+
+def _db() -> BaseDatabaseWrapper:
+    return connections[DEFAULT_DB_ALIAS]
+
+
+def _fetch(
+    db: BaseDatabaseWrapper, statements: Sequence[tuple[str, Sequence[Any]]]
+) -> list[list[Any]]:
+    """The rows of each SELECT, all sent in one round trip, in order."""
+    cursors = []
+    with _batch(db):
+        for sql, params in statements:
+            cursor = _cursor(db)
+            cursor.execute(sql, params)
+            cursors.append(cursor)
+        results = [cursor.fetchall() for cursor in cursors]
+    for cursor in cursors:
+        cursor.close()
+    return results
+
+
+# --- columns ------------------------------------------------------------------------------------
+def _cols(model: Any, names: Sequence[str], alias: str) -> str:
+    return ", ".join(f"{alias}.{model._meta.get_field(n).column}" for n in names)
+
+
+# Each read's columns are the fields of the state it fills, in their order.
+_ACCOUNT_READ = tuple(
+    f.name for f in fields(AccountState) if f.name not in ("last_filled_at", "day_boundary")
+)
+_ACCOUNT_WRITE = _ACCOUNT_READ[3:]  # every column the engine moves
+_POSITION_READ = tuple(f.name for f in fields(PositionState))  # the model's names
+_POSITION_WRITE = (
+    "status", "size", "reserved_size", "avg_price", "cost_basis", "realized_pnl",
+)  # fmt: skip
+_ORDER_STATE = tuple(f.name for f in fields(OrderState) if f.name != "new")
+_ORDER_READ = tuple(n if n != "account_id" else "account" for n in _ORDER_STATE)
+_ORDER_WRITE = (
+    "status", "reason", "filled_size", "filled_notional", "fees_paid", "reserved_cash",
+    "reserved_shares", "queue_ahead", "queue_trigger",
+)  # fmt: skip
+_FILL_ROW = tuple(f.name for f in fields(FillRow))
+
+
+@dataclass(frozen=True, slots=True)
+class MarketInfo:
+    """A token with what trading needs of its market."""
+
+    token_id: str
+    outcome: str
+    condition_id: str
+    question: str
+    tick_size: Any
+    min_order_size: Any
+    closed: bool
+    status: str
+    accepting_orders: bool
+    fees_enabled: bool
+    fee_rate: Any
+    fee_exponent: Any
+
+
+_MARKET_READ = tuple(f.name for f in fields(MarketInfo))[2:]  # after the token's two
+
+
+@dataclass
+class Locked:
+    """What one event works on, read under the account row lock. `account` None: no such
+    account (or not the owner's); the other fields are then empty."""
+
+    account: AccountState | None
+    tenant_id: Any = None
+    tenant_enabled: bool = True
+    positions: dict[str, PositionState] | None = None  # by token
+    orders: list[OrderState] | None = None
+    market: MarketInfo | None = None  # the token's (placement) or the order's (maker)
+    replay_of: Any = None  # the order carrying the request's client_order_id
+    duplicate: bool = False  # the trigger was applied already
+
+    def position(self, token_id: str) -> PositionState | None:
+        return (self.positions or {}).get(token_id)
+
+    def others(self, token_id: str) -> list[PositionState]:
+        return [p for t, p in (self.positions or {}).items() if t != token_id and p.valued]
+
+
+@cache
+def _account_sql(owned: bool) -> str:
+    account_t, tenant_t, fill_t = Account._meta.db_table, Tenant._meta.db_table, Fill._meta.db_table
+    owner = "AND a.owner_id = %s" if owned else ""
+    return f"""
+        SELECT {_cols(Account, _ACCOUNT_READ, "a")},
+               (SELECT f.filled_at FROM {fill_t} f
+                 WHERE f.account_id = a.id AND f.seq = a.last_fill_seq),
+               a.tenant_id, t.enabled, t.day_boundary_tz, t.day_boundary_time
+          FROM {account_t} a LEFT JOIN {tenant_t} t ON t.id = a.tenant_id
+         WHERE a.id = %s {owner} FOR UPDATE OF a
+    """
+
+
+@cache
+def _positions_sql(scope: str) -> str:
+    """The account's positions of its epoch, locked: `token` the one of a token whatever
+    its state and the other open ones with shares; `order` the same for an order's token;
+    `tokens` those of a list of tokens and the other open ones with shares; `reserved` the
+    ones live SELLs reserve shares of and the other open ones with shares."""
+    position_t, account_t, order_t = (
+        Position._meta.db_table,
+        Account._meta.db_table,
+        Order._meta.db_table,
+    )
+    mine = {
+        "token": "p.token_id = %s",
+        "order": f"p.token_id = (SELECT o.token_id FROM {order_t} o WHERE o.id = %s)",
+        "tokens": "p.token_id = ANY(%s)",
+        "reserved": "p.reserved_size > 0",
+    }[scope]
+    return f"""
+        SELECT {_cols(Position, _POSITION_READ, "p")}
+          FROM {position_t} p JOIN {account_t} a ON a.id = p.account_id
+         WHERE p.account_id = %s AND p.epoch = a.epoch
+           AND ({mine} OR (p.status = 'open' AND p.size > 0))
+         ORDER BY p.opened_at, p.id FOR UPDATE OF p
+    """
+
+
+@cache
+def _orders_sql(scope: str) -> str:
+    """The account's orders, locked: `one` by id; `live` all live ones; `market` the live
+    ones of a market; `expired` the live GTD ones expired at a time."""
+    order_t = Order._meta.db_table
+    where = {
+        "one": "o.id = %s",
+        "live": "o.status = 'live'",
+        "market": "o.status = 'live' AND o.market_id = %s",
+        "expired": "o.status = 'live' AND o.time_in_force = 'GTD' AND o.expiration <= %s",
+    }[scope]
+    return f"""
+        SELECT {_cols(Order, _ORDER_READ, "o")} FROM {order_t} o
+         WHERE o.account_id = %s AND {where} ORDER BY o.id FOR UPDATE OF o
+    """
+
+
+@cache
+def _market_sql(by_order: bool) -> str:
+    token_t, market_t, order_t = Token._meta.db_table, Market._meta.db_table, Order._meta.db_table
+    key = (
+        f"t.token_id = (SELECT o.token_id FROM {order_t} o WHERE o.id = %s)"
+        if by_order
+        else "t.token_id = %s"
+    )
+    return f"""
+        SELECT t.token_id, t.outcome, {_cols(Market, _MARKET_READ, "m")}
+          FROM {token_t} t JOIN {market_t} m ON m.id = t.market_id WHERE {key}
+    """
+
+
+def _replay_sql() -> str:
+    return (
+        f"SELECT o.id FROM {Order._meta.db_table} o "
+        "WHERE o.account_id = %s AND o.client_order_id = %s"
+    )
+
+
+def _trigger_sql() -> str:
+    return f"SELECT EXISTS (SELECT 1 FROM {Fill._meta.db_table} f WHERE f.trigger_key = %s)"
+
+
+def _uuid(value: Any) -> uuid.UUID | None:
+    try:
+        return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+    except (ValueError, TypeError, AttributeError):
+        return None
+
+
+def lock(
+    account_id: Any,
+    *,
+    owner_id: Any = None,
+    token_id: str | None = None,
+    order_id: Any = None,
+    orders: str | None = None,
+    orders_arg: Any = None,
+    tokens: Sequence[str] | None = None,
+    positions: bool = False,
+    market: bool = False,
+    client_order_id: str | None = None,
+    trigger_key: str | None = None,
+) -> Locked:
+    """Lock the account row and read what an event needs, in ONE round trip:
+    * the account (only if `owner_id` owns it, when given), with its tenant's state;
+    * locked orders: `order_id` (that one), or `orders` = "live" | "market" | "expired" with
+      `orders_arg` (the market's condition id, or the expiry time);
+    * locked positions of the account's epoch: those of `token_id`, of `order_id`'s token or
+      of `tokens` (or, with `positions`, those with reserved shares), and every other open
+      one with shares (what the equity snapshot values);
+    * `token_id`'s token with its market (with `market`, `order_id`'s); the order of the
+      account with `client_order_id`; whether `trigger_key` was applied already.
+    A malformed account id reads as no account."""
+    key = _uuid(account_id)
+    if key is None:
+        return Locked(None)
+    db = _db()
+    owned = owner_id is not None
+    statements: list[tuple[str, Sequence[Any]]] = [
+        (_account_sql(owned), [key, owner_id] if owned else [key])
+    ]
+    order_key = _uuid(order_id) if order_id is not None else None
+    if order_id is not None and order_key is None:
+        return Locked(None)
+    if order_key is not None:
+        statements.append((_orders_sql("one"), [key, order_key]))
+    elif orders is not None:
+        statements.append((_orders_sql(orders), [key] if orders_arg is None else [key, orders_arg]))
+    if token_id is not None:
+        statements.append((_positions_sql("token"), [key, token_id]))
+    elif order_key is not None:
+        statements.append((_positions_sql("order"), [key, order_key]))
+    elif tokens is not None:
+        statements.append((_positions_sql("tokens"), [key, list(tokens)]))
+    elif positions:
+        statements.append((_positions_sql("reserved"), [key]))
+    n_market = n_replay = n_trigger = -1
+    if token_id is not None or (order_key is not None and market):
+        n_market = len(statements)
+        statements.append(
+            (_market_sql(token_id is None), [token_id if token_id is not None else order_key])
+        )
+    if client_order_id is not None:
+        n_replay = len(statements)
+        statements.append((_replay_sql(), [key, client_order_id]))
+    if trigger_key is not None:
+        n_trigger = len(statements)
+        statements.append((_trigger_sql(), [trigger_key]))
+    results = _fetch(db, statements)
+    info = MarketInfo(*results[n_market][0]) if n_market >= 0 and results[n_market] else None
+    if not results[0]:
+        return Locked(None, market=info)
+    row = results[0][0]
+    n = len(_ACCOUNT_READ)
+    last_filled_at, tenant_id, enabled, tz, at = row[n:]
+    account = AccountState(*row[:n])
+    account.last_filled_at = last_filled_at
+    account.day_boundary = day_boundary_of(tz, at)
+    locked = Locked(
+        account,
+        tenant_id=tenant_id,
+        tenant_enabled=enabled is not False,
+        market=info,
+        positions={},
+        orders=[],
+    )
+    i = 1
+    if order_key is not None or orders is not None:
+        locked.orders = [OrderState(*r) for r in results[i]]
+        i += 1
+    if token_id is not None or order_key is not None or tokens is not None or positions:
+        locked.positions = {r[1]: PositionState(*r) for r in results[i]}
+    if n_replay >= 0 and results[n_replay]:
+        locked.replay_of = results[n_replay][0][0]
+    if n_trigger >= 0:
+        locked.duplicate = bool(results[n_trigger][0][0])
+    return locked
+
+
+# --- the writer ---------------------------------------------------------------------------------
+@cache
+def _insert_sql(model: Any, names: tuple[str, ...], rows: int) -> str:
+    columns = ", ".join(model._meta.get_field(n).column for n in names)
+    one = "(" + ", ".join(["%s"] * len(names)) + ")"
+    return f"INSERT INTO {model._meta.db_table} ({columns}) VALUES {', '.join([one] * rows)}"
+
+
+@cache
+def _update_sql(model: Any, names: tuple[str, ...]) -> str:
+    sets = ", ".join(f"{model._meta.get_field(n).column} = %s" for n in names)
+    return f"UPDATE {model._meta.db_table} SET {sets} WHERE {model._meta.pk.column} = %s"
+
+
+_POSITION_INSERT = ("account", "epoch", *_POSITION_READ[1:], "updated_at")
+_ORDER_INSERT = (*_ORDER_READ, "updated_at")
+_FILL_INSERT = ("account", *_FILL_ROW)
+_LEDGER_INSERT = (
+    "account", "epoch", "kind", "amount", "balance_after", "order_id", "fill_id", "memo",
+    "created_at",
+)  # fmt: skip
+_SNAPSHOT_INSERT = ("account", "epoch", "at", "equity", "cash", "positions_value")
+
+
+def write(fx: Effects, *, account: bool = True) -> None:
+    """Persist what the engine computed for one event, in this transaction, in ONE round
+    trip: new orders, changed orders, new and changed positions, fills, ledger entries,
+    the equity snapshot, and the account row (`account=False`: it did not change). Caller
+    holds the row locks `lock` took."""
+    a, now = fx.account, fx.now
+    statements: list[tuple[str, list[Any]]] = []
+    new_orders = [o for o in fx.orders if o.new]
+    if new_orders:
+        params = []
+        for o in new_orders:
+            params += [getattr(o, n) for n in _ORDER_STATE]
+            params.append(now)
+            o.new = False
+        statements.append((_insert_sql(Order, _ORDER_INSERT, len(new_orders)), params))
+    statements.extend(
+        (_update_sql(Order, (*_ORDER_WRITE, "updated_at")),
+         [*(getattr(o, n) for n in _ORDER_WRITE), now, o.id])
+        for o in fx.orders if o not in new_orders
+    )  # fmt: skip
+    for p in fx.positions:
+        if p.id is None:
+            if p.opened_at is None:
+                p.opened_at = now
+            values = [a.id, a.epoch, *(getattr(p, n) for n in _POSITION_READ[1:]), now]
+            statements.append((_insert_sql(Position, _POSITION_INSERT, 1), values))
+        else:
+            values = [*(getattr(p, n) for n in _POSITION_WRITE), now, p.id]
+            statements.append((_update_sql(Position, (*_POSITION_WRITE, "updated_at")), values))
+    if fx.fills:
+        params = []
+        for f in fx.fills:
+            params.append(a.id)
+            params += [getattr(f, n) for n in _FILL_ROW]
+            params[-len(_FILL_ROW) + _FILL_ROW.index("levels")] = (
+                None if f.levels is None else Jsonb(f.levels)
+            )
+        statements.append((_insert_sql(Fill, _FILL_INSERT, len(fx.fills)), params))
+    if fx.ledger:
+        params = []
+        for e in fx.ledger:
+            params += [a.id, e.epoch, e.kind, e.amount, e.balance_after, e.order_id, e.fill_id,
+                       e.memo, now]  # fmt: skip
+        statements.append((_insert_sql(LedgerEntry, _LEDGER_INSERT, len(fx.ledger)), params))
+    if fx.snapshot is not None:
+        s = fx.snapshot
+        statements.append(
+            (
+                _insert_sql(EquitySnapshot, _SNAPSHOT_INSERT, 1),
+                [a.id, s.epoch, s.at, s.equity, s.cash, s.positions_value],
+            )
+        )
+    if account:
+        statements.append(
+            (
+                _update_sql(Account, (*_ACCOUNT_WRITE, "updated_at")),
+                [*(getattr(a, n) for n in _ACCOUNT_WRITE), now, a.id],
+            )
+        )
+    if not statements:
+        return
+    db = _db()
+    with _batch(db):
+        for sql, params in statements:
+            with _cursor(db) as cursor:
+                cursor.execute(sql, params)
+
+
+# --- models for callers that return them ---------------------------------------------------------
+def order_model(order: OrderState, *, at: dt.datetime | None = None) -> Order:
+    """The Order instance of a state the writer persisted (for the API bodies)."""
+    values = {n: getattr(order, n) for n in _ORDER_STATE}
+    obj = Order(**values, updated_at=at or order.created_at or timezone.now())
+    obj._state.adding = False
+    obj._state.db = DEFAULT_DB_ALIAS
+    return obj
+
+
+def fill_model(row: FillRow, account_id: uuid.UUID) -> Fill:
+    obj = Fill(account_id=account_id, **{n: getattr(row, n) for n in _FILL_ROW})
+    obj._state.adding = False
+    obj._state.db = DEFAULT_DB_ALIAS
+    return obj
