@@ -1,9 +1,10 @@
 """Reads that combine wallets, orders and prices: marks, equity, the account-state envelope.
 
 The envelope is the hottest partner read (rule engines poll it), so it is loaded with two fixed
-SQL statements — the account row with its open-order count and day-start equity as
-subqueries, then its open positions only when it has any — instead of five ORM queries and
-model instances: building those queries cost more than running them (docs/benchmarks.md).
+SQL statements of the data-access module (trading.store) — the account row with its open-order
+count and day-start equity as subqueries, then its open positions only when it has any: the
+same read through the ORM's annotate/Subquery cost ~20× the client CPU of the fixed SQL
+(docs/benchmarks.md).
 All the arithmetic lives in `_compute`, one place for every caller.
 
 Marks (partner-api.md §4): the outcome's midpoint, or the last trade when the spread is wider
@@ -19,10 +20,8 @@ import datetime as dt
 import uuid
 from dataclasses import dataclass
 from decimal import Decimal
-from functools import cache
 from typing import Any
 
-from django.db import connection
 from django.utils import timezone
 
 from accounts.models import Account, EquitySnapshot, Position
@@ -30,6 +29,7 @@ from core.clock import day_boundary
 from core.db import db_datetime, db_decimal, db_json, db_uuid
 from core.money import ZERO, cash, pct
 from marketdata.bus import BookTop, get_bus, latest_many_live
+from trading import store
 from trading.engine import book_mark, value_at
 from trading.fillmodel import walk_book
 from trading.models import Order
@@ -174,49 +174,8 @@ def positions_liquidation(marked: list[MarkedPosition]) -> dict[str, Decimal | N
     return out
 
 
-@cache
-def _sql() -> tuple[str, str]:
-    account = Account._meta.db_table
-    order = Order._meta.db_table
-    snapshot = EquitySnapshot._meta.db_table
-    position = Position._meta.db_table
-    first = (
-        f"FROM {snapshot} s WHERE s.account_id = a.id AND s.epoch = a.epoch "
-        "ORDER BY s.at, s.id LIMIT 1"
-    )
-    # Only model table names are interpolated; every value is a bound parameter.
-    account_sql = f"""
-        SELECT a.id, a.owner_id, a.external_id, a.stage, a.status, a.epoch, a.rules, a.metadata,
-               a.starting_balance, a.cash, a.reserved_cash, a.realized_pnl, a.fees_paid,
-               a.high_water_mark, a.max_drawdown, a.max_drawdown_pct, a.trading_days,
-               a.created_at, a.updated_at, a.closed_at, a.last_reset_at,
-               (SELECT COUNT(*) FROM {order} o
-                 WHERE o.account_id = a.id AND o.status = %s),
-               (SELECT s.equity FROM {snapshot} s
-                 WHERE s.account_id = a.id AND s.epoch = a.epoch AND s.at <= %s
-                 ORDER BY s.at DESC, s.id DESC LIMIT 1),
-               (SELECT s.equity {first}),
-               (SELECT s.at {first}),
-               EXISTS (SELECT 1 FROM {position} p
-                        WHERE p.account_id = a.id AND p.epoch = a.epoch
-                          AND p.status = %s AND p.size > 0)
-          FROM {account} a
-         WHERE a.id = %s AND {{tenant_condition}}
-    """
-    positions_sql = f"""
-        SELECT token_id, market_id, market_question, outcome, size, avg_price, cost_basis,
-               last_mark, last_mark_at
-          FROM {position}
-         WHERE account_id = %s AND epoch = %s AND status = %s AND size > 0
-         ORDER BY opened_at, id
-    """
-    return account_sql, positions_sql
-
-
 def _load_positions(account_id: uuid.UUID, epoch: int) -> list[MarkedPosition]:
-    with connection.cursor() as cursor:
-        cursor.execute(_sql()[1], [account_id, epoch, Position.Status.OPEN])
-        rows = cursor.fetchall()
+    rows = store.open_position_rows(account_id, epoch)
     # One bus read for all of them: the live books of the positions' tokens.
     tops = latest_many_live(get_bus(), [r[0] for r in rows]) if rows else {}
     marked = []
@@ -258,23 +217,12 @@ def _load_account(
         key = account_id if isinstance(account_id, uuid.UUID) else uuid.UUID(str(account_id))
     except (ValueError, TypeError, AttributeError):
         return None
-    if tenant is None:
-        condition, scope = "a.tenant_id IS NULL", []
-    else:
-        condition, scope = "a.tenant_id = %s", [tenant.pk]
-    if owner_id is not None:
-        condition, scope = f"{condition} AND a.owner_id = %s", [*scope, owner_id]
-    sql = _sql()[0].replace("{tenant_condition}", condition)
-    params = [
-        Order.Status.LIVE,
-        boundary,
-        Position.Status.OPEN,
+    row = store.envelope_row(
         key,
-        *scope,
-    ]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        row = cursor.fetchone()
+        tenant_id=None if tenant is None else tenant.pk,
+        owner_id=owner_id,
+        boundary=boundary,
+    )
     if row is None:
         return None
     (

@@ -424,6 +424,75 @@ def write(fx: Effects, *, account: bool = True) -> None:
                 cursor.execute(sql, params)
 
 
+# --- the account-state envelope (reads committed rows, no lock) --------------------------------
+@cache
+def _envelope_sql(personal: bool, owned: bool) -> str:
+    """The account row with its open-order count, its equity at the day boundary, the
+    epoch's first equity and whether it holds positions; scoped to a tenant's accounts (or
+    to personal ones) and, with `owned`, to one owner's."""
+    account, order = Account._meta.db_table, Order._meta.db_table
+    snapshot, position = EquitySnapshot._meta.db_table, Position._meta.db_table
+    first = (
+        f"FROM {snapshot} s WHERE s.account_id = a.id AND s.epoch = a.epoch "
+        "ORDER BY s.at, s.id LIMIT 1"
+    )
+    tenant = "a.tenant_id IS NULL" if personal else "a.tenant_id = %s"
+    owner = "AND a.owner_id = %s" if owned else ""
+    return f"""
+        SELECT a.id, a.owner_id, a.external_id, a.stage, a.status, a.epoch, a.rules, a.metadata,
+               a.starting_balance, a.cash, a.reserved_cash, a.realized_pnl, a.fees_paid,
+               a.high_water_mark, a.max_drawdown, a.max_drawdown_pct, a.trading_days,
+               a.created_at, a.updated_at, a.closed_at, a.last_reset_at,
+               (SELECT COUNT(*) FROM {order} o
+                 WHERE o.account_id = a.id AND o.status = 'live'),
+               (SELECT s.equity FROM {snapshot} s
+                 WHERE s.account_id = a.id AND s.epoch = a.epoch AND s.at <= %s
+                 ORDER BY s.at DESC, s.id DESC LIMIT 1),
+               (SELECT s.equity {first}),
+               (SELECT s.at {first}),
+               EXISTS (SELECT 1 FROM {position} p
+                        WHERE p.account_id = a.id AND p.epoch = a.epoch
+                          AND p.status = 'open' AND p.size > 0)
+          FROM {account} a
+         WHERE a.id = %s AND {tenant} {owner}
+    """
+
+
+def envelope_row(
+    account_id: uuid.UUID, *, tenant_id: Any, owner_id: Any, boundary: dt.datetime
+) -> tuple[Any, ...] | None:
+    """The envelope's account row (see `_envelope_sql`), or None outside the scope."""
+    params: list[Any] = [boundary, account_id]
+    if tenant_id is not None:
+        params.append(tenant_id)
+    if owner_id is not None:
+        params.append(owner_id)
+    db = _db()
+    with _cursor(db) as cursor:
+        cursor.execute(_envelope_sql(tenant_id is None, owner_id is not None), params)
+        row: tuple[Any, ...] | None = cursor.fetchone()
+    return row
+
+
+@cache
+def _open_positions_sql() -> str:
+    return f"""
+        SELECT token_id, market_id, market_question, outcome, size, avg_price, cost_basis,
+               last_mark, last_mark_at
+          FROM {Position._meta.db_table}
+         WHERE account_id = %s AND epoch = %s AND status = 'open' AND size > 0
+         ORDER BY opened_at, id
+    """
+
+
+def open_position_rows(account_id: uuid.UUID, epoch: int) -> list[tuple[Any, ...]]:
+    """The account's open positions with shares in an epoch, oldest first."""
+    db = _db()
+    with _cursor(db) as cursor:
+        cursor.execute(_open_positions_sql(), [account_id, epoch])
+        return cursor.fetchall()
+
+
 # --- models for callers that return them ---------------------------------------------------------
 def order_model(order: OrderState, *, at: dt.datetime | None = None) -> Order:
     """The Order instance of a state the writer persisted (for the API bodies)."""
