@@ -6,7 +6,7 @@ from typing import Any
 
 from django.db import models
 
-from core.money import MONEY_DIGITS, PRICE_DIGITS, SIZE_DIGITS
+from core.money import MONEY_DIGITS, PRICE_DIGITS, PRICE_PLACES, SIZE_DIGITS
 
 
 def money_field(**kwargs: Any) -> models.DecimalField:
@@ -21,4 +21,4 @@ def size_field(**kwargs: Any) -> models.DecimalField:
 
 def price_field(**kwargs: Any) -> models.DecimalField:
     """Prices and averages in [0, 1]: 6 decimals."""
-    return models.DecimalField(max_digits=PRICE_DIGITS, decimal_places=6, **kwargs)
+    return models.DecimalField(max_digits=PRICE_DIGITS, decimal_places=PRICE_PLACES, **kwargs)

@@ -13,8 +13,10 @@ CASH_PLACES = 6
 CASH_QUANTUM = Decimal("0.000001")
 SHARE_PLACES = 2
 SHARE_QUANTUM = Decimal("0.01")
-PRICE_PLACES = 4  # finest Polymarket tick is 0.0001
-PRICE_QUANTUM = Decimal("0.0001")
+# Prices as stored (price columns, averages, VWAPs, distances from the mid): 6 decimals, finer
+# than the finest Polymarket tick (0.0001).
+PRICE_PLACES = 6
+PRICE_QUANTUM = Decimal("0.000001")
 FEE_QUANTUM = Decimal("0.00001")
 PCT_QUANTUM = Decimal("0.0001")
 

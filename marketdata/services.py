@@ -22,7 +22,7 @@ from django.dispatch import Signal
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
-from core.money import CASH_QUANTUM
+from core.money import CASH_QUANTUM, PRICE_QUANTUM
 from marketdata import resolution as rs
 from marketdata import states
 from marketdata.clients import ClobClient, GammaClient, PolymarketError, decode_gamma_market
@@ -31,7 +31,6 @@ from marketdata.models import Event, FeedHealth, Market, MarketResolution, Token
 logger = logging.getLogger("polysim.marketdata")
 
 SOURCES = frozenset(MarketResolution.Source.values)
-PRICE_QUANTUM = Decimal("0.000001")  # price_field has 6 decimals
 
 # Sent after commit with `resolution_id` whenever a MarketResolution is created or rewritten
 # (manual resolution of an ambiguous market). Receivers should only enqueue work: the row and

@@ -35,12 +35,10 @@ from typing import Any, Protocol
 from accounts.balances import cash_movement, equity_extremes
 from core import errors
 from core.clock import trading_day
-from core.money import CASH_QUANTUM, ZERO, cash
+from core.money import CASH_QUANTUM, PRICE_QUANTUM, ZERO, cash
 from trading import states
 from trading.fillmodel import buy_reservation
 
-# Precision of derived prices (average cost, VWAP, distance from mid): finer than any tick.
-PRICE_Q = Decimal("0.000001")
 BUY, SELL = "BUY", "SELL"
 OPEN, SETTLED = "open", "settled"  # Position.Status values
 ACTIVE, CLOSED = "active", "closed"  # Account.Status values
@@ -358,7 +356,7 @@ def _position_apply(
     if side == BUY:
         position.size += size
         position.cost_basis += notional
-        position.avg_price = (position.cost_basis / position.size).quantize(PRICE_Q)
+        position.avg_price = (position.cost_basis / position.size).quantize(PRICE_QUANTUM)
         realized = -fee
     else:
         released = (
@@ -464,11 +462,11 @@ def fill(
     resting = order.status == states.LIVE and not order.new
     total = sum((e.size for e in executions), ZERO)
     vwap = sum((e.notional for e in executions), ZERO) / total if total else None
-    vwap_q = vwap.quantize(PRICE_Q, rounding=ROUND_HALF_EVEN) if vwap is not None else None
+    vwap_q = vwap.quantize(PRICE_QUANTUM, rounding=ROUND_HALF_EVEN) if vwap is not None else None
     mid_gap = None
     if evidence.mid is not None and vwap is not None:
         gap = vwap - evidence.mid if order.side == BUY else evidence.mid - vwap
-        mid_gap = gap.quantize(PRICE_Q, rounding=ROUND_HALF_EVEN)
+        mid_gap = gap.quantize(PRICE_QUANTUM, rounding=ROUND_HALF_EVEN)
     rows = []
     for execution, trigger_key in zip(executions, trigger_keys, strict=True):
         size, notional, fee = execution.size, execution.notional, execution.fee
