@@ -164,6 +164,17 @@ def test_preview_reports_problems_with_the_engine_sentences(setup):
     assert "nothing (rests in the book)" in resting  # a non-crossing order is fine
 
 
+def test_preview_shows_the_one_refusal_that_decides(setup):
+    # A market SELL too large for both the position and the book: the engine refuses it for
+    # the position (checked first), and the preview says that, not the FOK sentence too.
+    client, _, account, market, yes, _ = setup
+    html = _preview(
+        client, market, _ticket(account, yes, side="SELL", type="market", size="5000")
+    )
+    assert "You don&#x27;t hold enough shares of this outcome" in html
+    assert "Fill-or-kill" not in html
+
+
 def test_preview_is_quiet_while_the_ticket_is_incomplete(setup):
     client, _, account, market, yes, _ = setup
     html = _preview(client, market, _ticket(account, yes, price="45"))

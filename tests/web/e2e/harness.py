@@ -151,7 +151,7 @@ def start_feed(*, discover_markets: bool = True, wait_s: float = 20.0) -> Feed:
         infos = wanted_tokens(shard=0, shards=1)
         feed.token_ids = sorted(infos)
         bus = get_bus()
-        config = IngestConfig(ws_url=fake.ws_url, ping_seconds=5.0, health_seconds=3600.0)
+        config = IngestConfig(ws_url=fake.ws_url, health_seconds=3600.0)
         ready = threading.Event()
 
         def run() -> None:

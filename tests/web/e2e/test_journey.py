@@ -148,5 +148,12 @@ def test_partner_to_portfolio_orders_cancel_fill_leaderboard(page, app_server, f
     page.get_by_test_id("key-create").click()
     secret = page.get_by_test_id("key-secret")
     expect(secret).to_have_value(re.compile(r"^tk_"))
+    # The key's underscores stay visible: the field's line box leaves room below the
+    # baseline (at line-height "normal" some monospace fonts had them clipped into spaces).
+    line, size = secret.evaluate(
+        "e => { const s = getComputedStyle(e); return [parseFloat(s.lineHeight), "
+        "parseFloat(s.fontSize)]; }"
+    )
+    assert line >= 1.5 * size, (line, size)
     shot(page, "journey-8-api-keys")
     assert user_id == firm_account.owner_id

@@ -128,6 +128,23 @@ def test_place_a_limit_order_that_rests(trader_page, feed, trader, shot):
     shot(page, "ticket-limit-resting")
 
 
+def test_the_ticket_preview_logs_no_errors(trader_page, feed, trader):
+    # htmx must not complain while the preview refreshes (an inherited hx-disabled-elt
+    # pointed the preview's requests at a button it cannot find).
+    page = trader_page
+    logged: list[str] = []
+    page.on("console", lambda m: logged.append(m.text) if m.type in ("error", "warning") else None)
+    market = _market("Aurora-3")
+    page.goto(f"/markets/{market.condition_id}/")
+    page.get_by_test_id("ticket-outcome-0").check(force=True)
+    page.get_by_test_id("ticket-price").fill("5")
+    page.get_by_test_id("ticket-size").fill("10")
+    expect(page.get_by_test_id("preview-cost")).to_have_text("$0.50")
+    page.get_by_test_id("ticket-size").fill("12")
+    expect(page.get_by_test_id("preview-cost")).to_have_text("$0.60")
+    assert logged == []
+
+
 def test_place_a_market_order_that_fills(trader_page, feed, trader, shot):
     page = trader_page
     market = _market("Aurora-3")
