@@ -168,9 +168,7 @@ def test_preview_shows_the_one_refusal_that_decides(setup):
     # A market SELL too large for both the position and the book: the engine refuses it for
     # the position (checked first), and the preview says that, not the FOK sentence too.
     client, _, account, market, yes, _ = setup
-    html = _preview(
-        client, market, _ticket(account, yes, side="SELL", type="market", size="5000")
-    )
+    html = _preview(client, market, _ticket(account, yes, side="SELL", type="market", size="5000"))
     assert "You don&#x27;t hold enough shares of this outcome" in html
     assert "Fill-or-kill" not in html
 
