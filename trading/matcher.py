@@ -42,7 +42,6 @@ per change of state say what it is doing.
 
 from __future__ import annotations
 
-import bisect
 import datetime as dt
 import functools
 import logging
@@ -52,10 +51,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from decimal import Decimal
-from queue import SimpleQueue
 from typing import Any
 
 import orjson
@@ -66,6 +63,7 @@ from django.utils import timezone
 
 from core.errors import service_down
 from core.money import ZERO
+from core.workers import WorkerPool
 from marketdata.bus import (
     BookTop,
     BusMessage,
@@ -76,6 +74,7 @@ from marketdata.bus import (
 )
 from trading.models import Order, Side
 from trading.orderevents import OrderEvent, OrderEventLog, epoch_ms, order_event
+from trading.resting import Resting, RestingIndex, resting_from_event
 from trading.services.matching import (
     MakerResult,
     order_fill_maker_cross,
@@ -94,123 +93,6 @@ MAX_IN_FLIGHT = 2_000  # queued work items before the reader waits for the worke
 BACKOFF_FIRST_SECONDS = 0.1
 BACKOFF_CAP_SECONDS = 1.0
 STILL_WAITING_LOG_SECONDS = 10.0  # how often "still waiting" is logged during an outage
-
-
-# --- the index --------------------------------------------------------------------------------
-@dataclass(slots=True)
-class Resting:
-    order_id: str
-    account_id: str
-    token_id: str
-    side: str
-    price: Decimal
-    remaining: Decimal
-    created_ms: int
-    queue_ahead: Decimal
-
-    @property
-    def priority(self) -> tuple[int, str]:
-        return (self.created_ms, self.order_id)
-
-
-@dataclass(slots=True)
-class _Side:
-    prices: list[Decimal] = field(default_factory=list)  # ascending
-    buckets: dict[Decimal, list[Resting]] = field(default_factory=dict)  # time order
-
-
-class RestingIndex:
-    """Resting orders by token, side and price. Not thread-safe: one matcher thread owns it."""
-
-    def __init__(self) -> None:
-        self._tokens: dict[str, dict[str, _Side]] = {}
-        self._by_id: dict[str, Resting] = {}
-
-    def __len__(self) -> int:
-        return len(self._by_id)
-
-    def get(self, order_id: str) -> Resting | None:
-        return self._by_id.get(order_id)
-
-    def upsert(self, r: Resting) -> None:
-        old = self._by_id.get(r.order_id)
-        if old is not None:
-            if old.price == r.price and old.side == r.side and old.token_id == r.token_id:
-                old.remaining, old.queue_ahead = r.remaining, r.queue_ahead
-                return
-            self.remove(r.order_id)
-        self._by_id[r.order_id] = r
-        side = self._tokens.setdefault(r.token_id, {}).setdefault(r.side, _Side())
-        bucket = side.buckets.get(r.price)
-        if bucket is None:
-            bisect.insort(side.prices, r.price)
-            side.buckets[r.price] = [r]
-        else:
-            keys = [o.priority for o in bucket]
-            bucket.insert(bisect.bisect(keys, r.priority), r)
-
-    def remove(self, order_id: str) -> None:
-        r = self._by_id.pop(order_id, None)
-        if r is None:
-            return
-        sides = self._tokens[r.token_id]
-        side = sides[r.side]
-        bucket = side.buckets[r.price]
-        bucket.remove(r)
-        if not bucket:
-            del side.buckets[r.price]
-            del side.prices[bisect.bisect_left(side.prices, r.price)]
-            if not side.prices:
-                del sides[r.side]
-                if not sides:
-                    del self._tokens[r.token_id]
-
-    def crossing(self, token_id: str, side: str, price: Decimal) -> list[Resting]:
-        """Orders of `side` that a counter-price `price` reaches or passes (BUY: limit ≥
-        price; SELL: limit ≤ price), best price first, then oldest first."""
-        book = self._tokens.get(token_id)
-        s = book.get(side) if book else None
-        if s is None:
-            return []
-        out: list[Resting] = []
-        if side == Side.BUY:
-            for p in reversed(s.prices[bisect.bisect_left(s.prices, price) :]):
-                out.extend(s.buckets[p])
-        else:
-            for p in s.prices[: bisect.bisect_right(s.prices, price)]:
-                out.extend(s.buckets[p])
-        return out
-
-    def reaches(self, token_id: str, best_bid: Decimal | None, best_ask: Decimal | None) -> bool:
-        """Whether a top with these bests crosses any order of the token (`crossing` would
-        return something for one side): the ask at or below the highest BUY, or the bid at
-        or above the lowest SELL. Two lookups, whatever the number of orders."""
-        book = self._tokens.get(token_id)
-        if book is None:
-            return False
-        buys, sells = book.get(Side.BUY), book.get(Side.SELL)
-        return (best_ask is not None and buys is not None and best_ask <= buys.prices[-1]) or (
-            best_bid is not None and sells is not None and best_bid >= sells.prices[0]
-        )
-
-    def token_ids(self) -> set[str]:
-        return set(self._tokens)
-
-    def has_token(self, token_id: str) -> bool:
-        return token_id in self._tokens
-
-
-def resting_from_event(e: OrderEvent) -> Resting:
-    return Resting(
-        e.order_id,
-        e.account_id,
-        e.token_id,
-        e.side,
-        Decimal(e.price),
-        Decimal(e.remaining),
-        e.created_ms,
-        Decimal(e.queue_ahead),
-    )
 
 
 def _top_fields(item: BookTop | bytes) -> dict[str, Any]:
@@ -274,51 +156,6 @@ class _Batch:
     ids: list[str]
     left: int = 0
     failed: bool = False
-
-
-# --- the worker pool --------------------------------------------------------------------------
-class _Pool:
-    """A fixed set of threads running submitted calls. Each thread keeps its own DB connection
-    across calls (Django connections are per thread) and closes it when the pool stops."""
-
-    def __init__(self, size: int) -> None:
-        self._tasks: SimpleQueue[tuple[Callable[[], object], Future[None]] | None] = SimpleQueue()
-        self._threads = [
-            threading.Thread(target=self._work, name=f"matcher-worker-{n}", daemon=True)
-            for n in range(size)
-        ]
-        for t in self._threads:
-            t.start()
-
-    def _work(self) -> None:
-        try:
-            while True:
-                task = self._tasks.get()
-                if task is None:
-                    return
-                fn, future = task
-                if not future.set_running_or_notify_cancel():
-                    continue
-                try:
-                    fn()
-                except BaseException as exc:
-                    close_old_connections()  # drop a connection the error left unusable
-                    future.set_exception(exc)
-                else:
-                    future.set_result(None)
-        finally:
-            connections.close_all()
-
-    def submit(self, fn: Callable[[], object]) -> Future[None]:
-        future: Future[None] = Future()
-        self._tasks.put((fn, future))
-        return future
-
-    def stop(self) -> None:
-        for _ in self._threads:
-            self._tasks.put(None)
-        for t in self._threads:
-            t.join(timeout=30)
 
 
 # --- outages ---------------------------------------------------------------------------------
@@ -385,7 +222,7 @@ class Matcher:
         )
         self.batch = batch
         self.workers = max(1, int(settings.MATCHER_WORKERS if workers is None else workers))
-        self._pool: _Pool | None = None
+        self._pool: WorkerPool | None = None
         self._mutex = threading.Lock()  # the index and the stats, while lanes run
         self._account_locks = [threading.Lock() for _ in range(ACCOUNT_STRIPES)]
         self._progress = threading.Condition(self._mutex)  # notified as work items finish
@@ -828,7 +665,7 @@ class Matcher:
             work()
             return
         if self._pool is None:
-            self._pool = _Pool(self.workers)
+            self._pool = WorkerPool(self.workers, name="matcher-worker")
         with self._mutex:
             while self._in_flight >= MAX_IN_FLIGHT:  # backpressure: let the workers catch up
                 self._progress.wait()

@@ -29,9 +29,10 @@ from tests.trading.conftest import (
     publish_trade,
 )
 from trading.fillmodel import buy_reservation
-from trading.matcher import Matcher, Resting, RestingIndex, parse_shard
+from trading.matcher import Matcher, parse_shard
 from trading.models import Fill
 from trading.orderevents import get_order_events
+from trading.resting import Resting, RestingIndex
 from trading.services import order_cancel, order_place
 
 pytestmark = pytest.mark.django_db
