@@ -14,4 +14,6 @@ max_requests = 10_000
 max_requests_jitter = 1_000
 accesslog = "-"
 errorlog = "-"
+# Login-link tokens and API keys never reach the access or error log (core/redact.py).
+logger_class = "core.redact.RedactingGunicornLogger"
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
