@@ -11,6 +11,7 @@ page with the same status, 410 Gone, so nothing reveals which it was.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 from collections.abc import Callable
@@ -129,6 +130,16 @@ def client_ip(request: HttpRequest) -> str:
         if len(forwarded) >= hops:
             return forwarded[-hops][:64]
     return str(request.META.get("REMOTE_ADDR") or "unknown")[:64]
+
+
+def client_ip_address(request: HttpRequest) -> str | None:
+    """`client_ip` when it is an IP address, else None (a request made in-process, as
+    Django's test client's force_login, has no peer): what django-axes stores."""
+    candidate = client_ip(request)
+    try:
+        return str(ipaddress.ip_address(candidate))
+    except ValueError:
+        return None
 
 
 def _minutes(seconds: str | None) -> int:

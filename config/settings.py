@@ -8,6 +8,8 @@ in every mode (docs/operations.md, "Embedded servers").
 
 from __future__ import annotations
 
+import datetime as dt
+
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -59,6 +61,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "axes",
     "core",
     "marketdata",
     "accounts",
@@ -78,7 +81,30 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "core.middleware.ApiErrorMiddleware",
+    "axes.middleware.AxesMiddleware",  # last: turns a locked-out sign-in into its 429 page
 ]
+
+# --- Admin sign-in throttling (django-axes) ----------------------------------------------------
+# Only the admin signs in with a password (traders use one-time links, partners API keys).
+# AXES_FAILURE_LIMIT wrong passwords from one IP (whatever the username), or for one username
+# (whatever the IP), lock that IP or username out until an operator lifts it (admin → Axes →
+# Access attempts, or `manage.py axes_reset_username <name>` / `axes_reset_ip <ip>`), or for
+# AXES_COOLOFF_MINUTES. A right password resets the count (not a lock-out).
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = dt.timedelta(minutes=env.int("AXES_COOLOFF_MINUTES", default=60))
+AXES_LOCKOUT_PARAMETERS = ["ip_address", "username"]
+AXES_RESET_ON_SUCCESS = True
+# The admin's form posts the email as `username` (axes would read USERNAME_FIELD, "email",
+# find nothing, and count every failure against one empty username: a global lock-out).
+AXES_USERNAME_FORM_FIELD = "username"
+AXES_CLIENT_IP_CALLABLE = "accounts.views.client_ip_address"  # CLIENT_IP_PROXY_COUNT applies
+AXES_VERBOSE = False
+AXES_ONLY_ADMIN_SITE = True
+AXES_DISABLE_ACCESS_LOG = True  # failures are kept; successful sign-ins are not logged here
 
 ROOT_URLCONF = "config.urls"
 WSGI_APPLICATION = "config.wsgi.application"
