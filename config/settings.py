@@ -9,7 +9,6 @@ in every mode (docs/operations.md, "Embedded servers").
 from __future__ import annotations
 
 import datetime as dt
-
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
