@@ -1,4 +1,4 @@
-"""The partner API, /v1/partner/* (contract: shared/spec/partner-api.md).
+"""The partner API, /v1/partner/* (contract: docs/partner-api.md).
 
 Every view derives from PartnerApiView, which applies the contract's order of checks: key
 present → key valid → tenant enabled → rate limit → scope → object; wraps POST and PATCH in
@@ -9,8 +9,6 @@ included. Views only translate HTTP ↔ services/selectors; they never build err
 from __future__ import annotations
 
 import datetime as dt
-import functools
-from collections.abc import Callable
 from typing import Any, ClassVar
 
 from django.utils import timezone
@@ -24,25 +22,24 @@ from drf_spectacular.utils import (
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from accounts.models import Account
 from core import errors
-from core.api import (
+from core.api.fields import (
     CleanTextField,
+    IsoDateTimeField,
     JSONObjectField,
     MoneyField,
     PriceField,
-    RateLimitHeadersMixin,
     StrictInputSerializer,
     iso_utc,
 )
+from core.api.schema import ERROR_BODY, PAGE_PARAMS, page_serializer
+from core.api.views import EdgeApiView, EdgeCaller, presented_key
 from core.money import STARTING_BALANCE_MAX, STARTING_BALANCE_PLACES, ZERO, wire
 from core.pagination import keyset_page, parse_limit
 from partners import keys, selectors, services
-from partners.idempotency import idempotent_call
 from partners.models import Scope, TenantUser
-from partners.ratelimit import rate_limit_check
 from trading.selectors import (
     EQUITY_INTERVALS,
     EQUITY_MAX_POINTS,
@@ -53,35 +50,9 @@ from trading.selectors import (
 )
 from trading.services import account_close, account_reset
 
-
-def _raw_key(request: Request) -> str | None:
-    key = request.headers.get("X-API-Key")
-    if key:
-        return key.strip()
-    auth = request.headers.get("Authorization", "")
-    scheme, _, value = auth.partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
-    return None
-
-
 _iso = iso_utc
 
 
-class IsoDateTimeField(serializers.DateTimeField):
-    def to_representation(self, value: dt.datetime | None) -> str | None:  # type: ignore[override]
-        return _iso(value)
-
-
-# Shared error responses for the schema: every operation can answer with the envelope.
-ERROR_BODY = inline_serializer(
-    "Error",
-    fields={
-        "error": serializers.CharField(help_text="Stable UPPER_SNAKE code; branch on this."),
-        "message": serializers.CharField(),
-        "details": serializers.DictField(required=False),
-    },
-)
 COMMON_ERRORS = {
     401: OpenApiResponse(ERROR_BODY, description="MISSING_API_KEY or INVALID_API_KEY"),
     403: OpenApiResponse(ERROR_BODY, description="INSUFFICIENT_PERMISSION"),
@@ -102,53 +73,33 @@ IDEMPOTENCY_HEADER = OpenApiParameter(
     description="Same key + same body replays the stored response; different body → 422 "
     "IDEMPOTENCY_KEY_REUSED; while the first is running → 409 IDEMPOTENCY_KEY_IN_USE.",
 )
-PAGE_PARAMS = [
-    OpenApiParameter("limit", int, description="1–500, default 100"),
-    OpenApiParameter("cursor", str, description="Opaque next_cursor from the previous page"),
-]
 
 
-class PartnerApiView(RateLimitHeadersMixin, APIView):
+class PartnerApiView(EdgeApiView):
     """Base of every partner endpoint; see the module docstring for what it guarantees."""
 
     #: method → scope required; methods not listed are answered 405 by DRF.
     scopes: ClassVar[dict[str, str]] = {}
+    idempotent_methods = frozenset({"POST", "PATCH"})
 
-    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
-        super().initial(request, *args, **kwargs)
-        caller = keys.authenticate(_raw_key(request))
+    def authenticate_caller(self, request: Request) -> EdgeCaller:
+        caller = keys.authenticate(presented_key(request))
         self.caller = caller
         self.tenant = caller.tenant
-        limit = rate_limit_check(
-            tenant_id=caller.tenant.pk,
-            key_prefix=caller.api_key.prefix,
+        return EdgeCaller(
+            limit_scope=caller.tenant.pk,
+            limit_key=caller.api_key.prefix,
             per_second=caller.tenant.rate_limit_per_second,
             per_minute=caller.tenant.rate_limit_per_minute,
+            tenant=caller.tenant,
         )
-        self._rate_headers = limit.headers()
-        if not limit.allowed:
-            raise errors.RateLimitExceeded(headers={"Retry-After": str(limit.retry_after or 1)})
-        method = (request.method or "").upper()
-        required = self.scopes.get(method)
-        if required is not None and required not in caller.scopes:
+
+    def authorize(self, request: Request) -> None:
+        required = self.scopes.get((request.method or "").upper())
+        if required is not None and required not in self.caller.scopes:
             raise errors.InsufficientPermission(
                 f"this key lacks the {required} scope", details={"required_scope": required}
             )
-        if method in ("POST", "PATCH") and hasattr(self, method.lower()):
-            handler = getattr(self, method.lower())
-            setattr(self, method.lower(), functools.partial(self._idempotent, handler))
-
-    def _idempotent(
-        self, handler: Callable[..., Response], request: Request, *args: Any, **kwargs: Any
-    ) -> Response:
-        return idempotent_call(
-            tenant=self.tenant,
-            key=request.headers.get("Idempotency-Key"),
-            method=request.method or "",
-            path=request.path,
-            body=request._request.body,
-            call=lambda: handler(request, *args, **kwargs),
-        )
 
 
 # --- Output shapes --------------------------------------------------------------------------
@@ -244,17 +195,6 @@ class TradeOutput(serializers.Serializer):
     price_source = serializers.CharField()
     book_as_of = IsoDateTimeField(allow_null=True)
     filled_at = IsoDateTimeField()
-
-
-def _page_serializer(name: str, item: type[serializers.Serializer]) -> serializers.Serializer:
-    return inline_serializer(
-        name,
-        fields={
-            "data": item(many=True),
-            "next_cursor": serializers.CharField(allow_null=True),
-            "has_more": serializers.BooleanField(),
-        },
-    )
 
 
 def _position_body(m: MarkedPosition) -> dict[str, Any]:
@@ -361,7 +301,7 @@ class UserListCreateApi(PartnerApiView):
     @extend_schema(
         operation_id="users_list",
         parameters=[OpenApiParameter("external_id", str), *PAGE_PARAMS],
-        responses={200: _page_serializer("UserPage", MappingOutput), **COMMON_ERRORS},
+        responses={200: page_serializer("UserPage", MappingOutput), **COMMON_ERRORS},
     )
     def get(self, request: Request) -> Response:
         page = keyset_page(
@@ -490,7 +430,7 @@ class AccountListCreateApi(PartnerApiView):
             OpenApiParameter("external_id", str),
             *PAGE_PARAMS,
         ],
-        responses={200: _page_serializer("AccountPage", AccountSummaryOutput), **COMMON_ERRORS},
+        responses={200: page_serializer("AccountPage", AccountSummaryOutput), **COMMON_ERRORS},
     )
     def get(self, request: Request) -> Response:
         params = request.query_params
@@ -596,7 +536,7 @@ class AccountTradesApi(PartnerApiView):
             OpenApiParameter("since", dt.datetime, description="ISO-8601; fills at or after"),
             OpenApiParameter("epoch", int),
         ],
-        responses={200: _page_serializer("TradePage", TradeOutput), **COMMON_ERRORS},
+        responses={200: page_serializer("TradePage", TradeOutput), **COMMON_ERRORS},
         description="Filled trades and settlements, ascending and append-only. next_cursor is "
         "always returned, pointing just after the last item: store it and poll with it.",
     )

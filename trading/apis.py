@@ -12,17 +12,15 @@ never build error bodies.
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import hashlib
 import json
 import re
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any
 
 import orjson
-from django.conf import settings
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 from drf_spectacular.utils import (
@@ -32,24 +30,22 @@ from drf_spectacular.utils import (
     inline_serializer,
 )
 from rest_framework import serializers
-from rest_framework.authentication import CSRFCheck
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from accounts.models import Account, User
-from accounts.services.trader_keys import trader_key_authenticate
 from core import errors
-from core.api import (
+from core.api.fields import (
     CleanTextField,
+    IsoDateTimeField,
     MoneyField,
-    PlainJSONResponse,
     PriceField,
-    RateLimitHeadersMixin,
     StrictInputSerializer,
     iso_utc,
-    schema_postprocess_for,
 )
+from core.api.responses import PlainJSONResponse
+from core.api.schema import ERROR_BODY, page_serializer, schema_postprocess_for
+from core.api.views import TraderApiView
 from core.money import wire
 from core.pagination import keyset_page, parse_limit
 from marketdata import states as market_states
@@ -58,15 +54,11 @@ from marketdata.clients import ClobClient, PolymarketError
 from marketdata.models import Market, Token
 from marketdata.watchlist import watch
 from partners.apis import (
-    ERROR_BODY,
     AccountEnvelopeOutput,
-    IsoDateTimeField,
     PositionOutput,
     TradeOutput,
     envelope_body,
 )
-from partners.idempotency import idempotent_call
-from partners.ratelimit import rate_limit_check
 from trading import states as order_states
 from trading.models import Fill, Order, Side
 from trading.permissions import (
@@ -81,7 +73,6 @@ from trading.selectors import (
 from trading.services import order_cancel, order_cancel_account, order_cancel_market, order_place
 from trading.services.orders import STORED_REJECTIONS
 
-_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 # Polymarket's /prices-history windows ("1m" is one month, "max" everything).
 PRICE_HISTORY_INTERVALS = ("1m", "1w", "1d", "6h", "1h", "max")
 PRICE_HISTORY_DEFAULT_INTERVAL = "1d"
@@ -126,30 +117,6 @@ def _iso_ms(value: int | None) -> str | None:
     return None if value is None else _iso(dt.datetime.fromtimestamp(value / 1000, dt.UTC))
 
 
-def _presented_key(request: Request) -> str | None:
-    """The credential the caller sent, if any: X-API-Key wins over Authorization: Bearer (as on
-    the partner API). Anything presented is checked as a trader key; no fallback to the
-    session once a key was sent, so a bad key is always an error."""
-    key = request.headers.get("X-API-Key", "").strip()
-    if key:
-        return key
-    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
-    return None
-
-
-def _enforce_csrf(request: Request) -> None:
-    """Django's CSRF check, as DRF's SessionAuthentication runs it: views under DRF are
-    csrf_exempt, so a session-authenticated unsafe request is checked here."""
-    check = CSRFCheck(lambda _request: None)  # type: ignore[arg-type,return-value]
-    django_request = request._request
-    check.process_request(django_request)
-    reason = check.process_view(django_request, None, (), {})  # type: ignore[arg-type]
-    if reason:
-        raise errors.CsrfFailed(details={"reason": str(reason)})
-
-
 # --- Schema pieces --------------------------------------------------------------------------
 COMMON_ERRORS = {
     401: OpenApiResponse(ERROR_BODY, description="MISSING_CREDENTIALS or INVALID_API_KEY"),
@@ -161,64 +128,6 @@ PAGE_PARAMS = [
     OpenApiParameter("limit", int, description="1–500, default 100"),
     OpenApiParameter("cursor", str, description="Opaque next_cursor from the previous page"),
 ]
-
-
-class TraderApiView(RateLimitHeadersMixin, APIView):
-    """Base of every trader endpoint; see the module docstring for what it guarantees. After
-    `initial`, `self.user` (also `request.user`) is the caller and `self.credential` says how
-    they authenticated (`key:<prefix>` or `session`)."""
-
-    user: User
-    credential: str
-
-    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
-        # Read before DRF's own (empty) authentication overwrites it with None.
-        session_user = getattr(request._request, "user", None)
-        super().initial(request, *args, **kwargs)
-        raw_key = _presented_key(request)
-        if raw_key is not None:
-            key = trader_key_authenticate(raw_key)
-            user, credential = key.user, f"key:{key.prefix}"
-        else:
-            if session_user is None or not session_user.is_authenticated:
-                raise errors.MissingCredentials()
-            if (request.method or "").upper() not in _SAFE_METHODS:
-                _enforce_csrf(request)
-            user, credential = session_user, "session"
-        self.user, self.credential = user, credential
-        request.user = user
-        # The partner limiter in its own id space: negative "tenant" ids are users (the user
-        # bucket counts all their credentials; the key bucket one key or the session).
-        limit = rate_limit_check(
-            tenant_id=-int(user.pk),
-            key_prefix=credential,
-            per_second=int(settings.RATE_LIMIT_DEFAULT_PER_SECOND),
-            per_minute=int(settings.RATE_LIMIT_DEFAULT_PER_MINUTE),
-        )
-        self._rate_headers = limit.headers()
-        if not limit.allowed:
-            raise errors.RateLimitExceeded(headers={"Retry-After": str(limit.retry_after or 1)})
-        method = (request.method or "").upper()
-        if method in ("POST", "DELETE") and hasattr(self, method.lower()):
-            handler = getattr(self, method.lower())
-            setattr(self, method.lower(), functools.partial(self._idempotent, handler))
-
-    def _idempotent(
-        self, handler: Callable[..., Response], request: Request, *args: Any, **kwargs: Any
-    ) -> Response:
-        """The partner API's Idempotency-Key mechanism, scoped per trader user. The request's
-        query string is part of its fingerprint (DELETE /v1/orders?account_id=… has no body).
-        The engine's stored rejections commit (the rejected order row stays, as without the
-        header) and are not recorded: a retry with the same key runs again."""
-        return idempotent_call(
-            user=self.user,
-            key=request.headers.get("Idempotency-Key"),
-            method=request.method or "",
-            path=request.get_full_path(),
-            body=request._request.body,
-            call=lambda: handler(request, *args, **kwargs),
-            commit_on=tuple(STORED_REJECTIONS.values()),
-        )
 
 
 # --- Output shapes (documentation; bodies are built by the *_body functions below) -----------
@@ -469,17 +378,6 @@ def _live_tops(markets: Iterable[Market]) -> dict[str, BookTop]:
     return latest_many_live(get_bus(), token_ids) if token_ids else {}
 
 
-def _page_serializer(name: str, item: type[serializers.Serializer]) -> serializers.Serializer:
-    return inline_serializer(
-        name,
-        fields={
-            "data": item(many=True),
-            "next_cursor": serializers.CharField(allow_null=True),
-            "has_more": serializers.BooleanField(),
-        },
-    )
-
-
 def _choice(params: Any, name: str, allowed: Iterable[str], default: str) -> str:
     value = params.get(name) or default
     allowed = tuple(allowed)
@@ -550,7 +448,7 @@ class MarketListApi(TraderApiView):
             ),
             *PAGE_PARAMS,
         ],
-        responses={200: _page_serializer("MarketPage", MarketOutput), **COMMON_ERRORS},
+        responses={200: page_serializer("MarketPage", MarketOutput), **COMMON_ERRORS},
         description="Markets with their outcome tokens and live best bid/ask/mid from the price "
         "feed (`fresh` false when there is no healthy live book).",
     )
@@ -772,7 +670,7 @@ class TradeListApi(TraderApiView):
             *PAGE_PARAMS,
         ],
         responses={
-            200: _page_serializer("TraderTradePage", TradeOutput),
+            200: page_serializer("TraderTradePage", TradeOutput),
             **COMMON_ERRORS,
             **NOT_FOUND,
         },
@@ -1065,6 +963,9 @@ def order_input_fast(data: Any) -> dict[str, Any] | None:
 
 
 class OrderListApi(TraderApiView):
+    # The engine stores some rejections (docs/fill-model.md): they commit under a key.
+    idempotency_commit_on = tuple(STORED_REJECTIONS.values())
+
     # order_input_fast mirrors these rules for plain bodies (its tests compare the two).
     class InputSerializer(StrictInputSerializer):
         account_id = serializers.CharField(max_length=64)
@@ -1133,7 +1034,7 @@ class OrderListApi(TraderApiView):
             *PAGE_PARAMS,
         ],
         responses={
-            200: _page_serializer("OrderPage", OrderOutput),
+            200: page_serializer("OrderPage", OrderOutput),
             **COMMON_ERRORS,
             **NOT_FOUND,
         },
@@ -1200,6 +1101,9 @@ class OrderListApi(TraderApiView):
 
 
 class OrderDetailApi(TraderApiView):
+    # The engine stores some rejections (docs/fill-model.md): they commit under a key.
+    idempotency_commit_on = tuple(STORED_REJECTIONS.values())
+
     @extend_schema(
         operation_id="orders_get",
         responses={200: OrderDetailOutput, **COMMON_ERRORS, **NOT_FOUND},

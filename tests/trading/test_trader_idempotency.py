@@ -15,7 +15,7 @@ from rest_framework.response import Response
 
 from accounts.models import Account
 from core import errors
-from partners.idempotency import idempotent_call
+from core.api.idempotency import idempotent_call
 from partners.models import IdempotencyRecord
 from tests.factories import UserFactory
 from tests.factories import personal_account as personal
