@@ -65,6 +65,8 @@ INSTALLED_APPS = [
     "trading",
     "partners",
     "web",
+    # `manage.py demo` and `manage.py fakepoly`; no production app imports it.
+    "devtools",
 ]
 
 MIDDLEWARE = [
@@ -276,7 +278,7 @@ if API_KEY_CACHE_SECONDS >= 5:
     raise ImproperlyConfigured("API_KEY_CACHE_SECONDS must be < 5 (revocation promise)")
 
 # --- Polymarket (market data) -----------------------------------------------------------------
-# Point all three at `manage.py marketdata fakepoly` to run offline.
+# Point all three at `manage.py fakepoly` to run offline.
 POLYMARKET_GAMMA_URL = env.str("POLYMARKET_GAMMA_URL", default="https://gamma-api.polymarket.com")
 POLYMARKET_CLOB_URL = env.str("POLYMARKET_CLOB_URL", default="https://clob.polymarket.com")
 POLYMARKET_WS_URL = env.str(

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import redis
+from celery import current_app
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
@@ -37,6 +38,7 @@ logger = logging.getLogger("polysim.login")
 
 LOGIN_LINK_KEY_LABEL = "polysim-login-link"
 LOGIN_LINK_EMAIL_KIND = "login_link"
+EMAIL_OUTBOX_SEND_TASK = "accounts.tasks.email_outbox_send"
 THROTTLE_WINDOW = dt.timedelta(hours=1)
 # Where a trader lands when neither the partner nor the tenant says otherwise.
 FALLBACK_LANDING_URL = "/app/"
@@ -207,11 +209,11 @@ def _enqueue_outbox_send(outbox_id: int) -> None:
     """After commit: hand the email to the worker. A broker outage must not turn an accepted
     request into an error (nor a partner's retry into a second link): the row is committed,
     the outbox sweep sends it. Caught here rather than with on_commit(robust=True), whose
-    error logging itself raises on a functools.partial in Django 5.2 (the request got a 500)."""
-    from accounts.tasks import email_outbox_send  # tasks import this module
-
+    error logging itself raises on a functools.partial in Django 5.2 (the request got a 500).
+    The task is looked up by name in the Celery app: accounts.tasks calls this module, so an
+    import here would make the two a cycle."""
     try:
-        email_outbox_send.delay(outbox_id)
+        current_app.tasks[EMAIL_OUTBOX_SEND_TASK].delay(outbox_id)
     except Exception:
         logger.exception("email outbox %s: could not enqueue; the sweep will send it", outbox_id)
 

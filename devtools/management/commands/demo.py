@@ -139,8 +139,8 @@ class MarketSource:
         self.env: dict[str, str] = {}
 
     def start(self) -> None:
+        from devtools.fakepoly import DEMO_DATA_DIR, FakePolymarket
         from marketdata.clients import ClobClient, GammaClient
-        from marketdata.fakepoly import DEMO_DATA_DIR, FakePolymarket
         from marketdata.services import discover
 
         explicit = any(os.environ.get(name) for name in self.ENV_VARS)
