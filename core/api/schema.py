@@ -26,6 +26,15 @@ PAGE_PARAMS = [
 ]
 
 
+# The trader API's (core.api.views.TraderApiView) answers on every operation.
+TRADER_COMMON_ERRORS = {
+    401: OpenApiResponse(ERROR_BODY, description="MISSING_CREDENTIALS or INVALID_API_KEY"),
+    403: OpenApiResponse(ERROR_BODY, description="CSRF_FAILED (session callers, unsafe methods)"),
+    429: OpenApiResponse(ERROR_BODY, description="RATE_LIMIT_EXCEEDED (Retry-After)"),
+}
+TRADER_NOT_FOUND = {404: OpenApiResponse(ERROR_BODY, description="NOT_FOUND (also: not yours)")}
+
+
 def error_response(description: str) -> OpenApiResponse:
     return OpenApiResponse(ERROR_BODY, description=description)
 

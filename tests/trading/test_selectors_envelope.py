@@ -13,12 +13,12 @@ import time_machine
 
 from accounts.models import Account, EquitySnapshot, Position
 from core.money import ZERO, cash, pct
-from partners.apis import AccountEnvelopeOutput, PositionOutput, envelope_body
 from partners.services import partner_account_open, trader_register
 from tests.factories import TenantFactory
 from trading.models import Order
 from trading.selectors import account_state
 from trading.services import account_close, account_reset
+from trading.wire import AccountEnvelopeOutput, PositionOutput, envelope_body
 
 pytestmark = pytest.mark.django_db
 

@@ -1,5 +1,5 @@
 """POST /v1/orders reads plain bodies without building its serializer
-(trading.apis.order_input_fast); whatever that fast path accepts, the serializer must accept
+(trading.apis.orders.order_input_fast); whatever that fast path accepts, the serializer must accept
 with exactly the same validated data, and whatever else it meets goes to the serializer,
 the only source of error messages."""
 
@@ -15,7 +15,7 @@ from rest_framework.parsers import JSONParser
 from rest_framework.request import Request
 from rest_framework.test import APIRequestFactory
 
-from trading.apis import OrderListApi, order_input_fast, plain_json_body
+from trading.apis.orders import OrderListApi, order_input_fast, plain_json_body
 
 TYPICAL = {
     "account_id": "5d2c39d6-d203-47c2-999f-4b8f4c470582",

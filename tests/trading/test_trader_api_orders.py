@@ -17,16 +17,16 @@ from django.utils import timezone
 from accounts.models import Account
 from accounts.services.wallets import account_open
 from marketdata.bus import get_bus
-from partners.apis import TradeOutput
 from partners.services import tenant_set_enabled
 from tests.factories import UserFactory
 from tests.factories import personal_account as personal
 from tests.factories import trader_client as client_for
 from tests.trading.conftest import audit_clean, make_market, publish_book
 from trading import tasks
-from trading.apis import OrderDetailOutput, OrderOutput
+from trading.apis.orders import OrderDetailOutput, OrderOutput
 from trading.models import Order
 from trading.services import account_close
+from trading.wire import TradeOutput
 
 pytestmark = pytest.mark.django_db
 
@@ -454,7 +454,7 @@ def test_trade_body_renders_fills_exactly_as_trade_output(world):
     """The placement response and /v1/trades render fills with trade_body, not DRF: the
     same dict as TradeOutput for taker fills (with fees), as loaded back from the database,
     and for a fill whose optional fields are empty."""
-    from trading.apis import trade_body
+    from trading.apis.orders import trade_body
     from trading.models import Fill
 
     market, yes, account, client = world

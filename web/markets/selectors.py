@@ -21,7 +21,7 @@ from accounts.models import Account, Position, User
 from core.pagination import Page, keyset_page
 from marketdata.bus import BookTop, get_bus, latest_many_live
 from marketdata.models import Market, Token
-from trading.apis import market_search
+from marketdata.selectors import market_search
 from trading.models import Fill, Order
 
 LIST_PAGE_SIZE = 24

@@ -1,0 +1,182 @@
+"""/v1/accounts, /v1/accounts/{id}, /v1/trades: the trader's accounts, their state and fills."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    extend_schema,
+    inline_serializer,
+)
+from rest_framework import serializers
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from accounts.models import Account
+from core import errors
+from core.api.fields import (
+    IsoDateTimeField,
+    MoneyField,
+    iso_utc,
+)
+from core.api.params import query_int, query_required
+from core.api.schema import PAGE_PARAMS, page_serializer
+from core.api.schema import TRADER_COMMON_ERRORS as COMMON_ERRORS
+from core.api.schema import TRADER_NOT_FOUND as NOT_FOUND
+from core.api.views import TraderApiView
+from core.money import wire
+from core.pagination import parse_limit
+from trading.apis.orders import trade_body
+from trading.permissions import (
+    account_for_trader,
+)
+from trading.selectors import (
+    account_equity,
+    account_state,
+    fill_feed_page,
+    positions_liquidation,
+)
+from trading.wire import (
+    AccountEnvelopeOutput,
+    PositionOutput,
+    TradeOutput,
+    envelope_body,
+)
+
+_iso = iso_utc
+
+
+def _iso_ms(value: int | None) -> str | None:
+    return None if value is None else _iso(dt.datetime.fromtimestamp(value / 1000, dt.UTC))
+
+
+class TraderAccountOutput(serializers.Serializer):
+    account_id = serializers.UUIDField()
+    kind = serializers.ChoiceField(choices=["personal", "tenant"])
+    managed_by = serializers.CharField(allow_null=True, help_text="The firm's name, if any")
+    external_id = serializers.CharField(allow_null=True)
+    stage = serializers.CharField(allow_null=True)
+    status = serializers.CharField()
+    trading_enabled = serializers.BooleanField(
+        help_text="False when the account is closed or its firm suspended trading"
+    )
+    epoch = serializers.IntegerField()
+    starting_balance = MoneyField()
+    balance = MoneyField()
+    available_balance = MoneyField()
+    equity = MoneyField()
+    created_at = IsoDateTimeField()
+
+
+def trader_account_body(account: Account) -> dict[str, Any]:
+    tenant = account.tenant
+    tradable = not account.is_closed and (tenant is None or tenant.enabled)
+    return {
+        "account_id": str(account.pk),
+        "kind": "personal" if tenant is None else "tenant",
+        "managed_by": tenant.name if tenant is not None else None,
+        "external_id": account.external_id,
+        "stage": account.stage,
+        "status": account.status,
+        "trading_enabled": tradable,
+        "epoch": account.epoch,
+        "starting_balance": wire(account.starting_balance),
+        "balance": wire(account.cash),
+        "available_balance": wire(account.available_cash),
+        "equity": wire(account_equity(account=account)),
+        "created_at": _iso(account.created_at),
+    }
+
+
+# --- Accounts ---------------------------------------------------------------------------------
+class AccountListApi(TraderApiView):
+    @extend_schema(
+        operation_id="accounts_list",
+        responses={
+            200: inline_serializer(
+                "TraderAccountList", fields={"data": TraderAccountOutput(many=True)}
+            ),
+            **COMMON_ERRORS,
+        },
+        description="The caller's accounts: the personal one and those firms opened for them, "
+        "oldest first.",
+    )
+    def get(self, request: Request) -> Response:
+        accounts = (
+            Account.objects.filter(owner=self.user)
+            .select_related("tenant")
+            .order_by("created_at", "id")
+        )
+        return Response({"data": [trader_account_body(a) for a in accounts]})
+
+
+class TraderPositionOutput(PositionOutput):
+    liquidation_value = MoneyField(
+        allow_null=True,
+        help_text="What selling the whole position into the live bids would yield now, "
+        "walking the published bid levels best-first, after taker fees (docs/fill-model.md); "
+        "shares beyond the published depth add nothing. null without a live book.",
+    )
+
+
+class TraderAccountEnvelopeOutput(AccountEnvelopeOutput):
+    """The partner envelope, plus each position's liquidation value beside its mark."""
+
+    positions = TraderPositionOutput(many=True)
+
+
+class AccountDetailApi(TraderApiView):
+    @extend_schema(
+        operation_id="accounts_get",
+        responses={200: TraderAccountEnvelopeOutput, **COMMON_ERRORS, **NOT_FOUND},
+        description="The account-state envelope, the partner API's shape plus "
+        "`positions[].liquidation_value` beside each mark.",
+    )
+    def get(self, request: Request, account_id: str) -> Response:
+        account = account_for_trader(user=self.user, account_id=account_id)
+        state = account_state(account_id=account.pk, tenant=account.tenant, owner_id=self.user.pk)
+        if state is None:  # gone between the two reads
+            raise errors.NotFound()
+        body = envelope_body(state)
+        liquidation = positions_liquidation(state["positions"])
+        for position in body["positions"]:
+            position["liquidation_value"] = wire(liquidation.get(position["token_id"]))
+        return Response(body)
+
+
+class TradeListApi(TraderApiView):
+    @extend_schema(
+        operation_id="trades_list",
+        parameters=[
+            OpenApiParameter("account_id", str, required=True),
+            OpenApiParameter("epoch", int),
+            *PAGE_PARAMS,
+        ],
+        responses={
+            200: page_serializer("TraderTradePage", TradeOutput),
+            **COMMON_ERRORS,
+            **NOT_FOUND,
+        },
+        description="The account's fills and settlements, ascending and append-only (as the "
+        "partner trades feed). next_cursor is always returned: store it and poll with it.",
+    )
+    def get(self, request: Request) -> Response:
+        params = request.query_params
+        account = account_for_trader(
+            user=self.user, account_id=query_required(params, "account_id")
+        )
+        page = fill_feed_page(
+            account=account,
+            cursor=params.get("cursor"),
+            limit=parse_limit(params.get("limit")),
+            epoch=query_int(params, "epoch", low=0, high=2**31),
+        )
+        return Response(
+            {
+                "data": [trade_body(f) for f in page.fills],
+                "next_cursor": page.next_cursor,
+                "has_more": page.has_more,
+            }
+        )
