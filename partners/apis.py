@@ -33,12 +33,13 @@ from core.api.fields import (
     StrictInputSerializer,
     iso_utc,
 )
-from core.api.schema import ERROR_BODY, PAGE_PARAMS, page_serializer
+from core.api.schema import ERROR_BODY, IDEMPOTENCY_HEADER, PAGE_PARAMS, page_serializer
+from core.api.shapes import Shape, With
 from core.api.views import EdgeApiView, EdgeCaller, presented_key
-from core.money import STARTING_BALANCE_MAX, STARTING_BALANCE_PLACES, ZERO, wire
+from core.money import STARTING_BALANCE_MAX, STARTING_BALANCE_PLACES, ZERO
 from core.pagination import keyset_page, parse_limit
 from partners import keys, selectors, services
-from partners.models import Scope, TenantUser
+from partners.models import Scope
 from trading.selectors import (
     EQUITY_INTERVALS,
     EQUITY_MAX_POINTS,
@@ -47,7 +48,7 @@ from trading.selectors import (
     fill_feed_page,
 )
 from trading.services import account_close, account_reset
-from trading.wire import AccountEnvelopeOutput, TradeOutput, envelope_body
+from trading.wire import ENVELOPE, TRADE, AccountEnvelopeOutput, TradeOutput
 
 _iso = iso_utc
 
@@ -58,20 +59,22 @@ COMMON_ERRORS = {
     404: OpenApiResponse(ERROR_BODY, description="NOT_FOUND (also: other tenant's object)"),
     429: OpenApiResponse(ERROR_BODY, description="RATE_LIMIT_EXCEEDED (Retry-After)"),
 }
+# Reads that take query parameters: a bad one is 422, a foreign or stale cursor 400.
+PAGE_ERRORS = {
+    **COMMON_ERRORS,
+    400: OpenApiResponse(ERROR_BODY, description="INVALID_CURSOR"),
+    422: OpenApiResponse(ERROR_BODY, description="VALIDATION_FAILED (a query parameter)"),
+}
+QUERY_ERRORS = {
+    **COMMON_ERRORS,
+    422: OpenApiResponse(ERROR_BODY, description="VALIDATION_FAILED (a query parameter)"),
+}
 WRITE_ERRORS = {
     **COMMON_ERRORS,
     400: OpenApiResponse(ERROR_BODY, description="MALFORMED_JSON"),
     409: OpenApiResponse(ERROR_BODY, description="conflict (see code)"),
     422: OpenApiResponse(ERROR_BODY, description="VALIDATION_FAILED or another 422 code"),
 }
-IDEMPOTENCY_HEADER = OpenApiParameter(
-    "Idempotency-Key",
-    str,
-    OpenApiParameter.HEADER,
-    required=False,
-    description="Same key + same body replays the stored response; different body → 422 "
-    "IDEMPOTENCY_KEY_REUSED; while the first is running → 409 IDEMPOTENCY_KEY_IN_USE.",
-)
 
 
 class PartnerApiView(EdgeApiView):
@@ -102,13 +105,19 @@ class PartnerApiView(EdgeApiView):
 
 
 # --- Output shapes --------------------------------------------------------------------------
+# Each serializer is its shape's one declaration: the OpenAPI schema, and the body through
+# its Shape (core.api.shapes).
 class MappingOutput(serializers.Serializer):
-    user_id = serializers.IntegerField(source="user.id")
+    user_id = serializers.IntegerField()
     tenant_user_id = serializers.UUIDField(source="id")
     external_id = serializers.CharField()
     email = serializers.CharField(source="user.email")
     metadata = serializers.JSONField()
     created_at = IsoDateTimeField()
+
+
+class UserRegisteredOutput(MappingOutput):
+    created = serializers.BooleanField(help_text="false on a replay of the same external_id")
 
 
 class AccountSummaryOutput(serializers.Serializer):
@@ -118,24 +127,86 @@ class AccountSummaryOutput(serializers.Serializer):
     status = serializers.CharField()
 
 
+class UserDetailOutput(MappingOutput):
+    accounts = AccountSummaryOutput(many=True, source="account_summaries")
+
+
+class AccountListItemOutput(AccountSummaryOutput):
+    user_id = serializers.IntegerField(source="owner_id")
+    created_at = IsoDateTimeField()
+
+
+class EquityPointOutput(serializers.Serializer):
+    t = IsoDateTimeField()
+    open = MoneyField()
+    high = MoneyField()
+    low = MoneyField()
+    close = MoneyField()
+
+
+# "from" is a Python keyword, so this one is declared with type().
+EquitySeriesOutput = type(
+    "EquitySeriesOutput",
+    (serializers.Serializer,),
+    {
+        "account_id": serializers.UUIDField(),
+        "epoch": serializers.IntegerField(),
+        "interval": serializers.ChoiceField(choices=list(EQUITY_INTERVALS)),
+        "from": IsoDateTimeField(),
+        "to": IsoDateTimeField(),
+        "points": EquityPointOutput(many=True),
+    },
+)
+
+
+class KeyPrefixField(serializers.CharField):
+    def to_representation(self, value: str) -> str:
+        return f"{keys.KEY_PREFIX}{value}"
+
+
+class SortedStringsField(serializers.ListField):
+    child = serializers.CharField()
+
+    def to_representation(self, data: Any) -> list[str]:
+        return sorted(data)
+
+
+class WhoamiTenantOutput(serializers.Serializer):
+    slug = serializers.CharField()
+    name = serializers.CharField()
+
+
+class WhoamiKeyOutput(serializers.Serializer):
+    prefix = KeyPrefixField(help_text="The key's public prefix, pk_xxxxxxxx")
+    name = serializers.CharField()
+    scopes = SortedStringsField()
+    created_at = IsoDateTimeField()
+
+
+class WhoamiLimitsOutput(serializers.Serializer):
+    per_second = serializers.IntegerField(source="rate_limit_per_second")
+    per_minute = serializers.IntegerField(source="rate_limit_per_minute")
+
+
+class WhoamiOutput(serializers.Serializer):
+    tenant = WhoamiTenantOutput()
+    api_key = WhoamiKeyOutput()
+    rate_limits = WhoamiLimitsOutput(source="tenant")
+
+
+MAPPING = Shape(MappingOutput)
+USER_REGISTERED = Shape(UserRegisteredOutput)
+USER_DETAIL = Shape(UserDetailOutput)
+ACCOUNT_LIST_ITEM = Shape(AccountListItemOutput)
+EQUITY_SERIES = Shape(EquitySeriesOutput)
+WHOAMI = Shape(WhoamiOutput)
+
+
 def envelope(account_id: Any, tenant: Any) -> dict[str, Any]:
     state = account_state(account_id=account_id, tenant=tenant)
     if state is None:
         raise errors.NotFound()
-    return envelope_body(state)
-
-
-def mapping_body(mapping: TenantUser) -> dict[str, Any]:
-    """A mapping as MappingOutput documents it, built directly (registration is a hot write;
-    a test keeps the two shapes identical)."""
-    return {
-        "user_id": mapping.user_id,
-        "tenant_user_id": str(mapping.pk),
-        "external_id": mapping.external_id,
-        "email": mapping.user.email,
-        "metadata": mapping.metadata,
-        "created_at": _iso(mapping.created_at),
-    }
+    return ENVELOPE.render(state)
 
 
 # --- Users ----------------------------------------------------------------------------------
@@ -163,7 +234,7 @@ class UserListCreateApi(PartnerApiView):
     @extend_schema(
         operation_id="users_list",
         parameters=[OpenApiParameter("external_id", str), *PAGE_PARAMS],
-        responses={200: page_serializer("UserPage", MappingOutput), **COMMON_ERRORS},
+        responses={200: page_serializer("UserPage", MappingOutput), **PAGE_ERRORS},
     )
     def get(self, request: Request) -> Response:
         page = keyset_page(
@@ -175,7 +246,7 @@ class UserListCreateApi(PartnerApiView):
             cursor=request.query_params.get("cursor"),
             limit=parse_limit(request.query_params.get("limit")),
         )
-        data = [mapping_body(m) for m in page.items]
+        data = MAPPING.render_many(page.items)
         return Response({"data": data, "next_cursor": page.next_cursor, "has_more": page.has_more})
 
     @extend_schema(
@@ -183,10 +254,7 @@ class UserListCreateApi(PartnerApiView):
         request=InputSerializer,
         parameters=[IDEMPOTENCY_HEADER],
         responses={
-            201: inline_serializer(
-                "UserRegistered",
-                fields={**MappingOutput().fields, "created": serializers.BooleanField()},
-            ),
+            201: UserRegisteredOutput,
             200: OpenApiResponse(
                 description="Replay of the same external_id: same body, created=false"
             ),
@@ -200,7 +268,7 @@ class UserListCreateApi(PartnerApiView):
         data.is_valid(raise_exception=True)
         mapping, created = services.trader_register(tenant=self.tenant, **data.validated_data)
         return Response(
-            {**mapping_body(mapping), "created": created},
+            USER_REGISTERED.render(With(mapping, created=created)),
             status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
         )
 
@@ -211,20 +279,14 @@ class UserDetailApi(PartnerApiView):
     @extend_schema(
         operation_id="users_get",
         responses={
-            200: inline_serializer(
-                "UserDetail",
-                fields={**MappingOutput().fields, "accounts": AccountSummaryOutput(many=True)},
-            ),
+            200: UserDetailOutput,
             **COMMON_ERRORS,
         },
     )
     def get(self, request: Request, user_id: str) -> Response:
         mapping = selectors.mapping_get(tenant=self.tenant, user_id=user_id)
-        body = mapping_body(mapping)
-        body["accounts"] = AccountSummaryOutput(
-            selectors.accounts_of_mapping(mapping=mapping), many=True
-        ).data
-        return Response(body)
+        summaries = selectors.accounts_of_mapping(mapping=mapping)
+        return Response(USER_DETAIL.render(With(mapping, account_summaries=summaries)))
 
 
 class UserLoginLinkApi(PartnerApiView):
@@ -292,7 +354,7 @@ class AccountListCreateApi(PartnerApiView):
             OpenApiParameter("external_id", str),
             *PAGE_PARAMS,
         ],
-        responses={200: page_serializer("AccountPage", AccountSummaryOutput), **COMMON_ERRORS},
+        responses={200: page_serializer("AccountPage", AccountListItemOutput), **PAGE_ERRORS},
     )
     def get(self, request: Request) -> Response:
         params = request.query_params
@@ -312,14 +374,7 @@ class AccountListCreateApi(PartnerApiView):
             cursor=params.get("cursor"),
             limit=parse_limit(params.get("limit")),
         )
-        data = [
-            {
-                **AccountSummaryOutput(a).data,
-                "user_id": a.owner_id,
-                "created_at": _iso(a.created_at),
-            }
-            for a in page.items
-        ]
+        data = ACCOUNT_LIST_ITEM.render_many(page.items)
         return Response({"data": data, "next_cursor": page.next_cursor, "has_more": page.has_more})
 
     @extend_schema(
@@ -398,7 +453,7 @@ class AccountTradesApi(PartnerApiView):
             OpenApiParameter("since", dt.datetime, description="ISO-8601; fills at or after"),
             OpenApiParameter("epoch", int),
         ],
-        responses={200: page_serializer("TradePage", TradeOutput), **COMMON_ERRORS},
+        responses={200: page_serializer("TradePage", TradeOutput), **PAGE_ERRORS},
         description="Filled trades and settlements, ascending and append-only. next_cursor is "
         "always returned, pointing just after the last item: store it and poll with it.",
     )
@@ -420,7 +475,7 @@ class AccountTradesApi(PartnerApiView):
         )
         return Response(
             {
-                "data": TradeOutput(page.fills, many=True).data,
+                "data": TRADE.render_many(page.fills),
                 "next_cursor": page.next_cursor,
                 "has_more": page.has_more,
             }
@@ -455,27 +510,7 @@ class AccountEquityApi(PartnerApiView):
             OpenApiParameter("epoch", int, description="default: the current epoch"),
         ],
         responses={
-            200: inline_serializer(
-                "EquitySeries",
-                fields={
-                    "account_id": serializers.UUIDField(),
-                    "epoch": serializers.IntegerField(),
-                    "interval": serializers.CharField(),
-                    "from": serializers.DateTimeField(),
-                    "to": serializers.DateTimeField(),
-                    "points": inline_serializer(
-                        "EquityPoint",
-                        fields={
-                            "t": serializers.DateTimeField(),
-                            "open": MoneyField(),
-                            "high": MoneyField(),
-                            "low": MoneyField(),
-                            "close": MoneyField(),
-                        },
-                        many=True,
-                    ),
-                },
-            ),
+            200: EquitySeriesOutput,
             **COMMON_ERRORS,
         },
         description="Equity per interval (open/high/low/close of the snapshots taken at "
@@ -505,19 +540,15 @@ class AccountEquityApi(PartnerApiView):
             except ValueError:
                 raise errors.ValidationFailed(details={"epoch": ["An integer."]}) from None
         points = equity_series(account=account, epoch=epoch, start=start, end=end, interval_s=step)
-        return Response(
-            {
-                "account_id": str(account.pk),
-                "epoch": epoch,
-                "interval": interval,
-                "from": _iso(start),
-                "to": _iso(end),
-                "points": [
-                    {"t": _iso(p["t"]), **{k: wire(p[k]) for k in ("open", "high", "low", "close")}}
-                    for p in points
-                ],
-            }
-        )
+        series = {
+            "account_id": account.pk,
+            "epoch": epoch,
+            "interval": interval,
+            "from": start,
+            "to": end,
+            "points": points,
+        }
+        return Response(EQUITY_SERIES.render(series))
 
 
 class AccountCloseApi(PartnerApiView):
@@ -558,31 +589,9 @@ class WhoamiApi(PartnerApiView):
     @extend_schema(
         operation_id="whoami",
         responses={
-            200: inline_serializer(
-                "Whoami",
-                fields={
-                    "tenant": serializers.DictField(),
-                    "api_key": serializers.DictField(),
-                    "rate_limits": serializers.DictField(),
-                },
-            ),
+            200: WhoamiOutput,
             **COMMON_ERRORS,
         },
     )
     def get(self, request: Request) -> Response:
-        key = self.caller.api_key
-        return Response(
-            {
-                "tenant": {"slug": self.tenant.slug, "name": self.tenant.name},
-                "api_key": {
-                    "prefix": f"pk_{key.prefix}",
-                    "name": key.name,
-                    "scopes": sorted(key.scopes),
-                    "created_at": _iso(key.created_at),
-                },
-                "rate_limits": {
-                    "per_second": self.tenant.rate_limit_per_second,
-                    "per_minute": self.tenant.rate_limit_per_minute,
-                },
-            }
-        )
+        return Response(WHOAMI.render(self.caller))

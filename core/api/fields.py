@@ -141,3 +141,10 @@ class IsoDateTimeField(serializers.DateTimeField):
 
     def to_representation(self, value: dt.datetime | None) -> str | None:  # type: ignore[override]
         return iso_utc(value)
+
+
+class UnixSecondsField(serializers.IntegerField):
+    """A timestamp on the wire as whole unix seconds (a GTD order's expiration)."""
+
+    def to_representation(self, value: dt.datetime) -> int:  # type: ignore[override]
+        return int(value.timestamp())

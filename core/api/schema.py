@@ -9,7 +9,9 @@ from typing import Any
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, inline_serializer
 from rest_framework import serializers
 
+from core.api.idempotency import KEY_MAX_LENGTH
 from core.errors import DomainError
+from core.pagination import DEFAULT_LIMIT, MAX_LIMIT
 
 # Every operation can answer with the envelope (core.exceptions renders it).
 ERROR_BODY = inline_serializer(
@@ -21,9 +23,31 @@ ERROR_BODY = inline_serializer(
     },
 )
 PAGE_PARAMS = [
-    OpenApiParameter("limit", int, description="1–500, default 100"),
+    OpenApiParameter(
+        "limit",
+        {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
+        description=f"1–{MAX_LIMIT}, default {DEFAULT_LIMIT}",
+    ),
     OpenApiParameter("cursor", str, description="Opaque next_cursor from the previous page"),
 ]
+IDEMPOTENCY_HEADER = OpenApiParameter(
+    "Idempotency-Key",
+    {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": KEY_MAX_LENGTH,
+        "pattern": "^[!-~]+$",
+    },
+    OpenApiParameter.HEADER,
+    required=False,
+    description=f"Optional, 1-{KEY_MAX_LENGTH} printable ASCII characters without spaces, "
+    "scoped to your firm (partner API) or to you (trader API: all your keys and your "
+    "session). Same key + same request (method, path — with the query on the trader API — "
+    "and body) → the first 2xx status and body replayed with `Idempotent-Replayed: true`; "
+    "same key + different request → 422 IDEMPOTENCY_KEY_REUSED; while the first is still "
+    "running → 409 IDEMPOTENCY_KEY_IN_USE. Errors are not recorded (a retry runs again). "
+    "Kept IDEMPOTENCY_TTL_HOURS.",
+)
 
 
 # The trader API's (core.api.views.TraderApiView) answers on every operation.

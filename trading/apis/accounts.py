@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from dataclasses import dataclass
+from decimal import Decimal
 
 from drf_spectacular.utils import (
     OpenApiParameter,
@@ -25,24 +26,24 @@ from core.api.params import query_int, query_required
 from core.api.schema import PAGE_PARAMS, page_serializer
 from core.api.schema import TRADER_COMMON_ERRORS as COMMON_ERRORS
 from core.api.schema import TRADER_NOT_FOUND as NOT_FOUND
+from core.api.shapes import Shape
 from core.api.views import TraderApiView
-from core.money import wire
 from core.pagination import parse_limit
-from trading.apis.orders import trade_body
 from trading.permissions import (
     account_for_trader,
 )
 from trading.selectors import (
+    MarkedPosition,
     account_equity,
     account_state,
     fill_feed_page,
     positions_liquidation,
 )
 from trading.wire import (
+    TRADE,
     AccountEnvelopeOutput,
     PositionOutput,
     TradeOutput,
-    envelope_body,
 )
 
 _iso = iso_utc
@@ -52,42 +53,54 @@ def _iso_ms(value: int | None) -> str | None:
     return None if value is None else _iso(dt.datetime.fromtimestamp(value / 1000, dt.UTC))
 
 
+@dataclass(frozen=True)
+class TraderAccountRow:
+    """An account as the trader sees it: what TraderAccountOutput renders."""
+
+    account: Account
+    equity: Decimal
+
+    @property
+    def kind(self) -> str:
+        return "personal" if self.account.tenant_id is None else "tenant"
+
+    @property
+    def managed_by(self) -> str | None:
+        tenant = self.account.tenant
+        return tenant.name if tenant is not None else None
+
+    @property
+    def trading_enabled(self) -> bool:
+        tenant = self.account.tenant
+        return not self.account.is_closed and (tenant is None or tenant.enabled)
+
+
 class TraderAccountOutput(serializers.Serializer):
-    account_id = serializers.UUIDField()
+    account_id = serializers.UUIDField(source="account.pk")
     kind = serializers.ChoiceField(choices=["personal", "tenant"])
     managed_by = serializers.CharField(allow_null=True, help_text="The firm's name, if any")
-    external_id = serializers.CharField(allow_null=True)
-    stage = serializers.CharField(allow_null=True)
-    status = serializers.CharField()
+    external_id = serializers.CharField(source="account.external_id", allow_null=True)
+    stage = serializers.CharField(source="account.stage", allow_null=True)
+    status = serializers.CharField(source="account.status")
     trading_enabled = serializers.BooleanField(
         help_text="False when the account is closed or its firm suspended trading"
     )
-    epoch = serializers.IntegerField()
-    starting_balance = MoneyField()
-    balance = MoneyField()
-    available_balance = MoneyField()
+    epoch = serializers.IntegerField(source="account.epoch")
+    starting_balance = MoneyField(source="account.starting_balance")
+    balance = MoneyField(source="account.cash")
+    available_balance = MoneyField(source="account.available_cash")
     equity = MoneyField()
-    created_at = IsoDateTimeField()
+    created_at = IsoDateTimeField(source="account.created_at")
 
 
-def trader_account_body(account: Account) -> dict[str, Any]:
-    tenant = account.tenant
-    tradable = not account.is_closed and (tenant is None or tenant.enabled)
-    return {
-        "account_id": str(account.pk),
-        "kind": "personal" if tenant is None else "tenant",
-        "managed_by": tenant.name if tenant is not None else None,
-        "external_id": account.external_id,
-        "stage": account.stage,
-        "status": account.status,
-        "trading_enabled": tradable,
-        "epoch": account.epoch,
-        "starting_balance": wire(account.starting_balance),
-        "balance": wire(account.cash),
-        "available_balance": wire(account.available_cash),
-        "equity": wire(account_equity(account=account)),
-        "created_at": _iso(account.created_at),
-    }
+TRADER_ACCOUNT = Shape(TraderAccountOutput)
+
+
+@dataclass(frozen=True)
+class _LiquidatedPosition(MarkedPosition):
+    """A position of the trader's envelope: its mark and what selling it now would yield."""
+
+    liquidation_value: Decimal | None = None
 
 
 # --- Accounts ---------------------------------------------------------------------------------
@@ -109,7 +122,8 @@ class AccountListApi(TraderApiView):
             .select_related("tenant")
             .order_by("created_at", "id")
         )
-        return Response({"data": [trader_account_body(a) for a in accounts]})
+        rows = [TraderAccountRow(a, account_equity(account=a)) for a in accounts]
+        return Response({"data": TRADER_ACCOUNT.render_many(rows)})
 
 
 class TraderPositionOutput(PositionOutput):
@@ -127,6 +141,9 @@ class TraderAccountEnvelopeOutput(AccountEnvelopeOutput):
     positions = TraderPositionOutput(many=True)
 
 
+TRADER_ENVELOPE = Shape(TraderAccountEnvelopeOutput)
+
+
 class AccountDetailApi(TraderApiView):
     @extend_schema(
         operation_id="accounts_get",
@@ -139,11 +156,12 @@ class AccountDetailApi(TraderApiView):
         state = account_state(account_id=account.pk, tenant=account.tenant, owner_id=self.user.pk)
         if state is None:  # gone between the two reads
             raise errors.NotFound()
-        body = envelope_body(state)
         liquidation = positions_liquidation(state["positions"])
-        for position in body["positions"]:
-            position["liquidation_value"] = wire(liquidation.get(position["token_id"]))
-        return Response(body)
+        positions = [
+            _LiquidatedPosition(m.position, m.mark, m.top, liquidation.get(m.position.token_id))
+            for m in state["positions"]
+        ]
+        return Response(TRADER_ENVELOPE.render({**state, "positions": positions}))
 
 
 class TradeListApi(TraderApiView):
@@ -175,7 +193,7 @@ class TradeListApi(TraderApiView):
         )
         return Response(
             {
-                "data": [trade_body(f) for f in page.fills],
+                "data": TRADE.render_many(page.fills),
                 "next_cursor": page.next_cursor,
                 "has_more": page.has_more,
             }

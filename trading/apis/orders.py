@@ -5,13 +5,11 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import re
 import uuid
 from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any
 
-import orjson
 from drf_spectacular.utils import (
     OpenApiParameter,
     OpenApiResponse,
@@ -30,15 +28,16 @@ from core.api.fields import (
     MoneyField,
     PriceField,
     StrictInputSerializer,
+    UnixSecondsField,
     iso_utc,
 )
 from core.api.params import query_choice, query_required
 from core.api.responses import PlainJSONResponse
-from core.api.schema import ERROR_BODY, PAGE_PARAMS, page_serializer
+from core.api.schema import ERROR_BODY, IDEMPOTENCY_HEADER, PAGE_PARAMS, page_serializer
 from core.api.schema import TRADER_COMMON_ERRORS as COMMON_ERRORS
 from core.api.schema import TRADER_NOT_FOUND as NOT_FOUND
+from core.api.shapes import Shape, With
 from core.api.views import TraderApiView
-from core.money import wire
 from core.pagination import keyset_page, parse_limit
 from trading.models import Fill, Order, Side
 from trading.permissions import (
@@ -65,18 +64,6 @@ ORDER_PRICE_MAX = Decimal("1000")
 ORDER_QUANTITY_MAX = Decimal("1000000000000")
 ORDER_FILTER_MAX_LENGTH = 100
 
-IDEMPOTENCY_HEADER = OpenApiParameter(
-    "Idempotency-Key",
-    str,
-    OpenApiParameter.HEADER,
-    required=False,
-    description="Optional, 1–255 printable ASCII characters, scoped to you (all your keys "
-    "and your session). Same key + same request (method, path with query, body) → the first "
-    "2xx status and body replayed with `Idempotent-Replayed: true`; same key + different "
-    "request → 422 IDEMPOTENCY_KEY_REUSED; while the first is still running → 409 "
-    "IDEMPOTENCY_KEY_IN_USE. Errors are not recorded (a retry runs again). Kept "
-    "IDEMPOTENCY_TTL_HOURS.",
-)
 IDEMPOTENCY_ERRORS = {
     409: OpenApiResponse(ERROR_BODY, description="IDEMPOTENCY_KEY_IN_USE"),
     422: OpenApiResponse(ERROR_BODY, description="IDEMPOTENCY_KEY_REUSED, VALIDATION_FAILED"),
@@ -119,79 +106,25 @@ class OrderOutput(serializers.Serializer):
     reserved_cash = MoneyField(help_text="Cash held for the resting remainder (BUY)")
     reserved_shares = PriceField(help_text="Shares held for the resting remainder (SELL)")
     client_order_id = serializers.CharField(allow_null=True)
-    expiration = serializers.IntegerField(allow_null=True, help_text="GTD: unix seconds")
+    expiration = UnixSecondsField(allow_null=True, help_text="GTD: unix seconds")
     created_at = IsoDateTimeField()
     updated_at = IsoDateTimeField()
 
 
 class OrderDetailOutput(OrderOutput):
-    fills = TradeOutput(many=True, help_text="Its fills, as GET /v1/trades lists them")
+    fills = TradeOutput(
+        many=True, source="fills_in_order", help_text="Its fills, as GET /v1/trades lists them"
+    )
 
 
-def order_body(order: Order) -> dict[str, Any]:
-    """An order as OrderOutput documents it."""
-    return {
-        "id": str(order.pk),
-        "account_id": str(order.account_id),
-        "token_id": order.token_id,
-        "market_id": order.market_id,
-        "side": order.side,
-        "type": order.type,
-        "time_in_force": order.time_in_force,
-        "post_only": order.post_only,
-        "price": wire(order.price, min_places=0),
-        "size": wire(order.size, min_places=0),
-        "amount": wire(order.amount),
-        "status": order.status,
-        "reason": order.reason,
-        "filled_size": wire(order.filled_size, min_places=0),
-        "filled_notional": wire(order.filled_notional),
-        "fees_paid": wire(order.fees_paid),
-        "reserved_cash": wire(order.reserved_cash),
-        "reserved_shares": wire(order.reserved_shares, min_places=0),
-        "client_order_id": order.client_order_id,
-        "expiration": int(order.expiration.timestamp()) if order.expiration else None,
-        "created_at": _iso(order.created_at),
-        "updated_at": _iso(order.updated_at),
-    }
-
-
-def _text(value: Any) -> str | None:
-    return None if value is None else str(value)
-
-
-def trade_body(fill: Fill) -> dict[str, Any]:
-    """A fill exactly as TradeOutput renders it (tests compare the two), without DRF's
-    per-call serializer construction: the order placement response carries its fills."""
-    return {
-        "trade_id": _text(fill.id),
-        "kind": _text(fill.kind),
-        "order_id": _text(fill.order_id),
-        "account_id": _text(fill.account_id),
-        "epoch": None if fill.epoch is None else int(fill.epoch),
-        "market_id": _text(fill.market_id),
-        "token_id": _text(fill.token_id),
-        "market_question": _text(fill.market_question),
-        "outcome": _text(fill.outcome),
-        "side": _text(fill.side),
-        "price": wire(fill.price, min_places=0),
-        "size": wire(fill.size, min_places=0),
-        "notional": wire(fill.notional),
-        "fee": wire(fill.fee),
-        "fee_rate_bps": wire(fill.fee_rate_bps, min_places=0),
-        "liquidity": _text(fill.liquidity),
-        "realized_pnl": wire(fill.realized_pnl),
-        "price_source": _text(fill.price_source),
-        "book_as_of": _iso(fill.book_as_of),
-        "filled_at": _iso(fill.filled_at),
-    }
+ORDER = Shape(OrderOutput)
+ORDER_DETAIL = Shape(OrderDetailOutput)
 
 
 def order_detail_body(order: Order, fills: Iterable[Fill] | None = None) -> dict[str, Any]:
     """OrderDetailOutput: the order and its fills (read from the database unless given)."""
-    if fills is None:
-        fills = order.fills.order_by("seq")
-    return {**order_body(order), "fills": [trade_body(f) for f in fills]}
+    in_order = order.fills.order_by("seq") if fills is None else fills
+    return ORDER_DETAIL.render(With(order, fills_in_order=in_order))
 
 
 def _order_for_trader(*, user: User, order_id: str) -> Order:
@@ -216,119 +149,12 @@ def _filter_param(params: Any, name: str) -> str:
     return str(value)
 
 
-_PLAIN_DECIMAL = re.compile(r"[0-9]{1,30}(?:\.[0-9]{1,30})?")
-_ORDER_TEXT_FIELDS = {"account_id": 64, "token_id": 100}  # name → max length
-_ORDER_CHOICES = {
-    "side": frozenset(Side.values),
-    "type": frozenset(Order.Type.values),
-    "time_in_force": frozenset(Order.TimeInForce.values),
-}
-_ORDER_DECIMAL_MAX = {
-    "price": ORDER_PRICE_MAX,
-    "size": ORDER_QUANTITY_MAX,
-    "amount": ORDER_QUANTITY_MAX,
-}
-
-
-def _plain_text(value: Any, max_length: int) -> bool:
-    """Printable ASCII, no surrounding whitespace, 1..max_length characters: a value every
-    text field of the order body keeps exactly as sent."""
-    return (
-        type(value) is str
-        and 0 < len(value) <= max_length
-        and value.isascii()
-        and value.isprintable()
-        and value == value.strip()
-    )
-
-
-def plain_json_body(request: Request) -> Any:
-    """The body parsed by orjson when it is declared `application/json` in UTF-8 and orjson
-    parses it; None otherwise (the caller then reads `request.data`: DRF's parser and its
-    errors). orjson refuses what DRF's parser refuses, and more (NaN, Infinity, lone
-    surrogates); where the two parse a text differently (integers beyond 64 bits become
-    floats), order_input_fast finds nothing plain and the serializer decides."""
-    django_request = request._request
-    if django_request.content_type != "application/json":
-        return None
-    charset = (django_request.content_params or {}).get("charset")
-    if charset is not None and charset.lower() not in ("utf-8", "utf8"):
-        return None
-    try:
-        return orjson.loads(django_request.body)
-    except orjson.JSONDecodeError:
-        return None
-
-
-def order_input_fast(data: Any) -> dict[str, Any] | None:
-    """OrderListApi.InputSerializer's validated_data for a body made only of plain values
-    (the shape bots send), without building the serializer: None for anything else, which
-    then goes through the serializer, the only source of error messages. Plain means: a
-    JSON object of known fields; ids and client_order_id printable ASCII without surrounding
-    whitespace within their lengths; choices exactly as listed; price/size/amount null or
-    unsigned decimal strings within bounds; expiration null or an integer in range;
-    post_only a boolean. On those the serializer returns exactly this (tests compare the
-    two on generated bodies)."""
-    if type(data) is not dict:
-        return None
-    out: dict[str, Any] = {}
-    for name, max_length in _ORDER_TEXT_FIELDS.items():
-        if not _plain_text(data.get(name), max_length):
-            return None
-        out[name] = data[name]
-    for name in ("side", "type"):
-        value = data.get(name)
-        if type(value) is not str or value not in _ORDER_CHOICES[name]:
-            return None
-        out[name] = value
-    seen = 4
-    for name, limit in _ORDER_DECIMAL_MAX.items():
-        if name in data:
-            seen += 1
-            value = data[name]
-            if value is not None:
-                if type(value) is not str or not _PLAIN_DECIMAL.fullmatch(value):
-                    return None
-                value = Decimal(value)
-                if value > limit:
-                    return None
-            out[name] = value
-    if "time_in_force" in data:
-        seen += 1
-        value = data["time_in_force"]
-        if value is not None and (
-            type(value) is not str or value not in _ORDER_CHOICES["time_in_force"]
-        ):
-            return None
-        out["time_in_force"] = value
-    if "expiration" in data:
-        seen += 1
-        value = data["expiration"]
-        if value is not None and (type(value) is not int or not 0 <= value <= 2**40):
-            return None
-        out["expiration"] = value
-    out["post_only"] = False
-    if "post_only" in data:
-        seen += 1
-        if type(data["post_only"]) is not bool:
-            return None
-        out["post_only"] = data["post_only"]
-    if "client_order_id" in data:
-        seen += 1
-        value = data["client_order_id"]
-        if value is not None and not _plain_text(value, 128):
-            return None
-        out["client_order_id"] = value
-    if seen != len(data):  # an unknown field: the serializer names it
-        return None
-    return out
-
-
 class OrderListApi(TraderApiView):
     # The engine stores some rejections (docs/fill-model.md): they commit under a key.
     idempotency_commit_on = tuple(STORED_REJECTIONS.values())
 
-    # order_input_fast mirrors these rules for plain bodies (its tests compare the two).
+    # The request's one declaration (validated through ORDER_INPUT); every business rule on
+    # the values is the engine's (trading.services.orders.order_request).
     class InputSerializer(StrictInputSerializer):
         account_id = serializers.CharField(max_length=64)
         token_id = CleanTextField(max_length=100)
@@ -371,11 +197,7 @@ class OrderListApi(TraderApiView):
         "An `Idempotency-Key` header also makes a retry safe: the first response is replayed.",
     )
     def post(self, request: Request) -> Response:
-        values = order_input_fast(plain_json_body(request))
-        if values is None:
-            data = self.InputSerializer(data=request.data)
-            data.is_valid(raise_exception=True)
-            values = dict(data.validated_data)
+        values = ORDER_INPUT.validate(request.data)
         # The engine checks the account is the caller's, open and tradable (in that order,
         # before the order's own checks), under its row lock.
         # No transaction of its own here: the engine commits the rejections it stores on
@@ -429,7 +251,7 @@ class OrderListApi(TraderApiView):
         )
         return Response(
             {
-                "data": [order_body(o) for o in page.items],
+                "data": ORDER.render_many(page.items),
                 "next_cursor": page.next_cursor,
                 "has_more": page.has_more,
             }
@@ -464,6 +286,9 @@ class OrderListApi(TraderApiView):
         else:
             canceled = order_cancel_account(account_id=account.pk)
         return Response({"canceled": canceled})
+
+
+ORDER_INPUT = Shape(OrderListApi.InputSerializer)
 
 
 class OrderDetailApi(TraderApiView):
