@@ -29,7 +29,7 @@ from core.api.fields import (
     iso_utc,
 )
 from core.api.params import query_choice, query_int, query_required
-from core.api.schema import ERROR_BODY, PAGE_PARAMS, page_serializer
+from core.api.schema import CURSOR_ERRORS, ERROR_BODY, PAGE_PARAMS, QUERY_ERRORS, page_serializer
 from core.api.schema import TRADER_COMMON_ERRORS as COMMON_ERRORS
 from core.api.schema import TRADER_NOT_FOUND as NOT_FOUND
 from core.api.views import TraderApiView
@@ -292,7 +292,12 @@ class MarketListApi(TraderApiView):
             ),
             *PAGE_PARAMS,
         ],
-        responses={200: page_serializer("MarketPage", MarketOutput), **COMMON_ERRORS},
+        responses={
+            200: page_serializer("MarketPage", MarketOutput),
+            **COMMON_ERRORS,
+            **CURSOR_ERRORS,
+            **QUERY_ERRORS,
+        },
         description="Markets with their outcome tokens and live best bid/ask/mid from the price "
         "feed (`fresh` false when there is no healthy live book).",
     )
@@ -352,6 +357,7 @@ class BookApi(TraderApiView):
         responses={
             200: BookOutput,
             **COMMON_ERRORS,
+            **QUERY_ERRORS,
             **NOT_FOUND,
             503: OpenApiResponse(
                 ERROR_BODY,
@@ -409,6 +415,7 @@ class PricesHistoryApi(TraderApiView):
                 },
             ),
             **COMMON_ERRORS,
+            **QUERY_ERRORS,
             **NOT_FOUND,
             503: OpenApiResponse(ERROR_BODY, description="SERVICE_UNAVAILABLE: upstream error"),
         },

@@ -33,7 +33,14 @@ from core.api.fields import (
     StrictInputSerializer,
     iso_utc,
 )
-from core.api.schema import ERROR_BODY, IDEMPOTENCY_HEADER, PAGE_PARAMS, page_serializer
+from core.api.schema import (
+    CURSOR_ERRORS,
+    ERROR_BODY,
+    IDEMPOTENCY_HEADER,
+    PAGE_PARAMS,
+    QUERY_ERRORS,
+    page_serializer,
+)
 from core.api.shapes import Shape, With
 from core.api.views import EdgeApiView, EdgeCaller, presented_key
 from core.money import STARTING_BALANCE_MAX, STARTING_BALANCE_PLACES, ZERO
@@ -60,15 +67,7 @@ COMMON_ERRORS = {
     429: OpenApiResponse(ERROR_BODY, description="RATE_LIMIT_EXCEEDED (Retry-After)"),
 }
 # Reads that take query parameters: a bad one is 422, a foreign or stale cursor 400.
-PAGE_ERRORS = {
-    **COMMON_ERRORS,
-    400: OpenApiResponse(ERROR_BODY, description="INVALID_CURSOR"),
-    422: OpenApiResponse(ERROR_BODY, description="VALIDATION_FAILED (a query parameter)"),
-}
-QUERY_ERRORS = {
-    **COMMON_ERRORS,
-    422: OpenApiResponse(ERROR_BODY, description="VALIDATION_FAILED (a query parameter)"),
-}
+PAGE_ERRORS = {**COMMON_ERRORS, **CURSOR_ERRORS, **QUERY_ERRORS}
 WRITE_ERRORS = {
     **COMMON_ERRORS,
     400: OpenApiResponse(ERROR_BODY, description="MALFORMED_JSON"),
@@ -450,7 +449,9 @@ class AccountTradesApi(PartnerApiView):
         operation_id="accounts_trades",
         parameters=[
             *PAGE_PARAMS,
-            OpenApiParameter("since", dt.datetime, description="ISO-8601; fills at or after"),
+            OpenApiParameter(
+                "since", dt.datetime, description="ISO-8601 with a timezone; fills at or after"
+            ),
             OpenApiParameter("epoch", int),
         ],
         responses={200: page_serializer("TradePage", TradeOutput), **PAGE_ERRORS},
@@ -501,9 +502,13 @@ class AccountEquityApi(PartnerApiView):
         operation_id="accounts_equity",
         parameters=[
             OpenApiParameter(
-                "from", dt.datetime, description="default: 1440 intervals before `to`"
+                "from",
+                dt.datetime,
+                description="ISO-8601 with a timezone; default: 1440 intervals before `to`",
             ),
-            OpenApiParameter("to", dt.datetime, description="default: now (exclusive)"),
+            OpenApiParameter(
+                "to", dt.datetime, description="ISO-8601 with a timezone; default: now (exclusive)"
+            ),
             OpenApiParameter(
                 "interval", str, enum=list(EQUITY_INTERVALS), description="default 1h"
             ),
@@ -512,6 +517,7 @@ class AccountEquityApi(PartnerApiView):
         responses={
             200: EquitySeriesOutput,
             **COMMON_ERRORS,
+            **QUERY_ERRORS,
         },
         description="Equity per interval (open/high/low/close of the snapshots taken at "
         f"every fill and each minute with positions). At most {EQUITY_MAX_POINTS} intervals.",

@@ -36,8 +36,12 @@ class AccountEnvelopeOutput(serializers.Serializer):
 
     account_id = serializers.UUIDField(source="account.id")
     user_id = serializers.IntegerField(source="account.owner_id")
-    external_id = serializers.CharField(source="account.external_id")
-    stage = serializers.CharField(source="account.stage")
+    external_id = serializers.CharField(
+        source="account.external_id", allow_null=True, help_text="null on a personal account"
+    )
+    stage = serializers.CharField(
+        source="account.stage", allow_null=True, help_text="null on a personal account"
+    )
     status = serializers.CharField(source="account.status")
     epoch = serializers.IntegerField(source="account.epoch")
     rules = serializers.JSONField(source="account.rules")

@@ -59,6 +59,19 @@ TRADER_COMMON_ERRORS = {
 TRADER_NOT_FOUND = {404: OpenApiResponse(ERROR_BODY, description="NOT_FOUND (also: not yours)")}
 
 
+# Reads with query parameters: a bad parameter is 422; a paged list also refuses a cursor
+# that is not its own (core.pagination).
+QUERY_ERRORS = {
+    422: OpenApiResponse(ERROR_BODY, description="VALIDATION_FAILED: a query parameter (details)")
+}
+CURSOR_ERRORS = {
+    400: OpenApiResponse(
+        ERROR_BODY,
+        description="INVALID_CURSOR: the cursor is not one this list with these filters issued",
+    )
+}
+
+
 def error_response(description: str) -> OpenApiResponse:
     return OpenApiResponse(ERROR_BODY, description=description)
 

@@ -23,7 +23,7 @@ from core.api.fields import (
     iso_utc,
 )
 from core.api.params import query_int, query_required
-from core.api.schema import PAGE_PARAMS, page_serializer
+from core.api.schema import CURSOR_ERRORS, PAGE_PARAMS, QUERY_ERRORS, page_serializer
 from core.api.schema import TRADER_COMMON_ERRORS as COMMON_ERRORS
 from core.api.schema import TRADER_NOT_FOUND as NOT_FOUND
 from core.api.shapes import Shape
@@ -175,6 +175,8 @@ class TradeListApi(TraderApiView):
         responses={
             200: page_serializer("TraderTradePage", TradeOutput),
             **COMMON_ERRORS,
+            **CURSOR_ERRORS,
+            **QUERY_ERRORS,
             **NOT_FOUND,
         },
         description="The account's fills and settlements, ascending and append-only (as the "

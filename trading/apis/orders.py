@@ -33,7 +33,14 @@ from core.api.fields import (
 )
 from core.api.params import query_choice, query_required
 from core.api.responses import PlainJSONResponse
-from core.api.schema import ERROR_BODY, IDEMPOTENCY_HEADER, PAGE_PARAMS, page_serializer
+from core.api.schema import (
+    CURSOR_ERRORS,
+    ERROR_BODY,
+    IDEMPOTENCY_HEADER,
+    PAGE_PARAMS,
+    QUERY_ERRORS,
+    page_serializer,
+)
 from core.api.schema import TRADER_COMMON_ERRORS as COMMON_ERRORS
 from core.api.schema import TRADER_NOT_FOUND as NOT_FOUND
 from core.api.shapes import Shape, With
@@ -220,6 +227,8 @@ class OrderListApi(TraderApiView):
         responses={
             200: page_serializer("OrderPage", OrderOutput),
             **COMMON_ERRORS,
+            **CURSOR_ERRORS,
+            **QUERY_ERRORS,
             **NOT_FOUND,
         },
         description="The account's orders, oldest first (keyset on creation time).",
