@@ -9,13 +9,13 @@ import datetime as dt
 import hashlib
 import json
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from drf_spectacular.utils import (
     OpenApiParameter,
     OpenApiResponse,
     extend_schema,
-    inline_serializer,
 )
 from rest_framework import serializers
 from rest_framework.request import Request
@@ -23,17 +23,17 @@ from rest_framework.response import Response
 
 from core import errors
 from core.api.fields import (
+    DecimalTextField,
     IsoDateTimeField,
     MoneyField,
     PriceField,
-    iso_utc,
 )
 from core.api.params import query_choice, query_int, query_required
 from core.api.schema import CURSOR_ERRORS, ERROR_BODY, PAGE_PARAMS, QUERY_ERRORS, page_serializer
 from core.api.schema import TRADER_COMMON_ERRORS as COMMON_ERRORS
 from core.api.schema import TRADER_NOT_FOUND as NOT_FOUND
+from core.api.shapes import Shape, With
 from core.api.views import TraderApiView
-from core.money import wire
 from core.pagination import keyset_page, parse_limit
 from marketdata import states as market_states
 from marketdata.bus import BookTop, get_bus, latest_many_live
@@ -51,24 +51,70 @@ UPSTREAM_TIMEOUT_S = 5.0
 UPSTREAM_RETRIES = 1
 
 
-_iso = iso_utc
+def _ms_time(value: int | None) -> dt.datetime | None:
+    return None if value is None else dt.datetime.fromtimestamp(value / 1000, dt.UTC)
 
 
-def _iso_ms(value: int | None) -> str | None:
-    return None if value is None else _iso(dt.datetime.fromtimestamp(value / 1000, dt.UTC))
+@dataclass(frozen=True)
+class TokenQuote:
+    """A token with its live top of book, if any: what TokenQuoteOutput renders."""
+
+    token: Token
+    top: BookTop | None
+
+    @property
+    def fresh(self) -> bool:
+        return self.top is not None and self.top.fresh
+
+    @property
+    def price_as_of(self) -> dt.datetime | None:
+        top = self.top
+        return None if top is None else _ms_time(top.timestamp_ms or top.published_at)
 
 
-# --- Output shapes (documentation; bodies are built by the *_body functions below) -----------
+@dataclass(frozen=True)
+class TokenBook:
+    """A token and its published book: what BookOutput renders."""
+
+    token: Token
+    top: BookTop
+
+    @property
+    def condition_id(self) -> str:
+        return self.top.market or self.token.market.condition_id
+
+    @property
+    def bids(self) -> list[dict[str, str]]:
+        return [{"price": p, "size": s} for p, s in self.top.bids]
+
+    @property
+    def asks(self) -> list[dict[str, str]]:
+        return [{"price": p, "size": s} for p, s in self.top.asks]
+
+    @property
+    def timestamp(self) -> dt.datetime | None:
+        return _ms_time(self.top.timestamp_ms)
+
+    @property
+    def published_at(self) -> dt.datetime | None:
+        return _ms_time(self.top.published_at)
+
+
+# --- Output shapes: each serializer is the shape's one declaration (the OpenAPI schema, and
+# the body through its Shape, core.api.shapes). Prices from the bus are already exact
+# decimal strings (DecimalTextField sends them as they are).
 class TokenQuoteOutput(serializers.Serializer):
-    token_id = serializers.CharField()
-    outcome = serializers.CharField()
-    index = serializers.IntegerField()
-    best_bid = PriceField(allow_null=True)
-    best_ask = PriceField(allow_null=True)
-    mid = PriceField(allow_null=True)
-    spread = PriceField(allow_null=True)
-    last_trade_price = PriceField(allow_null=True)
-    tick_size = PriceField(allow_null=True, help_text="Live tick from the book, if any")
+    token_id = serializers.CharField(source="token.token_id")
+    outcome = serializers.CharField(source="token.outcome")
+    index = serializers.IntegerField(source="token.index")
+    best_bid = DecimalTextField(source="top.best_bid", allow_null=True)
+    best_ask = DecimalTextField(source="top.best_ask", allow_null=True)
+    mid = DecimalTextField(source="top.mid", allow_null=True)
+    spread = DecimalTextField(source="top.spread", allow_null=True)
+    last_trade_price = DecimalTextField(source="top.last_trade_price", allow_null=True)
+    tick_size = DecimalTextField(
+        source="top.tick_size", allow_null=True, help_text="Live tick from the book, if any"
+    )
     fresh = serializers.BooleanField(help_text="False without a live, healthy book")
     price_as_of = IsoDateTimeField(allow_null=True)
 
@@ -98,18 +144,18 @@ class MarketOutput(serializers.Serializer):
 
 
 class FeesOutput(serializers.Serializer):
-    enabled = serializers.BooleanField()
-    type = serializers.CharField()
-    rate = PriceField(allow_null=True)
-    exponent = PriceField(allow_null=True)
-    taker_only = serializers.BooleanField()
+    enabled = serializers.BooleanField(source="fees_enabled")
+    type = serializers.CharField(source="fee_type")
+    rate = PriceField(source="fee_rate", allow_null=True)
+    exponent = PriceField(source="fee_exponent", allow_null=True)
+    taker_only = serializers.BooleanField(source="fee_taker_only")
 
 
 class ResolutionOutput(serializers.Serializer):
     state = serializers.CharField()
-    winning_token_id = serializers.CharField(allow_null=True)
+    winning_token_id = serializers.CharField(source="winning_token.token_id", allow_null=True)
     winning_outcome = serializers.CharField()
-    payouts = serializers.DictField(child=PriceField())
+    payouts = serializers.DictField(child=DecimalTextField())
     detected_at = IsoDateTimeField()
 
 
@@ -119,146 +165,72 @@ class MarketDetailOutput(MarketOutput):
     closed = serializers.BooleanField()
     closed_time = IsoDateTimeField(allow_null=True)
     uma_resolution_status = serializers.CharField()
-    fees = FeesOutput()
+    fees = FeesOutput(source="*")
     resolution = ResolutionOutput(allow_null=True)
 
 
 class BookLevelOutput(serializers.Serializer):
-    price = PriceField()
-    size = PriceField()
+    price = DecimalTextField()
+    size = DecimalTextField()
 
 
 class BookOutput(serializers.Serializer):
-    token_id = serializers.CharField()
+    token_id = serializers.CharField(source="token.token_id")
     condition_id = serializers.CharField()
-    outcome = serializers.CharField()
-    market_status = serializers.CharField()
+    outcome = serializers.CharField(source="token.outcome")
+    market_status = serializers.CharField(source="token.market.status")
     bids = BookLevelOutput(many=True, help_text="Best (highest) first")
     asks = BookLevelOutput(many=True, help_text="Best (lowest) first")
-    best_bid = PriceField(allow_null=True)
-    best_ask = PriceField(allow_null=True)
-    mid = PriceField(allow_null=True)
-    spread = PriceField(allow_null=True)
-    last_trade_price = PriceField(allow_null=True)
-    last_trade_side = serializers.CharField(allow_null=True)
-    tick_size = PriceField(allow_null=True)
+    best_bid = DecimalTextField(source="top.best_bid", allow_null=True)
+    best_ask = DecimalTextField(source="top.best_ask", allow_null=True)
+    mid = DecimalTextField(source="top.mid", allow_null=True)
+    spread = DecimalTextField(source="top.spread", allow_null=True)
+    last_trade_price = DecimalTextField(source="top.last_trade_price", allow_null=True)
+    last_trade_side = serializers.CharField(source="top.last_trade_side", allow_null=True)
+    tick_size = DecimalTextField(source="top.tick_size", allow_null=True)
     timestamp = IsoDateTimeField(allow_null=True, help_text="The exchange's book time")
-    timestamp_ms = serializers.IntegerField(allow_null=True)
-    hash = serializers.CharField()
-    fresh = serializers.BooleanField()
+    timestamp_ms = serializers.IntegerField(source="top.timestamp_ms", allow_null=True)
+    hash = serializers.CharField(source="top.hash")
+    fresh = serializers.BooleanField(source="top.fresh")
     published_at = IsoDateTimeField()
 
 
-# --- Bodies -----------------------------------------------------------------------------------
-def _quote_body(token: Token, top: BookTop | None) -> dict[str, Any]:
-    if top is None:
-        return {
-            "token_id": token.token_id,
-            "outcome": token.outcome,
-            "index": token.index,
-            "best_bid": None,
-            "best_ask": None,
-            "mid": None,
-            "spread": None,
-            "last_trade_price": None,
-            "tick_size": None,
-            "fresh": False,
-            "price_as_of": None,
-        }
-    return {
-        "token_id": token.token_id,
-        "outcome": token.outcome,
-        "index": token.index,
-        "best_bid": top.best_bid,
-        "best_ask": top.best_ask,
-        "mid": top.mid,
-        "spread": top.spread,
-        "last_trade_price": top.last_trade_price,
-        "tick_size": top.tick_size,
-        "fresh": top.fresh,
-        "price_as_of": _iso_ms(top.timestamp_ms or top.published_at),
-    }
+class PricePointOutput(serializers.Serializer):
+    t = serializers.IntegerField(help_text="Unix seconds")
+    p = PriceField()
 
 
-def _tokens_of(market: Market) -> list[Token]:
-    return sorted(market.tokens.all(), key=lambda t: t.index)
+class PricesHistoryOutput(serializers.Serializer):
+    token_id = serializers.CharField()
+    interval = serializers.CharField(allow_null=True)
+    fidelity = serializers.IntegerField(allow_null=True)
+    history = PricePointOutput(many=True)
+
+
+MARKET = Shape(MarketOutput)
+MARKET_DETAIL = Shape(MarketDetailOutput)
+BOOK = Shape(BookOutput)
+PRICES_HISTORY = Shape(PricesHistoryOutput)
+
+
+def _tokens_of(market: Market, tops: dict[str, BookTop]) -> list[TokenQuote]:
+    tokens = sorted(market.tokens.all(), key=lambda t: t.index)
+    return [TokenQuote(t, tops.get(t.token_id)) for t in tokens]
 
 
 def market_body(market: Market, tops: dict[str, BookTop]) -> dict[str, Any]:
-    """A market as MarketOutput documents it, with its tokens' live quotes from `tops`."""
-    event = market.event
-    return {
-        "condition_id": market.condition_id,
-        "question": market.question,
-        "slug": market.slug,
-        "category": market.category,
-        "group_item_title": market.group_item_title,
-        "event": {"slug": event.slug, "title": event.title} if event is not None else None,
-        "status": market.status,
-        "accepting_orders": market.accepting_orders,
-        "end_date": _iso(market.end_date),
-        "volume": wire(market.volume),
-        "volume_24hr": wire(market.volume_24hr),
-        "liquidity": wire(market.liquidity),
-        "tick_size": wire(market.tick_size, min_places=0),
-        "min_order_size": wire(market.min_order_size, min_places=0),
-        "neg_risk": market.neg_risk,
-        "tokens": [_quote_body(t, tops.get(t.token_id)) for t in _tokens_of(market)],
-    }
+    """A market as MarketOutput declares it, with its tokens' live quotes from `tops`."""
+    return MARKET.render(With(market, tokens=_tokens_of(market, tops)))
 
 
 def market_detail_body(market: Market, tops: dict[str, BookTop]) -> dict[str, Any]:
-    resolution = getattr(market, "resolution", None)
-    body = market_body(market, tops)
-    body.update(
-        question_id=market.question_id,
-        neg_risk_market_id=market.neg_risk_market_id,
-        closed=market.closed,
-        closed_time=_iso(market.closed_time),
-        uma_resolution_status=market.uma_resolution_status,
-        fees={
-            "enabled": market.fees_enabled,
-            "type": market.fee_type,
-            "rate": wire(market.fee_rate, min_places=0),
-            "exponent": wire(market.fee_exponent, min_places=0),
-            "taker_only": market.fee_taker_only,
-        },
-        resolution=None
-        if resolution is None
-        else {
-            "state": resolution.state,
-            "winning_token_id": resolution.winning_token.token_id
-            if resolution.winning_token_id
-            else None,
-            "winning_outcome": resolution.winning_outcome,
-            "payouts": dict(resolution.payouts or {}),
-            "detected_at": _iso(resolution.detected_at),
-        },
+    return MARKET_DETAIL.render(
+        With(
+            market,
+            tokens=_tokens_of(market, tops),
+            resolution=getattr(market, "resolution", None),
+        )
     )
-    return body
-
-
-def book_body(token: Token, top: BookTop) -> dict[str, Any]:
-    return {
-        "token_id": token.token_id,
-        "condition_id": top.market or token.market.condition_id,
-        "outcome": token.outcome,
-        "market_status": token.market.status,
-        "bids": [{"price": p, "size": s} for p, s in top.bids],
-        "asks": [{"price": p, "size": s} for p, s in top.asks],
-        "best_bid": top.best_bid,
-        "best_ask": top.best_ask,
-        "mid": top.mid,
-        "spread": top.spread,
-        "last_trade_price": top.last_trade_price,
-        "last_trade_side": top.last_trade_side,
-        "tick_size": top.tick_size,
-        "timestamp": _iso_ms(top.timestamp_ms),
-        "timestamp_ms": top.timestamp_ms,
-        "hash": top.hash,
-        "fresh": top.fresh,
-        "published_at": _iso_ms(top.published_at),
-    }
 
 
 def _live_tops(markets: Iterable[Market]) -> dict[str, BookTop]:
@@ -381,7 +353,7 @@ class BookApi(TraderApiView):
                 details={"token_id": token.token_id, "market_status": token.market.status},
                 headers={"Retry-After": "1"},
             )
-        return Response(book_body(token, top))
+        return Response(BOOK.render(TokenBook(token, top)))
 
 
 class PricesHistoryApi(TraderApiView):
@@ -401,19 +373,7 @@ class PricesHistoryApi(TraderApiView):
             OpenApiParameter("end_ts", int, description="Unix seconds"),
         ],
         responses={
-            200: inline_serializer(
-                "PricesHistory",
-                fields={
-                    "token_id": serializers.CharField(),
-                    "interval": serializers.CharField(allow_null=True),
-                    "fidelity": serializers.IntegerField(allow_null=True),
-                    "history": inline_serializer(
-                        "PricePoint",
-                        fields={"t": serializers.IntegerField(), "p": PriceField()},
-                        many=True,
-                    ),
-                },
-            ),
+            200: PricesHistoryOutput,
             **COMMON_ERRORS,
             **QUERY_ERRORS,
             **NOT_FOUND,
@@ -446,11 +406,10 @@ class PricesHistoryApi(TraderApiView):
                 "Price history is unavailable right now; retry later.",
                 details={"upstream_status": exc.status},
             ) from exc
-        return Response(
-            {
-                "token_id": token.token_id,
-                "interval": interval,
-                "fidelity": fidelity,
-                "history": [{"t": t, "p": wire(p, min_places=0)} for t, p in points],
-            }
-        )
+        history = {
+            "token_id": token.token_id,
+            "interval": interval,
+            "fidelity": fidelity,
+            "history": [{"t": t, "p": p} for t, p in points],
+        }
+        return Response(PRICES_HISTORY.render(history))

@@ -148,3 +148,11 @@ class UnixSecondsField(serializers.IntegerField):
 
     def to_representation(self, value: dt.datetime) -> int:  # type: ignore[override]
         return int(value.timestamp())
+
+
+class DecimalTextField(PriceField):
+    """A price or size already in its wire form (the price bus's exact decimal strings, a
+    resolution's payouts): documented as PriceField, sent as it is."""
+
+    def to_representation(self, value: str) -> str:  # type: ignore[override]
+        return value
