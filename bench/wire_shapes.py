@@ -252,7 +252,7 @@ def main() -> None:
         "",
         "In process, no I/O: microseconds per call, best of "
         f"{r} runs. **Shape** is what the code runs (core.api.shapes: the DRF serializer bound "
-        "once, rendered through a plan compiled from its fields, validated through its "
+        "once, rendered by a function generated from its fields, validated through its "
         "stateless `run_validation`). **Hand-written** is the dict the views built before "
         "the shapes were declared once (kept only in this script; the order body had a "
         "hand-written fast path, order_input_fast, measured at 9 µs against the shape's "

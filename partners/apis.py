@@ -263,13 +263,15 @@ class UserListCreateApi(PartnerApiView):
         "different email) or EMAIL_ALREADY_MAPPED (email mapped under another external_id).",
     )
     def post(self, request: Request) -> Response:
-        data = self.InputSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        mapping, created = services.trader_register(tenant=self.tenant, **data.validated_data)
+        values = USER_REGISTER_INPUT.validate(request.data)
+        mapping, created = services.trader_register(tenant=self.tenant, **values)
         return Response(
             USER_REGISTERED.render(With(mapping, created=created)),
             status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
         )
+
+
+USER_REGISTER_INPUT = Shape(UserListCreateApi.InputSerializer)
 
 
 class UserDetailApi(PartnerApiView):
@@ -312,14 +314,16 @@ class UserLoginLinkApi(PartnerApiView):
         # The user must be resolved before the body is judged, so a foreign id is 404 whatever
         # the body says.
         selectors.mapping_get(tenant=self.tenant, user_id=user_id)
-        data = self.InputSerializer(data=request.data if request.body else {})
-        data.is_valid(raise_exception=True)
+        values = LOGIN_LINK_INPUT.validate(request.data if request.body else {})
         services.partner_login_link_send(
             tenant=self.tenant,
             user_id=user_id,
-            redirect_url=data.validated_data.get("redirect_url") or None,
+            redirect_url=values.get("redirect_url") or None,
         )
         return Response({"status": "accepted"}, status=status.HTTP_202_ACCEPTED)
+
+
+LOGIN_LINK_INPUT = Shape(UserLoginLinkApi.InputSerializer)
 
 
 # --- Accounts -------------------------------------------------------------------------------
@@ -389,13 +393,15 @@ class AccountListCreateApi(PartnerApiView):
         },
     )
     def post(self, request: Request) -> Response:
-        data = self.InputSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        account, created = services.partner_account_open(tenant=self.tenant, **data.validated_data)
+        values = ACCOUNT_OPEN_INPUT.validate(request.data)
+        account, created = services.partner_account_open(tenant=self.tenant, **values)
         return Response(
             envelope(account.pk, self.tenant),
             status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
         )
+
+
+ACCOUNT_OPEN_INPUT = Shape(AccountListCreateApi.InputSerializer)
 
 
 class AccountDetailApi(PartnerApiView):
@@ -436,10 +442,12 @@ class AccountDetailApi(PartnerApiView):
             raise errors.ValidationFailed(
                 details={"non_field_errors": ["Send rules and/or metadata."]}
             )
-        data = self.PatchSerializer(data=body)
-        data.is_valid(raise_exception=True)
-        services.partner_account_patch(account=account, changes=dict(data.validated_data))
+        changes = ACCOUNT_PATCH_INPUT.validate(body)
+        services.partner_account_patch(account=account, changes=changes)
         return Response(envelope(account.pk, self.tenant))
+
+
+ACCOUNT_PATCH_INPUT = Shape(AccountDetailApi.PatchSerializer)
 
 
 class AccountTradesApi(PartnerApiView):

@@ -1,5 +1,5 @@
 """Idempotency-Key on the native trader API's POST and DELETE (issue #4: "client_order_id
-and Idempotency-Key make retries safe"): the partner API's mechanism (partners/idempotency.py,
+and Idempotency-Key make retries safe"): the partner API's mechanism (core/api/idempotency.py,
 partner-api.md §3 rules: same request → first 2xx replayed; different request → 422
 IDEMPOTENCY_KEY_REUSED; in flight → 409 IDEMPOTENCY_KEY_IN_USE), scoped per trader user."""
 

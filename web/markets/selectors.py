@@ -1,7 +1,7 @@
 """Reads for the market pages: bounded queries plus ONE price-bus round trip per page.
 
-The list reuses the trader API's search (trading.apis.market_search: the same filters, sorts
-and keyset) so the UI and the API can never disagree about which markets a query returns.
+The list reuses the trader API's search (marketdata.selectors.market_search: the same filters,
+sorts and keyset) so the UI and the API can never disagree about which markets a query returns.
 """
 
 from __future__ import annotations
