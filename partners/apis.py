@@ -12,7 +12,6 @@ import datetime as dt
 from typing import Any, ClassVar
 
 from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 from drf_spectacular.utils import (
     OpenApiParameter,
     OpenApiResponse,
@@ -31,8 +30,8 @@ from core.api.fields import (
     JSONObjectField,
     MoneyField,
     StrictInputSerializer,
-    iso_utc,
 )
+from core.api.params import query_datetime
 from core.api.schema import (
     CURSOR_ERRORS,
     ERROR_BODY,
@@ -56,9 +55,6 @@ from trading.selectors import (
 )
 from trading.services import account_close, account_reset
 from trading.wire import ENVELOPE, TRADE, AccountEnvelopeOutput, TradeOutput
-
-_iso = iso_utc
-
 
 COMMON_ERRORS = {
     401: OpenApiResponse(ERROR_BODY, description="MISSING_API_KEY or INVALID_API_KEY"),
@@ -479,7 +475,7 @@ class AccountTradesApi(PartnerApiView):
             account=account,
             cursor=params.get("cursor"),
             limit=parse_limit(params.get("limit")),
-            since=_query_datetime(params, "since"),
+            since=query_datetime(params, "since"),
             epoch=epoch,
         )
         return Response(
@@ -489,18 +485,6 @@ class AccountTradesApi(PartnerApiView):
                 "has_more": page.has_more,
             }
         )
-
-
-def _query_datetime(params: Any, name: str) -> dt.datetime | None:
-    raw = params.get(name)
-    if raw in (None, ""):
-        return None
-    value = parse_datetime(raw.replace(" ", "+"))
-    if value is None or value.tzinfo is None:
-        raise errors.ValidationFailed(
-            details={name: ["ISO-8601 with a timezone, e.g. 2026-01-31T00:00:00Z."]}
-        )
-    return value
 
 
 class AccountEquityApi(PartnerApiView):
@@ -539,8 +523,8 @@ class AccountEquityApi(PartnerApiView):
                 details={"interval": [f"One of: {', '.join(EQUITY_INTERVALS)}."]}
             )
         step = EQUITY_INTERVALS[interval]
-        end = _query_datetime(params, "to") or timezone.now()
-        start = _query_datetime(params, "from") or end - dt.timedelta(seconds=step * 1440)
+        end = query_datetime(params, "to") or timezone.now()
+        start = query_datetime(params, "from") or end - dt.timedelta(seconds=step * 1440)
         if start >= end:
             raise errors.ValidationFailed(details={"from": ["Must be before `to`."]})
         if (end - start).total_seconds() / step > EQUITY_MAX_POINTS:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable
 from typing import Any
+
+from django.utils.dateparse import parse_datetime
 
 from core import errors
 
@@ -37,3 +40,17 @@ def query_required(params: Any, name: str) -> str:
     if not value:
         raise errors.ValidationFailed(details={name: ["This parameter is required."]})
     return str(value)
+
+
+def query_datetime(params: Any, name: str) -> dt.datetime | None:
+    """`name` from the query as an ISO-8601 time with a zone, or None when absent. A `+` in
+    the offset arrives as a space when the client did not encode it."""
+    raw = params.get(name)
+    if raw in (None, ""):
+        return None
+    value = parse_datetime(raw.replace(" ", "+"))
+    if value is None or value.tzinfo is None:
+        raise errors.ValidationFailed(
+            details={name: ["ISO-8601 with a timezone, e.g. 2026-01-31T00:00:00Z."]}
+        )
+    return value

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -20,7 +19,6 @@ from core import errors
 from core.api.fields import (
     IsoDateTimeField,
     MoneyField,
-    iso_utc,
 )
 from core.api.params import query_int, query_required
 from core.api.schema import CURSOR_ERRORS, PAGE_PARAMS, QUERY_ERRORS, page_serializer
@@ -45,12 +43,6 @@ from trading.wire import (
     PositionOutput,
     TradeOutput,
 )
-
-_iso = iso_utc
-
-
-def _iso_ms(value: int | None) -> str | None:
-    return None if value is None else _iso(dt.datetime.fromtimestamp(value / 1000, dt.UTC))
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import uuid
@@ -29,7 +28,6 @@ from core.api.fields import (
     PriceField,
     StrictInputSerializer,
     UnixSecondsField,
-    iso_utc,
 )
 from core.api.params import query_choice, query_required
 from core.api.responses import PlainJSONResponse
@@ -55,13 +53,6 @@ from trading.services.orders import STORED_REJECTIONS
 from trading.wire import (
     TradeOutput,
 )
-
-_iso = iso_utc
-
-
-def _iso_ms(value: int | None) -> str | None:
-    return None if value is None else _iso(dt.datetime.fromtimestamp(value / 1000, dt.UTC))
-
 
 # --- Orders -----------------------------------------------------------------------------------
 ORDER_STATUSES = tuple(Order.Status.values)
