@@ -46,6 +46,7 @@ bench: install
 	$(BIN)/python bench/feed.py
 	$(BIN)/python bench/engine.py
 	$(BIN)/python bench/web_ui.py
+	$(BIN)/python bench/wire_shapes.py
 
 # Regenerate the locked, hashed dependency set from pyproject.toml.
 lock: install

@@ -21,7 +21,7 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 
 from accounts.models import EmailOutbox, LoginToken
-from accounts.services.login import LOGIN_LINK_EMAIL_KIND, login_link_url
+from accounts.services.login import EMAIL_OUTBOX_SEND_TASK, LOGIN_LINK_EMAIL_KIND, login_link_url
 
 logger = logging.getLogger("polysim.outbox")
 
@@ -75,7 +75,7 @@ def _render_login_link(outbox: EmailOutbox) -> EmailMultiAlternatives:
 _RENDERERS = {LOGIN_LINK_EMAIL_KIND: _render_login_link}
 
 
-@shared_task(acks_late=True, ignore_result=True)
+@shared_task(name=EMAIL_OUTBOX_SEND_TASK, acks_late=True, ignore_result=True)
 def email_outbox_send(outbox_id: int) -> str:
     """Send one outbox row and record the outcome; returns what happened (for logs/tests).
 

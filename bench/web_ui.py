@@ -475,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
         report.census = query_census(s)
         # The chart's price history comes from the CLOB: a local fake Polymarket answers it
         # (unknown tokens get an empty history), so no request leaves the machine.
-        from marketdata.fakepoly import FakePolymarket
+        from devtools.fakepoly import FakePolymarket
 
         fake = FakePolymarket(port=args.port + 1).start_in_thread()
         env = {

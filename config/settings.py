@@ -67,6 +67,8 @@ INSTALLED_APPS = [
     "trading",
     "partners",
     "web",
+    # `manage.py demo` and `manage.py fakepoly`; no production app imports it.
+    "devtools",
 ]
 
 MIDDLEWARE = [
@@ -290,6 +292,10 @@ if not PERSONAL_ACCOUNT_DEFAULT_BALANCE.is_finite() or PERSONAL_ACCOUNT_DEFAULT_
 IDEMPOTENCY_TTL_HOURS = env.int("IDEMPOTENCY_TTL_HOURS", default=48)
 RATE_LIMIT_DEFAULT_PER_SECOND = env.int("RATE_LIMIT_DEFAULT_PER_SECOND", default=50)
 RATE_LIMIT_DEFAULT_PER_MINUTE = env.int("RATE_LIMIT_DEFAULT_PER_MINUTE", default=3000)
+# Wiring, not configuration: the API edge (core.api) imports no app, so what it needs from one
+# is named here, as AUTH_USER_MODEL names the user model.
+IDEMPOTENCY_RECORD_MODEL = "partners.IdempotencyRecord"
+TRADER_KEY_AUTHENTICATE = "accounts.services.trader_keys.trader_key_authenticate"
 # How long an API key lookup may be cached in one process. Revocation must take effect within
 # 5 s everywhere (partner-api.md §2), so this must stay below that.
 API_KEY_CACHE_SECONDS = env.float("API_KEY_CACHE_SECONDS", default=2.0)
@@ -297,7 +303,7 @@ if API_KEY_CACHE_SECONDS >= 5:
     raise ImproperlyConfigured("API_KEY_CACHE_SECONDS must be < 5 (revocation promise)")
 
 # --- Polymarket (market data) -----------------------------------------------------------------
-# Point all three at `manage.py marketdata fakepoly` to run offline.
+# Point all three at `manage.py fakepoly` to run offline.
 POLYMARKET_GAMMA_URL = env.str("POLYMARKET_GAMMA_URL", default="https://gamma-api.polymarket.com")
 POLYMARKET_CLOB_URL = env.str("POLYMARKET_CLOB_URL", default="https://clob.polymarket.com")
 POLYMARKET_WS_URL = env.str(

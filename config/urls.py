@@ -6,7 +6,9 @@ from core import exceptions
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("v1/partner/", include("partners.urls")),
-    path("v1/", include("trading.urls")),  # after /v1/partner/, which must win
+    # The trader API, after /v1/partner/, which must win.
+    path("v1/", include("marketdata.urls")),
+    path("v1/", include("trading.urls")),
     path("", include("accounts.urls")),
     path("", include("web.urls")),
 ]

@@ -21,7 +21,7 @@ from django.utils import timezone
 from django.utils.cache import add_never_cache_headers
 
 from accounts.admin import ReadOnlyAdminMixin, UUIDSearchMixin, confirm_action, run_service_action
-from accounts.services import login_redirect_validate
+from accounts.services import login_redirect_validate, normalize_origin
 from core.errors import DomainError
 from partners.models import ALL_SCOPES, ApiKey, Tenant, TenantUser
 from partners.services import (
@@ -29,7 +29,6 @@ from partners.services import (
     apikey_create,
     apikey_revoke,
     apikey_rotate,
-    normalize_origin,
     tenant_create,
     tenant_set_enabled,
 )
@@ -48,7 +47,7 @@ def scope_list(key: ApiKey) -> str:
 # --- Tenants ----------------------------------------------------------------------------------
 class OriginListField(forms.CharField):
     """The redirect allowlist as one origin per line; each is normalised (and junk refused)
-    by partners.services.normalize_origin, the same rule as `manage.py tenant allow-redirect`."""
+    by accounts.services.normalize_origin, the same rule as `manage.py tenant allow-redirect`."""
 
     widget = forms.Textarea(attrs={"rows": 4, "cols": 60})
 

@@ -1,4 +1,4 @@
-"""The partner API, /v1/partner/* (contract: shared/spec/partner-api.md).
+"""The partner API, /v1/partner/* (contract: docs/partner-api.md).
 
 Every view derives from PartnerApiView, which applies the contract's order of checks: key
 present → key valid → tenant enabled → rate limit → scope → object; wraps POST and PATCH in
@@ -9,12 +9,9 @@ included. Views only translate HTTP ↔ services/selectors; they never build err
 from __future__ import annotations
 
 import datetime as dt
-import functools
-from collections.abc import Callable
 from typing import Any, ClassVar
 
 from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 from drf_spectacular.utils import (
     OpenApiParameter,
     OpenApiResponse,
@@ -24,141 +21,98 @@ from drf_spectacular.utils import (
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from accounts.models import Account
 from core import errors
-from core.api import (
+from core.api.fields import (
     CleanTextField,
+    IsoDateTimeField,
     JSONObjectField,
     MoneyField,
-    PriceField,
-    RateLimitHeadersMixin,
     StrictInputSerializer,
-    iso_utc,
 )
-from core.money import STARTING_BALANCE_MAX, STARTING_BALANCE_PLACES, ZERO, wire
+from core.api.params import query_datetime
+from core.api.schema import (
+    CURSOR_ERRORS,
+    ERROR_BODY,
+    IDEMPOTENCY_HEADER,
+    PAGE_PARAMS,
+    QUERY_ERRORS,
+    page_serializer,
+)
+from core.api.shapes import Shape, With
+from core.api.views import EdgeApiView, EdgeCaller, presented_key
+from core.money import STARTING_BALANCE_MAX, STARTING_BALANCE_PLACES, ZERO
 from core.pagination import keyset_page, parse_limit
 from partners import keys, selectors, services
-from partners.idempotency import idempotent_call
-from partners.models import Scope, TenantUser
-from partners.ratelimit import rate_limit_check
+from partners.models import Scope
 from trading.selectors import (
     EQUITY_INTERVALS,
     EQUITY_MAX_POINTS,
-    MarkedPosition,
     account_state,
     equity_series,
     fill_feed_page,
 )
 from trading.services import account_close, account_reset
+from trading.wire import ENVELOPE, TRADE, AccountEnvelopeOutput, TradeOutput
 
-
-def _raw_key(request: Request) -> str | None:
-    key = request.headers.get("X-API-Key")
-    if key:
-        return key.strip()
-    auth = request.headers.get("Authorization", "")
-    scheme, _, value = auth.partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
-    return None
-
-
-_iso = iso_utc
-
-
-class IsoDateTimeField(serializers.DateTimeField):
-    def to_representation(self, value: dt.datetime | None) -> str | None:  # type: ignore[override]
-        return _iso(value)
-
-
-# Shared error responses for the schema: every operation can answer with the envelope.
-ERROR_BODY = inline_serializer(
-    "Error",
-    fields={
-        "error": serializers.CharField(help_text="Stable UPPER_SNAKE code; branch on this."),
-        "message": serializers.CharField(),
-        "details": serializers.DictField(required=False),
-    },
-)
 COMMON_ERRORS = {
     401: OpenApiResponse(ERROR_BODY, description="MISSING_API_KEY or INVALID_API_KEY"),
     403: OpenApiResponse(ERROR_BODY, description="INSUFFICIENT_PERMISSION"),
     404: OpenApiResponse(ERROR_BODY, description="NOT_FOUND (also: other tenant's object)"),
     429: OpenApiResponse(ERROR_BODY, description="RATE_LIMIT_EXCEEDED (Retry-After)"),
 }
+# Reads that take query parameters: a bad one is 422, a foreign or stale cursor 400.
+PAGE_ERRORS = {**COMMON_ERRORS, **CURSOR_ERRORS, **QUERY_ERRORS}
 WRITE_ERRORS = {
     **COMMON_ERRORS,
     400: OpenApiResponse(ERROR_BODY, description="MALFORMED_JSON"),
     409: OpenApiResponse(ERROR_BODY, description="conflict (see code)"),
     422: OpenApiResponse(ERROR_BODY, description="VALIDATION_FAILED or another 422 code"),
 }
-IDEMPOTENCY_HEADER = OpenApiParameter(
-    "Idempotency-Key",
-    str,
-    OpenApiParameter.HEADER,
-    required=False,
-    description="Same key + same body replays the stored response; different body → 422 "
-    "IDEMPOTENCY_KEY_REUSED; while the first is running → 409 IDEMPOTENCY_KEY_IN_USE.",
-)
-PAGE_PARAMS = [
-    OpenApiParameter("limit", int, description="1–500, default 100"),
-    OpenApiParameter("cursor", str, description="Opaque next_cursor from the previous page"),
-]
 
 
-class PartnerApiView(RateLimitHeadersMixin, APIView):
+class PartnerApiView(EdgeApiView):
     """Base of every partner endpoint; see the module docstring for what it guarantees."""
 
     #: method → scope required; methods not listed are answered 405 by DRF.
     scopes: ClassVar[dict[str, str]] = {}
+    idempotent_methods = frozenset({"POST", "PATCH"})
 
-    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
-        super().initial(request, *args, **kwargs)
-        caller = keys.authenticate(_raw_key(request))
+    def authenticate_caller(self, request: Request) -> EdgeCaller:
+        caller = keys.authenticate(presented_key(request))
         self.caller = caller
         self.tenant = caller.tenant
-        limit = rate_limit_check(
-            tenant_id=caller.tenant.pk,
-            key_prefix=caller.api_key.prefix,
+        return EdgeCaller(
+            limit_scope=caller.tenant.pk,
+            limit_key=caller.api_key.prefix,
             per_second=caller.tenant.rate_limit_per_second,
             per_minute=caller.tenant.rate_limit_per_minute,
+            tenant=caller.tenant,
         )
-        self._rate_headers = limit.headers()
-        if not limit.allowed:
-            raise errors.RateLimitExceeded(headers={"Retry-After": str(limit.retry_after or 1)})
-        method = (request.method or "").upper()
-        required = self.scopes.get(method)
-        if required is not None and required not in caller.scopes:
+
+    def authorize(self, request: Request) -> None:
+        required = self.scopes.get((request.method or "").upper())
+        if required is not None and required not in self.caller.scopes:
             raise errors.InsufficientPermission(
                 f"this key lacks the {required} scope", details={"required_scope": required}
             )
-        if method in ("POST", "PATCH") and hasattr(self, method.lower()):
-            handler = getattr(self, method.lower())
-            setattr(self, method.lower(), functools.partial(self._idempotent, handler))
-
-    def _idempotent(
-        self, handler: Callable[..., Response], request: Request, *args: Any, **kwargs: Any
-    ) -> Response:
-        return idempotent_call(
-            tenant=self.tenant,
-            key=request.headers.get("Idempotency-Key"),
-            method=request.method or "",
-            path=request.path,
-            body=request._request.body,
-            call=lambda: handler(request, *args, **kwargs),
-        )
 
 
 # --- Output shapes --------------------------------------------------------------------------
+# Each serializer is its shape's one declaration: the OpenAPI schema, and the body through
+# its Shape (core.api.shapes).
 class MappingOutput(serializers.Serializer):
-    user_id = serializers.IntegerField(source="user.id")
+    user_id = serializers.IntegerField()
     tenant_user_id = serializers.UUIDField(source="id")
     external_id = serializers.CharField()
     email = serializers.CharField(source="user.email")
     metadata = serializers.JSONField()
     created_at = IsoDateTimeField()
+
+
+class UserRegisteredOutput(MappingOutput):
+    created = serializers.BooleanField(help_text="false on a replay of the same external_id")
 
 
 class AccountSummaryOutput(serializers.Serializer):
@@ -168,172 +122,86 @@ class AccountSummaryOutput(serializers.Serializer):
     status = serializers.CharField()
 
 
-class PositionOutput(serializers.Serializer):
-    token_id = serializers.CharField(source="position.token_id")
-    market_id = serializers.CharField(source="position.market_id")
-    market_question = serializers.CharField(source="position.market_question")
-    outcome = serializers.CharField(source="position.outcome")
-    size = PriceField(source="position.size")
-    avg_price = PriceField(source="position.avg_price")
-    cost_basis = MoneyField(source="position.cost_basis")
-    mark_price = PriceField(source="mark.price")
-    mark_source = serializers.CharField(source="mark.source")
-    market_value = MoneyField()
-    unrealized_pnl = MoneyField()
-    max_loss_at_resolution = MoneyField()
-    price_as_of = IsoDateTimeField(source="mark.as_of")
+class UserDetailOutput(MappingOutput):
+    accounts = AccountSummaryOutput(many=True, source="account_summaries")
 
 
-class AccountEnvelopeOutput(serializers.Serializer):
-    """The account-state envelope (partner-api.md §4)."""
-
-    account_id = serializers.UUIDField(source="account.id")
-    user_id = serializers.IntegerField(source="account.owner_id")
-    external_id = serializers.CharField(source="account.external_id")
-    stage = serializers.CharField(source="account.stage")
-    status = serializers.CharField(source="account.status")
-    epoch = serializers.IntegerField(source="account.epoch")
-    rules = serializers.JSONField(source="account.rules")
-    metadata = serializers.JSONField(source="account.metadata")
-    starting_balance = MoneyField(source="account.starting_balance")
-    balance = MoneyField()
-    available_balance = MoneyField()
-    reserved_balance = MoneyField()
-    positions_value = MoneyField()
-    equity = MoneyField()
-    realized_pnl = MoneyField()
-    unrealized_pnl = MoneyField()
-    fees_paid = MoneyField()
-    high_water_mark = MoneyField()
-    drawdown = MoneyField()
-    drawdown_pct = MoneyField()
-    max_drawdown = MoneyField()
-    max_drawdown_pct = MoneyField()
-    day_start_equity = MoneyField()
-    day_start_at = IsoDateTimeField()
-    daily_pnl = MoneyField()
-    trading_days = serializers.IntegerField()
-    open_orders_count = serializers.IntegerField()
-    positions = PositionOutput(many=True)
-    created_at = IsoDateTimeField(source="account.created_at")
-    updated_at = IsoDateTimeField(source="account.updated_at")
-    closed_at = IsoDateTimeField(source="account.closed_at")
-    last_reset_at = IsoDateTimeField(source="account.last_reset_at")
-    as_of = IsoDateTimeField()
-    prices_as_of = IsoDateTimeField()
+class AccountListItemOutput(AccountSummaryOutput):
+    user_id = serializers.IntegerField(source="owner_id")
+    created_at = IsoDateTimeField()
 
 
-class TradeOutput(serializers.Serializer):
-    trade_id = serializers.UUIDField(source="id")
-    kind = serializers.CharField()
-    order_id = serializers.UUIDField(allow_null=True)
-    account_id = serializers.UUIDField()
-    epoch = serializers.IntegerField()
-    market_id = serializers.CharField()
-    token_id = serializers.CharField()
-    market_question = serializers.CharField()
-    outcome = serializers.CharField()
-    side = serializers.CharField()
-    price = PriceField()
-    size = PriceField()
-    notional = MoneyField()
-    fee = MoneyField()
-    fee_rate_bps = PriceField(allow_null=True)
-    liquidity = serializers.CharField(allow_null=True)
-    realized_pnl = MoneyField()
-    price_source = serializers.CharField()
-    book_as_of = IsoDateTimeField(allow_null=True)
-    filled_at = IsoDateTimeField()
+class EquityPointOutput(serializers.Serializer):
+    t = IsoDateTimeField()
+    open = MoneyField()
+    high = MoneyField()
+    low = MoneyField()
+    close = MoneyField()
 
 
-def _page_serializer(name: str, item: type[serializers.Serializer]) -> serializers.Serializer:
-    return inline_serializer(
-        name,
-        fields={
-            "data": item(many=True),
-            "next_cursor": serializers.CharField(allow_null=True),
-            "has_more": serializers.BooleanField(),
-        },
-    )
+# "from" is a Python keyword, so this one is declared with type().
+EquitySeriesOutput = type(
+    "EquitySeriesOutput",
+    (serializers.Serializer,),
+    {
+        "account_id": serializers.UUIDField(),
+        "epoch": serializers.IntegerField(),
+        "interval": serializers.ChoiceField(choices=list(EQUITY_INTERVALS)),
+        "from": IsoDateTimeField(),
+        "to": IsoDateTimeField(),
+        "points": EquityPointOutput(many=True),
+    },
+)
 
 
-def _position_body(m: MarkedPosition) -> dict[str, Any]:
-    p = m.position
-    return {
-        "token_id": p.token_id,
-        "market_id": p.market_id,
-        "market_question": p.market_question,
-        "outcome": p.outcome,
-        "size": wire(p.size, min_places=0),
-        "avg_price": wire(p.avg_price, min_places=0),
-        "cost_basis": wire(p.cost_basis),
-        "mark_price": wire(m.mark.price, min_places=0),
-        "mark_source": m.mark.source,
-        "market_value": wire(m.market_value),
-        "unrealized_pnl": wire(m.unrealized_pnl),
-        "max_loss_at_resolution": wire(m.max_loss_at_resolution),
-        "price_as_of": _iso(m.mark.as_of),
-    }
+class KeyPrefixField(serializers.CharField):
+    def to_representation(self, value: str) -> str:
+        return f"{keys.KEY_PREFIX}{value}"
 
 
-_ENVELOPE_MONEY = (
-    "balance", "available_balance", "reserved_balance", "positions_value", "equity",
-    "realized_pnl", "unrealized_pnl", "fees_paid", "high_water_mark", "drawdown",
-    "drawdown_pct", "max_drawdown", "max_drawdown_pct", "day_start_equity", "daily_pnl",
-)  # fmt: skip
+class SortedStringsField(serializers.ListField):
+    child = serializers.CharField()
+
+    def to_representation(self, data: Any) -> list[str]:
+        return sorted(data)
 
 
-def envelope_body(state: dict[str, Any]) -> dict[str, Any]:
-    """The envelope as AccountEnvelopeOutput documents it, built directly: this is the hottest
-    partner read and DRF's per-instance field copying cost more than the rest of the
-    rendering (a test keeps the two shapes identical)."""
-    row = state["account"]
-    body: dict[str, Any] = {
-        "account_id": str(row.id),
-        "user_id": row.owner_id,
-        "external_id": row.external_id,
-        "stage": row.stage,
-        "status": row.status,
-        "epoch": row.epoch,
-        "rules": row.rules,
-        "metadata": row.metadata,
-        "starting_balance": wire(row.starting_balance),
-    }
-    for name in _ENVELOPE_MONEY:
-        body[name] = wire(state[name])
-    body.update(
-        day_start_at=_iso(state["day_start_at"]),
-        trading_days=state["trading_days"],
-        open_orders_count=state["open_orders_count"],
-        positions=[_position_body(m) for m in state["positions"]],
-        created_at=_iso(row.created_at),
-        updated_at=_iso(row.updated_at),
-        closed_at=_iso(row.closed_at),
-        last_reset_at=_iso(row.last_reset_at),
-        as_of=_iso(state["as_of"]),
-        prices_as_of=_iso(state["prices_as_of"]),
-    )
-    return body
+class WhoamiTenantOutput(serializers.Serializer):
+    slug = serializers.CharField()
+    name = serializers.CharField()
+
+
+class WhoamiKeyOutput(serializers.Serializer):
+    prefix = KeyPrefixField(help_text="The key's public prefix, pk_xxxxxxxx")
+    name = serializers.CharField()
+    scopes = SortedStringsField()
+    created_at = IsoDateTimeField()
+
+
+class WhoamiLimitsOutput(serializers.Serializer):
+    per_second = serializers.IntegerField(source="rate_limit_per_second")
+    per_minute = serializers.IntegerField(source="rate_limit_per_minute")
+
+
+class WhoamiOutput(serializers.Serializer):
+    tenant = WhoamiTenantOutput()
+    api_key = WhoamiKeyOutput()
+    rate_limits = WhoamiLimitsOutput(source="tenant")
+
+
+MAPPING = Shape(MappingOutput)
+USER_REGISTERED = Shape(UserRegisteredOutput)
+USER_DETAIL = Shape(UserDetailOutput)
+ACCOUNT_LIST_ITEM = Shape(AccountListItemOutput)
+EQUITY_SERIES = Shape(EquitySeriesOutput)
+WHOAMI = Shape(WhoamiOutput)
 
 
 def envelope(account_id: Any, tenant: Any) -> dict[str, Any]:
     state = account_state(account_id=account_id, tenant=tenant)
     if state is None:
         raise errors.NotFound()
-    return envelope_body(state)
-
-
-def mapping_body(mapping: TenantUser) -> dict[str, Any]:
-    """A mapping as MappingOutput documents it, built directly (registration is a hot write;
-    a test keeps the two shapes identical)."""
-    return {
-        "user_id": mapping.user_id,
-        "tenant_user_id": str(mapping.pk),
-        "external_id": mapping.external_id,
-        "email": mapping.user.email,
-        "metadata": mapping.metadata,
-        "created_at": _iso(mapping.created_at),
-    }
+    return ENVELOPE.render(state)
 
 
 # --- Users ----------------------------------------------------------------------------------
@@ -361,7 +229,7 @@ class UserListCreateApi(PartnerApiView):
     @extend_schema(
         operation_id="users_list",
         parameters=[OpenApiParameter("external_id", str), *PAGE_PARAMS],
-        responses={200: _page_serializer("UserPage", MappingOutput), **COMMON_ERRORS},
+        responses={200: page_serializer("UserPage", MappingOutput), **PAGE_ERRORS},
     )
     def get(self, request: Request) -> Response:
         page = keyset_page(
@@ -373,7 +241,7 @@ class UserListCreateApi(PartnerApiView):
             cursor=request.query_params.get("cursor"),
             limit=parse_limit(request.query_params.get("limit")),
         )
-        data = [mapping_body(m) for m in page.items]
+        data = MAPPING.render_many(page.items)
         return Response({"data": data, "next_cursor": page.next_cursor, "has_more": page.has_more})
 
     @extend_schema(
@@ -381,10 +249,7 @@ class UserListCreateApi(PartnerApiView):
         request=InputSerializer,
         parameters=[IDEMPOTENCY_HEADER],
         responses={
-            201: inline_serializer(
-                "UserRegistered",
-                fields={**MappingOutput().fields, "created": serializers.BooleanField()},
-            ),
+            201: UserRegisteredOutput,
             200: OpenApiResponse(
                 description="Replay of the same external_id: same body, created=false"
             ),
@@ -394,13 +259,15 @@ class UserListCreateApi(PartnerApiView):
         "different email) or EMAIL_ALREADY_MAPPED (email mapped under another external_id).",
     )
     def post(self, request: Request) -> Response:
-        data = self.InputSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        mapping, created = services.trader_register(tenant=self.tenant, **data.validated_data)
+        values = USER_REGISTER_INPUT.validate(request.data)
+        mapping, created = services.trader_register(tenant=self.tenant, **values)
         return Response(
-            {**mapping_body(mapping), "created": created},
+            USER_REGISTERED.render(With(mapping, created=created)),
             status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
         )
+
+
+USER_REGISTER_INPUT = Shape(UserListCreateApi.InputSerializer)
 
 
 class UserDetailApi(PartnerApiView):
@@ -409,20 +276,14 @@ class UserDetailApi(PartnerApiView):
     @extend_schema(
         operation_id="users_get",
         responses={
-            200: inline_serializer(
-                "UserDetail",
-                fields={**MappingOutput().fields, "accounts": AccountSummaryOutput(many=True)},
-            ),
+            200: UserDetailOutput,
             **COMMON_ERRORS,
         },
     )
     def get(self, request: Request, user_id: str) -> Response:
         mapping = selectors.mapping_get(tenant=self.tenant, user_id=user_id)
-        body = mapping_body(mapping)
-        body["accounts"] = AccountSummaryOutput(
-            selectors.accounts_of_mapping(mapping=mapping), many=True
-        ).data
-        return Response(body)
+        summaries = selectors.accounts_of_mapping(mapping=mapping)
+        return Response(USER_DETAIL.render(With(mapping, account_summaries=summaries)))
 
 
 class UserLoginLinkApi(PartnerApiView):
@@ -449,14 +310,16 @@ class UserLoginLinkApi(PartnerApiView):
         # The user must be resolved before the body is judged, so a foreign id is 404 whatever
         # the body says.
         selectors.mapping_get(tenant=self.tenant, user_id=user_id)
-        data = self.InputSerializer(data=request.data if request.body else {})
-        data.is_valid(raise_exception=True)
+        values = LOGIN_LINK_INPUT.validate(request.data if request.body else {})
         services.partner_login_link_send(
             tenant=self.tenant,
             user_id=user_id,
-            redirect_url=data.validated_data.get("redirect_url") or None,
+            redirect_url=values.get("redirect_url") or None,
         )
         return Response({"status": "accepted"}, status=status.HTTP_202_ACCEPTED)
+
+
+LOGIN_LINK_INPUT = Shape(UserLoginLinkApi.InputSerializer)
 
 
 # --- Accounts -------------------------------------------------------------------------------
@@ -490,7 +353,7 @@ class AccountListCreateApi(PartnerApiView):
             OpenApiParameter("external_id", str),
             *PAGE_PARAMS,
         ],
-        responses={200: _page_serializer("AccountPage", AccountSummaryOutput), **COMMON_ERRORS},
+        responses={200: page_serializer("AccountPage", AccountListItemOutput), **PAGE_ERRORS},
     )
     def get(self, request: Request) -> Response:
         params = request.query_params
@@ -510,14 +373,7 @@ class AccountListCreateApi(PartnerApiView):
             cursor=params.get("cursor"),
             limit=parse_limit(params.get("limit")),
         )
-        data = [
-            {
-                **AccountSummaryOutput(a).data,
-                "user_id": a.owner_id,
-                "created_at": _iso(a.created_at),
-            }
-            for a in page.items
-        ]
+        data = ACCOUNT_LIST_ITEM.render_many(page.items)
         return Response({"data": data, "next_cursor": page.next_cursor, "has_more": page.has_more})
 
     @extend_schema(
@@ -533,13 +389,15 @@ class AccountListCreateApi(PartnerApiView):
         },
     )
     def post(self, request: Request) -> Response:
-        data = self.InputSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        account, created = services.partner_account_open(tenant=self.tenant, **data.validated_data)
+        values = ACCOUNT_OPEN_INPUT.validate(request.data)
+        account, created = services.partner_account_open(tenant=self.tenant, **values)
         return Response(
             envelope(account.pk, self.tenant),
             status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
         )
+
+
+ACCOUNT_OPEN_INPUT = Shape(AccountListCreateApi.InputSerializer)
 
 
 class AccountDetailApi(PartnerApiView):
@@ -580,10 +438,12 @@ class AccountDetailApi(PartnerApiView):
             raise errors.ValidationFailed(
                 details={"non_field_errors": ["Send rules and/or metadata."]}
             )
-        data = self.PatchSerializer(data=body)
-        data.is_valid(raise_exception=True)
-        services.partner_account_patch(account=account, changes=dict(data.validated_data))
+        changes = ACCOUNT_PATCH_INPUT.validate(body)
+        services.partner_account_patch(account=account, changes=changes)
         return Response(envelope(account.pk, self.tenant))
+
+
+ACCOUNT_PATCH_INPUT = Shape(AccountDetailApi.PatchSerializer)
 
 
 class AccountTradesApi(PartnerApiView):
@@ -593,10 +453,12 @@ class AccountTradesApi(PartnerApiView):
         operation_id="accounts_trades",
         parameters=[
             *PAGE_PARAMS,
-            OpenApiParameter("since", dt.datetime, description="ISO-8601; fills at or after"),
+            OpenApiParameter(
+                "since", dt.datetime, description="ISO-8601 with a timezone; fills at or after"
+            ),
             OpenApiParameter("epoch", int),
         ],
-        responses={200: _page_serializer("TradePage", TradeOutput), **COMMON_ERRORS},
+        responses={200: page_serializer("TradePage", TradeOutput), **PAGE_ERRORS},
         description="Filled trades and settlements, ascending and append-only. next_cursor is "
         "always returned, pointing just after the last item: store it and poll with it.",
     )
@@ -613,28 +475,16 @@ class AccountTradesApi(PartnerApiView):
             account=account,
             cursor=params.get("cursor"),
             limit=parse_limit(params.get("limit")),
-            since=_query_datetime(params, "since"),
+            since=query_datetime(params, "since"),
             epoch=epoch,
         )
         return Response(
             {
-                "data": TradeOutput(page.fills, many=True).data,
+                "data": TRADE.render_many(page.fills),
                 "next_cursor": page.next_cursor,
                 "has_more": page.has_more,
             }
         )
-
-
-def _query_datetime(params: Any, name: str) -> dt.datetime | None:
-    raw = params.get(name)
-    if raw in (None, ""):
-        return None
-    value = parse_datetime(raw.replace(" ", "+"))
-    if value is None or value.tzinfo is None:
-        raise errors.ValidationFailed(
-            details={name: ["ISO-8601 with a timezone, e.g. 2026-01-31T00:00:00Z."]}
-        )
-    return value
 
 
 class AccountEquityApi(PartnerApiView):
@@ -644,37 +494,22 @@ class AccountEquityApi(PartnerApiView):
         operation_id="accounts_equity",
         parameters=[
             OpenApiParameter(
-                "from", dt.datetime, description="default: 1440 intervals before `to`"
+                "from",
+                dt.datetime,
+                description="ISO-8601 with a timezone; default: 1440 intervals before `to`",
             ),
-            OpenApiParameter("to", dt.datetime, description="default: now (exclusive)"),
+            OpenApiParameter(
+                "to", dt.datetime, description="ISO-8601 with a timezone; default: now (exclusive)"
+            ),
             OpenApiParameter(
                 "interval", str, enum=list(EQUITY_INTERVALS), description="default 1h"
             ),
             OpenApiParameter("epoch", int, description="default: the current epoch"),
         ],
         responses={
-            200: inline_serializer(
-                "EquitySeries",
-                fields={
-                    "account_id": serializers.UUIDField(),
-                    "epoch": serializers.IntegerField(),
-                    "interval": serializers.CharField(),
-                    "from": serializers.DateTimeField(),
-                    "to": serializers.DateTimeField(),
-                    "points": inline_serializer(
-                        "EquityPoint",
-                        fields={
-                            "t": serializers.DateTimeField(),
-                            "open": MoneyField(),
-                            "high": MoneyField(),
-                            "low": MoneyField(),
-                            "close": MoneyField(),
-                        },
-                        many=True,
-                    ),
-                },
-            ),
+            200: EquitySeriesOutput,
             **COMMON_ERRORS,
+            **QUERY_ERRORS,
         },
         description="Equity per interval (open/high/low/close of the snapshots taken at "
         f"every fill and each minute with positions). At most {EQUITY_MAX_POINTS} intervals.",
@@ -688,8 +523,8 @@ class AccountEquityApi(PartnerApiView):
                 details={"interval": [f"One of: {', '.join(EQUITY_INTERVALS)}."]}
             )
         step = EQUITY_INTERVALS[interval]
-        end = _query_datetime(params, "to") or timezone.now()
-        start = _query_datetime(params, "from") or end - dt.timedelta(seconds=step * 1440)
+        end = query_datetime(params, "to") or timezone.now()
+        start = query_datetime(params, "from") or end - dt.timedelta(seconds=step * 1440)
         if start >= end:
             raise errors.ValidationFailed(details={"from": ["Must be before `to`."]})
         if (end - start).total_seconds() / step > EQUITY_MAX_POINTS:
@@ -703,19 +538,15 @@ class AccountEquityApi(PartnerApiView):
             except ValueError:
                 raise errors.ValidationFailed(details={"epoch": ["An integer."]}) from None
         points = equity_series(account=account, epoch=epoch, start=start, end=end, interval_s=step)
-        return Response(
-            {
-                "account_id": str(account.pk),
-                "epoch": epoch,
-                "interval": interval,
-                "from": _iso(start),
-                "to": _iso(end),
-                "points": [
-                    {"t": _iso(p["t"]), **{k: wire(p[k]) for k in ("open", "high", "low", "close")}}
-                    for p in points
-                ],
-            }
-        )
+        series = {
+            "account_id": account.pk,
+            "epoch": epoch,
+            "interval": interval,
+            "from": start,
+            "to": end,
+            "points": points,
+        }
+        return Response(EQUITY_SERIES.render(series))
 
 
 class AccountCloseApi(PartnerApiView):
@@ -756,31 +587,9 @@ class WhoamiApi(PartnerApiView):
     @extend_schema(
         operation_id="whoami",
         responses={
-            200: inline_serializer(
-                "Whoami",
-                fields={
-                    "tenant": serializers.DictField(),
-                    "api_key": serializers.DictField(),
-                    "rate_limits": serializers.DictField(),
-                },
-            ),
+            200: WhoamiOutput,
             **COMMON_ERRORS,
         },
     )
     def get(self, request: Request) -> Response:
-        key = self.caller.api_key
-        return Response(
-            {
-                "tenant": {"slug": self.tenant.slug, "name": self.tenant.name},
-                "api_key": {
-                    "prefix": f"pk_{key.prefix}",
-                    "name": key.name,
-                    "scopes": sorted(key.scopes),
-                    "created_at": _iso(key.created_at),
-                },
-                "rate_limits": {
-                    "per_second": self.tenant.rate_limit_per_second,
-                    "per_minute": self.tenant.rate_limit_per_minute,
-                },
-            }
-        )
+        return Response(WHOAMI.render(self.caller))

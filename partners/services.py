@@ -9,13 +9,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
-from urllib.parse import urlsplit
 
 from django.db import connection, transaction
 from django.utils import timezone
 
 from accounts.models import Account, User, normalize_email
-from accounts.services import login_link_request
+from accounts.services import login_link_request, normalize_origin
 from accounts.services.wallets import (
     USER_COLUMNS,
     account_open,
@@ -61,36 +60,6 @@ def tenant_set_enabled(*, tenant: Tenant, enabled: bool) -> Tenant:
     tenant.refresh_from_db()
     keys.key_cache.clear()
     return tenant
-
-
-def normalize_origin(origin: str) -> str:
-    """'HTTPS://Firm.Example/' → 'https://firm.example'. Raises ValidationFailed for anything
-    that is not a bare http(s) origin; plain http only for localhost."""
-    parts = urlsplit(origin.strip())
-    scheme = parts.scheme.lower()
-    host = (parts.hostname or "").lower()
-    bad = (
-        scheme not in ("http", "https")
-        or not host
-        or parts.path not in ("", "/")
-        or parts.query
-        or parts.fragment
-        or parts.username
-        or parts.password
-    )
-    if not bad and scheme == "http" and host not in ("localhost", "127.0.0.1", "[::1]", "::1"):
-        bad = True
-    if bad:
-        raise errors.ValidationFailed(
-            "an allowlisted origin is scheme://host[:port]; https unless localhost",
-            details={"origin": [origin]},
-        )
-    # An explicit default port names the same origin: "https://a.example:443" == "https://a.example".
-    port = (
-        f":{parts.port}" if parts.port and parts.port != {"https": 443, "http": 80}[scheme] else ""
-    )
-    host_text = f"[{host}]" if ":" in host else host
-    return f"{scheme}://{host_text}{port}"
 
 
 @transaction.atomic

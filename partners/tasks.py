@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from partners import idempotency
+from core.api import idempotency
 
 
 @shared_task(name="partners.tasks.idempotency_purge")

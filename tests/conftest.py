@@ -67,8 +67,8 @@ def shared_dir() -> Path:
 def _fresh_process_state(settings) -> Iterator[None]:
     """Nothing a test leaves behind in a process cache or in Redis reaches the next one."""
     from accounts.services import trader_keys
+    from core.api.ratelimit import rate_limit_breaker_reset
     from partners import keys
-    from partners.ratelimit import rate_limit_breaker_reset
 
     keys.key_cache.clear()
     trader_keys.key_cache.clear()

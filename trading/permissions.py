@@ -12,13 +12,17 @@ from collections.abc import Sequence
 from functools import cache
 from typing import Any
 
-from django.db import connection
+from django.db import connection, models
 
 from accounts.models import Account, User
 from core import errors
 from core.sqlrows import Statement, model_from_row
-from partners.models import Tenant
+from trading.engine import ensure_tradable
 
+# The tenant (partners.Tenant) is reached through Account's foreign key with Django's public
+# Model _meta API: trading reads its `enabled` flag and day boundary without importing partners,
+# which sits above trading.
+Tenant: type[models.Model] = Account._meta.get_field("tenant").related_model  # type: ignore[assignment]
 _ACCOUNT_FIELDS = tuple(f.name for f in Account._meta.concrete_fields)
 _TENANT_FIELDS = tuple(f.name for f in Tenant._meta.concrete_fields)
 
@@ -72,15 +76,12 @@ def account_for_trader_from_row(row: Sequence[Any] | None) -> Account:
     n = len(_ACCOUNT_FIELDS)
     account = model_from_row(Account, _ACCOUNT_FIELDS, row[:n])
     if account.tenant_id is not None:
-        account.tenant = model_from_row(Tenant, _TENANT_FIELDS, row[n:])
+        account.tenant = model_from_row(Tenant, _TENANT_FIELDS, row[n:])  # type: ignore[assignment]
     return account
 
 
 def ensure_account_tradable(account: Account) -> None:
     """Raise AccountClosed for a closed account, TenantDisabled for an account whose tenant is
     disabled; return None when orders may be placed on it."""
-    if account.is_closed:
-        raise errors.AccountClosed()
     tenant = account.tenant
-    if tenant is not None and not tenant.enabled:
-        raise errors.TenantDisabled()
+    ensure_tradable(status=account.status, tenant_enabled=tenant is None or tenant.enabled)

@@ -10,6 +10,7 @@ from accounts.services.login import (
     login_token_consume_hash,
     login_token_get_pending,
     login_token_hash,
+    normalize_origin,
 )
 from accounts.services.trader_keys import (
     trader_key_authenticate,
@@ -26,6 +27,7 @@ __all__ = [
     "login_token_consume_hash",
     "login_token_get_pending",
     "login_token_hash",
+    "normalize_origin",
     "trader_key_authenticate",
     "trader_key_create",
     "trader_key_revoke",

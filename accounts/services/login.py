@@ -19,9 +19,11 @@ import secrets
 import time
 import unicodedata
 from functools import partial
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import redis
+from celery import current_app
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
@@ -31,12 +33,12 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from accounts.models import EmailOutbox, LoginToken, User
 from accounts.services.wallets import user_ensure
 from core import errors
-from partners.models import Tenant
 
 logger = logging.getLogger("polysim.login")
 
 LOGIN_LINK_KEY_LABEL = "polysim-login-link"
 LOGIN_LINK_EMAIL_KIND = "login_link"
+EMAIL_OUTBOX_SEND_TASK = "accounts.tasks.email_outbox_send"
 THROTTLE_WINDOW = dt.timedelta(hours=1)
 # Where a trader lands when neither the partner nor the tenant says otherwise.
 FALLBACK_LANDING_URL = "/app/"
@@ -49,21 +51,50 @@ MAX_RAW_TOKEN_LENGTH = 128
 _LOCAL_HOSTNAMES = frozenset({"localhost", "127.0.0.1", "::1"})  # urlsplit().hostname form
 
 
+class LandingPolicy(Protocol):
+    """What a sign-in needs of the firm it is for (partners.Tenant): where its traders may land.
+    A protocol, because accounts sits below partners and imports nothing of it."""
+
+    redirect_allowlist: Any
+    default_landing_url: str
+
+
 # --- Redirect targets ---------------------------------------------------------------------
-def _canonical_origin(origin: str) -> str:
-    """The origin as partners.services.normalize_origin writes it (lowercase, no default
-    port). Raises ValidationFailed for anything that is not an http(s) origin."""
-    # Imported here: partners.services imports this package at module level.
-    from partners.services import normalize_origin
+def normalize_origin(origin: str) -> str:
+    """'HTTPS://Firm.Example/' → 'https://firm.example'. Raises ValidationFailed for anything
+    that is not a bare http(s) origin; plain http only for localhost."""
+    parts = urlsplit(origin.strip())
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    bad = (
+        scheme not in ("http", "https")
+        or not host
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+        or parts.username
+        or parts.password
+    )
+    if not bad and scheme == "http" and host not in ("localhost", "127.0.0.1", "[::1]", "::1"):
+        bad = True
+    if bad:
+        raise errors.ValidationFailed(
+            "an allowlisted origin is scheme://host[:port]; https unless localhost",
+            details={"origin": [origin]},
+        )
+    # An explicit default port names the same origin: "https://a.example:443" == "https://a.example".
+    port = (
+        f":{parts.port}" if parts.port and parts.port != {"https": 443, "http": 80}[scheme] else ""
+    )
+    host_text = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{host_text}{port}"
 
-    return normalize_origin(origin)
 
-
-def _allowlisted_origins(tenant: Tenant | None) -> set[str]:
+def _allowlisted_origins(tenant: LandingPolicy | None) -> set[str]:
     origins: set[str] = set()
     for entry in (tenant.redirect_allowlist or []) if tenant is not None else []:
         try:
-            origins.add(_canonical_origin(str(entry)))
+            origins.add(normalize_origin(str(entry)))
         except (errors.ValidationFailed, ValueError):
             continue  # a hand-edited bad entry must not widen or break the allowlist
     return origins
@@ -86,7 +117,7 @@ def _is_safe_own_path(url: str) -> bool:
     )
 
 
-def _allowlisted_absolute(url: str, tenant: Tenant | None) -> bool:
+def _allowlisted_absolute(url: str, tenant: LandingPolicy | None) -> bool:
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError on a malformed or out-of-range port
@@ -98,7 +129,7 @@ def _allowlisted_absolute(url: str, tenant: Tenant | None) -> bool:
     if parts.username is not None or parts.password is not None:
         return False  # "https://firm.example@evil.com" reads as firm.example to a human
     try:
-        origin = _canonical_origin(f"{scheme}://{parts.netloc}")
+        origin = normalize_origin(f"{scheme}://{parts.netloc}")
     except (errors.ValidationFailed, ValueError):
         return False  # includes plain http to anything but localhost
     if origin not in _allowlisted_origins(tenant):
@@ -112,7 +143,7 @@ def _allowlisted_absolute(url: str, tenant: Tenant | None) -> bool:
     )
 
 
-def _is_acceptable(url: str, tenant: Tenant | None) -> bool:
+def _is_acceptable(url: str, tenant: LandingPolicy | None) -> bool:
     if len(url) > MAX_REDIRECT_LENGTH or _has_unsafe_characters(url):
         return False
     if url.startswith("/"):
@@ -120,7 +151,7 @@ def _is_acceptable(url: str, tenant: Tenant | None) -> bool:
     return _allowlisted_absolute(url, tenant)
 
 
-def login_redirect_validate(*, tenant: Tenant | None, redirect_url: str | None) -> str:
+def login_redirect_validate(*, tenant: LandingPolicy | None, redirect_url: str | None) -> str:
     """Return the URL a login link should land on.
 
     None or blank → the tenant's default landing page ("/app/" without a tenant). Otherwise
@@ -178,18 +209,16 @@ def _enqueue_outbox_send(outbox_id: int) -> None:
     """After commit: hand the email to the worker. A broker outage must not turn an accepted
     request into an error (nor a partner's retry into a second link): the row is committed,
     the outbox sweep sends it. Caught here rather than with on_commit(robust=True), whose
-    error logging itself raises on a functools.partial in Django 5.2 (the request got a 500)."""
-    from accounts.tasks import email_outbox_send  # tasks import this module
-
+    error logging itself raises on a functools.partial in Django 5.2 (the request got a 500).
+    The task is looked up by name in the Celery app: accounts.tasks calls this module, so an
+    import here would make the two a cycle."""
     try:
-        email_outbox_send.delay(outbox_id)
+        current_app.tasks[EMAIL_OUTBOX_SEND_TASK].delay(outbox_id)
     except Exception:
         logger.exception("email outbox %s: could not enqueue; the sweep will send it", outbox_id)
 
 
-def login_link_request(
-    *, user: User, tenant: Tenant | None, redirect_url: str | None
-) -> LoginToken:
+def login_link_request(*, user: User, tenant: Any, redirect_url: str | None) -> LoginToken:
     """Issue a login link for `user` on behalf of `tenant` and queue its email.
 
     Validates redirect_url first (RedirectNotAllowed, nothing written). Then, in one

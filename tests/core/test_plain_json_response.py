@@ -1,4 +1,4 @@
-"""core.api.PlainJSONResponse: the same bytes and headers as a DRF Response rendered by
+"""core.api.responses.PlainJSONResponse: the same bytes and headers as a DRF Response rendered by
 JSONRenderer, whatever the data, the Accept header or the status."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from rest_framework.response import Response
 from rest_framework.test import APIRequestFactory
 from rest_framework.views import APIView
 
-from core.api import PlainJSONResponse
+from core.api.responses import PlainJSONResponse
 
 
 class _View(APIView):

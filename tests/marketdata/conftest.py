@@ -1,26 +1,5 @@
-"""Fixtures shared by the market-data tests: the recorded Polymarket fixtures and a fake
-Polymarket (real HTTP + websocket on loopback) serving them."""
+"""The market-data tests use the recorded fixtures and the fake Polymarket of tests/devtools."""
 
-from __future__ import annotations
+from tests.devtools.conftest import fake, fixtures_dir
 
-from pathlib import Path
-
-import pytest
-
-from marketdata.fakepoly import FakePolymarket
-
-
-@pytest.fixture
-def fixtures_dir(shared_dir) -> Path:
-    """shared/fixtures/polymarket (skips, or fails under REQUIRE_FIXTURES=1, when absent)."""
-    return shared_dir / "fixtures" / "polymarket"
-
-
-@pytest.fixture
-def fake(fixtures_dir):
-    """A FakePolymarket serving the recorded fixtures, stopped after the test."""
-    server = FakePolymarket(fixtures_dir).start_in_thread()
-    try:
-        yield server
-    finally:
-        server.stop()
+__all__ = ["fake", "fixtures_dir"]

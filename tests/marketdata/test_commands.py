@@ -1,10 +1,8 @@
-"""`manage.py marketdata discover|fakepoly|stream` and the scheduled discovery task, end to end
+"""`manage.py marketdata discover|stream` and the scheduled discovery task, end to end
 against a fake Polymarket started in the test (settings point the real clients at it)."""
 
 from __future__ import annotations
 
-import os
-import re
 import signal
 import subprocess
 import sys
@@ -12,14 +10,13 @@ import time
 from io import StringIO
 from pathlib import Path
 
-import httpx
 import pytest
 from django.conf import settings as django_settings
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
+from devtools.fakepoly import DEMO_DATA_DIR, FakePolymarket
 from marketdata import states
-from marketdata.fakepoly import DEMO_DATA_DIR, FakePolymarket
 from marketdata.models import Market, MarketResolution
 from marketdata.tasks import discover_markets
 from tests.runtime import child_env
@@ -95,46 +92,6 @@ def test_scheduled_task_discovers(pointed_at):
         "task": "marketdata.tasks.discover_markets",
         "schedule": 600.0,
     }
-
-
-def test_fakepoly_refuses_a_missing_fixtures_directory(tmp_path):
-    with pytest.raises(CommandError, match="not found"):
-        run("fakepoly", "--port", "0", "--fixtures", str(tmp_path / "missing"))
-
-
-def test_fakepoly_command_serves_until_interrupted():
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings_test", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "manage.py", "marketdata", "fakepoly", "--port", "0", "--walk"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        lines = []
-        base = None
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            if match := re.search(r"Fake Polymarket on (http://127\.0\.0\.1:\d+)", line):
-                base = match.group(1)
-            if "Ctrl-C" in line:
-                break
-        assert base, "".join(lines)
-        meta = httpx.get(f"{base}/fakepoly/meta", timeout=5).json()
-        assert meta["synthetic_walk"] is True and meta["dataset"]["synthetic"] is True
-        assert any("SYNTHETIC price walk" in line for line in lines)
-        assert any(f"POLYMARKET_WS_URL=ws://{base[7:]}/ws/market" in line for line in lines)
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-    assert proc.returncode == 0
 
 
 @pytest.fixture

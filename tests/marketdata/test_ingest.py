@@ -11,9 +11,9 @@ from collections.abc import Callable
 
 import pytest
 
+from devtools.fakepoly import FakePolymarket
 from marketdata.bus import RedisBus, now_ms
 from marketdata.clients import ClobClient
-from marketdata.fakepoly import FakePolymarket
 from marketdata.ingest import IngestConfig, Ingester, TokenInfo, backoff_delay
 
 SEQUENCE = "fixtures/polymarket/ws/nt_ws_sequence_book_pricechange_trade_2026-09.jsonl"
@@ -381,7 +381,7 @@ def test_market_resolved_on_the_websocket_is_applied_once(fake, running):
 def test_new_market_on_the_websocket_is_discovered_without_waiting_for_the_schedule(
     fake, running, fixtures_dir, settings
 ):
-    from marketdata.fakepoly import FixtureSet
+    from devtools.fakepoly import FixtureSet
     from marketdata.models import Market
 
     # The discovery task runs eagerly here (no broker) with the clients' default URLs.
@@ -415,8 +415,8 @@ def test_new_market_on_the_websocket_is_discovered_without_waiting_for_the_sched
 
 @pytest.mark.django_db
 def test_discover_markets_by_condition_id_reports_ids_gamma_does_not_know(fake, fixtures_dir):
+    from devtools.fakepoly import FixtureSet
     from marketdata.clients import GammaClient
-    from marketdata.fakepoly import FixtureSet
     from marketdata.models import Market
     from marketdata.services import discover_by_condition_ids
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from django.db import connection
 
+from devtools.fakepoly import DEMO_DATA_DIR, FakePolymarket
 from marketdata import resolution as rs
 from marketdata import states
 from marketdata.clients import ClobClient, GammaClient
-from marketdata.fakepoly import DEMO_DATA_DIR, FakePolymarket
 from marketdata.models import Event, FeedHealth, Market, MarketResolution, Token
 from marketdata.services import (
     discover,

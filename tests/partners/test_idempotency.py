@@ -22,8 +22,8 @@ from rest_framework.test import APIRequestFactory
 from rest_framework.views import APIView
 
 from core import errors
+from core.api.idempotency import idempotency_purge, idempotent_call
 from partners import tasks
-from partners.idempotency import idempotency_purge, idempotent_call
 from partners.models import IdempotencyRecord, Tenant
 from tests.factories import TenantFactory
 

@@ -18,8 +18,8 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from partners import ratelimit
-from partners.ratelimit import RateLimitResult, rate_limit_breaker_reset, rate_limit_check
+from core.api import ratelimit
+from core.api.ratelimit import RateLimitResult, rate_limit_breaker_reset, rate_limit_check
 
 CLOSED_PORT_URL = "redis://127.0.0.1:1/0"
 

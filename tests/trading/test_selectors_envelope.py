@@ -13,12 +13,12 @@ import time_machine
 
 from accounts.models import Account, EquitySnapshot, Position
 from core.money import ZERO, cash, pct
-from partners.apis import AccountEnvelopeOutput, PositionOutput, envelope_body
 from partners.services import partner_account_open, trader_register
 from tests.factories import TenantFactory
 from trading.models import Order
 from trading.selectors import account_state
 from trading.services import account_close, account_reset
+from trading.wire import ENVELOPE, AccountEnvelopeOutput, PositionOutput
 
 pytestmark = pytest.mark.django_db
 
@@ -169,16 +169,18 @@ def test_scope_and_malformed_ids_are_not_found(world):
 def test_body_has_exactly_the_documented_fields(world):
     _, _, account = world
     add_position(account, "tok-a", "100", "0.42", mark="0.615")
-    body = envelope_body(account_state(account_id=account.pk, tenant=account.tenant))
+    state = account_state(account_id=account.pk, tenant=account.tenant)
+    body = ENVELOPE.render(state)
+    assert body == dict(AccountEnvelopeOutput(state).data)  # the Shape renders as DRF does
     assert set(body) == set(AccountEnvelopeOutput().fields)
     assert set(body["positions"][0]) == set(PositionOutput().fields)
     assert body["positions"][0]["market_value"] == "61.50"
     assert body["equity"] == "5061.50"
 
 
-def test_mapping_body_has_exactly_the_documented_fields(world):
-    from partners.apis import MappingOutput, mapping_body
+def test_mapping_renders_as_its_serializer_does(world):
+    from partners.apis import MAPPING, MappingOutput
     from partners.models import TenantUser
 
     mapping = TenantUser.objects.select_related("user").get()
-    assert mapping_body(mapping) == dict(MappingOutput(mapping).data)
+    assert MAPPING.render(mapping) == dict(MappingOutput(mapping).data)

@@ -304,7 +304,7 @@ def test_the_sweep_leaves_open_markets_alone(market):
 # --- A resolution only one REST source reports ---------------------------------------------------
 @pytest.fixture
 def fake_polymarket(settings):
-    from marketdata.fakepoly import DEMO_DATA_DIR, FakePolymarket
+    from devtools.fakepoly import DEMO_DATA_DIR, FakePolymarket
     from marketdata.tasks import discover_markets
 
     server = FakePolymarket(DEMO_DATA_DIR, seed=3).start_in_thread()

@@ -12,7 +12,6 @@ from django.utils import timezone
 from accounts.models import Account, User
 from accounts.services.wallets import account_open
 from core import errors
-from partners.apis import AccountEnvelopeOutput
 from partners.services import tenant_set_enabled
 from tests.factories import TenantFactory, UserFactory
 from tests.factories import personal_account as personal
@@ -20,6 +19,7 @@ from tests.factories import trader_client as client_for
 from trading.models import Fill
 from trading.permissions import account_for_trader, ensure_account_tradable
 from trading.services import account_close
+from trading.wire import AccountEnvelopeOutput
 
 pytestmark = pytest.mark.django_db
 

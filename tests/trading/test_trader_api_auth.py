@@ -12,8 +12,8 @@ from rest_framework.response import Response
 from rest_framework.test import APIClient
 
 from accounts.services import trader_key_create, trader_key_revoke
+from core.api.views import TraderApiView
 from tests.factories import AccountFactory, UserFactory, make_partner_client
-from trading.apis import TraderApiView
 
 pytestmark = pytest.mark.django_db
 

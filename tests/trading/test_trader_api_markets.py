@@ -13,13 +13,13 @@ from rest_framework.test import APIClient
 
 from accounts.services import trader_key_create
 from accounts.services.trader_keys import key_cache
+from devtools.fakepoly import DEMO_DATA_DIR, FakePolymarket
 from marketdata import watchlist
+from marketdata.apis import MarketOutput, market_body
 from marketdata.bus import BookTop, get_bus, now_ms, reset_bus
-from marketdata.fakepoly import DEMO_DATA_DIR, FakePolymarket
 from marketdata.models import Event, Market, MarketResolution, Token
 from tests.factories import UserFactory
 from tests.trading.conftest import feed_alive, feed_dead
-from trading.apis import MarketOutput, market_body
 
 pytestmark = pytest.mark.django_db
 

@@ -17,16 +17,16 @@ from django.utils import timezone
 from accounts.models import Account
 from accounts.services.wallets import account_open
 from marketdata.bus import get_bus
-from partners.apis import TradeOutput
 from partners.services import tenant_set_enabled
 from tests.factories import UserFactory
 from tests.factories import personal_account as personal
 from tests.factories import trader_client as client_for
 from tests.trading.conftest import audit_clean, make_market, publish_book
 from trading import tasks
-from trading.apis import OrderDetailOutput, OrderOutput
+from trading.apis.orders import OrderDetailOutput, OrderOutput
 from trading.models import Order
 from trading.services import account_close
+from trading.wire import TradeOutput
 
 pytestmark = pytest.mark.django_db
 
@@ -450,12 +450,12 @@ def test_expiry_runs_every_15_seconds_on_beat(settings):
     assert entry == {"task": "trading.tasks.orders_expire", "schedule": 15.0}
 
 
-def test_trade_body_renders_fills_exactly_as_trade_output(world):
-    """The placement response and /v1/trades render fills with trade_body, not DRF: the
-    same dict as TradeOutput for taker fills (with fees), as loaded back from the database,
-    and for a fill whose optional fields are empty."""
-    from trading.apis import trade_body
+def test_trades_render_exactly_as_trade_output(world):
+    """The placement response and /v1/trades render fills through the TRADE shape: the same
+    dict as DRF's TradeOutput(...).data for taker fills (with fees), as loaded back from the
+    database, and for a fill whose optional fields are empty."""
     from trading.models import Fill
+    from trading.wire import TRADE
 
     market, yes, account, client = world
     response = post(client, order(account, yes.token_id, price="0.55", size="250"))
@@ -464,7 +464,7 @@ def test_trade_body_renders_fills_exactly_as_trade_output(world):
     stored = list(Fill.objects.filter(account=account).order_by("seq"))
     assert len(stored) == len(placed) >= 2
     assert placed == [dict(TradeOutput(f).data) for f in stored]
-    assert [trade_body(f) for f in stored] == placed
+    assert TRADE.render_many(stored) == placed
     bare = Fill(
         account=account,
         seq=99,
@@ -481,4 +481,4 @@ def test_trade_body_renders_fills_exactly_as_trade_output(world):
         book_as_of=None,
         trigger_key="x",
     )
-    assert trade_body(bare) == dict(TradeOutput(bare).data)
+    assert TRADE.render(bare) == dict(TradeOutput(bare).data)

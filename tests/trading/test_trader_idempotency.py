@@ -1,5 +1,5 @@
 """Idempotency-Key on the native trader API's POST and DELETE (issue #4: "client_order_id
-and Idempotency-Key make retries safe"): the partner API's mechanism (partners/idempotency.py,
+and Idempotency-Key make retries safe"): the partner API's mechanism (core/api/idempotency.py,
 partner-api.md §3 rules: same request → first 2xx replayed; different request → 422
 IDEMPOTENCY_KEY_REUSED; in flight → 409 IDEMPOTENCY_KEY_IN_USE), scoped per trader user."""
 
@@ -15,7 +15,7 @@ from rest_framework.response import Response
 
 from accounts.models import Account
 from core import errors
-from partners.idempotency import idempotent_call
+from core.api.idempotency import idempotent_call
 from partners.models import IdempotencyRecord
 from tests.factories import UserFactory
 from tests.factories import personal_account as personal

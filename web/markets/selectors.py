@@ -1,7 +1,7 @@
 """Reads for the market pages: bounded queries plus ONE price-bus round trip per page.
 
-The list reuses the trader API's search (trading.apis.market_search: the same filters, sorts
-and keyset) so the UI and the API can never disagree about which markets a query returns.
+The list reuses the trader API's search (marketdata.selectors.market_search: the same filters,
+sorts and keyset) so the UI and the API can never disagree about which markets a query returns.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from accounts.models import Account, Position, User
 from core.pagination import Page, keyset_page
 from marketdata.bus import BookTop, get_bus, latest_many_live
 from marketdata.models import Market, Token
-from trading.apis import market_search
+from marketdata.selectors import market_search
 from trading.models import Fill, Order
 
 LIST_PAGE_SIZE = 24

@@ -25,18 +25,18 @@ from django.views.decorators.http import require_POST, require_safe
 
 from accounts.models import Account, Position, User
 from core import errors
+from core.api.ratelimit import rate_limit_check
 from core.money import ZERO
 from marketdata import states as market_states
-from marketdata.bus import BookTop, get_bus, latest_many_live
-from marketdata.clients import ClobClient, PolymarketError
-from marketdata.models import Market, Token
-from marketdata.watchlist import watch
-from partners.ratelimit import rate_limit_check
-from trading.apis import (
+from marketdata.apis import (
     PRICE_HISTORY_INTERVALS,
     UPSTREAM_RETRIES,
     UPSTREAM_TIMEOUT_S,
 )
+from marketdata.bus import BookTop, get_bus, latest_many_live
+from marketdata.clients import ClobClient, PolymarketError
+from marketdata.models import Market, Token
+from marketdata.watchlist import watch
 from trading.models import Order
 from trading.permissions import account_for_trader, ensure_account_tradable
 from trading.services import order_place

@@ -1,26 +1,21 @@
-"""`manage.py marketdata discover|fakepoly|stream`: market data operations.
+"""`manage.py marketdata discover|stream`: market data operations.
 
     discover  upsert events/markets/tokens from Gamma (+ CLOB gaps) once, now
-    fakepoly  serve the fake Polymarket (Gamma, CLOB REST, market websocket) on loopback
     stream    run one websocket ingester shard (marketdata.ingest.run_stream)
 
-Refusals and upstream failures are CommandErrors (non-zero exit) with the reason.
+The fake Polymarket is `manage.py fakepoly` (devtools). Refusals and upstream failures are
+CommandErrors (non-zero exit) with the reason.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-import signal
-from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from marketdata.clients import ClobClient, GammaClient, PolymarketError
-from marketdata.fakepoly import DEMO_DATA_DIR, FakePolymarket
 from marketdata.services import discover
 
 
@@ -64,12 +59,10 @@ def parse_shard(value: str, shards: int | None) -> tuple[int, int]:
 
 
 class Command(BaseCommand):
-    help = "Market data: discover markets, serve the fake Polymarket, run a feed shard."
+    help = "Market data: discover markets, run a feed shard."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        sub = parser.add_subparsers(
-            dest="subcommand", required=True, metavar="{discover,fakepoly,stream}"
-        )
+        sub = parser.add_subparsers(dest="subcommand", required=True, metavar="{discover,stream}")
 
         disc = sub.add_parser("discover", help="Discover markets from Gamma now.")
         disc.add_argument("--limit", type=positive_int, default=500, help="Max markets (500)")
@@ -78,31 +71,6 @@ class Command(BaseCommand):
         )
         disc.add_argument("--gamma-url", default=None, help="Default: POLYMARKET_GAMMA_URL")
         disc.add_argument("--clob-url", default=None, help="Default: POLYMARKET_CLOB_URL")
-
-        fake = sub.add_parser(
-            "fakepoly", help="Serve a fake Polymarket (HTTP + websocket) on loopback."
-        )
-        fake.add_argument("--port", type=port_number, default=8765, help="0 = any free port")
-        fake.add_argument("--host", default="127.0.0.1")
-        fake.add_argument(
-            "--fixtures",
-            type=Path,
-            default=DEMO_DATA_DIR,
-            help="Fixtures directory (default: the SYNTHETIC demo dataset); e.g. "
-            "../shared/fixtures/polymarket for recorded data",
-        )
-        fake.add_argument(
-            "--walk", action="store_true", help="Add a labelled SYNTHETIC random price walk"
-        )
-        fake.add_argument("--walk-interval", type=float, default=1.0, help="Seconds per step")
-        fake.add_argument("--seed", type=int, default=None, help="Seed of the walk")
-        fake.add_argument(
-            "--replay",
-            type=Path,
-            default=None,
-            help="A recorded .jsonl market-channel sequence to replay in a loop",
-        )
-        fake.add_argument("--replay-interval", type=float, default=0.5)
 
         stream = sub.add_parser("stream", help="Run one websocket ingester shard.")
         stream.add_argument(
@@ -119,8 +87,6 @@ class Command(BaseCommand):
         subcommand = options["subcommand"]
         if subcommand == "discover":
             self._discover(options)
-        elif subcommand == "fakepoly":
-            self._fakepoly(options)
         elif subcommand == "stream":
             self._stream(options)
         else:  # pragma: no cover - argparse refuses unknown subcommands
@@ -151,75 +117,6 @@ class Command(BaseCommand):
         )
         for error in result.errors:
             self.stderr.write(f"  skipped {error}")
-
-    # --- fakepoly ---------------------------------------------------------------------------------
-    def _fakepoly(self, options: dict[str, Any]) -> None:
-        fixtures: Path = options["fixtures"]
-        if not fixtures.is_dir():
-            raise CommandError(f"fixtures directory not found: {fixtures}")
-        replay: Path | None = options["replay"]
-        if replay is not None and not replay.is_file():
-            raise CommandError(f"replay file not found: {replay}")
-        fake = FakePolymarket(
-            fixtures,
-            host=options["host"],
-            port=options["port"],
-            walk=options["walk"],
-            walk_interval=options["walk_interval"],
-            seed=options["seed"],
-        )
-        try:
-            asyncio.run(self._serve(fake, replay, options["replay_interval"]))
-        except KeyboardInterrupt:
-            pass
-        except OSError as exc:
-            raise CommandError(
-                f"cannot listen on {options['host']}:{options['port']}: {exc}"
-            ) from exc
-
-    async def _serve(self, fake: FakePolymarket, replay: Path | None, interval: float) -> None:
-        await fake.start()
-        stopped = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, stopped.set)
-        meta = fake.meta()
-        label = meta["dataset"].get("label", "")
-        self.stdout.write(self.style.SUCCESS(f"Fake Polymarket on {fake.base_url}"))
-        self.stdout.write(f"  fixtures: {fake.fixtures.path} ({label})")
-        self.stdout.write(
-            f"  {meta['gamma_markets']} Gamma markets, {meta['clob_markets']} CLOB markets, "
-            f"{meta['books']} books"
-        )
-        if fake.walk:
-            self.stdout.write(
-                self.style.WARNING(
-                    f"  SYNTHETIC price walk every {fake.walk_interval}s (not real prices)"
-                )
-            )
-        self.stdout.write("  Point polysim at it:")
-        self.stdout.write(f"    POLYMARKET_GAMMA_URL={fake.gamma_url}")
-        self.stdout.write(f"    POLYMARKET_CLOB_URL={fake.clob_url}")
-        self.stdout.write(f"    POLYMARKET_WS_URL={fake.ws_url}")
-        self.stdout.write("  Ctrl-C to stop.")
-        replayer = None
-        if replay is not None:
-            lines = [ln for ln in replay.read_text().splitlines() if ln.strip()]
-            self.stdout.write(f"  replaying {len(lines)} recorded messages from {replay} in a loop")
-            replayer = asyncio.create_task(self._replay_forever(fake, lines, interval))
-        try:
-            await stopped.wait()
-        finally:
-            if replayer is not None:
-                replayer.cancel()
-            await fake.astop()
-
-    @staticmethod
-    async def _replay_forever(fake: FakePolymarket, lines: list[str], interval: float) -> None:
-        while True:
-            await fake.areplay(lines, interval)
-            await asyncio.sleep(max(interval, 0.1))
 
     # --- stream -----------------------------------------------------------------------------------
     def _stream(self, options: dict[str, Any]) -> None:

@@ -86,7 +86,7 @@ class Feed:
     def change_book(self, token_id: str, change: Callable[[Any], None]) -> dict[str, Any]:
         """Change a token's book on the fake exchange as a real `book` event would (full
         snapshot, correct hash), send it to the subscribers, and return the message."""
-        from marketdata.fakepoly import now_ms
+        from devtools.fakepoly import now_ms
 
         current = self.fake.books[token_id]
         book = dataclasses.replace(current, bids=dict(current.bids), asks=dict(current.asks))
@@ -99,7 +99,7 @@ class Feed:
     def trade(self, token_id: str, *, price: str, size: str, side: str) -> dict[str, Any]:
         """A market-wide print on the fake exchange (`last_trade_price`), as sent after a
         trade."""
-        from marketdata.fakepoly import now_ms
+        from devtools.fakepoly import now_ms
 
         message = {
             "event_type": "last_trade_price",
@@ -125,12 +125,12 @@ class Feed:
 
 
 def start_feed(*, discover_markets: bool = True, wait_s: float = 20.0) -> Feed:
-    """The demo's market-data wiring (core.management.commands.demo.MarketDataComponent) on
+    """The demo's market-data wiring (devtools.management.commands.demo.MarketDataComponent) on
     the synthetic dataset: fake Polymarket, one discovery pass, one ingester for every open
     token. Returns once every followed token has a fresh top on the bus (or raises)."""
+    from devtools.fakepoly import DEMO_DATA_DIR, FakePolymarket
     from marketdata.bus import get_bus
     from marketdata.clients import ClobClient, GammaClient
-    from marketdata.fakepoly import DEMO_DATA_DIR, FakePolymarket
     from marketdata.ingest import IngestConfig, Ingester, wanted_tokens
     from marketdata.services import discover
 

@@ -13,7 +13,7 @@
 
 Everything is served from a fixtures directory kept in memory: the shared recorded layout
 (`shared/fixtures/polymarket` with gamma/ clob/ ws/) or the project's SYNTHETIC demo dataset
-(marketdata/demo_data, the default). Files are recognised by shape, not by name. Books carry
+(devtools/demo_data, the default). Files are recognised by shape, not by name. Books carry
 Polymarket's SHA-1 hash (polymarket.md §1.4) and list the best price last.
 
 Synthetic data is labelled: `--walk` generates a random walk (price_change with both mirrored
@@ -55,7 +55,7 @@ from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-logger = logging.getLogger("polysim.marketdata.fakepoly")
+logger = logging.getLogger("polysim.fakepoly")
 
 DEMO_DATA_DIR = Path(__file__).resolve().parent / "demo_data"
 LAYOUT_DIRS = ("gamma", "clob", "ws")

@@ -1,10 +1,15 @@
-"""Idempotency-Key for partner POST and PATCH (partner-api.md §3, reliability.md I1) and for
-the native trader API's POST and DELETE (issue #4).
+"""Idempotency-Key for partner POST and PATCH (docs/partner-api.md) and for the native trader
+API's POST and DELETE.
 
 Same key + same request → the first 2xx status and body are replayed; same key + different
 request → 422 IDEMPOTENCY_KEY_REUSED; same key while the first request is still running →
 409 IDEMPOTENCY_KEY_IN_USE. Keys are scoped per tenant (partner API) or per trader user
 (trader API) and kept IDEMPOTENCY_TTL_HOURS.
+
+The records are rows of settings.IDEMPOTENCY_RECORD_MODEL (partners.IdempotencyRecord: its
+table predates this module), resolved through the app registry as Django resolves
+AUTH_USER_MODEL, so this module imports no app. The model has nullable `tenant` and `user`
+scope keys and the fields written below.
 
 The record is written in the same database transaction as the effect, so both commit or
 neither does. Errors are not recorded: an error means the transaction rolled back, nothing was
@@ -20,23 +25,28 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
+from django.apps import apps
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import connection, models, transaction
 from django.utils import timezone
 from rest_framework.response import Response
 from rest_framework.utils.encoders import JSONEncoder as DrfJSONEncoder
 
 from core import errors
-from partners.models import IdempotencyRecord, Tenant
 
 KEY_MAX_LENGTH = 255
 REPLAYED_HEADER = "Idempotent-Replayed"
 PURGE_BATCH_SIZE = 5000
 
 
+def record_model() -> type[models.Model]:
+    """The model holding the records (settings.IDEMPOTENCY_RECORD_MODEL)."""
+    return apps.get_model(settings.IDEMPOTENCY_RECORD_MODEL, require_ready=True)
+
+
 def idempotent_call(
     *,
-    tenant: Tenant | None = None,
+    tenant: Any = None,
     user: Any = None,
     key: str | None,
     method: str,
@@ -61,7 +71,7 @@ def idempotent_call(
     `call` is not run; a different fingerprint raises IdempotencyKeyReused (422). Only 2xx
     responses are stored; if `call` raises, the exception propagates, the transaction rolls back
     and nothing is stored — except for exceptions in `commit_on`: their effects are committed
-    (the order engine stores some rejections on purpose, see trading/services/orders.py), no
+    (the order engine stores some rejections on purpose, see docs/fill-model.md), no
     record is stored, and the exception propagates after the commit.
 
     Raises ValidationFailed for a key that is not 1-255 printable ASCII characters without
@@ -76,6 +86,7 @@ def idempotent_call(
     scope: dict[str, Any] = {"tenant": tenant} if tenant is not None else {"user": user}
     lock_id = _lock_id(tenant.pk, key) if tenant is not None else _lock_id(f"u{user.pk}", key)
     committed_error: BaseException | None = None
+    IdempotencyRecord: Any = record_model()
     with transaction.atomic():
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [lock_id])
@@ -126,6 +137,7 @@ def idempotency_purge() -> int:
     a request racing on an expired key deletes and replaces that record itself, so whichever
     delete comes first is harmless. Idempotent: a second run deletes nothing new.
     """
+    IdempotencyRecord: Any = record_model()
     deleted = 0
     while True:
         now = timezone.now()

@@ -13,9 +13,9 @@ import websockets
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+from devtools.fakepoly import DEMO_DATA_DIR, FakePolymarket, book_hash
 from marketdata import resolution as rs
 from marketdata.clients import ClobClient, GammaClient
-from marketdata.fakepoly import DEMO_DATA_DIR, FakePolymarket, book_hash
 
 SEQUENCE = "ws/nt_ws_sequence_book_pricechange_trade_2026-09.jsonl"
 SEQ_TOKEN = "76670567130917723816490572615540605537878462672464291990940067659127658071111"

@@ -10,17 +10,23 @@ key keeps working anywhere.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import secrets
 import string
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from django.conf import settings
+from django.utils import timezone
 
 PREFIX_LEN = 8
 PREFIX_ALPHABET = string.ascii_lowercase + string.digits
+# A key's last use is written at most this often: a write per request would make every read a
+# write.
+LAST_USED_WRITE_INTERVAL_S = 60
 
 T = TypeVar("T")
 
@@ -80,3 +86,48 @@ class TtlCache(Generic[T]):
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+
+
+# A key model (partners.ApiKey, accounts.TraderApiKey): `secret_hash`, `is_active`,
+# `last_used_at`.
+K = TypeVar("K")
+
+
+class KeyRing(Generic[K]):
+    """One kind of key: its format, its per-process cache, and the one check of a presented
+    key. `load(prefix)` reads the key row (with what the caller needs joined) or None."""
+
+    def __init__(self, kind: str, load: Callable[[str], K | None]) -> None:
+        self.format = KeyFormat(kind)
+        self.cache: TtlCache[K] = TtlCache()
+        self._load = load
+
+    def _cached(self, prefix: str) -> K | None:
+        hit, cached = self.cache.get(prefix)
+        if hit:
+            return cached
+        key = self._load(prefix)
+        self.cache.put(prefix, key)
+        return key
+
+    def verify(self, raw_key: str) -> K | None:
+        """The active key `raw_key` names, or None (garbled, unknown, wrong secret, revoked).
+        Constant-time hash comparison; unknown prefixes still hash, so every failure path
+        costs the same. The caller applies its own further checks, then `touch`es the key."""
+        prefix = self.format.parse_prefix(raw_key)
+        presented_hash = hash_key(raw_key)
+        key: Any = self._cached(prefix) if prefix else None
+        stored_hash = key.secret_hash if key is not None else "0" * 64
+        if not hmac.compare_digest(presented_hash, stored_hash) or key is None:
+            return None
+        return key if key.is_active else None  # type: ignore[no-any-return]
+
+    @staticmethod
+    def touch(key: Any) -> None:
+        """Record the key's use, at most once per LAST_USED_WRITE_INTERVAL_S."""
+        now = timezone.now()
+        last = key.last_used_at
+        if last is not None and (now - last).total_seconds() < LAST_USED_WRITE_INTERVAL_S:
+            return
+        key.last_used_at = now
+        type(key)._default_manager.filter(pk=key.pk).update(last_used_at=now)

@@ -1,15 +1,15 @@
-"""Partner API rate limits: atomic sliding windows per tenant and per API key.
+"""API rate limits: atomic sliding windows per tenant (or trader) and per API key.
 
 Four sliding-window logs are checked and updated in one atomic step: tenant/second,
 tenant/minute, key/second, key/minute. The tenant bucket counts every key of the tenant; both
-buckets use the tenant's limits (partner-api.md §3). A request is admitted only if all four
+buckets use the tenant's limits (docs/partner-api.md). A request is admitted only if all four
 windows have room; only admitted requests are recorded, so a client hammering a full window
 does not extend its own ban.
 
 The logs are Redis sorted sets (settings.REDIS_URL) updated by one Lua script, with the Redis
 server's clock, so every web process shares the counts and agrees on time. DRF's throttles do a
-read-modify-write on the cache and admit more than the limit under concurrency (reliability.md
-T8); the script cannot.
+read-modify-write on the cache and admit more than the limit under concurrency; the script
+cannot.
 
 If Redis cannot be reached the request passes (fail open, docs/operations.md) and a warning is
 logged; a circuit breaker then skips Redis for BREAKER_SECONDS so an outage costs one timeout

@@ -104,6 +104,8 @@ def demo_children(
                  "--workers", "2", "--threads", "4", "--graceful-timeout", "5",
                  # ~/.gunicorn/gunicorn.ctl would be shared by every demo and test run.
                  "--no-control-socket",
+                 # No login token or API key in var/log/web.log (core/redact.py).
+                 "--logger-class", "core.redact.RedactingGunicornLogger",
                  "--access-logfile", "-", "--error-logfile", "-"])
     )  # fmt: skip
     return children
@@ -139,8 +141,8 @@ class MarketSource:
         self.env: dict[str, str] = {}
 
     def start(self) -> None:
+        from devtools.fakepoly import DEMO_DATA_DIR, FakePolymarket
         from marketdata.clients import ClobClient, GammaClient
-        from marketdata.fakepoly import DEMO_DATA_DIR, FakePolymarket
         from marketdata.services import discover
 
         explicit = any(os.environ.get(name) for name in self.ENV_VARS)

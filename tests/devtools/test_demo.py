@@ -14,9 +14,9 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from accounts.models import Account, EmailOutbox, LedgerEntry, User
-from core.management.commands import demo
-from core.management.commands.demo import TRADER_EMAIL
 from core.supervisor import group_alive
+from devtools.management.commands import demo
+from devtools.management.commands.demo import TRADER_EMAIL
 from partners import keys
 from partners.models import ALL_SCOPES, ApiKey, Tenant, TenantUser
 
