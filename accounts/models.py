@@ -2,7 +2,8 @@
 append-only ledger and equity snapshots.
 
 Balances on Account are a cache of the ledger, written only by accounts.services under the
-account row lock; the CHECK constraints below are the last line of defence (L2, L3).
+account row lock; the CHECK constraints below are the last line of defence
+(docs/engine-rules.md L2, L3).
 """
 
 from __future__ import annotations
@@ -154,7 +155,7 @@ class Account(models.Model):
     trading_days = models.PositiveIntegerField(default=0)
     last_trading_day = models.DateField(null=True, blank=True)
     # Per-account sequence for the trades feed: fills are numbered under the row lock, so the
-    # feed's order equals commit order and a poller can never skip one (partner-api.md §4).
+    # feed's order equals commit order and a poller can never skip one (docs/partner-api.md).
     last_fill_seq = models.PositiveBigIntegerField(default=0)
 
     created_at = models.DateTimeField(default=timezone.now)
@@ -207,7 +208,7 @@ class Account(models.Model):
 
 class LedgerEntry(models.Model):
     """Append-only: a database trigger (migration accounts.0002) refuses UPDATE and DELETE.
-    cash == Σ amount over all of an account's entries (L2)."""
+    cash == Σ amount over all of an account's entries (docs/engine-rules.md L2)."""
 
     class Kind(models.TextChoices):
         INITIAL_DEPOSIT = "INITIAL_DEPOSIT"

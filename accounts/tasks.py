@@ -1,7 +1,7 @@
 """Email outbox delivery. Tasks take ids, re-read state under a row lock and are safe to run
 twice: a row already sent (or being sent by another worker) is skipped.
 
-Delivery is at-least-once (reliability.md I4): a crash after the provider accepted a message
+Delivery is at-least-once: a crash after the provider accepted a message
 and before the row is marked sent leaves it pending, and the sweeper sends it again. The
 `X-Idempotency-Key: outbox-<id>` header lets a provider that dedupes on it drop the repeat;
 without such a provider the duplicate window is exactly "killed between send and mark".

@@ -2,7 +2,7 @@
 confirmation, sign-out, and /app/ (the partner flow's default landing, now the portfolio).
 Server-rendered; no JavaScript.
 
-Link flow (reliability.md T9): GET/HEAD /login/t/<token> only parks the token's hash in the
+Link flow: GET/HEAD /login/t/<token> only parks the token's hash in the
 session and redirects, so mail scanners that prefetch links burn nothing and the token leaves
 the address bar, history and Referer. POST /login/confirm is the only consumer. Every
 failure (no token in the session, unknown, expired, used, inactive user) renders the same

@@ -297,7 +297,7 @@ RATE_LIMIT_DEFAULT_PER_MINUTE = env.int("RATE_LIMIT_DEFAULT_PER_MINUTE", default
 IDEMPOTENCY_RECORD_MODEL = "partners.IdempotencyRecord"
 TRADER_KEY_AUTHENTICATE = "accounts.services.trader_keys.trader_key_authenticate"
 # How long an API key lookup may be cached in one process. Revocation must take effect within
-# 5 s everywhere (partner-api.md §2), so this must stay below that.
+# 5 s everywhere (docs/partner-api.md), so this must stay below that.
 API_KEY_CACHE_SECONDS = env.float("API_KEY_CACHE_SECONDS", default=2.0)
 if API_KEY_CACHE_SECONDS >= 5:
     raise ImproperlyConfigured("API_KEY_CACHE_SECONDS must be < 5 (revocation promise)")

@@ -48,8 +48,9 @@ def _is_retryable(exc: BaseException) -> bool:
 
 
 def retry_on_conflict(attempts: int = 5) -> Callable[[Callable[P, T]], Callable[P, T]]:
-    """Re-run a whole transaction on deadlock/serialization failure (C2), with jittered
-    backoff. Must wrap the outermost atomic block: retrying inside one is meaningless."""
+    """Re-run a whole transaction on deadlock/serialization failure (docs/engine-rules.md
+    C2), with jittered backoff. Must wrap the outermost atomic block: retrying inside one
+    is meaningless."""
 
     def decorator(func: Callable[P, T]) -> Callable[P, T]:
         @functools.wraps(func)

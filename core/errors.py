@@ -47,7 +47,7 @@ def _error(code: str, status: int, message: str) -> type[DomainError]:
     )
 
 
-# --- Partner API (partner-api.md §3) ----------------------------------------------------------
+# --- Partner API (docs/partner-api.md) ----------------------------------------------------------
 MissingApiKey = _error("MISSING_API_KEY", 401, "Send your API key in the X-API-Key header.")
 InvalidApiKey = _error("INVALID_API_KEY", 401, "The API key is unknown, revoked or expired.")
 InsufficientPermission = _error(
@@ -116,14 +116,14 @@ CsrfFailed = _error(
 TenantDisabled = _error(
     "TENANT_DISABLED", 403, "The firm that manages this account has suspended trading on it."
 )
-# Same code as the engine's order rejection (trading-engine.md §2); on a read of the book it is
+# Same code as the engine's order rejection (docs/engine-rules.md §2); on a read of the book it is
 # a 503 with Retry-After: the subscription has just been requested.
 BookNotReady = _error(
     "MARKET_NOT_READY", 503, "No order book for this token yet; retry in a moment."
 )
 
 
-# --- Trading engine (trading-engine.md §2): Polymarket-style order rejection codes -------------
+# --- Trading engine (docs/engine-rules.md §2): Polymarket-style order rejection codes -------------
 # 400: the order itself is malformed for this market; 422: the order is well formed but the
 # account, market or book state refuses it now; 503: try again once the feed has resynced.
 InvalidOrderMinTickSize = _error(

@@ -2,7 +2,7 @@
 
 Cash is held to 6 decimals (Polymarket collateral has 6); share sizes to 2 decimals (as
 Polymarket rounds sizes); prices are quantized to the market's tick at the edges. Fees are
-floored to 5 decimals by the fee formula itself (trading-engine.md §3).
+floored to 5 decimals by the fee formula itself (docs/engine-rules.md §3).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ MONEY_DIGITS = 20
 SIZE_DIGITS = 20
 PRICE_DIGITS = 10
 
-# Partner input rules for a starting balance (partner-api.md §4).
+# Partner input rules for a starting balance (docs/partner-api.md).
 STARTING_BALANCE_MAX = Decimal("10000000")
 STARTING_BALANCE_PLACES = 2
 

@@ -18,7 +18,6 @@ from django.db import connection, models
 from core.db import db_datetime, db_json, db_uuid
 
 M = TypeVar("M", bound=models.Model)
-Statement = tuple[str, list[Any]]
 
 
 # --- reading ----------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ Redis; `PriceBus` is its name for type hints):
   must be idempotent. An entry may also carry the shard's trade prints since the previous
   publish (field `trades`: one TradePrint JSON per line): events, not state, so they are
   only on the stream, never in the latest-top keys (the maker matcher's trade-through
-  rule, trading-engine.md §4).
+  rule, docs/engine-rules.md §4).
 
 Prices and sizes are the exchange's exact decimal strings everywhere on the bus; the
 `*_value()` methods give Decimals for trading math. Never float.
@@ -24,7 +24,7 @@ Prices and sizes are the exchange's exact decimal strings everywhere on the bus;
 Sharding: `shard_of(token_id, n)` = CRC-32 of the token id mod n: stable across processes
 and machines (Python's `hash()` of a str is randomised per process).
 
-Liveness (trading-engine.md §8): a top's `fresh` flag is only as good as the feed process that
+Liveness (docs/engine-rules.md §8): a top's `fresh` flag is only as good as the feed process that
 maintains it: a feed that dies or hangs without closing its sockets never publishes its books
 stale. So each feed also calls `heartbeat(shard)` while it is healthy (every 500 ms), and a
 top is *live* only when it is fresh AND its shard's heartbeat is younger than
@@ -130,7 +130,7 @@ class BookTop:
     sides have a level; a crossed book inside a trade burst gives a negative spread).
     `fresh` is False while the feed knows the book may be wrong (no snapshot yet, hash
     mismatch waiting for a resync, lost subscription): stale books take no taker orders
-    and trigger no maker fills (trading-engine.md §8). `timestamp_ms` is the exchange's,
+    and trigger no maker fills (docs/engine-rules.md §8). `timestamp_ms` is the exchange's,
     `published_at` ours (epoch ms).
     """
 

@@ -1,4 +1,4 @@
-"""Allowed market lifecycle changes, as data (trading-engine.md §7). One table, one check.
+"""Allowed market lifecycle changes, as data (docs/engine-rules.md §7). One table, one check.
 
     open ──► closed (halted, result pending) ──► resolved (winner) | void (50-50) | ambiguous
       └──────────────────────────────────────────►┘

@@ -1,4 +1,4 @@
-"""The ledger audit (trading-engine.md §5): recompute every invariant from the rows and name
+"""The ledger audit (docs/engine-rules.md §5): recompute every invariant from the rows and name
 each violation. Read-only; run by `manage.py ledger audit` and by the tests after every
 money-moving scenario. Meant to be run on a quiet database or accepted as a snapshot: it
 takes no locks, so a fill committing mid-audit can produce a transient false positive.

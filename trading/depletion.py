@@ -1,5 +1,5 @@
 """Depletion memory: what simulated taker orders took from each level of the real book
-(trading-engine.md §3, docs/fill-model.md "Depletion").
+(docs/engine-rules.md §3, docs/fill-model.md "Depletion").
 
 One record per (token, book side, price): `published|taken` — the level size the feed showed
 when simulated orders took from it, and how much they took in total. A walk sees

@@ -1,5 +1,5 @@
 """The taker fill model as pure functions: fees, reservations and the walk of one token's
-book (trading-engine.md §3, docs/fill-model.md). No I/O: the caller reads the book and the
+book (docs/engine-rules.md §3, docs/fill-model.md). No I/O: the caller reads the book and the
 depletion memory, and applies the result.
 
 All quantities are exact Decimals: prices have at most 4 decimals (the finest tick), share

@@ -1,5 +1,5 @@
 """The maker matcher: fills resting orders when the live market reaches them
-(trading-engine.md §4; docs/fill-model.md "Maker fills"; docs/operations.md "Matcher").
+(docs/engine-rules.md §4; docs/fill-model.md "Maker fills"; docs/operations.md "Matcher").
 
 One matcher process (`manage.py trading match --shard i/N`) owns the price-bus shards it is
 given. It keeps an in-memory index of the resting orders of those shards' tokens — per token

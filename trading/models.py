@@ -57,7 +57,7 @@ class Order(models.Model):
     fees_paid = money_field(default=Decimal("0"))
     reserved_cash = money_field(default=Decimal("0"))
     reserved_shares = size_field(default=Decimal("0"))
-    # Queue-position model for maker fills at exactly the limit price (trading-engine.md §4).
+    # Queue-position model for maker fills at exactly the limit price (docs/engine-rules.md §4).
     queue_ahead = size_field(default=Decimal("0"))
     # The last trade print applied to queue_ahead (trading.matcher.trade_key: zero-padded so
     # it sorts like the stream): a replayed print at or before it is not counted again.

@@ -1,5 +1,5 @@
 """Order events: how a maker matcher learns, within milliseconds, that an order started or
-stopped resting (trading-engine.md §4, docs/fill-model.md "Maker fills").
+stopped resting (docs/engine-rules.md §4, docs/fill-model.md "Maker fills").
 
 The DB is the source of truth; these events only keep each matcher's in-memory index of
 resting orders current between its periodic reconciles from the DB. So they are published

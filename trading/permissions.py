@@ -8,15 +8,14 @@ tenant account, the tenant enabled (a disabled firm freezes its traders' account
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
-from functools import cache
 from typing import Any
 
-from django.db import connection, models
+from django.db import models
 
 from accounts.models import Account, User
 from core import errors
-from core.sqlrows import Statement, model_from_row
+from core.sqlrows import model_from_row
+from trading import store
 from trading.engine import ensure_tradable
 
 # The tenant (partners.Tenant) is reached through Account's foreign key with Django's public
@@ -27,50 +26,16 @@ _ACCOUNT_FIELDS = tuple(f.name for f in Account._meta.concrete_fields)
 _TENANT_FIELDS = tuple(f.name for f in Tenant._meta.concrete_fields)
 
 
-@cache
-def _sql(lock: str) -> str:
-    """The account with its tenant, as fixed SQL: every trader request runs it, and building
-    it with the ORM (a select_related of two wide rows) cost several times running it. Only
-    model table and column names are interpolated; values are bound."""
-    a_cols = ", ".join(f"a.{f.column}" for f in Account._meta.concrete_fields)
-    t_cols = ", ".join(f"t.{f.column}" for f in Tenant._meta.concrete_fields)
-    return f"""
-        SELECT {a_cols}, {t_cols}
-          FROM {Account._meta.db_table} a LEFT JOIN {Tenant._meta.db_table} t
-            ON t.id = a.tenant_id
-         WHERE a.id = %s AND a.owner_id = %s {lock}
-    """
-
-
 def account_for_trader(*, user: User, account_id: Any, for_update: bool = False) -> Account:
     """The account `account_id` if `user` owns it, with its tenant loaded; NotFound otherwise
     (malformed, missing or someone else's: indistinguishable). `for_update` takes the account
-    row lock (only that row, not the tenant's) and must run inside a transaction."""
-    statement = account_for_trader_statement(
-        user=user, account_id=account_id, for_update=for_update
-    )
-    with connection.cursor() as cursor:
-        cursor.execute(*statement)
-        row = cursor.fetchone()
-    return account_for_trader_from_row(row)
-
-
-def account_for_trader_statement(
-    *, user: User, account_id: Any, for_update: bool = False
-) -> Statement:
-    """`account_for_trader`'s SELECT, for a caller that sends it with other reads in one
-    round trip (core.sqlrows.fetch_statements) and passes its row to
-    `account_for_trader_from_row`. NotFound at once for a malformed id."""
+    row lock (only that row, not the tenant's) and must run inside a transaction. Every
+    trader request runs it: its SQL is the data-access module's (trading.store)."""
     try:
         key = account_id if isinstance(account_id, uuid.UUID) else uuid.UUID(str(account_id))
     except (ValueError, TypeError, AttributeError):
         raise errors.NotFound() from None
-    return _sql("FOR UPDATE OF a" if for_update else ""), [key, user.pk]
-
-
-def account_for_trader_from_row(row: Sequence[Any] | None) -> Account:
-    """The Account (and its tenant) of a row of `account_for_trader_statement`; NotFound for
-    no row."""
+    row = store.owned_account_row(key, owner_id=user.pk, for_update=for_update)
     if row is None:
         raise errors.NotFound()
     n = len(_ACCOUNT_FIELDS)

@@ -7,7 +7,7 @@ same read through the ORM's annotate/Subquery cost ~20× the client CPU of the f
 (docs/benchmarks.md).
 All the arithmetic lives in `_compute`, one place for every caller.
 
-Marks (partner-api.md §4): the outcome's midpoint, or the last trade when the spread is wider
+Marks (docs/partner-api.md): the outcome's midpoint, or the last trade when the spread is wider
 than 0.10, from the live price bus; when the book is not live (stale, or its feed stopped
 beating), its last price flagged `last_known` with its age; a position never priced by a
 book is marked at cost (`cost`). `mark_source` always says which; a mark is never silently
@@ -127,7 +127,7 @@ def liquidation_value(
     *, size: Decimal, top: BookTop | None, rate: Decimal, exponent: Decimal
 ) -> Decimal | None:
     """What selling `size` shares into the token's live bids would yield now, after taker
-    fees (trading-engine.md §6, "liquidation value beside the mark"): the engine's own walk
+    fees (docs/engine-rules.md §6, "liquidation value beside the mark"): the engine's own walk
     (fillmodel.walk_book, fee per level) of the published bid levels best-first, with no
     limit. Shares beyond the published depth add nothing. Depletion is not applied (it is a
     seconds-long memory of simulated takes, not the book). None without a live book."""

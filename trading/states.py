@@ -1,4 +1,4 @@
-"""Allowed order status changes, as data (trading-engine.md §2). One table, one check."""
+"""Allowed order status changes, as data (docs/engine-rules.md §2). One table, one check."""
 
 from __future__ import annotations
 

@@ -56,14 +56,22 @@ def _batch(db: BaseDatabaseWrapper) -> Iterator[Any]:
     """A pipeline on the connection: statements executed inside it are sent together; the
     first fetch (or the end of the block) waits for their results. Errors come out as
     Django's database errors (retry_on_conflict reads their SQLSTATE)."""
-    db.ensure_connection()
+    _connect(db)
     db.validate_no_broken_transaction()
     with db.wrap_database_errors, db.connection.pipeline():
         yield
 
 
+def _connect(db: BaseDatabaseWrapper) -> None:
+    """What Django's own `cursor()` does first: drop a connection that fails its health
+    check (CONN_HEALTH_CHECKS), then connect if this thread has no connection yet."""
+    db.close_if_health_check_failed()
+    db.ensure_connection()
+
+
 def _cursor(db: BaseDatabaseWrapper) -> CursorWrapper:
     """A server-side binding cursor, through Django's wrapper (errors, query logging)."""
+    _connect(db)
     wrapper = CursorDebugWrapper if db.queries_logged else CursorWrapper
     return wrapper(Cursor(db.connection), db)
 
@@ -422,6 +430,32 @@ def write(fx: Effects, *, account: bool = True) -> None:
         for sql, params in statements:
             with _cursor(db) as cursor:
                 cursor.execute(sql, params)
+
+
+# --- a trader's own account -----------------------------------------------------------------
+@cache
+def _owned_account_sql(for_update: bool) -> str:
+    a_cols = ", ".join(f"a.{f.column}" for f in Account._meta.concrete_fields)
+    t_cols = ", ".join(f"t.{f.column}" for f in Tenant._meta.concrete_fields)
+    lock = "FOR UPDATE OF a" if for_update else ""
+    return f"""
+        SELECT {a_cols}, {t_cols}
+          FROM {Account._meta.db_table} a LEFT JOIN {Tenant._meta.db_table} t
+            ON t.id = a.tenant_id
+         WHERE a.id = %s AND a.owner_id = %s {lock}
+    """
+
+
+def owned_account_row(
+    account_id: uuid.UUID, *, owner_id: Any, for_update: bool = False
+) -> tuple[Any, ...] | None:
+    """Every column of the account (then of its tenant) if `owner_id` owns it, else None;
+    `for_update` locks the account row (inside a transaction). Every trader request reads
+    it: the ORM's select_related of the two wide rows cost several times running it."""
+    with _cursor(_db()) as cursor:
+        cursor.execute(_owned_account_sql(for_update), [account_id, owner_id])
+        row: tuple[Any, ...] | None = cursor.fetchone()
+    return row
 
 
 # --- the account-state envelope (reads committed rows, no lock) --------------------------------

@@ -1,4 +1,4 @@
-"""The ledger is append-only (reliability.md L5): the database itself refuses UPDATE and
+"""The ledger is append-only: the database itself refuses UPDATE and
 DELETE on accounts_ledgerentry, whatever the code does. Mistakes are fixed with new entries.
 
 TRUNCATE is left to privileges, not a trigger: the application's role must not own the

@@ -2,8 +2,9 @@
 
 Locking rule for this module: every function that changes an Account's cached balances takes
 the account row lock first (`account_lock`) inside a transaction, and every cash movement is
-one LedgerEntry written in that same transaction (L2, C1). Functions whose docstring says
-"caller holds the lock" must be called with an Account returned by `account_lock`.
+one LedgerEntry written in that same transaction (docs/engine-rules.md L2, C1). Functions
+whose docstring says "caller holds the lock" must be called with an Account returned by
+`account_lock`.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def user_ensure(*, email: str) -> User:
 # --- Accounts -----------------------------------------------------------------------------
 def account_lock(*, account_id: Any) -> Account:
     """SELECT … FOR UPDATE the account row. Must run inside transaction.atomic(); when several
-    accounts are involved, lock them in primary-key order (C2)."""
+    accounts are involved, lock them in primary-key order (docs/engine-rules.md C2)."""
     return Account.objects.select_for_update().get(pk=account_id)
 
 
@@ -150,9 +151,10 @@ def ledger_post(
     save_account: bool = True,
 ) -> LedgerEntry:
     """Append one signed cash movement and update the cached cash in the same transaction.
-    Caller holds the lock. Refuses to take available cash below zero (L3); the DB CHECK
-    constraints are the backstop. `save_account=False`: only `account.cash` is updated in
-    memory and the caller writes it in its own account UPDATE, in this transaction."""
+    Caller holds the lock. Refuses to take available cash below zero (docs/engine-rules.md
+    L3); the DB CHECK constraints are the backstop. `save_account=False`: only
+    `account.cash` is updated in memory and the caller writes it in its own account UPDATE,
+    in this transaction."""
     amount, new_cash = cash_movement(account.cash, account.reserved_cash, amount)
     entry = LedgerEntry.objects.create(
         account=account,

@@ -1,5 +1,5 @@
 """Login links end to end: redirect rules, throttle, the email outbox, the confirmation pages
-and single use under concurrency (partner-api.md §4, reliability.md T9 and I4)."""
+and single use under concurrency (docs/partner-api.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Concurrency proofs on real PostgreSQL with real threads and processes (reliability.md C1,
+"""Concurrency proofs on real PostgreSQL with real threads and processes (
 I1, T8, T10). These run against committed data (transaction=True), never inside a wrapping
 test transaction that would hide races."""
 

@@ -1,4 +1,4 @@
-"""Idempotency-Key on partner POST/PATCH (partner-api.md §3, reliability.md I1).
+"""Idempotency-Key on partner POST/PATCH (docs/partner-api.md).
 
 `call` stands for the endpoint: it creates a real row (a Tenant, via the factory) so the tests
 can count effects. The PostgreSQL tests use real threads and real transactions.

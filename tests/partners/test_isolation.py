@@ -1,4 +1,4 @@
-"""Tenant isolation sweep (reliability.md T7): every partner route that takes an object id,
+"""Tenant isolation sweep: every partner route that takes an object id,
 called with tenant A's key on tenant B's objects, answers exactly like a missing object —
 the same 404 body — and changes nothing. Routes are read from the URLconf, so a new
 id-bearing route is swept automatically (or fails here if its id kind is unknown)."""

@@ -1,4 +1,4 @@
-"""Sliding-window rate limits per tenant and per key (partner-api.md §3, reliability.md T8).
+"""Sliding-window rate limits per tenant and per key (docs/partner-api.md).
 
 The limiter is one Lua script on the suite's Redis: its semantics, atomicity under real
 threads, a store shared across clients, and failing open with a circuit breaker while the store

@@ -1,7 +1,7 @@
-"""Double-spend under real concurrency (C1, L3): 200 market BUYs of $100 race on one account
-funded for exactly 50 of them. The account row lock must serialise the balance check and
-the spend: exactly 50 fill, 150 are refused for balance, nothing else happens, the audit is
-clean.
+"""Double-spend under real concurrency (docs/engine-rules.md C1, L3): 200 market BUYs of
+$100 race on one account funded for exactly 50 of them. The account row lock must serialise
+the balance check and the spend: exactly 50 fill, 150 are refused for balance, nothing else
+happens, the audit is clean.
 
 The server's max_connections is 100 and shared, so the 200 threads (released together by a
 Barrier) go through a semaphore of 40 open connections: at any moment up to 40 transactions

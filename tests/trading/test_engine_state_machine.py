@@ -1,4 +1,4 @@
-"""The engine against an independent reference model (trading-engine.md §2, §3, §5, §7).
+"""The engine against an independent reference model (docs/engine-rules.md §2, §3, §5, §7).
 
 A Hypothesis `RuleBasedStateMachine` drives the real services — order placement (BUY/SELL,
 market/limit, GTC/GTD/FOK/FAK, post-only, valid and invalid prices, sizes and amounts),

@@ -1,5 +1,5 @@
 """Equity is measured each minute for accounts with positions, so the high-water mark and
-max drawdown follow prices between fills (trading-engine.md §6)."""
+max drawdown follow prices between fills (docs/engine-rules.md §6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`positions[].liquidation_value` on the native GET /v1/accounts/{id} (trading-engine.md §6:
+"""`positions[].liquidation_value` on the native GET /v1/accounts/{id} (docs/engine-rules.md §6:
 "Liquidation value (best bid walk) is shown beside it"): the live bids walked best-first
 after taker fees; shares beyond the published depth add nothing; null without a live book.
 The partner envelope's shape is the partner contract's and does not carry it."""

@@ -1,4 +1,4 @@
-"""Marks in the account envelope (partner-api.md §4): the live midpoint, the last trade when
+"""Marks in the account envelope (docs/partner-api.md): the live midpoint, the last trade when
 the spread is wider than 0.10, the last known price (flagged, with its age) when the book is
 not live, cost when no book ever priced the position. Books come from the real price bus."""
 

@@ -1,4 +1,4 @@
-"""Maker fills (trading-engine.md §4): resting orders filled by the matcher at their own limit
+"""Maker fills (docs/engine-rules.md §4): resting orders filled by the matcher at their own limit
 price, as maker, without fee — when the opposite best crosses them (size shown less
 depletion, shared with taker orders) and when trades print through them (queue-position rule
 at exactly their price). Driven through the real interfaces: orders placed with

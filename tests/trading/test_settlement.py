@@ -1,4 +1,4 @@
-"""Settlement at resolution (trading-engine.md §7): winners 1, losers 0, void 0.5, as
+"""Settlement at resolution (docs/engine-rules.md §7): winners 1, losers 0, void 0.5, as
 SETTLEMENT ledger entries and `kind: "settlement"` items of the trades feed; ambiguous and
 closed accounts untouched; live orders cancelled; idempotent; the signal path."""
 

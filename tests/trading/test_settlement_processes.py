@@ -1,4 +1,4 @@
-"""Settlement races between separate OS processes on PostgreSQL (trading-engine.md §7:
+"""Settlement races between separate OS processes on PostgreSQL (docs/engine-rules.md §7:
 "Settlement runs once per position, however many sources report the resolution").
 
 Threads share one interpreter; these run two `python` processes (tests/trading/race_worker.py)

@@ -122,3 +122,16 @@ def test_the_locking_read_scopes_to_the_owner():
     assert mine.market is not None and mine.market.condition_id == market.condition_id
     assert theirs.account is None and theirs.market is not None
     assert malformed.account is None
+
+
+def test_reads_connect_when_the_thread_has_no_connection():
+    # A request's first query may be one of these reads (a web thread with no connection
+    # yet, or one Django closed after a failed health check).
+    from django.db import connection
+
+    account = open_account("100")
+    connection.close()
+    assert store.owned_account_row(account.pk, owner_id=account.owner_id) is not None
+    connection.close()
+    with transaction.atomic():
+        assert store.lock(account.pk).account is not None

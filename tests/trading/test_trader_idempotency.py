@@ -1,6 +1,6 @@
 """Idempotency-Key on the native trader API's POST and DELETE (issue #4: "client_order_id
 and Idempotency-Key make retries safe"): the partner API's mechanism (core/api/idempotency.py,
-partner-api.md §3 rules: same request → first 2xx replayed; different request → 422
+docs/partner-api.md rules: same request → first 2xx replayed; different request → 422
 IDEMPOTENCY_KEY_REUSED; in flight → 409 IDEMPOTENCY_KEY_IN_USE), scoped per trader user."""
 
 from __future__ import annotations

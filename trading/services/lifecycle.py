@@ -30,7 +30,7 @@ def account_close(*, account: Account) -> Account:
 @retry_on_conflict()
 @transaction.atomic
 def account_reset(*, account: Account) -> Account:
-    """Reset an account to its starting balance in a new epoch (partner-api.md §4): cancel
+    """Reset an account to its starting balance in a new epoch (docs/partner-api.md): cancel
     open orders (ACCOUNT_RESET), close positions as closed_by_reset, RESET ledger entry.
     Closed accounts refuse with ACCOUNT_CLOSED. Takes the account row lock. Not idempotent by
     itself (each call starts an epoch); partners make retries safe with Idempotency-Key."""

@@ -1,4 +1,4 @@
-"""Settlement at resolution (trading-engine.md §5, §7): pay `size × final price` for every open
+"""Settlement at resolution (docs/engine-rules.md §5, §7): pay `size × final price` for every open
 position in a resolved or void market, as a SETTLEMENT ledger entry plus a Fill row of
 kind="settlement" (the trades feed item), and mark the MarketResolution consumed.
 

@@ -1,4 +1,4 @@
-"""Equity measured each minute for accounts holding positions (trading-engine.md §6), so the
+"""Equity measured each minute for accounts holding positions (docs/engine-rules.md §6), so the
 high-water mark, max drawdown and day-start equity follow prices between fills."""
 
 from __future__ import annotations

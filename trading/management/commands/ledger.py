@@ -1,4 +1,4 @@
-"""`manage.py ledger audit [--account ID]`: check the ledger invariants (trading-engine.md §5)
+"""`manage.py ledger audit [--account ID]`: check the ledger invariants (docs/engine-rules.md §5)
 and exit non-zero naming each violation."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`manage.py trading match [--shard i/N]`: the maker matcher (trading-engine.md §4,
+"""`manage.py trading match [--shard i/N]`: the maker matcher (docs/engine-rules.md §4,
 docs/operations.md "Matcher"). Long-running; stops cleanly on SIGTERM/SIGINT after the
 entry in hand (its fills committed and acknowledged)."""
 
