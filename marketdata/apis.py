@@ -39,7 +39,7 @@ from marketdata import states as market_states
 from marketdata.bus import BookTop, get_bus, latest_many_live
 from marketdata.clients import ClobClient, PolymarketError
 from marketdata.models import Market, Token
-from marketdata.selectors import MARKET_SORTS, MARKET_STATUSES, market_search
+from marketdata.selectors import MARKET_SORTS, MARKET_STATUSES, TokenTop, market_search
 from marketdata.watchlist import watch
 
 # Polymarket's /prices-history windows ("1m" is one month, "max" everything).
@@ -56,15 +56,8 @@ def _ms_time(value: int | None) -> dt.datetime | None:
 
 
 @dataclass(frozen=True)
-class TokenQuote:
+class TokenQuote(TokenTop):
     """A token with its live top of book, if any: what TokenQuoteOutput renders."""
-
-    token: Token
-    top: BookTop | None
-
-    @property
-    def fresh(self) -> bool:
-        return self.top is not None and self.top.fresh
 
     @property
     def price_as_of(self) -> dt.datetime | None:

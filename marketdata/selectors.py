@@ -2,10 +2,27 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
-from marketdata.models import Market
+from marketdata.bus import BookTop
+from marketdata.models import Market, Token
+
+
+@dataclass(frozen=True)
+class TokenTop:
+    """An outcome token with its live top of book (None: the feed has no book for it yet);
+    the API's quotes and the market page's outcomes build on it."""
+
+    token: Token
+    top: BookTop | None
+
+    @property
+    def fresh(self) -> bool:
+        return self.top is not None and self.top.fresh
+
 
 MARKET_SORTS = ("volume", "ending_soon")
 MARKET_STATUSES = (*(s.value for s in Market.Status), "all")

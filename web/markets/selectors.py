@@ -21,7 +21,7 @@ from accounts.models import Account, Position, User
 from core.pagination import Page, keyset_page
 from marketdata.bus import BookTop, get_bus, latest_many_live
 from marketdata.models import Market, Token
-from marketdata.selectors import market_search
+from marketdata.selectors import TokenTop, market_search
 from trading.models import Fill, Order
 
 LIST_PAGE_SIZE = 24
@@ -39,15 +39,8 @@ RECENT_PRINTS = 15
 
 
 @dataclass(frozen=True)
-class Outcome:
-    """One outcome token with its live top (None: the feed has no book for it yet)."""
-
-    token: Token
-    top: BookTop | None
-
-    @property
-    def fresh(self) -> bool:
-        return self.top is not None and self.top.fresh
+class Outcome(TokenTop):
+    """One outcome token with its live top, as the market page shows it."""
 
     @property
     def price_text(self) -> str:
