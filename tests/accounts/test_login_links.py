@@ -366,7 +366,7 @@ def test_a_link_confirmed_in_one_browser_is_dead_in_another(firm, trader, issue)
 
     assert response.status_code == 410
     assert DEAD_TEXT in response.content.decode()
-    assert "Ask for a new one." in response.content.decode()
+    assert "Email me a new sign-in link" in response.content.decode()
     assert_private(response)
     assert "_auth_user_id" not in second.session
 
@@ -420,6 +420,11 @@ def test_unknown_expired_and_missing_links_are_indistinguishable(firm, trader, i
     assert {p.status_code for p in pages} == {410}
     assert {p.content for p in pages} == {expired_page.content}
     assert DEAD_TEXT in expired_page.content.decode()
+    # Not a dead end: the page links to the self-service sign-in, and tells a firm's trader
+    # where a new link comes from.
+    html = expired_page.content.decode()
+    assert 'href="/login/" data-testid="new-link"' in html
+    assert "from the firm&#x27;s dashboard" in html or "from the firm's dashboard" in html
 
 
 def test_a_deactivated_trader_cannot_use_a_link(firm, trader, issue, client):
