@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Callable
 
 from django.core.exceptions import BadRequest, PermissionDenied, SuspiciousOperation
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest
 
 from core import errors
 from core.exceptions import (
@@ -49,6 +49,41 @@ class RequestIdMiddleware:
         response = self.get_response(request)
         response["X-Request-Id"] = request_id
         return response
+
+
+class InputGuardMiddleware:
+    """One gate for what no view can use: a NUL character (U+0000, `%00`) in the path or in
+    a query string's names or values. PostgreSQL text cannot hold it, so past this point it
+    would be a 500 in whichever query met it first. API paths get the envelope (a path:
+    404 NOT_FOUND, as any unknown id; a query string: 422 VALIDATION_FAILED naming the
+    parameter); pages get a plain 400."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if "\x00" in request.path:
+            if is_api_path(request):
+                return error_response(errors.NotFound())
+            return HttpResponseBadRequest("A NUL character is not allowed in a URL.")
+        query = request.META.get("QUERY_STRING", "")
+        if "%00" in query or "\x00" in query:  # the only ways a decoded NUL can arrive
+            names = sorted(
+                {
+                    name.replace("\x00", "") or "query"
+                    for name, values in request.GET.lists()
+                    if "\x00" in name or any("\x00" in v for v in values)
+                }
+            )
+            if names and is_api_path(request):
+                return error_response(
+                    errors.ValidationFailed(
+                        details={n: ["must not contain NUL characters"] for n in names}
+                    )
+                )
+            if names:
+                return HttpResponseBadRequest("A NUL character is not allowed in a query string.")
+        return self.get_response(request)
 
 
 class ApiErrorMiddleware:
