@@ -50,7 +50,7 @@ import threading
 import time
 import zlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
@@ -126,8 +126,12 @@ class BookTop:
     """What readers need of one token's book, as published on the bus.
 
     `bids`/`asks`: the top levels best-first (bids high to low, asks low to high) as
-    [price, size] exact strings. `mid`/`spread` are exact decimal strings (None unless both
-    sides have a level; a crossed book inside a trade burst gives a negative spread).
+    [price, size] exact strings; `bid_versions`/`ask_versions` the versions of those levels,
+    in the same order: a level's version changes whenever the feed sets it (marketdata/book.py,
+    "Level versions"), and the depletion memory belongs to one version of a level
+    (docs/fill-model.md, "Depletion"). Empty in a top built by hand. `mid`/`spread` are
+    exact decimal strings (None unless both sides have a level; a crossed book inside a trade
+    burst gives a negative spread).
     `fresh` is False while the feed knows the book may be wrong (no snapshot yet, hash
     mismatch waiting for a resync, lost subscription): stale books take no taker orders
     and trigger no maker fills (trading-engine.md §8). `timestamp_ms` is the exchange's,
@@ -147,7 +151,9 @@ class BookTop:
     hash: str
     fresh: bool
     bids: list[list[str]]
+    bid_versions: list[int] = field(default_factory=list, kw_only=True)
     asks: list[list[str]]
+    ask_versions: list[int] = field(default_factory=list, kw_only=True)
     published_at: int
 
     @classmethod
@@ -179,6 +185,9 @@ class BookTop:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BookTop:
         values: dict[str, Any] = {name: data.get(name) for name in _FIELD_NAMES}
+        for name in _VERSION_FIELDS:  # absent from a top published before versions existed
+            if values[name] is None:
+                values[name] = []
         return cls(**values)
 
     @classmethod
@@ -219,6 +228,7 @@ class BookTop:
 
 
 _FIELD_NAMES: Final = tuple(f.name for f in fields(BookTop))
+_VERSION_FIELDS: Final = ("bid_versions", "ask_versions")
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,7 +327,7 @@ def encode_top(
     ts = _TS_JSON.get(book.timestamp)
     if ts is None:
         ts = _piece(_TS_JSON, book.timestamp, {"timestamp_ms": timestamp_ms(book.timestamp)})
-    return b'{%b,%b,%b,%b,"hash":%b,"fresh":%b,"bids":%b,"asks":%b,"published_at":%d}' % (
+    return b'{%b,%b,%b,%b,"hash":%b,"fresh":%b,%b,%b,"published_at":%d}' % (
         head,
         quote,
         trade,

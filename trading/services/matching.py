@@ -64,7 +64,7 @@ from trading.depletion import (
     RedisDepletion,
     Take,
     get_depletion_store,
-    level_key,
+    level_keys,
     memories_of,
 )
 from trading.fillmodel import crosses, walk_book
@@ -441,10 +441,10 @@ def order_fill_maker_cross(
         return MakerResult("none", ZERO, remaining, order.queue_ahead)
     book_side = "asks" if order.side == Side.BUY else "bids"
     store = get_depletion_store()
-    keys = [level_key(order.token_id, book_side, p) for p, _ in crossing]
+    keys = level_keys(top, book_side, len(crossing))
     published = [s for _, s in crossing]
     # The first walk assumes that no crossing level has a depletion record (the common case:
-    # simulated takers seldom took from exactly these levels at these sizes) and its
+    # simulated takers seldom took from exactly these levels in these versions) and its
     # compare-and-set checks it, in one round trip with the marks' read. A record there
     # fails the set, and the levels are read and walked again.
     raws = [""] * len(keys)

@@ -68,7 +68,7 @@ from trading import states
 from trading.depletion import (
     Take,
     get_depletion_store,
-    level_key,
+    level_keys,
     memories,
     memories_of,
 )
@@ -687,15 +687,15 @@ def _place_locked(
         # A maker-only order (or a non-marketable one on a stale book, already filtered
         # before the lock): refuse only if it would cross what is left of the book.
         if crossing:
-            keys = [level_key(req.token_id, book_side, p) for p, _ in crossing]
+            keys = level_keys(top, book_side, len(crossing))
             mems = memories(get_depletion_store(), keys, [s for _, s in crossing])
             if any(s - m.taken > 0 for (_, s), m in zip(crossing, mems, strict=True)):
                 return _reject(order, errors.InvalidPostOnlyOrder())
     elif crossing:
-        keys = [level_key(req.token_id, book_side, p) for p, _ in crossing]
+        keys = level_keys(top, book_side, len(crossing))
         # What the equity snapshot values, with the depletion records: one Redis read.
         tops, raws = _marks_and_memories([*(r.token_id for r in others), req.token_id], keys)
-        walk_or_error = _walk_with_depletion(req, crossing, book_side, rate, exponent, raws)
+        walk_or_error = _walk_with_depletion(req, crossing, keys, rate, exponent, raws)
         if isinstance(walk_or_error, errors.DomainError):
             return _reject(order, walk_or_error)
         walk = walk_or_error
@@ -815,17 +815,17 @@ def _marks_and_memories(
 def _walk_with_depletion(
     req: OrderRequest,
     crossing: list[tuple[Decimal, Decimal]],
-    book_side: str,
+    keys: list[str],
     rate: Decimal,
     exponent: Decimal,
     raws: list[str] | None = None,
 ) -> Walk | errors.DomainError:
     """Walk what depletion leaves of the crossing levels and take it atomically
-    (compare-and-set; re-walk if another order took from a level meanwhile). `raws`: the
-    levels' records as the caller just read them (the first walk's; re-walks read again)."""
+    (compare-and-set; re-walk if another order took from a level meanwhile). `keys`: the
+    levels' depletion records (`level_keys`); `raws`: their values as the caller just read
+    them (the first walk's; re-walks read again)."""
     assert req.price is not None
     store = get_depletion_store()
-    keys = [level_key(req.token_id, book_side, p) for p, _ in crossing]
     published = [s for _, s in crossing]
     for _ in range(DEPLETION_ATTEMPTS):
         mems = memories_of(store.read(keys) if raws is None else raws, published)
