@@ -39,8 +39,10 @@ BookSide = Literal["BUY", "SELL"]
 ONE: Final = Decimal(1)
 TWO: Final = Decimal(2)
 
-# The next level version (module docstring, "Level versions").
-_next_version = itertools.count(time.time_ns() // 1000).__next__
+# The next level version (module docstring, "Level versions"), as the ASCII digits the bus
+# publishes (JSON integers): the book never computes with a version, it only publishes it,
+# and a side's versions then join into JSON without a Python-level loop.
+_next_version = map(b"%d".__mod__, itertools.count(time.time_ns() // 1000)).__next__
 
 # Every price string that ever entered a book, with its exact value. The sorted level lists
 # compare through it (bisect key), so every price stored in a book MUST be in here; only
@@ -166,8 +168,8 @@ class OrderBook:
         self._bid_px: list[str] = []
         self._ask_px: list[str] = []
         # price string -> the level's version (module docstring), for every level of the side
-        self._bid_versions: dict[str, int] = {}
-        self._ask_versions: dict[str, int] = {}
+        self._bid_versions: dict[str, bytes] = {}
+        self._ask_versions: dict[str, bytes] = {}
         # Per-side caches, dropped by any change to that side (a price_change entry touches
         # one side): the side's JSON for the hash, and its top levels' JSON for the bus.
         self._bid_hash_json: bytes | None = None
@@ -307,7 +309,7 @@ class OrderBook:
         versions[price] = _next_version()
 
     def _drop_alias(
-        self, levels: dict[str, str], order: list[str], versions: dict[str, int], price: str
+        self, levels: dict[str, str], order: list[str], versions: dict[str, bytes], price: str
     ) -> None:
         value = _PRICE_VALUES[price]
         i = bisect_left(order, value, key=_price_value)
@@ -361,7 +363,7 @@ class OrderBook:
     def top_versions(self, side: str, depth: int) -> list[int]:
         """The versions of `top_levels(side, depth)`, in the same order."""
         versions = self._bid_versions if side == BUY else self._ask_versions
-        return [versions[p] for p in self._best_first(side, depth)]
+        return [int(versions[p]) for p in self._best_first(side, depth)]
 
     def top_levels_json(self, side: str, depth: int) -> bytes:
         """The bus's JSON members of one side's top levels and their versions,
@@ -373,16 +375,20 @@ class OrderBook:
         if side == BUY:
             cached = self._bid_top_json
             if cached is None:
-                cached = self._bid_top_json = b'"bids":%b,"bid_versions":%b' % (
-                    orjson.dumps(self.top_levels(BUY, depth)),
-                    orjson.dumps(self.top_versions(BUY, depth)),
+                prices = self._best_first(BUY, depth)
+                bids = self.bids
+                cached = self._bid_top_json = b'"bids":%b,"bid_versions":[%b]' % (
+                    orjson.dumps([[p, bids[p]] for p in prices]),
+                    b",".join(map(self._bid_versions.__getitem__, prices)),
                 )
             return cached
         cached = self._ask_top_json
         if cached is None:
-            cached = self._ask_top_json = b'"asks":%b,"ask_versions":%b' % (
-                orjson.dumps(self.top_levels(SELL, depth)),
-                orjson.dumps(self.top_versions(SELL, depth)),
+            prices = self._best_first(SELL, depth)
+            asks = self.asks
+            cached = self._ask_top_json = b'"asks":%b,"ask_versions":[%b]' % (
+                orjson.dumps([[p, asks[p]] for p in prices]),
+                b",".join(map(self._ask_versions.__getitem__, prices)),
             )
         return cached
 
@@ -491,8 +497,8 @@ class OrderBook:
 
 
 def _carried_versions(
-    old: dict[str, str], old_versions: dict[str, int], new: dict[str, str], version: int
-) -> dict[str, int]:
+    old: dict[str, str], old_versions: dict[str, bytes], new: dict[str, str], version: bytes
+) -> dict[str, bytes]:
     """The versions of a side's new levels: a level shown at the same price string and size
     as before keeps its version, every other one gets `version`."""
     if not old:
