@@ -360,11 +360,6 @@ class OrderBook:
         sizes = self.bids if side == BUY else self.asks
         return [[p, sizes[p]] for p in self._best_first(side, depth)]
 
-    def top_versions(self, side: str, depth: int) -> list[int]:
-        """The versions of `top_levels(side, depth)`, in the same order."""
-        versions = self._bid_versions if side == BUY else self._ask_versions
-        return [int(versions[p]) for p in self._best_first(side, depth)]
-
     def top_levels_json(self, side: str, depth: int) -> bytes:
         """The bus's JSON members of one side's top levels and their versions,
         `"bids":[...],"bid_versions":[...]` (asks: `"asks"`, `"ask_versions"`), cached until
