@@ -7,6 +7,14 @@ Decimals are produced on demand for trading math; nothing here ever uses float.
 
 Pure Python, no Django: importable and fast without the ORM.
 
+Level versions (docs/fill-model.md, "Depletion"): every level carries a version, a number
+that changes whenever the feed sets that level (a `price_change` entry, even one that
+restates the same size, or a snapshot that adds it or changes its size; a snapshot that
+shows a level unchanged keeps its version). The price bus publishes them beside the levels,
+and the depletion memory of simulated takes belongs to one version of a level. Versions come
+from one process-wide counter seeded from the clock in microseconds: a restarted feed starts
+above every version it issued before (it sets far fewer than a million levels a second).
+
 Wire order (reference §0.3, verified on real captures): both REST `/book` and WS `book` list
 bids ascending and asks descending, so the best price comes LAST. `to_wire()` emits that
 order; `levels()` returns best-first for the engine.
@@ -15,6 +23,8 @@ order; `levels()` returns best-first for the engine.
 from __future__ import annotations
 
 import hashlib
+import itertools
+import time
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
@@ -28,6 +38,11 @@ BookSide = Literal["BUY", "SELL"]
 
 ONE: Final = Decimal(1)
 TWO: Final = Decimal(2)
+
+# The next level version (module docstring, "Level versions"), as the ASCII digits the bus
+# publishes (JSON integers): the book never computes with a version, it only publishes it,
+# and a side's versions then join into JSON without a Python-level loop.
+_next_version = map(b"%d".__mod__, itertools.count(time.time_ns() // 1000)).__next__
 
 # Every price string that ever entered a book, with its exact value. The sorted level lists
 # compare through it (bisect key), so every price stored in a book MUST be in here; only
@@ -102,16 +117,19 @@ class OrderBook:
 
     `bids`/`asks` map price string -> size string (the level's total size). `_bid_px` and
     `_ask_px` hold the same price strings sorted ascending by exact value, so the best bid is
-    `_bid_px[-1]` and the best ask `_ask_px[0]`.
+    `_bid_px[-1]` and the best ask `_ask_px[0]`; `_bid_versions`/`_ask_versions` map them to
+    their levels' versions.
     """
 
     __slots__ = (
         "_ask_hash_json",
         "_ask_px",
         "_ask_top_json",
+        "_ask_versions",
         "_bid_hash_json",
         "_bid_px",
         "_bid_top_json",
+        "_bid_versions",
         "_top_depth",
         "asks",
         "asset_id",
@@ -149,6 +167,9 @@ class OrderBook:
         self.asks: dict[str, str] = {}
         self._bid_px: list[str] = []
         self._ask_px: list[str] = []
+        # price string -> the level's version (module docstring), for every level of the side
+        self._bid_versions: dict[str, bytes] = {}
+        self._ask_versions: dict[str, bytes] = {}
         # Per-side caches, dropped by any change to that side (a price_change entry touches
         # one side): the side's JSON for the hash, and its top levels' JSON for the bus.
         self._bid_hash_json: bytes | None = None
@@ -231,7 +252,12 @@ class OrderBook:
     def _install_levels(
         self, bids: tuple[dict[str, str], list[str]], asks: tuple[dict[str, str], list[str]]
     ) -> None:
-        """Both sides from validated (levels, ascending prices) pairs (`_snapshot_side`)."""
+        """Both sides from validated (levels, ascending prices) pairs (`_snapshot_side`).
+        A level the book already holds at the same size keeps its version; every other
+        level gets one new version (shared: versions only need to differ per level)."""
+        version = _next_version()
+        self._bid_versions = _carried_versions(self.bids, self._bid_versions, bids[0], version)
+        self._ask_versions = _carried_versions(self.asks, self._ask_versions, asks[0], version)
         self.bids, self._bid_px = bids
         self.asks, self._ask_px = asks
         self._bid_hash_json = self._ask_hash_json = None
@@ -256,17 +282,18 @@ class OrderBook:
     def _set_level(self, is_bid: bool, price: str, size: str) -> None:
         """Hot path for validated input: `price` must already be in `_PRICE_VALUES`."""
         if is_bid:
-            levels, order = self.bids, self._bid_px
+            levels, order, versions = self.bids, self._bid_px, self._bid_versions
             self._bid_hash_json = self._bid_top_json = None
         else:
-            levels, order = self.asks, self._ask_px
+            levels, order, versions = self.asks, self._ask_px, self._ask_versions
             self._ask_hash_json = self._ask_top_json = None
         head = size[0]  # validated: a non-empty plain decimal
         if (head == "0" or head == ".") and is_zero_size(size):
             if levels.pop(price, None) is not None:
+                del versions[price]
                 del order[bisect_left(order, _PRICE_VALUES[price], key=_price_value)]
             elif levels:
-                self._drop_alias(levels, order, price)
+                self._drop_alias(levels, order, versions, price)
             return
         if price not in levels:
             value = _PRICE_VALUES[price]
@@ -274,16 +301,21 @@ class OrderBook:
             if i < len(order) and _PRICE_VALUES[order[i]] == value:
                 # Same price spelled differently ("0.5" vs "0.50"): one level, newest spelling.
                 del levels[order[i]]
+                del versions[order[i]]
                 order[i] = price
             else:
                 order.insert(i, price)
         levels[price] = size
+        versions[price] = _next_version()
 
-    def _drop_alias(self, levels: dict[str, str], order: list[str], price: str) -> None:
+    def _drop_alias(
+        self, levels: dict[str, str], order: list[str], versions: dict[str, bytes], price: str
+    ) -> None:
         value = _PRICE_VALUES[price]
         i = bisect_left(order, value, key=_price_value)
         if i < len(order) and _PRICE_VALUES[order[i]] == value:
             del levels[order[i]]
+            del versions[order[i]]
             del order[i]
 
     # --- reads --------------------------------------------------------------------------------
@@ -329,18 +361,30 @@ class OrderBook:
         return [[p, sizes[p]] for p in self._best_first(side, depth)]
 
     def top_levels_json(self, side: str, depth: int) -> bytes:
-        """`top_levels(side, depth)` as JSON bytes, cached until that side changes."""
+        """The bus's JSON members of one side's top levels and their versions,
+        `"bids":[...],"bid_versions":[...]` (asks: `"asks"`, `"ask_versions"`), cached until
+        that side changes."""
         if depth != self._top_depth:
             self._top_depth = depth
             self._bid_top_json = self._ask_top_json = None
         if side == BUY:
             cached = self._bid_top_json
             if cached is None:
-                cached = self._bid_top_json = orjson.dumps(self.top_levels(BUY, depth))
+                prices = self._best_first(BUY, depth)
+                bids = self.bids
+                cached = self._bid_top_json = b'"bids":%b,"bid_versions":[%b]' % (
+                    orjson.dumps([[p, bids[p]] for p in prices]),
+                    b",".join(map(self._bid_versions.__getitem__, prices)),
+                )
             return cached
         cached = self._ask_top_json
         if cached is None:
-            cached = self._ask_top_json = orjson.dumps(self.top_levels(SELL, depth))
+            prices = self._best_first(SELL, depth)
+            asks = self.asks
+            cached = self._ask_top_json = b'"asks":%b,"ask_versions":[%b]' % (
+                orjson.dumps([[p, asks[p]] for p in prices]),
+                b",".join(map(self._ask_versions.__getitem__, prices)),
+            )
         return cached
 
     def _best_first(self, side: str, depth: int | None) -> list[str]:
@@ -445,6 +489,16 @@ class OrderBook:
         return self.compute_hash(timestamp=timestamp, last_trade_price=last_trade_price) == (
             expected
         )
+
+
+def _carried_versions(
+    old: dict[str, str], old_versions: dict[str, bytes], new: dict[str, str], version: bytes
+) -> dict[str, bytes]:
+    """The versions of a side's new levels: a level shown at the same price string and size
+    as before keeps its version, every other one gets `version`."""
+    if not old:
+        return dict.fromkeys(new, version)
+    return {p: old_versions[p] if old.get(p) == s else version for p, s in new.items()}
 
 
 def _snapshot_side(raw: object) -> tuple[dict[str, str], list[str]]:

@@ -50,7 +50,7 @@ import threading
 import time
 import zlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
@@ -126,8 +126,12 @@ class BookTop:
     """What readers need of one token's book, as published on the bus.
 
     `bids`/`asks`: the top levels best-first (bids high to low, asks low to high) as
-    [price, size] exact strings. `mid`/`spread` are exact decimal strings (None unless both
-    sides have a level; a crossed book inside a trade burst gives a negative spread).
+    [price, size] exact strings; `bid_versions`/`ask_versions` the versions of those levels,
+    in the same order: a level's version changes whenever the feed sets it (marketdata/book.py,
+    "Level versions"), and the depletion memory belongs to one version of a level
+    (docs/fill-model.md, "Depletion"). Empty in a top built by hand. `mid`/`spread` are
+    exact decimal strings (None unless both sides have a level; a crossed book inside a trade
+    burst gives a negative spread).
     `fresh` is False while the feed knows the book may be wrong (no snapshot yet, hash
     mismatch waiting for a resync, lost subscription): stale books take no taker orders
     and trigger no maker fills (docs/engine-rules.md §8). `timestamp_ms` is the exchange's,
@@ -147,7 +151,9 @@ class BookTop:
     hash: str
     fresh: bool
     bids: list[list[str]]
+    bid_versions: list[int] = field(default_factory=list, kw_only=True)
     asks: list[list[str]]
+    ask_versions: list[int] = field(default_factory=list, kw_only=True)
     published_at: int
 
     @classmethod
@@ -179,6 +185,9 @@ class BookTop:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BookTop:
         values: dict[str, Any] = {name: data.get(name) for name in _FIELD_NAMES}
+        for name in _VERSION_FIELDS:  # absent from a top published before versions existed
+            if values[name] is None:
+                values[name] = []
         return cls(**values)
 
     @classmethod
@@ -219,6 +228,7 @@ class BookTop:
 
 
 _FIELD_NAMES: Final = tuple(f.name for f in fields(BookTop))
+_VERSION_FIELDS: Final = ("bid_versions", "ask_versions")
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,18 +279,23 @@ EncodedTop = tuple[str, bytes]
 # Pieces of a top's JSON that recur from one top to the next, cached by the values they encode
 # (each bounded by clearing): the token and market; the best bid/ask with their mid and spread;
 # the last trade and tick size; the exchange timestamp. Each piece is orjson's own output (a
-# dict's members, braces stripped), so the assembled top is byte-identical to BookTop's JSON.
+# dict's members, braces stripped) with the separator that follows it in the top, so the
+# assembled top is byte-identical to BookTop's JSON.
 _HEAD_JSON: dict[tuple[str, str], bytes] = {}
 _QUOTE_JSON: dict[tuple[str | None, str | None], bytes] = {}
 _TRADE_JSON: dict[tuple[str | None, str | None, str | None], bytes] = {}
 _TS_JSON: dict[str, bytes] = {}
 _PIECES_MAX: Final = 50_000
+_FRESH_JSON: Final = (b',"fresh":false,', b',"fresh":true,')
 
 
-def _piece(cache: dict[Any, bytes], key: Any, members: dict[str, Any]) -> bytes:
+def _piece(cache: dict[Any, bytes], key: Any, members: dict[str, Any], end: bytes) -> bytes:
+    """`members` as JSON without its closing brace (the top's opening one for the head)
+    followed by `end`, cached under `key`."""
     if len(cache) >= _PIECES_MAX:
         cache.clear()
-    piece = cache[key] = orjson.dumps(members)[1:-1]
+    text = orjson.dumps(members)[:-1]
+    piece = cache[key] = (text if cache is _HEAD_JSON else text[1:]) + end
     return piece
 
 
@@ -293,41 +308,71 @@ def encode_top(
     published_at: int | None = None,
 ) -> bytes:
     """A book's top as published on the bus: `BookTop`'s JSON (its field order; a test holds
-    the two equal), built without a BookTop on the feed's hot path from cached pieces (above)
-    and the levels' JSON, cached per book side until that side changes."""
-    key = (book.asset_id, book.market)
-    head = _HEAD_JSON.get(key)
-    if head is None:
-        head = _piece(_HEAD_JSON, key, {"token_id": key[0], "market": key[1]})
-    quote_key = (book.best_bid_str(), book.best_ask_str())
-    quote = _QUOTE_JSON.get(quote_key)
-    if quote is None:
-        best_bid, best_ask = quote_key
-        mid = spread = None
-        if best_bid is not None and best_ask is not None:
-            mid, spread = mid_spread(best_bid, best_ask)
-        members = {"best_bid": best_bid, "best_ask": best_ask, "mid": mid, "spread": spread}
-        quote = _piece(_QUOTE_JSON, quote_key, members)
-    trade_key = (book.last_trade_price or None, last_trade_side, book.tick_size)
-    trade = _TRADE_JSON.get(trade_key)
-    if trade is None:
-        ltp, side, tick = trade_key
-        members = {"last_trade_price": ltp, "last_trade_side": side, "tick_size": tick}
-        trade = _piece(_TRADE_JSON, trade_key, members)
-    ts = _TS_JSON.get(book.timestamp)
-    if ts is None:
-        ts = _piece(_TS_JSON, book.timestamp, {"timestamp_ms": timestamp_ms(book.timestamp)})
-    return b'{%b,%b,%b,%b,"hash":%b,"fresh":%b,"bids":%b,"asks":%b,"published_at":%d}' % (
-        head,
-        quote,
-        trade,
-        ts,
-        orjson.dumps(book.hash),
-        b"true" if fresh else b"false",
-        book.top_levels_json("BUY", depth),
-        book.top_levels_json("SELL", depth),
-        now_ms() if published_at is None else published_at,
-    )
+    the two equal). One top of `encode_tops`."""
+    at = now_ms() if published_at is None else published_at
+    return encode_tops([(book, fresh, last_trade_side)], depth=depth, published_at=at)[0]
+
+
+def encode_tops(
+    items: Iterable[tuple[OrderBook, bool, str | None]], *, depth: int, published_at: int
+) -> list[bytes]:
+    """The tops of (book, fresh, last trade side) items stamped with one `published_at` (a
+    feed flush): built without a BookTop on the feed's hot path from the cached pieces
+    (above) and the levels' JSON, which each book caches per side until that side changes."""
+    heads, quotes, trades, stamps = _HEAD_JSON, _QUOTE_JSON, _TRADE_JSON, _TS_JSON
+    dumps, join = orjson.dumps, b"".join
+    tail = b',"published_at":%d}' % published_at
+    out: list[bytes] = []
+    append = out.append
+    for book, fresh, last_trade_side in items:
+        key = (book.asset_id, book.market)
+        head = heads.get(key)
+        if head is None:
+            head = _piece(heads, key, {"token_id": key[0], "market": key[1]}, b",")
+        quote_key = (book.best_bid_str(), book.best_ask_str())
+        quote = quotes.get(quote_key)
+        if quote is None:
+            best_bid, best_ask = quote_key
+            mid = spread = None
+            if best_bid is not None and best_ask is not None:
+                mid, spread = mid_spread(best_bid, best_ask)
+            quote = _piece(
+                quotes,
+                quote_key,
+                {"best_bid": best_bid, "best_ask": best_ask, "mid": mid, "spread": spread},
+                b",",
+            )
+        trade_key = (book.last_trade_price or None, last_trade_side, book.tick_size)
+        trade = trades.get(trade_key)
+        if trade is None:
+            ltp, side, tick = trade_key
+            trade = _piece(
+                trades,
+                trade_key,
+                {"last_trade_price": ltp, "last_trade_side": side, "tick_size": tick},
+                b",",
+            )
+        ts = stamps.get(book.timestamp)
+        if ts is None:
+            stamp = {"timestamp_ms": timestamp_ms(book.timestamp)}
+            ts = _piece(stamps, book.timestamp, stamp, b',"hash":')
+        append(
+            join(
+                (
+                    head,
+                    quote,
+                    trade,
+                    ts,
+                    dumps(book.hash),
+                    _FRESH_JSON[fresh],
+                    book.top_levels_json("BUY", depth),
+                    b",",
+                    book.top_levels_json("SELL", depth),
+                    tail,
+                )
+            )
+        )
+    return out
 
 
 class LiveTop(NamedTuple):
@@ -475,15 +520,17 @@ class RedisBus:
 
     def _by_shard(
         self, items: Sequence[EncodedTop]
-    ) -> tuple[dict[str, bytes], dict[int, list[bytes]]]:
-        """Latest JSON by key (a later top of the same token wins), and all of them by shard."""
+    ) -> tuple[list[bytes | str], dict[int, list[bytes]]]:
+        """MSET's arguments (key, JSON, key, JSON...: a later top of the same token wins, as
+        MSET sets in order), and every top by shard."""
         routes = self._routes
-        latest: dict[str, bytes] = {}
+        latest: list[bytes | str] = []
+        extend = latest.extend
         by_shard: dict[int, list[bytes]] = {}
         for token_id, blob in items:
             route = routes.get(token_id)
             key, shard = self._route(token_id) if route is None else route
-            latest[key] = blob
+            extend((key, blob))
             blobs = by_shard.get(shard)
             if blobs is None:
                 by_shard[shard] = [blob]
@@ -520,7 +567,7 @@ class RedisBus:
         trades_by = _trades_by_shard(trades, self.n_shards) if trades else {}
         pipe = self.client.pipeline(transaction=False)
         if latest:
-            pipe.mset(latest)  # type: ignore[arg-type]
+            pipe.execute_command("MSET", *latest)
         for shard in sorted(by_shard.keys() | trades_by.keys()):
             fields: dict[str, bytes] = {"tops": b"\n".join(by_shard.get(shard, ()))}
             if shard in trades_by:

@@ -42,7 +42,7 @@ from marketdata.bus import (
     EncodedTop,
     EncodedTrade,
     TradePrint,
-    encode_top,
+    encode_tops,
     now_ms,
     timestamp_ms,
 )
@@ -258,7 +258,8 @@ def normalise(obj: Mapping[str, Any], stats: FeedStats | None = None) -> MarketE
         _count_event(st, "<missing>")
         st.reject("missing_event_type", obj)
         return None
-    _count_event(st, event_type)
+    events = st.events
+    events[event_type] = events.get(event_type, 0) + 1
     if event_type == "price_change":
         return _normalise_price_change(obj, st)
     handler = _HANDLERS.get(event_type)
@@ -961,15 +962,13 @@ class BookKeeper:
         live: Container[str] = self._live
         if self._bursts:  # books in an unproven trade burst are published not fresh
             live = {t: b for t, b in self._live.items() if t not in self._bursts}
-        out: list[EncodedTop] = []
+        tokens: list[str] = []
+        items: list[tuple[OrderBook, bool, str | None]] = []
         for token_id in dirty:
             book = books.get(token_id)
             if book is not None:
                 last = meta[token_id].last_trade
-                side = last.side if last else None
-                fresh = token_id in live
-                blob = encode_top(
-                    book, fresh=fresh, last_trade_side=side, depth=depth, published_at=published_at
-                )
-                out.append((token_id, blob))
-        return out
+                tokens.append(token_id)
+                items.append((book, token_id in live, last.side if last else None))
+        blobs = encode_tops(items, depth=depth, published_at=published_at)
+        return list(zip(tokens, blobs, strict=True))

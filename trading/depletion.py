@@ -1,11 +1,14 @@
 """Depletion memory: what simulated taker orders took from each level of the real book
 (docs/engine-rules.md §3, docs/fill-model.md "Depletion").
 
-One record per (token, book side, price): `published|taken` — the level size the feed showed
-when simulated orders took from it, and how much they took in total. A walk sees
-`available = published − taken` while the feed still shows that same size; as soon as the
-feed publishes a different size for the level (it traded, was cancelled, refilled...) the
-record no longer matches and the level is whole again.
+One record per version of a level, keyed (token, book side, price, version): `published|taken`
+— the level size the feed showed when simulated orders took from it, and how much they took
+in total. The version is the one the top carried for that level (`BookTop.bid_versions` /
+`ask_versions`); the feed changes it whenever it sets the level — a new size, a removal, a
+re-post at the same size — so a walk finds no record for a level the feed set since, and sees
+the level whole again, while republishing an unchanged level keeps its version and its
+record. A walk sees `available = published − taken` (the stored size is checked too: a top
+built without versions keys a level by its price alone, and its size then tells a change).
 
 Taking is optimistic and atomic: `read` returns the records (with their raw values) for the
 levels a walk may touch; `commit` writes the new records only if every record it touches is
@@ -14,7 +17,8 @@ False — the caller re-reads and walks again. So two orders inside one book upd
 both take the same shares, whichever accounts (and therefore row locks) they belong to.
 
 Stored on Redis (settings.REDIS_URL, shared by every web and worker process): a Lua script,
-keys `dep:<token>:<side>:<price>`, 1 h TTL.
+keys `dep:<token>:<side>:<price>:<version>`, 1 h TTL (the records of versions the feed has
+replaced are never read again; the TTL clears them).
 """
 
 from __future__ import annotations
@@ -23,9 +27,12 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from core.money import ZERO
+
+if TYPE_CHECKING:
+    from marketdata.bus import BookTop
 
 KEY_PREFIX: Final = "dep:"
 TTL_SECONDS: Final = 3600
@@ -78,8 +85,24 @@ def norm(value: Decimal | str) -> str:
     return text
 
 
-def level_key(token_id: str, book_side: str, price: Decimal | str) -> str:
-    return f"{KEY_PREFIX}{token_id}:{book_side}:{norm(price)}"
+def level_key(
+    token_id: str, book_side: str, price: Decimal | str, version: int | None = None
+) -> str:
+    """The record of one version of a level (None: a top without versions, module docstring)."""
+    key = f"{KEY_PREFIX}{token_id}:{book_side}:{norm(price)}"
+    return key if version is None else f"{key}:{version}"
+
+
+def level_keys(top: BookTop, book_side: str, count: int) -> list[str]:
+    """The records of the best `count` levels of `top`'s `book_side` ("asks" or "bids"), each
+    at the version the top shows it with."""
+    rows, versions = (
+        (top.asks, top.ask_versions) if book_side == "asks" else (top.bids, top.bid_versions)
+    )
+    return [
+        level_key(top.token_id, book_side, rows[i][0], versions[i] if i < len(versions) else None)
+        for i in range(count)
+    ]
 
 
 @dataclass(frozen=True)
@@ -117,10 +140,6 @@ def _cas_args(takes: list[Take]) -> list[str]:
         args += [t.raw, t.new_value()]
     args.append(str(TTL_SECONDS))
     return args
-
-
-def memories(store: RedisDepletion, keys: list[str], published: list[Decimal]) -> list[LevelMemory]:
-    return memories_of(store.read(keys), published)
 
 
 def memories_of(raws: list[str], published: list[Decimal]) -> list[LevelMemory]:
@@ -195,19 +214,19 @@ T = TypeVar("T")
 
 
 def take_levels(
-    token_id: str,
-    book_side: str,
+    keys: Sequence[str],
     crossing: Sequence[tuple[Decimal, Decimal]],
     plan: Callable[[list[Decimal]], tuple[T, Sequence[tuple[Decimal, Decimal]]]],
     *,
     raws: list[str] | None = None,
     get: Sequence[str] = (),
 ) -> tuple[T, list[Any]]:
-    """Take shares from the crossing levels of one side of a token's book, atomically: read
-    what depletion took of each level, let `plan` decide from those amounts (it returns its
-    result and the (price, size) it takes), and commit the takes with a compare-and-set; if
-    another order took from one of the levels meanwhile, read and plan again. Taker fills at
-    entry and maker fills both take through here.
+    """Take shares from the crossing levels of one side of a token's book (`keys`: their
+    records, `level_keys`), atomically: read what depletion took of each level, let `plan`
+    decide from those amounts (it returns its result and the (price, size) it takes), and
+    commit the takes with a compare-and-set; if another order took from one of the levels
+    meanwhile, read and plan again. Taker fills at entry and maker fills both take through
+    here.
 
     `raws`: the records as the caller read them already (the first plan uses them); `get`:
     other keys of this Redis read in the same command as the first commit (their values are
@@ -216,7 +235,7 @@ def take_levels(
     from core import errors
 
     store = get_depletion_store()
-    keys = [level_key(token_id, book_side, p) for p, _ in crossing]
+    keys = list(keys)
     published = [s for _, s in crossing]
     index = {p: i for i, (p, _) in enumerate(crossing)}
     got: list[Any] = []

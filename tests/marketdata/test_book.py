@@ -16,6 +16,7 @@ from marketdata.book import (
     parse_price,
     parse_size,
 )
+from marketdata.bus import BookTop
 
 SEQUENCE = "fixtures/polymarket/ws/nt_ws_sequence_book_pricechange_trade_2026-09.jsonl"
 TOKEN_A = "76670567130917723816490572615540605537878462672464291990940067659127658071111"
@@ -255,3 +256,43 @@ def test_tick_size_is_part_of_the_hash():
     before = book.compute_hash()
     book.tick_size = "0.001"
     assert book.compute_hash() != before
+
+
+# --- level versions (docs/fill-model.md, "Depletion") ------------------------------------
+def versions(book: OrderBook) -> dict[str, dict[str, int]]:
+    top = BookTop.from_book(book)
+    return {
+        "bids": {p: v for (p, _), v in zip(top.bids, top.bid_versions, strict=True)},
+        "asks": {p: v for (p, _), v in zip(top.asks, top.ask_versions, strict=True)},
+    }
+
+
+def test_every_price_change_gives_its_level_a_new_version_others_keep_theirs():
+    book = small_book()
+    before = versions(book)
+    book.apply_change("SELL", "0.4", "3")  # the same size again: still the feed setting it
+    book.apply_change("SELL", "0.45", "0")  # removed ...
+    book.apply_change("SELL", "0.45", "100")  # ... and back at the same size
+    after = versions(book)
+    assert after["asks"]["0.4"] > before["asks"]["0.4"]
+    assert after["asks"]["0.45"] > after["asks"]["0.4"]
+    assert after["asks"]["0.55"] == before["asks"]["0.55"]
+    assert after["bids"] == before["bids"]
+
+
+def test_a_snapshot_keeps_the_versions_of_the_levels_it_shows_unchanged():
+    book = small_book()
+    before = versions(book)
+    book.replace_from_snapshot(
+        {
+            "bids": [{"price": "0.1", "size": "5"}, {"price": "0.3", "size": "11"}],
+            "asks": [{"price": "0.55", "size": "1.25"}, {"price": "0.4", "size": "3"}],
+        }
+    )
+    after = versions(book)
+    assert after["bids"]["0.1"] == before["bids"]["0.1"]
+    assert after["asks"] == {"0.4": before["asks"]["0.4"], "0.55": before["asks"]["0.55"]}
+    assert after["bids"]["0.3"] > max(v for side in before.values() for v in side.values())
+    # Versions only grow: a new book never reuses one (a restarted feed seeds from the clock).
+    again = versions(small_book())
+    assert min(again["bids"].values()) > after["bids"]["0.3"]

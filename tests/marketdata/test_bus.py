@@ -375,7 +375,8 @@ def test_redis_latest_live_is_one_round_trip_on_the_server_clock(redis_url, monk
     bus = RedisBus.from_url(redis_url, n_shards=4)
     token = TOKENS[0]
     shard = bus.shard_of(token)
-    bus.publish([make_top(token)])
+    top = make_top(token)
+    bus.publish([top])
     bus.heartbeat(shard)  # loads the script
     seconds, micros = bus.client.time()
     stamped = int(bus.client.get(f"md:heartbeat:{shard}"))
@@ -395,7 +396,7 @@ def test_redis_latest_live_is_one_round_trip_on_the_server_clock(redis_url, monk
     monkeypatch.setattr(redis.client.Pipeline, "execute", counting_execute)
     before = command_calls(bus)
     reading = bus.latest_live(token)
-    assert reading.live and reading.top == make_top(token)
+    assert reading.live and reading.top == top
     assert commands_sent(before, command_calls(bus)) == {"mget": 1, "time": 1}
     assert round_trips == [2]  # ONE pipeline: MGET book + heartbeat, TIME
 
@@ -448,8 +449,9 @@ def test_get_bus_is_redis_with_a_url(settings, redis_url):
     bus = get_bus()
     assert isinstance(bus, RedisBus)
     assert get_bus() is bus
-    bus.publish([make_top(TOKENS[0])])
-    assert bus.latest(TOKENS[0]) == make_top(TOKENS[0])
+    top = make_top(TOKENS[0])
+    bus.publish([top])
+    assert bus.latest(TOKENS[0]) == top
     reset_bus()
 
 

@@ -23,6 +23,10 @@ from trading.depletion import reset_depletion
 from trading.orderevents import reset_order_events
 
 _ids = itertools.count(1)
+# The books `publish_book` keeps per token, as the feed does: republishing a level unchanged
+# keeps its version (and the depletion memory of it), a changed or re-posted level gets a
+# new one (marketdata/book.py, "Level versions").
+_books: dict[str, OrderBook] = {}
 
 
 @pytest.fixture(autouse=True)
@@ -32,11 +36,13 @@ def _fresh_engine_state(_fresh_process_state: None) -> Iterator[None]:
     reset_bus()
     reset_depletion()
     reset_order_events()
+    _books.clear()
     feed_alive()
     yield
     reset_bus()
     reset_depletion()
     reset_order_events()
+    _books.clear()
 
 
 def feed_alive() -> None:
@@ -100,18 +106,22 @@ def publish_book(
     hash: str = "testhash",
     fresh: bool = True,
 ) -> BookTop:
-    """Build a real OrderBook from a snapshot and publish its top on the process bus."""
-    book = OrderBook.from_snapshot(
-        {
-            "market": market,
-            "asset_id": token_id,
-            "timestamp": timestamp,
-            "hash": hash,
-            "bids": [{"price": p, "size": s} for p, s in bids],
-            "asks": [{"price": p, "size": s} for p, s in asks],
-            "tick_size": tick_size,
-        }
-    )
+    """Install a snapshot in the token's real OrderBook (kept between calls, as the feed keeps
+    it) and publish its top on the process bus."""
+    msg = {
+        "market": market,
+        "asset_id": token_id,
+        "timestamp": timestamp,
+        "hash": hash,
+        "bids": [{"price": p, "size": s} for p, s in bids],
+        "asks": [{"price": p, "size": s} for p, s in asks],
+        "tick_size": tick_size,
+    }
+    book = _books.get(token_id)
+    if book is None or book.market != market:
+        book = _books[token_id] = OrderBook.from_snapshot(msg)
+    else:
+        book.replace_from_snapshot(msg)
     top = BookTop.from_book(book, fresh=fresh)
     bus = get_bus()
     bus.publish([top])

@@ -35,7 +35,7 @@ from core.db import retry_on_conflict
 from core.money import SHARE_QUANTUM, ZERO
 from marketdata.bus import BookTop, TradePrint, get_bus
 from trading import engine, states, store
-from trading.depletion import take_levels
+from trading.depletion import level_keys, take_levels
 from trading.engine import Effects, Evidence, Execution, OrderState, PositionState
 from trading.fillmodel import crosses, walk_book
 from trading.quote import market_open
@@ -132,12 +132,11 @@ def order_fill_maker_cross(
         return walk, [(t.price, t.size) for t in walk.takes]
 
     # The first plan assumes that no crossing level has a depletion record (the common case:
-    # simulated takers seldom took from exactly these levels at these sizes), and its
+    # simulated takers seldom took from exactly these levels in these versions), and its
     # compare-and-set checks that, reading the positions' marks in the same command.
     valued = _valued_tokens(got)
     walk, blobs = take_levels(
-        order.token_id,
-        "asks" if order.side == engine.BUY else "bids",
+        level_keys(top, "asks" if order.side == engine.BUY else "bids", len(crossing)),
         crossing,
         plan,
         raws=[""] * len(crossing),

@@ -40,7 +40,7 @@ from core import errors
 from core.db import retry_on_conflict
 from marketdata.bus import BookTop, get_bus
 from trading import engine, states, store
-from trading.depletion import level_key, take_levels
+from trading.depletion import level_keys, take_levels
 from trading.engine import Effects, Evidence, Execution, OrderState, PositionState
 from trading.models import Fill, Order
 from trading.orderevents import order_events_publish_on_commit
@@ -253,14 +253,14 @@ def _place_locked(
     book_side = "asks" if req.is_buy else "bids"
     marks: dict[str, BookTop] | None = None
     raws: list[str] | None = None
+    keys = level_keys(top, book_side, len(crossing))
     if crossing and not req.post_only and live:
         # The positions' marks (for the equity snapshot) with the depletion records: one read.
-        keys = [level_key(req.token_id, book_side, p) for p, _ in crossing]
         marks, blobs = get_bus().latest_many_live_and_get(
             [*(p.token_id for p in others), req.token_id], keys
         )
         raws = ["" if r is None else r.decode() for r in blobs]
-    q, _ = take_levels(req.token_id, book_side, crossing, priced, raws=raws)
+    q, _ = take_levels(keys, crossing, priced, raws=raws)
     if q.error is not None:
         if not q.stored:
             raise q.error
