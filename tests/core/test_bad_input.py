@@ -105,3 +105,46 @@ def test_a_patch_with_bad_json_is_400_and_changes_nothing(partner, tenant):
     )
     _envelope(response, 400, "MALFORMED_JSON")
     assert partner.get(url).json()["metadata"] == {}
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "since=0000-01-01T00:00:00Z",
+        "since=2026-13-01T00:00:00Z",
+        "since=9999-12-31T23:59:59-14:00",
+    ],
+)
+def test_impossible_or_extreme_trades_times_are_422(partner, query):
+    account = _partner_account(partner)
+    response = partner.get(f"/v1/partner/accounts/{account}/trades?{query}")
+    body = _envelope(response, 422, "VALIDATION_FAILED")
+    assert "since" in body["details"]
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "from=0001-01-01T00:00:00%2B14:00",
+        "to=9999-12-31T23:59:59-14:00",
+        "from=0001-01-02T00:00:00Z",
+    ],
+)
+def test_extreme_equity_ranges_are_422(partner, query):
+    account = _partner_account(partner)
+    response = partner.get(f"/v1/partner/accounts/{account}/equity?{query}")
+    _envelope(response, 422, "VALIDATION_FAILED")
+
+
+def _partner_account(partner) -> str:
+    user = partner.post(
+        "/v1/partner/users", {"external_id": "d1", "email": "d1@example.com"}, format="json"
+    ).json()
+    return str(
+        partner.post(
+            "/v1/partner/accounts",
+            {"user_id": user["user_id"], "external_id": "d1", "stage": "challenge",
+             "starting_balance": "100.00"},
+            format="json",
+        ).json()["account_id"]
+    )  # fmt: skip
