@@ -152,7 +152,9 @@ def test_hundred_concurrent_requests_against_five_per_second(redis_url):
         return response.status_code
 
     statuses = run_concurrently(100, call)
-    assert 5 <= len(admitted) <= 15
+    # At least one full window's worth; how many windows the 100 calls span depends on how
+    # fast a loaded machine runs them, so the upper bound is the per-window check below.
+    assert len(admitted) >= 5
     assert statuses.count(429) == 100 - len(admitted)
     # The window is judged on the limiter's own admission times (Redis TIME, µs), kept in
     # the tenant's minute log: when our responses come back says nothing about when the
