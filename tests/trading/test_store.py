@@ -72,7 +72,7 @@ def test_what_the_writer_stores_reads_back_through_the_orm():
                  "realized_pnl", "book_hash", "levels", "vwap", "mid_gap", "trigger_key",
                  "market_question", "filled_at"):  # fmt: skip
         assert getattr(fill, name) == getattr(row, name), name
-    assert fill.market_question == QUESTION  # bound by the server: written as it is
+    assert fill.market_question == QUESTION  # quotes, % and backslashes written as they are
     assert [(e.kind, e.amount, e.balance_after) for e in LedgerEntry.objects.filter(
         account=account, fill_id=row.id).order_by("id")] == [
         ("TRADE", D("-4"), D("96")),
