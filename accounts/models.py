@@ -112,6 +112,8 @@ class EmailOutbox(models.Model):
     sent_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
+        verbose_name = "outbox email"
+        verbose_name_plural = "email outbox"  # Django's default read "Email outboxs"
         indexes = [models.Index(fields=["status", "next_attempt_at"], name="outbox_due")]
 
     def __str__(self) -> str:

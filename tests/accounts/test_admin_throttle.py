@@ -77,3 +77,9 @@ def test_a_right_password_below_the_limit_resets_the_count(operator, settings):
     for _ in range(settings.AXES_FAILURE_LIMIT - 1):
         _sign_in(operator.email, "wrong", "203.0.113.5")
     assert _signed_in(_sign_in(operator.email, PASSWORD, "203.0.113.5"))
+
+
+def test_the_admin_index_names_the_email_outbox_in_plain_english(operator):
+    client = _sign_in(operator.email, PASSWORD, "192.0.2.30")
+    page = client.get("/admin/").content.decode()
+    assert "Email outbox" in page and "outboxs" not in page
