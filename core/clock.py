@@ -31,3 +31,9 @@ def trading_day(at: dt.datetime, tz_name: str, local_time: dt.time) -> dt.date:
     """The trading day an instant belongs to: days start at the boundary, not at midnight."""
     boundary = day_boundary(at, tz_name, local_time)
     return boundary.astimezone(zone(tz_name)).date()
+
+
+def from_ms(ms: int | None) -> dt.datetime | None:
+    """A Unix time in milliseconds (the exchange's and the bus's stamps) as an aware UTC
+    datetime; None for no time (None or 0)."""
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC) if ms else None

@@ -34,6 +34,7 @@ from core.api.schema import TRADER_COMMON_ERRORS as COMMON_ERRORS
 from core.api.schema import TRADER_NOT_FOUND as NOT_FOUND
 from core.api.shapes import Shape, With
 from core.api.views import TraderApiView
+from core.clock import from_ms
 from core.pagination import keyset_page, parse_limit
 from marketdata import states as market_states
 from marketdata.bus import BookTop, get_bus, latest_many_live
@@ -51,10 +52,6 @@ UPSTREAM_TIMEOUT_S = 5.0
 UPSTREAM_RETRIES = 1
 
 
-def _ms_time(value: int | None) -> dt.datetime | None:
-    return None if value is None else dt.datetime.fromtimestamp(value / 1000, dt.UTC)
-
-
 @dataclass(frozen=True)
 class TokenQuote(TokenTop):
     """A token with its live top of book, if any: what TokenQuoteOutput renders."""
@@ -62,7 +59,7 @@ class TokenQuote(TokenTop):
     @property
     def price_as_of(self) -> dt.datetime | None:
         top = self.top
-        return None if top is None else _ms_time(top.timestamp_ms or top.published_at)
+        return None if top is None else from_ms(top.timestamp_ms or top.published_at)
 
 
 @dataclass(frozen=True)
@@ -86,11 +83,11 @@ class TokenBook:
 
     @property
     def timestamp(self) -> dt.datetime | None:
-        return _ms_time(self.top.timestamp_ms)
+        return from_ms(self.top.timestamp_ms)
 
     @property
     def published_at(self) -> dt.datetime | None:
-        return _ms_time(self.top.published_at)
+        return from_ms(self.top.published_at)
 
 
 # --- Output shapes: each serializer is the shape's one declaration (the OpenAPI schema, and

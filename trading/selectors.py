@@ -25,7 +25,7 @@ from typing import Any
 from django.utils import timezone
 
 from accounts.models import Account, EquitySnapshot, Position
-from core.clock import day_boundary
+from core.clock import day_boundary, from_ms
 from core.db import db_datetime, db_decimal, db_json, db_uuid
 from core.money import ZERO, cash, pct
 from marketdata.bus import BookTop, get_bus, latest_many_live
@@ -116,7 +116,7 @@ def position_mark(position: PositionRow, top: BookTop | None = None) -> Mark:
     if top is not None:
         priced = book_mark(top)
         if priced is not None:
-            as_of = dt.datetime.fromtimestamp((top.timestamp_ms or top.published_at) / 1000, dt.UTC)
+            as_of = from_ms(top.timestamp_ms or top.published_at)
             return Mark(priced[0], priced[1] if top.fresh else "last_known", as_of)
     if position.last_mark is not None:
         return Mark(position.last_mark, "last_known", position.last_mark_at)

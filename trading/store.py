@@ -368,6 +368,7 @@ def write(fx: Effects, *, account: bool = True) -> None:
     a, now = fx.account, fx.now
     statements: list[tuple[str, list[Any]]] = []
     new_orders = [o for o in fx.orders if o.new]
+    changed = [o for o in fx.orders if not o.new]
     if new_orders:
         params = []
         for o in new_orders:
@@ -378,7 +379,7 @@ def write(fx: Effects, *, account: bool = True) -> None:
     statements.extend(
         (_update_sql(Order, (*_ORDER_WRITE, "updated_at")),
          [*(getattr(o, n) for n in _ORDER_WRITE), now, o.id])
-        for o in fx.orders if o not in new_orders
+        for o in changed
     )  # fmt: skip
     for p in fx.positions:
         if p.id is None:

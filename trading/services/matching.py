@@ -22,7 +22,6 @@ fill < 100 ms; docs/benchmarks.md).
 
 from __future__ import annotations
 
-import datetime as dt
 import uuid
 from dataclasses import dataclass
 from decimal import ROUND_DOWN, Decimal
@@ -31,6 +30,7 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from core.clock import from_ms
 from core.db import retry_on_conflict
 from core.money import SHARE_QUANTUM, ZERO
 from marketdata.bus import BookTop, TradePrint, get_bus
@@ -148,7 +148,7 @@ def order_fill_maker_cross(
     evidence = Evidence(
         liquidity=engine.MAKER,
         price_source="book",
-        book_as_of=_as_of(top.timestamp_ms),
+        book_as_of=from_ms(top.timestamp_ms),
         book_hash=top.hash,
         levels=[[str(t.price), str(t.size)] for t in walk.takes],
         mid=top.mid_value(),
@@ -205,7 +205,7 @@ def order_fill_maker_trade(
     evidence = Evidence(
         liquidity=engine.MAKER,
         price_source="trade",
-        book_as_of=_as_of(trade.timestamp_ms),
+        book_as_of=from_ms(trade.timestamp_ms),
         book_hash="",
         levels=[[trade.price, str(take)]],
         mid=top.mid_value() if top is not None else None,
@@ -220,10 +220,6 @@ def _valued_tokens(resting: _Resting) -> list[str]:
     after the fill) and the account's other open positions'."""
     token = resting.order.token_id
     return [token, *(p.token_id for p in resting.locked.others(token))]
-
-
-def _as_of(timestamp_ms: int | None) -> dt.datetime | None:
-    return dt.datetime.fromtimestamp(timestamp_ms / 1000, dt.UTC) if timestamp_ms else None
 
 
 def _apply(

@@ -37,6 +37,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from core import errors
+from core.clock import from_ms
 from core.db import retry_on_conflict
 from marketdata.bus import BookTop, get_bus
 from trading import engine, states, store
@@ -280,7 +281,7 @@ def _place_locked(
         evidence = Evidence(
             liquidity=engine.TAKER,
             price_source="book",
-            book_as_of=_as_of(top.timestamp_ms),
+            book_as_of=from_ms(top.timestamp_ms),
             book_hash=top.hash,
             levels=[[str(t.price), str(t.size)] for t in walk.takes],
             mid=top.mid_value(),
@@ -311,10 +312,6 @@ def _place_locked(
             created=True,
         )
     )
-
-
-def _as_of(timestamp_ms: int | None) -> dt.datetime | None:
-    return dt.datetime.fromtimestamp(timestamp_ms / 1000, dt.UTC) if timestamp_ms else None
 
 
 def _finish(fx: Effects, order: OrderState, position: PositionState | None, q: Quote) -> None:

@@ -18,6 +18,7 @@ from django.core.cache import cache
 from django.db.models import QuerySet
 
 from accounts.models import Account, Position, User
+from core.clock import from_ms
 from core.pagination import Page, keyset_page
 from marketdata.bus import BookTop, get_bus, latest_many_live
 from marketdata.models import Market, Token
@@ -186,7 +187,7 @@ def recent_prints(outcomes: list[Outcome], limit: int = RECENT_PRINTS) -> list[P
             price=p.price,
             size=p.size,
             side=p.side,
-            at=dt.datetime.fromtimestamp(p.timestamp_ms / 1000, dt.UTC) if p.timestamp_ms else None,
+            at=from_ms(p.timestamp_ms),
         )
         for p in prints[:limit]
     ]
